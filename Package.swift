@@ -1,0 +1,50 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "CustomerLifecycleCluster",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Collectives", targets: ["Collectives"]),
+        .executable(name: "clm-bench", targets: ["clm-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // MARK: System libraries
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]
+        ),
+        .systemLibrary(
+            name: "CBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+
+        // MARK: Libraries
+        .target(name: "Collectives", dependencies: ["CMPI"]),
+        .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI"]),
+
+        // MARK: Executables (thin: parse arguments, call a library)
+        .executableTarget(
+            name: "clm-bench",
+            dependencies: [
+                "Benchmarks",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
+        // MARK: Tests
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
+        // Runs under mpirun at several world sizes; scripts/test.sh launches it and checks that
+        // every rank reported.
+        .executableTarget(
+            name: "clm-multirank-tests",
+            dependencies: ["Collectives"],
+            path: "Tests/MultiRank"
+        ),
+    ]
+)

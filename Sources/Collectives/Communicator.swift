@@ -1,0 +1,148 @@
+/// A group of ranks that run collectives together.
+///
+/// Buffers are passed as pointers and are neither copied nor retained: a collective reads and
+/// writes the caller's memory directly. Every rank of the group must call the same collectives
+/// in the same order with matching counts; a violation surfaces as a thrown `CollectiveError`
+/// or, when MPI cannot detect it, as a watchdog abort that names the ranks (never a hang).
+public protocol Communicator: AnyObject, Sendable {
+    var rank: Int { get }
+    var size: Int { get }
+
+    /// Reduces `buffer` across all ranks in place; every rank receives the result.
+    func allreduce<T: CollectiveScalar>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOperation) throws
+    /// Reduces `source` across all ranks into `destination` (same count on every rank).
+    func allreduce<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>, into destination: UnsafeMutableBufferPointer<T>, op: ReduceOperation
+    ) throws
+    /// Starts an in-place all-reduce and returns at once; `buffer` must stay valid and untouched
+    /// until the returned request has been waited on.
+    func startAllreduce<T: CollectiveScalar>(
+        _ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOperation
+    ) throws -> CollectiveRequest
+    /// Copies `buffer` from `root` to every other rank.
+    func broadcast<T: CollectiveScalar>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws
+    /// Sends `counts[r]` consecutive elements of `source` (read on `root` only) to rank `r`.
+    /// `counts` must be the same on every rank; `destination` holds at least `counts[rank]`.
+    func scatterv<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>?, counts: [Int], into destination: UnsafeMutableBufferPointer<T>, root: Int
+    ) throws
+    /// Collects `counts[r]` elements from each rank `r` into `destination` (written on `root` only),
+    /// in rank order. `source.count` must equal `counts[rank]`.
+    func gatherv<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>, into destination: UnsafeMutableBufferPointer<T>?, counts: [Int], root: Int
+    ) throws
+    /// Every rank contributes `source.count` elements (equal everywhere); `destination` holds `size` times that.
+    func allgather<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>, into destination: UnsafeMutableBufferPointer<T>
+    ) throws
+    /// Every rank `r` contributes `counts[r]` elements; every rank receives all of them in rank order.
+    func allgatherv<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>, into destination: UnsafeMutableBufferPointer<T>, counts: [Int]
+    ) throws
+    func barrier() throws
+}
+
+/// A non-blocking collective in flight.
+public protocol CollectiveRequest: AnyObject {
+    /// Blocks until the collective has completed on this rank.
+    func wait() throws
+    /// Returns whether the collective has completed, without blocking.
+    func test() throws -> Bool
+}
+
+// MARK: - Array conveniences (no copies: they lend the array's storage to the pointer forms)
+
+extension Communicator {
+    public func allreduce<T: CollectiveScalar>(_ array: inout [T], op: ReduceOperation) throws {
+        try array.withUnsafeMutableBufferPointer { try allreduce($0, op: op) }
+    }
+
+    /// In-place sum across ranks divided by the number of ranks: the gradient average.
+    public func allreduceAverage(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
+        try allreduce(buffer, op: .sum)
+        scale(buffer, by: 1 / Float(size))
+    }
+
+    public func broadcast<T: CollectiveScalar>(_ array: inout [T], root: Int) throws {
+        try array.withUnsafeMutableBufferPointer { try broadcast($0, root: root) }
+    }
+
+    /// Broadcasts a byte string of any length from `root` (length first, then the bytes).
+    public func broadcast(bytes: [UInt8], root: Int) throws -> [UInt8] {
+        var length = [Int64(rank == root ? bytes.count : 0)]
+        try broadcast(&length, root: root)
+        var payload = rank == root ? bytes : [UInt8](repeating: 0, count: Int(length[0]))
+        try broadcast(&payload, root: root)
+        return payload
+    }
+
+    public func broadcast(string: String, root: Int) throws -> String {
+        String(decoding: try broadcast(bytes: Array(string.utf8), root: root), as: UTF8.self)
+    }
+
+    /// Gathers one value from every rank onto every rank.
+    public func allgather<T: CollectiveScalar>(value: T) throws -> [T] {
+        var result = [T](repeating: value, count: size)
+        try withUnsafePointer(to: value) { pointer in
+            try result.withUnsafeMutableBufferPointer {
+                try allgather(UnsafeBufferPointer(start: pointer, count: 1), into: $0)
+            }
+        }
+        return result
+    }
+
+    /// All-reduces one value.
+    public func allreduce<T: CollectiveScalar>(value: T, op: ReduceOperation) throws -> T {
+        var buffer = [value]
+        try allreduce(&buffer, op: op)
+        return buffer[0]
+    }
+}
+
+/// Multiplies every element by `factor`; written on raw pointers so it vectorises.
+@inlinable
+public func scale(_ buffer: UnsafeMutableBufferPointer<Float>, by factor: Float) {
+    guard let base = buffer.baseAddress else { return }
+    for index in 0..<buffer.count { base[index] *= factor }
+}
+
+// MARK: - Argument checks shared by every implementation
+
+enum CollectiveArguments {
+    static func validateRoot(_ root: Int, size: Int, operation: String, rank: Int) throws {
+        guard (0..<size).contains(root) else {
+            throw CollectiveError(
+                operation: operation, rank: rank, kind: .invalidArgument,
+                message: "root \(root) is outside the communicator (size \(size))")
+        }
+    }
+
+    /// Checks a per-rank count table and returns its total.
+    static func validateCounts(_ counts: [Int], size: Int, operation: String, rank: Int) throws -> Int {
+        guard counts.count == size else {
+            throw CollectiveError(
+                operation: operation, rank: rank, kind: .invalidArgument,
+                message: "counts has \(counts.count) entries for \(size) ranks")
+        }
+        var total = 0
+        for (peer, count) in counts.enumerated() {
+            guard count >= 0 else {
+                throw CollectiveError(
+                    operation: operation, rank: rank, kind: .invalidArgument,
+                    message: "counts[\(peer)] is negative (\(count))")
+            }
+            total += count
+        }
+        return total
+    }
+
+    static func requireCapacity(
+        _ available: Int, atLeast needed: Int, what: String, operation: String, rank: Int
+    ) throws {
+        guard available >= needed else {
+            throw CollectiveError(
+                operation: operation, rank: rank, kind: .invalidArgument,
+                message: "\(what) holds \(available) elements but \(needed) are needed")
+        }
+    }
+}

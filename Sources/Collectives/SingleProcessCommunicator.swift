@@ -1,0 +1,88 @@
+/// A world of one rank, for unit tests and for running without `mpirun` and without MPI.
+///
+/// Each collective does what MPI would do with one rank: reductions and broadcasts leave the
+/// data unchanged, gathers and scatters copy. Argument checks are the same as the MPI ones.
+public final class SingleProcessCommunicator: Communicator, @unchecked Sendable {
+    public let rank = 0
+    public let size = 1
+
+    public init() {}
+
+    public func allreduce<T: CollectiveScalar>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOperation) throws {}
+
+    public func allreduce<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>, into destination: UnsafeMutableBufferPointer<T>, op: ReduceOperation
+    ) throws {
+        try CollectiveArguments.requireCapacity(
+            destination.count, atLeast: source.count, what: "destination", operation: "allreduce", rank: rank)
+        copy(source, to: destination, at: 0)
+    }
+
+    public func startAllreduce<T: CollectiveScalar>(
+        _ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOperation
+    ) throws -> CollectiveRequest {
+        CompletedRequest()
+    }
+
+    public func broadcast<T: CollectiveScalar>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws {
+        try CollectiveArguments.validateRoot(root, size: size, operation: "broadcast", rank: rank)
+    }
+
+    public func scatterv<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>?, counts: [Int], into destination: UnsafeMutableBufferPointer<T>, root: Int
+    ) throws {
+        try CollectiveArguments.validateRoot(root, size: size, operation: "scatterv", rank: rank)
+        let total = try CollectiveArguments.validateCounts(counts, size: size, operation: "scatterv", rank: rank)
+        try CollectiveArguments.requireCapacity(
+            source?.count ?? 0, atLeast: total, what: "source", operation: "scatterv", rank: rank)
+        try CollectiveArguments.requireCapacity(
+            destination.count, atLeast: total, what: "destination", operation: "scatterv", rank: rank)
+        if let source { copy(UnsafeBufferPointer(rebasing: source[0..<total]), to: destination, at: 0) }
+    }
+
+    public func gatherv<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>, into destination: UnsafeMutableBufferPointer<T>?, counts: [Int], root: Int
+    ) throws {
+        try CollectiveArguments.validateRoot(root, size: size, operation: "gatherv", rank: rank)
+        try gatherAll(source, into: destination, counts: counts, operation: "gatherv")
+    }
+
+    public func allgather<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>, into destination: UnsafeMutableBufferPointer<T>
+    ) throws {
+        try gatherAll(source, into: destination, counts: [source.count], operation: "allgather")
+    }
+
+    public func allgatherv<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>, into destination: UnsafeMutableBufferPointer<T>, counts: [Int]
+    ) throws {
+        try gatherAll(source, into: destination, counts: counts, operation: "allgatherv")
+    }
+
+    public func barrier() throws {}
+
+    private func gatherAll<T>(
+        _ source: UnsafeBufferPointer<T>, into destination: UnsafeMutableBufferPointer<T>?, counts: [Int],
+        operation: String
+    ) throws {
+        let total = try CollectiveArguments.validateCounts(counts, size: size, operation: operation, rank: rank)
+        guard counts[0] == source.count else {
+            throw CollectiveError(
+                operation: operation, rank: rank, kind: .invalidArgument,
+                message: "this rank sends \(source.count) elements but counts[0] is \(counts[0])")
+        }
+        try CollectiveArguments.requireCapacity(
+            destination?.count ?? 0, atLeast: total, what: "destination", operation: operation, rank: rank)
+        if let destination { copy(source, to: destination, at: 0) }
+    }
+
+    private func copy<T>(_ source: UnsafeBufferPointer<T>, to destination: UnsafeMutableBufferPointer<T>, at offset: Int) {
+        guard let from = source.baseAddress, let to = destination.baseAddress, source.count > 0 else { return }
+        (to + offset).update(from: from, count: source.count)
+    }
+}
+
+final class CompletedRequest: CollectiveRequest {
+    func wait() throws {}
+    func test() throws -> Bool { true }
+}

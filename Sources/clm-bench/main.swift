@@ -1,0 +1,50 @@
+import ArgumentParser
+import Benchmarks
+import Foundation
+
+@main
+struct ClmBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "clm-bench",
+        abstract: "Benchmarks of the training cluster's building blocks.",
+        subcommands: [Allreduce.self])
+}
+
+struct Allreduce: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "All-reduce bus bandwidth through Collectives and raw MPI_Allreduce, side by side.",
+        discussion: "Run under mpirun, e.g. scripts/bench.sh allreduce --np 2.")
+
+    @Option(help: "Smallest message in bytes.") var minBytes = 4096
+    @Option(help: "Largest message in bytes.") var maxBytes = 64 << 20
+    @Option(help: "Timed rounds per size (the median is reported).") var rounds = 9
+
+    func run() throws {
+        let bench = AllreduceBandwidth(minimumBytes: minBytes, maximumBytes: maxBytes, rounds: rounds)
+        var printedHeader = false
+        try bench.run { row, ranks in
+            guard ProcessInfo.processInfo.environment["OMPI_COMM_WORLD_RANK"].map({ $0 == "0" }) ?? true else { return }
+            if !printedHeader {
+                print("all-reduce of float32, \(ranks) ranks; bus bandwidth = size/time x 2(p-1)/p, GB/s; median of \(rounds) rounds")
+                print(pad("size", 10), pad("calls", 7), pad("raw MPI", 10), pad("Collectives", 12),
+                      pad("vs raw", 7), pad("+agreement", 11), pad("vs raw", 7))
+                printedHeader = true
+            }
+            func gigabytes(_ seconds: Double) -> String {
+                ranks > 1 ? String(format: "%.3f", AllreduceBandwidth.busBandwidth(bytes: row.bytes, seconds: seconds, ranks: ranks) / 1e9)
+                          : String(format: "%.1fus", seconds * 1e6)
+            }
+            print(pad(humanBytes(row.bytes), 10), pad("\(row.iterations)", 7), pad(gigabytes(row.raw), 10),
+                  pad(gigabytes(row.wrapped), 12), pad(String(format: "%.3f", row.raw / row.wrapped), 7),
+                  pad(gigabytes(row.checked), 11), pad(String(format: "%.3f", row.raw / row.checked), 7))
+        }
+    }
+}
+
+private func pad(_ text: String, _ width: Int) -> String {
+    text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
+}
+
+private func humanBytes(_ bytes: Int) -> String {
+    bytes >= 1 << 20 ? "\(bytes >> 20) MiB" : "\(bytes >> 10) KiB"
+}

@@ -1,0 +1,71 @@
+import Collectives
+
+/// A minimal check runner for code that must run inside every rank of an `mpirun` job.
+///
+/// Each rank counts its own passes and failures and prints one summary line that
+/// scripts/test.sh looks for; a missing line means a rank never ran or died.
+final class RankChecks {
+    let rank: Int
+    let size: Int
+    private(set) var passed = 0
+    private(set) var failed = 0
+    private var currentCheck = ""
+
+    init(rank: Int, size: Int) {
+        self.rank = rank
+        self.size = size
+    }
+
+    /// Runs one named check; a thrown error counts as a failure of that check.
+    func check(_ name: String, _ body: () throws -> Void) {
+        currentCheck = name
+        let failuresBefore = failed
+        do {
+            try body()
+        } catch {
+            fail("threw \(error)")
+        }
+        if failed == failuresBefore { passed += 1 }
+    }
+
+    func expect(_ condition: Bool, _ message: @autoclosure () -> String, line: Int = #line) {
+        if !condition { fail("\(message()) (line \(line))") }
+    }
+
+    func expectEqual<T: Equatable>(_ actual: T, _ expected: T, _ what: String, line: Int = #line) {
+        if actual != expected { fail("\(what): got \(actual), expected \(expected) (line \(line))") }
+    }
+
+    /// Compares arrays and reports the first differing index rather than two huge dumps.
+    func expectElementsEqual<T: Equatable>(_ actual: [T], _ expected: [T], _ what: String, line: Int = #line) {
+        guard actual.count == expected.count else {
+            fail("\(what): \(actual.count) elements, expected \(expected.count) (line \(line))")
+            return
+        }
+        if let index = actual.indices.first(where: { actual[$0] != expected[$0] }) {
+            fail("\(what): element \(index) is \(actual[index]), expected \(expected[index]) (line \(line))")
+        }
+    }
+
+    func expectThrows(_ what: String, line: Int = #line, _ body: () throws -> Void) -> CollectiveError? {
+        do {
+            try body()
+            fail("\(what): expected an error, none was thrown (line \(line))")
+            return nil
+        } catch let error as CollectiveError {
+            return error
+        } catch {
+            fail("\(what): expected a CollectiveError, got \(error) (line \(line))")
+            return nil
+        }
+    }
+
+    private func fail(_ message: String) {
+        failed += 1
+        print("FAIL rank \(rank)/\(size) [\(currentCheck)]: \(message)")
+    }
+
+    var summaryLine: String {
+        "multirank rank=\(rank) size=\(size): \(passed) passed, \(failed) failed"
+    }
+}

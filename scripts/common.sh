@@ -1,0 +1,34 @@
+# Shared by the scripts in this folder: sourced, never run.
+
+# Debian packages the project builds and runs with.
+CLM_APT_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config)
+
+# mpirun refuses to start as root unless told twice, and then exits 0 without running anything:
+# allow it here so that scripts behave the same for root (CI, containers) and for users.
+export OMPI_ALLOW_RUN_AS_ROOT=1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# One BLAS thread per rank: the ranks already occupy the cores.
+export OPENBLAS_NUM_THREADS=1
+
+clm_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
+
+# Installs the Debian packages that are missing; does nothing when all are present.
+clm_install_packages() {
+    local missing=()
+    for package in "${CLM_APT_PACKAGES[@]}" "$@"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "installing Debian packages: ${missing[*]}"
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# mpirun for this machine: oversubscription lets a 2-core box run 4 ranks.
+clm_mpirun_local() {
+    local ranks=$1
+    shift
+    mpirun --oversubscribe --bind-to none -np "$ranks" "$@"
+}
