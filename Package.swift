@@ -6,6 +6,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Collectives", targets: ["Collectives"]),
+        .library(name: "Tensors", targets: ["Tensors"]),
+        .library(name: "Models", targets: ["Models"]),
+        .library(name: "Metrics", targets: ["Metrics"]),
         .executable(name: "clm-bench", targets: ["clm-bench"]),
     ],
     dependencies: [
@@ -26,7 +29,10 @@ let package = Package(
 
         // MARK: Libraries
         .target(name: "Collectives", dependencies: ["CMPI"]),
-        .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI"]),
+        .target(name: "Tensors", dependencies: ["CBLAS"]),
+        .target(name: "Models", dependencies: ["Tensors"]),
+        .target(name: "Metrics"),
+        .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CBLAS"]),
 
         // MARK: Executables (thin: parse arguments, call a library)
         .executableTarget(
@@ -39,6 +45,12 @@ let package = Package(
 
         // MARK: Tests
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
+        .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
+        .testTarget(
+            name: "ModelsTests",
+            dependencies: ["Models", "Tensors"],
+            resources: [.copy("Fixtures")]
+        ),
         // Runs under mpirun at several world sizes; scripts/test.sh launches it and checks that
         // every rank reported.
         .executableTarget(

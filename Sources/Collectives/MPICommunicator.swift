@@ -13,7 +13,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     /// Largest element count passed to one MPI call.
     public let maxElementsPerCall: Int
     /// Whether every collective first checks that all ranks called the same collective with the
-    /// same count, element type and root (one 64-byte all-reduce). MPI does not check this
+    /// same count, element type and root (one 96-byte all-reduce). MPI does not check this
     /// itself: a rank with a shorter buffer gets memory overwritten. Off only where the
     /// arguments agree by construction (the gradient buffer, whose layout is fingerprinted
     /// before the first step) and the extra latency matters.

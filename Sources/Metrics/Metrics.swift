@@ -1,0 +1,1 @@
+// Placeholder until the metrics land (issue #3).

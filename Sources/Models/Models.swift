@@ -1,0 +1,1 @@
+// Placeholder until the models land (issue #3).

@@ -1,0 +1,1 @@
+// Placeholder until the tensors land (issue #3).
