@@ -1,0 +1,457 @@
+import Foundation
+import Tensors
+
+/// Sizes and loss settings of the churn / CLV sequence model.
+public struct LSTMConfiguration: Sendable, Equatable, Codable {
+    public var inputSize: Int
+    public var hiddenSize: Int
+    public var layers: Int
+    /// Inverted dropout between stacked layers, in training only.
+    public var dropout: Float
+    /// PyTorch's `pos_weight` of the churn loss; 1 weighs both classes alike.
+    public var positiveWeight: Float
+    /// λ in loss = BCE(churn) + λ · MSE(CLV on log1p(spend)).
+    public var clvWeight: Float
+
+    public init(
+        inputSize: Int, hiddenSize: Int = 50, layers: Int = 2, dropout: Float = 0.2,
+        positiveWeight: Float = 1, clvWeight: Float = 1
+    ) {
+        self.inputSize = inputSize
+        self.hiddenSize = hiddenSize
+        self.layers = layers
+        self.dropout = dropout
+        self.positiveWeight = positiveWeight
+        self.clvWeight = clvWeight
+    }
+}
+
+/// One mini-batch of customer sequences, batch-major.
+public struct SequenceBatch {
+    /// [batch, steps, inputSize]; steps at or past a sequence's length are ignored.
+    public var features: UnsafePointer<Float>
+    /// [batch]; each in 1...steps.
+    public var lengths: UnsafePointer<Int32>
+    public var batchSize: Int
+    public var steps: Int
+    /// [batch] 1 = churned in the horizon, 0 = bought again; nil when only predicting.
+    public var churnLabels: UnsafePointer<Float>?
+    /// [batch] spend in the horizon (the loss compares predictions with log1p of it).
+    public var spend: UnsafePointer<Float>?
+
+    public init(
+        features: UnsafePointer<Float>, lengths: UnsafePointer<Int32>, batchSize: Int, steps: Int,
+        churnLabels: UnsafePointer<Float>? = nil, spend: UnsafePointer<Float>? = nil
+    ) {
+        self.features = features
+        self.lengths = lengths
+        self.batchSize = batchSize
+        self.steps = steps
+        self.churnLabels = churnLabels
+        self.spend = spend
+    }
+}
+
+public struct LSTMLoss: Sendable, Equatable {
+    public var total: Float
+    public var churn: Float
+    public var clv: Float
+}
+
+/// A stacked LSTM (PyTorch's equations, gate order i, f, g, o, two biases) with a churn logit
+/// head and a CLV head on the last valid hidden state.
+///
+/// Time-major internally ([steps, batch, ·]) so the input projection of all steps is one GEMM
+/// and each step's rows are contiguous. Padded steps (t ≥ length) carry h and c unchanged, so the
+/// state at the last step equals the state at each sequence's own last step, and in backward
+/// their gate gradients are zero: they contribute nothing, as with packed sequences.
+public final class LSTMModel: @unchecked Sendable {
+    public let configuration: LSTMConfiguration
+    public let parameters: ParameterStore
+
+    struct LayerSlices {
+        let inputWeight: ParameterSlice   // [4H, in]
+        let hiddenWeight: ParameterSlice  // [4H, H]
+        let inputBias: ParameterSlice     // [4H]
+        let hiddenBias: ParameterSlice    // [4H]
+        let inputSize: Int
+    }
+
+    let layerSlices: [LayerSlices]
+    // Head weights are laid out as one [2, H] matrix (churn row, then CLV row) and one [2]
+    // bias so both heads are a single GEMM; their names stay PyTorch's.
+    let churnWeight: ParameterSlice
+    let clvWeight: ParameterSlice
+    let churnBias: ParameterSlice
+    let clvBias: ParameterSlice
+
+    private let workspace: LSTMWorkspace
+
+    public init(configuration: LSTMConfiguration, seed: UInt64) {
+        self.configuration = configuration
+        let hidden = configuration.hiddenSize
+        var layout = ParameterLayout()
+        var layers: [LayerSlices] = []
+        for layer in 0..<configuration.layers {
+            let inputSize = layer == 0 ? configuration.inputSize : hidden
+            layers.append(LayerSlices(
+                inputWeight: layout.add("lstm.weight_ih_l\(layer)", shape: [4 * hidden, inputSize]),
+                hiddenWeight: layout.add("lstm.weight_hh_l\(layer)", shape: [4 * hidden, hidden]),
+                inputBias: layout.add("lstm.bias_ih_l\(layer)", shape: [4 * hidden]),
+                hiddenBias: layout.add("lstm.bias_hh_l\(layer)", shape: [4 * hidden]),
+                inputSize: inputSize))
+        }
+        churnWeight = layout.add("churn_head.weight", shape: [1, hidden])
+        clvWeight = layout.add("clv_head.weight", shape: [1, hidden])
+        churnBias = layout.add("churn_head.bias", shape: [1])
+        clvBias = layout.add("clv_head.bias", shape: [1])
+        layerSlices = layers
+        parameters = ParameterStore(layout: layout)
+        workspace = LSTMWorkspace(layers: configuration.layers)
+
+        // PyTorch: every LSTM tensor U(±1/√H); Linear weight and bias U(±1/√fan_in).
+        var random = SeededRandom(seed: seed, purpose: .initialisation)
+        let bound = 1 / Float(hidden).squareRoot()
+        parameters.initialiseUniform(&random) { _ in bound }
+    }
+
+    /// Churn logits and CLV predictions (log1p scale) of the last `forward`, [batch] each.
+    public var churnLogits: UnsafeBufferPointer<Float> {
+        UnsafeBufferPointer(start: workspace.churnLogits.pointer, count: workspace.batchSize)
+    }
+    public var clvPredictions: UnsafeBufferPointer<Float> {
+        UnsafeBufferPointer(start: workspace.clvPredictions.pointer, count: workspace.batchSize)
+    }
+
+    // MARK: - Forward
+
+    /// Runs the model on `batch`. In training, dropout masks come from `random`.
+    public func forward(_ batch: SequenceBatch, training: Bool, random: inout SeededRandom) {
+        let hidden = configuration.hiddenSize
+        let gatesWidth = 4 * hidden
+        let batchSize = batch.batchSize
+        let steps = batch.steps
+        let rows = steps * batchSize
+        let dropping = training && configuration.dropout > 0 && configuration.layers > 1
+        workspace.prepare(configuration, batchSize: batchSize, steps: steps, dropout: dropping)
+
+        // Batch-major [b, t, i] → time-major [t, b, i] for layer 0.
+        let input = workspace.layerInputs[0].pointer
+        let inputSize = configuration.inputSize
+        for b in 0..<batchSize {
+            for t in 0..<steps {
+                (input + (t &* batchSize &+ b) &* inputSize).update(
+                    from: batch.features + (b &* steps &+ t) &* inputSize, count: inputSize)
+            }
+        }
+
+        for layer in 0..<configuration.layers {
+            let slices = layerSlices[layer]
+            let x = workspace.layerInputs[layer].pointer
+            let gates = workspace.gates[layer].pointer
+            let cells = workspace.cells[layer].pointer
+            let outputs = workspace.hiddens[layer].pointer
+            let wIH = parameters.value(slices.inputWeight)
+            let wHH = parameters.value(slices.hiddenWeight)
+            let bIH = parameters.value(slices.inputBias)
+            let bHH = parameters.value(slices.hiddenBias)
+
+            // Input projection of every step at once, then both biases.
+            BLAS.gemm(
+                transposeB: true, m: rows, n: gatesWidth, k: slices.inputSize,
+                a: x, lda: slices.inputSize, b: wIH, ldb: slices.inputSize, c: gates, ldc: gatesWidth)
+            for row in 0..<rows {
+                let line = gates + row &* gatesWidth
+                for column in 0..<gatesWidth { line[column] += bIH[column] + bHH[column] }
+            }
+
+            for t in 0..<steps {
+                let stepGates = gates + t &* batchSize &* gatesWidth
+                let stepCells = cells + t &* batchSize &* hidden
+                let stepOutputs = outputs + t &* batchSize &* hidden
+                if t > 0 {
+                    BLAS.gemm(
+                        transposeB: true, m: batchSize, n: gatesWidth, k: hidden,
+                        a: stepOutputs - batchSize &* hidden, lda: hidden, b: wHH, ldb: hidden,
+                        beta: 1, c: stepGates, ldc: gatesWidth)
+                }
+                for b in 0..<batchSize {
+                    let g = stepGates + b &* gatesWidth
+                    let c = stepCells + b &* hidden
+                    let h = stepOutputs + b &* hidden
+                    let active = t < Int(batch.lengths[b])
+                    if !active {
+                        // Past the end: carry the state (zero before the first step).
+                        if t == 0 {
+                            c.update(repeating: 0, count: hidden)
+                            h.update(repeating: 0, count: hidden)
+                        } else {
+                            c.update(from: c - batchSize &* hidden, count: hidden)
+                            h.update(from: h - batchSize &* hidden, count: hidden)
+                        }
+                        continue
+                    }
+                    for unit in 0..<hidden {
+                        let i = Kernels.sigmoid(g[unit])
+                        let f = Kernels.sigmoid(g[hidden &+ unit])
+                        let cand = tanhf(g[2 &* hidden &+ unit])
+                        let o = Kernels.sigmoid(g[3 &* hidden &+ unit])
+                        g[unit] = i
+                        g[hidden &+ unit] = f
+                        g[2 &* hidden &+ unit] = cand
+                        g[3 &* hidden &+ unit] = o
+                        let previousCell: Float = t > 0 ? (c - batchSize &* hidden)[unit] : 0
+                        let cell = f * previousCell + i * cand
+                        c[unit] = cell
+                        h[unit] = o * tanhf(cell)
+                    }
+                }
+            }
+
+            if layer + 1 < configuration.layers {
+                let next = workspace.layerInputs[layer + 1].pointer
+                next.update(from: outputs, count: rows &* hidden)
+                if dropping {
+                    let mask = workspace.masks[layer].pointer
+                    let keep = 1 - configuration.dropout
+                    let scale = 1 / keep
+                    for index in 0..<rows &* hidden {
+                        mask[index] = random.nextUnitFloat() < keep ? scale : 0
+                    }
+                    Kernels.multiply(next, by: mask, count: rows &* hidden)
+                }
+            }
+        }
+
+        // Heads on the top layer's state at the last step (= each sequence's last valid step).
+        let final = workspace.hiddens[configuration.layers - 1].pointer + (steps - 1) &* batchSize &* hidden
+        let headOutputs = workspace.headOutputs.pointer
+        BLAS.gemm(
+            transposeB: true, m: batchSize, n: 2, k: hidden,
+            a: final, lda: hidden, b: parameters.value(churnWeight), ldb: hidden, c: headOutputs, ldc: 2)
+        let churnBiasValue = parameters.value(churnBias)[0]
+        let clvBiasValue = parameters.value(clvBias)[0]
+        for b in 0..<batchSize {
+            workspace.churnLogits.pointer[b] = headOutputs[2 &* b] + churnBiasValue
+            workspace.clvPredictions.pointer[b] = headOutputs[2 &* b &+ 1] + clvBiasValue
+        }
+    }
+
+    // MARK: - Loss
+
+    /// Mean BCE-with-logits (with `positiveWeight`) plus λ · mean squared error of the CLV head
+    /// against log1p(spend), for the last `forward`. Also leaves d(loss)/d(head outputs).
+    public func loss(_ batch: SequenceBatch) -> LSTMLoss {
+        guard let labels = batch.churnLabels, let spend = batch.spend else {
+            preconditionFailure("loss needs churn labels and spend")
+        }
+        let batchSize = batch.batchSize
+        let p = configuration.positiveWeight
+        let lambda = configuration.clvWeight
+        let invBatch = 1 / Float(batchSize)
+        let headGradients = workspace.headGradients.pointer
+        var churnLoss: Float = 0
+        var clvLoss: Float = 0
+        for b in 0..<batchSize {
+            let z = workspace.churnLogits.pointer[b]
+            let y = labels[b]
+            // -[p·y·log σ(z) + (1-y)·log(1-σ(z))] with log σ(z) = -softplus(-z).
+            churnLoss += p * y * Kernels.softplus(-z) + (1 - y) * Kernels.softplus(z)
+            let s = Kernels.sigmoid(z)
+            headGradients[2 &* b] = (p * y * (s - 1) + (1 - y) * s) * invBatch
+            let error = workspace.clvPredictions.pointer[b] - log1pf(spend[b])
+            clvLoss += error * error
+            headGradients[2 &* b &+ 1] = 2 * lambda * error * invBatch
+        }
+        churnLoss *= invBatch
+        clvLoss *= invBatch
+        return LSTMLoss(total: churnLoss + lambda * clvLoss, churn: churnLoss, clv: clvLoss)
+    }
+
+    // MARK: - Backward
+
+    /// Adds the gradients of the last `loss` to `parameters.gradients`; optionally writes
+    /// d(loss)/d(features) in the batch's [batch, steps, input] layout.
+    public func backward(_ batch: SequenceBatch, featureGradients: UnsafeMutablePointer<Float>? = nil) {
+        let hidden = configuration.hiddenSize
+        let gatesWidth = 4 * hidden
+        let batchSize = batch.batchSize
+        let steps = batch.steps
+        let rows = steps * batchSize
+        let top = configuration.layers - 1
+
+        // Heads: d(head weights) += dOutᵀ · final, d(final) = dOut · W.
+        let final = workspace.hiddens[top].pointer + (steps - 1) &* batchSize &* hidden
+        let headGradients = workspace.headGradients.pointer
+        BLAS.gemm(
+            transposeA: true, m: 2, n: hidden, k: batchSize,
+            a: headGradients, lda: 2, b: final, ldb: hidden, beta: 1,
+            c: parameters.gradient(churnWeight), ldc: hidden)
+        for b in 0..<batchSize {
+            parameters.gradient(churnBias)[0] += headGradients[2 &* b]
+            parameters.gradient(clvBias)[0] += headGradients[2 &* b &+ 1]
+        }
+        let outputGradients = workspace.outputGradients.pointer
+        outputGradients.update(repeating: 0, count: rows &* hidden)
+        BLAS.gemm(
+            m: batchSize, n: hidden, k: 2, a: headGradients, lda: 2,
+            b: parameters.value(churnWeight), ldb: hidden,
+            c: outputGradients + (steps - 1) &* batchSize &* hidden, ldc: hidden)
+
+        for layer in stride(from: top, through: 0, by: -1) {
+            let slices = layerSlices[layer]
+            let gates = workspace.gates[layer].pointer
+            let cells = workspace.cells[layer].pointer
+            let outputs = workspace.hiddens[layer].pointer
+            let gateGradients = workspace.gateGradients.pointer
+            let hiddenCarry = workspace.hiddenCarry.pointer
+            let cellCarry = workspace.cellCarry.pointer
+            let wHH = parameters.value(slices.hiddenWeight)
+            hiddenCarry.update(repeating: 0, count: batchSize &* hidden)
+            cellCarry.update(repeating: 0, count: batchSize &* hidden)
+
+            for t in stride(from: steps - 1, through: 0, by: -1) {
+                let stepGates = gates + t &* batchSize &* gatesWidth
+                let stepGateGradients = gateGradients + t &* batchSize &* gatesWidth
+                let stepCells = cells + t &* batchSize &* hidden
+                let stepOutputGradients = outputGradients + t &* batchSize &* hidden
+                for b in 0..<batchSize {
+                    let dh = hiddenCarry + b &* hidden
+                    let dc = cellCarry + b &* hidden
+                    let fromAbove = stepOutputGradients + b &* hidden
+                    for unit in 0..<hidden { dh[unit] += fromAbove[unit] }
+                    let dGates = stepGateGradients + b &* gatesWidth
+                    guard t < Int(batch.lengths[b]) else {
+                        // A carried step passes dh and dc through untouched.
+                        dGates.update(repeating: 0, count: gatesWidth)
+                        continue
+                    }
+                    let g = stepGates + b &* gatesWidth
+                    let c = stepCells + b &* hidden
+                    let previousCells: UnsafeMutablePointer<Float>? = t > 0 ? c - batchSize &* hidden : nil
+                    for unit in 0..<hidden {
+                        let i = g[unit]
+                        let f = g[hidden &+ unit]
+                        let cand = g[2 &* hidden &+ unit]
+                        let o = g[3 &* hidden &+ unit]
+                        let tanhCell = tanhf(c[unit])
+                        let cellGradient = dc[unit] + dh[unit] * o * (1 - tanhCell * tanhCell)
+                        let previousCell = previousCells?[unit] ?? 0
+                        dGates[unit] = cellGradient * cand * i * (1 - i)
+                        dGates[hidden &+ unit] = cellGradient * previousCell * f * (1 - f)
+                        dGates[2 &* hidden &+ unit] = cellGradient * i * (1 - cand * cand)
+                        dGates[3 &* hidden &+ unit] = dh[unit] * tanhCell * o * (1 - o)
+                        dc[unit] = cellGradient * f
+                        // Consumed: the recurrent GEMM below adds this step's share back.
+                        dh[unit] = 0
+                    }
+                }
+                if t > 0 {
+                    BLAS.gemm(
+                        m: batchSize, n: hidden, k: gatesWidth, a: stepGateGradients, lda: gatesWidth,
+                        b: wHH, ldb: hidden, beta: 1, c: hiddenCarry, ldc: hidden)
+                }
+            }
+
+            // Weight and bias gradients over all steps at once.
+            let x = workspace.layerInputs[layer].pointer
+            BLAS.gemm(
+                transposeA: true, m: gatesWidth, n: slices.inputSize, k: rows,
+                a: gateGradients, lda: gatesWidth, b: x, ldb: slices.inputSize, beta: 1,
+                c: parameters.gradient(slices.inputWeight), ldc: slices.inputSize)
+            if steps > 1 {
+                BLAS.gemm(
+                    transposeA: true, m: gatesWidth, n: hidden, k: rows - batchSize,
+                    a: gateGradients + batchSize &* gatesWidth, lda: gatesWidth, b: outputs, ldb: hidden,
+                    beta: 1, c: parameters.gradient(slices.hiddenWeight), ldc: hidden)
+            }
+            Kernels.accumulateColumnSums(gateGradients, rows: rows, columns: gatesWidth,
+                                         into: parameters.gradient(slices.inputBias))
+            Kernels.accumulateColumnSums(gateGradients, rows: rows, columns: gatesWidth,
+                                         into: parameters.gradient(slices.hiddenBias))
+
+            guard layer > 0 || featureGradients != nil else { continue }
+            // d(layer input) = dGates · W_ih; for layer > 0 it is the layer below's output
+            // gradient, through the same dropout mask.
+            let inputGradients = workspace.inputGradients.pointer
+            BLAS.gemm(
+                m: rows, n: slices.inputSize, k: gatesWidth, a: gateGradients, lda: gatesWidth,
+                b: parameters.value(slices.inputWeight), ldb: slices.inputSize,
+                c: inputGradients, ldc: slices.inputSize)
+            if layer > 0 {
+                outputGradients.update(from: inputGradients, count: rows &* hidden)
+                if workspace.dropoutActive {
+                    Kernels.multiply(outputGradients, by: workspace.masks[layer - 1].pointer, count: rows &* hidden)
+                }
+            } else if let featureGradients {
+                let inputSize = configuration.inputSize
+                for b in 0..<batchSize {
+                    for t in 0..<steps {
+                        (featureGradients + (b &* steps &+ t) &* inputSize).update(
+                            from: inputGradients + (t &* batchSize &+ b) &* inputSize, count: inputSize)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forward, loss and backward of one training batch; gradients are added to, not replaced.
+    public func trainingStep(_ batch: SequenceBatch, random: inout SeededRandom) -> LSTMLoss {
+        forward(batch, training: true, random: &random)
+        let value = loss(batch)
+        backward(batch)
+        return value
+    }
+}
+
+/// Buffers of one forward/backward pass, grown to the largest batch seen and then reused.
+final class LSTMWorkspace {
+    var layerInputs: [Tensor]   // [T, B, in_l]
+    var gates: [Tensor]         // [T, B, 4H] activated gates i, f, g, o
+    var cells: [Tensor]         // [T, B, H]
+    var hiddens: [Tensor]       // [T, B, H]
+    var masks: [Tensor]         // [T, B, H] dropout between layer l and l+1
+    let headOutputs = Tensor(shape: [1])
+    let churnLogits = Tensor(shape: [1])
+    let clvPredictions = Tensor(shape: [1])
+    let headGradients = Tensor(shape: [1])
+    let outputGradients = Tensor(shape: [1])
+    let gateGradients = Tensor(shape: [1])
+    let inputGradients = Tensor(shape: [1])
+    let hiddenCarry = Tensor(shape: [1])
+    let cellCarry = Tensor(shape: [1])
+    var batchSize = 0
+    var dropoutActive = false
+
+    init(layers: Int) {
+        layerInputs = (0..<layers).map { _ in Tensor(shape: [1]) }
+        gates = (0..<layers).map { _ in Tensor(shape: [1]) }
+        cells = (0..<layers).map { _ in Tensor(shape: [1]) }
+        hiddens = (0..<layers).map { _ in Tensor(shape: [1]) }
+        masks = (0..<max(layers - 1, 1)).map { _ in Tensor(shape: [1]) }
+    }
+
+    func prepare(_ configuration: LSTMConfiguration, batchSize: Int, steps: Int, dropout: Bool) {
+        self.batchSize = batchSize
+        dropoutActive = dropout
+        let hidden = configuration.hiddenSize
+        let widest = max(configuration.inputSize, hidden)
+        for layer in 0..<configuration.layers {
+            let inputSize = layer == 0 ? configuration.inputSize : hidden
+            layerInputs[layer].reshape([steps, batchSize, inputSize])
+            gates[layer].reshape([steps, batchSize, 4 * hidden])
+            cells[layer].reshape([steps, batchSize, hidden])
+            hiddens[layer].reshape([steps, batchSize, hidden])
+        }
+        for mask in masks { mask.reshape([steps, batchSize, hidden]) }
+        headOutputs.reshape([batchSize, 2])
+        churnLogits.reshape([batchSize])
+        clvPredictions.reshape([batchSize])
+        headGradients.reshape([batchSize, 2])
+        outputGradients.reshape([steps, batchSize, hidden])
+        gateGradients.reshape([steps, batchSize, 4 * hidden])
+        inputGradients.reshape([steps, batchSize, widest])
+        hiddenCarry.reshape([batchSize, hidden])
+        cellCarry.reshape([batchSize, hidden])
+    }
+}

@@ -1,1 +1,0 @@
-// Placeholder until the models land (issue #3).

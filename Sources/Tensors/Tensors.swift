@@ -1,1 +1,0 @@
-// Placeholder until the tensors land (issue #3).
