@@ -9,6 +9,7 @@ let package = Package(
         .library(name: "Tensors", targets: ["Tensors"]),
         .library(name: "Models", targets: ["Models"]),
         .library(name: "Metrics", targets: ["Metrics"]),
+        .library(name: "CustomerData", targets: ["CustomerData"]),
         .executable(name: "clm-bench", targets: ["clm-bench"]),
     ],
     dependencies: [
@@ -32,7 +33,8 @@ let package = Package(
         .target(name: "Tensors", dependencies: ["CBLAS"]),
         .target(name: "Models", dependencies: ["Tensors"]),
         .target(name: "Metrics"),
-        .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CBLAS"]),
+        .target(name: "CustomerData", dependencies: ["Tensors"]),
+        .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData"]),
 
         // MARK: Executables (thin: parse arguments, call a library)
         .executableTarget(

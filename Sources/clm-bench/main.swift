@@ -7,7 +7,7 @@ struct ClmBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clm-bench",
         abstract: "Benchmarks of the training cluster's building blocks.",
-        subcommands: [Allreduce.self])
+        subcommands: [Allreduce.self, Models.self])
 }
 
 struct Allreduce: ParsableCommand {
@@ -47,4 +47,36 @@ private func pad(_ text: String, _ width: Int) -> String {
 
 private func humanBytes(_ bytes: Int) -> String {
     bytes >= 1 << 20 ? "\(bytes >> 20) MiB" : "\(bytes >> 10) KiB"
+}
+
+struct Models: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "models",
+        abstract: "Training throughput of the LSTM and GraphSAGE on one thread, next to cblas_sgemm's rate.")
+
+    @Option(help: "Seconds to time each model.") var seconds = 3.0
+
+    func run() throws {
+        let sgemm = measureSgemm()
+        print(String(format: "cblas_sgemm 512x512x512, 1 thread: %.1f GFLOP/s", sgemm / 1e9))
+
+        var lstm = LSTMThroughput()
+        lstm.minimumSeconds = seconds
+        let lstmResult = lstm.run()
+        print(String(
+            format: "LSTM training (T=%d, %d features, hidden %d, %d layers, batch %d): %.0f samples/s, %.2f GFLOP/s = %.1f%% of sgemm",
+            lstm.steps, lstm.inputSize, lstm.hiddenSize, lstm.layers, lstm.batchSize,
+            lstmResult.samplesPerSecond, lstmResult.gflops, 100 * lstmResult.gflops * 1e9 / sgemm))
+
+        var sage = GraphSAGEThroughput()
+        sage.minimumSeconds = seconds
+        let sageResult = sage.run()
+        print(String(
+            format: "GraphSAGE training (fan-out %@, hidden %d, batch %d, %d+%d nodes): %.0f seed nodes/s, %.0f input nodes per batch",
+            sage.fanouts.map(String.init).joined(separator: ","), sage.hiddenSize, sage.batchSize,
+            sage.customers, sage.products, sageResult.seedNodesPerSecond, sageResult.meanInputNodes))
+        print(String(
+            format: "  time: sampling %.0f%%, gathering features %.0f%%, compute (forward, backward, Adam) %.0f%%",
+            100 * sageResult.samplingShare, 100 * sageResult.gatherShare, 100 * sageResult.computeShare))
+    }
 }
