@@ -11,6 +11,7 @@ let package = Package(
         .library(name: "Metrics", targets: ["Metrics"]),
         .library(name: "CustomerData", targets: ["CustomerData"]),
         .executable(name: "clm-bench", targets: ["clm-bench"]),
+        .executable(name: "clm-data", targets: ["clm-data"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -45,9 +46,22 @@ let package = Package(
             ]
         ),
 
+        .executableTarget(
+            name: "clm-data",
+            dependencies: [
+                "CustomerData",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
         // MARK: Tests
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
+        .testTarget(
+            name: "CustomerDataTests",
+            dependencies: ["CustomerData", "Tensors"],
+            resources: [.copy("Samples")]
+        ),
         .testTarget(
             name: "ModelsTests",
             dependencies: ["Models", "Tensors"],
