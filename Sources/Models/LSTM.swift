@@ -191,19 +191,16 @@ public final class LSTMModel: @unchecked Sendable {
                         }
                         continue
                     }
+                    // Gate rows are [i | f | g | o]: σ over i and f together, tanh over g, σ over o.
+                    Kernels.sigmoidInPlace(g, count: 2 &* hidden)
+                    Kernels.tanhInPlace(g + 2 &* hidden, count: hidden)
+                    Kernels.sigmoidInPlace(g + 3 &* hidden, count: hidden)
+                    let previousCells = t > 0 ? UnsafePointer(c - batchSize &* hidden) : UnsafePointer(workspace.zeros.pointer)
+                    let inputGate = g, forgetGate = g + hidden, candidate = g + 2 &* hidden, outputGate = g + 3 &* hidden
                     for unit in 0..<hidden {
-                        let i = Kernels.sigmoid(g[unit])
-                        let f = Kernels.sigmoid(g[hidden &+ unit])
-                        let cand = tanhf(g[2 &* hidden &+ unit])
-                        let o = Kernels.sigmoid(g[3 &* hidden &+ unit])
-                        g[unit] = i
-                        g[hidden &+ unit] = f
-                        g[2 &* hidden &+ unit] = cand
-                        g[3 &* hidden &+ unit] = o
-                        let previousCell: Float = t > 0 ? (c - batchSize &* hidden)[unit] : 0
-                        let cell = f * previousCell + i * cand
+                        let cell = forgetGate[unit] * previousCells[unit] + inputGate[unit] * candidate[unit]
                         c[unit] = cell
-                        h[unit] = o * tanhf(cell)
+                        h[unit] = outputGate[unit] * Kernels.tanh(cell)
                     }
                 }
             }
@@ -328,19 +325,18 @@ public final class LSTMModel: @unchecked Sendable {
                     }
                     let g = stepGates + b &* gatesWidth
                     let c = stepCells + b &* hidden
-                    let previousCells: UnsafeMutablePointer<Float>? = t > 0 ? c - batchSize &* hidden : nil
+                    let previousCells = t > 0 ? UnsafePointer(c - batchSize &* hidden) : UnsafePointer(workspace.zeros.pointer)
+                    let inputGate = g, forgetGate = g + hidden, candidate = g + 2 &* hidden, outputGate = g + 3 &* hidden
+                    let dInput = dGates, dForget = dGates + hidden, dCandidate = dGates + 2 &* hidden
+                    let dOutput = dGates + 3 &* hidden
                     for unit in 0..<hidden {
-                        let i = g[unit]
-                        let f = g[hidden &+ unit]
-                        let cand = g[2 &* hidden &+ unit]
-                        let o = g[3 &* hidden &+ unit]
-                        let tanhCell = tanhf(c[unit])
+                        let i = inputGate[unit], f = forgetGate[unit], cand = candidate[unit], o = outputGate[unit]
+                        let tanhCell = Kernels.tanh(c[unit])
                         let cellGradient = dc[unit] + dh[unit] * o * (1 - tanhCell * tanhCell)
-                        let previousCell = previousCells?[unit] ?? 0
-                        dGates[unit] = cellGradient * cand * i * (1 - i)
-                        dGates[hidden &+ unit] = cellGradient * previousCell * f * (1 - f)
-                        dGates[2 &* hidden &+ unit] = cellGradient * i * (1 - cand * cand)
-                        dGates[3 &* hidden &+ unit] = dh[unit] * tanhCell * o * (1 - o)
+                        dInput[unit] = cellGradient * cand * i * (1 - i)
+                        dForget[unit] = cellGradient * previousCells[unit] * f * (1 - f)
+                        dCandidate[unit] = cellGradient * i * (1 - cand * cand)
+                        dOutput[unit] = dh[unit] * tanhCell * o * (1 - o)
                         dc[unit] = cellGradient * f
                         // Consumed: the recurrent GEMM below adds this step's share back.
                         dh[unit] = 0
@@ -420,6 +416,8 @@ final class LSTMWorkspace {
     let inputGradients = Tensor(shape: [1])
     let hiddenCarry = Tensor(shape: [1])
     let cellCarry = Tensor(shape: [1])
+    /// The cell state before the first step.
+    let zeros = Tensor(shape: [1])
     var batchSize = 0
     var dropoutActive = false
 
@@ -453,5 +451,6 @@ final class LSTMWorkspace {
         inputGradients.reshape([steps, batchSize, widest])
         hiddenCarry.reshape([batchSize, hidden])
         cellCarry.reshape([batchSize, hidden])
+        zeros.reshape([hidden])
     }
 }

@@ -182,3 +182,25 @@ import Tensors
         #expect(late < 0.2, "mean churn loss over the last 30 steps is \(late)")
     }
 }
+
+@Suite struct FastActivationTests {
+    /// The vectorisable exp, sigmoid and tanh stand in for libm in every LSTM step; they must
+    /// agree with it to a few float ulps over the whole range the gates see.
+    @Test func fastActivationsAgreeWithLibm() {
+        var worstExp: Float = 0, worstSigmoid: Float = 0, worstTanh: Float = 0
+        var x: Float = -40
+        while x <= 40 {
+            worstExp = max(worstExp, abs(Kernels.exp(x) - expf(x)) / expf(x))
+            let reference = 1 / (1 + expf(-x))
+            worstSigmoid = max(worstSigmoid, abs(Kernels.sigmoid(x) - reference) / reference)
+            worstTanh = max(worstTanh, abs(Kernels.tanh(x) - tanhf(x)) / max(abs(tanhf(x)), 1e-3))
+            x += 0.0007
+        }
+        #expect(worstExp < 5e-7, "exp: worst relative error \(worstExp)")
+        #expect(worstSigmoid < 5e-7, "sigmoid: worst relative error \(worstSigmoid)")
+        #expect(worstTanh < 1e-6, "tanh: worst error \(worstTanh)")
+        #expect(Kernels.exp(-200) >= 0 && Kernels.exp(-200) < 1e-37)
+        #expect(Kernels.exp(200).isFinite)
+        #expect(Kernels.tanh(-0.01) < 0 && Kernels.tanh(0) == 0)
+    }
+}
