@@ -48,6 +48,10 @@ public struct LSTMThroughput {
     public struct Result: Sendable {
         public let samplesPerSecond: Double
         public let gflops: Double
+        /// Shares of the step: forward, loss + backward, optimizer.
+        public let forwardShare: Double
+        public let backwardShare: Double
+        public let optimizerShare: Double
     }
 
     public func run() -> Result {
@@ -69,13 +73,24 @@ public struct LSTMThroughput {
                         let batch = SequenceBatch(
                             features: xs.baseAddress!, lengths: ls.baseAddress!, batchSize: batchSize, steps: steps,
                             churnLabels: ys.baseAddress!, spend: ss.baseAddress!)
+                        var forward = 0.0, backward = 0.0, optimizer = 0.0
                         func step(_ index: Int) {
                             var masks = SeededRandom(seed: 3, purpose: .dropout, step: index)
+                            let t0 = now()
                             model.parameters.zeroGradients()
-                            _ = model.trainingStep(batch, random: &masks)
+                            model.forward(batch, training: true, random: &masks)
+                            let t1 = now()
+                            _ = model.loss(batch)
+                            model.backward(batch)
+                            let t2 = now()
                             adam.update(model.parameters.values, gradients: model.parameters.gradients, learningRate: 1e-3)
+                            let t3 = now()
+                            forward += t1 - t0
+                            backward += t2 - t1
+                            optimizer += t3 - t2
                         }
                         for index in 0..<3 { step(index) }
+                        forward = 0; backward = 0; optimizer = 0
                         var count = 0
                         let start = now()
                         while now() - start < minimumSeconds || count < 10 {
@@ -83,8 +98,11 @@ public struct LSTMThroughput {
                             count += 1
                         }
                         let samplesPerSecond = Double(count * batchSize) / (now() - start)
+                        let total = forward + backward + optimizer
                         return Result(samplesPerSecond: samplesPerSecond,
-                                      gflops: samplesPerSecond * 3 * forwardFlopsPerSample / 1e9)
+                                      gflops: samplesPerSecond * 3 * forwardFlopsPerSample / 1e9,
+                                      forwardShare: forward / total, backwardShare: backward / total,
+                                      optimizerShare: optimizer / total)
                     }
                 }
             }

@@ -361,10 +361,12 @@ public final class LSTMModel: @unchecked Sendable {
                     a: gateGradients + batchSize &* gatesWidth, lda: gatesWidth, b: outputs, ldb: hidden,
                     beta: 1, c: parameters.gradient(slices.hiddenWeight), ldc: hidden)
             }
-            Kernels.accumulateColumnSums(gateGradients, rows: rows, columns: gatesWidth,
-                                         into: parameters.gradient(slices.inputBias))
-            Kernels.accumulateColumnSums(gateGradients, rows: rows, columns: gatesWidth,
-                                         into: parameters.gradient(slices.hiddenBias))
+            // Both biases enter the gates alike, so they share one column sum.
+            let biasGradient = workspace.biasGradient.pointer
+            biasGradient.update(repeating: 0, count: gatesWidth)
+            Kernels.accumulateColumnSums(gateGradients, rows: rows, columns: gatesWidth, into: biasGradient)
+            Kernels.axpy(1, biasGradient, parameters.gradient(slices.inputBias), count: gatesWidth)
+            Kernels.axpy(1, biasGradient, parameters.gradient(slices.hiddenBias), count: gatesWidth)
 
             guard layer > 0 || featureGradients != nil else { continue }
             // d(layer input) = dGates · W_ih; for layer > 0 it is the layer below's output
@@ -418,6 +420,7 @@ final class LSTMWorkspace {
     let cellCarry = Tensor(shape: [1])
     /// The cell state before the first step.
     let zeros = Tensor(shape: [1])
+    let biasGradient = Tensor(shape: [1])
     var batchSize = 0
     var dropoutActive = false
 
@@ -452,5 +455,6 @@ final class LSTMWorkspace {
         hiddenCarry.reshape([batchSize, hidden])
         cellCarry.reshape([batchSize, hidden])
         zeros.reshape([hidden])
+        biasGradient.reshape([4 * hidden])
     }
 }

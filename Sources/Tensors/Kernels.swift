@@ -12,7 +12,7 @@ public enum Kernels {
     /// assembled in the exponent bits. Rounding to the nearest n uses the 1.5·2²³ trick (its
     /// bit pattern then holds n in the low bits), because `rounded()` compiles to a library
     /// call on baseline x86-64. Inputs are clamped to [−87.3, 88.3], where 2^n stays normal.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func exp(_ x: Float) -> Float {
         let clamped = Swift.min(Swift.max(x, -87.3), 88.3)
         let shifted = clamped * 1.442_695_04 + 12_582_912
@@ -31,14 +31,14 @@ public enum Kernels {
     }
 
     /// 1 / (1 + e^−x), vectorisable; saturates cleanly (exp's clamp keeps it finite).
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func sigmoid(_ x: Float) -> Float {
         1 / (1 + exp(-x))
     }
 
     /// tanh, vectorisable: (1 − e^−2|x|)/(1 + e^−2|x|) with the sign restored, and an odd
     /// polynomial near zero where that quotient would cancel (error < 1e-7 absolute).
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func tanh(_ x: Float) -> Float {
         let magnitude = Swift.abs(x)
         let e = exp(-2 * magnitude)
@@ -50,7 +50,7 @@ public enum Kernels {
     }
 
     /// log(1 + e^x) without overflow.
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func softplus(_ x: Float) -> Float {
         x > 0 ? x + log1pf(expf(-x)) : log1pf(expf(x))
     }
@@ -75,11 +75,11 @@ public enum Kernels {
     }
 
     /// Derivative of the sigmoid from its output s: s(1 - s).
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func sigmoidDerivative(output s: Float) -> Float { s * (1 - s) }
 
     /// Derivative of tanh from its output t: 1 - t².
-    @inline(__always)
+    @inlinable @inline(__always)
     public static func tanhDerivative(output t: Float) -> Float { 1 - t * t }
 
     /// Adds `bias` (length `columns`) to each of `rows` rows.

@@ -67,6 +67,9 @@ struct Models: ParsableCommand {
             format: "LSTM training (T=%d, %d features, hidden %d, %d layers, batch %d): %.0f samples/s, %.2f GFLOP/s = %.1f%% of sgemm",
             lstm.steps, lstm.inputSize, lstm.hiddenSize, lstm.layers, lstm.batchSize,
             lstmResult.samplesPerSecond, lstmResult.gflops, 100 * lstmResult.gflops * 1e9 / sgemm))
+        print(String(
+            format: "  time: forward %.0f%%, loss and backward %.0f%%, Adam %.0f%%",
+            100 * lstmResult.forwardShare, 100 * lstmResult.backwardShare, 100 * lstmResult.optimizerShare))
 
         var sage = GraphSAGEThroughput()
         sage.minimumSeconds = seconds
