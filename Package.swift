@@ -10,11 +10,13 @@ let package = Package(
         .library(name: "Models", targets: ["Models"]),
         .library(name: "Metrics", targets: ["Metrics"]),
         .library(name: "CustomerData", targets: ["CustomerData"]),
+        .library(name: "Checkpoints", targets: ["Checkpoints"]),
         .executable(name: "clm-bench", targets: ["clm-bench"]),
         .executable(name: "clm-data", targets: ["clm-data"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         // MARK: System libraries
@@ -35,6 +37,7 @@ let package = Package(
         .target(name: "Models", dependencies: ["Tensors"]),
         .target(name: "Metrics"),
         .target(name: "CustomerData", dependencies: ["Tensors"]),
+        .target(name: "Checkpoints", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData"]),
 
         // MARK: Executables (thin: parse arguments, call a library)
@@ -57,6 +60,7 @@ let package = Package(
         // MARK: Tests
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
+        .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints"]),
         .testTarget(
             name: "CustomerDataTests",
             dependencies: ["CustomerData", "Tensors"],

@@ -1,0 +1,1 @@
+// Placeholder until checkpoints land (issue #5).
