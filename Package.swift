@@ -11,12 +11,14 @@ let package = Package(
         .library(name: "Metrics", targets: ["Metrics"]),
         .library(name: "CustomerData", targets: ["CustomerData"]),
         .library(name: "Checkpoints", targets: ["Checkpoints"]),
+        .library(name: "Training", targets: ["Training"]),
         .executable(name: "clm-bench", targets: ["clm-bench"]),
         .executable(name: "clm-data", targets: ["clm-data"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
     ],
     targets: [
         // MARK: System libraries
@@ -38,6 +40,10 @@ let package = Package(
         .target(name: "Metrics"),
         .target(name: "CustomerData", dependencies: ["Tensors"]),
         .target(name: "Checkpoints", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        .target(
+            name: "Training",
+            dependencies: ["Collectives", "Models", "Metrics", "CustomerData", "Checkpoints", "Tensors", "Yams"]
+        ),
         .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData"]),
 
         // MARK: Executables (thin: parse arguments, call a library)
@@ -61,6 +67,7 @@ let package = Package(
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
         .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives"]),
         .testTarget(
             name: "CustomerDataTests",
             dependencies: ["CustomerData", "Tensors"],

@@ -1,0 +1,67 @@
+import Foundation
+
+/// Rank 0's view of progress: a bar that redraws itself on a terminal, plain lines elsewhere
+/// (logs, CI), and a JSON-lines metrics log in the run directory.
+final class ProgressReporter {
+    private let interactive: Bool
+    private let log: FileHandle?
+    private let enabled: Bool
+    private var lastPlainLine = 0.0
+
+    init(enabled: Bool, metricsLog: URL?) throws {
+        self.enabled = enabled
+        interactive = enabled && isatty(STDOUT_FILENO) != 0
+        if enabled, let metricsLog {
+            try FileManager.default.createDirectory(at: metricsLog.deletingLastPathComponent(), withIntermediateDirectories: true)
+            if !FileManager.default.fileExists(atPath: metricsLog.path) {
+                _ = FileManager.default.createFile(atPath: metricsLog.path, contents: nil)
+            }
+            log = try FileHandle(forWritingTo: metricsLog)
+            log?.seekToEndOfFile()
+        } else {
+            log = nil
+        }
+    }
+
+    func step(epoch: Int, epochs: Int, step: Int, steps: Int, loss: Double, samplesPerSecond: Double, etaSeconds: Double) {
+        guard enabled else { return }
+        let text = String(format: "epoch %d/%d  step %d/%d  loss %.4f  %.0f samples/s  ETA %@",
+                          epoch + 1, epochs, step, steps, loss, samplesPerSecond, formatDuration(etaSeconds))
+        if interactive {
+            let width = 24
+            let filled = steps > 0 ? width * step / steps : width
+            let bar = String(repeating: "█", count: filled) + String(repeating: "·", count: width - filled)
+            print("\r\u{1B}[2K[\(bar)] \(text)", terminator: "")
+            fflush(nil)
+        } else {
+            let now = Date().timeIntervalSince1970
+            if now - lastPlainLine >= 10 || step == steps {
+                lastPlainLine = now
+                print(text)
+            }
+        }
+    }
+
+    func line(_ text: String) {
+        guard enabled else { return }
+        if interactive { print("\r\u{1B}[2K", terminator: "") }
+        print(text)
+        fflush(nil)
+    }
+
+    func record(_ metrics: [String: Double], event: String) {
+        guard let log else { return }
+        var entry: [String: Any] = metrics.filter { $0.value.isFinite }
+        entry["event"] = event
+        entry["time"] = ISO8601DateFormatter().string(from: Date())
+        guard let data = try? JSONSerialization.data(withJSONObject: entry, options: [.sortedKeys]) else { return }
+        log.write(data + Data("\n".utf8))
+    }
+}
+
+func formatDuration(_ seconds: Double) -> String {
+    guard seconds.isFinite && seconds >= 0 else { return "--" }
+    let total = Int(seconds.rounded())
+    return total >= 3600 ? String(format: "%d:%02d:%02d", total / 3600, total / 60 % 60, total % 60)
+                         : String(format: "%d:%02d", total / 60, total % 60)
+}

@@ -1,0 +1,153 @@
+import CustomerData
+import Foundation
+import Models
+import Tensors
+
+/// What the training loop needs from a model: a training step on some of the local shard's
+/// customers, and predictions for evaluation.
+protocol TrainingTask: AnyObject {
+    var parameters: ParameterStore { get }
+    /// Adds the gradients of the mean loss over `customers` (indices into `shard`) and returns it.
+    func trainStep(_ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom) -> Float
+    /// Scores every customer of `shard` without dropout.
+    func predict(_ shard: LocalShard) -> Predictions
+}
+
+/// Model outputs for a shard, in shard order.
+struct Predictions {
+    /// LSTM: churn probability and CLV prediction (log1p scale) per customer.
+    var churnProbability: [Float] = []
+    var clvLog: [Float] = []
+    /// GNN: class probabilities, row-major [count, classes].
+    var stageProbabilities: [Float] = []
+}
+
+final class LSTMTask: TrainingTask {
+    let model: LSTMModel
+    let batchCapacity: Int
+    private let features: Tensor
+    private var lengths: [Int32]
+    private var churn: [Float]
+    private var spend: [Float]
+
+    var parameters: ParameterStore { model.parameters }
+
+    init(model: LSTMModel, batchCapacity: Int, steps: Int) {
+        self.model = model
+        self.batchCapacity = batchCapacity
+        features = Tensor(shape: [batchCapacity, steps, model.configuration.inputSize])
+        lengths = [Int32](repeating: 1, count: batchCapacity)
+        churn = [Float](repeating: 0, count: batchCapacity)
+        spend = [Float](repeating: 0, count: batchCapacity)
+    }
+
+    /// Copies the chosen customers into the batch buffers (allocated once, at the largest size).
+    private func gather(_ shard: LocalShard, _ customers: ArraySlice<Int32>) {
+        let sequence = shard.steps * shard.featureCount
+        for (slot, customer) in customers.enumerated() {
+            let row = Int(customer)
+            (features.pointer + slot * sequence).update(from: shard.features.pointer + row * sequence, count: sequence)
+            lengths[slot] = shard.lengths[row]
+            churn[slot] = shard.churn[row]
+            spend[slot] = shard.spend[row]
+        }
+    }
+
+    private func withBatch<R>(_ count: Int, steps: Int, _ body: (SequenceBatch) -> R) -> R {
+        lengths.withUnsafeBufferPointer { ls in
+            churn.withUnsafeBufferPointer { ys in
+                spend.withUnsafeBufferPointer { ss in
+                    body(SequenceBatch(
+                        features: features.pointer, lengths: ls.baseAddress!, batchSize: count, steps: steps,
+                        churnLabels: ys.baseAddress!, spend: ss.baseAddress!))
+                }
+            }
+        }
+    }
+
+    func trainStep(_ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom) -> Float {
+        gather(shard, customers)
+        return withBatch(customers.count, steps: shard.steps) { batch in
+            model.trainingStep(batch, random: &random).total
+        }
+    }
+
+    func predict(_ shard: LocalShard) -> Predictions {
+        var result = Predictions()
+        result.churnProbability.reserveCapacity(shard.count)
+        result.clvLog.reserveCapacity(shard.count)
+        var unused = SeededRandom(seed: 0, purpose: .dropout)
+        var start = 0
+        while start < shard.count {
+            let count = min(batchCapacity, shard.count - start)
+            gather(shard, Array(Int32(start)..<Int32(start + count))[...])
+            withBatch(count, steps: shard.steps) { batch in
+                model.forward(batch, training: false, random: &unused)
+            }
+            for logit in model.churnLogits { result.churnProbability.append(Kernels.sigmoid(logit)) }
+            result.clvLog.append(contentsOf: model.clvPredictions)
+            start += count
+        }
+        return result
+    }
+}
+
+final class GNNTask: TrainingTask {
+    let model: GraphSAGEModel
+    let sampler: NeighbourSampler
+    let nodeFeatures: UnsafePointer<Float>
+    let featureWidth: Int
+    let batchCapacity: Int
+    let seed: UInt64
+    private let input = Tensor(shape: [1])
+    private var labels: [Int32]
+
+    var parameters: ParameterStore { model.parameters }
+
+    init(model: GraphSAGEModel, graph: CSRGraph, fanouts: [Int], nodeFeatures: UnsafePointer<Float>,
+         featureWidth: Int, batchCapacity: Int, seed: UInt64) {
+        self.model = model
+        sampler = NeighbourSampler(graph: graph, fanouts: fanouts)
+        self.nodeFeatures = nodeFeatures
+        self.featureWidth = featureWidth
+        self.batchCapacity = batchCapacity
+        self.seed = seed
+        labels = [Int32](repeating: 0, count: batchCapacity)
+    }
+
+    private func prepare(_ shard: LocalShard, _ customers: ArraySlice<Int32>, random: inout SeededRandom) -> [SampledBlock] {
+        let seeds = customers.map { shard.datasetRows[Int($0)] }
+        for (slot, customer) in customers.enumerated() { labels[slot] = shard.stages[Int(customer)] }
+        let sample = sampler.sample(seeds: seeds, random: &random)
+        input.reshape([sample.inputNodes.count, featureWidth])
+        gatherRows(nodeFeatures, width: featureWidth, nodes: sample.inputNodes, into: input.pointer)
+        return sample.blocks
+    }
+
+    func trainStep(_ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom) -> Float {
+        // One stream for sampling and one for dropout, both derived from the step's stream.
+        var sampling = random.split(1)
+        var dropout = random.split(2)
+        let blocks = prepare(shard, customers, random: &sampling)
+        return labels.withUnsafeBufferPointer {
+            model.trainingStep(features: input.pointer, blocks: blocks, labels: $0.baseAddress!, random: &dropout)
+        }
+    }
+
+    func predict(_ shard: LocalShard) -> Predictions {
+        var result = Predictions()
+        // Evaluation samples neighbours too; a fixed stream makes it repeatable.
+        var sampling = SeededRandom(seed: seed, purpose: .neighbourSampling, epoch: -1)
+        var unused = SeededRandom(seed: 0, purpose: .dropout)
+        var start = 0
+        while start < shard.count {
+            let count = min(batchCapacity, shard.count - start)
+            let blocks = prepare(shard, Array(Int32(start)..<Int32(start + count))[...], random: &sampling)
+            model.forward(features: input.pointer, blocks: blocks, training: false, random: &unused)
+            result.stageProbabilities.append(contentsOf: model.probabilities())
+            start += count
+        }
+        return result
+    }
+}
+
