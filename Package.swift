@@ -80,10 +80,16 @@ let package = Package(
         ),
         // Runs under mpirun at several world sizes; scripts/test.sh launches it and checks that
         // every rank reported.
+        .target(name: "RankTesting", dependencies: ["Collectives"], path: "Tests/RankTesting"),
         .executableTarget(
             name: "clm-multirank-tests",
-            dependencies: ["Collectives"],
+            dependencies: ["Collectives", "RankTesting"],
             path: "Tests/MultiRank"
+        ),
+        .executableTarget(
+            name: "clm-training-tests",
+            dependencies: ["Training", "Collectives", "Models", "Tensors", "RankTesting"],
+            path: "Tests/TrainingMultiRank"
         ),
     ]
 )

@@ -16,23 +16,27 @@ grep -qE "Test run with [0-9]+ tests? .*passed" /tmp/clm-swift-test.log \
 
 echo "== building the multi-rank tests"
 swift build --product clm-multirank-tests
-multirank="$(swift build --show-bin-path)/clm-multirank-tests"
+swift build --product clm-training-tests
+bin="$(swift build --show-bin-path)"
+multirank="$bin/clm-multirank-tests"
+training="$bin/clm-training-tests"
 
 total_passed=0
 total_failed=0
 log_dir=$(mktemp -d)
 trap 'rm -rf "$log_dir"' EXIT
 
-# Runs the collective checks at $1 ranks and verifies that every rank printed its summary.
+# Runs suite $2 (binary $3, summary lines starting with $2) at $1 ranks and verifies that every
+# rank printed a summary with no failures.
 run_ranks() {
-    local ranks=$1 log="$log_dir/np$1.log" status=0
-    echo "== multi-rank tests at $ranks rank(s)"
-    timeout 600 bash -c "$(declare -f clm_mpirun_local); clm_mpirun_local $ranks '$multirank'" >"$log" 2>&1 || status=$?
-    grep -E "^(FAIL|multirank)" "$log" || true
+    local ranks=$1 suite=$2 binary=$3 log="$log_dir/$2-np$1.log" status=0
+    echo "== $suite tests at $ranks rank(s)"
+    timeout 600 bash -c "$(declare -f clm_mpirun_local); clm_mpirun_local $ranks '$binary'" >"$log" 2>&1 || status=$?
+    grep -E "^(FAIL|$suite)" "$log" || true
     local reported
-    reported=$(grep -cE "^multirank rank=[0-9]+ size=$ranks: [0-9]+ passed, 0 failed$" "$log" || true)
+    reported=$(grep -cE "^$suite rank=[0-9]+ size=$ranks: [0-9]+ passed, 0 failed$" "$log" || true)
     if [ "$status" -ne 0 ] || [ "$reported" -ne "$ranks" ]; then
-        echo "multi-rank tests at $ranks ranks FAILED: mpirun status $status, $reported of $ranks ranks reported success"
+        echo "$suite tests at $ranks ranks FAILED: mpirun status $status, $reported of $ranks ranks reported success"
         tail -40 "$log"
         total_failed=$((total_failed + 1))
         return
@@ -40,7 +44,33 @@ run_ranks() {
     total_passed=$((total_passed + 1))
 }
 
-for ranks in 1 2 3 4; do run_ranks "$ranks"; done
+# Runs scenario $2 of binary $3 at $1 ranks (extra mpirun app context in $5) and requires every
+# rank to print a line matching $4.
+expect_every_rank() {
+    local ranks=$1 scenario=$2 binary=$3 pattern=$4 extra=${5:-} log="$log_dir/$2.log" status=0
+    echo "== scenario $scenario"
+    timeout 120 bash -c "$(declare -f clm_mpirun_local); clm_mpirun_local $ranks '$binary' --scenario $scenario $extra" \
+        >"$log" 2>&1 || status=$?
+    local total=$ranks matched
+    [ -n "$extra" ] && total=$((ranks + 1))
+    matched=$(grep -cE "$pattern" "$log" || true)
+    grep -E "^scenario" "$log" | head -4 || true
+    if [ "$status" -eq 0 ] && [ "$matched" -eq "$total" ]; then
+        total_passed=$((total_passed + 1))
+    else
+        echo "scenario $scenario FAILED: status $status, $matched of $total ranks reported as expected"
+        tail -20 "$log"
+        total_failed=$((total_failed + 1))
+    fi
+}
+
+for ranks in 1 2 3 4; do run_ranks "$ranks" multirank "$multirank"; done
+for ranks in 1 2 3 4; do run_ranks "$ranks" training "$training"; done
+expect_every_rank 2 divergence "$training" "^scenario divergence: rank [0-9]: parameters diverged at step 7: rank 1 differs from rank 0"
+# The third rank runs as a different build: every rank must refuse to start and name it.
+expect_every_rank 2 fingerprint-mismatch "$training" \
+    "^scenario fingerprint-mismatch: rank [0-9]: ranks disagree before the first step: program version differs from rank 0 on rank 2$" \
+    ": -np 1 env CLM_VERSION_SUFFIX=other-build $training --scenario fingerprint-mismatch"
 
 # A rank that never reaches a collective: the watchdog (2 s limit) must end the job well before
 # the stuck rank's 60 s sleep, name it, and make mpirun fail.

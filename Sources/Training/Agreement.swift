@@ -75,7 +75,8 @@ func checkParametersAgree(_ values: UnsafeBufferPointer<Float>, step: Int, world
     let differing = checksums.indices.filter { checksums[$0] != checksums[0] }
     if !differing.isEmpty {
         throw AgreementError(
-            message: "parameters diverged at step \(step): ranks \(differing.map(String.init).joined(separator: ", ")) "
-                + "differ from rank 0 (non-deterministic arithmetic, a bad host, or a missed update)")
+            message: "parameters diverged at step \(step): rank\(differing.count > 1 ? "s" : "") "
+                + "\(differing.map(String.init).joined(separator: ", ")) differ\(differing.count > 1 ? "" : "s") from rank 0 "
+                + "(non-deterministic arithmetic, a bad host, or a missed update)")
     }
 }

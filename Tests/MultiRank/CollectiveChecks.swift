@@ -1,4 +1,5 @@
 import Collectives
+import RankTesting
 
 /// Scalars the checks can build from small integers, which every type represents exactly.
 protocol ExactScalar: CollectiveScalar, Equatable {

@@ -1,4 +1,5 @@
 import Collectives
+import RankTesting
 import Foundation
 
 /// Jobs that must fail, fast and with a message; scripts/test.sh runs each under mpirun and

@@ -1,4 +1,5 @@
 import Collectives
+import RankTesting
 import Foundation
 
 // Multi-rank checks of `Collectives`, run by scripts/test.sh under `mpirun -np N`.

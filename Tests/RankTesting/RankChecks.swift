@@ -4,20 +4,20 @@ import Collectives
 ///
 /// Each rank counts its own passes and failures and prints one summary line that
 /// scripts/test.sh looks for; a missing line means a rank never ran or died.
-final class RankChecks {
-    let rank: Int
-    let size: Int
-    private(set) var passed = 0
-    private(set) var failed = 0
+public final class RankChecks {
+    public let rank: Int
+    public let size: Int
+    public private(set) var passed = 0
+    public private(set) var failed = 0
     private var currentCheck = ""
 
-    init(rank: Int, size: Int) {
+    public init(rank: Int, size: Int) {
         self.rank = rank
         self.size = size
     }
 
     /// Runs one named check; a thrown error counts as a failure of that check.
-    func check(_ name: String, _ body: () throws -> Void) {
+    public func check(_ name: String, _ body: () throws -> Void) {
         currentCheck = name
         let failuresBefore = failed
         do {
@@ -28,16 +28,16 @@ final class RankChecks {
         if failed == failuresBefore { passed += 1 }
     }
 
-    func expect(_ condition: Bool, _ message: @autoclosure () -> String, line: Int = #line) {
+    public func expect(_ condition: Bool, _ message: @autoclosure () -> String, line: Int = #line) {
         if !condition { fail("\(message()) (line \(line))") }
     }
 
-    func expectEqual<T: Equatable>(_ actual: T, _ expected: T, _ what: String, line: Int = #line) {
+    public func expectEqual<T: Equatable>(_ actual: T, _ expected: T, _ what: String, line: Int = #line) {
         if actual != expected { fail("\(what): got \(actual), expected \(expected) (line \(line))") }
     }
 
     /// Compares arrays and reports the first differing index rather than two huge dumps.
-    func expectElementsEqual<T: Equatable>(_ actual: [T], _ expected: [T], _ what: String, line: Int = #line) {
+    public func expectElementsEqual<T: Equatable>(_ actual: [T], _ expected: [T], _ what: String, line: Int = #line) {
         guard actual.count == expected.count else {
             fail("\(what): \(actual.count) elements, expected \(expected.count) (line \(line))")
             return
@@ -47,7 +47,7 @@ final class RankChecks {
         }
     }
 
-    func expectThrows(_ what: String, line: Int = #line, _ body: () throws -> Void) -> CollectiveError? {
+    public func expectThrows(_ what: String, line: Int = #line, _ body: () throws -> Void) -> CollectiveError? {
         do {
             try body()
             fail("\(what): expected an error, none was thrown (line \(line))")
@@ -65,7 +65,7 @@ final class RankChecks {
         print("FAIL rank \(rank)/\(size) [\(currentCheck)]: \(message)")
     }
 
-    var summaryLine: String {
+    public var summaryLine: String {
         "multirank rank=\(rank) size=\(size): \(passed) passed, \(failed) failed"
     }
 }
