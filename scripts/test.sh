@@ -9,7 +9,7 @@ cd "$(clm_root)"
 clm_install_packages
 
 echo "== unit tests (swift test)"
-swift test 2>&1 | tee /tmp/clm-swift-test.log | grep -vE "^(◇|✔) Test .* (started|passed)" || true
+swift test 2>&1 | tee /tmp/clm-swift-test.log | grep -vE "^(◇|✔) (Test|Suite) [^ ]+\(?\)? (started|passed after)" || true
 # tee hides swift test's own status behind the pipe; read it from the log instead.
 grep -qE "Test run with [0-9]+ tests? .*passed" /tmp/clm-swift-test.log \
     || { echo "swift test failed"; exit 1; }
