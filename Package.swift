@@ -14,6 +14,8 @@ let package = Package(
         .library(name: "Training", targets: ["Training"]),
         .executable(name: "clm-bench", targets: ["clm-bench"]),
         .executable(name: "clm-data", targets: ["clm-data"]),
+        .executable(name: "clm-coordinator", targets: ["clm-coordinator"]),
+        .executable(name: "clm-worker", targets: ["clm-worker"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -62,6 +64,15 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+
+        .executableTarget(
+            name: "clm-coordinator",
+            dependencies: [
+                "Training", "Collectives",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(name: "clm-worker", dependencies: ["Training", "Collectives"]),
 
         // MARK: Tests
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),

@@ -31,7 +31,15 @@ public enum CollectiveKind: Int, Sendable, CustomStringConvertible {
 /// behind this rank's sequence number did not arrive; peers that do not answer are dead or
 /// wedged. The verdict is printed and the job is aborted, so no rank hangs silently.
 final class CollectiveWatchdog: @unchecked Sendable {
-    let timeout: Duration
+    private let timeoutNanoseconds: Atomic<Int64>
+    /// The limit; may be changed while running (workers learn the job's limit after start-up).
+    var timeout: Duration {
+        get { .nanoseconds(timeoutNanoseconds.load(ordering: .relaxed)) }
+        set {
+            let parts = newValue.components
+            timeoutNanoseconds.store(parts.seconds * 1_000_000_000 + parts.attoseconds / 1_000_000_000, ordering: .relaxed)
+        }
+    }
     let pollInterval: Duration
     private let rank: Int
     private let size: Int
@@ -50,7 +58,8 @@ final class CollectiveWatchdog: @unchecked Sendable {
     private static let replyTag: Int32 = 7102
 
     init(world: MPI_Comm, rank: Int, size: Int, timeout: Duration, pollInterval: Duration = .milliseconds(50)) throws {
-        self.timeout = timeout
+        let parts = timeout.components
+        timeoutNanoseconds = Atomic(parts.seconds * 1_000_000_000 + parts.attoseconds / 1_000_000_000)
         self.pollInterval = pollInterval
         self.rank = rank
         self.size = size

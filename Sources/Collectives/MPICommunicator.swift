@@ -62,6 +62,28 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         }
     }
 
+    /// The watchdog's limit (nil when the watchdog is off); every rank should set the same value.
+    public var watchdogTimeout: Duration? {
+        get { watchdog?.timeout }
+        set { if let newValue { watchdog?.timeout = newValue } }
+    }
+
+    /// A communicator for the same ranks and watchdog that skips the agreement check: for the
+    /// gradient all-reduce, whose arguments agree by construction (checked once by fingerprint).
+    public func withoutAgreementCheck() -> MPICommunicator {
+        MPICommunicator(sibling: self)
+    }
+
+    private init(sibling: MPICommunicator) {
+        rank = sibling.rank
+        size = sibling.size
+        threadSupport = sibling.threadSupport
+        maxElementsPerCall = sibling.maxElementsPerCall
+        verifiesAgreement = false
+        comm = sibling.comm
+        watchdog = sibling.watchdog
+    }
+
     /// Waits for every rank, then stops all watchdogs and finalises MPI.
     public func shutdown() throws {
         // After this barrier no rank is inside a collective, so no watchdog can still need an

@@ -62,6 +62,8 @@ public struct TrainingSummary: Sendable {
 final class DataParallelTrainer {
     let configuration: TrainingConfiguration
     let world: any Communicator
+    /// The same ranks without the per-call agreement check, for the gradient all-reduce.
+    let gradientWorld: any Communicator
     let task: TrainingTask
     let trainShard: LocalShard
     let validationShard: LocalShard
@@ -79,6 +81,7 @@ final class DataParallelTrainer {
          stopAfterSteps: Int? = nil) {
         self.configuration = configuration
         self.world = world
+        gradientWorld = (world as? MPICommunicator)?.withoutAgreementCheck() ?? world
         self.task = task
         self.trainShard = trainShard
         self.validationShard = validationShard
@@ -148,7 +151,7 @@ final class DataParallelTrainer {
                 parameters.zeroGradients()
                 let loss = task.trainStep(trainShard, customers: customers, random: &random)
                 let reduceStart = DispatchTime.now().uptimeNanoseconds
-                try world.allreduceAverage(gradients)
+                try gradientWorld.allreduceAverage(gradients)
                 allreduceSeconds += Double(DispatchTime.now().uptimeNanoseconds - reduceStart) * 1e-9
                 if configuration.clipNorm > 0 { clipGlobalNorm(parameters.gradients, maxNorm: configuration.clipNorm) }
                 optimizer.update(parameters.values, gradients: parameters.gradients,

@@ -1,0 +1,239 @@
+import Collectives
+import CustomerData
+import Foundation
+import Models
+import Tensors
+
+/// What the coordinator tells every rank before training: the configuration and the facts about
+/// the dataset the workers need but must not read themselves.
+struct JobSpec: Codable {
+    var configuration: TrainingConfiguration
+    /// "latest", a step number or a checkpoint directory; nil starts fresh.
+    var resume: String?
+    var stopAfterSteps: Int?
+    var datasetFingerprint: String
+    var datasetPath: String
+    var historyLength: Int
+    var featureCount: Int
+    var classCount: Int
+    var trainCount: Int
+    var validationCount: Int
+    var testCount: Int
+    var positiveWeight: Float
+    var classWeights: [Float]?
+    var nodeFeatureWidth: Int
+}
+
+/// How `clm-coordinator` was asked to run.
+public struct JobRequest: Sendable {
+    public var configurationPath: String
+    public var overrides: [String]
+    public var resume: String?
+    /// Stop after this many optimizer steps (for kill-and-resume tests); nil runs to the end.
+    public var stopAfterSteps: Int?
+
+    public init(configurationPath: String, overrides: [String] = [], resume: String? = nil, stopAfterSteps: Int? = nil) {
+        self.configurationPath = configurationPath
+        self.overrides = overrides
+        self.resume = resume
+        self.stopAfterSteps = stopAfterSteps
+    }
+}
+
+/// The training job, as run by the coordinator (rank 0) and the workers (every other rank).
+public enum TrainingJob {
+    /// Rank 0: reads the configuration and the dataset, tells the workers, trains its own shard,
+    /// validates and writes checkpoints.
+    public static func coordinate(_ request: JobRequest, world: any Communicator) throws -> TrainingSummary {
+        precondition(world.rank == 0, "the coordinator must be rank 0; start it first on the mpirun line")
+        let spec: JobSpec
+        let dataset: CustomerDataset
+        do {
+            let configuration = try TrainingConfiguration.load(yamlFile: request.configurationPath, overrides: request.overrides)
+            dataset = try CustomerDataset.open(at: URL(fileURLWithPath: configuration.data))
+            spec = try makeSpec(configuration, dataset: dataset, request: request)
+        } catch {
+            // Tell the workers there is no job (an empty spec) so they exit instead of waiting.
+            _ = try? world.broadcast(string: "", root: 0)
+            throw error
+        }
+        let encoded = String(decoding: try JSONEncoder().encode(spec), as: UTF8.self)
+        _ = try world.broadcast(string: encoded, root: 0)
+        return try run(spec, dataset: dataset, world: world)
+    }
+
+    /// Every other rank: receives the job from the coordinator and trains its shard.
+    public static func work(world: any Communicator) throws {
+        let encoded = try world.broadcast(string: "", root: 0)
+        guard !encoded.isEmpty else {
+            throw AgreementError(message: "the coordinator could not start the job (its error is above); worker \(world.rank) exits")
+        }
+        let spec = try JSONDecoder().decode(JobSpec.self, from: Data(encoded.utf8))
+        var dataset: CustomerDataset? = nil
+        if spec.configuration.model == .gnn {
+            // The graph is memory-mapped from shared storage on every rank; the fingerprint check
+            // below proves each rank mapped the same dataset.
+            dataset = try CustomerDataset.open(at: URL(fileURLWithPath: spec.datasetPath), verifyContents: false)
+        }
+        _ = try run(spec, dataset: dataset, world: world)
+    }
+
+    static func makeSpec(_ configuration: TrainingConfiguration, dataset: CustomerDataset, request: JobRequest) throws -> JobSpec {
+        let train = dataset.indices(in: .train)
+        guard !train.isEmpty else {
+            throw AgreementError(message: "dataset \(configuration.data) has no training customers")
+        }
+        let positives = train.reduce(0) { $0 + (dataset.churn[$1] >= 0.5 ? 1 : 0) }
+        // BCE's pos_weight: negatives per positive balances the classes' share of the loss.
+        let automaticWeight = positives > 0 ? Float(train.count - positives) / Float(positives) : 1
+        let classCount = dataset.manifest.stageNames.count
+        var classWeights: [Float]? = nil
+        if configuration.gnn.balanceClasses {
+            var counts = [Int](repeating: 0, count: classCount)
+            for index in train { counts[Int(dataset.stage[index])] += 1 }
+            // Inverse frequency, scaled so the weights average 1 over the training customers.
+            classWeights = counts.map { $0 > 0 ? Float(train.count) / Float(classCount * $0) : 0 }
+        }
+        if configuration.model == .gnn && dataset.graph == nil {
+            throw AgreementError(message: "the gnn model needs a customer–product graph, and dataset \(configuration.data) has none (no product ids)")
+        }
+        return JobSpec(
+            configuration: configuration, resume: request.resume, stopAfterSteps: request.stopAfterSteps,
+            datasetFingerprint: dataset.manifest.fingerprint, datasetPath: configuration.data,
+            historyLength: dataset.historyLength, featureCount: dataset.featureCount, classCount: classCount,
+            trainCount: train.count, validationCount: dataset.indices(in: .validation).count,
+            testCount: dataset.indices(in: .test).count,
+            positiveWeight: configuration.lstm.positiveWeight ?? automaticWeight, classWeights: classWeights,
+            nodeFeatureWidth: dataset.nodeFeatureWidth)
+    }
+
+    static func run(_ spec: JobSpec, dataset: CustomerDataset?, world: any Communicator) throws -> TrainingSummary {
+        let configuration = spec.configuration
+        BLAS.setThreadCount(1)
+        (world as? MPICommunicator)?.watchdogTimeout = .milliseconds(Int64(configuration.watchdogSeconds * 1000))
+        let task = try makeTask(spec, dataset: dataset)
+        try checkAgreement(
+            JobFingerprint(configuration: try configuration.canonicalJSON(),
+                           parameterLayout: task.parameters.layout.fingerprint,
+                           dataset: dataset?.manifest.fingerprint ?? spec.datasetFingerprint,
+                           program: programVersion),
+            world: world)
+
+        let ranks = world.size
+        let trainCounts = ShardPlan.balancedCounts(total: spec.trainCount, ranks: ranks)
+        let validationCounts = ShardPlan.exactCounts(total: spec.validationCount, ranks: ranks)
+        let testCounts = ShardPlan.exactCounts(total: spec.testCount, ranks: ranks)
+        var table: CustomerTable? = nil
+        var plans: (ShardPlan, ShardPlan, ShardPlan)? = nil
+        if world.rank == 0, let dataset {
+            let view = CustomerTable(
+                customerCount: dataset.customerCount, steps: dataset.historyLength, featureCount: dataset.featureCount,
+                features: dataset.features.baseAddress!, lengths: dataset.lengths.baseAddress!,
+                churn: dataset.churn.baseAddress!, spend: dataset.spend.baseAddress!,
+                stages: dataset.stage.baseAddress!, splits: dataset.split.baseAddress!)
+            table = view
+            plans = (ShardPlan.balanced(view.rows(inSplit: 0), ranks: ranks, seed: configuration.seed),
+                     ShardPlan.exact(view.rows(inSplit: 1), ranks: ranks),
+                     ShardPlan.exact(view.rows(inSplit: 2), ranks: ranks))
+        }
+        func shard(_ counts: [Int], _ plan: ShardPlan?) throws -> LocalShard {
+            try distributeShards(counts: counts, plan: plan, table: table, steps: spec.historyLength,
+                                 featureCount: spec.featureCount, world: world)
+        }
+        let trainShard = try shard(trainCounts, plans?.0)
+        let validationShard = try shard(validationCounts, plans?.1)
+        let testShard = try shard(testCounts, plans?.2)
+
+        let store = CheckpointIO(configuration: configuration, spec: spec, dataset: dataset)
+        let restored = try restoreState(spec, store: world.rank == 0 ? store : nil, parameterCount: task.parameters.layout.totalCount, world: world)
+        let reporter = try ProgressReporter(
+            enabled: world.rank == 0,
+            metricsLog: URL(fileURLWithPath: configuration.checkpoints).appendingPathComponent(configuration.run)
+                .appendingPathComponent("metrics.jsonl"))
+        if world.rank == 0 {
+            reporter.line("training \(configuration.model.rawValue) on \(ranks) rank\(ranks > 1 ? "s" : ""): "
+                + "\(spec.trainCount) training customers (\(trainCounts[0]) per rank, \(trainCounts[0] * ranks - spec.trainCount) repeated to balance), "
+                + "\(spec.validationCount) validation, \(spec.testCount) test; \(task.parameters.layout.totalCount) parameters"
+                + (restored.map { ", resuming at epoch \($0.progress.epoch + 1) step \($0.progress.stepInEpoch)" } ?? ""))
+        }
+        let trainer = DataParallelTrainer(
+            configuration: configuration, world: world, task: task, trainShard: trainShard,
+            validationShard: validationShard, testShard: testShard, classCount: spec.classCount, reporter: reporter,
+            saveCheckpoint: world.rank == 0 ? { try store.save($0) } : nil, stopAfterSteps: spec.stopAfterSteps)
+        let summary = try trainer.run(resumingFrom: restored)
+        if world.rank == 0 { reporter.line(describe(summary, configuration: configuration)) }
+        return summary
+    }
+
+    static func makeTask(_ spec: JobSpec, dataset: CustomerDataset?) throws -> TrainingTask {
+        let configuration = spec.configuration
+        switch configuration.model {
+        case .lstm:
+            let model = LSTMModel(
+                configuration: LSTMConfiguration(
+                    inputSize: spec.featureCount, hiddenSize: configuration.lstm.hidden, layers: configuration.lstm.layers,
+                    dropout: configuration.lstm.dropout, positiveWeight: spec.positiveWeight,
+                    clvWeight: configuration.lstm.clvWeight),
+                seed: configuration.seed)
+            return LSTMTask(model: model, batchCapacity: configuration.batchSize, steps: spec.historyLength)
+        case .gnn:
+            guard let dataset, let graph = dataset.graph else {
+                throw AgreementError(message: "the gnn model needs the dataset's graph")
+            }
+            let model = GraphSAGEModel(
+                configuration: GraphSAGEConfiguration(
+                    inputSize: spec.nodeFeatureWidth, hiddenSize: configuration.gnn.hidden, classes: spec.classCount,
+                    layers: configuration.gnn.layers, dropout: configuration.gnn.dropout, classWeights: spec.classWeights),
+                seed: configuration.seed)
+            return GNNTask(model: model, graph: graph, fanouts: configuration.gnn.fanouts,
+                           nodeFeatures: dataset.nodeFeatures.baseAddress!, featureWidth: dataset.nodeFeatureWidth,
+                           batchCapacity: configuration.batchSize, seed: configuration.seed)
+        }
+    }
+
+    /// Rank 0 reads the checkpoint; every rank receives its state by broadcast (workers read no files).
+    static func restoreState(_ spec: JobSpec, store: CheckpointIO?, parameterCount: Int, world: any Communicator) throws -> RestoredState? {
+        guard let resume = spec.resume else { return nil }
+        var header = ""
+        var state: RestoredState? = nil
+        if let store {
+            do {
+                let loaded = try store.load(resume, parameterCount: parameterCount)
+                state = loaded
+                header = String(decoding: try JSONEncoder().encode(loaded.progress), as: UTF8.self)
+                    + "\n\(loaded.optimizerStep)"
+            } catch {
+                _ = try? world.broadcast(string: "", root: 0)
+                throw error
+            }
+        }
+        header = try world.broadcast(string: header, root: 0)
+        guard !header.isEmpty else {
+            throw AgreementError(message: "the coordinator could not load checkpoint '\(resume)' (its error is above)")
+        }
+        let parts = header.split(separator: "\n", maxSplits: 1)
+        let progress = try JSONDecoder().decode(TrainingProgress.self, from: Data(parts[0].utf8))
+        var parameters = state?.parameters ?? [Float](repeating: 0, count: parameterCount)
+        var first = state?.firstMoment ?? [Float](repeating: 0, count: parameterCount)
+        var second = state?.secondMoment ?? [Float](repeating: 0, count: parameterCount)
+        try world.broadcast(&parameters, root: 0)
+        try world.broadcast(&first, root: 0)
+        try world.broadcast(&second, root: 0)
+        return RestoredState(progress: progress, parameters: parameters, firstMoment: first, secondMoment: second,
+                             optimizerStep: Int(parts[1]) ?? 0)
+    }
+
+    static func describe(_ summary: TrainingSummary, configuration: TrainingConfiguration) -> String {
+        func format(_ metrics: [String: Double], _ keys: [String]) -> String {
+            keys.compactMap { key in metrics[key].map { String(format: "%@ %.4f", key, $0) } }.joined(separator: "  ")
+        }
+        let keys = configuration.model == .lstm
+            ? ["auc", "log_loss", "f1", "brier", "clv_rmse", "clv_rmse_log"]
+            : ["accuracy", "macro_f1", "loss"]
+        return "done: \(summary.epochsRun) epochs, \(summary.steps) steps"
+            + (summary.stoppedEarly ? " (stopped early)" : "")
+            + String(format: ", %.0f samples/s, all-reduce %.1f%% of step time", summary.samplesPerSecond, 100 * summary.allreduceShare)
+            + "\n  validation: " + format(summary.lastValidation, keys.map { "val_" + $0 })
+            + "\n  test:       " + format(summary.test, keys.map { "test_" + $0 })
+    }
+}

@@ -1,0 +1,47 @@
+import ArgumentParser
+import Collectives
+import Foundation
+import Training
+
+/// Rank 0 of a training job: `mpirun -np 1 clm-coordinator --config cluster/lstm.yaml : -np 3 clm-worker`.
+@main
+struct Coordinator: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "clm-coordinator",
+        abstract: "Coordinates a data-parallel training job (rank 0); workers are started with clm-worker.",
+        discussion: "Runs alone (one process) or under mpirun as the first application context.")
+
+    @Option(help: "Training configuration (YAML, keys documented in cluster/README.md).")
+    var config: String
+
+    @Option(name: .customLong("set"), help: "Override a configuration key: --set epochs=3 --set lstm.hidden=32 (repeatable).")
+    var overrides: [String] = []
+
+    @Option(help: "Shorthand for --set epochs=N.") var epochs: Int?
+    @Option(help: "Shorthand for --set run=NAME.") var run: String?
+    @Option(help: "Shorthand for --set data=DIR.") var data: String?
+    @Option(help: "Shorthand for --set checkpoints=DIR.") var checkpoints: String?
+
+    @Option(help: "Continue from a checkpoint: 'latest', a step number, or a checkpoint directory.")
+    var resume: String?
+
+    @Option(help: .hidden) var stopAfterSteps: Int?
+
+    func run() throws {
+        var all = overrides
+        if let epochs { all.append("epochs=\(epochs)") }
+        if let run { all.append("run=\(run)") }
+        if let data { all.append("data=\(data)") }
+        if let checkpoints { all.append("checkpoints=\(checkpoints)") }
+        let world = try MPICommunicator(watchdogTimeout: .seconds(300))
+        do {
+            _ = try TrainingJob.coordinate(
+                JobRequest(configurationPath: config, overrides: all, resume: resume, stopAfterSteps: stopAfterSteps),
+                world: world)
+            try world.shutdown()
+        } catch {
+            // One rank's failure must end every rank, not leave them waiting in a collective.
+            world.abort("training failed: \(error)", code: 1)
+        }
+    }
+}

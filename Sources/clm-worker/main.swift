@@ -1,0 +1,17 @@
+import Collectives
+import Training
+
+// A worker rank of a training job: it takes everything from the coordinator (rank 0).
+let world: MPICommunicator
+do {
+    world = try MPICommunicator(watchdogTimeout: .seconds(300))
+} catch {
+    print("clm-worker: could not join the MPI job: \(error)")
+    exit(2)
+}
+do {
+    try TrainingJob.work(world: world)
+    try world.shutdown()
+} catch {
+    world.abort("training failed: \(error)", code: 1)
+}
