@@ -36,10 +36,10 @@ enum DurableIO {
     ///
     /// Temp name in the same directory, fsync the file, rename over the target, fsync the directory
     /// (the rename itself lives in the directory's metadata).
-    static func writeAtomically(_ bytes: some Collection<UInt8>, to url: URL) throws {
+    static func writeAtomically(_ bytes: some ContiguousBytes, to url: URL) throws(FileSystemError) {
         let directory = url.deletingLastPathComponent()
         let temporary = directory.appendingPathComponent(".tmp-\(url.lastPathComponent)-\(randomSuffix())")
-        do {
+        do throws(FileSystemError) {
             try writeNewFile(bytes, to: temporary)
             try rename(temporary, to: url)
         } catch {
@@ -50,13 +50,12 @@ enum DurableIO {
     }
 
     /// Creates a file that must not exist yet, writes `bytes` and fsyncs it.
-    static func writeNewFile(_ bytes: some Collection<UInt8>, to url: URL) throws {
+    static func writeNewFile(_ bytes: some ContiguousBytes, to url: URL) throws(FileSystemError) {
         let path = url.path
         let fd = retryingOnInterrupt { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644) }
         guard fd >= 0 else { throw FileSystemError(operation: "open", path: path, code: errno) }
         var failure: FileSystemError?
-        let contiguous = Array(bytes)
-        contiguous.withUnsafeBytes { raw in
+        bytes.withUnsafeBytes { raw in
             var offset = 0
             while offset < raw.count {
                 let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
@@ -79,7 +78,7 @@ enum DurableIO {
     }
 
     /// Reads a whole regular file.
-    static func readFile(_ url: URL) throws -> [UInt8] {
+    static func readFile(_ url: URL) throws(FileSystemError) -> [UInt8] {
         let path = url.path
         let fd = retryingOnInterrupt { open(path, O_RDONLY | O_CLOEXEC) }
         guard fd >= 0 else { throw FileSystemError(operation: "open", path: path, code: errno) }
@@ -105,7 +104,7 @@ enum DurableIO {
     }
 
     /// Fsyncs a directory so that entries created, renamed or removed in it survive a crash.
-    static func syncDirectory(_ url: URL) throws {
+    static func syncDirectory(_ url: URL) throws(FileSystemError) {
         let path = url.path
         let fd = retryingOnInterrupt { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         guard fd >= 0 else { throw FileSystemError(operation: "open directory", path: path, code: errno) }
@@ -117,22 +116,33 @@ enum DurableIO {
         }
     }
 
-    static func rename(_ source: URL, to destination: URL) throws {
+    static func rename(_ source: URL, to destination: URL) throws(FileSystemError) {
         if posixRename(source.path, destination.path) != 0 {
             throw FileSystemError(operation: "rename to \(destination.path)", path: source.path, code: errno)
         }
     }
 
-    static func makeDirectory(_ url: URL) throws {
+    static func makeDirectory(_ url: URL) throws(FileSystemError) {
         if mkdir(url.path, 0o755) != 0 {
             throw FileSystemError(operation: "mkdir", path: url.path, code: errno)
         }
     }
 
+    /// Creates `url` and any missing parents, fsyncing each parent that gained an entry.
+    static func makeDirectories(_ url: URL) throws(FileSystemError) {
+        if try entryKind(url) == .directory { return }
+        let parent = url.deletingLastPathComponent()
+        if parent.path != url.path { try makeDirectories(parent) }
+        if mkdir(url.path, 0o755) != 0 && errno != EEXIST {
+            throw FileSystemError(operation: "mkdir", path: url.path, code: errno)
+        }
+        try syncDirectory(parent)
+    }
+
     enum EntryKind { case missing, regularFile, directory, other }
 
     /// The kind of entry at `url`, without following a symbolic link.
-    static func entryKind(_ url: URL) throws -> EntryKind {
+    static func entryKind(_ url: URL) throws(FileSystemError) -> EntryKind {
         var info = stat()
         if lstat(url.path, &info) != 0 {
             if errno == ENOENT || errno == ENOTDIR { return .missing }
@@ -146,7 +156,7 @@ enum DurableIO {
     }
 
     /// Names in a directory (without `.` and `..`), or an empty list when it does not exist.
-    static func listDirectory(_ url: URL) throws -> [String] {
+    static func listDirectory(_ url: URL) throws(FileSystemError) -> [String] {
         guard let handle = opendir(url.path) else {
             if errno == ENOENT { return [] }
             throw FileSystemError(operation: "opendir", path: url.path, code: errno)
@@ -163,7 +173,7 @@ enum DurableIO {
     }
 
     /// Removes a file or a directory tree.
-    static func removeTree(_ url: URL) throws {
+    static func removeTree(_ url: URL) throws(FileSystemError) {
         do {
             try FileManager.default.removeItem(at: url)
         } catch {
