@@ -172,14 +172,19 @@ enum DurableIO {
         return names
     }
 
-    /// Removes a file or a directory tree.
+    /// Removes a file or a directory tree, without following symbolic links.
+    ///
+    /// POSIX calls rather than FileManager, whose errors on Linux do not always carry the errno.
     static func removeTree(_ url: URL) throws(FileSystemError) {
-        do {
-            try FileManager.default.removeItem(at: url)
-        } catch {
-            // FileManager hides errno; report the underlying POSIX code when it has one.
-            let code = ((error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError)?.code ?? Int(EIO)
-            throw FileSystemError(operation: "remove", path: url.path, code: Int32(code))
+        if try entryKind(url) == .directory {
+            for name in try listDirectory(url) {
+                try removeTree(url.appendingPathComponent(name))
+            }
+            if rmdir(url.path) != 0 && errno != ENOENT {
+                throw FileSystemError(operation: "rmdir", path: url.path, code: errno)
+            }
+        } else if unlink(url.path) != 0 && errno != ENOENT {
+            throw FileSystemError(operation: "unlink", path: url.path, code: errno)
         }
     }
 
