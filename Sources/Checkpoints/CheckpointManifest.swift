@@ -1,0 +1,228 @@
+import Foundation
+
+/// Size and SHA-256 of one file in a checkpoint directory.
+public struct FileDigest: Codable, Hashable, Sendable {
+    /// Lower-case hexadecimal SHA-256 of the file's contents.
+    public var sha256: String
+    public var bytes: Int
+
+    public init(sha256: String, bytes: Int) {
+        self.sha256 = sha256
+        self.bytes = bytes
+    }
+}
+
+/// The model family a checkpoint holds.
+public enum ModelKind: String, Codable, Sendable, CaseIterable {
+    case lstm
+    case gnn
+}
+
+/// Everything needed to resume training from, or score with, a checkpoint, stored as
+/// `manifest.json` next to the tensor files.
+///
+/// The manifest is written last: a directory with a valid manifest whose digests match is a
+/// complete checkpoint.
+public struct CheckpointManifest: Equatable, Sendable {
+    /// The manifest layout this program writes and the only one it reads.
+    public static let currentFormatVersion = 1
+    /// Name of the manifest inside a checkpoint directory.
+    public static let fileName = "manifest.json"
+
+    public var formatVersion: Int
+    public var runName: String
+    public var step: Int
+    public var epoch: Int
+    /// Creation time as ISO-8601 with a UTC offset, e.g. `2025-03-01T12:00:00Z`.
+    public var createdAt: String
+    public var programVersion: String
+    public var worldSize: Int
+    public var modelKind: ModelKind
+    /// The training configuration, as the training module defines it.
+    public var configuration: JSONValue
+    /// What scoring needs to rebuild features: names, period, normalisation statistics, stage
+    /// thresholds.
+    public var featureSpec: JSONValue
+    public var datasetFingerprint: String
+    /// Generator state to continue the random streams bit for bit; JSON carries it as a decimal
+    /// string because JSON numbers lose precision above 2^53.
+    public var randomState: UInt64
+    public var metrics: [String: Double]
+    /// Digest of every file in the checkpoint directory except the manifest; `save` fills it.
+    public var files: [String: FileDigest]
+
+    public init(
+        runName: String,
+        step: Int,
+        epoch: Int,
+        created: Date = Date(),
+        programVersion: String,
+        worldSize: Int,
+        modelKind: ModelKind,
+        configuration: JSONValue = .object([:]),
+        featureSpec: JSONValue = .object([:]),
+        datasetFingerprint: String,
+        randomState: UInt64,
+        metrics: [String: Double] = [:],
+        files: [String: FileDigest] = [:]
+    ) {
+        self.formatVersion = Self.currentFormatVersion
+        self.runName = runName
+        self.step = step
+        self.epoch = epoch
+        self.createdAt = Self.timestamp(created)
+        self.programVersion = programVersion
+        self.worldSize = worldSize
+        self.modelKind = modelKind
+        self.configuration = configuration
+        self.featureSpec = featureSpec
+        self.datasetFingerprint = datasetFingerprint
+        self.randomState = randomState
+        self.metrics = metrics
+        self.files = files
+    }
+
+    /// `date` as an ISO-8601 UTC timestamp with whole seconds.
+    public static func timestamp(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        return formatter.string(from: date)
+    }
+
+    /// `createdAt` as a date, or nil when it is not ISO-8601.
+    public var createdDate: Date? {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime]
+        if let date = formatter.date(from: createdAt) { return date }
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return formatter.date(from: createdAt)
+    }
+
+    /// Pretty-printed JSON with sorted keys, so equal manifests are equal bytes.
+    public func jsonData() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        // A diverged run has NaN losses; its checkpoint must still be writable to be inspected.
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
+        return try encoder.encode(self)
+    }
+
+    /// Decodes and validates a manifest; `source` names it in errors.
+    public init(jsonData: Data, source: String = CheckpointManifest.fileName) throws(CheckpointError) {
+        let decoder = JSONDecoder()
+        decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
+        do {
+            self = try decoder.decode(CheckpointManifest.self, from: jsonData)
+        } catch let error as DecodingError {
+            throw .invalidManifest(path: source, reason: Self.explain(error))
+        } catch {
+            throw .invalidManifest(path: source, reason: "\(error)")
+        }
+        try validate(source: source)
+    }
+
+    /// Checks the values JSON's types cannot express.
+    public func validate(source: String = CheckpointManifest.fileName) throws(CheckpointError) {
+        func fail(_ reason: String) -> CheckpointError { .invalidManifest(path: source, reason: reason) }
+        if formatVersion != Self.currentFormatVersion {
+            throw fail("format version \(formatVersion) is not supported (this program reads version \(Self.currentFormatVersion))")
+        }
+        if step < 0 { throw fail("step \(step) is negative") }
+        if epoch < 0 { throw fail("epoch \(epoch) is negative") }
+        if worldSize < 1 { throw fail("world size \(worldSize) is not positive") }
+        if createdDate == nil { throw fail("createdAt \"\(createdAt)\" is not an ISO-8601 timestamp") }
+        for (name, digest) in files.sorted(by: { $0.key < $1.key }) {
+            do {
+                try checkCheckpointFileName(name)
+            } catch {
+                throw fail("files: \(error.description.replacingOccurrences(of: "checkpoint: ", with: ""))")
+            }
+            if digest.bytes < 0 { throw fail("files.\(name).bytes is negative (\(digest.bytes))") }
+            let isHex = digest.sha256.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+            if digest.sha256.utf8.count != 64 || !isHex {
+                throw fail("files.\(name).sha256 \"\(digest.sha256)\" is not 64 lower-case hex digits")
+            }
+        }
+    }
+
+    private static func explain(_ error: DecodingError) -> String {
+        func path(_ context: DecodingError.Context) -> String {
+            let keys = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
+            return keys.isEmpty ? "top level" : keys.joined(separator: ".")
+        }
+        switch error {
+        case .keyNotFound(let key, let context):
+            let parent = context.codingPath.isEmpty ? "" : " in \(path(context))"
+            return "missing key \"\(key.stringValue)\"\(parent)"
+        case .typeMismatch(let type, let context):
+            return "\(path(context)): expected \(type)"
+        case .valueNotFound(let type, let context):
+            return "\(path(context)): expected \(type), found null"
+        case .dataCorrupted(let context):
+            let underlying = context.underlyingError.map { " (\($0))" } ?? ""
+            return "\(path(context)): \(context.debugDescription)\(underlying)"
+        @unknown default:
+            return "\(error)"
+        }
+    }
+}
+
+extension CheckpointManifest: Codable {
+    private enum CodingKeys: String, CodingKey {
+        case formatVersion, runName, step, epoch, createdAt, programVersion, worldSize, modelKind
+        case configuration, featureSpec, datasetFingerprint, randomState, metrics, files
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        formatVersion = try container.decode(Int.self, forKey: .formatVersion)
+        runName = try container.decode(String.self, forKey: .runName)
+        step = try container.decode(Int.self, forKey: .step)
+        epoch = try container.decode(Int.self, forKey: .epoch)
+        createdAt = try container.decode(String.self, forKey: .createdAt)
+        programVersion = try container.decode(String.self, forKey: .programVersion)
+        worldSize = try container.decode(Int.self, forKey: .worldSize)
+        modelKind = try container.decode(ModelKind.self, forKey: .modelKind)
+        configuration = try container.decode(JSONValue.self, forKey: .configuration)
+        featureSpec = try container.decode(JSONValue.self, forKey: .featureSpec)
+        datasetFingerprint = try container.decode(String.self, forKey: .datasetFingerprint)
+        let state = try container.decode(String.self, forKey: .randomState)
+        guard let parsed = UInt64(state) else {
+            throw DecodingError.dataCorruptedError(
+                forKey: .randomState, in: container,
+                debugDescription: "\"\(state)\" is not an unsigned 64-bit decimal integer")
+        }
+        randomState = parsed
+        metrics = try container.decode([String: Double].self, forKey: .metrics)
+        files = try container.decode([String: FileDigest].self, forKey: .files)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.container(keyedBy: CodingKeys.self)
+        try container.encode(formatVersion, forKey: .formatVersion)
+        try container.encode(runName, forKey: .runName)
+        try container.encode(step, forKey: .step)
+        try container.encode(epoch, forKey: .epoch)
+        try container.encode(createdAt, forKey: .createdAt)
+        try container.encode(programVersion, forKey: .programVersion)
+        try container.encode(worldSize, forKey: .worldSize)
+        try container.encode(modelKind, forKey: .modelKind)
+        try container.encode(configuration, forKey: .configuration)
+        try container.encode(featureSpec, forKey: .featureSpec)
+        try container.encode(datasetFingerprint, forKey: .datasetFingerprint)
+        try container.encode(String(randomState), forKey: .randomState)
+        try container.encode(metrics, forKey: .metrics)
+        try container.encode(files, forKey: .files)
+    }
+}
+
+/// Checks that `name` can be a file in a checkpoint directory: one plain path component that
+/// cannot be mistaken for the manifest or for a temporary.
+func checkCheckpointFileName(_ name: String) throws(CheckpointError) {
+    if name.isEmpty { throw .invalidFileName(name, reason: "is empty") }
+    if name == CheckpointManifest.fileName { throw .invalidFileName(name, reason: "is reserved for the manifest") }
+    if name.contains("/") || name.contains("\0") { throw .invalidFileName(name, reason: "must be a single path component") }
+    // Hidden names are skipped when a directory is listed (NFS keeps .nfs* files there).
+    if name.hasPrefix(".") { throw .invalidFileName(name, reason: "must not start with '.'") }
+    if name.utf8.count > 255 { throw .invalidFileName(name, reason: "is longer than 255 bytes") }
+}

@@ -1,1 +1,0 @@
-// Placeholder until checkpoints land (issue #5).

@@ -1,0 +1,210 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Foundation
+
+/// A system call that failed: what was attempted, on which path, and the system's own message.
+public struct FileSystemError: Error, CustomStringConvertible, Equatable, Sendable {
+    /// The call or step that failed, e.g. `"fsync"` or `"rename"`.
+    public let operation: String
+    public let path: String
+    /// The `errno` value reported by the system.
+    public let code: Int32
+    public let message: String
+
+    public init(operation: String, path: String, code: Int32) {
+        self.operation = operation
+        self.path = path
+        self.code = code
+        self.message = String(cString: strerror(code))
+    }
+
+    public var description: String { "\(operation) \(path): \(message) (errno \(code))" }
+}
+
+/// Durable file operations built on POSIX calls, so every failure keeps its `errno`.
+///
+/// Foundation's `Data.write(options: .atomic)` renames but never fsyncs, which on a crash can
+/// leave a renamed file whose contents never reached the disk; checkpoints on shared storage
+/// must not have that window.
+enum DurableIO {
+    /// Writes `bytes` to `url` so that readers see either the old file or the whole new one.
+    ///
+    /// Temp name in the same directory, fsync the file, rename over the target, fsync the directory
+    /// (the rename itself lives in the directory's metadata).
+    static func writeAtomically(_ bytes: some ContiguousBytes, to url: URL) throws(FileSystemError) {
+        let directory = url.deletingLastPathComponent()
+        let temporary = directory.appendingPathComponent(".tmp-\(url.lastPathComponent)-\(randomSuffix())")
+        do throws(FileSystemError) {
+            try writeNewFile(bytes, to: temporary)
+            try rename(temporary, to: url)
+        } catch {
+            unlink(temporary.path)
+            throw error
+        }
+        try syncDirectory(directory)
+    }
+
+    /// Creates a file that must not exist yet, writes `bytes` and fsyncs it.
+    static func writeNewFile(_ bytes: some ContiguousBytes, to url: URL) throws(FileSystemError) {
+        let path = url.path
+        let fd = retryingOnInterrupt { open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644) }
+        guard fd >= 0 else { throw FileSystemError(operation: "open", path: path, code: errno) }
+        var failure: FileSystemError?
+        bytes.withUnsafeBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let written = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    failure = FileSystemError(operation: "write", path: path, code: errno)
+                    return
+                }
+                offset += written
+            }
+        }
+        if failure == nil, retryingOnInterrupt({ fsync(fd) }) != 0 {
+            failure = FileSystemError(operation: "fsync", path: path, code: errno)
+        }
+        // close can report a deferred write error (NFS does this), so its result counts too.
+        if close(fd) != 0, failure == nil {
+            failure = FileSystemError(operation: "close", path: path, code: errno)
+        }
+        if let failure { throw failure }
+    }
+
+    /// Reads a whole regular file.
+    static func readFile(_ url: URL) throws(FileSystemError) -> [UInt8] {
+        let path = url.path
+        let fd = retryingOnInterrupt { open(path, O_RDONLY | O_CLOEXEC) }
+        guard fd >= 0 else { throw FileSystemError(operation: "open", path: path, code: errno) }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw FileSystemError(operation: "fstat", path: path, code: errno) }
+        guard (info.st_mode & S_IFMT) == S_IFREG else {
+            throw FileSystemError(operation: "read", path: path, code: EISDIR)
+        }
+        var result: [UInt8] = []
+        result.reserveCapacity(Int(info.st_size))
+        var chunk = [UInt8](repeating: 0, count: 1 << 20)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw FileSystemError(operation: "read", path: path, code: errno)
+            }
+            if count == 0 { break }
+            result.append(contentsOf: chunk[0..<count])
+        }
+        return result
+    }
+
+    /// Fsyncs a directory so that entries created, renamed or removed in it survive a crash.
+    static func syncDirectory(_ url: URL) throws(FileSystemError) {
+        let path = url.path
+        let fd = retryingOnInterrupt { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        guard fd >= 0 else { throw FileSystemError(operation: "open directory", path: path, code: errno) }
+        defer { close(fd) }
+        // Some file systems cannot fsync a directory and say EINVAL; their renames are already
+        // as durable as they will get, so that is not a failure of the checkpoint.
+        if retryingOnInterrupt({ fsync(fd) }) != 0, errno != EINVAL {
+            throw FileSystemError(operation: "fsync directory", path: path, code: errno)
+        }
+    }
+
+    static func rename(_ source: URL, to destination: URL) throws(FileSystemError) {
+        if posixRename(source.path, destination.path) != 0 {
+            throw FileSystemError(operation: "rename to \(destination.path)", path: source.path, code: errno)
+        }
+    }
+
+    static func makeDirectory(_ url: URL) throws(FileSystemError) {
+        if mkdir(url.path, 0o755) != 0 {
+            throw FileSystemError(operation: "mkdir", path: url.path, code: errno)
+        }
+    }
+
+    /// Creates `url` and any missing parents, fsyncing each parent that gained an entry.
+    static func makeDirectories(_ url: URL) throws(FileSystemError) {
+        if try entryKind(url) == .directory { return }
+        let parent = url.deletingLastPathComponent()
+        if parent.path != url.path { try makeDirectories(parent) }
+        if mkdir(url.path, 0o755) != 0 && errno != EEXIST {
+            throw FileSystemError(operation: "mkdir", path: url.path, code: errno)
+        }
+        try syncDirectory(parent)
+    }
+
+    enum EntryKind { case missing, regularFile, directory, other }
+
+    /// The kind of entry at `url`, without following a symbolic link.
+    static func entryKind(_ url: URL) throws(FileSystemError) -> EntryKind {
+        var info = stat()
+        if lstat(url.path, &info) != 0 {
+            if errno == ENOENT || errno == ENOTDIR { return .missing }
+            throw FileSystemError(operation: "lstat", path: url.path, code: errno)
+        }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: return .regularFile
+        case S_IFDIR: return .directory
+        default: return .other
+        }
+    }
+
+    /// Names in a directory (without `.` and `..`), or an empty list when it does not exist.
+    static func listDirectory(_ url: URL) throws(FileSystemError) -> [String] {
+        guard let handle = opendir(url.path) else {
+            if errno == ENOENT { return [] }
+            throw FileSystemError(operation: "opendir", path: url.path, code: errno)
+        }
+        defer { closedir(handle) }
+        var names: [String] = []
+        while let entry = readdir(handle) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+
+    /// Removes a file or a directory tree, without following symbolic links.
+    ///
+    /// POSIX calls rather than FileManager, whose errors on Linux do not always carry the errno.
+    static func removeTree(_ url: URL) throws(FileSystemError) {
+        if try entryKind(url) == .directory {
+            for name in try listDirectory(url) {
+                try removeTree(url.appendingPathComponent(name))
+            }
+            if rmdir(url.path) != 0 && errno != ENOENT {
+                throw FileSystemError(operation: "rmdir", path: url.path, code: errno)
+            }
+        } else if unlink(url.path) != 0 && errno != ENOENT {
+            throw FileSystemError(operation: "unlink", path: url.path, code: errno)
+        }
+    }
+
+    /// 64 random bits in hex, so two crashed writers never pick the same temporary name.
+    static func randomSuffix() -> String {
+        let value = UInt64.random(in: .min ... .max)
+        let hex = String(value, radix: 16)
+        return String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    private static func retryingOnInterrupt(_ call: () -> Int32) -> Int32 {
+        while true {
+            let result = call()
+            if result >= 0 || errno != EINTR { return result }
+        }
+    }
+}
+
+/// The C `rename`, reachable from inside `DurableIO` whose own `rename` shadows it.
+@inline(__always)
+private func posixRename(_ source: String, _ destination: String) -> Int32 {
+    rename(source, destination)
+}
