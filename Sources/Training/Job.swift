@@ -145,6 +145,9 @@ public enum TrainingJob {
         let testShard = try shard(testCounts, plans?.2)
 
         let store = CheckpointIO(configuration: configuration, spec: spec, dataset: dataset)
+        if spec.resume == nil {
+            try onCoordinator(world, what: "prepare the checkpoint directory") { try store.prepare(resumedStep: nil) }
+        }
         let restored = try restoreState(spec, store: world.rank == 0 ? store : nil, parameterCount: task.parameters.layout.totalCount, world: world)
         let reporter = try ProgressReporter(
             enabled: world.rank == 0,
@@ -221,6 +224,24 @@ public enum TrainingJob {
         try world.broadcast(&second, root: 0)
         return RestoredState(progress: progress, parameters: parameters, firstMoment: first, secondMoment: second,
                              optimizerStep: Int(parts[1]) ?? 0)
+    }
+
+    /// Runs `body` on rank 0 only and tells every rank whether it worked, so that a failure there
+    /// ends the workers with a message instead of leaving them in the next collective.
+    static func onCoordinator(_ world: any Communicator, what: String, _ body: () throws -> Void) throws {
+        var failure: Error? = nil
+        var status = [Int32(0)]
+        if world.rank == 0 {
+            do { try body() } catch {
+                failure = error
+                status[0] = 1
+            }
+        }
+        try world.broadcast(&status, root: 0)
+        if let failure { throw failure }
+        if status[0] != 0 {
+            throw AgreementError(message: "the coordinator could not \(what) (its error is above); rank \(world.rank) stops")
+        }
     }
 
     static func describe(_ summary: TrainingSummary, configuration: TrainingConfiguration) -> String {

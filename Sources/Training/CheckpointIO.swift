@@ -1,0 +1,166 @@
+import Checkpoints
+import CustomerData
+import Foundation
+import Models
+
+/// Rank 0's link between the training loop and the checkpoint store: what goes into a checkpoint
+/// and how a run resumes from one.
+///
+/// A checkpoint holds `model.safetensors` (PyTorch / PyG names, loadable with `load_state_dict`),
+/// `optimizer.safetensors` (Adam's moments over the flat layout and its step), `training.json`
+/// (epoch, step and early-stopping state) and `manifest.json` (configuration, the dataset's
+/// manifest with its feature spec and normalisation statistics, metrics, fingerprint, world size,
+/// program version and SHA-256 of every file).
+final class CheckpointIO {
+    let configuration: TrainingConfiguration
+    let spec: JobSpec
+    let dataset: CustomerDataset?
+    private var storeInstance: CheckpointStore?
+
+    init(configuration: TrainingConfiguration, spec: JobSpec, dataset: CustomerDataset?) {
+        self.configuration = configuration
+        self.spec = spec
+        self.dataset = dataset
+    }
+
+    private func store() throws -> CheckpointStore {
+        if let storeInstance { return storeInstance }
+        let store = try CheckpointStore(
+            root: URL(fileURLWithPath: configuration.checkpoints), run: configuration.run,
+            keep: configuration.keepCheckpoints)
+        storeInstance = store
+        return store
+    }
+
+    /// Refuses to start a fresh run over existing checkpoints, and clears what a crashed writer
+    /// left behind: temporaries, and steps newer than the one being resumed (they were written
+    /// after `latest` last moved and will be written again, identically).
+    func prepare(resumedStep: Int?) throws {
+        let store = try store()
+        try store.cleanStaleTemporaries()
+        let existing = try store.steps()
+        guard let resumedStep else {
+            if let newest = existing.last {
+                throw AgreementError(message: "run '\(configuration.run)' in \(configuration.checkpoints) already has checkpoints "
+                    + "(newest: step \(newest)); resume it with --resume latest or choose another --run")
+            }
+            return
+        }
+        for step in existing where step > resumedStep {
+            try FileManager.default.removeItem(at: store.directory(step: step))
+        }
+    }
+
+    func save(_ request: CheckpointRequest) throws {
+        let store = try store()
+        let parameters = request.parameters
+        var model = SafeTensorsWriter(metadata: ["format": "pt", "model": configuration.model.rawValue])
+        for slice in parameters.layout.slices {
+            try model.add(slice.name, shape: slice.shape,
+                          floats: Array(UnsafeBufferPointer(start: parameters.value(slice), count: slice.count)))
+        }
+        var optimizer = SafeTensorsWriter(metadata: ["optimizer": configuration.weightDecay > 0 ? "adamw" : "adam"])
+        try optimizer.add("exp_avg", shape: [request.optimizer.firstMoment.count], floats: request.optimizer.firstMoment.array)
+        try optimizer.add("exp_avg_sq", shape: [request.optimizer.secondMoment.count], floats: request.optimizer.secondMoment.array)
+        try optimizer.add("step", shape: [1], int64s: [Int64(request.optimizer.step)])
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        let files: [String: Data] = [
+            "model.safetensors": Data(try model.serialized()),
+            "optimizer.safetensors": Data(try optimizer.serialized()),
+            "training.json": try encoder.encode(request.progress),
+        ]
+        let manifest = CheckpointManifest(
+            runName: configuration.run, step: request.progress.globalStep, epoch: request.progress.epoch,
+            programVersion: programVersion, worldSize: request.progress.worldSize,
+            modelKind: configuration.model == .lstm ? .lstm : .gnn,
+            configuration: try jsonValue(ScoringModelInfo(spec: spec)),
+            featureSpec: try jsonValue(dataset?.manifest),
+            datasetFingerprint: spec.datasetFingerprint, randomState: configuration.seed,
+            metrics: request.metrics, files: [:])
+        try store.save(step: request.progress.globalStep, files: files, manifest: manifest)
+        if request.isBest { try store.markBest(step: request.progress.globalStep) }
+    }
+
+    /// Reads and verifies the checkpoint named by `resume` ("latest", a step, or a directory).
+    func load(_ resume: String, parameterCount: Int) throws -> RestoredState {
+        let loaded: LoadedCheckpoint
+        let required: Set<String> = ["model.safetensors", "optimizer.safetensors", "training.json"]
+        if resume == "latest" {
+            loaded = try store().load(step: nil, requiring: required)
+        } else if let step = Int(resume) {
+            loaded = try store().load(step: step, requiring: required)
+        } else {
+            loaded = try CheckpointStore.load(directory: URL(fileURLWithPath: resume), requiring: required)
+        }
+        let manifest = loaded.manifest
+        guard manifest.modelKind.rawValue == configuration.model.rawValue else {
+            throw AgreementError(message: "checkpoint \(loaded.directory.path) holds a \(manifest.modelKind.rawValue) model, "
+                + "the configuration trains \(configuration.model.rawValue)")
+        }
+        guard manifest.datasetFingerprint == spec.datasetFingerprint else {
+            throw AgreementError(message: "checkpoint \(loaded.directory.path) was trained on dataset \(manifest.datasetFingerprint), "
+                + "the configuration names dataset \(spec.datasetFingerprint)")
+        }
+        let model = try loaded.safeTensors("model.safetensors")
+        let layoutProbe = try JobTaskLayout.layout(spec)
+        var parameters = [Float](repeating: 0, count: parameterCount)
+        for slice in layoutProbe.slices {
+            let values = try model.floats(slice.name)
+            guard values.count == slice.count else {
+                throw AgreementError(message: "checkpoint tensor \(slice.name) has \(values.count) values, the model needs \(slice.count)")
+            }
+            parameters.replaceSubrange(slice.offset..<slice.offset + slice.count, with: values)
+        }
+        let optimizer = try loaded.safeTensors("optimizer.safetensors")
+        let first = try optimizer.floats("exp_avg")
+        let second = try optimizer.floats("exp_avg_sq")
+        guard first.count == parameterCount, second.count == parameterCount else {
+            throw AgreementError(message: "checkpoint optimizer state has \(first.count) moments, the model has \(parameterCount) parameters")
+        }
+        let progress = try JSONDecoder().decode(TrainingProgress.self, from: loaded.files["training.json"]!)
+        try prepare(resumedStep: manifest.step)
+        return RestoredState(progress: progress, parameters: parameters, firstMoment: first, secondMoment: second,
+                             optimizerStep: Int(try optimizer.int64s("step").first ?? 0))
+    }
+}
+
+/// What a scoring process needs besides the weights to rebuild the model.
+struct ScoringModelInfo: Codable {
+    var training: TrainingConfiguration
+    var inputSize: Int
+    var historyLength: Int
+    var classCount: Int
+    var positiveWeight: Float
+    var classWeights: [Float]?
+
+    init(spec: JobSpec) {
+        training = spec.configuration
+        inputSize = spec.configuration.model == .lstm ? spec.featureCount : spec.nodeFeatureWidth
+        historyLength = spec.historyLength
+        classCount = spec.classCount
+        positiveWeight = spec.positiveWeight
+        classWeights = spec.classWeights
+    }
+}
+
+/// The parameter layout a spec's model has, without keeping the model.
+enum JobTaskLayout {
+    static func layout(_ spec: JobSpec) throws -> ParameterLayout {
+        let configuration = spec.configuration
+        switch configuration.model {
+        case .lstm:
+            return LSTMModel(configuration: LSTMConfiguration(
+                inputSize: spec.featureCount, hiddenSize: configuration.lstm.hidden, layers: configuration.lstm.layers),
+                seed: 0).parameters.layout
+        case .gnn:
+            return GraphSAGEModel(configuration: GraphSAGEConfiguration(
+                inputSize: spec.nodeFeatureWidth, hiddenSize: configuration.gnn.hidden, classes: spec.classCount,
+                layers: configuration.gnn.layers), seed: 0).parameters.layout
+        }
+    }
+}
+
+private func jsonValue<T: Encodable>(_ value: T) throws -> JSONValue {
+    try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(value))
+}
