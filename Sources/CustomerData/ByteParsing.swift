@@ -96,6 +96,7 @@ public enum ByteParsing {
         var e = exponent
         while e > 22 && v.isFinite { v *= 1e22; e -= 22 }
         while e < -22 && v != 0 { v /= 1e22; e += 22 }
+        if !v.isFinite || v == 0 { return v }
         if e > 0 { v *= powersOfTen[e] } else if e < 0 { v /= powersOfTen[-e] }
         return v
     }
