@@ -32,6 +32,17 @@ final class LastDayTracker: EventSink {
     }
 }
 
+/// Money and quantities as integers of 1/10,000, so that sums are exact and order-free.
+enum FixedPoint {
+    static let scale = 10_000.0
+    /// Largest magnitude accepted for one amount or quantity; rows above it are rejected so
+    /// that no sum can overflow.
+    static let limit = 1e11
+
+    @inline(__always) static func from(_ value: Double) -> Int64 { Int64((value * scale).rounded()) }
+    @inline(__always) static func value(_ fixed: Int64) -> Double { Double(fixed) / scale }
+}
+
 @inline(__always)
 func floorDiv(_ a: Int, _ b: Int) -> Int {
     let q = a / b
@@ -44,6 +55,9 @@ func floorDiv(_ a: Int, _ b: Int) -> Int {
 /// Per customer: first and last purchase day up to the cut-off, totals before the history
 /// window, per-period transactions/items/spend inside the window (a block of `historyPeriods`
 /// slots allocated at the customer's first event in the window) and horizon totals.
+///
+/// Amounts and quantities are summed in fixed point (`FixedPoint`), so the sums, and with
+/// them every stored byte, do not depend on the order of the rows.
 final class CustomerAggregates: EventSink {
     let spec: FeatureSpec
     let periods: Int
@@ -58,15 +72,15 @@ final class CustomerAggregates: EventSink {
     var firstDay = GrowableBuffer<Int32>(fill: .max)
     var lastDay = GrowableBuffer<Int32>(fill: .min)
     var preTransactions = GrowableBuffer<Int32>(fill: 0)
-    var preSpend = GrowableBuffer<Double>(fill: 0)
+    var preSpend = GrowableBuffer<Int64>(fill: 0)
     var preLastDay = GrowableBuffer<Int32>(fill: .min)
     var horizonTransactions = GrowableBuffer<Int32>(fill: 0)
-    var horizonSpend = GrowableBuffer<Double>(fill: 0)
+    var horizonSpend = GrowableBuffer<Int64>(fill: 0)
     var lastOrder = GrowableBuffer<UInt64>(fill: 0)
     var windowBlock = GrowableBuffer<Int32>(fill: -1)
-    var windowTransactions = GrowableBuffer<Float>(capacity: 1 << 16, fill: 0)
-    var windowItems = GrowableBuffer<Float>(capacity: 1 << 16, fill: 0)
-    var windowSpend = GrowableBuffer<Float>(capacity: 1 << 16, fill: 0)
+    var windowTransactions = GrowableBuffer<Int32>(capacity: 1 << 16, fill: 0)
+    var windowItems = GrowableBuffer<Int64>(capacity: 1 << 16, fill: 0)
+    var windowSpend = GrowableBuffer<Int64>(capacity: 1 << 16, fill: 0)
     let pairs = PairCounter()
 
     private(set) var eventsInHistory = 0
@@ -123,7 +137,7 @@ final class CustomerAggregates: EventSink {
         if day > cutoff {
             eventsInHorizon += 1
             if newTransaction { horizonTransactions[c] += 1 }
-            horizonSpend[c] += event.amount
+            horizonSpend[c] &+= FixedPoint.from(event.amount)
             return
         }
         eventsInHistory += 1
@@ -132,7 +146,7 @@ final class CustomerAggregates: EventSink {
         if day32 > lastDay[c] { lastDay[c] = day32 }
         if day < windowStart {
             if newTransaction { preTransactions[c] += 1 }
-            preSpend[c] += event.amount
+            preSpend[c] &+= FixedPoint.from(event.amount)
             if day32 > preLastDay[c] { preLastDay[c] = day32 }
         } else {
             var block = windowBlock[c]
@@ -144,8 +158,8 @@ final class CustomerAggregates: EventSink {
             }
             let slot = Int(block) * periods + (day - windowStart) / periodDays
             if newTransaction { windowTransactions[slot] += 1 }
-            windowItems[slot] += Float(event.quantity)
-            windowSpend[slot] += Float(event.amount)
+            windowItems[slot] &+= FixedPoint.from(event.quantity)
+            windowSpend[slot] &+= FixedPoint.from(event.amount)
         }
         if event.product.count > 0 {
             let product = products.intern(event.product.baseAddress!, event.product.count)
@@ -165,24 +179,24 @@ final class CustomerAggregates: EventSink {
         let start = max(0, firstPeriod)
         var lastPeriod = preLastDay[c] == .min ? Int.min : floorDiv(Int(preLastDay[c]) - windowStart, periodDays)
         var cumulativeTransactions = Double(preTransactions[c])
-        var cumulativeSpend = preSpend[c]
+        var cumulativeSpend = FixedPoint.value(preSpend[c])
         let block = Int(windowBlock[c])
         for k in start..<periods {
-            var transactions: Float = 0, items: Float = 0, spend: Float = 0
+            var transactions = 0.0, items = 0.0, spend = 0.0
             if block >= 0 {
                 let slot = block * periods + k
-                transactions = windowTransactions[slot]
-                items = windowItems[slot]
-                spend = windowSpend[slot]
+                transactions = Double(windowTransactions[slot])
+                items = FixedPoint.value(windowItems[slot])
+                spend = FixedPoint.value(windowSpend[slot])
             }
             let active = transactions > 0 || items > 0 || spend > 0
             if active { lastPeriod = k }
-            cumulativeTransactions += Double(transactions)
-            cumulativeSpend += Double(spend)
+            cumulativeTransactions += transactions
+            cumulativeSpend += spend
             let row = out + (k - start) * width
-            row[0] = transactions
-            row[1] = items
-            row[2] = Float(log1p(Double(max(spend, 0))))
+            row[0] = Float(transactions)
+            row[1] = Float(items)
+            row[2] = Float(log1p(max(spend, 0)))
             row[3] = active ? 1 : 0
             row[4] = Float(k - firstPeriod)
             // lastPeriod is set by now: the first purchase is either before the window or in
@@ -196,16 +210,16 @@ final class CustomerAggregates: EventSink {
 
     /// Total transactions and spend up to the cut-off.
     func historyTotals(_ c: Int) -> (transactions: Double, spend: Double) {
-        var transactions = Double(preTransactions[c])
+        var transactions = Int64(preTransactions[c])
         var spend = preSpend[c]
         let block = Int(windowBlock[c])
         if block >= 0 {
             for k in 0..<periods {
-                transactions += Double(windowTransactions[block * periods + k])
-                spend += Double(windowSpend[block * periods + k])
+                transactions += Int64(windowTransactions[block * periods + k])
+                spend &+= windowSpend[block * periods + k]
             }
         }
-        return (transactions, spend)
+        return (Double(transactions), FixedPoint.value(spend))
     }
 
     /// Indices of customers with history, in dataset order (shorter ids first, then bytewise).

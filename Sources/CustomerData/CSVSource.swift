@@ -464,6 +464,7 @@ final class CSVEventSource {
         guard an > 0 else { throw RowError.reject("empty \(name(ofColumn: amountColumn))") }
         guard let amount = ByteParsing.parseDouble(ap, an) else { throw RowError.reject(numberReason(amountColumn, ap, an)) }
         guard amount >= 0 else { throw RowError.reject("negative \(name(ofColumn: amountColumn)) (returns are not supported)") }
+        guard amount <= FixedPoint.limit else { throw RowError.reject("\(name(ofColumn: amountColumn)) \(amount) is larger than \(FixedPoint.limit)") }
 
         var quantity = 1.0
         if quantityColumn >= 0 {
@@ -471,6 +472,7 @@ final class CSVEventSource {
             if qn > 0 {
                 guard let value = ByteParsing.parseDouble(qp, qn) else { throw RowError.reject(numberReason(quantityColumn, qp, qn)) }
                 guard value >= 0 else { throw RowError.reject("negative \(name(ofColumn: quantityColumn))") }
+                guard value <= FixedPoint.limit else { throw RowError.reject("\(name(ofColumn: quantityColumn)) \(value) is larger than \(FixedPoint.limit)") }
                 quantity = value
             }
         }

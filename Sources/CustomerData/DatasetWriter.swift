@@ -95,8 +95,9 @@ func writeDataset(
         let purchases = Int(aggregates.horizonTransactions[customer])
         churn[position] = purchases == 0 ? 1 : 0
         churned += purchases == 0 ? 1 : 0
-        spend[position] = Float(aggregates.horizonSpend[customer])
-        totalSpend += aggregates.horizonSpend[customer]
+        let horizonSpend = FixedPoint.value(aggregates.horizonSpend[customer])
+        spend[position] = Float(horizonSpend)
+        totalSpend += horizonSpend
         stage[position] = spec.stage(forPurchases: purchases)
         stageCounts[Int(stage[position])] += 1
     }

@@ -49,7 +49,9 @@ public func scoringFeatures<Events: Sequence<CustomerEvent>>(
     windowSpec.cutoffDay = asOf
     windowSpec.horizonDays = 0
     let aggregates = CustomerAggregates(spec: windowSpec)
-    for event in events where event.day <= asOf {
+    // Values the importer would reject are left out rather than allowed to overflow a sum.
+    for event in events where event.day <= asOf && event.amount.isFinite && abs(event.amount) <= FixedPoint.limit
+        && event.quantity.isFinite && abs(event.quantity) <= FixedPoint.limit {
         var customer = event.customerID
         var product = event.productID ?? ""
         let orderHash: UInt64 = event.orderID.map { id in withBytesOf(id) { hashIdentifier($0, $1) } | 1 } ?? 0
