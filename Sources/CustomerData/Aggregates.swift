@@ -1,0 +1,298 @@
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// One validated event as the importer hands it on: pointers into the reader's buffer, valid
+/// only for the duration of the call.
+struct RawEvent {
+    var customer: UnsafeRawBufferPointer
+    var day: Int
+    var amount: Double
+    var quantity: Double
+    /// Empty when the source has no product for this event.
+    var product: UnsafeRawBufferPointer
+    /// Hash of the order id; 0 when there is none, which makes every event its own transaction.
+    var orderHash: UInt64
+}
+
+/// Receives the events of a source, one call per event.
+protocol EventSink: AnyObject {
+    func consume(_ event: RawEvent)
+}
+
+/// Finds the last event day, to derive a cut-off before the real pass.
+final class LastDayTracker: EventSink {
+    var lastDay = Int.min
+    var firstDay = Int.max
+    func consume(_ event: RawEvent) {
+        if event.day > lastDay { lastDay = event.day }
+        if event.day < firstDay { firstDay = event.day }
+    }
+}
+
+/// Money and quantities as integers of 1/10,000, so that sums are exact and order-free.
+enum FixedPoint {
+    static let scale = 10_000.0
+    /// Largest magnitude accepted for one amount or quantity; rows above it are rejected so
+    /// that no sum can overflow.
+    static let limit = 1e11
+
+    @inline(__always) static func from(_ value: Double) -> Int64 { Int64((value * scale).rounded()) }
+    @inline(__always) static func value(_ fixed: Int64) -> Double { Double(fixed) / scale }
+}
+
+@inline(__always)
+func floorDiv(_ a: Int, _ b: Int) -> Int {
+    let q = a / b
+    return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q
+}
+
+/// Per-customer aggregates of a stream of events: exactly what features, labels and the graph
+/// need, so memory grows with customers (and customer–product pairs), not with events.
+///
+/// Per customer: first and last purchase day up to the cut-off, totals before the history
+/// window, per-period transactions/items/spend inside the window (a block of `historyPeriods`
+/// slots allocated at the customer's first event in the window) and horizon totals.
+///
+/// Amounts and quantities are summed in fixed point (`FixedPoint`), so the sums, and with
+/// them every stored byte, do not depend on the order of the rows.
+final class CustomerAggregates: EventSink {
+    let spec: FeatureSpec
+    let periods: Int
+    let periodDays: Int
+    let cutoff: Int
+    let windowStart: Int
+    let horizonEnd: Int
+
+    let customers = ByteInterner()
+    let products = ByteInterner()
+
+    var firstDay = GrowableBuffer<Int32>(fill: .max)
+    var lastDay = GrowableBuffer<Int32>(fill: .min)
+    var preTransactions = GrowableBuffer<Int32>(fill: 0)
+    var preSpend = GrowableBuffer<Int64>(fill: 0)
+    var preLastDay = GrowableBuffer<Int32>(fill: .min)
+    var horizonTransactions = GrowableBuffer<Int32>(fill: 0)
+    var horizonSpend = GrowableBuffer<Int64>(fill: 0)
+    var lastOrder = GrowableBuffer<UInt64>(fill: 0)
+    var windowBlock = GrowableBuffer<Int32>(fill: -1)
+    var windowTransactions = GrowableBuffer<Int32>(capacity: 1 << 16, fill: 0)
+    var windowItems = GrowableBuffer<Int64>(capacity: 1 << 16, fill: 0)
+    var windowSpend = GrowableBuffer<Int64>(capacity: 1 << 16, fill: 0)
+    let pairs = PairCounter()
+
+    private(set) var eventsInHistory = 0
+    private(set) var eventsInHorizon = 0
+    private(set) var eventsAfterHorizon = 0
+    private var lastCustomer: Int32 = -1
+
+    init(spec: FeatureSpec) {
+        self.spec = spec
+        periods = spec.historyPeriods
+        periodDays = spec.periodDays
+        cutoff = spec.cutoffDay
+        windowStart = spec.windowStartDay
+        horizonEnd = spec.cutoffDay + spec.horizonDays
+    }
+
+    deinit {
+        firstDay.free(); lastDay.free(); preTransactions.free(); preSpend.free(); preLastDay.free()
+        horizonTransactions.free(); horizonSpend.free(); lastOrder.free(); windowBlock.free()
+        windowTransactions.free(); windowItems.free(); windowSpend.free()
+    }
+
+    var customerCount: Int { customers.count }
+
+    @inline(__always)
+    private func customerIndex(_ id: UnsafeRawBufferPointer) -> Int {
+        let n = id.count
+        let p = id.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!
+        // Event files are usually grouped by customer: compare with the previous one first.
+        if lastCustomer >= 0 {
+            let previous = customers.bytes(Int(lastCustomer))
+            if previous.count == n && (n == 0 || memcmpBytes(previous.baseAddress!, p, n)) { return Int(lastCustomer) }
+        }
+        let index = customers.intern(p, n)
+        lastCustomer = index
+        if Int(index) == firstDay.count {
+            _ = firstDay.grow(by: 1); _ = lastDay.grow(by: 1); _ = preTransactions.grow(by: 1)
+            _ = preSpend.grow(by: 1); _ = preLastDay.grow(by: 1); _ = horizonTransactions.grow(by: 1)
+            _ = horizonSpend.grow(by: 1); _ = lastOrder.grow(by: 1); _ = windowBlock.grow(by: 1)
+        }
+        return Int(index)
+    }
+
+    func consume(_ event: RawEvent) {
+        let c = customerIndex(event.customer)
+        let day = event.day
+        if day > horizonEnd {
+            eventsAfterHorizon += 1
+            return
+        }
+        // Lines of one order arrive together; only the first of them opens a transaction.
+        let newTransaction = event.orderHash == 0 || event.orderHash != lastOrder[c]
+        lastOrder[c] = event.orderHash
+        if day > cutoff {
+            eventsInHorizon += 1
+            if newTransaction { horizonTransactions[c] += 1 }
+            horizonSpend[c] &+= FixedPoint.from(event.amount)
+            return
+        }
+        eventsInHistory += 1
+        let day32 = Int32(truncatingIfNeeded: day)
+        if day32 < firstDay[c] { firstDay[c] = day32 }
+        if day32 > lastDay[c] { lastDay[c] = day32 }
+        if day < windowStart {
+            if newTransaction { preTransactions[c] += 1 }
+            preSpend[c] &+= FixedPoint.from(event.amount)
+            if day32 > preLastDay[c] { preLastDay[c] = day32 }
+        } else {
+            var block = windowBlock[c]
+            if block < 0 {
+                block = Int32(windowTransactions.grow(by: periods) / periods)
+                _ = windowItems.grow(by: periods)
+                _ = windowSpend.grow(by: periods)
+                windowBlock[c] = block
+            }
+            let slot = Int(block) * periods + (day - windowStart) / periodDays
+            if newTransaction { windowTransactions[slot] += 1 }
+            windowItems[slot] &+= FixedPoint.from(event.quantity)
+            windowSpend[slot] &+= FixedPoint.from(event.amount)
+        }
+        if event.product.count > 0 {
+            let product = products.intern(event.product.baseAddress!, event.product.count)
+            pairs.add(customer: Int32(c), product: product)
+        }
+    }
+
+    /// Whether customer `c` bought anything up to the cut-off (and so belongs in the dataset).
+    func hasHistory(_ c: Int) -> Bool { firstDay[c] != .max }
+
+    /// Writes customer `c`'s raw (unnormalised) feature sequence into `out` [T, F], zero-padded,
+    /// and returns its length.
+    func rawFeatures(_ c: Int, into out: UnsafeMutablePointer<Float>) -> Int {
+        let width = customerFeatureNames.count
+        out.update(repeating: 0, count: periods * width)
+        let firstPeriod = floorDiv(Int(firstDay[c]) - windowStart, periodDays)
+        let start = max(0, firstPeriod)
+        var lastPeriod = preLastDay[c] == .min ? Int.min : floorDiv(Int(preLastDay[c]) - windowStart, periodDays)
+        var cumulativeTransactions = Double(preTransactions[c])
+        var cumulativeSpend = FixedPoint.value(preSpend[c])
+        let block = Int(windowBlock[c])
+        for k in start..<periods {
+            var transactions = 0.0, items = 0.0, spend = 0.0
+            if block >= 0 {
+                let slot = block * periods + k
+                transactions = Double(windowTransactions[slot])
+                items = FixedPoint.value(windowItems[slot])
+                spend = FixedPoint.value(windowSpend[slot])
+            }
+            let active = transactions > 0 || items > 0 || spend > 0
+            if active { lastPeriod = k }
+            cumulativeTransactions += transactions
+            cumulativeSpend += spend
+            let row = out + (k - start) * width
+            row[0] = Float(transactions)
+            row[1] = Float(items)
+            row[2] = Float(log1p(max(spend, 0)))
+            row[3] = active ? 1 : 0
+            row[4] = Float(k - firstPeriod)
+            // lastPeriod is set by now: the first purchase is either before the window or in
+            // period `start` itself.
+            row[5] = Float(k - lastPeriod)
+            row[6] = Float(log1p(cumulativeTransactions))
+            row[7] = cumulativeTransactions > 0 ? Float(log1p(max(0, cumulativeSpend / cumulativeTransactions))) : 0
+        }
+        return periods - start
+    }
+
+    /// Total transactions and spend up to the cut-off.
+    func historyTotals(_ c: Int) -> (transactions: Double, spend: Double) {
+        var transactions = Int64(preTransactions[c])
+        var spend = preSpend[c]
+        let block = Int(windowBlock[c])
+        if block >= 0 {
+            for k in 0..<periods {
+                transactions += Int64(windowTransactions[block * periods + k])
+                spend &+= windowSpend[block * periods + k]
+            }
+        }
+        return (Double(transactions), FixedPoint.value(spend))
+    }
+
+    /// Indices of customers with history, in dataset order (shorter ids first, then bytewise).
+    func datasetOrder() -> [Int32] {
+        var order: [Int32] = []
+        order.reserveCapacity(customerCount)
+        for c in 0..<customerCount where hasHistory(c) { order.append(Int32(c)) }
+        order.sort { customers.precedes(Int($0), Int($1)) }
+        return order
+    }
+}
+
+/// Counts purchases per (customer, product) pair: the edge weights of the bipartite graph.
+final class PairCounter {
+    private var keys: UnsafeMutablePointer<UInt64>
+    private var values: UnsafeMutablePointer<Int32>
+    private var mask: Int
+    private(set) var count = 0
+    private static let empty = UInt64.max
+
+    init() {
+        mask = (1 << 12) - 1
+        keys = .allocate(capacity: mask + 1)
+        keys.initialize(repeating: Self.empty, count: mask + 1)
+        values = .allocate(capacity: mask + 1)
+        values.initialize(repeating: 0, count: mask + 1)
+    }
+
+    deinit {
+        keys.deallocate()
+        values.deallocate()
+    }
+
+    @inline(__always)
+    func add(customer: Int32, product: Int32) {
+        let key = UInt64(UInt32(bitPattern: customer)) << 32 | UInt64(UInt32(bitPattern: product))
+        var slot = Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> 20) & mask
+        while true {
+            let k = keys[slot]
+            if k == key {
+                values[slot] &+= 1
+                return
+            }
+            if k == Self.empty { break }
+            slot = (slot + 1) & mask
+        }
+        keys[slot] = key
+        values[slot] = 1
+        count += 1
+        if count * 2 > mask + 1 { grow() }
+    }
+
+    private func grow() {
+        let oldKeys = keys, oldValues = values, oldSize = mask + 1
+        mask = oldSize * 2 - 1
+        keys = .allocate(capacity: mask + 1)
+        keys.initialize(repeating: Self.empty, count: mask + 1)
+        values = .allocate(capacity: mask + 1)
+        values.initialize(repeating: 0, count: mask + 1)
+        for i in 0..<oldSize where oldKeys[i] != Self.empty {
+            var slot = Int(truncatingIfNeeded: (oldKeys[i] &* 0x9E37_79B9_7F4A_7C15) >> 20) & mask
+            while keys[slot] != Self.empty { slot = (slot + 1) & mask }
+            keys[slot] = oldKeys[i]
+            values[slot] = oldValues[i]
+        }
+        oldKeys.deallocate()
+        oldValues.deallocate()
+    }
+
+    /// Every pair with its count, in no particular order.
+    func forEach(_ body: (_ customer: Int32, _ product: Int32, _ count: Int32) -> Void) {
+        for i in 0...mask where keys[i] != Self.empty {
+            body(Int32(truncatingIfNeeded: keys[i] >> 32), Int32(truncatingIfNeeded: keys[i] & 0xFFFF_FFFF), values[i])
+        }
+    }
+}

@@ -1,0 +1,190 @@
+import Foundation
+
+/// A dataset directory opened for training: arrays memory-mapped and checked.
+///
+/// Opening verifies every file's size against the manifest and the shapes it declares, the
+/// content hashes and the fingerprint (unless `verifyContents` is false), and the values that
+/// index into other arrays (lengths, splits, stages, graph ids), so a damaged or mismatched
+/// dataset is refused with the name of the file at fault rather than read as garbage.
+public final class CustomerDataset: @unchecked Sendable {
+    public let directory: URL
+    public let manifest: DatasetManifest
+    /// N: customers, T: history periods, F: features per period.
+    public let customerCount: Int
+    public let historyLength: Int
+    public let featureCount: Int
+
+    /// [N, T, F] normalised features, zero beyond each customer's length.
+    public let features: UnsafeBufferPointer<Float>
+    /// [N] valid steps per customer, 1...T.
+    public let lengths: UnsafeBufferPointer<Int32>
+    /// [N] 1 when the customer made no purchase in the horizon.
+    public let churn: UnsafeBufferPointer<Float>
+    /// [N] spend in the horizon (the CLV target), raw units.
+    public let spend: UnsafeBufferPointer<Float>
+    /// [N] lifecycle stage in the horizon, index into `manifest.stageNames`.
+    public let stage: UnsafeBufferPointer<Int32>
+    /// [N] 0 train, 1 validation, 2 test.
+    public let split: UnsafeBufferPointer<UInt8>
+    /// Customers 0..<N then products; nil when the source had no product ids.
+    public let graph: CSRGraph?
+    /// [N + P, G] node features; empty without a graph.
+    public let nodeFeatures: UnsafeBufferPointer<Float>
+    public let nodeFeatureWidth: Int
+
+    private let mappings: [MappedFile]
+
+    public enum SplitPart: UInt8, Sendable, CaseIterable { case train = 0, validation = 1, test = 2 }
+
+    private init(directory: URL, manifest: DatasetManifest, mapped: [String: MappedFile], graph: CSRGraph?) {
+        self.directory = directory
+        self.manifest = manifest
+        customerCount = manifest.counts.customers
+        historyLength = manifest.spec.historyPeriods
+        featureCount = manifest.featureNames.count
+        features = mapped["features.f32"]!.buffer(as: Float.self)
+        lengths = mapped["lengths.i32"]!.buffer(as: Int32.self)
+        churn = mapped["churn.f32"]!.buffer(as: Float.self)
+        spend = mapped["spend.f32"]!.buffer(as: Float.self)
+        stage = mapped["stage.i32"]!.buffer(as: Int32.self)
+        split = mapped["split.u8"]!.buffer(as: UInt8.self)
+        self.graph = graph
+        nodeFeatures = mapped["node_features.f32"]?.buffer(as: Float.self) ?? UnsafeBufferPointer(start: nil, count: 0)
+        nodeFeatureWidth = manifest.graph?.nodeFeatureNames.count ?? 0
+        mappings = Array(mapped.values)
+    }
+
+    /// The [T, F] feature rows of customer `index`.
+    public func features(of index: Int) -> UnsafeBufferPointer<Float> {
+        let size = historyLength * featureCount
+        return UnsafeBufferPointer(rebasing: features[index * size ..< (index + 1) * size])
+    }
+
+    /// Dataset indices of the customers in one part of the split, ascending.
+    public func indices(in part: SplitPart) -> [Int] {
+        (0..<customerCount).filter { split[$0] == part.rawValue }
+    }
+
+    /// Customer ids in dataset order (read from customer_ids.txt).
+    public func customerIDs() throws -> [String] {
+        let file = try MappedFile(path: directory.appendingPathComponent("customer_ids.txt").path)
+        var ids: [String] = []
+        ids.reserveCapacity(customerCount)
+        var start = 0
+        let bytes = file.bytes
+        for (i, b) in bytes.enumerated() where b == 10 {
+            ids.append(String(decoding: UnsafeRawBufferPointer(rebasing: bytes[start..<i]), as: UTF8.self))
+            start = i + 1
+        }
+        return ids
+    }
+
+    /// Opens and verifies the dataset in `directory`.
+    public static func open(at directory: URL, verifyContents: Bool = true) throws -> CustomerDataset {
+        guard 1.littleEndian == 1 else { throw DataError.damagedDataset(file: directory.path, reason: "datasets are little-endian and this machine is not") }
+        let manifestPath = directory.appendingPathComponent("manifest.json").path
+        let manifestData: Data
+        do {
+            manifestData = try Data(contentsOf: URL(fileURLWithPath: manifestPath))
+        } catch {
+            throw DataError.damagedDataset(file: manifestPath, reason: "cannot be read (\(error.localizedDescription))")
+        }
+        let manifest: DatasetManifest
+        do {
+            manifest = try JSONDecoder().decode(DatasetManifest.self, from: manifestData)
+        } catch {
+            throw DataError.damagedDataset(file: manifestPath, reason: "is not a valid manifest (\(error))")
+        }
+        guard manifest.formatVersion == DatasetManifest.currentFormatVersion else {
+            throw DataError.damagedDataset(file: manifestPath, reason: "format version \(manifest.formatVersion); this reader understands \(DatasetManifest.currentFormatVersion)")
+        }
+        guard manifest.computeFingerprint() == manifest.fingerprint else {
+            throw DataError.damagedDataset(file: manifestPath, reason: "fingerprint \(manifest.fingerprint) does not match its contents (\(manifest.computeFingerprint())); the manifest was edited or damaged")
+        }
+
+        let n = manifest.counts.customers, t = manifest.spec.historyPeriods, f = manifest.featureNames.count
+        var expected: [String: (dtype: String, count: Int)] = [
+            "features.f32": ("f32", n * t * f), "lengths.i32": ("i32", n), "churn.f32": ("f32", n),
+            "spend.f32": ("f32", n), "stage.i32": ("i32", n), "split.u8": ("u8", n), "customer_ids.txt": ("text", -1),
+        ]
+        if let g = manifest.graph {
+            let nodes = g.customerNodes + g.productNodes
+            guard g.customerNodes == n else {
+                throw DataError.damagedDataset(file: manifestPath, reason: "graph has \(g.customerNodes) customer nodes for \(n) customers")
+            }
+            expected["graph_offsets.i64"] = ("i64", nodes + 1)
+            expected["graph_neighbours.i32"] = ("i32", g.directedEdges)
+            expected["graph_weights.f32"] = ("f32", g.directedEdges)
+            expected["node_features.f32"] = ("f32", nodes * g.nodeFeatureNames.count)
+        }
+        let entries = Dictionary(manifest.files.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        var mapped: [String: MappedFile] = [:]
+        for name in expected.keys.sorted() {
+            let path = directory.appendingPathComponent(name).path
+            guard let entry = entries[name] else { throw DataError.damagedDataset(file: path, reason: "not listed in manifest.json") }
+            guard fileExists(path) else { throw DataError.damagedDataset(file: path, reason: "missing") }
+            let file = try MappedFile(path: path)
+            guard file.count == entry.bytes else {
+                throw DataError.damagedDataset(file: path, reason: "\(file.count) bytes, manifest says \(entry.bytes) (truncated or overwritten)")
+            }
+            let (dtype, count) = expected[name]!
+            let elementSize = ["f32": 4, "i32": 4, "i64": 8, "u8": 1, "text": 1][dtype]!
+            guard entry.dtype == dtype, count < 0 || entry.bytes == count * elementSize else {
+                throw DataError.damagedDataset(file: path, reason: "expected \(count) \(dtype) values (\(count * elementSize) bytes), found \(entry.bytes) bytes of \(entry.dtype)")
+            }
+            if verifyContents {
+                let actual = ContentHasher.hex(ContentHasher.hash(file.bytes))
+                guard actual == entry.contentHash else {
+                    throw DataError.damagedDataset(file: path, reason: "content hash \(actual) does not match the manifest's \(entry.contentHash)")
+                }
+            }
+            mapped[name] = file
+        }
+
+        try checkValues(mapped, manifest: manifest, directory: directory)
+        var graph: CSRGraph?
+        if let g = manifest.graph {
+            let offsets = mapped["graph_offsets.i64"]!.buffer(as: Int64.self)
+            let neighbours = mapped["graph_neighbours.i32"]!.buffer(as: Int32.self)
+            let nodes = g.customerNodes + g.productNodes
+            let offsetsPath = directory.appendingPathComponent("graph_offsets.i64").path
+            guard offsets[0] == 0, Int(offsets[nodes]) == g.directedEdges else {
+                throw DataError.damagedDataset(file: offsetsPath, reason: "offsets must start at 0 and end at \(g.directedEdges)")
+            }
+            for v in 0..<nodes where offsets[v] > offsets[v + 1] {
+                throw DataError.damagedDataset(file: offsetsPath, reason: "offsets decrease at node \(v)")
+            }
+            for (k, u) in neighbours.enumerated() where u < 0 || Int(u) >= nodes {
+                throw DataError.damagedDataset(file: directory.appendingPathComponent("graph_neighbours.i32").path, reason: "entry \(k) is node \(u), outside 0..<\(nodes)")
+            }
+            graph = CSRGraph(offsets: offsets.map { Int($0) }, neighbours: Array(neighbours),
+                             weights: Array(mapped["graph_weights.f32"]!.buffer(as: Float.self)))
+        }
+        return CustomerDataset(directory: directory, manifest: manifest, mapped: mapped, graph: graph)
+    }
+
+    private static func checkValues(_ mapped: [String: MappedFile], manifest: DatasetManifest, directory: URL) throws {
+        let t = manifest.spec.historyPeriods
+        func fail(_ name: String, _ reason: String) -> DataError {
+            DataError.damagedDataset(file: directory.appendingPathComponent(name).path, reason: reason)
+        }
+        for (i, length) in mapped["lengths.i32"]!.buffer(as: Int32.self).enumerated() where length < 1 || Int(length) > t {
+            throw fail("lengths.i32", "customer \(i) has length \(length), outside 1...\(t)")
+        }
+        for (i, part) in mapped["split.u8"]!.buffer(as: UInt8.self).enumerated() where part > 2 {
+            throw fail("split.u8", "customer \(i) has split \(part), outside 0...2")
+        }
+        let stages = Int32(manifest.stageNames.count)
+        for (i, s) in mapped["stage.i32"]!.buffer(as: Int32.self).enumerated() where s < 0 || s >= stages {
+            throw fail("stage.i32", "customer \(i) has stage \(s), outside 0..<\(stages)")
+        }
+        for (i, c) in mapped["churn.f32"]!.buffer(as: Float.self).enumerated() where c != 0 && c != 1 {
+            throw fail("churn.f32", "customer \(i) has churn label \(c), not 0 or 1")
+        }
+        var lines = 0
+        for b in mapped["customer_ids.txt"]!.bytes where b == 10 { lines += 1 }
+        guard lines == manifest.counts.customers else {
+            throw fail("customer_ids.txt", "\(lines) lines for \(manifest.counts.customers) customers")
+        }
+    }
+}

@@ -1,0 +1,123 @@
+/// The windowing that turns events into per-period feature sequences and labels.
+///
+/// Days are integers: calendar days since 1970-01-01, or relative day numbers for sources
+/// without dates. History is the `historyPeriods * periodDays` days ending at `cutoffDay`
+/// (inclusive); the outcome window is the `horizonDays` days after it.
+public struct FeatureSpec: Codable, Sendable, Equatable {
+    public var periodDays: Int
+    public var historyPeriods: Int
+    /// Last day of history, inclusive.
+    public var cutoffDay: Int
+    public var horizonDays: Int
+    /// Minimum purchases in the horizon for stages 1, 2, 3 (occasional, regular, loyal);
+    /// fewer than the first is stage 0 (churned).
+    public var stageThresholds: [Int]
+
+    public static let stageNames = ["churned", "occasional", "regular", "loyal"]
+    public static let defaultStageThresholds = [1, 2, 4]
+
+    public init(periodDays: Int = 7, historyPeriods: Int = 39, cutoffDay: Int, horizonDays: Int = 273,
+                stageThresholds: [Int] = FeatureSpec.defaultStageThresholds) {
+        self.periodDays = periodDays
+        self.historyPeriods = historyPeriods
+        self.cutoffDay = cutoffDay
+        self.horizonDays = horizonDays
+        self.stageThresholds = stageThresholds
+    }
+
+    /// First day of the history window.
+    public var windowStartDay: Int { cutoffDay - historyPeriods * periodDays + 1 }
+
+    /// Checks the values a user can get wrong.
+    public func validate() throws {
+        guard periodDays >= 1 else { throw DataError.invalidOption("--period must be at least 1 day, got \(periodDays)") }
+        guard historyPeriods >= 1 && historyPeriods <= 10_000 else {
+            throw DataError.invalidOption("--history must be between 1 and 10000 periods, got \(historyPeriods)")
+        }
+        guard horizonDays >= 0 else { throw DataError.invalidOption("--horizon must not be negative, got \(horizonDays)") }
+        guard stageThresholds.count == 3, stageThresholds[0] >= 1,
+              stageThresholds[0] < stageThresholds[1], stageThresholds[1] < stageThresholds[2] else {
+            throw DataError.invalidOption("stage thresholds must be three increasing counts starting at 1 or more, got \(stageThresholds)")
+        }
+    }
+
+    /// Lifecycle stage for a number of purchases in the horizon.
+    @inline(__always)
+    public func stage(forPurchases purchases: Int) -> Int32 {
+        var stage: Int32 = 0
+        for threshold in stageThresholds where purchases >= threshold { stage += 1 }
+        return stage
+    }
+}
+
+/// Names of the per-period features, in storage order.
+public let customerFeatureNames = [
+    "transactions", "items", "log1p_spend", "active",
+    "periods_since_first_purchase", "periods_since_last_purchase",
+    "log1p_cumulative_transactions", "log1p_mean_spend_per_transaction",
+]
+
+/// Per-feature mean and standard deviation, fitted on the valid steps of training customers.
+public struct FeatureNormalisation: Codable, Sendable, Equatable {
+    public var mean: [Double]
+    public var std: [Double]
+
+    public init(mean: [Double], std: [Double]) {
+        self.mean = mean
+        self.std = std
+    }
+
+    /// Identity: leaves features unchanged.
+    public static func identity(width: Int) -> FeatureNormalisation {
+        FeatureNormalisation(mean: .init(repeating: 0, count: width), std: .init(repeating: 1, count: width))
+    }
+
+    /// Normalises the first `length` steps of a [T, F] sequence in place; padding stays zero.
+    @inline(__always)
+    func apply(_ row: UnsafeMutablePointer<Float>, length: Int, width: Int) {
+        for step in 0..<length {
+            let p = row + step * width
+            for f in 0..<width {
+                p[f] = Float((Double(p[f]) - mean[f]) / std[f])
+            }
+        }
+    }
+}
+
+/// Accumulates feature sums over valid steps to fit a `FeatureNormalisation`.
+struct NormalisationFitter {
+    var sum: [Double]
+    var sumSquares: [Double]
+    var steps = 0
+
+    init(width: Int) {
+        sum = .init(repeating: 0, count: width)
+        sumSquares = .init(repeating: 0, count: width)
+    }
+
+    mutating func add(_ row: UnsafePointer<Float>, length: Int, width: Int) {
+        for step in 0..<length {
+            for f in 0..<width {
+                let v = Double(row[step * width + f])
+                sum[f] += v
+                sumSquares[f] += v * v
+            }
+        }
+        steps += length
+    }
+
+    /// Mean and population standard deviation; a constant feature (or no steps) gets std 1 so
+    /// that normalising never divides by zero.
+    func result() -> FeatureNormalisation {
+        let n = Double(max(steps, 1))
+        var mean = [Double](repeating: 0, count: sum.count)
+        var std = [Double](repeating: 1, count: sum.count)
+        for f in 0..<sum.count where steps > 0 {
+            mean[f] = sum[f] / n
+            let variance = max(0, sumSquares[f] / n - mean[f] * mean[f])
+            let s = variance.squareRoot()
+            std[f] = s > 1e-6 * max(1, abs(mean[f])) ? s : 1
+        }
+        return FeatureNormalisation(mean: mean, std: std)
+    }
+}

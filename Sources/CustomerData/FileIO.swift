@@ -1,0 +1,180 @@
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+func systemMessage(_ code: Int32 = errno) -> String { String(cString: strerror(code)) }
+
+/// Writes a file through a buffer, hashing what it writes, and makes it durable on `close`.
+final class HashingFileWriter {
+    let path: String
+    let name: String
+    private var fd: Int32
+    private var buffer: UnsafeMutableRawPointer
+    private let capacity = 1 << 20
+    private var used = 0
+    private var hasher = ContentHasher()
+    private(set) var bytesWritten = 0
+
+    init(path: String, name: String) throws {
+        self.path = path
+        self.name = name
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw DataError.io(path: path, operation: "create", message: systemMessage()) }
+        buffer = .allocate(byteCount: capacity, alignment: 64)
+    }
+
+    deinit {
+        if fd >= 0 { _ = Glibc.close(fd) }
+        buffer.deallocate()
+    }
+
+    func write(_ bytes: UnsafeRawBufferPointer) throws {
+        guard bytes.count > 0 else { return }
+        hasher.update(bytes)
+        bytesWritten += bytes.count
+        if used + bytes.count > capacity { try flush() }
+        if bytes.count >= capacity {
+            try writeAll(bytes.baseAddress!, bytes.count)
+        } else {
+            (buffer + used).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+            used += bytes.count
+        }
+    }
+
+    func write<T: BitwiseCopyable>(_ values: UnsafeBufferPointer<T>) throws {
+        try write(UnsafeRawBufferPointer(values))
+    }
+
+    func write<T: BitwiseCopyable>(array values: [T]) throws {
+        try values.withUnsafeBytes { try write($0) }
+    }
+
+    func write(_ text: String) throws {
+        var copy = text
+        try copy.withUTF8 { try write(UnsafeRawBufferPointer($0)) }
+    }
+
+    private func flush() throws {
+        if used > 0 { try writeAll(buffer, used) }
+        used = 0
+    }
+
+    private func writeAll(_ base: UnsafeRawPointer, _ count: Int) throws {
+        var offset = 0
+        while offset < count {
+            let n = Glibc.write(fd, base + offset, count - offset)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw DataError.io(path: path, operation: "write", message: systemMessage())
+            }
+            offset += n
+        }
+    }
+
+    /// Flushes, fsyncs and closes; returns the manifest entry for the file.
+    func close(dtype: String, shape: [Int]) throws -> DatasetFile {
+        try flush()
+        guard fsync(fd) == 0 else { throw DataError.io(path: path, operation: "fsync", message: systemMessage()) }
+        let result = Glibc.close(fd)
+        fd = -1
+        guard result == 0 else { throw DataError.io(path: path, operation: "close", message: systemMessage()) }
+        return DatasetFile(name: name, bytes: bytesWritten, contentHash: ContentHasher.hex(hasher.finalize()), dtype: dtype, shape: shape)
+    }
+}
+
+/// Makes a directory's entries (new files, renames) durable.
+func fsyncDirectory(_ path: String) throws {
+    let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { throw DataError.io(path: path, operation: "open directory", message: systemMessage()) }
+    defer { _ = close(fd) }
+    guard fsync(fd) == 0 else { throw DataError.io(path: path, operation: "fsync directory", message: systemMessage()) }
+}
+
+func parentDirectory(_ path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return "." }
+    let parent = String(path[..<slash])
+    return parent.isEmpty ? "/" : parent
+}
+
+func fileExists(_ path: String) -> Bool {
+    var info = stat()
+    return stat(path, &info) == 0
+}
+
+func isDirectory(_ path: String) -> Bool {
+    var info = stat()
+    return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
+}
+
+/// Removes a directory and the regular files directly inside it (datasets have no subfolders).
+func removeFlatDirectory(_ path: String) {
+    guard let dir = opendir(path) else { return }
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        if name == "." || name == ".." { continue }
+        _ = unlink(path + "/" + name)
+    }
+    closedir(dir)
+    _ = rmdir(path)
+}
+
+func renameItem(_ from: String, _ to: String) throws {
+    guard rename(from, to) == 0 else {
+        throw DataError.io(path: to, operation: "rename from \(from)", message: systemMessage())
+    }
+}
+
+/// A read-only memory mapping of a whole file; unmapped when released.
+final class MappedFile: @unchecked Sendable {
+    let path: String
+    let base: UnsafeRawPointer?
+    let count: Int
+
+    init(path: String) throws {
+        self.path = path
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw DataError.io(path: path, operation: "open", message: systemMessage()) }
+        defer { _ = close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw DataError.io(path: path, operation: "stat", message: systemMessage()) }
+        count = Int(info.st_size)
+        if count == 0 {
+            base = nil
+            return
+        }
+        let mapped = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0)
+        guard let mapped, mapped != MAP_FAILED else {
+            throw DataError.io(path: path, operation: "mmap", message: systemMessage())
+        }
+        base = UnsafeRawPointer(mapped)
+    }
+
+    deinit {
+        if let base { munmap(UnsafeMutableRawPointer(mutating: base), count) }
+    }
+
+    var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: base, count: count) }
+
+    func buffer<T>(as type: T.Type) -> UnsafeBufferPointer<T> {
+        guard let base else { return UnsafeBufferPointer(start: nil, count: 0) }
+        return UnsafeBufferPointer(start: base.assumingMemoryBound(to: T.self), count: count / MemoryLayout<T>.stride)
+    }
+}
+
+/// Peak resident set size of this process in bytes (Linux reports ru_maxrss in KiB).
+public func peakResidentBytes() -> Int {
+    var usage = rusage()
+    guard getrusage(Int32(RUSAGE_SELF.rawValue), &usage) == 0 else { return 0 }
+    return Int(usage.ru_maxrss) * 1024
+}
+
+/// Seconds on a monotonic clock, for throughput figures.
+public func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}

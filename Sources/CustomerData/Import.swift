@@ -1,0 +1,348 @@
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// A known input layout with its defaults.
+public enum Preset: String, CaseIterable, Sendable {
+    /// `customer_id,timestamp,amount[,quantity,product_id,order_id,event_type]`, or any
+    /// delimited file through the column-mapping options.
+    case canonical
+    /// CDNOW_master.txt: `customer_id date(YYYYMMDD) number_of_cds dollar_value`, whitespace-separated.
+    case cdnow
+    /// Instacart df_sample.csv: order lines without dates or prices.
+    case instacart
+
+    /// The CDNOW layout; its header line is optional (the copy in lifetimes has one).
+    public static let cdnowFormat = CSVFormat(
+        whitespace: true, header: .auto, timeFormat: .yyyymmdd,
+        mapping: ColumnMapping(customer: .index(0), time: .index(1), amount: .index(3), quantity: .index(2)),
+        detectOptionalColumns: false)
+}
+
+/// Everything an import can be told.
+public struct ImportOptions: Sendable {
+    public var preset: Preset = .canonical
+    /// Layout of a canonical or custom-mapped file (ignored by the other presets).
+    public var format = CSVFormat()
+    /// Last day of history; nil for the preset's default or one derived from the data.
+    public var cutoffDay: Int?
+    public var periodDays: Int?
+    public var historyPeriods: Int?
+    public var horizonDays: Int?
+    public var stageThresholds = FeatureSpec.defaultStageThresholds
+    public var split = SplitOptions()
+    public var maxRejectFraction = 0.01
+    public var buildGraph = true
+
+    public init() {}
+
+    /// Period, history, horizon and cut-off after applying the preset's defaults; the cut-off
+    /// is nil when it has to be derived from the last event.
+    func resolvedWindow() -> (period: Int, history: Int, horizon: Int, cutoff: Int?) {
+        switch preset {
+        case .cdnow:
+            return (periodDays ?? 7, historyPeriods ?? 39, horizonDays ?? 273,
+                    cutoffDay ?? ByteParsing.daysFromCivil(year: 1997, month: 9, day: 30))
+        case .instacart:
+            // Every customer's timeline starts at their first order (day 0), so a common cut-off
+            // 26 weeks in, with the next 13 weeks as outcome, compares like with like.
+            return (periodDays ?? 7, historyPeriods ?? 26, horizonDays ?? 91, cutoffDay ?? 181)
+        case .canonical:
+            return (periodDays ?? 7, historyPeriods ?? 39, horizonDays ?? 273, cutoffDay)
+        }
+    }
+}
+
+/// Parses a `--cutoff` value: `YYYY-MM-DD`, `YYYYMMDD` or a (relative) day number.
+public func parseCutoff(_ text: String) throws -> Int {
+    var copy = text
+    let day: Int? = copy.withUTF8 { buffer in
+        guard let base = buffer.baseAddress else { return nil }
+        return ByteParsing.parseISO(base, buffer.count) ?? ByteParsing.parseCompactDate(base, buffer.count)
+            ?? ByteParsing.parseInt(base, buffer.count).map { Int($0) }
+    }
+    guard let day else { throw DataError.invalidOption("--cutoff '\(text)' is not a date (YYYY-MM-DD or YYYYMMDD) or a day number") }
+    return day
+}
+
+/// What an import did, for the summary line and tests.
+public struct ImportSummary: Sendable {
+    public var manifest: DatasetManifest
+    public var stats: ReadStats
+    public var outputPath: String
+    public var rejectsPath: String
+    /// Wall time of the whole import, and of the final parsing pass alone.
+    public var seconds: Double
+    public var parseSeconds: Double
+    public var passes: Int
+    public var peakResidentBytes: Int
+
+    /// Rows per second of the final parsing pass (which also aggregates).
+    public var eventsPerSecond: Double { parseSeconds > 0 ? Double(stats.rows) / parseSeconds : 0 }
+}
+
+/// One of the input kinds behind a common "run a pass over all events" call.
+enum EventSourceKind {
+    case csv(CSVEventSource)
+    case instacart(InstacartSource)
+
+    func run<Sink: EventSink>(sink: Sink, rejects: RejectsWriter?) throws -> ReadStats {
+        switch self {
+        case let .csv(source): return try source.run(sink: sink, rejects: rejects)
+        case let .instacart(source): return try source.run(sink: sink, rejects: rejects)
+        }
+    }
+}
+
+/// Reads an event file and writes a dataset directory.
+public enum Importer {
+    /// Imports `input` into the dataset directory `output`, atomically.
+    ///
+    /// The dataset is assembled in a sibling temporary directory and renamed into place only
+    /// when complete; an existing dataset at `output` is replaced, anything else there is left
+    /// alone and reported. When the rejected share exceeds `maxRejectFraction`, nothing is
+    /// written except the rejects file, moved to `<output>.rejects.csv`.
+    public static func run(input: String, output: String, options: ImportOptions) throws -> ImportSummary {
+        let started = monotonicSeconds()
+        try options.split.validate()
+        guard options.maxRejectFraction >= 0 && options.maxRejectFraction <= 1 else {
+            throw DataError.invalidOption("--max-reject-fraction must be between 0 and 1, got \(options.maxRejectFraction)")
+        }
+        if fileExists(output) && !(isDirectory(output) && fileExists(output + "/manifest.json")) {
+            throw DataError.invalidOption("\(output) exists and is not a dataset directory; refusing to replace it")
+        }
+        guard fileExists(input) else { throw DataError.io(path: input, operation: "open", message: "No such file or directory") }
+
+        let source: EventSourceKind
+        var amountMeaning = "spend in the input's currency"
+        switch options.preset {
+        case .canonical: source = .csv(CSVEventSource(path: input, format: options.format))
+        case .cdnow: source = .csv(CSVEventSource(path: input, format: Preset.cdnowFormat))
+        case .instacart:
+            source = .instacart(InstacartSource(path: input))
+            amountMeaning = "items (one per order line): the data has no prices"
+        }
+
+        let window = options.resolvedWindow()
+        var passes = 1
+        let cutoff: Int
+        if let given = window.cutoff {
+            cutoff = given
+        } else {
+            // Without a cut-off, a first pass finds the last day so that the horizon fits.
+            let tracker = LastDayTracker()
+            _ = try source.run(sink: tracker, rejects: nil)
+            passes = 2
+            guard tracker.lastDay != .min else {
+                throw DataError.noCustomers(path: input, reason: "no row could be imported, so no cut-off can be derived; see the rejects of a run with --cutoff")
+            }
+            cutoff = tracker.lastDay - window.horizon
+        }
+        let spec = FeatureSpec(periodDays: window.period, historyPeriods: window.history, cutoffDay: cutoff,
+                               horizonDays: window.horizon, stageThresholds: options.stageThresholds)
+        try spec.validate()
+
+        let temporary = output + ".tmp-\(getpid())"
+        removeFlatDirectory(temporary)
+        guard mkdir(temporary, 0o755) == 0 else {
+            throw DataError.io(path: temporary, operation: "mkdir", message: systemMessage())
+        }
+        var keepTemporary = false
+        defer { if !keepTemporary { removeFlatDirectory(temporary) } }
+
+        let rejects = try RejectsWriter(path: temporary + "/rejects.csv")
+        let aggregates = CustomerAggregates(spec: spec)
+        let stats = try source.run(sink: aggregates, rejects: rejects)
+        try rejects.close()
+
+        let rejectedShare = stats.rows > 0 ? Double(stats.rejected) / Double(stats.rows) : 0
+        if stats.rows == 0 || stats.imported == 0 || rejectedShare > options.maxRejectFraction {
+            let kept = output + ".rejects.csv"
+            try renameItem(temporary + "/rejects.csv", kept)
+            if stats.rows == 0 { throw DataError.noCustomers(path: input, reason: "the file has a header but no event rows") }
+            if stats.imported == 0 && rejectedShare <= options.maxRejectFraction {
+                throw DataError.noCustomers(path: input, reason: "no purchase events (all \(stats.skippedNonPurchase) rows have a non-purchase event_type)")
+            }
+            throw DataError.tooManyRejects(rejected: stats.rejected, rows: stats.rows, limit: options.maxRejectFraction, rejectsPath: kept)
+        }
+
+        let sourceInfo = DatasetManifest.Source(
+            preset: options.preset.rawValue, input: lastPathComponent(input), timeFormat: stats.timeFormat.rawValue,
+            calendarDays: stats.timeFormat.isCalendar, amountMeaning: amountMeaning)
+        let manifest = try writeDataset(aggregates: aggregates, stats: stats, source: sourceInfo, split: options.split,
+                                        buildGraph: options.buildGraph, directory: temporary)
+        try fsyncDirectory(temporary)
+
+        // Swap in: move any old dataset aside first so that a crash leaves one of the two whole.
+        if fileExists(output) {
+            let old = output + ".old-\(getpid())"
+            try renameItem(output, old)
+            try renameItem(temporary, output)
+            removeFlatDirectory(old)
+        } else {
+            try renameItem(temporary, output)
+        }
+        keepTemporary = true
+        try fsyncDirectory(parentDirectory(output))
+
+        return ImportSummary(
+            manifest: manifest, stats: stats, outputPath: output, rejectsPath: output + "/rejects.csv",
+            seconds: monotonicSeconds() - started, parseSeconds: stats.seconds, passes: passes,
+            peakResidentBytes: peakResidentBytes())
+    }
+}
+
+func lastPathComponent(_ path: String) -> String {
+    guard let slash = path.lastIndex(of: "/") else { return path }
+    return String(path[path.index(after: slash)...])
+}
+
+/// The Instacart sample: one row per order line, `days_since_prior_order` instead of dates and
+/// no prices.
+///
+/// A customer's day offset is the running sum of `days_since_prior_order` over their orders in
+/// `order_number` order, starting at 0 for their earliest order in the file; every line is
+/// one item, and items stand in for spend. Orders must be grouped, so the file is read whole
+/// (the sample has 150,000 lines) and replayed sorted by customer and order.
+final class InstacartSource {
+    let path: String
+    private var parsed = false
+    private var stats = ReadStats()
+    private var rejected: [(line: Int, reason: String, content: [UInt8])] = []
+    private let users = ByteInterner()
+    private var lines: [(user: Int32, orderNumber: Int32, product: [UInt8], order: UInt64, index: Int32)] = []
+    private var eventDays: [Int] = []
+    private var order: [Int] = []
+
+    init(path: String) { self.path = path }
+
+    func run<Sink: EventSink>(sink: Sink, rejects: RejectsWriter?) throws -> ReadStats {
+        if !parsed { try parse() }
+        let started = monotonicSeconds()
+        if let rejects {
+            for r in rejected { try r.content.withUnsafeBytes { try rejects.add(line: r.line, reason: r.reason, content: $0) } }
+        }
+        for k in order {
+            let line = lines[k]
+            line.product.withUnsafeBytes { product in
+                sink.consume(RawEvent(customer: users.bytes(Int(line.user)), day: eventDays[k], amount: 1, quantity: 1,
+                                      product: product, orderHash: line.order))
+            }
+        }
+        var result = stats
+        result.seconds += monotonicSeconds() - started
+        return result
+    }
+
+    private func parse() throws {
+        let started = monotonicSeconds()
+        let splitter = CSVEventSource(path: path, format: CSVFormat())
+        var columns: (user: Int, order: Int, number: Int, days: Int, product: Int)?
+        var width = 0
+        var gaps: [Int64: Double?] = [:] // (user << 32 | order_number) -> days since prior order
+        var pending: [(line: Int, content: [UInt8], user: Int32, number: Int32, product: [UInt8], order: UInt64, days: Double?)] = []
+        func reject(_ line: Int, _ reason: String, _ p: UnsafePointer<UInt8>, _ n: Int) {
+            rejected.append((line, reason, Array(UnsafeBufferPointer(start: p, count: n))))
+            stats.rejected += 1
+        }
+        try forEachLine(path: path) { line, count, lineNumber in
+            if count == 0 || (0..<count).allSatisfy({ line[$0] == 32 || line[$0] == 9 }) {
+                stats.blankLines += 1
+                return
+            }
+            guard let columns else {
+                let header = splitter.splitAll(line, count).map { $0.lowercased() }
+                func find(_ name: String) throws -> Int {
+                    guard let index = header.firstIndex(of: name) else {
+                        throw DataError.missingColumn(path: path, column: name, header: header)
+                    }
+                    return index
+                }
+                columns = (try find("user_id"), try find("order_id"), try find("order_number"),
+                           try find("days_since_prior_order"), try find("product_id"))
+                width = header.count
+                stats.headerLines = 1
+                return
+            }
+            stats.rows += 1
+            guard String(validating: UnsafeBufferPointer(start: line, count: count), as: UTF8.self) != nil else {
+                return reject(lineNumber, "invalid UTF-8", line, count)
+            }
+            let fields = splitter.splitAll(line, count)
+            guard fields.count == width else { return reject(lineNumber, "expected \(width) fields, found \(fields.count)", line, count) }
+            let user = fields[columns.user], orderID = fields[columns.order], product = fields[columns.product]
+            guard !user.isEmpty else { return reject(lineNumber, "empty user_id", line, count) }
+            guard !orderID.isEmpty else { return reject(lineNumber, "empty order_id", line, count) }
+            guard !product.isEmpty else { return reject(lineNumber, "empty product_id", line, count) }
+            guard let number = Int32(fields[columns.number]), number >= 1 else {
+                return reject(lineNumber, "unparsable order_number '\(fields[columns.number].prefix(40))'", line, count)
+            }
+            var days: Double?
+            let daysText = fields[columns.days]
+            if !daysText.isEmpty {
+                let value = withBytesOf(daysText) { ByteParsing.parseDouble($0, $1) }
+                guard let value, value >= 0 else {
+                    return reject(lineNumber, "unparsable days_since_prior_order '\(daysText.prefix(40))'", line, count)
+                }
+                days = value
+            }
+            let userIndex = withBytesOf(user) { users.intern($0, $1) }
+            let orderHash = withBytesOf(orderID) { hashIdentifier($0, $1) } | 1
+            pending.append((lineNumber, Array(UnsafeBufferPointer(start: line, count: count)), userIndex, number,
+                            Array(product.utf8), orderHash, days))
+        } bytesRead: { stats.bytes = $0 }
+        guard columns != nil else { throw DataError.emptyFile(path: path) }
+
+        // An order's gap is the first value seen; the earliest order of a customer needs none.
+        for p in pending {
+            let key = Int64(p.user) << 32 | Int64(p.number)
+            if gaps[key] == nil || gaps[key]! == nil { gaps[key] = .some(p.days) }
+        }
+        var ordersOfUser: [Int32: [Int32]] = [:]
+        for key in gaps.keys { ordersOfUser[Int32(key >> 32), default: []].append(Int32(key & 0xFFFF_FFFF)) }
+        var offset: [Int64: Int] = [:]
+        var missingGap: Set<Int64> = []
+        for (user, numbers) in ordersOfUser {
+            var day = 0.0
+            for (k, number) in numbers.sorted().enumerated() {
+                let key = Int64(user) << 32 | Int64(number)
+                if k > 0 {
+                    guard let gap = gaps[key]!, gap.isFinite else {
+                        missingGap.insert(key)
+                        continue
+                    }
+                    day += gap
+                }
+                offset[key] = Int(day.rounded(.down))
+            }
+        }
+        for p in pending {
+            let key = Int64(p.user) << 32 | Int64(p.number)
+            if missingGap.contains(key) {
+                rejected.append((p.line, "empty days_since_prior_order for order_number \(p.number), which is not the customer's first order", p.content))
+                stats.rejected += 1
+                continue
+            }
+            lines.append((p.user, p.number, p.product, p.order, Int32(p.line)))
+            eventDays.append(offset[key]!)
+        }
+        rejected.sort { $0.line < $1.line }
+        order = Array(lines.indices).sorted {
+            let a = lines[$0], b = lines[$1]
+            if a.user != b.user { return users.precedes(Int(a.user), Int(b.user)) }
+            if a.orderNumber != b.orderNumber { return a.orderNumber < b.orderNumber }
+            return a.index < b.index
+        }
+        stats.imported = lines.count
+        stats.timeFormat = .days
+        stats.seconds = monotonicSeconds() - started
+        parsed = true
+    }
+}
+
+func withBytesOf<T>(_ text: String, _ body: (UnsafePointer<UInt8>, Int) -> T) -> T {
+    var copy = text
+    return copy.withUTF8 { body($0.baseAddress ?? UnsafePointer(bitPattern: 1)!, $0.count) }
+}

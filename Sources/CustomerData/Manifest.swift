@@ -1,0 +1,121 @@
+import Foundation
+
+/// One binary or text file of a dataset, as recorded in the manifest.
+public struct DatasetFile: Codable, Sendable, Equatable {
+    public var name: String
+    public var bytes: Int
+    /// `ContentHasher` value of the whole file, 16 hex digits.
+    public var contentHash: String
+    /// `f32`, `i32`, `i64`, `u8` or `text`.
+    public var dtype: String
+    public var shape: [Int]
+}
+
+/// Everything a reader needs to interpret and verify a dataset directory.
+public struct DatasetManifest: Codable, Sendable, Equatable {
+    public static let currentFormatVersion = 1
+
+    public struct Source: Codable, Sendable, Equatable {
+        public var preset: String
+        public var input: String
+        /// The time format the input was read with (after `auto` was resolved).
+        public var timeFormat: String
+        /// True when days are calendar days since 1970-01-01; false for relative day numbers.
+        public var calendarDays: Bool
+        /// What the amount column means for this source (e.g. items standing in for spend).
+        public var amountMeaning: String
+    }
+
+    public struct Counts: Codable, Sendable, Equatable {
+        public var rows: Int
+        public var imported: Int
+        public var rejected: Int
+        public var skippedNonPurchase: Int
+        public var blankLines: Int
+        public var headerLines: Int
+        public var eventsInHistory: Int
+        public var eventsInHorizon: Int
+        public var eventsAfterHorizon: Int
+        public var customersSeen: Int
+        /// Customers in the dataset: those with a purchase on or before the cut-off.
+        public var customers: Int
+        public var customersWithoutHistory: Int
+        public var products: Int
+    }
+
+    public struct Labels: Codable, Sendable, Equatable {
+        public var churnRate: Double
+        public var stageCounts: [Int]
+        public var meanHorizonSpend: Double
+    }
+
+    public struct Split: Codable, Sendable, Equatable {
+        public var seed: UInt64
+        /// Train, validation, test.
+        public var fractions: [Double]
+        public var sizes: [Int]
+        /// True when no customer hashed into train and statistics were fitted on all customers.
+        public var statisticsFittedOnAllCustomers: Bool
+    }
+
+    public struct Graph: Codable, Sendable, Equatable {
+        public var customerNodes: Int
+        public var productNodes: Int
+        /// Entries of the symmetric CSR: twice the number of customer–product pairs.
+        public var directedEdges: Int
+        public var nodeFeatureNames: [String]
+        public var customerFeatureMean: [Double]
+        public var customerFeatureStd: [Double]
+        public var productFeatureMean: [Double]
+        public var productFeatureStd: [Double]
+    }
+
+    public var formatVersion: Int
+    public var source: Source
+    public var counts: Counts
+    public var spec: FeatureSpec
+    /// ISO dates of the cut-off, the first history day and the last horizon day (calendar sources only).
+    public var cutoffDate: String?
+    public var historyStartDate: String?
+    public var horizonEndDate: String?
+    public var featureNames: [String]
+    public var normalisation: FeatureNormalisation
+    public var stageNames: [String]
+    public var labels: Labels
+    public var split: Split
+    public var graph: Graph?
+    public var files: [DatasetFile]
+    /// Hash over the files' sizes and hashes and every field that changes how they are read.
+    public var fingerprint: String
+
+    /// Recomputes the fingerprint from the other fields.
+    public func computeFingerprint() -> String {
+        var hasher = ContentHasher(seed: UInt64(formatVersion))
+        func add(_ text: String) { hasher.update(text + "\u{1F}") }
+        func add(_ values: [Double]) { for v in values { add(String(v.bitPattern, radix: 16)) } }
+        add("spec"); add("\(spec.periodDays) \(spec.historyPeriods) \(spec.cutoffDay) \(spec.horizonDays) \(spec.stageThresholds)")
+        add("features"); for name in featureNames { add(name) }
+        add("normalisation"); add(normalisation.mean); add(normalisation.std)
+        add("stages"); for name in stageNames { add(name) }
+        add("counts"); add("\(counts.customers) \(counts.products) \(counts.imported) \(counts.rejected)")
+        add("split"); add("\(split.seed) \(split.sizes)"); add(split.fractions)
+        if let graph {
+            add("graph"); add("\(graph.customerNodes) \(graph.productNodes) \(graph.directedEdges)")
+            for name in graph.nodeFeatureNames { add(name) }
+        }
+        add("files")
+        for file in files.sorted(by: { $0.name < $1.name }) {
+            add("\(file.name) \(file.bytes) \(file.contentHash) \(file.dtype) \(file.shape)")
+        }
+        return ContentHasher.hex(hasher.finalize())
+    }
+
+    /// The spec and statistics scoring needs to rebuild features exactly as training saw them.
+    public var scoringPipeline: (spec: FeatureSpec, normalisation: FeatureNormalisation) { (spec, normalisation) }
+
+    func encoded() throws -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try encoder.encode(self)
+    }
+}

@@ -1,0 +1,172 @@
+import ArgumentParser
+import CustomerData
+import Foundation
+
+@main
+struct CLMData: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "clm-data",
+        abstract: "Import customer events into a training dataset, inspect datasets, generate synthetic events.",
+        subcommands: [Import.self, Inspect.self, Synth.self])
+}
+
+/// Turns a library error into ArgumentParser's clean exit with the message on stderr.
+func runReporting(_ body: () throws -> Void) throws {
+    do {
+        try body()
+    } catch let error as DataError {
+        FileHandle.standardError.write(Data("clm-data: error: \(error.description)\n".utf8))
+        throw ExitCode.failure
+    }
+}
+
+func formatCount(_ value: Int) -> String {
+    let digits = String(value)
+    var out = ""
+    for (k, ch) in digits.enumerated() {
+        if k > 0 && (digits.count - k) % 3 == 0 && ch != "-" { out.append(",") }
+        out.append(ch)
+    }
+    return out
+}
+
+func formatFixed(_ value: Double, _ decimals: Int) -> String { String(format: "%.\(decimals)f", value) }
+
+struct Import: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Import an event file into a dataset directory.")
+
+    @Option(help: "Input layout: canonical, cdnow or instacart.") var preset: String = "canonical"
+    @Option(help: "The event file.") var input: String
+    @Option(help: "The dataset directory to write (replaced atomically if it is a dataset).") var out: String
+    @Option(help: "Customer id column (header name, or 1-based position).") var customerCol: String?
+    @Option(help: "Time column (name or position).") var timeCol: String?
+    @Option(help: "Time format: iso, yyyymmdd, unix, days or auto.") var timeFormat: String = "auto"
+    @Option(help: "Amount (spend) column (name or position).") var amountCol: String?
+    @Option(help: "Quantity column (name or position); default 1 per row.") var quantityCol: String?
+    @Option(help: "Product id column (name or position); enables the graph.") var productCol: String?
+    @Option(help: "Order id column: rows of one order count as one transaction.") var orderCol: String?
+    @Option(help: "Event type column: only purchase/order/transaction/sale rows count.") var eventTypeCol: String?
+    @Option(help: "Field delimiter (one character, or 'tab').") var delimiter: String = ","
+    @Flag(help: "Fields are separated by runs of spaces or tabs.") var whitespace = false
+    @Flag(help: "The file has no header line (columns by position).") var noHeader = false
+    @Option(help: "Last day of history: YYYY-MM-DD, YYYYMMDD or a day number. Default: preset's, else last event day minus the horizon.") var cutoff: String?
+    @Option(help: "Outcome window in days after the cut-off (default 273; instacart 91).") var horizon: Int?
+    @Option(help: "Days per period (default 7).") var period: Int?
+    @Option(help: "History periods per sequence (default 39; instacart 26).") var history: Int?
+    @Option(help: "Minimum horizon purchases for occasional, regular, loyal.") var stageThresholds: String = "1,2,4"
+    @Option(help: "Seed of the customer split.") var seed: UInt64 = 42
+    @Option(help: "Train fraction.") var trainFraction: Double = 0.70
+    @Option(help: "Validation fraction (test is the rest).") var validationFraction: Double = 0.15
+    @Option(help: "Fail when more than this fraction of rows is rejected.") var maxRejectFraction: Double = 0.01
+    @Flag(help: "Skip the customer-product graph.") var noGraph = false
+
+    func run() throws {
+        try runReporting {
+            guard let preset = Preset(rawValue: preset) else {
+                throw DataError.invalidOption("--preset must be one of \(Preset.allCases.map(\.rawValue).joined(separator: ", ")), got '\(preset)'")
+            }
+            guard let format = TimeFormat(rawValue: timeFormat) else {
+                throw DataError.invalidOption("--time-format must be one of \(TimeFormat.allCases.map(\.rawValue).joined(separator: ", ")), got '\(timeFormat)'")
+            }
+            var options = ImportOptions()
+            options.preset = preset
+            let delimiterByte: UInt8
+            if delimiter == "tab" || delimiter == "\\t" { delimiterByte = 9 } else {
+                guard delimiter.utf8.count == 1, let byte = delimiter.utf8.first, byte != 10, byte != 13, byte != 34 else {
+                    throw DataError.invalidOption("--delimiter must be one ASCII character other than a quote or line break, got '\(delimiter)'")
+                }
+                delimiterByte = byte
+            }
+            let customMapping = [customerCol, timeCol, amountCol, quantityCol, productCol, orderCol, eventTypeCol].contains { $0 != nil }
+            if preset != .canonical && (customMapping || whitespace || noHeader) {
+                throw DataError.invalidOption("column mapping options apply to --preset canonical only")
+            }
+            options.format = CSVFormat(
+                delimiter: delimiterByte, whitespace: whitespace, header: noHeader ? .absent : .present, timeFormat: format,
+                mapping: ColumnMapping(
+                    customer: ColumnRef(argument: customerCol ?? "customer_id"), time: ColumnRef(argument: timeCol ?? "timestamp"),
+                    amount: ColumnRef(argument: amountCol ?? "amount"), quantity: quantityCol.map(ColumnRef.init(argument:)),
+                    product: productCol.map(ColumnRef.init(argument:)), order: orderCol.map(ColumnRef.init(argument:)),
+                    eventType: eventTypeCol.map(ColumnRef.init(argument:))),
+                detectOptionalColumns: !customMapping)
+            options.cutoffDay = try cutoff.map(parseCutoff)
+            options.horizonDays = horizon
+            options.periodDays = period
+            options.historyPeriods = history
+            let thresholds = stageThresholds.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+            options.stageThresholds = thresholds
+            options.split = SplitOptions(seed: seed, trainFraction: trainFraction, validationFraction: validationFraction)
+            options.maxRejectFraction = maxRejectFraction
+            options.buildGraph = !noGraph
+            let summary = try Importer.run(input: input, output: out, options: options)
+            print(describe(summary))
+        }
+    }
+}
+
+func describe(_ summary: ImportSummary) -> String {
+    let m = summary.manifest, s = summary.stats, c = m.counts
+    var lines: [String] = []
+    lines.append("imported \(summary.outputPath) from \(m.source.input) (preset \(m.source.preset), time format \(m.source.timeFormat))")
+    lines.append("  rows read        \(formatCount(s.rows))  (+\(s.headerLines) header, \(s.blankLines) blank lines)")
+    lines.append("  imported         \(formatCount(s.imported))")
+    lines.append("  rejected         \(formatCount(s.rejected))  -> \(summary.rejectsPath)")
+    if s.skippedNonPurchase > 0 { lines.append("  non-purchase     \(formatCount(s.skippedNonPurchase)) (skipped by event_type)") }
+    lines.append("  events           history \(formatCount(c.eventsInHistory)), horizon \(formatCount(c.eventsInHorizon)), after horizon \(formatCount(c.eventsAfterHorizon))")
+    let window = m.cutoffDate.map { "cut-off \($0) (history from \(m.historyStartDate!), horizon to \(m.horizonEndDate!))" }
+        ?? "cut-off day \(m.spec.cutoffDay) (relative days)"
+    lines.append("  window           \(window); period \(m.spec.periodDays) d x \(m.spec.historyPeriods), horizon \(m.spec.horizonDays) d")
+    lines.append("  customers        \(formatCount(c.customers)) in dataset (\(formatCount(c.customersWithoutHistory)) of \(formatCount(c.customersSeen)) seen have no purchase by the cut-off)")
+    lines.append("  products         \(formatCount(c.products))" + (m.graph.map { "; graph \(formatCount($0.customerNodes + $0.productNodes)) nodes, \(formatCount($0.directedEdges / 2)) customer-product pairs" } ?? "; no graph"))
+    lines.append("  churn rate       \(formatFixed(m.labels.churnRate * 100, 1))%; mean horizon spend \(formatFixed(m.labels.meanHorizonSpend, 2)) (\(m.source.amountMeaning))")
+    let stages = zip(m.stageNames, m.labels.stageCounts).map { "\($0) \(formatCount($1))" }.joined(separator: ", ")
+    lines.append("  stages           \(stages)  (thresholds \(m.spec.stageThresholds.map(String.init).joined(separator: "/")))")
+    lines.append("  split            train \(formatCount(m.split.sizes[0])), validation \(formatCount(m.split.sizes[1])), test \(formatCount(m.split.sizes[2])) (seed \(m.split.seed))")
+    let mb = Double(s.bytes) / 1_048_576
+    lines.append("  speed            \(formatCount(Int(summary.eventsPerSecond))) events/s, \(formatFixed(mb / max(summary.parseSeconds, 1e-9), 0)) MiB/s parsing \(formatFixed(mb, 1)) MiB (\(summary.passes) pass\(summary.passes > 1 ? "es" : "")); total \(formatFixed(summary.seconds, 2)) s")
+    lines.append("  peak memory      \(formatFixed(Double(summary.peakResidentBytes) / 1_048_576, 1)) MiB resident")
+    lines.append("  fingerprint      \(m.fingerprint)")
+    return lines.joined(separator: "\n")
+}
+
+struct Inspect: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print a dataset's manifest summary and verify every file.")
+
+    @Argument(help: "The dataset directory.") var dataset: String
+
+    func run() throws {
+        try runReporting {
+            let started = Date()
+            let data = try CustomerDataset.open(at: URL(fileURLWithPath: dataset))
+            let m = data.manifest, c = m.counts
+            print("dataset \(dataset): format \(m.formatVersion), fingerprint \(m.fingerprint), verified in \(formatFixed(Date().timeIntervalSince(started), 2)) s")
+            print("  source          \(m.source.input) (preset \(m.source.preset), time \(m.source.timeFormat); amount = \(m.source.amountMeaning))")
+            print("  rows            \(formatCount(c.rows)) read, \(formatCount(c.imported)) imported, \(formatCount(c.rejected)) rejected, \(formatCount(c.skippedNonPurchase)) non-purchase")
+            print("  customers       \(formatCount(c.customers)) x \(m.spec.historyPeriods) periods x \(m.featureNames.count) features; products \(formatCount(c.products))")
+            print("  window          " + (m.cutoffDate.map { "cut-off \($0), history from \(m.historyStartDate!), horizon to \(m.horizonEndDate!)" } ?? "cut-off day \(m.spec.cutoffDay)") + "; period \(m.spec.periodDays) d, horizon \(m.spec.horizonDays) d")
+            print("  features        \(m.featureNames.joined(separator: ", "))")
+            print("  labels          churn \(formatFixed(m.labels.churnRate * 100, 1))%, stages " + zip(m.stageNames, m.labels.stageCounts).map { "\($0) \($1)" }.joined(separator: ", "))
+            print("  split           train \(m.split.sizes[0]), validation \(m.split.sizes[1]), test \(m.split.sizes[2])")
+            if let g = m.graph {
+                print("  graph           \(g.customerNodes) customers + \(g.productNodes) products, \(g.directedEdges) directed edges, \(g.nodeFeatureNames.count) node features")
+            }
+            for file in m.files { print("  file            \(file.name)  \(file.dtype) \(file.shape)  \(formatCount(file.bytes)) bytes  \(file.contentHash)") }
+        }
+    }
+}
+
+struct Synth: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Write a synthetic canonical event CSV with learnable structure.")
+
+    @Option(help: "Number of customers.") var customers: Int = 10_000
+    @Option(help: "Number of products.") var products: Int = 1_000
+    @Option(help: "Seed.") var seed: UInt64 = 1
+    @Option(help: "Output CSV path.") var out: String
+
+    func run() throws {
+        try runReporting {
+            let summary = try generateSyntheticEvents(options: SyntheticOptions(customers: customers, products: products, seed: seed), to: out)
+            print("wrote \(out): \(formatCount(summary.customers)) customers, \(formatCount(summary.orders)) orders, \(formatCount(summary.rows)) rows, \(formatFixed(Double(summary.bytes) / 1_048_576, 1)) MiB in \(formatFixed(summary.seconds, 1)) s; peak memory \(formatFixed(Double(peakResidentBytes()) / 1_048_576, 1)) MiB")
+        }
+    }
+}
