@@ -37,6 +37,9 @@ else
 fi
 # Ranks find their BLAS thread count and the root permission in the environment.
 launch+=(-x OPENBLAS_NUM_THREADS -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM)
+# The progress bar needs to know whether mpirun itself writes to a terminal.
+if [ -t 1 ]; then export CLM_PROGRESS=${CLM_PROGRESS:-bar}; else export CLM_PROGRESS=${CLM_PROGRESS:-plain}; fi
+launch+=(-x CLM_PROGRESS)
 launch+=(-np 1 "$bin/clm-coordinator" --config "$config" "${passthrough[@]}")
 if [ "$ranks" -gt 1 ]; then
     launch+=(: -np $((ranks - 1)) "$bin/clm-worker")

@@ -10,7 +10,16 @@ final class ProgressReporter {
 
     init(enabled: Bool, metricsLog: URL?) throws {
         self.enabled = enabled
-        interactive = enabled && isatty(STDOUT_FILENO) != 0
+        // mpirun hands ranks a pseudo-terminal even when its own output goes to a file, so a
+        // terminal on stdout is not enough: also require a real TERM, and let CLM_PROGRESS=plain
+        // (or bar) decide outright.
+        let environment = ProcessInfo.processInfo.environment
+        let term = environment["TERM"] ?? ""
+        switch environment["CLM_PROGRESS"] {
+        case "plain": interactive = false
+        case "bar": interactive = enabled
+        default: interactive = enabled && isatty(STDOUT_FILENO) != 0 && !term.isEmpty && term != "dumb"
+        }
         if enabled, let metricsLog {
             try FileManager.default.createDirectory(at: metricsLog.deletingLastPathComponent(), withIntermediateDirectories: true)
             if !FileManager.default.fileExists(atPath: metricsLog.path) {

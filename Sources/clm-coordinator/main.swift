@@ -18,7 +18,7 @@ struct Coordinator: ParsableCommand {
     var overrides: [String] = []
 
     @Option(help: "Shorthand for --set epochs=N.") var epochs: Int?
-    @Option(help: "Shorthand for --set run=NAME.") var run: String?
+    @Option(name: .customLong("run"), help: "Shorthand for --set run=NAME.") var runName: String?
     @Option(help: "Shorthand for --set data=DIR.") var data: String?
     @Option(help: "Shorthand for --set checkpoints=DIR.") var checkpoints: String?
 
@@ -30,7 +30,7 @@ struct Coordinator: ParsableCommand {
     func run() throws {
         var all = overrides
         if let epochs { all.append("epochs=\(epochs)") }
-        if let run { all.append("run=\(run)") }
+        if let runName { all.append("run=\(runName)") }
         if let data { all.append("data=\(data)") }
         if let checkpoints { all.append("checkpoints=\(checkpoints)") }
         let world = try MPICommunicator(watchdogTimeout: .seconds(300))

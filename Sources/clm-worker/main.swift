@@ -1,4 +1,5 @@
 import Collectives
+import Foundation
 import Training
 
 // A worker rank of a training job: it takes everything from the coordinator (rank 0).
