@@ -106,6 +106,13 @@ else
     total_failed=$((total_failed + 1))
 fi
 
+echo "== training job end to end (scripts/test-training.sh)"
+if scripts/test-training.sh; then
+    total_passed=$((total_passed + 1))
+else
+    total_failed=$((total_failed + 1))
+fi
+
 echo
 echo "multi-rank: $total_passed passed, $total_failed failed"
 [ "$total_failed" -eq 0 ]

@@ -21,6 +21,25 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
             case positiveWeight = "positive_weight"
             case clvWeight = "clv_weight"
         }
+
+        public init(hidden: Int = 50, layers: Int = 2, dropout: Float = 0.2, positiveWeight: Float? = nil, clvWeight: Float = 0.5) {
+            self.hidden = hidden
+            self.layers = layers
+            self.dropout = dropout
+            self.positiveWeight = positiveWeight
+            self.clvWeight = clvWeight
+        }
+
+        // Keys left out of the file keep their defaults.
+        public init(from decoder: Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let defaults = LSTMSettings()
+            hidden = try container.decodeIfPresent(Int.self, forKey: .hidden) ?? defaults.hidden
+            layers = try container.decodeIfPresent(Int.self, forKey: .layers) ?? defaults.layers
+            dropout = try container.decodeIfPresent(Float.self, forKey: .dropout) ?? defaults.dropout
+            positiveWeight = try container.decodeIfPresent(Float.self, forKey: .positiveWeight)
+            clvWeight = try container.decodeIfPresent(Float.self, forKey: .clvWeight) ?? defaults.clvWeight
+        }
     }
 
     public struct GNNSettings: Codable, Sendable, Equatable {
@@ -36,6 +55,18 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
             case hidden, layers, dropout, fanouts
             case balanceClasses = "balance_classes"
         }
+
+        public init() {}
+
+        public init(from decoder: Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let defaults = GNNSettings()
+            hidden = try container.decodeIfPresent(Int.self, forKey: .hidden) ?? defaults.hidden
+            layers = try container.decodeIfPresent(Int.self, forKey: .layers) ?? defaults.layers
+            dropout = try container.decodeIfPresent(Float.self, forKey: .dropout) ?? defaults.dropout
+            fanouts = try container.decodeIfPresent([Int].self, forKey: .fanouts) ?? defaults.fanouts
+            balanceClasses = try container.decodeIfPresent(Bool.self, forKey: .balanceClasses) ?? defaults.balanceClasses
+        }
     }
 
     public struct EarlyStopping: Codable, Sendable, Equatable {
@@ -48,6 +79,16 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         enum CodingKeys: String, CodingKey, CaseIterable {
             case metric, patience
             case minDelta = "min_delta"
+        }
+
+        public init() {}
+
+        public init(from decoder: Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            let defaults = EarlyStopping()
+            metric = try container.decodeIfPresent(String.self, forKey: .metric) ?? defaults.metric
+            patience = try container.decodeIfPresent(Int.self, forKey: .patience) ?? defaults.patience
+            minDelta = try container.decodeIfPresent(Double.self, forKey: .minDelta) ?? defaults.minDelta
         }
     }
 

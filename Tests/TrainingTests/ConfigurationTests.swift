@@ -29,6 +29,7 @@ import Testing
         #expect(configuration.epochs == 7)
         #expect(configuration.lstm.hidden == 12)
         #expect(configuration.lstm.layers == 2, "unset keys keep their defaults")
+        #expect(configuration.lstm.clvWeight == 0.5, "unset keys inside a section keep their defaults")
         #expect(configuration.gnn.fanouts == [4, 3])
         #expect(configuration.run == "trial")
     }

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# End-to-end checks of the training job under real mpirun, on a small synthetic dataset:
+#   - a run killed after step 13 and resumed from its latest checkpoint ends bit-identical to a
+#     run trained straight through (same world size);
+#   - one process without mpirun equals -np 1 under mpirun;
+#   - resuming on another world size works;
+#   - kill -9 of a worker ends the job with an error in bounded time, and `latest` still loads;
+#   - the graph model trains and reports stage metrics.
+# Prints "training-e2e: N passed, M failed" and exits non-zero on any failure.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$(clm_root)"
+
+build=${CLM_BUILD:-debug}
+swift build -c "$build" --product clm-data >/dev/null
+swift build -c "$build" --product clm-coordinator >/dev/null
+swift build -c "$build" --product clm-worker >/dev/null
+bin="$(swift build -c "$build" --show-bin-path)"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export CLM_PROGRESS=plain
+
+passed=0
+failed=0
+pass() { echo "ok: $1"; passed=$((passed + 1)); }
+fail() { echo "FAILED: $1"; failed=$((failed + 1)); }
+
+"$bin/clm-data" synth --customers 1500 --products 200 --seed 3 --out "$work/events.csv" >/dev/null
+"$bin/clm-data" import --input "$work/events.csv" --product-col product_id --out "$work/data" >/dev/null
+
+cat >"$work/lstm.yaml" <<YAML
+model: lstm
+data: $work/data
+checkpoints: $work/checkpoints
+run: straight
+epochs: 2
+batch_size: 32
+learning_rate: 0.01
+warmup_steps: 3
+checkpoint_every_steps: 5
+keep_checkpoints: 20
+checksum_every_steps: 5
+watchdog_seconds: 20
+lstm:
+  hidden: 8
+  layers: 2
+  dropout: 0.2
+YAML
+
+job() {  # job RANKS [coordinator flags...]
+    local ranks=$1
+    shift
+    if [ "$ranks" -eq 1 ]; then
+        clm_mpirun_local 1 "$bin/clm-coordinator" --config "$work/lstm.yaml" "$@"
+    else
+        clm_mpirun_local 1 "$bin/clm-coordinator" --config "$work/lstm.yaml" "$@" : -np $((ranks - 1)) "$bin/clm-worker"
+    fi
+}
+latest_model() {  # the SHA-256 of the model in a run's latest checkpoint
+    local run=$1
+    sha256sum "$work/checkpoints/$run/$(tr -d '\n' <"$work/checkpoints/$run/latest")/model.safetensors" | cut -d' ' -f1
+}
+
+echo "== straight run, 2 ranks"
+job 2 --run straight >"$work/straight.log" 2>&1 || { tail -n 20 "$work/straight.log"; fail "straight run"; }
+grep -E "^(training|epoch|done|  validation|  test)" "$work/straight.log" || true
+
+echo "== stopped after 13 steps, resumed from latest (step 10), 2 ranks"
+if job 2 --run resumed --stop-after-steps 13 >"$work/stopped.log" 2>&1 \
+    && job 2 --run resumed --resume latest >"$work/resumed.log" 2>&1; then
+    grep -E "resuming" "$work/resumed.log" || true
+    if [ "$(latest_model straight)" = "$(latest_model resumed)" ]; then
+        pass "resumed run is bit-identical to the straight run ($(latest_model resumed | cut -c1-16))"
+    else
+        fail "resumed run differs from the straight run"
+    fi
+else
+    tail -n 20 "$work/stopped.log" "$work/resumed.log"
+    fail "stop/resume runs"
+fi
+
+echo "== one process without mpirun vs -np 1 under mpirun"
+if "$bin/clm-coordinator" --config "$work/lstm.yaml" --run alone >"$work/alone.log" 2>&1 \
+    && job 1 --run np1 >"$work/np1.log" 2>&1; then
+    if [ "$(latest_model alone)" = "$(latest_model np1)" ]; then
+        pass "single process equals -np 1"
+    else
+        fail "single process and -np 1 differ"
+    fi
+else
+    tail -n 20 "$work/alone.log" "$work/np1.log"
+    fail "single-process runs"
+fi
+
+echo "== resume on a different world size (2 -> 3 ranks)"
+cp -r "$work/checkpoints/resumed" "$work/checkpoints/regrown"
+rm -f "$work/checkpoints/regrown/metrics.jsonl"
+if job 3 --run regrown --resume 10 --epochs 3 >"$work/regrown.log" 2>&1 && grep -q "^done: " "$work/regrown.log"; then
+    pass "resumed a 2-rank checkpoint on 3 ranks"
+else
+    tail -n 20 "$work/regrown.log"
+    fail "resume on another world size"
+fi
+
+echo "== a fresh run refuses to overwrite an existing run"
+if job 2 --run straight >"$work/again.log" 2>&1; then
+    fail "a fresh run started over existing checkpoints"
+elif grep -q "already has checkpoints" "$work/again.log"; then
+    pass "fresh run over existing checkpoints refused with a message"
+else
+    tail -n 10 "$work/again.log"
+    fail "refusal without the expected message"
+fi
+
+echo "== kill -9 of a worker mid-run"
+job 3 --run killed --epochs 200 >"$work/killed.log" 2>&1 &
+launcher=$!
+for _ in $(seq 1 300); do
+    [ -f "$work/checkpoints/killed/latest" ] && break
+    sleep 0.2
+done
+sleep 1
+victim=$(pgrep -f "$bin/clm-worker" | head -1 || true)
+start=$(date +%s)
+if [ -n "$victim" ]; then kill -9 "$victim"; fi
+status=0
+wait "$launcher" || status=$?
+elapsed=$(( $(date +%s) - start ))
+if [ -n "$victim" ] && [ "$status" -ne 0 ] && [ "$elapsed" -le 30 ]; then
+    pass "job ended ${elapsed}s after kill -9 with status $status"
+else
+    tail -n 20 "$work/killed.log"
+    fail "kill -9: victim '${victim}', status $status after ${elapsed}s"
+fi
+pkill -9 -f "$bin/clm-(worker|coordinator)" 2>/dev/null || true
+if job 2 --run killed --resume latest --epochs 1 >"$work/afterkill.log" 2>&1 && grep -q "resuming" "$work/afterkill.log"; then
+    pass "latest checkpoint after the kill verifies and loads"
+else
+    tail -n 20 "$work/afterkill.log"
+    fail "latest checkpoint after the kill"
+fi
+
+echo "== graph model, 2 ranks"
+sed -e 's/^model: lstm/model: gnn/' -e 's/^run: straight/run: graph/' "$work/lstm.yaml" >"$work/gnn.yaml"
+printf 'gnn:\n  hidden: 8\n  layers: 2\n  fanouts: [5, 3]\n' >>"$work/gnn.yaml"
+if clm_mpirun_local 1 "$bin/clm-coordinator" --config "$work/gnn.yaml" : -np 1 "$bin/clm-worker" >"$work/gnn.log" 2>&1 \
+    && grep -q "test_macro_f1" "$work/gnn.log"; then
+    grep -E "^(done|  validation|  test)" "$work/gnn.log"
+    pass "graph model trained on 2 ranks"
+else
+    tail -n 20 "$work/gnn.log"
+    fail "graph model"
+fi
+
+echo "training-e2e: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
