@@ -269,7 +269,14 @@ public final class LSTMModel: @unchecked Sendable {
 
     /// Adds the gradients of the last `loss` to `parameters.gradients`; optionally writes
     /// d(loss)/d(features) in the batch's [batch, steps, input] layout.
-    public func backward(_ batch: SequenceBatch, featureGradients: UnsafeMutablePointer<Float>? = nil) {
+    ///
+    /// `gradientsReady` is called as soon as a part of the flat gradient buffer is final (the top
+    /// layer and the heads first, then each layer below), so a data-parallel caller can start
+    /// all-reducing it while the layers below are still running backward.
+    public func backward(
+        _ batch: SequenceBatch, featureGradients: UnsafeMutablePointer<Float>? = nil,
+        gradientsReady: ((Range<Int>) -> Void)? = nil
+    ) {
         let hidden = configuration.hiddenSize
         let gatesWidth = 4 * hidden
         let batchSize = batch.batchSize
@@ -367,6 +374,12 @@ public final class LSTMModel: @unchecked Sendable {
             Kernels.accumulateColumnSums(gateGradients, rows: rows, columns: gatesWidth, into: biasGradient)
             Kernels.axpy(1, biasGradient, parameters.gradient(slices.inputBias), count: gatesWidth)
             Kernels.axpy(1, biasGradient, parameters.gradient(slices.hiddenBias), count: gatesWidth)
+            if let gradientsReady {
+                // Layers are laid out bottom-up with the heads last, so everything from this
+                // layer's first slice to the end of the buffer is now final; report the new part.
+                let end = layer == top ? parameters.layout.totalCount : layerSlices[layer + 1].inputWeight.offset
+                gradientsReady(slices.inputWeight.offset..<end)
+            }
 
             guard layer > 0 || featureGradients != nil else { continue }
             // d(layer input) = dGates · W_ih; for layer > 0 it is the layer below's output
@@ -394,10 +407,12 @@ public final class LSTMModel: @unchecked Sendable {
     }
 
     /// Forward, loss and backward of one training batch; gradients are added to, not replaced.
-    public func trainingStep(_ batch: SequenceBatch, random: inout SeededRandom) -> LSTMLoss {
+    public func trainingStep(
+        _ batch: SequenceBatch, random: inout SeededRandom, gradientsReady: ((Range<Int>) -> Void)? = nil
+    ) -> LSTMLoss {
         forward(batch, training: true, random: &random)
         let value = loss(batch)
-        backward(batch)
+        backward(batch, gradientsReady: gradientsReady)
         return value
     }
 }

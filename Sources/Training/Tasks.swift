@@ -8,7 +8,12 @@ import Tensors
 protocol TrainingTask: AnyObject {
     var parameters: ParameterStore { get }
     /// Adds the gradients of the mean loss over `customers` (indices into `shard`) and returns it.
-    func trainStep(_ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom) -> Float
+    /// Models that can tell which part of the gradient buffer is final before backward ends
+    /// report it through `gradientsReady`; others never call it.
+    func trainStep(
+        _ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom,
+        gradientsReady: ((Range<Int>) -> Void)?
+    ) -> Float
     /// Scores every customer of `shard` without dropout.
     func predict(_ shard: LocalShard) -> Predictions
 }
@@ -65,10 +70,13 @@ final class LSTMTask: TrainingTask {
         }
     }
 
-    func trainStep(_ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom) -> Float {
+    func trainStep(
+        _ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom,
+        gradientsReady: ((Range<Int>) -> Void)?
+    ) -> Float {
         gather(shard, customers)
         return withBatch(customers.count, steps: shard.steps) { batch in
-            model.trainingStep(batch, random: &random).total
+            model.trainingStep(batch, random: &random, gradientsReady: gradientsReady).total
         }
     }
 
@@ -124,7 +132,10 @@ final class GNNTask: TrainingTask {
         return sample.blocks
     }
 
-    func trainStep(_ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom) -> Float {
+    func trainStep(
+        _ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom,
+        gradientsReady: ((Range<Int>) -> Void)?
+    ) -> Float {
         // One stream for sampling and one for dropout, both derived from the step's stream.
         var sampling = random.split(1)
         var dropout = random.split(2)

@@ -149,10 +149,15 @@ final class DataParallelTrainer {
                 let customers = order[start..<min(start + configuration.batchSize, order.count)]
                 var random = SeededRandom(seed: configuration.seed, purpose: .dropout, epoch: epoch, step: step, rank: world.rank)
                 parameters.zeroGradients()
-                let loss = task.trainStep(trainShard, customers: customers, random: &random)
-                let reduceStart = DispatchTime.now().uptimeNanoseconds
-                try gradientWorld.allreduceAverage(gradients)
-                allreduceSeconds += Double(DispatchTime.now().uptimeNanoseconds - reduceStart) * 1e-9
+                let loss: Float
+                if configuration.overlapAllreduce {
+                    loss = try overlappedStep(customers, random: &random, seconds: &allreduceSeconds)
+                } else {
+                    loss = task.trainStep(trainShard, customers: customers, random: &random, gradientsReady: nil)
+                    let reduceStart = DispatchTime.now().uptimeNanoseconds
+                    try gradientWorld.allreduceAverage(gradients)
+                    allreduceSeconds += Double(DispatchTime.now().uptimeNanoseconds - reduceStart) * 1e-9
+                }
                 if configuration.clipNorm > 0 { clipGlobalNorm(parameters.gradients, maxNorm: configuration.clipNorm) }
                 optimizer.update(parameters.values, gradients: parameters.gradients,
                                  learningRate: schedule.rate(at: progress.globalStep))
@@ -230,6 +235,40 @@ final class DataParallelTrainer {
         reporter.record(summary.test, event: "test")
         summary.parameterChecksum = parameterChecksum(UnsafeBufferPointer(parameters.values.buffer))
         return summary
+    }
+
+    /// One step whose gradient all-reduce overlaps the backward pass: each part of the buffer
+    /// the model reports as final is all-reduced without blocking while backward goes on below
+    /// it; the rest (reported last, or never) is all-reduced at the end. `seconds` grows by the
+    /// time spent blocked in MPI (starting the reductions, the final part and the waits).
+    private func overlappedStep(_ customers: ArraySlice<Int32>, random: inout SeededRandom, seconds: inout Double) throws -> Float {
+        let gradients = task.parameters.gradients.buffer
+        var pending: [CollectiveRequest] = []
+        var reducedFrom = gradients.count
+        var failure: Error? = nil
+        var blocked: UInt64 = 0
+        let loss = task.trainStep(trainShard, customers: customers, random: &random) { range in
+            guard failure == nil else { return }
+            let start = DispatchTime.now().uptimeNanoseconds
+            do {
+                pending.append(try self.gradientWorld.startAllreduce(
+                    UnsafeMutableBufferPointer(rebasing: gradients[range]), op: .sum))
+                reducedFrom = min(reducedFrom, range.lowerBound)
+            } catch {
+                failure = error
+            }
+            blocked += DispatchTime.now().uptimeNanoseconds - start
+        }
+        if let failure { throw failure }
+        let start = DispatchTime.now().uptimeNanoseconds
+        if reducedFrom > 0 {
+            try gradientWorld.allreduce(UnsafeMutableBufferPointer(rebasing: gradients[0..<reducedFrom]), op: .sum)
+        }
+        for request in pending { try request.wait() }
+        scale(gradients, by: 1 / Float(world.size))
+        blocked += DispatchTime.now().uptimeNanoseconds - start
+        seconds += Double(blocked) * 1e-9
+        return loss
     }
 
     private func checkpoint(_ progress: TrainingProgress, metrics: [String: Double], isBest: Bool) throws {

@@ -88,6 +88,18 @@ case nil:
         checks.expect(moved, "the step changed the parameters")
         checks.expect(worst < 1e-5, "worst relative difference \(worst)")
     }
+    checks.check("all-reducing finished layers during backward gives the same step as one fused all-reduce") {
+        let mine = syntheticShard(globalRows: world.rank * perRank..<(world.rank + 1) * perRank, steps: steps, features: features)
+        let fused = try oneStep(configuration(batch: perRank), shard: mine, world: world)
+        var overlapped = configuration(batch: perRank)
+        overlapped.overlapAllreduce = true
+        let bucketed = try oneStep(overlapped, shard: mine, world: world)
+        var worst: Float = 0
+        for index in fused.indices {
+            worst = max(worst, abs(fused[index] - bucketed[index]) / max(abs(fused[index]), 1e-3))
+        }
+        checks.expect(worst < 1e-6, "worst relative difference \(worst)")
+    }
     checks.check("balanced shards give every rank the same number of steps") {
         let counts = ShardPlan.balancedCounts(total: 10 * world.size + 1, ranks: world.size)
         checks.expect(Set(counts).count == 1, "counts \(counts)")
