@@ -25,10 +25,8 @@ protocol EventSink: AnyObject {
 /// Finds the last event day, to derive a cut-off before the real pass.
 final class LastDayTracker: EventSink {
     var lastDay = Int.min
-    var firstDay = Int.max
     func consume(_ event: RawEvent) {
         if event.day > lastDay { lastDay = event.day }
-        if event.day < firstDay { firstDay = event.day }
     }
 }
 

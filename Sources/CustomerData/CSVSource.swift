@@ -177,13 +177,6 @@ final class CSVEventSource {
         productScratch.free()
     }
 
-    private func column(_ name: String) -> String {
-        switch name {
-        case "customer": return format.mapping.customer.description
-        default: return name
-        }
-    }
-
     /// Reads the whole file once. `rejects` receives every rejected row; pass nil for a
     /// preliminary pass whose rejects the real pass will report.
     func run<Sink: EventSink>(sink: Sink, rejects: RejectsWriter?) throws -> ReadStats {
