@@ -160,7 +160,7 @@ public enum Importer {
         let rejectedShare = stats.rows > 0 ? Double(stats.rejected) / Double(stats.rows) : 0
         if stats.rows == 0 || stats.imported == 0 || rejectedShare > options.maxRejectFraction {
             let kept = output + ".rejects.csv"
-            try renameItem(temporary + "/rejects.csv", kept)
+            if stats.rejected > 0 { try renameItem(temporary + "/rejects.csv", kept) }
             if stats.rows == 0 { throw DataError.noCustomers(path: input, reason: "the file has a header but no event rows") }
             if stats.imported == 0 && rejectedShare <= options.maxRejectFraction {
                 throw DataError.noCustomers(path: input, reason: "no purchase events (all \(stats.skippedNonPurchase) rows have a non-purchase event_type)")

@@ -110,9 +110,6 @@ public struct DatasetManifest: Codable, Sendable, Equatable {
         return ContentHasher.hex(hasher.finalize())
     }
 
-    /// The spec and statistics scoring needs to rebuild features exactly as training saw them.
-    public var scoringPipeline: (spec: FeatureSpec, normalisation: FeatureNormalisation) { (spec, normalisation) }
-
     func encoded() throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]

@@ -14,13 +14,13 @@ struct Scratch {
 
     func file(_ name: String, _ contents: String) -> String {
         let target = path + "/" + name
-        FileManager.default.createFile(atPath: target, contents: Data(contents.utf8))
+        precondition(FileManager.default.createFile(atPath: target, contents: Data(contents.utf8)), "cannot create \(target)")
         return target
     }
 
     func file(_ name: String, bytes: [UInt8]) -> String {
         let target = path + "/" + name
-        FileManager.default.createFile(atPath: target, contents: Data(bytes))
+        precondition(FileManager.default.createFile(atPath: target, contents: Data(bytes)), "cannot create \(target)")
         return target
     }
 
