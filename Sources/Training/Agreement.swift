@@ -63,14 +63,14 @@ func fnv1a(_ bytes: [UInt8]) -> UInt64 {
 }
 
 /// A checksum of the parameters that differs when any bit differs (a sum would hide swaps).
-func parameterChecksum(_ values: UnsafeBufferPointer<Float>) -> UInt64 {
+public func parameterChecksum(_ values: UnsafeBufferPointer<Float>) -> UInt64 {
     var hash: UInt64 = 0xcbf2_9ce4_8422_2325
     for value in values { hash = (hash ^ UInt64(value.bitPattern)) &* 0x100_0000_01b3 }
     return hash
 }
 
 /// Compares parameter checksums across ranks; throws naming the ranks that diverged from rank 0.
-func checkParametersAgree(_ values: UnsafeBufferPointer<Float>, step: Int, world: any Communicator) throws {
+public func checkParametersAgree(_ values: UnsafeBufferPointer<Float>, step: Int, world: any Communicator) throws {
     let checksums = try world.allgather(value: Int64(bitPattern: parameterChecksum(values)))
     let differing = checksums.indices.filter { checksums[$0] != checksums[0] }
     if !differing.isEmpty {

@@ -30,7 +30,7 @@ public final class LocalShard: @unchecked Sendable {
     }
 
     /// Appends packed rows received from the coordinator.
-    func append(packed: UnsafePointer<Float>, rows: Int) {
+    public func append(packed: UnsafePointer<Float>, rows: Int) {
         let width = rowWidth
         let sequence = steps * featureCount
         for row in 0..<rows {

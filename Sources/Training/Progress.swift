@@ -2,13 +2,13 @@ import Foundation
 
 /// Rank 0's view of progress: a bar that redraws itself on a terminal, plain lines elsewhere
 /// (logs, CI), and a JSON-lines metrics log in the run directory.
-final class ProgressReporter {
+public final class ProgressReporter {
     private let interactive: Bool
     private let log: FileHandle?
     private let enabled: Bool
     private var lastPlainLine = 0.0
 
-    init(enabled: Bool, metricsLog: URL?) throws {
+    public init(enabled: Bool, metricsLog: URL?) throws {
         self.enabled = enabled
         // mpirun hands ranks a pseudo-terminal even when its own output goes to a file, so a
         // terminal on stdout is not enough: also require a real TERM, and let CLM_PROGRESS=plain

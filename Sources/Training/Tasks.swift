@@ -5,7 +5,7 @@ import Tensors
 
 /// What the training loop needs from a model: a training step on some of the local shard's
 /// customers, and predictions for evaluation.
-protocol TrainingTask: AnyObject {
+public protocol TrainingTask: AnyObject {
     var parameters: ParameterStore { get }
     /// Adds the gradients of the mean loss over `customers` (indices into `shard`) and returns it.
     /// Models that can tell which part of the gradient buffer is final before backward ends
@@ -19,15 +19,15 @@ protocol TrainingTask: AnyObject {
 }
 
 /// Model outputs for a shard, in shard order.
-struct Predictions {
+public struct Predictions {
     /// LSTM: churn probability and CLV prediction (log1p scale) per customer.
-    var churnProbability: [Float] = []
-    var clvLog: [Float] = []
+    public var churnProbability: [Float] = []
+    public var clvLog: [Float] = []
     /// GNN: class probabilities, row-major [count, classes].
-    var stageProbabilities: [Float] = []
+    public var stageProbabilities: [Float] = []
 }
 
-final class LSTMTask: TrainingTask {
+public final class LSTMTask: TrainingTask {
     let model: LSTMModel
     let batchCapacity: Int
     private let features: Tensor
@@ -35,9 +35,9 @@ final class LSTMTask: TrainingTask {
     private var churn: [Float]
     private var spend: [Float]
 
-    var parameters: ParameterStore { model.parameters }
+    public var parameters: ParameterStore { model.parameters }
 
-    init(model: LSTMModel, batchCapacity: Int, steps: Int) {
+    public init(model: LSTMModel, batchCapacity: Int, steps: Int) {
         self.model = model
         self.batchCapacity = batchCapacity
         features = Tensor(shape: [batchCapacity, steps, model.configuration.inputSize])
@@ -70,7 +70,7 @@ final class LSTMTask: TrainingTask {
         }
     }
 
-    func trainStep(
+    public func trainStep(
         _ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom,
         gradientsReady: ((Range<Int>) -> Void)?
     ) -> Float {
@@ -80,7 +80,7 @@ final class LSTMTask: TrainingTask {
         }
     }
 
-    func predict(_ shard: LocalShard) -> Predictions {
+    public func predict(_ shard: LocalShard) -> Predictions {
         var result = Predictions()
         result.churnProbability.reserveCapacity(shard.count)
         result.clvLog.reserveCapacity(shard.count)
@@ -100,7 +100,7 @@ final class LSTMTask: TrainingTask {
     }
 }
 
-final class GNNTask: TrainingTask {
+public final class GNNTask: TrainingTask {
     let model: GraphSAGEModel
     let sampler: NeighbourSampler
     let nodeFeatures: UnsafePointer<Float>
@@ -110,9 +110,9 @@ final class GNNTask: TrainingTask {
     private let input = Tensor(shape: [1])
     private var labels: [Int32]
 
-    var parameters: ParameterStore { model.parameters }
+    public var parameters: ParameterStore { model.parameters }
 
-    init(model: GraphSAGEModel, graph: CSRGraph, fanouts: [Int], nodeFeatures: UnsafePointer<Float>,
+    public init(model: GraphSAGEModel, graph: CSRGraph, fanouts: [Int], nodeFeatures: UnsafePointer<Float>,
          featureWidth: Int, batchCapacity: Int, seed: UInt64) {
         self.model = model
         sampler = NeighbourSampler(graph: graph, fanouts: fanouts)
@@ -132,7 +132,7 @@ final class GNNTask: TrainingTask {
         return sample.blocks
     }
 
-    func trainStep(
+    public func trainStep(
         _ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom,
         gradientsReady: ((Range<Int>) -> Void)?
     ) -> Float {
@@ -145,7 +145,7 @@ final class GNNTask: TrainingTask {
         }
     }
 
-    func predict(_ shard: LocalShard) -> Predictions {
+    public func predict(_ shard: LocalShard) -> Predictions {
         var result = Predictions()
         // Evaluation samples neighbours too; a fixed stream makes it repeatable.
         var sampling = SeededRandom(seed: seed, purpose: .neighbourSampling, epoch: -1)

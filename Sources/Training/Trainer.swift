@@ -59,7 +59,7 @@ public struct TrainingSummary: Sendable {
 }
 
 /// The data-parallel loop every rank runs: same steps, fused gradient all-reduce, same update.
-final class DataParallelTrainer {
+public final class DataParallelTrainer {
     let configuration: TrainingConfiguration
     let world: any Communicator
     /// The same ranks without the per-call agreement check, for the gradient all-reduce.
@@ -75,7 +75,7 @@ final class DataParallelTrainer {
     /// Stops after this many optimizer steps in total (tests of kill-and-resume); nil = run to the end.
     let stopAfterSteps: Int?
 
-    init(configuration: TrainingConfiguration, world: any Communicator, task: TrainingTask,
+    public init(configuration: TrainingConfiguration, world: any Communicator, task: TrainingTask,
          trainShard: LocalShard, validationShard: LocalShard, testShard: LocalShard, classCount: Int,
          reporter: ProgressReporter, saveCheckpoint: ((CheckpointRequest) throws -> Void)?,
          stopAfterSteps: Int? = nil) {
@@ -107,7 +107,7 @@ final class DataParallelTrainer {
         }
     }
 
-    func run(resumingFrom restored: RestoredState?) throws -> TrainingSummary {
+    public func run(resumingFrom restored: RestoredState?) throws -> TrainingSummary {
         var progress = TrainingProgress()
         progress.worldSize = world.size
         let parameters = task.parameters

@@ -3,7 +3,7 @@ import RankTesting
 import Foundation
 import Models
 import Tensors
-@testable import Training
+import Training
 
 // Multi-rank checks of the training loop, run by scripts/test.sh under mpirun:
 //   clm-training-tests                        one distributed step equals one big-batch step
