@@ -17,7 +17,7 @@ swift build -c "$build" --product clm-coordinator >/dev/null
 swift build -c "$build" --product clm-worker >/dev/null
 bin="$(swift build -c "$build" --show-bin-path)"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap '[ -n "${CLM_KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
 export CLM_PROGRESS=plain
 
 passed=0
@@ -64,6 +64,15 @@ latest_model() {  # the SHA-256 of the model in a run's latest checkpoint
 echo "== straight run, 2 ranks"
 job 2 --run straight >"$work/straight.log" 2>&1 || { tail -n 20 "$work/straight.log"; fail "straight run"; }
 grep -E "^(training|epoch|done|  validation|  test)" "$work/straight.log" || true
+
+predictions="$work/checkpoints/straight/test_predictions.csv"
+test_customers=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["split"]["sizes"][2])' "$work/data/manifest.json")
+if [ -f "$predictions" ] && [ "$(head -1 "$predictions")" = "dataset_row,churn_label,churn_probability,spend,expected_spend" ] \
+    && [ "$(($(wc -l <"$predictions") - 1))" -eq "$test_customers" ]; then
+    pass "test predictions written for all $test_customers test customers"
+else
+    fail "test predictions missing or incomplete ($predictions)"
+fi
 
 echo "== stopped after 13 steps, resumed from latest (step 10), 2 ranks"
 if job 2 --run resumed --stop-after-steps 13 >"$work/stopped.log" 2>&1 \

@@ -108,3 +108,59 @@ private func evaluateStages(
     }
     return metrics
 }
+
+/// Gathers every rank's test predictions on rank 0 and writes them as CSV (atomically), for the
+/// run report's ROC, calibration, spend and confusion charts.
+///
+/// Columns, LSTM: dataset_row, churn_label, churn_probability, spend, expected_spend.
+/// GNN: dataset_row, stage, predicted_stage, then one probability per stage.
+func writePredictions(
+    _ predictions: Predictions, shard: LocalShard, model: TrainingConfiguration.ModelKind, classCount: Int,
+    to url: URL?, world: any Communicator
+) throws {
+    let width = model == .lstm ? 5 : 3 + classCount
+    var rows = [Float](repeating: 0, count: shard.count * width)
+    for index in 0..<shard.count {
+        let base = index * width
+        rows[base] = Float(shard.datasetRows[index])
+        switch model {
+        case .lstm:
+            rows[base + 1] = shard.churn[index]
+            rows[base + 2] = predictions.churnProbability[index]
+            rows[base + 3] = shard.spend[index]
+            rows[base + 4] = max(expm1(predictions.clvLog[index]), 0)
+        case .gnn:
+            let probabilities = predictions.stageProbabilities[index * classCount..<(index + 1) * classCount]
+            rows[base + 1] = Float(shard.stages[index])
+            rows[base + 2] = Float(probabilities.indices.max { probabilities[$0] < probabilities[$1] }! - index * classCount)
+            for (offset, probability) in probabilities.enumerated() { rows[base + 3 + offset] = probability }
+        }
+    }
+    let counts = try world.allgather(value: Int64(rows.count)).map { Int($0) }
+    var gathered = [Float](repeating: 0, count: world.rank == 0 ? counts.reduce(0, +) : 0)
+    try rows.withUnsafeBufferPointer { source in
+        try gathered.withUnsafeMutableBufferPointer { destination in
+            try world.gatherv(source, into: world.rank == 0 ? destination : nil, counts: counts, root: 0)
+        }
+    }
+    guard world.rank == 0, let url else { return }
+    var header = model == .lstm
+        ? "dataset_row,churn_label,churn_probability,spend,expected_spend"
+        : "dataset_row,stage,predicted_stage"
+    if model == .gnn { header += (0..<classCount).map { ",p_stage_\($0)" }.joined() }
+    var text = header + "\n"
+    for row in stride(from: 0, to: gathered.count, by: width) {
+        text += "\(Int(gathered[row]))"
+        for column in 1..<width {
+            let value = gathered[row + column]
+            text += value == value.rounded() && abs(value) < 1e7 ? ",\(Int(value))" : ",\(value)"
+        }
+        text += "\n"
+    }
+    let temporary = url.deletingLastPathComponent().appendingPathComponent("." + url.lastPathComponent + ".tmp")
+    try Data(text.utf8).write(to: temporary)
+    // rename(2) replaces an older file atomically, so a reader never sees half a file.
+    guard rename(temporary.path, url.path) == 0 else {
+        throw AgreementError(message: "cannot move \(temporary.path) to \(url.path): \(String(cString: strerror(errno)))")
+    }
+}

@@ -163,6 +163,7 @@ public enum TrainingJob {
             configuration: configuration, world: world, task: task, trainShard: trainShard,
             validationShard: validationShard, testShard: testShard, classCount: spec.classCount, reporter: reporter,
             saveCheckpoint: world.rank == 0 ? { try store.save($0) } : nil, stopAfterSteps: spec.stopAfterSteps)
+        trainer.runDirectory = URL(fileURLWithPath: configuration.checkpoints).appendingPathComponent(configuration.run)
         let summary = try trainer.run(resumingFrom: restored)
         if world.rank == 0 { reporter.line(describe(summary, configuration: configuration)) }
         return summary

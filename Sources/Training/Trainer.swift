@@ -74,6 +74,8 @@ public final class DataParallelTrainer {
     let saveCheckpoint: ((CheckpointRequest) throws -> Void)?
     /// Stops after this many optimizer steps in total (tests of kill-and-resume); nil = run to the end.
     let stopAfterSteps: Int?
+    /// Where rank 0 writes the test predictions; nil writes none.
+    public var runDirectory: URL?
 
     public init(configuration: TrainingConfiguration, world: any Communicator, task: TrainingTask,
          trainShard: LocalShard, validationShard: LocalShard, testShard: LocalShard, classCount: Int,
@@ -229,9 +231,13 @@ public final class DataParallelTrainer {
         summary.steps = progress.globalStep
         summary.samplesPerSecond = Double(totalSamples) / max(totalSeconds, 1e-9)
         summary.allreduceShare = totalAllreduce / max(totalSeconds, 1e-9)
+        let testPredictions = task.predict(testShard)
         summary.test = try evaluate(
-            task.predict(testShard), shard: testShard, model: configuration.model, classCount: classCount,
+            testPredictions, shard: testShard, model: configuration.model, classCount: classCount,
             clvWeight: configuration.lstm.clvWeight, prefix: "test_", world: world)
+        try writePredictions(
+            testPredictions, shard: testShard, model: configuration.model, classCount: classCount,
+            to: runDirectory?.appendingPathComponent("test_predictions.csv"), world: world)
         reporter.record(summary.test, event: "test")
         summary.parameterChecksum = parameterChecksum(UnsafeBufferPointer(parameters.values.buffer))
         return summary
