@@ -8,19 +8,24 @@ let package = Package(
         .library(name: "Collectives", targets: ["Collectives"]),
         .library(name: "Tensors", targets: ["Tensors"]),
         .library(name: "Models", targets: ["Models"]),
-        .library(name: "Metrics", targets: ["Metrics"]),
+        .library(name: "ModelMetrics", targets: ["ModelMetrics"]),
         .library(name: "CustomerData", targets: ["CustomerData"]),
         .library(name: "Checkpoints", targets: ["Checkpoints"]),
         .library(name: "Training", targets: ["Training"]),
+        .library(name: "Scoring", targets: ["Scoring"]),
+        .library(name: "ScoringService", targets: ["ScoringService"]),
         .executable(name: "clm-bench", targets: ["clm-bench"]),
         .executable(name: "clm-data", targets: ["clm-data"]),
         .executable(name: "clm-coordinator", targets: ["clm-coordinator"]),
         .executable(name: "clm-worker", targets: ["clm-worker"]),
+        .executable(name: "clm-score", targets: ["clm-score"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "5.0.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
     ],
     targets: [
         // MARK: System libraries
@@ -39,12 +44,24 @@ let package = Package(
         .target(name: "Collectives", dependencies: ["CMPI"]),
         .target(name: "Tensors", dependencies: ["CBLAS"]),
         .target(name: "Models", dependencies: ["Tensors"]),
-        .target(name: "Metrics"),
+        // Not "Metrics": swift-metrics (under Hummingbird) owns that module name, and SwiftPM
+        // needs target names unique across the package graph.
+        .target(name: "ModelMetrics", path: "Sources/Metrics"),
         .target(name: "CustomerData", dependencies: ["Tensors"]),
         .target(name: "Checkpoints", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Training",
-            dependencies: ["Collectives", "Models", "Metrics", "CustomerData", "Checkpoints", "Tensors", "Yams"]
+            dependencies: ["Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Yams"]
+        ),
+        // Scoring must not link MPI: it serves on machines without an MPI runtime.
+        .target(name: "Scoring", dependencies: ["Models", "CustomerData", "Checkpoints", "Tensors", "Yams"]),
+        .target(
+            name: "ScoringService",
+            dependencies: [
+                "Scoring",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData"]),
 
@@ -74,11 +91,23 @@ let package = Package(
         ),
         .executableTarget(name: "clm-worker", dependencies: ["Training", "Collectives"]),
 
+        .executableTarget(
+            name: "clm-score",
+            dependencies: [
+                "Scoring", "ScoringService", "CustomerData",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
         // MARK: Tests
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
-        .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
+        .testTarget(name: "MetricsTests", dependencies: ["ModelMetrics"]),
         .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives"]),
+        .testTarget(
+            name: "ScoringTests",
+            dependencies: ["Scoring", "ScoringService", "Models", "CustomerData", "Checkpoints", "Tensors"]
+        ),
         .testTarget(
             name: "CustomerDataTests",
             dependencies: ["CustomerData", "Tensors"],

@@ -1,6 +1,6 @@
 import Collectives
 import Foundation
-import Metrics
+import ModelMetrics
 import Tensors
 
 /// Metrics of one split, merged over every rank's shard.

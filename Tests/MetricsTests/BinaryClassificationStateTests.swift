@@ -1,5 +1,5 @@
 import Testing
-import Metrics
+import ModelMetrics
 
 @Suite struct BinaryClassificationStateTests {
     static let probabilities = [0.9, 0.5, 0.4, 0.2, 0.7]

@@ -1,5 +1,5 @@
 import Testing
-import Metrics
+import ModelMetrics
 
 @Suite struct MulticlassStateTests {
     static let truth = [0, 0, 1, 1, 2, 2]

@@ -1,5 +1,5 @@
 import Testing
-import Metrics
+import ModelMetrics
 
 @Suite struct RankingMetricsTests {
     @Test func smallExampleByHand() {

@@ -1,5 +1,5 @@
 import Testing
-import Metrics
+import ModelMetrics
 
 @Suite struct RegressionStateTests {
     @Test func errorsByHand() {

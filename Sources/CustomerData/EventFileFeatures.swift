@@ -1,0 +1,139 @@
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// The event-file options shared by `clm-data import` and the scoring tools, checked and resolved.
+public struct EventFileOptions: Sendable {
+    public var preset: Preset
+    public var format: CSVFormat
+
+    public init(preset: Preset = .canonical, format: CSVFormat = CSVFormat()) {
+        self.preset = preset
+        self.format = format
+    }
+
+    /// Builds the options from command-line spellings; a mapping option with a non-canonical
+    /// preset, an unknown preset or time format, or an unusable delimiter is refused by name.
+    public init(
+        preset: String, timeFormat: String = "auto", delimiter: String = ",", whitespace: Bool = false,
+        noHeader: Bool = false, customerCol: String? = nil, timeCol: String? = nil, amountCol: String? = nil,
+        quantityCol: String? = nil, productCol: String? = nil, orderCol: String? = nil, eventTypeCol: String? = nil
+    ) throws {
+        guard let parsedPreset = Preset(rawValue: preset) else {
+            throw DataError.invalidOption("--preset must be one of \(Preset.allCases.map(\.rawValue).joined(separator: ", ")), got '\(preset)'")
+        }
+        guard let parsedTimeFormat = TimeFormat(rawValue: timeFormat) else {
+            throw DataError.invalidOption("--time-format must be one of \(TimeFormat.allCases.map(\.rawValue).joined(separator: ", ")), got '\(timeFormat)'")
+        }
+        let delimiterByte: UInt8
+        if delimiter == "tab" || delimiter == "\\t" {
+            delimiterByte = 9
+        } else {
+            guard delimiter.utf8.count == 1, let byte = delimiter.utf8.first, byte != 10, byte != 13, byte != 34 else {
+                throw DataError.invalidOption("--delimiter must be one ASCII character other than a quote or line break, got '\(delimiter)'")
+            }
+            delimiterByte = byte
+        }
+        let customMapping = [customerCol, timeCol, amountCol, quantityCol, productCol, orderCol, eventTypeCol].contains { $0 != nil }
+        if parsedPreset != .canonical && (customMapping || whitespace || noHeader) {
+            throw DataError.invalidOption("column mapping options apply to --preset canonical only")
+        }
+        self.preset = parsedPreset
+        format = CSVFormat(
+            delimiter: delimiterByte, whitespace: whitespace, header: noHeader ? .absent : .present, timeFormat: parsedTimeFormat,
+            mapping: ColumnMapping(
+                customer: ColumnRef(argument: customerCol ?? "customer_id"), time: ColumnRef(argument: timeCol ?? "timestamp"),
+                amount: ColumnRef(argument: amountCol ?? "amount"), quantity: quantityCol.map(ColumnRef.init(argument:)),
+                product: productCol.map(ColumnRef.init(argument:)), order: orderCol.map(ColumnRef.init(argument:)),
+                eventType: eventTypeCol.map(ColumnRef.init(argument:))),
+            detectOptionalColumns: !customMapping)
+    }
+
+    func source(path: String) -> EventSourceKind {
+        switch preset {
+        case .canonical: return .csv(CSVEventSource(path: path, format: format))
+        case .cdnow: return .csv(CSVEventSource(path: path, format: Preset.cdnowFormat))
+        case .instacart: return .instacart(InstacartSource(path: path))
+        }
+    }
+}
+
+/// Normalised feature sequences of every customer in an event file as of one day, produced
+/// in caller-sized batches for scoring.
+///
+/// The file is read once (twice when the day has to be found first) through the importer's
+/// parser and per-customer aggregates, so memory grows with customers, never with events, and
+/// a batch's [B, T, F] features exist only while the caller scores them. The window, periods and
+/// normalisation are those of a trained dataset, so the values equal what training saw for
+/// the same events and day.
+public final class EventFileFeatures {
+    /// The training spec with the history window moved to end on `asOfDay`.
+    public let spec: FeatureSpec
+    public let asOfDay: Int
+    public let stats: ReadStats
+    /// Customers seen only after `asOfDay`; they have nothing to score and are left out.
+    public let customersWithoutHistory: Int
+    private let normalisation: FeatureNormalisation
+    private let aggregates: CustomerAggregates
+    private let order: [Int32]
+
+    /// Reads `path`; `asOf` nil means the day of the file's last event.
+    ///
+    /// Rows the importer would reject are skipped and counted in `stats.rejected`; a file with
+    /// no importable row is refused.
+    public init(path: String, options: EventFileOptions, asOf: Int?, trainedSpec: FeatureSpec,
+                normalisation: FeatureNormalisation) throws {
+        guard fileExists(path) else { throw DataError.io(path: path, operation: "open", message: "No such file or directory") }
+        guard normalisation.mean.count == customerFeatureNames.count, normalisation.std.count == customerFeatureNames.count else {
+            throw DataError.invalidOption("the normalisation statistics have \(normalisation.mean.count) features, this program computes \(customerFeatureNames.count)")
+        }
+        let source = options.source(path: path)
+        let day: Int
+        if let asOf {
+            day = asOf
+        } else {
+            let tracker = LastDayTracker()
+            _ = try source.run(sink: tracker, rejects: nil)
+            guard tracker.lastDay != .min else {
+                throw DataError.noCustomers(path: path, reason: "no row could be read as a purchase, so there is no last event day")
+            }
+            day = tracker.lastDay
+        }
+        var window = trainedSpec
+        window.cutoffDay = day
+        window.horizonDays = 0
+        let aggregates = CustomerAggregates(spec: window)
+        let stats = try source.run(sink: aggregates, rejects: nil)
+        guard stats.imported > 0 else {
+            throw DataError.noCustomers(path: path, reason: "none of its \(stats.rows) rows is a valid purchase")
+        }
+        self.spec = window
+        self.asOfDay = day
+        self.stats = stats
+        self.normalisation = normalisation
+        self.aggregates = aggregates
+        order = aggregates.datasetOrder()
+        customersWithoutHistory = aggregates.customerCount - order.count
+    }
+
+    /// Customers with a purchase on or before `asOfDay`.
+    public var customerCount: Int { order.count }
+    public var historyLength: Int { spec.historyPeriods }
+    public var featureCount: Int { customerFeatureNames.count }
+
+    public func customerID(_ index: Int) -> String { aggregates.customers.string(Int(order[index])) }
+
+    /// Writes the features of customers `range` into `features` [range.count, T, F] and their
+    /// sequence lengths into `lengths`.
+    public func fill(_ range: Range<Int>, features: UnsafeMutablePointer<Float>, lengths: UnsafeMutablePointer<Int32>) {
+        let size = historyLength * featureCount
+        for (position, index) in range.enumerated() {
+            let row = features + position * size
+            let length = aggregates.rawFeatures(Int(order[index]), into: row)
+            normalisation.apply(row, length: length, width: featureCount)
+            lengths[position] = Int32(length)
+        }
+    }
+}

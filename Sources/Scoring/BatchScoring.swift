@@ -1,0 +1,229 @@
+import CustomerData
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// The layout of a batch scoring output file, chosen by its extension.
+public enum ScoreFileFormat: String, Sendable {
+    case csv, jsonl
+
+    public init(path: String) throws {
+        if path.hasSuffix(".csv") {
+            self = .csv
+        } else if path.hasSuffix(".jsonl") || path.hasSuffix(".ndjson") {
+            self = .jsonl
+        } else {
+            throw ScoringError.invalidInput("--out \(path): the name must end in .csv or .jsonl (it picks the format)")
+        }
+    }
+}
+
+/// What a batch run did, for the summary line and tests.
+public struct BatchSummary: Sendable {
+    public var checkpoint: CheckpointInfo
+    public var asOfDay: Int
+    public var customers: Int
+    public var customersWithoutHistory: Int
+    public var rowsRead: Int
+    public var rowsRejected: Int
+    public var highValueLine: Double
+    public var readSeconds: Double
+    /// Feature computation and forward passes only.
+    public var scoreSeconds: Double
+    public var writeSeconds: Double
+    public var actionCounts: [String: Int]
+
+    public var customersPerSecond: Double { scoreSeconds > 0 ? Double(customers) / scoreSeconds : 0 }
+}
+
+/// Scores every customer of an event file and writes one row per customer.
+public enum BatchScoring {
+    /// Reads `events`, scores in batches of `batchSize` and writes `output` atomically.
+    ///
+    /// Memory is the importer's per-customer aggregates, one [batch, T, F] feature block and
+    /// three numbers per customer (churn, spend, length); the high-value line (top fraction by
+    /// expected spend) needs every customer's spend before the first action can be written.
+    public static func run(
+        scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
+        output: String, batchSize: Int = 1024
+    ) throws -> BatchSummary {
+        guard batchSize >= 1 else { throw ScoringError.invalidInput("--batch-size must be at least 1, got \(batchSize)") }
+        let format = try ScoreFileFormat(path: output)
+        let model = scorer.model
+        let clock = ContinuousClock()
+        var started = clock.now
+        let input: EventFileFeatures
+        do {
+            input = try EventFileFeatures(
+                path: events, options: options, asOf: asOf, trainedSpec: model.dataset.spec,
+                normalisation: model.dataset.normalisation)
+        } catch let error as DataError {
+            throw ScoringError.invalidInput(error.description)
+        }
+        let readSeconds = seconds(clock.now - started)
+
+        started = clock.now
+        let count = input.customerCount
+        var churn = [Float](repeating: 0, count: count)
+        var spend = [Float](repeating: 0, count: count)
+        var lengths = [Int32](repeating: 0, count: count)
+        let rowSize = model.historyLength * model.featureCount
+        var block = [Float](repeating: 0, count: min(batchSize, max(count, 1)) * rowSize)
+        block.withUnsafeMutableBufferPointer { features in
+            lengths.withUnsafeMutableBufferPointer { lengthsOut in
+                churn.withUnsafeMutableBufferPointer { churnOut in
+                    spend.withUnsafeMutableBufferPointer { spendOut in
+                        var start = 0
+                        while start < count {
+                            let n = min(batchSize, count - start)
+                            input.fill(start..<start + n, features: features.baseAddress!, lengths: lengthsOut.baseAddress! + start)
+                            scorer.score(features: features.baseAddress!, lengths: lengthsOut.baseAddress! + start, count: n,
+                                         churn: churnOut.baseAddress! + start, spend: spendOut.baseAddress! + start)
+                            start += n
+                        }
+                    }
+                }
+            }
+        }
+        let scoreSeconds = seconds(clock.now - started)
+
+        started = clock.now
+        let line = rules.highValueLine(spends: spend)
+        var actionCounts: [String: Int] = [:]
+        let writer = try AtomicTextFile(path: output)
+        do {
+            if format == .csv {
+                let stageColumns = model.dataset.stageNames.map { "p_\($0)" }.joined(separator: ",")
+                try writer.write("customer_id,churn_probability,expected_spend,history_periods,stage,\(stageColumns),action,stage_source\n")
+            }
+            for index in 0..<count {
+                let score = scorer.decide(
+                    customerID: input.customerID(index), churn: churn[index], spend: spend[index],
+                    historyPeriods: Int(lengths[index]), rules: rules, highValueLine: line)
+                actionCounts[score.action, default: 0] += 1
+                try writer.write(format == .csv ? csvRow(score) : jsonLine(score, stageNames: model.dataset.stageNames) + "\n")
+            }
+            try writer.commit()
+        } catch {
+            writer.abandon()
+            throw error
+        }
+        return BatchSummary(
+            checkpoint: model.info, asOfDay: input.asOfDay, customers: count,
+            customersWithoutHistory: input.customersWithoutHistory, rowsRead: input.stats.rows,
+            rowsRejected: input.stats.rejected, highValueLine: line, readSeconds: readSeconds,
+            scoreSeconds: scoreSeconds, writeSeconds: seconds(clock.now - started), actionCounts: actionCounts)
+    }
+
+    static func csvRow(_ score: CustomerScore) -> String {
+        var row = csvField(score.customerID)
+        row += ",\(formatNumber(score.churnProbability)),\(formatNumber(score.expectedSpend)),\(score.historyPeriods),\(score.stage)"
+        for p in score.stageProbabilities { row += ",\(formatNumber(p))" }
+        row += ",\(score.action),\(score.stageSource)\n"
+        return row
+    }
+
+    /// One score as a JSON object, the same fields the service returns.
+    public static func jsonLine(_ score: CustomerScore, stageNames: [String]) -> String {
+        var text = "{\"customer_id\":\(jsonString(score.customerID)),\"churn_probability\":\(formatNumber(score.churnProbability))"
+        text += ",\"expected_spend\":\(formatNumber(score.expectedSpend)),\"history_periods\":\(score.historyPeriods)"
+        text += ",\"stage\":\(jsonString(score.stage)),\"stage_probabilities\":{"
+        for (k, name) in stageNames.enumerated() where k < score.stageProbabilities.count {
+            text += (k > 0 ? "," : "") + "\(jsonString(name)):\(formatNumber(score.stageProbabilities[k]))"
+        }
+        text += "},\"action\":\(jsonString(score.action)),\"stage_source\":\(jsonString(score.stageSource))}"
+        return text
+    }
+}
+
+/// Six significant decimals: scores are float32, so more digits would only be noise.
+func formatNumber(_ value: Double) -> String {
+    guard value.isFinite else { return "0" }
+    var text = String(format: "%.6f", value)
+    // Trim trailing zeros (keeping one digit after the point) for shorter files.
+    while text.hasSuffix("0") && !text.hasSuffix(".0") { text.removeLast() }
+    return text
+}
+
+func csvField(_ text: String) -> String {
+    guard text.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return text }
+    return "\"" + text.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+}
+
+/// A JSON string literal, escaping what JSON requires.
+public func jsonString(_ text: String) -> String {
+    var out = "\""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
+        default: out.unicodeScalars.append(scalar)
+        }
+    }
+    return out + "\""
+}
+
+func seconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
+}
+
+/// A text file written under a temporary name in the same directory and renamed into place
+/// only when complete, so a reader never sees half a score file.
+final class AtomicTextFile {
+    let path: String
+    let temporary: String
+    private var file: UnsafeMutablePointer<FILE>?
+
+    init(path: String) throws {
+        self.path = path
+        let slash = path.lastIndex(of: "/")
+        let directory = slash.map { String(path[..<$0]) } ?? "."
+        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
+        temporary = (directory.isEmpty ? "" : directory + "/") + ".tmp-\(name)-\(getpid())"
+        guard let file = fopen(temporary, "w") else {
+            throw ScoringError.io(path: temporary, reason: "cannot create: \(String(cString: strerror(errno)))")
+        }
+        self.file = file
+        // A large stdio buffer: rows are short and many.
+        setvbuf(file, nil, _IOFBF, 1 << 20)
+    }
+
+    func write(_ text: String) throws {
+        var text = text
+        let ok = text.withUTF8 { bytes in fwrite(bytes.baseAddress, 1, bytes.count, file) == bytes.count }
+        if !ok { throw ScoringError.io(path: temporary, reason: "write failed: \(String(cString: strerror(errno)))") }
+    }
+
+    func commit() throws {
+        guard let file else { return }
+        self.file = nil
+        if fflush(file) != 0 || fsync(fileno(file)) != 0 {
+            let reason = String(cString: strerror(errno))
+            fclose(file)
+            unlink(temporary)
+            throw ScoringError.io(path: temporary, reason: "flush failed: \(reason)")
+        }
+        fclose(file)
+        guard rename(temporary, path) == 0 else {
+            let reason = String(cString: strerror(errno))
+            unlink(temporary)
+            throw ScoringError.io(path: path, reason: "cannot move the finished file into place: \(reason)")
+        }
+    }
+
+    func abandon() {
+        if let file { fclose(file) }
+        file = nil
+        unlink(temporary)
+    }
+
+    deinit { if file != nil { abandon() } }
+}

@@ -1,0 +1,104 @@
+import CustomerData
+import Foundation
+import Models
+import Synchronization
+import Tensors
+
+/// One customer's scores and the decisions drawn from them.
+public struct CustomerScore: Sendable, Equatable {
+    public var customerID: String
+    public var churnProbability: Double
+    /// Predicted spend over the training horizon: max(expm1(CLV head), 0).
+    public var expectedSpend: Double
+    /// Periods from the first purchase in the window to the as-of day (the sequence length).
+    public var historyPeriods: Int
+    public var stage: String
+    /// In the model's `stageNames` order.
+    public var stageProbabilities: [Double]
+    public var action: String
+    /// `rule` when the stage comes from `ScoringRules`, `gnn` when a graph model gave it.
+    public var stageSource: String
+}
+
+/// Scores customers with one loaded model; safe to call from many threads at once.
+///
+/// `LSTMModel` keeps its forward buffers inside the instance, so concurrent callers must not
+/// share one. Instances are checked out of a pool and returned after the forward pass; the pool
+/// only grows to the number of callers that were ever concurrent, and each instance holds its
+/// own copy of the (small) weights.
+public final class LSTMScorer: Sendable {
+    public let model: ScoringModel
+    private let idle: Mutex<[LSTMModel]>
+
+    public init(model: ScoringModel) {
+        self.model = model
+        idle = Mutex([model.makeInstance()])
+    }
+
+    /// Churn probabilities and expected spends of `count` customers: `features` is
+    /// [count, T, F] normalised, `lengths` [count] each in 1...T.
+    public func score(
+        features: UnsafePointer<Float>, lengths: UnsafePointer<Int32>, count: Int,
+        churn: UnsafeMutablePointer<Float>, spend: UnsafeMutablePointer<Float>
+    ) {
+        guard count > 0 else { return }
+        let instance = idle.withLock { $0.popLast() } ?? model.makeInstance()
+        defer { idle.withLock { $0.append(instance) } }
+        var random = SeededRandom(seed: 0, purpose: .initialisation)
+        instance.forward(
+            SequenceBatch(features: features, lengths: lengths, batchSize: count, steps: model.historyLength),
+            training: false, random: &random)
+        let logits = instance.churnLogits, clv = instance.clvPredictions
+        for index in 0..<count {
+            churn[index] = Kernels.sigmoid(logits[index])
+            spend[index] = max(expm1f(clv[index]), 0)
+        }
+    }
+
+    /// Scores already-computed sequences and applies `rules` with a fixed high-value line.
+    public func score(_ sequences: FeatureSequences, rules: ScoringRules, highValueLine: Double) -> [CustomerScore] {
+        let count = sequences.customerIDs.count
+        var churn = [Float](repeating: 0, count: count), spend = [Float](repeating: 0, count: count)
+        sequences.features.withUnsafeBufferPointer { features in
+            sequences.lengths.withUnsafeBufferPointer { lengths in
+                churn.withUnsafeMutableBufferPointer { churnOut in
+                    spend.withUnsafeMutableBufferPointer { spendOut in
+                        // Bounded batches keep one request's workspace small.
+                        var start = 0
+                        while start < count {
+                            let n = min(1024, count - start)
+                            score(features: features.baseAddress! + start * model.historyLength * model.featureCount,
+                                  lengths: lengths.baseAddress! + start, count: n,
+                                  churn: churnOut.baseAddress! + start, spend: spendOut.baseAddress! + start)
+                            start += n
+                        }
+                    }
+                }
+            }
+        }
+        return (0..<count).map { index in
+            decide(customerID: sequences.customerIDs[index], churn: churn[index], spend: spend[index],
+                   historyPeriods: Int(sequences.lengths[index]), rules: rules, highValueLine: highValueLine)
+        }
+    }
+
+    /// Applies the stage and action rules to one customer's scores.
+    public func decide(customerID: String, churn: Float, spend: Float, historyPeriods: Int, rules: ScoringRules,
+                       highValueLine: Double) -> CustomerScore {
+        let p = Double(churn), s = Double(spend)
+        let stage = rules.ruleStage(churnProbability: p, expectedSpend: s, highValueLine: highValueLine)
+        let names = model.dataset.stageNames
+        return CustomerScore(
+            customerID: customerID, churnProbability: p, expectedSpend: s, historyPeriods: historyPeriods,
+            stage: stage.index < names.count ? names[stage.index] : "stage\(stage.index)",
+            stageProbabilities: stage.probabilities,
+            action: rules.action(churnProbability: p, expectedSpend: s, historyPeriods: historyPeriods, highValueLine: highValueLine),
+            stageSource: "rule")
+    }
+
+    /// The high-value line the service uses when the rules give no amount: the training
+    /// dataset's mean horizon spend (a single request has no population to rank against).
+    public func serviceHighValueLine(_ rules: ScoringRules) -> Double {
+        rules.highValueAmount ?? model.dataset.labels.meanHorizonSpend
+    }
+}

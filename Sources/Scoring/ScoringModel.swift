@@ -1,0 +1,168 @@
+import Checkpoints
+import CustomerData
+import Foundation
+import Models
+
+/// Why a checkpoint or an input cannot be scored.
+public enum ScoringError: Error, CustomStringConvertible, Equatable, Sendable {
+    case checkpoint(String)
+    case incompatible(path: String, reason: String)
+    case invalidInput(String)
+    case io(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case let .checkpoint(message): return message
+        case let .incompatible(path, reason): return "checkpoint \(path) cannot be used for scoring: \(reason)"
+        case let .invalidInput(message): return message
+        case let .io(path, reason): return "\(path): \(reason)"
+        }
+    }
+}
+
+/// Where a loaded checkpoint came from, as `GET /v1/model` and the batch summary report it.
+public struct CheckpointInfo: Codable, Sendable, Equatable {
+    public var run: String
+    public var step: Int
+    public var epoch: Int
+    public var path: String
+    public var modelKind: String
+    public var createdAt: String
+    public var metrics: [String: Double]
+    public var datasetFingerprint: String
+}
+
+/// The part of the training run's `ScoringModelInfo` that scoring needs; decoded here so that
+/// Scoring never links the training module (and with it MPI).
+struct StoredModelInfo: Decodable {
+    struct Training: Decodable {
+        struct LSTM: Decodable {
+            var hidden: Int
+            var layers: Int
+        }
+        var model: String
+        var lstm: LSTM?
+    }
+    var training: Training
+    var inputSize: Int
+    var historyLength: Int
+}
+
+/// An LSTM checkpoint verified and decoded for scoring: weights, sizes and the dataset's
+/// feature pipeline. Immutable, so one value is shared by every request.
+public struct ScoringModel: Sendable {
+    public static let modelFile = "model.safetensors"
+
+    public let info: CheckpointInfo
+    public let configuration: LSTMConfiguration
+    /// The training dataset's manifest: feature spec, normalisation statistics, stage names.
+    public let dataset: DatasetManifest
+    public let weights: [String: [Float]]
+
+    /// Loads the checkpoint in `directory`, verifying every file's size and SHA-256.
+    public static func load(directory: URL) throws -> ScoringModel {
+        let loaded: LoadedCheckpoint
+        do {
+            loaded = try CheckpointStore.load(directory: directory, requiring: [modelFile])
+        } catch {
+            throw ScoringError.checkpoint("cannot load checkpoint \(directory.path): \(error)")
+        }
+        return try ScoringModel(loaded)
+    }
+
+    /// Loads the step `latest` names in `<root>/<run>`, or `step` when given.
+    public static func load(root: URL, run: String, step: Int? = nil) throws -> ScoringModel {
+        let loaded: LoadedCheckpoint
+        do {
+            loaded = try CheckpointStore(root: root, run: run).load(step: step, requiring: [modelFile])
+        } catch {
+            throw ScoringError.checkpoint("cannot load run '\(run)' in \(root.path): \(error)")
+        }
+        return try ScoringModel(loaded)
+    }
+
+    init(_ loaded: LoadedCheckpoint) throws {
+        let path = loaded.directory.path
+        let manifest = loaded.manifest
+        guard manifest.modelKind == .lstm else {
+            throw ScoringError.incompatible(path: path, reason: "it holds a \(manifest.modelKind.rawValue) model; churn and CLV scores need an lstm checkpoint")
+        }
+        let stored: StoredModelInfo
+        let dataset: DatasetManifest
+        do {
+            stored = try reencode(manifest.configuration, as: StoredModelInfo.self)
+        } catch {
+            throw ScoringError.incompatible(path: path, reason: "its manifest configuration does not describe the model: \(error)")
+        }
+        do {
+            dataset = try reencode(manifest.featureSpec, as: DatasetManifest.self)
+        } catch {
+            throw ScoringError.incompatible(path: path, reason: "its manifest has no usable dataset manifest (feature spec and normalisation): \(error)")
+        }
+        guard let lstm = stored.training.lstm, lstm.hidden >= 1, lstm.layers >= 1 else {
+            throw ScoringError.incompatible(path: path, reason: "the configuration has no valid lstm section")
+        }
+        guard stored.inputSize == customerFeatureNames.count, dataset.featureNames == customerFeatureNames else {
+            throw ScoringError.incompatible(path: path, reason: "the model reads \(stored.inputSize) features \(dataset.featureNames), this program computes \(customerFeatureNames)")
+        }
+        guard stored.historyLength == dataset.spec.historyPeriods else {
+            throw ScoringError.incompatible(path: path, reason: "history length \(stored.historyLength) differs from the dataset's \(dataset.spec.historyPeriods) periods")
+        }
+        guard dataset.normalisation.mean.count == stored.inputSize, dataset.normalisation.std.count == stored.inputSize,
+              (dataset.normalisation.mean + dataset.normalisation.std).allSatisfy(\.isFinite),
+              dataset.normalisation.std.allSatisfy({ $0 > 0 }) else {
+            throw ScoringError.incompatible(path: path, reason: "the normalisation statistics are missing, non-finite or have a zero deviation")
+        }
+        let configuration = LSTMConfiguration(inputSize: stored.inputSize, hiddenSize: lstm.hidden, layers: lstm.layers, dropout: 0)
+
+        let tensors: SafeTensorsFile
+        do {
+            tensors = try loaded.safeTensors(Self.modelFile)
+        } catch {
+            throw ScoringError.incompatible(path: path, reason: "\(Self.modelFile): \(error)")
+        }
+        // The layout a fresh model has is the contract: every tensor it names must be present
+        // with its exact shape, and every value finite.
+        let probe = LSTMModel(configuration: configuration, seed: 0)
+        var weights: [String: [Float]] = [:]
+        for slice in probe.parameters.layout.slices {
+            let values: [Float]
+            do {
+                guard try tensors.shape(slice.name) == slice.shape else {
+                    throw ScoringError.incompatible(path: path, reason: "tensor \(slice.name) has shape \(try tensors.shape(slice.name)), the model needs \(slice.shape)")
+                }
+                values = try tensors.floats(slice.name)
+            } catch let error as ScoringError {
+                throw error
+            } catch {
+                throw ScoringError.incompatible(path: path, reason: "\(Self.modelFile): \(error)")
+            }
+            guard values.allSatisfy(\.isFinite) else {
+                throw ScoringError.incompatible(path: path, reason: "tensor \(slice.name) holds non-finite values")
+            }
+            weights[slice.name] = values
+        }
+        self.configuration = configuration
+        self.dataset = dataset
+        self.weights = weights
+        info = CheckpointInfo(
+            run: manifest.runName, step: manifest.step, epoch: manifest.epoch, path: path,
+            modelKind: manifest.modelKind.rawValue, createdAt: manifest.createdAt, metrics: manifest.metrics,
+            datasetFingerprint: manifest.datasetFingerprint)
+    }
+
+    public var historyLength: Int { dataset.spec.historyPeriods }
+    public var featureCount: Int { configuration.inputSize }
+
+    /// A model instance with these weights and its own forward workspace.
+    public func makeInstance() -> LSTMModel {
+        let model = LSTMModel(configuration: configuration, seed: 0)
+        // The names were checked against this very layout in init.
+        try! model.parameters.load(weights)
+        return model
+    }
+}
+
+private func reencode<T: Decodable>(_ value: JSONValue, as type: T.Type) throws -> T {
+    try JSONDecoder().decode(T.self, from: JSONEncoder().encode(value))
+}

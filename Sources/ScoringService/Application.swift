@@ -1,0 +1,198 @@
+import CustomerData
+import Foundation
+import Hummingbird
+import Logging
+import Scoring
+
+/// Everything `clm-score serve` can be told, typed so that a misspelt setting cannot pass unnoticed.
+public struct ServiceConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8080
+    /// Bearer token required on `/v1/*` and `/metrics` when set.
+    public var token: String? = nil
+    public var checkpoints: URL
+    public var run: String
+    public var pollInterval: Duration = .seconds(2)
+    public var limits = RequestLimits()
+    public var rules = ScoringRules()
+
+    public init(checkpoints: URL, run: String) {
+        self.checkpoints = checkpoints
+        self.run = run
+    }
+
+    /// Loopback addresses, where running without a token is safe.
+    public var isLoopback: Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// Refuses settings that would expose an unauthenticated scorer to the network.
+    public func validate() throws {
+        guard (0...65_535).contains(port) else { throw ScoringError.invalidInput("--port must be 0...65535, got \(port)") }
+        if !isLoopback && (token ?? "").isEmpty {
+            throw ScoringError.invalidInput("--host \(host) is not a loopback address: pass --token so that only callers with it are served")
+        }
+        if let token, token.isEmpty || token.contains(where: { $0.isWhitespace }) {
+            throw ScoringError.invalidInput("--token must be non-empty and contain no whitespace")
+        }
+        guard pollInterval > .zero else { throw ScoringError.invalidInput("--poll-seconds must be positive") }
+        try rules.validate()
+    }
+}
+
+/// The routes the service answers, for the metrics' route label.
+let knownRoutes: Set<String> = ["/v1/score", "/v1/model", "/healthz", "/readyz", "/metrics"]
+
+/// The router with every endpoint; `scorer` may be a test double.
+public func buildRouter<S: Scorer>(
+    scorer: S, metrics: ServiceMetrics, limits: RequestLimits, token: String?, logger: Logger
+) -> Router<BasicRequestContext> {
+    let router = Router(context: BasicRequestContext.self)
+    router.add(middleware: ServiceMiddleware(metrics: metrics, token: token, logger: logger))
+    router.get("/healthz") { _, _ in jsonResponse(.ok, "{\"status\":\"ok\"}") }
+    router.get("/readyz") { _, _ in
+        scorer.currentModel == nil
+            ? jsonResponse(.serviceUnavailable, "{\"ready\":false,\"error\":\"no model is loaded yet\"}")
+            : jsonResponse(.ok, "{\"ready\":true}")
+    }
+    router.get("/metrics") { _, _ in
+        Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
+                 body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
+    }
+    ScoreController(scorer: scorer, limits: limits, metrics: metrics).addRoutes(to: router.group("v1"))
+    return router
+}
+
+/// The whole service: router, server settings and the checkpoint watcher.
+public func buildApplication(
+    configuration: ServiceConfiguration, logger: Logger,
+    onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
+) throws -> (application: some ApplicationProtocol, scorer: CheckpointScorer, metrics: ServiceMetrics) {
+    try configuration.validate()
+    let metrics = ServiceMetrics()
+    let scorer = CheckpointScorer(
+        root: configuration.checkpoints, run: configuration.run, rules: configuration.rules, metrics: metrics, logger: logger)
+    let router = buildRouter(scorer: scorer, metrics: metrics, limits: configuration.limits, token: configuration.token, logger: logger)
+    let application = Application(
+        router: router,
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "clm-score"),
+        onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
+        logger: logger)
+    return (application, scorer, metrics)
+}
+
+/// Loads the first model, then serves until SIGINT/SIGTERM while a watcher follows `latest`.
+///
+/// The server starts even when no checkpoint can be loaded yet: `/readyz` says 503 until the
+/// watcher finds a good one, which is what an orchestrator's readiness probe expects.
+public func runService(configuration: ServiceConfiguration, logger: Logger,
+                       onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+    let (application, scorer, _) = try buildApplication(configuration: configuration, logger: logger, onServerRunning: onServerRunning)
+    scorer.reloadIfChanged()
+    let watcher = Task { await scorer.watch(every: configuration.pollInterval) }
+    defer { watcher.cancel() }
+    try await application.runService()
+}
+
+/// A JSON response with a body already serialised.
+func jsonResponse(_ status: HTTPResponse.Status, _ body: String) -> Response {
+    Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: body)))
+}
+
+/// `{"error": message}` for every failure, authentication, request metrics.
+struct ServiceMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    let metrics: ServiceMetrics
+    let token: String?
+    let logger: Logger
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let started = ContinuousClock.now
+        let path = request.uri.path
+        let route = knownRoutes.contains(path) ? path : "other"
+        let response: Response
+        if let token, path != "/healthz" && path != "/readyz", !authorised(request, token: token) {
+            var denied = jsonResponse(.unauthorized, "{\"error\":\"missing or wrong bearer token\"}")
+            denied.headers[.wwwAuthenticate] = "Bearer"
+            response = denied
+        } else {
+            do {
+                response = try await next(request, context)
+            } catch let error as ClientError {
+                response = jsonResponse(.init(code: error.status), "{\"error\":\(jsonString(error.message))}")
+            } catch let error as HTTPError {
+                let message = error.body ?? error.status.reasonPhrase
+                response = jsonResponse(error.status, "{\"error\":\(jsonString(message))}")
+            } catch let error as any HTTPResponseError {
+                response = jsonResponse(error.status, "{\"error\":\(jsonString(error.status.reasonPhrase))}")
+            } catch {
+                logger.error("request \(request.method) \(path) failed: \(error)")
+                response = jsonResponse(.internalServerError, "{\"error\":\"internal error; the server log has the details\"}")
+            }
+        }
+        let elapsed = ContinuousClock.now - started
+        metrics.record(route: route, status: response.status.code, seconds: seconds(elapsed))
+        return response
+    }
+
+    /// Compares in time independent of where the first difference is.
+    private func authorised(_ request: Request, token: String) -> Bool {
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else { return false }
+        let given = Array(header.dropFirst(7).utf8), expected = Array(token.utf8)
+        var difference = UInt8(given.count == expected.count ? 0 : 1)
+        for index in 0..<expected.count { difference |= expected[index] ^ (index < given.count ? given[index] : 0) }
+        return difference == 0
+    }
+}
+
+func seconds(_ duration: Duration) -> Double {
+    Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
+}
+
+/// `POST /v1/score` and `GET /v1/model`.
+struct ScoreController<S: Scorer> {
+    let scorer: S
+    let limits: RequestLimits
+    let metrics: ServiceMetrics
+
+    func addRoutes(to group: RouterGroup<BasicRequestContext>) {
+        group.post("score", use: score)
+        group.get("model", use: model)
+    }
+
+    @Sendable func score(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        guard let model = scorer.currentModel else { throw ClientError(503, "no model is loaded yet") }
+        if let type = request.headers[.contentType], !type.lowercased().hasPrefix("application/json") {
+            throw ClientError(415, "Content-Type must be application/json, got \(type)")
+        }
+        let body: ByteBuffer
+        do {
+            body = try await request.body.collect(upTo: limits.maxBodyBytes)
+        } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
+            throw ClientError(413, "the body is larger than \(limits.maxBodyBytes) bytes")
+        }
+        let parsed = try ScoreRequest.parse(Data(body.readableBytesView), limits: limits, model: model)
+        let result = try scorer.score(parsed)
+        var text = "{\"model\":{\"run\":\(jsonString(result.model.run)),\"step\":\(result.model.step)}"
+        text += ",\"as_of\":\(jsonString(ByteParsing.isoDate(result.asOfDay))),\"scores\":["
+        for (index, score) in result.scores.enumerated() {
+            if index > 0 { text += "," }
+            text += BatchScoring.jsonLine(score, stageNames: result.stageNames)
+        }
+        text += "]}"
+        return jsonResponse(.ok, text)
+    }
+
+    @Sendable func model(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        guard let model = scorer.currentModel else { throw ClientError(503, "no model is loaded yet") }
+        let info = model.info
+        var text = "{\"run\":\(jsonString(info.run)),\"step\":\(info.step),\"epoch\":\(info.epoch),\"path\":\(jsonString(info.path))"
+        text += ",\"model_kind\":\(jsonString(info.modelKind)),\"created_at\":\(jsonString(info.createdAt))"
+        text += ",\"dataset_fingerprint\":\(jsonString(info.datasetFingerprint)),\"history_periods\":\(model.historyLength)"
+        text += ",\"feature_count\":\(model.featureCount),\"high_value_line\":\(model.highValueLine.isFinite ? String(model.highValueLine) : "null")"
+        text += ",\"metrics\":{"
+        text += info.metrics.sorted(by: { $0.key < $1.key }).map { "\(jsonString($0.key)):\($0.value.isFinite ? String($0.value) : "null")" }.joined(separator: ",")
+        text += "}}"
+        return jsonResponse(.ok, text)
+    }
+}

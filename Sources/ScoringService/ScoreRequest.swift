@@ -1,0 +1,243 @@
+import Checkpoints
+import CustomerData
+import Foundation
+import Scoring
+
+/// A client mistake: answered with `status` and `{"error": message}`.
+public struct ClientError: Error, Equatable, Sendable {
+    public var status: Int
+    public var message: String
+
+    public init(_ status: Int = 400, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+}
+
+/// What the service enforces on a request before any of it reaches the model.
+public struct RequestLimits: Sendable, Equatable {
+    public var maxBodyBytes = 1 << 20
+    public var maxCustomers = 1000
+    public var maxEventsPerCustomer = 10_000
+    public var maxIdentifierBytes = 256
+
+    public init() {}
+}
+
+/// The model facts a request is checked against.
+public struct ModelSummary: Sendable, Equatable {
+    public var info: CheckpointInfo
+    public var historyLength: Int
+    public var featureCount: Int
+    public var stageNames: [String]
+    public var highValueLine: Double
+}
+
+/// A validated `POST /v1/score` body.
+public struct ScoreRequest: Sendable, Equatable {
+    public enum Customer: Sendable, Equatable {
+        case events(id: String, events: [CustomerEvent])
+        /// Normalised model inputs, `length` rows of `featureCount` values.
+        case features(id: String, rows: [Float], length: Int)
+
+        public var id: String {
+            switch self {
+            case let .events(id, _), let .features(id, _, _): return id
+            }
+        }
+    }
+
+    public var customers: [Customer]
+    /// The day features are computed as of; nil means today (UTC).
+    public var asOfDay: Int?
+
+    public init(customers: [Customer], asOfDay: Int? = nil) {
+        self.customers = customers
+        self.asOfDay = asOfDay
+    }
+
+    /// Parses and checks a body, naming the first thing wrong and where it is.
+    ///
+    /// Unknown fields are refused rather than ignored: a misspelt `"ammount"` silently
+    /// scoring zero spend is worse than an error.
+    public static func parse(_ body: Data, limits: RequestLimits, model: ModelSummary) throws(ClientError) -> ScoreRequest {
+        let root: JSONValue
+        do {
+            root = try JSONDecoder().decode(JSONValue.self, from: body)
+        } catch let DecodingError.dataCorrupted(context) {
+            let detail = (context.underlyingError as NSError?)?.userInfo[NSDebugDescriptionErrorKey] as? String
+            throw ClientError(400, "malformed JSON: \(detail ?? context.debugDescription)")
+        } catch {
+            throw ClientError(400, "malformed JSON: \(error)")
+        }
+        guard case let .object(members) = root else { throw ClientError(400, "the body must be a JSON object with a \"customers\" array") }
+        try checkKeys(members, allowed: ["customers", "as_of"], at: "body")
+        var asOf: Int? = nil
+        if let value = members["as_of"], value != .null { asOf = try day(value, at: "as_of") }
+        guard let customersValue = members["customers"] else { throw ClientError(400, "body: \"customers\" is required") }
+        guard case let .array(items) = customersValue else { throw ClientError(400, "customers: expected an array") }
+        guard !items.isEmpty else { throw ClientError(400, "customers: must not be empty") }
+        guard items.count <= limits.maxCustomers else {
+            throw ClientError(413, "customers: \(items.count) customers in one request, the limit is \(limits.maxCustomers)")
+        }
+        var customers: [Customer] = []
+        customers.reserveCapacity(items.count)
+        var seen = Set<String>()
+        for (index, item) in items.enumerated() {
+            let at = "customers[\(index)]"
+            let customer = try parseCustomer(item, at: at, limits: limits, model: model)
+            guard seen.insert(customer.id).inserted else {
+                throw ClientError(400, "\(at).customer_id: \"\(customer.id)\" appears more than once in this request")
+            }
+            customers.append(customer)
+        }
+        return ScoreRequest(customers: customers, asOfDay: asOf)
+    }
+
+    private static func parseCustomer(_ value: JSONValue, at: String, limits: RequestLimits, model: ModelSummary) throws(ClientError) -> Customer {
+        guard case let .object(members) = value else { throw ClientError(400, "\(at): expected an object") }
+        try checkKeys(members, allowed: ["customer_id", "events", "features", "length"], at: at)
+        let id = try identifier(members["customer_id"], at: "\(at).customer_id", required: true, limits: limits)!
+        switch (members["events"], members["features"]) {
+        case (.some, .some):
+            throw ClientError(400, "\(at): give either \"events\" or \"features\", not both")
+        case (nil, nil):
+            throw ClientError(400, "\(at): needs \"events\" (purchases) or \"features\" (model inputs per period)")
+        case let (.some(eventsValue), nil):
+            if members["length"] != nil { throw ClientError(400, "\(at).length: only applies with \"features\"") }
+            guard case let .array(items) = eventsValue else { throw ClientError(400, "\(at).events: expected an array") }
+            guard !items.isEmpty else { throw ClientError(400, "\(at).events: must not be empty") }
+            guard items.count <= limits.maxEventsPerCustomer else {
+                throw ClientError(413, "\(at).events: \(items.count) events, the limit is \(limits.maxEventsPerCustomer) per customer")
+            }
+            var events: [CustomerEvent] = []
+            events.reserveCapacity(items.count)
+            for (k, item) in items.enumerated() {
+                events.append(try parseEvent(item, customer: id, at: "\(at).events[\(k)]", limits: limits))
+            }
+            return .events(id: id, events: events)
+        case let (nil, .some(featuresValue)):
+            guard case let .array(rows) = featuresValue else { throw ClientError(400, "\(at).features: expected an array of rows") }
+            guard !rows.isEmpty else { throw ClientError(400, "\(at).features: must have at least one row") }
+            guard rows.count <= model.historyLength else {
+                throw ClientError(400, "\(at).features: \(rows.count) rows, the model reads at most \(model.historyLength) periods")
+            }
+            var flat: [Float] = []
+            flat.reserveCapacity(rows.count * model.featureCount)
+            for (t, row) in rows.enumerated() {
+                guard case let .array(values) = row else { throw ClientError(400, "\(at).features[\(t)]: expected an array of \(model.featureCount) numbers") }
+                guard values.count == model.featureCount else {
+                    throw ClientError(400, "\(at).features[\(t)]: \(values.count) values, the model reads \(model.featureCount) per period")
+                }
+                for (f, number) in values.enumerated() {
+                    let x = try finiteNumber(number, at: "\(at).features[\(t)][\(f)]")
+                    // A float32 overflow would reach the model as infinity.
+                    guard abs(x) <= Double(Float.greatestFiniteMagnitude) else {
+                        throw ClientError(400, "\(at).features[\(t)][\(f)]: \(x) does not fit a 32-bit float")
+                    }
+                    flat.append(Float(x))
+                }
+            }
+            var length = rows.count
+            if let lengthValue = members["length"] {
+                let given = try finiteNumber(lengthValue, at: "\(at).length")
+                guard given == given.rounded(), given >= 1, given <= Double(rows.count) else {
+                    throw ClientError(400, "\(at).length: must be a whole number from 1 to the \(rows.count) rows given, got \(given)")
+                }
+                length = Int(given)
+            }
+            return .features(id: id, rows: flat, length: length)
+        }
+    }
+
+    private static func parseEvent(_ value: JSONValue, customer: String, at: String, limits: RequestLimits) throws(ClientError) -> CustomerEvent {
+        guard case let .object(members) = value else { throw ClientError(400, "\(at): expected an object") }
+        try checkKeys(members, allowed: ["date", "day", "amount", "quantity", "product_id", "order_id"], at: at)
+        let eventDay: Int
+        switch (members["date"], members["day"]) {
+        case (.some, .some): throw ClientError(400, "\(at): give either \"date\" or \"day\", not both")
+        case (nil, nil): throw ClientError(400, "\(at): needs \"date\" (YYYY-MM-DD) or \"day\" (a day number)")
+        case let (.some(date), nil):
+            guard case let .string(text) = date else { throw ClientError(400, "\(at).date: expected a string YYYY-MM-DD") }
+            eventDay = try parseDate(text, at: "\(at).date")
+        case let (nil, .some(number)):
+            eventDay = try wholeDay(number, at: "\(at).day")
+        }
+        guard let amountValue = members["amount"] else { throw ClientError(400, "\(at): \"amount\" is required") }
+        let amount = try finiteNumber(amountValue, at: "\(at).amount")
+        // The importer's limit: larger values could overflow its fixed-point sums.
+        guard abs(amount) <= 1e11 else { throw ClientError(400, "\(at).amount: \(amount) is beyond the ±1e11 accepted") }
+        var quantity = 1.0
+        if let quantityValue = members["quantity"] {
+            quantity = try finiteNumber(quantityValue, at: "\(at).quantity")
+            guard abs(quantity) <= 1e11 else { throw ClientError(400, "\(at).quantity: \(quantity) is beyond the ±1e11 accepted") }
+        }
+        let product = try identifier(members["product_id"], at: "\(at).product_id", required: false, limits: limits)
+        let order = try identifier(members["order_id"], at: "\(at).order_id", required: false, limits: limits)
+        return CustomerEvent(customerID: customer, day: eventDay, amount: amount, quantity: quantity, productID: product, orderID: order)
+    }
+
+    private static func checkKeys(_ members: [String: JSONValue], allowed: Set<String>, at: String) throws(ClientError) {
+        if let unknown = members.keys.sorted().first(where: { !allowed.contains($0) }) {
+            throw ClientError(400, "\(at): unknown field \"\(unknown)\"; expected \(allowed.sorted().map { "\"\($0)\"" }.joined(separator: ", "))")
+        }
+    }
+
+    private static func identifier(_ value: JSONValue?, at: String, required: Bool, limits: RequestLimits) throws(ClientError) -> String? {
+        guard let value, value != .null else {
+            if required { throw ClientError(400, "\(at): is required") }
+            return nil
+        }
+        let text: String
+        switch value {
+        case let .string(string): text = string
+        // Numeric ids are common in exports; take them as their decimal text.
+        case let .number(number) where number == number.rounded() && abs(number) < 1e15: text = String(Int64(number))
+        default: throw ClientError(400, "\(at): expected a string")
+        }
+        guard !text.isEmpty || !required else { throw ClientError(400, "\(at): must not be empty") }
+        guard text.utf8.count <= limits.maxIdentifierBytes else {
+            throw ClientError(400, "\(at): \(text.utf8.count) bytes, the limit is \(limits.maxIdentifierBytes)")
+        }
+        return text
+    }
+
+    private static func finiteNumber(_ value: JSONValue, at: String) throws(ClientError) -> Double {
+        switch value {
+        case let .number(number):
+            guard number.isFinite else { throw ClientError(400, "\(at): must be a finite number") }
+            return number
+        // The checkpoint coder spells non-finite numbers as strings; say what is wrong with them.
+        case let .string(text) where ["nan", "infinity", "-infinity", "inf", "-inf"].contains(text.lowercased()):
+            throw ClientError(400, "\(at): must be a finite number, got \"\(text)\"")
+        default:
+            throw ClientError(400, "\(at): expected a number")
+        }
+    }
+
+    private static func wholeDay(_ value: JSONValue, at: String) throws(ClientError) -> Int {
+        let number = try finiteNumber(value, at: at)
+        guard number == number.rounded(), abs(number) <= 10_000_000 else {
+            throw ClientError(400, "\(at): expected a whole day number, got \(number)")
+        }
+        return Int(number)
+    }
+
+    private static func day(_ value: JSONValue, at: String) throws(ClientError) -> Int {
+        switch value {
+        case let .string(text): return try parseDate(text, at: at)
+        case .number: return try wholeDay(value, at: at)
+        default: throw ClientError(400, "\(at): expected a date string YYYY-MM-DD or a day number")
+        }
+    }
+
+    private static func parseDate(_ text: String, at: String) throws(ClientError) -> Int {
+        var copy = text
+        let parsed: Int? = copy.withUTF8 { bytes in
+            guard let base = bytes.baseAddress, bytes.count == 10 else { return nil }
+            return ByteParsing.parseISO(base, bytes.count)
+        }
+        guard let parsed else { throw ClientError(400, "\(at): \"\(text)\" is not a date YYYY-MM-DD") }
+        return parsed
+    }
+}

@@ -1,0 +1,180 @@
+import Checkpoints
+import CustomerData
+import Foundation
+import Logging
+import Scoring
+import Synchronization
+
+/// What a score request returns.
+public struct ScoreResult: Sendable, Equatable {
+    public var model: CheckpointInfo
+    public var asOfDay: Int
+    public var stageNames: [String]
+    public var scores: [CustomerScore]
+}
+
+/// The scoring face the HTTP controller talks to; tests substitute one with known outputs.
+public protocol Scorer: Sendable {
+    /// The model being served, nil until one is loaded.
+    var currentModel: ModelSummary? { get }
+    /// Scores a validated request; throws `ClientError` for what only the model can judge.
+    func score(_ request: ScoreRequest) throws -> ScoreResult
+}
+
+/// A loaded model with everything derived from it, swapped as one reference.
+final class ServedModel: Sendable {
+    let scorer: LSTMScorer
+    let summary: ModelSummary
+    let rules: ScoringRules
+
+    init(_ model: ScoringModel, rules: ScoringRules) {
+        scorer = LSTMScorer(model: model)
+        self.rules = rules
+        summary = ModelSummary(
+            info: model.info, historyLength: model.historyLength, featureCount: model.featureCount,
+            stageNames: model.dataset.stageNames, highValueLine: scorer.serviceHighValueLine(rules))
+    }
+}
+
+/// The production scorer: the latest good checkpoint of a run, reloaded when `latest` moves.
+///
+/// A request takes the current `ServedModel` reference once and uses it to the end, so a swap
+/// never changes the model under a running request; the old one is freed when its last request
+/// finishes.
+public final class CheckpointScorer: Scorer {
+    public let root: URL
+    public let run: String
+    public let rules: ScoringRules
+    private let served = Mutex<ServedModel?>(nil)
+    /// The step last tried, good or bad, so a refused checkpoint is not reloaded every poll.
+    private let lastAttempted = Mutex<Int?>(nil)
+    private let metrics: ServiceMetrics?
+    private let logger: Logger
+
+    public init(root: URL, run: String, rules: ScoringRules, metrics: ServiceMetrics? = nil, logger: Logger) {
+        self.root = root
+        self.run = run
+        self.rules = rules
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    public var currentModel: ModelSummary? { served.withLock { $0?.summary } }
+
+    /// Loads the checkpoint `latest` names when it differs from the one last tried.
+    ///
+    /// Returns true when a new model is now served. Loading and verification happen on the
+    /// caller's thread, never under the lock; a checkpoint that fails them is logged and
+    /// skipped until `latest` moves again, and the model already served stays.
+    @discardableResult
+    public func reloadIfChanged() -> Bool {
+        let latest: Int?
+        do {
+            latest = try CheckpointStore(root: root, run: run).latestStep()
+        } catch {
+            logger.warning("cannot read the latest pointer of run '\(run)': \(error)")
+            return false
+        }
+        guard let latest, latest != lastAttempted.withLock({ $0 }) else { return false }
+        lastAttempted.withLock { $0 = latest }
+        do {
+            let model = try ScoringModel.load(root: root, run: run, step: latest)
+            if let current = currentModel, current.featureCount != model.featureCount {
+                throw ScoringError.incompatible(path: model.info.path, reason: "it reads \(model.featureCount) features, the served model \(current.featureCount)")
+            }
+            let next = ServedModel(model, rules: rules)
+            served.withLock { $0 = next }
+            metrics?.recordReload(step: model.info.step)
+            logger.info("serving run '\(run)' step \(model.info.step) from \(model.info.path)")
+            return true
+        } catch {
+            metrics?.recordRefusedReload()
+            let keeping = currentModel.map { "step \($0.info.step) keeps serving" } ?? "no model is served yet"
+            logger.error("refused checkpoint step \(latest) of run '\(run)': \(error); \(keeping)")
+            return false
+        }
+    }
+
+    /// Polls `latest` every `interval` until the task is cancelled.
+    public func watch(every interval: Duration) async {
+        while !Task.isCancelled {
+            try? await Task.sleep(for: interval)
+            if Task.isCancelled { break }
+            // Loading parses and hashes a file: keep it off the cooperative pool's threads.
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                DispatchQueue.global(qos: .utility).async {
+                    self.reloadIfChanged()
+                    continuation.resume()
+                }
+            }
+        }
+    }
+
+    public func score(_ request: ScoreRequest) throws -> ScoreResult {
+        guard let model = served.withLock({ $0 }) else { throw ClientError(503, "no model is loaded yet") }
+        let result = try model.score(request)
+        metrics?.recordScored(customers: result.scores.count)
+        return result
+    }
+}
+
+extension ServedModel {
+    /// Builds one feature block in request order and scores it in one pass.
+    func score(_ request: ScoreRequest) throws -> ScoreResult {
+        let steps = summary.historyLength, width = summary.featureCount, rowSize = steps * width
+        let asOf = request.asOfDay ?? Int((Date().timeIntervalSince1970 / 86_400).rounded(.down))
+        var features = [Float](repeating: 0, count: request.customers.count * rowSize)
+        var lengths = [Int32](repeating: 0, count: request.customers.count)
+
+        var eventCustomers: [Int] = []
+        var events: [CustomerEvent] = []
+        for (index, customer) in request.customers.enumerated() {
+            switch customer {
+            case let .events(_, customerEvents):
+                eventCustomers.append(index)
+                events.append(contentsOf: customerEvents)
+            case let .features(id, rows, length):
+                // The request was checked against the model of its time; a reload since may differ.
+                guard rows.count % width == 0, rows.count / width <= steps else {
+                    throw ClientError(409, "customer \(id): the model changed while the request was read; resend it")
+                }
+                features.replaceSubrange(index * rowSize..<index * rowSize + rows.count, with: rows)
+                // Rows past `length` are padding the model ignores; zero them as training did.
+                for k in length * width..<rows.count { features[index * rowSize + k] = 0 }
+                lengths[index] = Int32(length)
+            }
+        }
+        if !eventCustomers.isEmpty {
+            let sequences = scoringFeatures(events: events, asOf: asOf, manifest: scorer.model.dataset)
+            var position: [String: Int] = [:]
+            for (k, id) in sequences.customerIDs.enumerated() { position[id] = k }
+            for index in eventCustomers {
+                let id = request.customers[index].id
+                guard let k = position[id] else {
+                    throw ClientError(422, "customer \(id): no purchase on or before the as-of day \(ByteParsing.isoDate(asOf)) (\(asOf)); nothing to score")
+                }
+                let source = sequences.sequence(of: k)
+                features.replaceSubrange(index * rowSize..<(index + 1) * rowSize, with: source)
+                lengths[index] = sequences.lengths[k]
+            }
+        }
+
+        let count = request.customers.count
+        var churn = [Float](repeating: 0, count: count), spend = [Float](repeating: 0, count: count)
+        features.withUnsafeBufferPointer { f in
+            lengths.withUnsafeBufferPointer { l in
+                churn.withUnsafeMutableBufferPointer { c in
+                    spend.withUnsafeMutableBufferPointer { s in
+                        scorer.score(features: f.baseAddress!, lengths: l.baseAddress!, count: count,
+                                     churn: c.baseAddress!, spend: s.baseAddress!)
+                    }
+                }
+            }
+        }
+        let scores = (0..<count).map { index in
+            scorer.decide(customerID: request.customers[index].id, churn: churn[index], spend: spend[index],
+                          historyPeriods: Int(lengths[index]), rules: rules, highValueLine: summary.highValueLine)
+        }
+        return ScoreResult(model: summary.info, asOfDay: asOf, stageNames: summary.stageNames, scores: scores)
+    }
+}

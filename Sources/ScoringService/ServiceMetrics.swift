@@ -1,0 +1,91 @@
+import Foundation
+import Synchronization
+
+/// Request counts, a latency histogram and model gauges, rendered in Prometheus' text format.
+///
+/// Written by hand rather than through swift-metrics: a dozen series do not need a backend,
+/// and one lock around plain dictionaries is cheaper than the scrape it serves.
+public final class ServiceMetrics: Sendable {
+    /// Upper bounds in seconds; small ones because a single-customer score takes about a millisecond.
+    public static let latencyBuckets: [Double] = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5]
+
+    private struct State {
+        var requests: [RequestKey: Int] = [:]
+        var bucketCounts: [String: [Int]] = [:]
+        var latencySums: [String: Double] = [:]
+        var latencyCounts: [String: Int] = [:]
+        var customersScored = 0
+        var reloads = 0
+        var refusedReloads = 0
+        var modelStep: Int? = nil
+    }
+
+    private struct RequestKey: Hashable, Comparable {
+        var route: String
+        var status: Int
+        static func < (a: Self, b: Self) -> Bool { (a.route, a.status) < (b.route, b.status) }
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// Records one finished request; `route` is the route pattern, never the raw path, so that
+    /// arbitrary URLs cannot grow the series without bound.
+    public func record(route: String, status: Int, seconds: Double) {
+        state.withLock { state in
+            state.requests[RequestKey(route: route, status: status), default: 0] += 1
+            var buckets = state.bucketCounts[route] ?? Array(repeating: 0, count: Self.latencyBuckets.count)
+            for (index, bound) in Self.latencyBuckets.enumerated() where seconds <= bound { buckets[index] += 1 }
+            state.bucketCounts[route] = buckets
+            state.latencySums[route, default: 0] += seconds
+            state.latencyCounts[route, default: 0] += 1
+        }
+    }
+
+    public func recordScored(customers: Int) { state.withLock { $0.customersScored += customers } }
+
+    public func recordReload(step: Int) {
+        state.withLock {
+            $0.modelStep = step
+            $0.reloads += 1
+        }
+    }
+
+    public func recordRefusedReload() { state.withLock { $0.refusedReloads += 1 } }
+
+    /// The number of requests seen for a route and status (for tests and the load test).
+    public func requestCount(route: String, status: Int) -> Int {
+        state.withLock { $0.requests[RequestKey(route: route, status: status)] ?? 0 }
+    }
+
+    /// The exposition text for `GET /metrics`.
+    public func render() -> String {
+        let snapshot = state.withLock { $0 }
+        var out = "# HELP clm_http_requests_total HTTP requests by route and status.\n# TYPE clm_http_requests_total counter\n"
+        for (key, count) in snapshot.requests.sorted(by: { $0.key < $1.key }) {
+            out += "clm_http_requests_total{route=\"\(key.route)\",status=\"\(key.status)\"} \(count)\n"
+        }
+        out += "# HELP clm_http_request_duration_seconds Time from request head to response, by route.\n"
+        out += "# TYPE clm_http_request_duration_seconds histogram\n"
+        for route in snapshot.bucketCounts.keys.sorted() {
+            let buckets = snapshot.bucketCounts[route]!
+            for (index, bound) in Self.latencyBuckets.enumerated() {
+                out += "clm_http_request_duration_seconds_bucket{route=\"\(route)\",le=\"\(bound)\"} \(buckets[index])\n"
+            }
+            let count = snapshot.latencyCounts[route] ?? 0
+            out += "clm_http_request_duration_seconds_bucket{route=\"\(route)\",le=\"+Inf\"} \(count)\n"
+            out += "clm_http_request_duration_seconds_sum{route=\"\(route)\"} \(snapshot.latencySums[route] ?? 0)\n"
+            out += "clm_http_request_duration_seconds_count{route=\"\(route)\"} \(count)\n"
+        }
+        out += "# HELP clm_customers_scored_total Customers scored since start.\n# TYPE clm_customers_scored_total counter\n"
+        out += "clm_customers_scored_total \(snapshot.customersScored)\n"
+        out += "# HELP clm_model_reloads_total Checkpoints loaded since start (the first load included).\n# TYPE clm_model_reloads_total counter\n"
+        out += "clm_model_reloads_total \(snapshot.reloads)\n"
+        out += "# HELP clm_model_reloads_refused_total Checkpoints refused (damaged or incompatible).\n# TYPE clm_model_reloads_refused_total counter\n"
+        out += "clm_model_reloads_refused_total \(snapshot.refusedReloads)\n"
+        out += "# HELP clm_model_step Training step of the checkpoint being served; -1 before the first load.\n# TYPE clm_model_step gauge\n"
+        out += "clm_model_step \(snapshot.modelStep ?? -1)\n"
+        return out
+    }
+}

@@ -1,0 +1,166 @@
+import ArgumentParser
+import CustomerData
+import Foundation
+import Logging
+import Scoring
+import ScoringService
+
+@main
+struct CLMScore: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "clm-score",
+        abstract: "Score customers with a trained checkpoint: churn probability, expected spend, lifecycle stage, action.",
+        subcommands: [Batch.self, Serve.self, LoadTestCommand.self])
+}
+
+/// Prints a library error as one line on stderr and exits non-zero.
+func reporting<T>(_ body: () async throws -> T) async throws -> T {
+    do {
+        return try await body()
+    } catch let error as ScoringError {
+        FileHandle.standardError.write(Data("clm-score: error: \(error.description)\n".utf8))
+        throw ExitCode.failure
+    } catch let error as DataError {
+        FileHandle.standardError.write(Data("clm-score: error: \(error.description)\n".utf8))
+        throw ExitCode.failure
+    } catch let error as ClientError {
+        FileHandle.standardError.write(Data("clm-score: error: \(error.message)\n".utf8))
+        throw ExitCode.failure
+    }
+}
+
+/// Options naming the checkpoint to score with.
+struct CheckpointOptions: ParsableArguments {
+    @Option(help: "Root of the checkpoint store (the training config's `checkpoints`).") var checkpoints: String?
+    @Option(help: "Run name: its latest checkpoint is used.") var run: String?
+    @Option(help: "A checkpoint directory (step-NNNNNN) to use instead of a run's latest.") var checkpoint: String?
+    @Option(help: "YAML or JSON file of action and stage rule thresholds (see docs/scoring.md).") var rules: String?
+
+    func load() throws -> ScoringModel {
+        switch (checkpoint, run) {
+        case let (path?, nil): return try ScoringModel.load(directory: URL(fileURLWithPath: path))
+        case let (nil, run?):
+            guard let checkpoints else { throw ScoringError.invalidInput("--run needs --checkpoints DIR") }
+            return try ScoringModel.load(root: URL(fileURLWithPath: checkpoints), run: run)
+        case (.some, .some): throw ScoringError.invalidInput("give --run or --checkpoint, not both")
+        case (nil, nil): throw ScoringError.invalidInput("name the model: --checkpoints DIR --run NAME, or --checkpoint PATH")
+        }
+    }
+
+    func loadRules() throws -> ScoringRules { try rules.map(ScoringRules.load(path:)) ?? ScoringRules() }
+}
+
+struct Batch: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Score every customer of an event file into a CSV or JSON Lines file.")
+
+    @OptionGroup var model: CheckpointOptions
+    @Option(help: "The event file (same layouts as clm-data import).") var events: String
+    @Option(help: "Score as of this day: YYYY-MM-DD, YYYYMMDD or a day number. Default: the file's last event day.") var asOf: String?
+    @Option(help: "Output file; .csv or .jsonl picks the format. Written atomically.") var out: String
+    @Option(help: "Customers per forward pass.") var batchSize: Int = 1024
+    @Option(help: "Input layout: canonical, cdnow or instacart.") var preset: String = "canonical"
+    @Option(help: "Customer id column (header name, or 1-based position).") var customerCol: String?
+    @Option(help: "Time column (name or position).") var timeCol: String?
+    @Option(help: "Time format: iso, yyyymmdd, unix, days or auto.") var timeFormat: String = "auto"
+    @Option(help: "Amount (spend) column (name or position).") var amountCol: String?
+    @Option(help: "Quantity column (name or position); default 1 per row.") var quantityCol: String?
+    @Option(help: "Product id column (name or position).") var productCol: String?
+    @Option(help: "Order id column: rows of one order count as one transaction.") var orderCol: String?
+    @Option(help: "Event type column: only purchase/order/transaction/sale rows count.") var eventTypeCol: String?
+    @Option(help: "Field delimiter (one character, or 'tab').") var delimiter: String = ","
+    @Flag(help: "Fields are separated by runs of spaces or tabs.") var whitespace = false
+    @Flag(help: "The file has no header line (columns by position).") var noHeader = false
+
+    func run() async throws {
+        try await reporting {
+            let options = try EventFileOptions(
+                preset: preset, timeFormat: timeFormat, delimiter: delimiter, whitespace: whitespace, noHeader: noHeader,
+                customerCol: customerCol, timeCol: timeCol, amountCol: amountCol, quantityCol: quantityCol,
+                productCol: productCol, orderCol: orderCol, eventTypeCol: eventTypeCol)
+            let rules = try model.loadRules()
+            let loaded = try model.load()
+            let day = try asOf.map(parseCutoff)
+            let summary = try BatchScoring.run(
+                scorer: LSTMScorer(model: loaded), events: events, options: options, asOf: day, rules: rules,
+                output: out, batchSize: batchSize)
+            let c = summary.checkpoint
+            print("model     run \(c.run) step \(c.step) (\(c.path))")
+            print("as of     \(ByteParsing.isoDate(summary.asOfDay)) (day \(summary.asOfDay)); \(summary.rowsRead) rows read, \(summary.rowsRejected) rejected")
+            print("customers \(summary.customers) scored, \(summary.customersWithoutHistory) left out (no purchase by the as-of day)")
+            print(String(format: "speed     %.0f customers/s scoring (features + LSTM, %.2f s); read %.2f s, write %.2f s",
+                         summary.customersPerSecond, summary.scoreSeconds, summary.readSeconds, summary.writeSeconds))
+            print(String(format: "high value expected spend >= %.2f", summary.highValueLine))
+            print("actions   " + summary.actionCounts.sorted(by: { $0.key < $1.key }).map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+            print("wrote     \(out)")
+        }
+    }
+}
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Serve scores over HTTP, following the run's latest checkpoint.")
+
+    @Option(help: "Root of the checkpoint store.") var checkpoints: String
+    @Option(help: "Run name; its `latest` is polled and hot-reloaded.") var run: String
+    @Option(help: "Address to bind; anything but loopback requires --token.") var host: String = "127.0.0.1"
+    @Option(help: "Port (0 picks a free one and prints it).") var port: Int = 8080
+    @Option(help: "Bearer token required on /v1/* and /metrics.") var token: String?
+    @Option(help: "Seconds between polls of `latest`.") var pollSeconds: Double = 2
+    @Option(help: "Most customers per request.") var maxCustomers: Int = 1000
+    @Option(help: "Largest request body in bytes.") var maxBodyBytes: Int = 1 << 20
+    @Option(help: "YAML or JSON file of action and stage rule thresholds.") var rules: String?
+
+    func run() async throws {
+        try await reporting {
+            var configuration = ServiceConfiguration(checkpoints: URL(fileURLWithPath: checkpoints), run: run)
+            configuration.host = host
+            configuration.port = port
+            configuration.token = token
+            guard pollSeconds > 0 && pollSeconds.isFinite else { throw ScoringError.invalidInput("--poll-seconds must be positive") }
+            configuration.pollInterval = .milliseconds(Int64(pollSeconds * 1000))
+            guard maxCustomers >= 1, maxBodyBytes >= 1024 else {
+                throw ScoringError.invalidInput("--max-customers must be at least 1 and --max-body-bytes at least 1024")
+            }
+            configuration.limits.maxCustomers = maxCustomers
+            configuration.limits.maxBodyBytes = maxBodyBytes
+            configuration.rules = try rules.map(ScoringRules.load(path:)) ?? ScoringRules()
+            var logger = Logger(label: "clm-score")
+            logger.logLevel = .info
+            try await runService(configuration: configuration, logger: logger) { port in
+                FileHandle.standardOutput.write(Data("listening on http://\(host):\(port)\n".utf8))
+            }
+        }
+    }
+}
+
+struct LoadTestCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "loadtest", abstract: "Send single-customer score requests to a local server at a fixed rate.")
+
+    @Option(help: "Server URL; loopback only.") var url: String = "http://127.0.0.1:8080"
+    @Option(help: "Requests per second.") var rate: Double = 1000
+    @Option(help: "Duration in seconds.") var seconds: Double = 10
+    @Option(help: "Keep-alive connections (one thread each).") var connections: Int = 4
+    @Option(help: "Bearer token, when the server wants one.") var token: String?
+    @Option(help: "A request body file; default: one synthetic customer with a year of purchases.") var body: String?
+
+    func run() async throws {
+        try await reporting {
+            guard let parsed = URL(string: url), parsed.scheme == "http", let host = parsed.host else {
+                throw ScoringError.invalidInput("--url must look like http://127.0.0.1:PORT, got \(url)")
+            }
+            let payload: Data
+            if let body {
+                guard let data = FileManager.default.contents(atPath: body) else { throw ScoringError.io(path: body, reason: "cannot read") }
+                payload = data
+            } else {
+                payload = Data(LoadTest.sampleBody().utf8)
+            }
+            var headers: [String: String] = [:]
+            if let token { headers["Authorization"] = "Bearer \(token)" }
+            let report = try LoadTest.run(
+                host: host, port: parsed.port ?? 80, path: "/v1/score", body: payload, rate: rate, seconds: seconds,
+                connections: connections, headers: headers)
+            print(report.summary)
+        }
+    }
+}

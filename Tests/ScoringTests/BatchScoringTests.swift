@@ -1,0 +1,162 @@
+import Checkpoints
+import CustomerData
+import Foundation
+import Scoring
+import Testing
+
+@Suite("Batch scoring")
+struct BatchScoringTests {
+    @Test("batch scores equal a direct forward on the imported dataset's features")
+    func matchesDirectForward() throws {
+        let fixture = try ScoringFixture()
+        try fixture.saveCheckpoint(step: 5, seed: 11)
+        let model = try ScoringModel.load(root: fixture.root, run: "test")
+        #expect(model.info.step == 5)
+        let out = fixture.directory.path("scores.csv")
+        // As of the dataset's cut-off the features equal the stored ones exactly.
+        let summary = try BatchScoring.run(
+            scorer: LSTMScorer(model: model), events: fixture.eventsPath, options: EventFileOptions(),
+            asOf: fixture.dataset.manifest.spec.cutoffDay, rules: ScoringRules(), output: out, batchSize: 64)
+        #expect(summary.customers == fixture.dataset.customerCount)
+        let rows = try readScoreCSV(out)
+        let ids = try fixture.dataset.customerIDs()
+        #expect(rows.map { $0["customer_id"]! } == ids)
+        let direct = fixture.directScores(seed: 11)
+        var worstChurn = 0.0, worstSpend = 0.0
+        for (index, row) in rows.enumerated() {
+            worstChurn = max(worstChurn, abs(Double(row["churn_probability"]!)! - direct.churn[index]))
+            worstSpend = max(worstSpend, abs(Double(row["expected_spend"]!)! - direct.spend[index]) / max(1, direct.spend[index]))
+            #expect(Int(row["history_periods"]!)! == Int(fixture.dataset.lengths[index]))
+        }
+        #expect(worstChurn < 2e-6, "worst churn difference \(worstChurn)")
+        #expect(worstSpend < 2e-5, "worst relative spend difference \(worstSpend)")
+        // The scores are not all alike, or the comparison above would prove little.
+        let churns = rows.map { Double($0["churn_probability"]!)! }
+        #expect(churns.max()! - churns.min()! > 0.05)
+        #expect(!FileManager.default.fileExists(atPath: fixture.directory.path(".tmp-scores.csv-\(getpid())")))
+    }
+
+    @Test("JSON Lines output carries the same scores as CSV, and the default as-of day is the last event's")
+    func jsonLinesAndDefaultDay() throws {
+        let fixture = try ScoringFixture(customers: 120)
+        try fixture.saveCheckpoint(step: 1, seed: 3)
+        let scorer = LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test"))
+        let csv = fixture.directory.path("s.csv"), jsonl = fixture.directory.path("s.jsonl")
+        let a = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                     rules: ScoringRules(), output: csv)
+        let b = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                     rules: ScoringRules(), output: jsonl)
+        // The importer derived its cut-off as the last event day minus the horizon.
+        #expect(a.asOfDay == fixture.dataset.manifest.spec.cutoffDay + fixture.dataset.manifest.spec.horizonDays)
+        #expect(a.asOfDay == b.asOfDay)
+        let rows = try readScoreCSV(csv)
+        let lines = try String(contentsOfFile: jsonl, encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == rows.count)
+        for (row, line) in zip(rows, lines) {
+            let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
+            #expect(object["customer_id"] as? String == row["customer_id"])
+            #expect(abs((object["churn_probability"] as! Double) - Double(row["churn_probability"]!)!) < 1e-9)
+            #expect(object["action"] as? String == row["action"])
+            let stages = object["stage_probabilities"] as! [String: Double]
+            #expect(abs(stages.values.reduce(0, +) - 1) < 1e-5)
+        }
+    }
+
+    @Test("bad inputs are refused with a message that names them")
+    func refusals() throws {
+        let fixture = try ScoringFixture(customers: 60)
+        try fixture.saveCheckpoint(step: 1, seed: 3)
+        let scorer = LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test"))
+        #expect(throws: ScoringError.self) {
+            try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                 rules: ScoringRules(), output: fixture.directory.path("scores.txt"))
+        }
+        do {
+            _ = try BatchScoring.run(scorer: scorer, events: fixture.directory.path("missing.csv"), options: EventFileOptions(),
+                                     asOf: nil, rules: ScoringRules(), output: fixture.directory.path("s.csv"))
+            Issue.record("a missing events file was accepted")
+        } catch let error as ScoringError {
+            #expect(error.description.contains("missing.csv"))
+        }
+        #expect(throws: DataError.self) { try EventFileOptions(preset: "cdnow", customerCol: "x") }
+        #expect(throws: DataError.self) { try EventFileOptions(preset: "nope") }
+        #expect(!FileManager.default.fileExists(atPath: fixture.directory.path("s.csv")))
+    }
+
+    @Test("a damaged or foreign checkpoint is refused")
+    func checkpointRefusals() throws {
+        let fixture = try ScoringFixture(customers: 60)
+        let good = try fixture.saveCheckpoint(step: 1, seed: 3)
+        // A flipped byte: the store's SHA-256 check must catch it.
+        let file = good.appendingPathComponent("model.safetensors")
+        var bytes = try Data(contentsOf: file)
+        bytes[bytes.count - 3] ^= 0x40
+        try bytes.write(to: file)
+        #expect(throws: ScoringError.self) { try ScoringModel.load(directory: good) }
+        // A manifest that describes another model size: the tensors do not fit.
+        try fixture.saveCheckpoint(step: 2, seed: 3, configurationOverride: [
+            "training": ["model": "lstm", "lstm": ["hidden": 16, "layers": 2]],
+            "inputSize": 8, "historyLength": .number(Double(fixture.dataset.historyLength)),
+        ])
+        do {
+            _ = try ScoringModel.load(root: fixture.root, run: "test", step: 2)
+            Issue.record("a checkpoint with mismatched tensor shapes was accepted")
+        } catch let error as ScoringError {
+            #expect(error.description.contains("lstm.weight_ih_l0"))
+        }
+    }
+}
+
+@Suite("Rules")
+struct RulesTests {
+    let rules = ScoringRules()
+
+    @Test("actions follow the documented order on hand cases")
+    func actions() {
+        #expect(rules.action(churnProbability: 0.6, expectedSpend: 100, historyPeriods: 20, highValueLine: 100) == "retention_offer")
+        #expect(rules.action(churnProbability: 0.9, expectedSpend: 99.9, historyPeriods: 20, highValueLine: 100) == "winback_email")
+        #expect(rules.action(churnProbability: 0.59, expectedSpend: 150, historyPeriods: 2, highValueLine: 100) == "upsell")
+        #expect(rules.action(churnProbability: 0.2, expectedSpend: 10, historyPeriods: 4, highValueLine: 100) == "onboarding")
+        #expect(rules.action(churnProbability: 0.2, expectedSpend: 10, historyPeriods: 5, highValueLine: 100) == "nurture")
+        // High risk wins over being new.
+        #expect(rules.action(churnProbability: 0.7, expectedSpend: 10, historyPeriods: 1, highValueLine: 100) == "winback_email")
+    }
+
+    @Test("rule stages and their probabilities")
+    func stages() {
+        let churned = rules.ruleStage(churnProbability: 0.8, expectedSpend: 500, highValueLine: 100)
+        #expect(churned.index == 0)
+        #expect(churned.probabilities == [0.8, 0, 0, 0.19999999999999996])
+        #expect(rules.ruleStage(churnProbability: 0.1, expectedSpend: 100, highValueLine: 100).index == 3)
+        #expect(rules.ruleStage(churnProbability: 0.1, expectedSpend: 25, highValueLine: 100).index == 2)
+        #expect(rules.ruleStage(churnProbability: 0.1, expectedSpend: 24.9, highValueLine: 100).index == 1)
+    }
+
+    @Test("the high-value line is the top fraction's lowest spend, or the configured amount")
+    func highValueLine() throws {
+        let spends: [Float] = (1...10).map { Float($0) }
+        #expect(rules.highValueLine(spends: spends) == 9)
+        var fixed = ScoringRules()
+        fixed.highValueAmount = 3.5
+        #expect(fixed.highValueLine(spends: spends) == 3.5)
+        let parsed = try ScoringRules.parse("high_churn: 0.7\nhigh_value_amount: 250\n", source: "r.yaml")
+        #expect(parsed.highChurn == 0.7 && parsed.highValueAmount == 250 && parsed.newCustomerMaxPeriods == 4)
+        let json = try ScoringRules.parse("{\"new_customer_max_periods\": 2}", source: "r.json")
+        #expect(json.newCustomerMaxPeriods == 2)
+    }
+
+    @Test("rules files with unknown keys or bad values are refused by key")
+    func badRules() {
+        for (text, key) in [("high_chrun: 0.7", "high_chrun"), ("high_churn: 1.5", "high_churn"),
+                            ("high_churn: lots", "high_churn"), ("high_value_top_fraction: 0", "high_value_top_fraction")] {
+            do {
+                _ = try ScoringRules.parse(text, source: "rules.yaml")
+                Issue.record("accepted \(text)")
+            } catch let error as ScoringError {
+                #expect(error.description.contains(key), "\(error)")
+            } catch {
+                Issue.record("unexpected \(error)")
+            }
+        }
+    }
+}

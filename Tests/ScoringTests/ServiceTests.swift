@@ -1,0 +1,291 @@
+import Checkpoints
+import CustomerData
+import Foundation
+import Logging
+import Scoring
+import ScoringService
+import Testing
+
+/// A running service on a free loopback port, stopped by `stop()`.
+final class RunningService: @unchecked Sendable {
+    let port: Int
+    let scorer: CheckpointScorer
+    let metrics: ServiceMetrics
+    private let server: Task<Void, any Error>
+    private let watcher: Task<Void, Never>
+
+    init(_ configuration: ServiceConfiguration) async throws {
+        var configuration = configuration
+        configuration.port = 0
+        var logger = Logger(label: "scoring-tests")
+        logger.logLevel = .critical
+        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        let (application, scorer, metrics) = try buildApplication(configuration: configuration, logger: logger) { port in
+            continuation.yield(port)
+        }
+        self.scorer = scorer
+        self.metrics = metrics
+        scorer.reloadIfChanged()
+        server = Task { try await application.runService(gracefulShutdownSignals: []) }
+        watcher = Task { await scorer.watch(every: configuration.pollInterval) }
+        var iterator = ports.makeAsyncIterator()
+        port = await iterator.next()!
+    }
+
+    func stop() async {
+        watcher.cancel()
+        server.cancel()
+        _ = await server.result
+    }
+
+    /// One request on its own connection and its own thread: the client blocks, and neither the
+    /// cooperative pool nor GCD (which adds threads for blocked work only slowly) should wait on it.
+    func send(_ method: String, _ path: String, body: String? = nil, headers: [String: String] = [:]) async throws -> LoopbackClient.Reply {
+        let port = port
+        return try await withCheckedThrowingContinuation { continuation in
+            let thread = Thread {
+                let client = LoopbackClient(port: port)
+                continuation.resume(with: Result { try client.send(method, path, body: body.map { Data($0.utf8) }, headers: headers) })
+            }
+            thread.start()
+        }
+    }
+
+    func json(_ reply: LoopbackClient.Reply) throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: reply.body) as! [String: Any]
+    }
+}
+
+/// Features rows for a customer: `length` rows of the model's width.
+func featuresBody(_ customers: [(String, Int)], width: Int = 8) -> String {
+    var items: [String] = []
+    for (id, length) in customers {
+        var rows: [String] = []
+        for t in 0..<length {
+            var values: [String] = []
+            for f in 0..<width { values.append(String(Double((t + f) % 5) * 0.3 - 0.6)) }
+            rows.append("[" + values.joined(separator: ",") + "]")
+        }
+        items.append("{\"customer_id\":\"\(id)\",\"features\":[\(rows.joined(separator: ","))],\"length\":\(length)}")
+    }
+    return "{\"customers\":[\(items.joined(separator: ","))]}"
+}
+
+@Suite("Scoring service", .serialized)
+struct ServiceTests {
+    func configuration(_ fixture: ScoringFixture) -> ServiceConfiguration {
+        var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
+        configuration.pollInterval = .milliseconds(100)
+        return configuration
+    }
+
+    @Test("every endpoint answers, and scores equal batch scoring of the same events")
+    func endpoints() async throws {
+        let fixture = try ScoringFixture(customers: 80)
+        try fixture.saveCheckpoint(step: 3, seed: 5)
+        let service = try await RunningService(configuration(fixture))
+
+        #expect(try await service.send("GET", "/healthz").status == 200)
+        #expect(try await service.send("GET", "/readyz").status == 200)
+        let model = try service.json(try await service.send("GET", "/v1/model"))
+        #expect(model["run"] as? String == "test")
+        #expect(model["step"] as? Int == 3)
+        #expect((model["path"] as? String)?.hasSuffix("step-000003") == true)
+        #expect((model["metrics"] as? [String: Double])?["val_auc"] == 0.5)
+        #expect(model["created_at"] is String)
+
+        // Score one customer's events through HTTP and through batch, as of the same day.
+        let lines = try String(contentsOfFile: fixture.eventsPath, encoding: .utf8).split(separator: "\n").dropFirst()
+        let header = try String(contentsOfFile: fixture.eventsPath, encoding: .utf8).split(separator: "\n")[0].split(separator: ",").map(String.init)
+        let target = try fixture.dataset.customerIDs()[7]
+        var events: [String] = []
+        for line in lines {
+            let fields = Dictionary(uniqueKeysWithValues: zip(header, line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)))
+            guard fields["customer_id"] == target else { continue }
+            var event = "{\"date\":\"\(fields["timestamp"]!.prefix(10))\",\"amount\":\(fields["amount"]!)"
+            if let q = fields["quantity"], !q.isEmpty { event += ",\"quantity\":\(q)" }
+            if let o = fields["order_id"], !o.isEmpty { event += ",\"order_id\":\"\(o)\"" }
+            events.append(event + "}")
+        }
+        #expect(!events.isEmpty)
+        let cutoff = fixture.dataset.manifest.spec.cutoffDay
+        let reply = try await service.send("POST", "/v1/score", body: "{\"as_of\":\(cutoff),\"customers\":[{\"customer_id\":\"\(target)\",\"events\":[\(events.joined(separator: ","))]}]}")
+        #expect(reply.status == 200, "\(reply.text)")
+        let scores = try service.json(reply)["scores"] as! [[String: Any]]
+        #expect(scores.count == 1)
+        let direct = fixture.directScores(seed: 5)
+        #expect(abs((scores[0]["churn_probability"] as! Double) - direct.churn[7]) < 2e-6)
+        #expect(abs((scores[0]["expected_spend"] as! Double) - direct.spend[7]) < 1e-4 * max(1, direct.spend[7]))
+        #expect(scores[0]["history_periods"] as? Int == Int(fixture.dataset.lengths[7]))
+        for key in ["stage", "action", "stage_probabilities", "customer_id"] { #expect(scores[0][key] != nil, "\(key)") }
+
+        let metrics = try await service.send("GET", "/metrics")
+        #expect(metrics.status == 200)
+        #expect(metrics.text.contains("clm_http_requests_total{route=\"/v1/score\",status=\"200\"} 1"))
+        #expect(metrics.text.contains("clm_model_step 3"))
+        #expect(metrics.text.contains("clm_http_request_duration_seconds_bucket{route=\"/v1/score\",le=\"+Inf\"} 1"))
+        await service.stop()
+    }
+
+    @Test("readyz is 503 until a checkpoint appears, then the watcher loads it")
+    func readiness() async throws {
+        let fixture = try ScoringFixture(customers: 40)
+        let service = try await RunningService(configuration(fixture))
+        #expect(try await service.send("GET", "/readyz").status == 503)
+        #expect(try await service.send("POST", "/v1/score", body: featuresBody([("a", 3)])).status == 503)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        var ready = false
+        for _ in 0..<50 where !ready {
+            try await Task.sleep(for: .milliseconds(100))
+            ready = try await service.send("GET", "/readyz").status == 200
+        }
+        #expect(ready)
+        await service.stop()
+    }
+
+    @Test("bad requests get 4xx with a JSON error naming the problem")
+    func badRequests() async throws {
+        let fixture = try ScoringFixture(customers: 40)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        var configuration = configuration(fixture)
+        configuration.limits.maxCustomers = 5
+        configuration.limits.maxBodyBytes = 64 * 1024
+        let service = try await RunningService(configuration)
+        let history = fixture.dataset.historyLength
+        let cases: [(body: String, status: Int, mentions: String)] = [
+            ("{\"customers\":[{", 400, "malformed JSON"),
+            ("[]", 400, "JSON object"),
+            ("{\"customers\":{}}", 400, "customers: expected an array"),
+            ("{\"customers\":[]}", 400, "must not be empty"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1}]}],\"extra\":1}", 400, "unknown field \\\"extra\\\""),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"ammount\":1}]}]}", 400, "customers[0].events[0]: unknown field \\\"ammount\\\""),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":\"12\"}]}]}", 400, "customers[0].events[0].amount: expected a number"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5.5,\"amount\":1}]}]}", 400, "whole day"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"date\":\"2023-02-30\",\"amount\":1}]}]}", 400, "not a date"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":\"NaN\"}]}]}", 400, "finite number"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1e999}]}]}", 400, "JSON"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"features\":[[1,2,3]]}]}", 400, "3 values, the model reads 8"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"features\":[[1,2,3,4,5,6,7,1e39]]}]}", 400, "32-bit float"),
+            (featuresBody([("a", history + 1)]), 400, "at most \(history) periods"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"features\":[[1,2,3,4,5,6,7,8]],\"length\":2}]}", 400, "length"),
+            ("{\"customers\":[{\"customer_id\":\"a\"}]}", 400, "needs \\\"events\\\""),
+            ("{\"customers\":[{\"customer_id\":7.5,\"events\":[{\"day\":5,\"amount\":1}]}]}", 400, "customer_id: expected a string"),
+            (featuresBody([("a", 1), ("a", 2)]), 400, "more than once"),
+            (featuresBody((0..<6).map { ("c\($0)", 1) }), 413, "limit is 5"),
+            ("{\"as_of\":2,\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1}]}]}", 422, "no purchase on or before"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1}]}]," + String(repeating: " ", count: 70 * 1024) + "}", 413, "larger than"),
+        ]
+        for (body, status, mentions) in cases {
+            let reply = try await service.send("POST", "/v1/score", body: body)
+            #expect(reply.status == status, "\(body.prefix(120)) -> \(reply.status) \(reply.text)")
+            #expect(reply.headers["content-type"] == "application/json")
+            let error = (try? service.json(reply))?["error"] as? String
+            #expect(error != nil, "no JSON error for \(body.prefix(80)): \(reply.text)")
+            #expect(reply.text.contains(mentions), "\(body.prefix(80)) -> \(reply.text)")
+        }
+        let wrongType = try await service.send("POST", "/v1/score", body: featuresBody([("a", 1)]), headers: ["Content-Type": "text/plain"])
+        #expect(wrongType.status == 415)
+        #expect(try await service.send("GET", "/v1/nothing").status == 404)
+        // The process survived all of it and still scores.
+        #expect(try await service.send("POST", "/v1/score", body: featuresBody([("a", 3)])).status == 200)
+        #expect(service.metrics.requestCount(route: "/v1/score", status: 400) == cases.filter { $0.status == 400 }.count)
+        await service.stop()
+    }
+
+    @Test("a bearer token guards the API but not the probes")
+    func token() async throws {
+        let fixture = try ScoringFixture(customers: 40)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        var configuration = configuration(fixture)
+        configuration.token = "s3cret"
+        let service = try await RunningService(configuration)
+        #expect(try await service.send("GET", "/healthz").status == 200)
+        #expect(try await service.send("GET", "/v1/model").status == 401)
+        #expect(try await service.send("GET", "/metrics", headers: ["Authorization": "Bearer s3cre"]).status == 401)
+        #expect(try await service.send("POST", "/v1/score", body: featuresBody([("a", 2)]), headers: ["Authorization": "Bearer wrong!"]).status == 401)
+        #expect(try await service.send("POST", "/v1/score", body: featuresBody([("a", 2)]), headers: ["Authorization": "Bearer s3cret"]).status == 200)
+        await service.stop()
+
+        var open = ServiceConfiguration(checkpoints: fixture.root, run: "test")
+        open.host = "0.0.0.0"
+        #expect(throws: ScoringError.self) { try open.validate() }
+    }
+
+    @Test("hot reload: a new latest is served; a damaged one is refused and the old model keeps serving")
+    func hotReload() async throws {
+        let fixture = try ScoringFixture(customers: 40)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        let service = try await RunningService(configuration(fixture))
+        let body = featuresBody([("a", 6)])
+        func served() async throws -> (step: Int, churn: Double) {
+            let reply = try await service.send("POST", "/v1/score", body: body)
+            let object = try service.json(reply)
+            return ((object["model"] as! [String: Any])["step"] as! Int,
+                    (object["scores"] as! [[String: Any]])[0]["churn_probability"] as! Double)
+        }
+        func waitForStep(_ step: Int) async throws -> Bool {
+            for _ in 0..<50 {
+                if try await served().step == step { return true }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            return false
+        }
+        let first = try await served()
+        #expect(first.step == 1)
+
+        try fixture.saveCheckpoint(step: 2, seed: 2)
+        #expect(try await waitForStep(2))
+        let second = try await served()
+        #expect(second.churn != first.churn)
+
+        // Step 3 is damaged after saving: latest moves to it, its digest no longer matches.
+        let damaged = try fixture.saveCheckpoint(step: 3, seed: 3)
+        let file = damaged.appendingPathComponent("model.safetensors")
+        var bytes = try Data(contentsOf: file)
+        bytes[bytes.count / 2] ^= 0xFF
+        try bytes.write(to: file)
+        try await Task.sleep(for: .milliseconds(600))
+        let after = try await served()
+        #expect(after.step == 2)
+        #expect(after.churn == second.churn)
+        let metrics = try await service.send("GET", "/metrics")
+        #expect(metrics.text.contains("clm_model_reloads_refused_total 1"))
+        #expect(metrics.text.contains("clm_model_step 2"))
+
+        // A good step after the damaged one is picked up again.
+        try fixture.saveCheckpoint(step: 4, seed: 4)
+        #expect(try await waitForStep(4))
+        await service.stop()
+    }
+
+    @Test("parallel requests are all answered, each with its own customer's scores")
+    func concurrency() async throws {
+        let fixture = try ScoringFixture(customers: 40)
+        try fixture.saveCheckpoint(step: 1, seed: 9)
+        let service = try await RunningService(configuration(fixture))
+        // Reference: each length scored alone.
+        var expected: [Int: Double] = [:]
+        for length in 1...8 {
+            let reply = try await service.send("POST", "/v1/score", body: featuresBody([("c", length)]))
+            expected[length] = ((try service.json(reply)["scores"] as! [[String: Any]])[0]["churn_probability"] as! Double)
+        }
+        #expect(Set(expected.values).count > 1)
+        let results = try await withThrowingTaskGroup(of: (Int, Double, Int).self) { group in
+            for k in 0..<64 {
+                let length = k % 8 + 1
+                group.addTask {
+                    let reply = try await service.send("POST", "/v1/score", body: featuresBody([("c\(k)", length)]))
+                    let churn = reply.status == 200 ? ((try service.json(reply)["scores"] as! [[String: Any]])[0]["churn_probability"] as! Double) : -1
+                    return (length, churn, reply.status)
+                }
+            }
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        #expect(results.count == 64)
+        for (length, churn, status) in results {
+            #expect(status == 200)
+            #expect(abs(churn - expected[length]!) < 1e-6, "length \(length)")
+        }
+        await service.stop()
+    }
+}

@@ -1,0 +1,106 @@
+import Checkpoints
+import CustomerData
+import Foundation
+import Models
+import Scoring
+import Tensors
+import Testing
+
+/// A fresh directory under the system temporary directory, removed when the value is released.
+final class TemporaryDirectory: @unchecked Sendable {
+    let url: URL
+
+    init() throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("scoring-tests-\(UUID().uuidString)", isDirectory: true)
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: false)
+    }
+
+    deinit { try? FileManager.default.removeItem(at: url) }
+
+    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
+}
+
+/// A small synthetic event file, its imported dataset and a checkpoint store with LSTM
+/// checkpoints made from freshly initialised models (no training, no MPI).
+final class ScoringFixture: @unchecked Sendable {
+    static let hidden = 8
+    static let layers = 2
+
+    let directory: TemporaryDirectory
+    let eventsPath: String
+    let dataset: CustomerDataset
+    let store: CheckpointStore
+
+    init(customers: Int = 300) throws {
+        directory = try TemporaryDirectory()
+        eventsPath = directory.path("events.csv")
+        _ = try generateSyntheticEvents(options: SyntheticOptions(customers: customers, products: 50, seed: 7), to: eventsPath)
+        var options = ImportOptions()
+        options.format.mapping.product = .name("product_id")
+        _ = try Importer.run(input: eventsPath, output: directory.path("data"), options: options)
+        dataset = try CustomerDataset.open(at: directory.url.appendingPathComponent("data"))
+        store = try CheckpointStore(root: directory.url.appendingPathComponent("checkpoints"), run: "test", keep: 10)
+    }
+
+    var root: URL { store.root }
+
+    /// A model whose weights come from `seed`; heads scaled up so scores spread over (0, 1).
+    func model(seed: UInt64) -> LSTMModel {
+        let model = LSTMModel(
+            configuration: LSTMConfiguration(inputSize: dataset.featureCount, hiddenSize: Self.hidden, layers: Self.layers),
+            seed: seed)
+        for name in ["churn_head.weight", "clv_head.weight"] {
+            let slice = model.parameters.layout.slice(named: name)!
+            let values = model.parameters.value(slice)
+            for k in 0..<slice.count { values[k] *= 4 }
+        }
+        model.parameters.value(model.parameters.layout.slice(named: "clv_head.bias")!)[0] = 3
+        return model
+    }
+
+    /// Saves `model` as step `step` of the run (moving `latest`), the way training writes checkpoints.
+    @discardableResult
+    func saveCheckpoint(step: Int, seed: UInt64, configurationOverride: JSONValue? = nil) throws -> URL {
+        let model = model(seed: seed)
+        var writer = SafeTensorsWriter(metadata: ["format": "pt", "model": "lstm"])
+        for slice in model.parameters.layout.slices {
+            try writer.add(slice.name, shape: slice.shape,
+                           floats: Array(UnsafeBufferPointer(start: model.parameters.value(slice), count: slice.count)))
+        }
+        let configuration: JSONValue = configurationOverride ?? [
+            "training": ["model": "lstm", "lstm": ["hidden": .number(Double(Self.hidden)), "layers": .number(Double(Self.layers))]],
+            "inputSize": .number(Double(dataset.featureCount)), "historyLength": .number(Double(dataset.historyLength)),
+            "classCount": 4, "positiveWeight": 1,
+        ]
+        let featureSpec = try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(dataset.manifest))
+        let manifest = CheckpointManifest(
+            runName: store.run, step: step, epoch: 1, programVersion: "test", worldSize: 1, modelKind: .lstm,
+            configuration: configuration, featureSpec: featureSpec, datasetFingerprint: dataset.manifest.fingerprint,
+            randomState: seed, metrics: ["val_auc": 0.5])
+        return try store.save(step: step, files: ["model.safetensors": Data(try writer.serialized())], manifest: manifest)
+    }
+
+    /// Churn probabilities and expected spends straight from a model forward on the stored dataset.
+    func directScores(seed: UInt64) -> (churn: [Double], spend: [Double]) {
+        let model = model(seed: seed)
+        var random = SeededRandom(seed: 0, purpose: .initialisation)
+        model.forward(SequenceBatch(features: dataset.features.baseAddress!, lengths: dataset.lengths.baseAddress!,
+                                    batchSize: dataset.customerCount, steps: dataset.historyLength),
+                      training: false, random: &random)
+        let churn = model.churnLogits.map { 1 / (1 + exp(-Double($0))) }
+        let spend = model.clvPredictions.map { max(expm1(Double($0)), 0) }
+        return (churn, spend)
+    }
+}
+
+/// Reads a CSV written by batch scoring into rows keyed by column name.
+func readScoreCSV(_ path: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> [[String: String]] {
+    let text = try String(contentsOfFile: path, encoding: .utf8)
+    var lines = text.split(separator: "\n").map(String.init)
+    let header = lines.removeFirst().split(separator: ",").map(String.init)
+    return lines.map { line in
+        let fields = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        #expect(fields.count == header.count, "row \(line)", sourceLocation: sourceLocation)
+        return Dictionary(uniqueKeysWithValues: zip(header, fields))
+    }
+}
