@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
 # Launches a training job: the coordinator as rank 0 and N-1 workers, as one MPI job.
 #
-#   scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile hostfiles/F] [coordinator flags...]
+#   scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile hostfiles/F [--iface IFACE]] [coordinator flags...]
 #
 # Coordinator flags (e.g. --epochs 3, --resume latest, --set lstm.hidden=32) are passed through.
 # On one machine ranks may outnumber cores (--oversubscribe); with a hostfile they may not.
+#
+# With a hostfile (several hosts, docs/cluster.md) the script first checks, on every host, that
+# it is reachable and that the binaries exist at the same path, and refuses to start otherwise;
+# the job itself then checks that the checkpoint root and dataset are shared (SharedStorageCheck).
+#
+# Environment:
+#   CLM_BIN                 directory holding clm-coordinator and clm-worker (skips the build);
+#                           on a cluster, a path that exists on every host
+#   CLM_PREFLIGHT_TIMEOUT   seconds the per-host checks may take (default 30)
+#   OMPI_MCA_*              any other Open MPI setting, e.g. OMPI_MCA_plm_rsh_agent
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$(clm_root)"
@@ -12,34 +22,93 @@ cd "$(clm_root)"
 ranks=2
 config=""
 hostfile=""
+iface=""
 passthrough=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --np) ranks=$2; shift 2 ;;
         --config) config=$2; shift 2 ;;
         --hostfile) hostfile=$2; shift 2 ;;
+        --iface) iface=$2; shift 2 ;;
         *) passthrough+=("$1"); shift ;;
     esac
 done
-[ -n "$config" ] || { echo "usage: scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile F] [flags]" >&2; exit 64; }
+usage="usage: scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile F [--iface IFACE]] [flags]"
+[ -n "$config" ] || { echo "$usage" >&2; exit 64; }
 [ -f "$config" ] || { echo "configuration $config does not exist" >&2; exit 66; }
 [ "$ranks" -ge 1 ] || { echo "--np must be at least 1" >&2; exit 64; }
+[ -z "$hostfile" ] || [ -f "$hostfile" ] || { echo "hostfile $hostfile does not exist" >&2; exit 66; }
+[ -z "$iface" ] || [ -n "$hostfile" ] || { echo "--iface only applies with --hostfile (one machine needs no network)" >&2; exit 64; }
 
-swift build -c release --product clm-coordinator >/dev/null
-swift build -c release --product clm-worker >/dev/null
-bin="$(swift build -c release --show-bin-path)"
+if [ -n "${CLM_BIN:-}" ]; then
+    bin=$(cd "$CLM_BIN" && pwd)
+else
+    swift build -c release --product clm-coordinator >/dev/null
+    swift build -c release --product clm-worker >/dev/null
+    bin="$(swift build -c release --show-bin-path)"
+fi
 
-launch=(mpirun --bind-to none)
+# Settings shared by the pre-flight and the job, so the checks travel the same way the job will.
+common=(--bind-to none)
+if [ -n "$iface" ]; then
+    # Both the data transport (btl) and Open MPI's own control channel (oob) would otherwise try
+    # every interface, including docker bridges and ones other hosts cannot route to, and hang.
+    common+=(--mca btl_tcp_if_include "$iface" --mca oob_tcp_if_include "$iface")
+fi
+# Ranks on other hosts get only what is forwarded: BLAS threads, the root permission, the
+# progress style, a build tag, and the library path when the Swift runtime is found through it.
+export CLM_PROGRESS=${CLM_PROGRESS:-$([ -t 1 ] && echo bar || echo plain)}
+forward=(OPENBLAS_NUM_THREADS OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM CLM_PROGRESS)
+[ -n "${CLM_VERSION_SUFFIX:-}" ] && forward+=(CLM_VERSION_SUFFIX)
+[ -n "${LD_LIBRARY_PATH:-}" ] && forward+=(LD_LIBRARY_PATH)
+for name in "${forward[@]}"; do common+=(-x "$name"); done
+
+# Asks every host in the hostfile, one process each, whether the binaries are there. mpirun
+# itself failing or timing out means a host is unreachable; probing the hosts one by one then
+# names it (mpirun's own message often only says that "an ORTE daemon" failed).
+preflight() {
+    local limit=${CLM_PREFLIGHT_TIMEOUT:-30} hosts=() output status=0 host
+    mapfile -t hosts < <(awk '!/^[[:space:]]*(#|$)/ && !seen[$1]++ { print $1 }' "$hostfile")
+    [ ${#hosts[@]} -gt 0 ] || { echo "hostfile $hostfile lists no hosts" >&2; exit 66; }
+    local probe='if test -x "$1" && test -x "$2"; then r=ok; else r=missing; fi; echo "clm-preflight $OMPI_COMM_WORLD_RANK $r $(hostname)"'
+    echo "pre-flight: ${#hosts[@]} host(s) from $hostfile: ${hosts[*]}"
+    output=$(timeout "$limit" mpirun "${common[@]}" --hostfile "$hostfile" -np ${#hosts[@]} --map-by node \
+        sh -c "$probe" sh "$bin/clm-coordinator" "$bin/clm-worker" 2>&1) || status=$?
+    if [ "$status" -ne 0 ] || [ "$(grep -c '^clm-preflight ' <<<"$output")" -ne ${#hosts[@]} ]; then
+        local unreachable=()
+        for host in "${hosts[@]}"; do
+            timeout "$limit" mpirun "${common[@]}" --host "$host" -np 1 true >/dev/null 2>&1 || unreachable+=("$host")
+        done
+        if [ ${#unreachable[@]} -gt 0 ]; then
+            echo "train.sh: cannot start processes on ${unreachable[*]} (from $hostfile): check that" \
+                "'ssh HOST true' works without a password from $(hostname), that Open MPI is installed there," \
+                "and that --iface names an interface the hosts share (timeout ${limit}s)" >&2
+        else
+            echo "train.sh: the pre-flight on the hosts of $hostfile failed (status $status); mpirun said:" >&2
+            echo "$output" | tail -n 20 >&2
+        fi
+        exit 69
+    fi
+    # With --map-by node, rank r runs on the r-th distinct host of the hostfile.
+    local missing=()
+    while read -r _ rank result name; do
+        [ "$result" = ok ] || missing+=("${hosts[$rank]} ($name)")
+    done < <(grep '^clm-preflight ' <<<"$output")
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "train.sh: $bin/clm-coordinator or clm-worker is missing or not executable on ${missing[*]}:" \
+            "build on every host at the same path, or put the binaries on the shared file system and set CLM_BIN" >&2
+        exit 69
+    fi
+    echo "pre-flight: every host is reachable and has the binaries"
+}
+
+launch=(mpirun "${common[@]}")
 if [ -n "$hostfile" ]; then
+    preflight
     launch+=(--hostfile "$hostfile")
 else
     launch+=(--oversubscribe)
 fi
-# Ranks find their BLAS thread count and the root permission in the environment.
-launch+=(-x OPENBLAS_NUM_THREADS -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM)
-# The progress bar needs to know whether mpirun itself writes to a terminal.
-if [ -t 1 ]; then export CLM_PROGRESS=${CLM_PROGRESS:-bar}; else export CLM_PROGRESS=${CLM_PROGRESS:-plain}; fi
-launch+=(-x CLM_PROGRESS)
 launch+=(-np 1 "$bin/clm-coordinator" --config "$config" "${passthrough[@]}")
 if [ "$ranks" -gt 1 ]; then
     launch+=(: -np $((ranks - 1)) "$bin/clm-worker")

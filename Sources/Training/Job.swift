@@ -118,6 +118,10 @@ public enum TrainingJob {
                            dataset: dataset?.manifest.fingerprint ?? spec.datasetFingerprint,
                            program: programVersion),
             world: world)
+        try SharedStorageCheck.run(checkpointRoot: configuration.checkpoints, datasetPath: spec.datasetPath, world: world) {
+            print($0)
+            fflush(nil)
+        }
 
         let ranks = world.size
         let trainCounts = ShardPlan.balancedCounts(total: spec.trainCount, ranks: ranks)
