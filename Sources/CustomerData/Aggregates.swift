@@ -30,19 +30,56 @@ final class LastDayTracker: EventSink {
     }
 }
 
-/// Totals of one customer in one period of the history window; a node of a per-customer list.
+/// Totals of one customer in one period of the history window, or a link between two runs of them.
+///
+/// 8 bytes. A customer's entries form runs of neighbours in one array, newest at the highest
+/// index: from an entry the list goes on at the entry below it, unless it is flagged `end`
+/// (the customer's oldest) or is a `link` (whose `spend` holds the index to go on at). When
+/// rows come grouped by customer, a customer's entries are appended back to back and need no
+/// links; otherwise a new entry costs one more (a link) where the list breaks.
+///
+/// Sums keep their low bits here and carry the rest into `CustomerAggregates`'s sparse carry
+/// table, so they stay exact (and equal to 64-bit sums) however large they get. Items live in
+/// a parallel array that exists only once some event had a quantity other than 1 or did not
+/// open a transaction; until then every entry's items are exactly its transactions.
 struct PeriodEntry {
-    var spend: Int64 = 0
-    var items: Int64 = 0
-    var transactions: Int32 = 0
-    var period: Int32 = 0
-    var next: Int32 = -1
+    var spend: UInt32 = 0
+    var transactions: UInt16 = 0
+    /// The period (below 2¹⁴) and the flags.
+    var tag: UInt16 = 0
+
+    static let end: UInt16 = 0x8000
+    static let link: UInt16 = 0x4000
+    static let periodMask: UInt16 = 0x3FFF
 
     init() {}
-    init(period: Int32, next: Int32) {
-        self.period = period
-        self.next = next
+    init(tag: UInt16) { self.tag = tag }
+    init(linkTo index: Int) {
+        spend = UInt32(index)
+        tag = PeriodEntry.link
     }
+
+    var isLink: Bool { tag & PeriodEntry.link != 0 }
+    var period: Int { Int(tag & PeriodEntry.periodMask) }
+}
+
+/// The counters of one customer, one fixed-size record per customer in one contiguous buffer
+/// (28 bytes). Spend sums keep their low 32 bits here, like `PeriodEntry`.
+struct CustomerState {
+    var firstDay: Int32 = .max
+    /// Last purchase day before the history window (.min for none).
+    var preLastDay: Int32 = .min
+    var preTransactions: Int32 = 0
+    var horizonTransactions: Int32 = 0
+    var preSpend: UInt32 = 0
+    var horizonSpend: UInt32 = 0
+    /// First entry of the customer's list of active periods in `periodEntries`, -1 for none.
+    var periodHead: Int32 = -1
+}
+
+/// Which narrow counter a carry belongs to (the high byte of a carry key).
+enum CarryKind: UInt64 {
+    case preSpend = 1, horizonSpend, periodSpend, periodItems, periodTransactions
 }
 
 /// Money and quantities as integers of 1/10,000, so that sums are exact and order-free.
@@ -69,13 +106,18 @@ func floorDiv(_ a: Int, _ b: Int) -> Int {
 /// Per-customer aggregates of a stream of events: exactly what features, labels and the graph
 /// need, so memory grows with customers (and customer–product pairs), not with events.
 ///
-/// Per customer: first and last purchase day up to the cut-off, totals before the history
-/// window, horizon totals, and transactions/items/spend for each period of the window in which
-/// the customer bought something (a short linked list, so a customer active in 3 of 39 periods
-/// costs 3 entries, not 39).
+/// Per customer (`CustomerState`, 28 bytes): first purchase day and last one before the
+/// history window, totals before the window, horizon totals, and the head of a short list of
+/// the window's periods in which the customer bought something (`PeriodEntry`, 8 bytes each,
+/// plus 4 for items when the input has real quantities: a customer active in 3 of 39 periods
+/// costs 3 entries, not 39). The last
+/// purchase day is not stored: its period is the newest active one (or the one of the last
+/// purchase before the window).
 ///
 /// Amounts and quantities are summed in fixed point (`FixedPoint`), so the sums, and with
-/// them every stored byte, do not depend on the order of the rows.
+/// them every stored byte, do not depend on the order of the rows. The stored counters are
+/// narrow; whatever overflows them goes into a sparse carry table, so every sum equals the
+/// 64-bit one exactly while typical data never touches the table.
 final class CustomerAggregates: EventSink {
     let spec: FeatureSpec
     let periods: Int
@@ -89,17 +131,18 @@ final class CustomerAggregates: EventSink {
 
     // Touched once or more per event: unchecked exclusivity keeps the runtime's access
     // tracking (a third of the parse time when checked) out of the loop. Single-threaded use only.
-    @exclusivity(unchecked) var firstDay = GrowableBuffer<Int32>(fill: .max)
-    @exclusivity(unchecked) var lastDay = GrowableBuffer<Int32>(fill: .min)
-    @exclusivity(unchecked) var preTransactions = GrowableBuffer<Int32>(fill: 0)
-    @exclusivity(unchecked) var preSpend = GrowableBuffer<Int64>(fill: 0)
-    @exclusivity(unchecked) var preLastDay = GrowableBuffer<Int32>(fill: .min)
-    @exclusivity(unchecked) var horizonTransactions = GrowableBuffer<Int32>(fill: 0)
-    @exclusivity(unchecked) var horizonSpend = GrowableBuffer<Int64>(fill: 0)
-    @exclusivity(unchecked) var lastOrder = GrowableBuffer<UInt64>(fill: 0)
-    /// First entry of the customer's list of active periods in `periodEntries`, -1 for none.
-    @exclusivity(unchecked) var periodHead = GrowableBuffer<Int32>(fill: -1)
+    @exclusivity(unchecked) var states = GrowableBuffer<CustomerState>(capacity: 1 << 12, fill: CustomerState())
+    /// Hash of each customer's last order id; allocated only once an event has an order id
+    /// (until then every event is its own transaction and all of them would be 0).
+    @exclusivity(unchecked) var lastOrder: GrowableBuffer<UInt64>?
     @exclusivity(unchecked) var periodEntries = GrowableBuffer<PeriodEntry>(capacity: 1 << 16, fill: PeriodEntry())
+    /// Items of each period entry (low 32 bits), parallel to `periodEntries`; nil while every
+    /// entry's items equal its transactions (every event so far had quantity 1 and opened a
+    /// transaction, as in files without quantity and order columns).
+    @exclusivity(unchecked) var periodItems: GrowableBuffer<UInt32>?
+    private let oneItem = FixedPoint.from(1)
+    /// High parts of narrow counters that overflowed, by `CarryKind` << 56 | index.
+    @exclusivity(unchecked) private var carries: [UInt64: UInt64] = [:]
     let pairs = PairCounter()
 
     @exclusivity(unchecked) private(set) var eventsInHistory = 0
@@ -107,11 +150,12 @@ final class CustomerAggregates: EventSink {
     @exclusivity(unchecked) private(set) var eventsAfterHorizon = 0
     @exclusivity(unchecked) private var lastCustomer: Int32 = -1
 
-    private let scratchTransactions: UnsafeMutablePointer<Int32>
+    private let scratchTransactions: UnsafeMutablePointer<Int64>
     private let scratchItems: UnsafeMutablePointer<Int64>
     private let scratchSpend: UnsafeMutablePointer<Int64>
 
     init(spec: FeatureSpec) {
+        precondition(spec.historyPeriods <= Int(PeriodEntry.periodMask) + 1, "a period index must fit 14 bits")
         self.spec = spec
         scratchTransactions = .allocate(capacity: spec.historyPeriods)
         scratchItems = .allocate(capacity: spec.historyPeriods)
@@ -124,12 +168,108 @@ final class CustomerAggregates: EventSink {
     }
 
     deinit {
-        firstDay.free(); lastDay.free(); preTransactions.free(); preSpend.free(); preLastDay.free()
-        horizonTransactions.free(); horizonSpend.free(); lastOrder.free(); periodHead.free()
-        periodEntries.free(); scratchTransactions.deallocate(); scratchItems.deallocate(); scratchSpend.deallocate()
+        states.free(); lastOrder?.free(); periodEntries.free(); periodItems?.free()
+        scratchTransactions.deallocate(); scratchItems.deallocate(); scratchSpend.deallocate()
     }
 
     var customerCount: Int { customers.count }
+
+    // MARK: Narrow counters with carries
+
+    @inline(__always)
+    private func addWide(_ low: inout UInt32, _ value: Int64, _ kind: CarryKind, _ index: Int) {
+        let v = UInt64(bitPattern: value)
+        let (sum, overflow) = low.addingReportingOverflow(UInt32(truncatingIfNeeded: v))
+        low = sum
+        let high = (v >> 32) &+ (overflow ? 1 : 0)
+        if high != 0 { addCarry(kind, index, high) }
+    }
+
+    @inline(never)
+    private func addCarry(_ kind: CarryKind, _ index: Int, _ amount: UInt64) {
+        carries[kind.rawValue << 56 | UInt64(index), default: 0] &+= amount
+    }
+
+    /// The full value of a narrow counter whose carries count units of 2^`shift`.
+    @inline(__always)
+    private func wide(_ low: UInt64, _ kind: CarryKind, _ index: Int, shift: UInt64 = 32) -> Int64 {
+        if carries.isEmpty { return Int64(bitPattern: low) }
+        let high = carries[kind.rawValue << 56 | UInt64(index)] ?? 0
+        return Int64(bitPattern: low &+ (high &<< shift))
+    }
+
+    func preSpend(_ c: Int) -> Int64 { wide(UInt64(states[c].preSpend), .preSpend, c) }
+    func horizonSpend(_ c: Int) -> Int64 { wide(UInt64(states[c].horizonSpend), .horizonSpend, c) }
+    func horizonTransactions(_ c: Int) -> Int { Int(states[c].horizonTransactions) }
+
+    /// Transactions, items and spend of period entry `e`.
+    @inline(__always)
+    private func entryTotals(_ e: Int) -> (transactions: Int64, items: Int64, spend: Int64) {
+        let entry = periodEntries[e]
+        let transactions = wide(UInt64(entry.transactions), .periodTransactions, e, shift: 16)
+        let items = periodItems.map { wide(UInt64($0[e]), .periodItems, e) } ?? transactions &* oneItem
+        return (transactions, items, wide(UInt64(entry.spend), .periodSpend, e))
+    }
+
+    /// Calls `body` with the index of each of customer `c`'s period entries, newest first for
+    /// time-ordered input.
+    @inline(__always)
+    private func forEachEntry(_ c: Int, _ body: (Int) -> Void) {
+        var e = Int(states[c].periodHead)
+        while e >= 0 {
+            let entry = periodEntries[e]
+            if entry.isLink { e = Int(entry.spend); continue }
+            body(e)
+            if entry.tag & PeriodEntry.end != 0 { return }
+            e -= 1
+        }
+    }
+
+    /// The entry of `period` in the list starting at `head`, or -1.
+    @inline(__always)
+    private func findEntry(_ head: Int32, _ period: UInt16) -> Int {
+        var e = Int(head)
+        while e >= 0 {
+            let entry = periodEntries[e]
+            if entry.isLink { e = Int(entry.spend); continue }
+            if entry.tag & PeriodEntry.periodMask == period { return e }
+            if entry.tag & PeriodEntry.end != 0 { return -1 }
+            e -= 1
+        }
+        return -1
+    }
+
+    /// Adds an entry for `period` in front of customer `s`'s list and returns its index.
+    @inline(__always)
+    private func addEntry(_ s: UnsafeMutablePointer<CustomerState>, _ period: UInt16) -> Int {
+        let head = Int(s.pointee.periodHead)
+        if head < 0 {
+            periodEntries.append(PeriodEntry(tag: period | PeriodEntry.end))
+        } else {
+            if head != periodEntries.count - 1 { periodEntries.append(PeriodEntry(linkTo: head)) }
+            periodEntries.append(PeriodEntry(tag: period))
+        }
+        precondition(periodEntries.count <= Int(Int32.max), "more than 2³¹ customer-period entries")
+        if periodItems != nil { _ = periodItems!.grow(by: periodEntries.count - periodItems!.count) }
+        let e = periodEntries.count - 1
+        s.pointee.periodHead = Int32(e)
+        return e
+    }
+
+    /// Gives every entry its own items count, equal to its transactions so far.
+    @inline(never)
+    private func materialiseItems() {
+        var items = GrowableBuffer<UInt32>(capacity: periodEntries.capacity, fill: 0)
+        _ = items.grow(by: periodEntries.count)
+        let pointer = items.pointer
+        for e in 0..<periodEntries.count where !periodEntries[e].isLink {
+            let transactions = wide(UInt64(periodEntries[e].transactions), .periodTransactions, e, shift: 16)
+            addWide(&pointer[e], transactions &* oneItem, .periodItems, e)
+        }
+        periodItems = items
+    }
+
+    // MARK: Aggregation
 
     @inline(__always)
     private func customerIndex(_ id: UnsafeRawBufferPointer) -> Int {
@@ -142,12 +282,26 @@ final class CustomerAggregates: EventSink {
         }
         let index = customers.intern(p, n)
         lastCustomer = index
-        if Int(index) == firstDay.count {
-            _ = firstDay.grow(by: 1); _ = lastDay.grow(by: 1); _ = preTransactions.grow(by: 1)
-            _ = preSpend.grow(by: 1); _ = preLastDay.grow(by: 1); _ = horizonTransactions.grow(by: 1)
-            _ = horizonSpend.grow(by: 1); _ = lastOrder.grow(by: 1); _ = periodHead.grow(by: 1)
+        if Int(index) == states.count {
+            _ = states.grow(by: 1)
+            if lastOrder != nil { _ = lastOrder!.grow(by: 1) }
         }
         return Int(index)
+    }
+
+    /// Whether event `orderHash` of customer `c` opens a transaction: lines of one order
+    /// arrive together, so only the first of them does.
+    @inline(__always)
+    private func opensTransaction(_ c: Int, _ orderHash: UInt64) -> Bool {
+        if lastOrder == nil {
+            if orderHash == 0 { return true }
+            var buffer = GrowableBuffer<UInt64>(capacity: states.capacity, fill: 0)
+            _ = buffer.grow(by: states.count)
+            lastOrder = buffer
+        }
+        let previous = lastOrder![c]
+        lastOrder![c] = orderHash
+        return orderHash == 0 || orderHash != previous
     }
 
     func consume(_ event: RawEvent) {
@@ -157,37 +311,39 @@ final class CustomerAggregates: EventSink {
             eventsAfterHorizon += 1
             return
         }
-        // Lines of one order arrive together; only the first of them opens a transaction.
-        let newTransaction = event.orderHash == 0 || event.orderHash != lastOrder[c]
-        lastOrder[c] = event.orderHash
+        let newTransaction = opensTransaction(c, event.orderHash)
+        let s = states.pointer + c
         if day > cutoff {
             eventsInHorizon += 1
-            if newTransaction { horizonTransactions[c] += 1 }
-            horizonSpend[c] &+= FixedPoint.from(event.amount)
+            if newTransaction { s.pointee.horizonTransactions += 1 }
+            addWide(&s.pointee.horizonSpend, FixedPoint.from(event.amount), .horizonSpend, c)
             return
         }
         eventsInHistory += 1
         let day32 = Int32(truncatingIfNeeded: day)
-        if day32 < firstDay[c] { firstDay[c] = day32 }
-        if day32 > lastDay[c] { lastDay[c] = day32 }
+        if day32 < s.pointee.firstDay { s.pointee.firstDay = day32 }
         if day < windowStart {
-            if newTransaction { preTransactions[c] += 1 }
-            preSpend[c] &+= FixedPoint.from(event.amount)
-            if day32 > preLastDay[c] { preLastDay[c] = day32 }
+            if newTransaction { s.pointee.preTransactions += 1 }
+            addWide(&s.pointee.preSpend, FixedPoint.from(event.amount), .preSpend, c)
+            if day32 > s.pointee.preLastDay { s.pointee.preLastDay = day32 }
         } else {
             // The newest period sits at the head, so time-ordered rows find theirs at once.
-            let period = Int32((day - windowStart) / periodDays)
-            var entry = periodHead[c]
-            while entry >= 0 && periodEntries[Int(entry)].period != period { entry = periodEntries[Int(entry)].next }
-            if entry < 0 {
-                entry = Int32(periodEntries.count)
-                periodEntries.append(PeriodEntry(period: period, next: periodHead[c]))
-                periodHead[c] = entry
+            let period = UInt16(truncatingIfNeeded: (day - windowStart) / periodDays)
+            let quantity = FixedPoint.from(event.quantity)
+            if periodItems == nil && (quantity != oneItem || !newTransaction) { materialiseItems() }
+            var e = findEntry(s.pointee.periodHead, period)
+            if e < 0 { e = addEntry(s, period) }
+            let p = periodEntries.pointer + e
+            if newTransaction {
+                if p.pointee.transactions == .max {
+                    p.pointee.transactions = 0
+                    addCarry(.periodTransactions, e, 1)
+                } else {
+                    p.pointee.transactions += 1
+                }
             }
-            let p = periodEntries.pointer + Int(entry)
-            if newTransaction { p.pointee.transactions += 1 }
-            p.pointee.items &+= FixedPoint.from(event.quantity)
-            p.pointee.spend &+= FixedPoint.from(event.amount)
+            if let items = periodItems { addWide(&items.pointer[e], quantity, .periodItems, e) }
+            addWide(&p.pointee.spend, FixedPoint.from(event.amount), .periodSpend, e)
         }
         if event.product.count > 0 {
             let product = products.intern(event.product.baseAddress!, event.product.count)
@@ -195,29 +351,44 @@ final class CustomerAggregates: EventSink {
         }
     }
 
+    /// Frees what only adding events needs (the id lookup tables, order hashes and spare
+    /// capacity); call once the last event is in.
+    func finishAdding() {
+        customers.dropLookup()
+        products.dropLookup()
+        lastOrder?.free()
+        lastOrder = nil
+        lastCustomer = -1
+        states.shrinkToFit()
+        periodEntries.shrinkToFit()
+        periodItems?.shrinkToFit()
+    }
+
+    // MARK: Reading
+
     /// Whether customer `c` bought anything up to the cut-off (and so belongs in the dataset).
-    func hasHistory(_ c: Int) -> Bool { firstDay[c] != .max }
+    func hasHistory(_ c: Int) -> Bool { states[c].firstDay != .max }
 
     /// Writes customer `c`'s raw (unnormalised) feature sequence into `out` [T, F], zero-padded,
     /// and returns its length.
     func rawFeatures(_ c: Int, into out: UnsafeMutablePointer<Float>) -> Int {
         let width = customerFeatureNames.count
+        let state = states[c]
         out.update(repeating: 0, count: periods * width)
-        let firstPeriod = floorDiv(Int(firstDay[c]) - windowStart, periodDays)
+        let firstPeriod = floorDiv(Int(state.firstDay) - windowStart, periodDays)
         let start = max(0, firstPeriod)
-        var lastPeriod = preLastDay[c] == .min ? Int.min : floorDiv(Int(preLastDay[c]) - windowStart, periodDays)
-        var cumulativeTransactions = Double(preTransactions[c])
-        var cumulativeSpend = FixedPoint.value(preSpend[c])
+        var lastPeriod = state.preLastDay == .min ? Int.min : floorDiv(Int(state.preLastDay) - windowStart, periodDays)
+        var cumulativeTransactions = Double(state.preTransactions)
+        var cumulativeSpend = FixedPoint.value(preSpend(c))
         scratchTransactions.update(repeating: 0, count: periods)
         scratchItems.update(repeating: 0, count: periods)
         scratchSpend.update(repeating: 0, count: periods)
-        var entry = periodHead[c]
-        while entry >= 0 {
-            let e = periodEntries[Int(entry)]
-            scratchTransactions[Int(e.period)] = e.transactions
-            scratchItems[Int(e.period)] = e.items
-            scratchSpend[Int(e.period)] = e.spend
-            entry = e.next
+        forEachEntry(c) { e in
+            let period = periodEntries[e].period
+            let totals = entryTotals(e)
+            scratchTransactions[period] = totals.transactions
+            scratchItems[period] = totals.items
+            scratchSpend[period] = totals.spend
         }
         for k in start..<periods {
             let transactions = Double(scratchTransactions[k])
@@ -244,16 +415,27 @@ final class CustomerAggregates: EventSink {
 
     /// Total transactions and spend up to the cut-off.
     func historyTotals(_ c: Int) -> (transactions: Double, spend: Double) {
-        var transactions = Int64(preTransactions[c])
-        var spend = preSpend[c]
-        var entry = periodHead[c]
-        while entry >= 0 {
-            let e = periodEntries[Int(entry)]
-            transactions += Int64(e.transactions)
-            spend &+= e.spend
-            entry = e.next
+        var transactions = Int64(states[c].preTransactions)
+        var spend = preSpend(c)
+        forEachEntry(c) { e in
+            let totals = entryTotals(e)
+            transactions += totals.transactions
+            spend &+= totals.spend
         }
         return (Double(transactions), FixedPoint.value(spend))
+    }
+
+    /// Whole periods from customer `c`'s first purchase to the cut-off.
+    func tenurePeriods(_ c: Int) -> Int { floorDiv(cutoff - Int(states[c].firstDay), periodDays) }
+
+    /// Whole periods from customer `c`'s last purchase up to the cut-off to the cut-off:
+    /// `floorDiv(cutoff - lastDay, periodDays)`, which for a day in window period k is
+    /// `periods - 1 - k` (the window ends on the cut-off), so the newest active period says it.
+    func recencyPeriods(_ c: Int) -> Int {
+        var newest = -1
+        forEachEntry(c) { e in newest = max(newest, periodEntries[e].period) }
+        if newest >= 0 { return periods - 1 - newest }
+        return floorDiv(cutoff - Int(states[c].preLastDay), periodDays)
     }
 
     /// Indices of customers with history, in dataset order (shorter ids first, then bytewise).
@@ -315,7 +497,9 @@ final class PairCounter {
         keys[slot] = key
         values[slot] = 1
         count += 1
-        if count * 2 > mask + 1 { grow() }
+        // Three quarters at most: the table is the largest structure of a graph import, and
+        // its doubling briefly holds the old and the new table at once.
+        if count * 4 > (mask + 1) * 3 { grow() }
     }
 
     private func grow() {
@@ -333,6 +517,18 @@ final class PairCounter {
         }
         oldKeys.deallocate()
         oldValues.deallocate()
+    }
+
+    /// Frees the table; the counter is empty afterwards.
+    func release() {
+        keys.deallocate()
+        values.deallocate()
+        mask = 0
+        keys = .allocate(capacity: 1)
+        keys.initialize(to: Self.empty)
+        values = .allocate(capacity: 1)
+        values.initialize(to: 0)
+        count = 0
     }
 
     /// Every pair with its count, in no particular order.

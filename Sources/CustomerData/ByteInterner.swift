@@ -1,8 +1,15 @@
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
 /// A growable buffer of trivial values addressed by pointer.
 ///
 /// The aggregation loop updates a random customer's counters per event; going through a
 /// pointer avoids the uniqueness and bounds checks that a Swift array stored in a class pays
-/// on every write.
+/// on every write. Growth goes through `realloc`, which for large buffers remaps pages
+/// instead of copying them, so doubling never holds the old and the new copy at once.
 struct GrowableBuffer<Element: BitwiseCopyable> {
     private(set) var pointer: UnsafeMutablePointer<Element>
     private(set) var count = 0
@@ -12,10 +19,18 @@ struct GrowableBuffer<Element: BitwiseCopyable> {
     init(capacity: Int = 1024, fill: Element) {
         self.capacity = max(capacity, 16)
         self.fill = fill
-        pointer = .allocate(capacity: self.capacity)
+        pointer = GrowableBuffer.reallocate(nil, capacity: self.capacity)
     }
 
-    func free() { pointer.deallocate() }
+    private static func reallocate(_ old: UnsafeMutablePointer<Element>?, capacity: Int) -> UnsafeMutablePointer<Element> {
+        precondition(MemoryLayout<Element>.alignment <= 16)
+        guard let raw = realloc(old.map { UnsafeMutableRawPointer($0) }, capacity * MemoryLayout<Element>.stride) else {
+            fatalError("out of memory growing a buffer to \(capacity) elements of \(MemoryLayout<Element>.stride) bytes")
+        }
+        return raw.bindMemory(to: Element.self, capacity: capacity)
+    }
+
+    func free() { Glibc.free(UnsafeMutableRawPointer(pointer)) }
 
     /// Appends `n` copies of `fill`, returning the index of the first.
     @inline(__always)
@@ -24,10 +39,7 @@ struct GrowableBuffer<Element: BitwiseCopyable> {
         if count + n > capacity {
             var newCapacity = capacity * 2
             while newCapacity < count + n { newCapacity *= 2 }
-            let fresh = UnsafeMutablePointer<Element>.allocate(capacity: newCapacity)
-            fresh.update(from: pointer, count: count)
-            pointer.deallocate()
-            pointer = fresh
+            pointer = GrowableBuffer.reallocate(pointer, capacity: newCapacity)
             capacity = newCapacity
         }
         (pointer + count).initialize(repeating: fill, count: n)
@@ -48,6 +60,14 @@ struct GrowableBuffer<Element: BitwiseCopyable> {
     }
 
     mutating func removeAll() { count = 0 }
+
+    /// Gives back the memory beyond `count` (after the last append).
+    mutating func shrinkToFit() {
+        let wanted = max(count, 16)
+        guard wanted < capacity else { return }
+        pointer = GrowableBuffer.reallocate(pointer, capacity: wanted)
+        capacity = wanted
+    }
 }
 
 /// Hash of a short byte string (an id): whole words at a time, then the tail.
@@ -77,94 +97,101 @@ func hashIdentifier(_ p: UnsafeRawPointer, _ n: Int, seed: UInt64 = 0) -> UInt64
 
 /// Maps byte strings (customer or product ids) to dense indices in first-seen order.
 ///
-/// Open addressing with linear probing over a power-of-two table; the bytes of every id live
-/// once in a single arena, so a million ids cost a few allocations rather than a million
-/// Strings.
+/// The bytes of every id live once in a single arena, addressed by 32-bit end offsets (so
+/// the distinct ids of one interner may total at most 4 GiB). Lookups go through an
+/// open-addressing table with linear probing whose 64-bit slots hold the index and 32 bits of
+/// the hash, so a probe compares bytes only on a likely match and a rehash needs no bytes at
+/// all. About 4 + 8/load bytes per id on top of its bytes; `dropLookup()` frees the table
+/// once no more ids will be added.
 final class ByteInterner {
     // Touched once or more per event: unchecked exclusivity keeps the runtime's access
     // tracking (a third of the parse time when checked) out of the loop. Single-threaded use only.
     @exclusivity(unchecked) private var arena: GrowableBuffer<UInt8>
-    @exclusivity(unchecked) private var starts: GrowableBuffer<Int>
-    @exclusivity(unchecked) private var hashes: GrowableBuffer<UInt64>
-    @exclusivity(unchecked) private var slots: UnsafeMutablePointer<Int32>
+    /// ends[i] is the arena offset just past id i; ends[-1] is taken as 0 (ends[0] is 0, ids start at 1).
+    @exclusivity(unchecked) private var ends: GrowableBuffer<UInt32>
+    /// 0 for empty, else (hash low 32 bits) << 32 | (index + 1).
+    @exclusivity(unchecked) private var slots: UnsafeMutablePointer<UInt64>?
     @exclusivity(unchecked) private var mask: Int
-
-    var count: Int { hashes.count }
+    @exclusivity(unchecked) private(set) var count = 0
 
     init() {
         arena = GrowableBuffer(capacity: 1 << 16, fill: 0)
-        starts = GrowableBuffer(capacity: 1 << 12, fill: 0)
-        starts.append(0)
-        hashes = GrowableBuffer(capacity: 1 << 12, fill: 0)
+        ends = GrowableBuffer(capacity: 1 << 12, fill: 0)
+        ends.append(0)
         mask = (1 << 12) - 1
-        slots = .allocate(capacity: mask + 1)
-        slots.initialize(repeating: -1, count: mask + 1)
+        slots = ByteInterner.table(mask + 1)
     }
 
     deinit {
         arena.free()
-        starts.free()
-        hashes.free()
-        slots.deallocate()
+        ends.free()
+        if let slots { Glibc.free(slots) }
     }
+
+    private static func table(_ size: Int) -> UnsafeMutablePointer<UInt64> {
+        // calloc: a large table comes zeroed from fresh pages, only touched slots become resident.
+        guard let raw = calloc(size, MemoryLayout<UInt64>.stride) else { fatalError("out of memory for an id table of \(size) slots") }
+        return raw.bindMemory(to: UInt64.self, capacity: size)
+    }
+
+    @inline(__always) private func start(_ index: Int) -> Int { Int(ends[index]) }
+    @inline(__always) private func length(_ index: Int) -> Int { Int(ends[index + 1]) - Int(ends[index]) }
 
     /// The index of the id, adding it when it is new.
     @inline(__always)
     func intern(_ p: UnsafeRawPointer, _ n: Int) -> Int32 {
+        let slots = self.slots!
         let h = hashIdentifier(p, n)
+        let tag = h << 32
         var slot = Int(truncatingIfNeeded: h) & mask
         while true {
-            let index = slots[slot]
-            if index < 0 { break }
-            let i = Int(index)
-            if hashes[i] == h {
-                let start = starts[i]
-                if starts[i + 1] - start == n && memcmpBytes(arena.pointer + start, p, n) { return index }
+            let entry = slots[slot]
+            if entry == 0 { break }
+            if entry & 0xFFFF_FFFF_0000_0000 == tag {
+                let i = Int(truncatingIfNeeded: entry & 0xFFFF_FFFF) - 1
+                if length(i) == n && memcmpBytes(arena.pointer + start(i), p, n) { return Int32(i) }
             }
             slot = (slot + 1) & mask
         }
-        let index = Int32(count)
-        let start = arena.grow(by: n)
-        if n > 0 { UnsafeMutableRawPointer(arena.pointer + start).copyMemory(from: p, byteCount: n) }
-        starts.append(start + n)
-        hashes.append(h)
-        slots[slot] = index
-        // Keep the load under one half so probes stay short.
-        if count * 2 > mask + 1 { rehash() }
-        return index
-    }
-
-    /// The index of the id, or nil when it was never interned.
-    func find(_ p: UnsafeRawPointer, _ n: Int) -> Int32? {
-        let h = hashIdentifier(p, n)
-        var slot = Int(truncatingIfNeeded: h) & mask
-        while true {
-            let index = slots[slot]
-            if index < 0 { return nil }
-            let i = Int(index)
-            if hashes[i] == h && starts[i + 1] - starts[i] == n && memcmpBytes(arena.pointer + starts[i], p, n) {
-                return index
-            }
-            slot = (slot + 1) & mask
-        }
+        let index = count
+        let at = arena.grow(by: n)
+        precondition(at + n <= Int(UInt32.max), "more than 4 GiB of distinct ids")
+        if n > 0 { UnsafeMutableRawPointer(arena.pointer + at).copyMemory(from: p, byteCount: n) }
+        ends.append(UInt32(at + n))
+        slots[slot] = tag | UInt64(index + 1)
+        count += 1
+        // Keep the load under three quarters; the hash tag in the slot keeps probes cheap.
+        if count * 4 > (mask + 1) * 3 { rehash() }
+        return Int32(index)
     }
 
     private func rehash() {
-        let newSize = (mask + 1) * 2
-        slots.deallocate()
-        slots = .allocate(capacity: newSize)
-        slots.initialize(repeating: -1, count: newSize)
+        let old = slots!, oldSize = mask + 1
+        let newSize = oldSize * 2
+        let fresh = ByteInterner.table(newSize)
         mask = newSize - 1
-        for i in 0..<count {
-            var slot = Int(truncatingIfNeeded: hashes[i]) & mask
-            while slots[slot] >= 0 { slot = (slot + 1) & mask }
-            slots[slot] = Int32(i)
+        for k in 0..<oldSize where old[k] != 0 {
+            // The tag is the hash's low 32 bits, which is all a table of up to 2³² slots uses.
+            var slot = Int(truncatingIfNeeded: old[k] >> 32) & mask
+            while fresh[slot] != 0 { slot = (slot + 1) & mask }
+            fresh[slot] = old[k]
         }
+        Glibc.free(old)
+        slots = fresh
+    }
+
+    /// Frees the lookup table: ids keep their indices and bytes, but `intern` may no longer be called.
+    func dropLookup() {
+        if let slots { Glibc.free(slots) }
+        slots = nil
+        arena.shrinkToFit()
+        ends.shrinkToFit()
     }
 
     /// The bytes of id `index`, valid until the next `intern`.
+    @inline(__always)
     func bytes(_ index: Int) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: arena.pointer + starts[index], count: starts[index + 1] - starts[index])
+        UnsafeRawBufferPointer(start: arena.pointer + start(index), count: length(index))
     }
 
     func string(_ index: Int) -> String {
@@ -174,11 +201,11 @@ final class ByteInterner {
     /// Whether id `a` sorts before id `b`: shorter ids first, then bytewise, so unpadded
     /// integer ids come out in numeric order and the order never depends on the input's.
     func precedes(_ a: Int, _ b: Int) -> Bool {
-        let la = starts[a + 1] - starts[a]
-        let lb = starts[b + 1] - starts[b]
+        let la = length(a)
+        let lb = length(b)
         if la != lb { return la < lb }
-        let pa = arena.pointer + starts[a]
-        let pb = arena.pointer + starts[b]
+        let pa = arena.pointer + start(a)
+        let pb = arena.pointer + start(b)
         for k in 0..<la where pa[k] != pb[k] { return pa[k] < pb[k] }
         return false
     }

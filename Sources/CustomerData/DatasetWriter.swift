@@ -46,6 +46,7 @@ func writeDataset(
     split splitOptions: SplitOptions, buildGraph: Bool, directory: String
 ) throws -> DatasetManifest {
     let spec = aggregates.spec
+    aggregates.finishAdding()
     let order = aggregates.datasetOrder()
     let n = order.count
     let periods = spec.historyPeriods
@@ -73,40 +74,43 @@ func writeDataset(
     }
     let normalisation = fitter.result()
 
+    // Per-customer outputs are streamed in dataset order, like the features: nothing of size
+    // N × 39 × 8 (or even N) is held beyond the aggregates themselves.
     var files: [DatasetFile] = []
     let featuresFile = try HashingFileWriter(path: directory + "/features.f32", name: "features.f32")
     let idsFile = try HashingFileWriter(path: directory + "/customer_ids.txt", name: "customer_ids.txt")
-    var lengths = [Int32](repeating: 0, count: n)
-    var churn = [Float](repeating: 0, count: n)
-    var spend = [Float](repeating: 0, count: n)
-    var stage = [Int32](repeating: 0, count: n)
+    let lengthsFile = try HashingFileWriter(path: directory + "/lengths.i32", name: "lengths.i32")
+    let churnFile = try HashingFileWriter(path: directory + "/churn.f32", name: "churn.f32")
+    let spendFile = try HashingFileWriter(path: directory + "/spend.f32", name: "spend.f32")
+    let stageFile = try HashingFileWriter(path: directory + "/stage.i32", name: "stage.i32")
     var stageCounts = [0, 0, 0, 0]
     var churned = 0
     var totalSpend = 0.0
     let newline: [UInt8] = [10]
-    for (position, c) in order.enumerated() {
+    for c in order {
         let customer = Int(c)
         let length = aggregates.rawFeatures(customer, into: scratch)
         normalisation.apply(scratch, length: length, width: width)
         try featuresFile.write(UnsafeBufferPointer(start: scratch, count: periods * width))
         try idsFile.write(aggregates.customers.bytes(customer))
         try newline.withUnsafeBytes { try idsFile.write($0) }
-        lengths[position] = Int32(length)
-        let purchases = Int(aggregates.horizonTransactions[customer])
-        churn[position] = purchases == 0 ? 1 : 0
+        try lengthsFile.write(value: Int32(length))
+        let purchases = aggregates.horizonTransactions(customer)
+        try churnFile.write(value: Float(purchases == 0 ? 1 : 0))
         churned += purchases == 0 ? 1 : 0
-        let horizonSpend = FixedPoint.value(aggregates.horizonSpend[customer])
-        spend[position] = Float(horizonSpend)
+        let horizonSpend = FixedPoint.value(aggregates.horizonSpend(customer))
+        try spendFile.write(value: Float(horizonSpend))
         totalSpend += horizonSpend
-        stage[position] = spec.stage(forPurchases: purchases)
-        stageCounts[Int(stage[position])] += 1
+        let stage = spec.stage(forPurchases: purchases)
+        try stageFile.write(value: stage)
+        stageCounts[Int(stage)] += 1
     }
     files.append(try featuresFile.close(dtype: "f32", shape: [n, periods, width]))
     files.append(try idsFile.close(dtype: "text", shape: [n]))
-    files.append(try writeArray(lengths, directory, "lengths.i32", "i32", [n]))
-    files.append(try writeArray(churn, directory, "churn.f32", "f32", [n]))
-    files.append(try writeArray(spend, directory, "spend.f32", "f32", [n]))
-    files.append(try writeArray(stage, directory, "stage.i32", "i32", [n]))
+    files.append(try lengthsFile.close(dtype: "i32", shape: [n]))
+    files.append(try churnFile.close(dtype: "f32", shape: [n]))
+    files.append(try spendFile.close(dtype: "f32", shape: [n]))
+    files.append(try stageFile.close(dtype: "i32", shape: [n]))
     files.append(try writeArray(split, directory, "split.u8", "u8", [n]))
 
     var graphInfo: DatasetManifest.Graph?
@@ -200,6 +204,8 @@ func buildCustomerProductGraph(aggregates: CustomerAggregates, order: [Int32]) -
         weights[slot] = Float(count)
         cursor[u] += 1
     }
+    // Everything below reads the customer half of the CSR; the pair table is no longer needed.
+    aggregates.pairs.release()
     for u in 0..<customerCount {
         let range = offsets[u]..<offsets[u + 1]
         if range.count > 1 {
@@ -220,15 +226,14 @@ func buildCustomerProductGraph(aggregates: CustomerAggregates, order: [Int32]) -
 
     let width = nodeFeatureNames.count
     var features = [Float](repeating: 0, count: nodes * width)
-    let spec = aggregates.spec
     for (position, c) in order.enumerated() {
         let customer = Int(c)
         let totals = aggregates.historyTotals(customer)
         let row = position * width
         features[row + 0] = Float(log1p(totals.transactions))
         features[row + 1] = Float(log1p(max(0, totals.spend)))
-        features[row + 2] = Float(floorDiv(spec.cutoffDay - Int(aggregates.lastDay[customer]), spec.periodDays))
-        features[row + 3] = Float(floorDiv(spec.cutoffDay - Int(aggregates.firstDay[customer]), spec.periodDays))
+        features[row + 2] = Float(aggregates.recencyPeriods(customer))
+        features[row + 3] = Float(aggregates.tenurePeriods(customer))
         features[row + 4] = Float(log1p(Double(csr.degree(of: position))))
         features[row + 5] = 0
     }

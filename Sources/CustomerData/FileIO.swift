@@ -47,6 +47,12 @@ final class HashingFileWriter {
         try write(UnsafeRawBufferPointer(values))
     }
 
+    /// Appends one value's bytes (a per-customer output file written in dataset order).
+    @inline(__always)
+    func write<T: BitwiseCopyable>(value: T) throws {
+        try withUnsafeBytes(of: value) { try write($0) }
+    }
+
     func write<T: BitwiseCopyable>(array values: [T]) throws {
         try values.withUnsafeBytes { try write($0) }
     }

@@ -260,3 +260,47 @@ private func importCanonical(bytes: [UInt8], _ scratch: Scratch, maxReject: Doub
     // Periods end on the cut-off (Friday 1997-01-10): both purchases fall in 1996-12-28..1997-01-03.
     #expect(Array(d2.lengths) == [2, 2])
 }
+
+@Test func compactAggregatesStayExactAndOrderFree() throws {
+    // Per-period and per-customer sums are stored narrow with carries, period entries in runs
+    // with links, and items only once a quantity other than 1 appears: the same events grouped
+    // or interleaved by customer, with sums far past 32 bits and more than 2¹⁶ transactions in
+    // one period, must give the same bytes and the exact values.
+    let scratch = Scratch()
+    defer { scratch.cleanup() }
+    var rows: [(String, String)] = [] // (customer, "day,amount,quantity")
+    for k in 0..<70_000 { rows.append(("H", "\(21 + k % 7),0.5,")) } // H: 70,000 transactions in period 3
+    for day in [1, 9, 15, 22, 23] { rows.append(("A", "\(day),900000,")) } // 9e9 in fixed point per row
+    for day in [2, 10, 16, 24] { rows.append(("B", "\(day),1.25,2.5")) } // quantities only for B
+    for day in [28, 30, 35] { rows.append(("A", "\(day),900000,")) }
+    let header = "customer_id,timestamp,amount,quantity\n"
+    let grouped = header + rows.map { "\($0.0),\($0.1)\n" }.joined()
+    // Interleaved: B and A alternate (so their period entries need links), H's rows come last and reversed.
+    let a = rows.filter { $0.0 == "A" }, b = rows.filter { $0.0 == "B" }, h = rows.filter { $0.0 == "H" }
+    var mixed: [(String, String)] = []
+    for k in 0..<max(a.count, b.count) {
+        if k < b.count { mixed.append(b[k]) }
+        if k < a.count { mixed.append(a[k]) }
+    }
+    mixed += h.reversed()
+    let interleaved = header + mixed.map { "\($0.0),\($0.1)\n" }.joined()
+    var options = dayOptions(cutoff: 27)
+    options.split = SplitOptions(seed: 7, trainFraction: 1, validationFraction: 0)
+    let (s1, d1) = try importFile(scratch.file("grouped.csv", grouped), into: scratch, options, name: "g")
+    let (s2, _) = try importFile(scratch.file("interleaved.csv", interleaved), into: scratch, options, name: "i")
+    #expect(s1.manifest.files.map { [$0.name, $0.contentHash] } == s2.manifest.files.map { [$0.name, $0.contentHash] })
+
+    #expect(try d1.customerIDs() == ["A", "B", "H"])
+    // A: one row per period 0..3 plus two in period 3; horizon 28, 30, 35 (three purchases).
+    #expect(d1.spend[0] == 2_700_000 && d1.stage[0] == 2)
+    // (H's 70,000 make the scale of transactions and items large: compare rounded.)
+    #expect(rawFeature(d1, customer: 0, step: 3, feature: 0).rounded() == 2)
+    #expect(abs(rawFeature(d1, customer: 0, step: 3, feature: 2) - Foundation.log1p(1_800_000)) < 1e-3)
+    #expect(rawFeature(d1, customer: 0, step: 3, feature: 1).rounded() == 2)
+    // B: 2.5 items per period.
+    #expect(abs(rawFeature(d1, customer: 1, step: 2, feature: 1) - 2.5) < 0.05)
+    // H: 70,000 transactions and items in its one period.
+    #expect(d1.lengths[2] == 1)
+    #expect(rawFeature(d1, customer: 2, step: 0, feature: 0).rounded() == 70_000)
+    #expect(rawFeature(d1, customer: 2, step: 0, feature: 1).rounded() == 70_000)
+}
