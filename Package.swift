@@ -12,10 +12,12 @@ let package = Package(
         .library(name: "CustomerData", targets: ["CustomerData"]),
         .library(name: "Checkpoints", targets: ["Checkpoints"]),
         .library(name: "Training", targets: ["Training"]),
+        .library(name: "Reporting", targets: ["Reporting"]),
         .executable(name: "clm-bench", targets: ["clm-bench"]),
         .executable(name: "clm-data", targets: ["clm-data"]),
         .executable(name: "clm-coordinator", targets: ["clm-coordinator"]),
         .executable(name: "clm-worker", targets: ["clm-worker"]),
+        .executable(name: "clm-report", targets: ["clm-report"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -46,6 +48,8 @@ let package = Package(
             name: "Training",
             dependencies: ["Collectives", "Models", "Metrics", "CustomerData", "Checkpoints", "Tensors", "Yams"]
         ),
+        // Reads a finished run's files only: no MPI, so a report can be made anywhere.
+        .target(name: "Reporting", dependencies: ["Metrics", "Checkpoints"]),
         .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData"]),
 
         // MARK: Executables (thin: parse arguments, call a library)
@@ -74,11 +78,20 @@ let package = Package(
         ),
         .executableTarget(name: "clm-worker", dependencies: ["Training", "Collectives"]),
 
+        .executableTarget(
+            name: "clm-report",
+            dependencies: [
+                "Reporting",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
         // MARK: Tests
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
         .testTarget(name: "MetricsTests", dependencies: ["Metrics"]),
         .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives"]),
+        .testTarget(name: "ReportingTests", dependencies: ["Reporting", "Metrics", "Checkpoints"]),
         .testTarget(
             name: "CustomerDataTests",
             dependencies: ["CustomerData", "Tensors"],
