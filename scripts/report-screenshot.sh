@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Renders a clm-report HTML file to a PNG with headless Chromium, to look at it as a reader would.
 #
-#   scripts/report-screenshot.sh REPORT.html OUT.png [WIDTHxHEIGHT]   (default 1200x3000)
+#   scripts/report-screenshot.sh REPORT.html OUT.png [WIDTHxHEIGHT]   (default 1200x4400)
+#
+# Headless Chromium captures the window, not the page: the default height holds a full report
+# of an LSTM run, a graph run and a scores file (about 3,900 px); shorter reports end in blank space.
 #
 # Installs Debian's chromium when it is missing (as root, or through sudo).
 set -euo pipefail
@@ -9,7 +12,7 @@ set -euo pipefail
 [ $# -ge 2 ] || { echo "usage: scripts/report-screenshot.sh REPORT.html OUT.png [WIDTHxHEIGHT]" >&2; exit 64; }
 report=$1
 out=$2
-size=${3:-1200x3000}
+size=${3:-1200x4400}
 [ -f "$report" ] || { echo "report $report does not exist" >&2; exit 66; }
 [[ "$size" =~ ^[0-9]+x[0-9]+$ ]] || { echo "size must look like 1200x3000, got $size" >&2; exit 64; }
 

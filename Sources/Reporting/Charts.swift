@@ -77,7 +77,7 @@ func barChart(id: String, title: String, axisLabel: String, items: [(String, Int
         let share = 100 * Double(item.1) / Double(total)
         svg += "<g class=\"bar\" data-label=\"\(escapeXML(item.0))\" data-count=\"\(item.1)\">"
         svg += "<text class=\"bar-label\" x=\"\(px(labelWidth - 8))\" y=\"\(px(y + rowHeight / 2 + 4))\" text-anchor=\"end\">\(escapeXML(item.0))</text>"
-        svg += "<rect x=\"\(px(labelWidth))\" y=\"\(px(y + 5))\" width=\"\(px(max(x(Double(item.1)) - labelWidth, 1)))\" height=\"\(px(rowHeight - 10))\" fill=\"\(color)\"/>"
+        svg += "<rect x=\"\(px(labelWidth))\" y=\"\(px(y + 5))\" width=\"\(px(x(Double(item.1)) - labelWidth))\" height=\"\(px(rowHeight - 10))\" fill=\"\(color)\"/>"
         svg += "<text class=\"bar-value\" x=\"\(px(x(Double(item.1)) + 6))\" y=\"\(px(y + rowHeight / 2 + 4))\">\(formatCount(item.1)) (\(String(format: "%.1f", share))%)</text></g>\n"
     }
     svg += "<line class=\"axis-line\" x1=\"\(px(labelWidth))\" y1=\"\(px(top))\" x2=\"\(px(labelWidth))\" y2=\"\(px(bottom))\"/>\n"

@@ -79,7 +79,8 @@ struct Axis {
     static func log1p(_ label: String, maximum: Double) -> Axis {
         let top = Foundation.log1p(max(maximum, 1))
         var ticks: [(position: Double, label: String)] = [(0, "0")]
-        var value = 1.0
+        // log1p puts 0 and 1 close together; on a wide axis their labels would collide.
+        var value = maximum >= 1000 ? 10.0 : 1.0
         while Foundation.log1p(value) <= top * 1.0001 {
             ticks.append((Foundation.log1p(value), formatTick(value, value)))
             value *= 10
@@ -98,9 +99,11 @@ func niceStep(_ raw: Double) -> Double {
     return nice * magnitude
 }
 
-/// A tick label with as many decimals as the step needs; thousands as "k" so large throughputs fit.
+/// A tick label with as many decimals as the step needs; with steps of a thousand or more every
+/// label is in thousands ("k"), so one axis never mixes "5000" and "10k".
 func formatTick(_ value: Double, _ step: Double) -> String {
-    if abs(value) >= 10_000 && step >= 1000 {
+    if value == 0 { return "0" }
+    if step >= 1000 {
         let decimals = max(0, -Int((log10(step / 1000)).rounded(.down)))
         return String(format: "%.\(decimals)fk", value / 1000)
     }

@@ -63,8 +63,13 @@ public struct TrainingRun: Sendable {
         let log = try MetricsLog.read(directory.appendingPathComponent(metricsLogName))
         let stageNames = try readStageNames(manifest, source: directory.appendingPathComponent(checkpointName)
             .appendingPathComponent(CheckpointManifest.fileName).path)
-        let predictions = try readPredictions(
-            directory.appendingPathComponent(predictionsName), model: manifest.modelKind, stageNames: stageNames)
+        let predictionsURL = directory.appendingPathComponent(predictionsName)
+        guard FileManager.default.fileExists(atPath: predictionsURL.path) else {
+            // Runs trained before training wrote its test predictions have none; say so, since
+            // the fix (train again) is not obvious from "does not exist" alone.
+            throw ReportError(file: predictionsURL.path, "does not exist (training writes it after the test evaluation; a run from an older build has none: train it again)")
+        }
+        let predictions = try readPredictions(predictionsURL, model: manifest.modelKind, stageNames: stageNames)
         return TrainingRun(directory: directory, checkpointName: checkpointName, manifest: manifest, log: log,
                            predictions: predictions, stageNames: stageNames)
     }
@@ -164,7 +169,8 @@ public struct TrainingRun: Sendable {
 
 /// How the customers of a batch-scoring output spread over lifecycle stages and actions.
 public struct ScoreDistribution: Sendable, Equatable {
-    /// (stage, customers), in the order of the stage names the runs know, then by first appearance.
+    /// (stage, customers): every stage the runs know, in model order (0 when no customer is in
+    /// it, which is worth seeing), then unknown ones by first appearance.
     public var stages: [(String, Int)]
     /// (action, customers), most frequent first.
     public var actions: [(String, Int)]
@@ -191,9 +197,9 @@ public struct ScoreDistribution: Sendable, Equatable {
             actionCounts[actionName, default: 0] += 1
         }
         if table.rows.isEmpty { throw ReportError(file: url.path, "has a header but no customers") }
-        let ordered = stageOrder.filter { stageCounts[$0] != nil } + firstSeen.filter { !stageOrder.contains($0) }
+        let ordered = stageOrder + firstSeen.filter { !stageOrder.contains($0) }
         return ScoreDistribution(
-            stages: ordered.map { ($0, stageCounts[$0]!) },
+            stages: ordered.map { ($0, stageCounts[$0] ?? 0) },
             actions: actionCounts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map { ($0.key, $0.value) },
             customers: table.rows.count)
     }

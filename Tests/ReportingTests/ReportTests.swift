@@ -209,6 +209,17 @@ func pairCountAUC(_ rows: [ChurnRow]) -> Double {
         #expect(actions.contains("2 (50.0%)"))
     }
 
+    @Test func aKnownStageWithoutCustomersShowsAsZero() throws {
+        let root = try TemporaryDirectory()
+        let scores = root.url.appendingPathComponent("scores.csv")
+        try "customer_id,stage,action\nx,gold,upsell\ny,lapsed,winback_email\nz,mystery,nurture\n"
+            .write(to: scores, atomically: true, encoding: .utf8)
+        let distribution = try ScoreDistribution.read(scores, stageOrder: ["lapsed", "silver", "gold"])
+        #expect(distribution.stages.map { $0.0 } == ["lapsed", "silver", "gold", "mystery"])
+        #expect(distribution.stages.map { $0.1 } == [1, 0, 1, 1])
+        #expect(distribution.customers == 3)
+    }
+
     @Test func withoutScoresTheChartIsReplacedByANote() throws {
         let fixture = try Fixture()
         let html = renderReport(try ReportInputs.load(run: fixture.lstm, gnnRun: nil, scores: nil))
@@ -265,6 +276,11 @@ func pairCountAUC(_ rows: [ChurnRow]) -> Double {
         #expect(niceStep(3) == 5)
         #expect(niceStep(70) == 100)
         #expect(formatTick(290_000, 5000) == "290k")
+        #expect(formatTick(5000, 5000) == "5k")
+        #expect(formatTick(0, 5000) == "0")
+        #expect(formatTick(2500, 500) == "2500")
+        #expect(Axis.log1p("spend", maximum: 3000).ticks.map(\.label) == ["0", "10", "100", "1k"])
+        #expect(Axis.log1p("spend", maximum: 50).ticks.map(\.label) == ["0", "1", "10"])
         #expect(formatTick(0.25, 0.05) == "0.25")
         let axis = Axis.linear("loss", values: [1.62, 1.91])
         #expect(axis.lower <= 1.62 && axis.upper >= 1.91)
