@@ -14,11 +14,13 @@ let package = Package(
         .library(name: "Training", targets: ["Training"]),
         .library(name: "Scoring", targets: ["Scoring"]),
         .library(name: "ScoringService", targets: ["ScoringService"]),
+        .library(name: "Reporting", targets: ["Reporting"]),
         .executable(name: "clm-bench", targets: ["clm-bench"]),
         .executable(name: "clm-data", targets: ["clm-data"]),
         .executable(name: "clm-coordinator", targets: ["clm-coordinator"]),
         .executable(name: "clm-worker", targets: ["clm-worker"]),
         .executable(name: "clm-score", targets: ["clm-score"]),
+        .executable(name: "clm-report", targets: ["clm-report"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -63,6 +65,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Reads a finished run's files only: no MPI, so a report can be made anywhere.
+        .target(name: "Reporting", dependencies: ["ModelMetrics", "Checkpoints"]),
         .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData"]),
 
         // MARK: Executables (thin: parse arguments, call a library)
@@ -98,12 +102,20 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .executableTarget(
+            name: "clm-report",
+            dependencies: [
+                "Reporting",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
 
         // MARK: Tests
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
         .testTarget(name: "MetricsTests", dependencies: ["ModelMetrics"]),
         .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives"]),
+        .testTarget(name: "ReportingTests", dependencies: ["Reporting", "ModelMetrics", "Checkpoints"]),
         .testTarget(
             name: "ScoringTests",
             dependencies: ["Scoring", "ScoringService", "Models", "CustomerData", "Checkpoints", "Tensors"]

@@ -1,0 +1,338 @@
+import Checkpoints
+import Foundation
+
+/// What one report is made of: a training run, optionally a graph-model run, optionally the
+/// stage and action counts of a batch-scoring output.
+public struct ReportInputs: Sendable {
+    public var run: TrainingRun
+    public var gnnRun: TrainingRun?
+    public var scores: ScoreDistribution?
+    /// The scores file's path, shown as the source of its charts.
+    public var scoresPath: String?
+
+    public init(run: TrainingRun, gnnRun: TrainingRun? = nil, scores: ScoreDistribution? = nil, scoresPath: String? = nil) {
+        self.run = run
+        self.gnnRun = gnnRun
+        self.scores = scores
+        self.scoresPath = scoresPath
+    }
+
+    /// Loads every input, checking that the second run really is a graph model.
+    public static func load(run: URL, gnnRun: URL?, scores: URL?) throws(ReportError) -> ReportInputs {
+        let first = try TrainingRun.load(directory: run)
+        var second: TrainingRun? = nil
+        if let gnnRun {
+            let loaded = try TrainingRun.load(directory: gnnRun)
+            guard loaded.manifest.modelKind == .gnn else {
+                throw ReportError(file: gnnRun.path, "--gnn-run names a \(loaded.manifest.modelKind.rawValue) run; it must be a graph-model (gnn) run")
+            }
+            guard first.manifest.modelKind != .gnn else {
+                throw ReportError(file: run.path, "--run is a graph-model run too; pass an LSTM run as --run, or leave out --gnn-run")
+            }
+            second = loaded
+        }
+        let stageOrder = second?.stageNames ?? first.stageNames
+        var distribution: ScoreDistribution? = nil
+        if let scores { distribution = try ScoreDistribution.read(scores, stageOrder: stageOrder) }
+        return ReportInputs(run: first, gnnRun: second, scores: distribution, scoresPath: scores?.path)
+    }
+
+    var runs: [TrainingRun] { [run] + (gnnRun.map { [$0] } ?? []) }
+    var lstmRun: TrainingRun? { runs.first { $0.manifest.modelKind == .lstm } }
+    var graphRun: TrainingRun? { runs.first { $0.manifest.modelKind == .gnn } }
+}
+
+/// Most points a scatter shows; more make a blot and a large file.
+public let scatterLimit = 2000
+
+/// Stable id prefix of a run's elements: its model kind (a report holds at most one of each).
+func prefix(_ run: TrainingRun) -> String { run.manifest.modelKind.rawValue }
+
+func modelDescription(_ kind: ModelKind) -> String {
+    switch kind {
+    case .lstm: return "LSTM (churn + CLV)"
+    case .gnn: return "GraphSAGE (lifecycle stage)"
+    }
+}
+
+/// A metric value as the report prints it: counts whole, everything else to four decimals.
+public func formatMetric(_ key: String, _ value: Double) -> String {
+    if key.hasSuffix("customers") || key.contains("confusion") || key == "epoch" || key == "step" {
+        return formatCount(Int(value.rounded()))
+    }
+    return String(format: "%.4f", value)
+}
+
+/// Test metrics in reading order: the headline ones first, the rest alphabetically;
+/// confusion counts are left to the matrix.
+func orderedTestMetrics(_ metrics: [String: Double]) -> [(String, Double)] {
+    let preferred = ["test_auc", "test_log_loss", "test_brier", "test_f1", "test_accuracy", "test_macro_f1", "test_loss",
+                     "test_clv_rmse", "test_clv_rmse_log", "test_clv_mae", "test_customers"]
+    let rest = metrics.keys.filter { !preferred.contains($0) && !$0.contains("confusion") }.sorted()
+    return (preferred + rest).compactMap { key in metrics[key].map { (key, $0) } }
+}
+
+/// The whole report as one HTML document: inline CSS and SVG, no script, nothing fetched.
+public func renderReport(_ inputs: ReportInputs) -> String {
+    let names = inputs.runs.map(\.manifest.runName).joined(separator: ", ")
+    var body = "<header>\n<h1>Training report: \(escapeXML(names))</h1>\n"
+    body += "<p class=\"sources\">Every number below is read or computed from these files: "
+    var sources = inputs.runs.flatMap { run in
+        [TrainingRun.metricsLogName, TrainingRun.predictionsName, "latest", run.checkpointName + "/manifest.json"]
+            .map { run.directory.appendingPathComponent($0).path }
+    }
+    if let path = inputs.scoresPath { sources.append(path) }
+    body += sources.map { "<code>\(escapeXML($0))</code>" }.joined(separator: ", ") + ".</p>\n</header>\n"
+
+    body += "<section id=\"runs\" class=\"cards\">\n" + inputs.runs.map(runCard).joined() + "</section>\n"
+    for run in inputs.runs { body += trainingSection(run) }
+    body += churnSection(inputs.lstmRun)
+    body += stageSection(inputs.graphRun)
+    body += scoresSection(inputs)
+    body += "<footer>Made by clm-report. Charts are SVG drawn into this file; it needs no network and no script.</footer>\n"
+
+    return """
+        <!DOCTYPE html>
+        <html lang="en">
+        <head>
+        <meta charset="utf-8">
+        <meta name="viewport" content="width=device-width, initial-scale=1">
+        <title>Training report: \(escapeXML(names))</title>
+        <style>
+        \(stylesheet)
+        </style>
+        </head>
+        <body>
+        \(body)</body>
+        </html>
+
+        """
+}
+
+/// Header facts and the test-metric table of one run.
+func runCard(_ run: TrainingRun) -> String {
+    let id = prefix(run)
+    let manifest = run.manifest
+    var html = "<article class=\"card\" id=\"\(id)-run\" data-run=\"\(escapeXML(manifest.runName))\">\n"
+    html += "<h2>\(escapeXML(manifest.runName))</h2>\n<table class=\"facts\" id=\"\(id)-facts\">\n"
+    let facts: [(String, String, String)] = [
+        ("model", "model", modelDescription(manifest.modelKind)),
+        ("step", "checkpoint step", "\(formatCount(manifest.step)) (\(run.checkpointName), epoch \(manifest.epoch))"),
+        ("world-size", "world size", "\(manifest.worldSize) rank\(manifest.worldSize == 1 ? "" : "s")"),
+        ("created", "created", manifest.createdAt),
+        ("epochs", "epochs logged", formatCount(run.log.epochs.count)),
+        ("test-rows", "test predictions", formatCount(run.predictions.count)),
+    ]
+    for (key, label, value) in facts {
+        html += "<tr><th>\(escapeXML(label))</th><td data-fact=\"\(key)\">\(escapeXML(value))</td></tr>\n"
+    }
+    html += "</table>\n"
+    let metrics = orderedTestMetrics(run.log.test)
+    if metrics.isEmpty {
+        html += "<p class=\"note\">The metrics log has no test record (the run has not finished).</p>\n"
+    } else {
+        html += "<table class=\"metrics\" id=\"\(id)-test-metrics\">\n<thead><tr><th>test metric</th><th>value</th></tr></thead>\n<tbody>\n"
+        for (key, value) in metrics {
+            html += "<tr data-metric=\"\(escapeXML(key))\"><td>\(escapeXML(key))</td><td class=\"number\" data-value=\"\(value)\">\(formatMetric(key, value))</td></tr>\n"
+        }
+        html += "</tbody>\n</table>\n"
+    }
+    return html + "</article>\n"
+}
+
+/// Per-epoch curves from the metrics log: losses, validation quality, throughput, all-reduce share.
+func trainingSection(_ run: TrainingRun) -> String {
+    let id = prefix(run)
+    let epochs = run.log.epochs
+    let xAxis = Axis.epochs(epochs.map(\.epoch).max() ?? 1)
+    func series(_ key: String, _ name: String, _ color: String, scale: Double = 1, dashed: Bool = false) -> Series {
+        Series(name: name, key: key, points: epochs.compactMap { record in record[key].map { (x: Double(record.epoch), y: $0 * scale) } },
+               color: color, dashed: dashed)
+    }
+    func chart(_ suffix: String, _ title: String, _ yLabel: String, _ lines: [Series], includeZero: Bool = false) -> String {
+        let values = lines.flatMap { $0.points.map(\.y) }
+        let chartID = "\(id)-\(suffix)"
+        guard !values.isEmpty else {
+            return figure(placeholderChart(id: chartID, title: title, message: "not in \(TrainingRun.metricsLogName)"), caption: nil)
+        }
+        return figure(lineChart(id: chartID, title: title, x: xAxis, y: .linear(yLabel, values: values, includeZero: includeZero),
+                                series: lines), caption: nil)
+    }
+    var html = "<section class=\"training\" id=\"\(id)-training\">\n<h2>Training: \(escapeXML(run.manifest.runName))</h2>\n<div class=\"grid\">\n"
+    html += chart("loss", "Loss per epoch", "loss",
+                  [series("train_loss", "training", palette[0]), series("val_loss", "validation", palette[1], dashed: true)])
+    switch run.manifest.modelKind {
+    case .lstm:
+        html += chart("val-auc", "Validation ROC AUC per epoch", "AUC", [series("val_auc", "validation AUC", palette[2])])
+    case .gnn:
+        html += chart("val-quality", "Validation accuracy and macro-F1 per epoch", "score",
+                      [series("val_accuracy", "accuracy", palette[2]), series("val_macro_f1", "macro-F1", palette[3], dashed: true)])
+    }
+    html += chart("throughput", "Throughput per epoch (all ranks)", "samples per second",
+                  [series("samples_per_second", "samples/s", palette[4])], includeZero: true)
+    html += chart("allreduce", "Share of epoch time in gradient all-reduce", "% of epoch time (rank 0)",
+                  [series("allreduce_share", "all-reduce", palette[5], scale: 100)], includeZero: true)
+    return html + "</div>\n</section>\n"
+}
+
+/// ROC, calibration and spend charts from the LSTM run's test predictions.
+func churnSection(_ run: TrainingRun?) -> String {
+    var html = "<section id=\"churn\">\n<h2>Churn and spend on the test split</h2>\n"
+    guard let run, case .churn(let rows) = run.predictions else {
+        return html + "<p class=\"note\" id=\"churn-missing\">No LSTM run was given, so there is no churn or spend chart.</p>\n</section>\n"
+    }
+    let analysis = ChurnAnalysis(rows)
+    let logged = run.log.test["test_auc"]
+    html += "<p class=\"auc\" id=\"auc-comparison\">ROC AUC recomputed from <code>\(TrainingRun.predictionsName)</code> "
+        + "(\(formatCount(analysis.count)) customers, \(formatCount(analysis.positives)) churned): "
+    if let auc = analysis.auc {
+        html += "<strong id=\"auc-computed\" data-value=\"\(auc)\">\(String(format: "%.4f", auc))</strong>"
+    } else {
+        html += "<strong id=\"auc-computed\">undefined (the test split has only one class)</strong>"
+    }
+    if let logged {
+        html += "; logged <code>test_auc</code>: <strong id=\"auc-logged\" data-value=\"\(logged)\">\(String(format: "%.4f", logged))</strong>"
+        if let auc = analysis.auc {
+            let difference = abs(auc - logged)
+            html += difference < 1e-6 ? " (they agree)." : " (they differ by \(String(format: "%.2g", difference)): the CSV and the log are not from the same evaluation)."
+        }
+    } else {
+        html += "; the log has no <code>test_auc</code>."
+    }
+    html += "</p>\n<div class=\"grid\">\n"
+
+    if analysis.roc.isEmpty {
+        html += figure(placeholderChart(id: "roc", title: "ROC curve (test split)", message: "needs churned and retained customers"), caption: nil)
+    } else {
+        let aucText = analysis.auc.map { String(format: "%.4f", $0) } ?? "n/a"
+        let curve = Series(name: "test split, AUC \(aucText)", key: "roc",
+                           points: analysis.roc.map { (x: $0.falsePositiveRate, y: $0.truePositiveRate) }, color: palette[0])
+        html += figure(lineChart(id: "roc", title: "ROC curve, churn (test split)",
+                                 x: .linear("false-positive rate", values: [], fixed: 0...1),
+                                 y: .linear("true-positive rate", values: [], fixed: 0...1),
+                                 series: [curve], diagonal: "chance"),
+                       caption: "One point per distinct predicted probability; ties move the curve diagonally.")
+    }
+    html += figure(calibrationChart(id: "calibration", title: "Calibration, churn (test split, 10 bins)", bins: analysis.calibration),
+                   caption: "Bins of width 0.1 by predicted probability; empty bins have no point.")
+    let sample = deterministicSample(rows, limit: scatterLimit)
+    let shown = sample.count == rows.count
+        ? "All \(formatCount(rows.count)) test customers."
+        : "\(formatCount(sample.count)) of \(formatCount(rows.count)) test customers, chosen by a hash of their dataset row (the same ones every time)."
+    html += figure(spendScatter(id: "spend", title: "Predicted vs actual spend (test split)", rows: sample),
+                   caption: shown + " Customers with no spend sit on the left edge.")
+    return html + "</div>\n</section>\n"
+}
+
+/// The confusion matrix of the graph run's test predictions, checked against the logged counts.
+func stageSection(_ run: TrainingRun?) -> String {
+    var html = "<section id=\"stages\">\n<h2>Lifecycle stages on the test split</h2>\n"
+    guard let run, case .stages(let rows, let classCount) = run.predictions else {
+        return html + "<p class=\"note\" id=\"stages-missing\">No graph-model run was given (<code>--gnn-run DIR</code>), so there is no confusion matrix.</p>\n</section>\n"
+    }
+    let matrix = confusionMatrix(rows, classCount: classCount)
+    let names = (0..<classCount).map { $0 < run.stageNames.count ? run.stageNames[$0] : "stage \($0)" }
+    var mismatches: [String] = []
+    var logged = 0
+    for actual in 0..<classCount {
+        for predicted in 0..<classCount {
+            guard let value = run.log.test["test_confusion_\(actual)_\(predicted)"] else { continue }
+            logged += 1
+            if Int(value) != matrix[actual][predicted] { mismatches.append("\(names[actual])→\(names[predicted])") }
+        }
+    }
+    let correct = (0..<classCount).reduce(0) { $0 + matrix[$1][$1] }
+    html += "<div class=\"grid\">\n"
+    var caption = "Rows: actual stage; columns: predicted; shading and percentages: share of the row. "
+        + "\(formatCount(rows.count)) test customers of \(escapeXML(run.manifest.runName)); "
+        + "\(formatCount(correct)) on the diagonal (accuracy \(String(format: "%.4f", Double(correct) / Double(max(rows.count, 1))))). "
+    if logged == 0 {
+        caption += "The log has no test_confusion_* counts to compare with."
+    } else if mismatches.isEmpty {
+        caption += "Equal to the logged test_confusion_* counts."
+    } else {
+        caption += "Differs from the logged counts at \(escapeXML(mismatches.joined(separator: ", ")))."
+    }
+    html += figure(confusionChart(id: "confusion", title: "Confusion matrix, lifecycle stage (test split)", matrix: matrix, names: names),
+                   caption: caption, escaped: true)
+    return html + "</div>\n</section>\n"
+}
+
+/// Distribution of scored customers over stages and actions, or a note when no scores were given.
+func scoresSection(_ inputs: ReportInputs) -> String {
+    var html = "<section id=\"scored\">\n<h2>Scored customers: lifecycle stages and actions</h2>\n"
+    guard let scores = inputs.scores else {
+        return html + "<p class=\"note\" id=\"scores-missing\">No scores file was given (<code>--scores scores.csv</code>, written by batch scoring), so the distribution over stages and actions is not shown.</p>\n</section>\n"
+    }
+    html += "<p>\(formatCount(scores.customers)) customers in <code>\(escapeXML(inputs.scoresPath ?? "scores"))</code>.</p>\n<div class=\"grid\">\n"
+    html += figure(barChart(id: "stage-distribution", title: "Customers per lifecycle stage", axisLabel: "customers",
+                            items: scores.stages, color: palette[0]), caption: nil)
+    html += figure(barChart(id: "action-distribution", title: "Customers per recommended action", axisLabel: "customers",
+                            items: scores.actions, color: palette[2]), caption: nil)
+    return html + "</div>\n</section>\n"
+}
+
+func figure(_ svg: String, caption: String?, escaped: Bool = false) -> String {
+    var html = "<figure>\n" + svg
+    if let caption { html += "<figcaption>\(escaped ? caption : escapeXML(caption))</figcaption>\n" }
+    return html + "</figure>\n"
+}
+
+let stylesheet = """
+    body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1a1a1a;
+           background: #f6f7f9; margin: 0; padding: 24px; }
+    header, section, footer { max-width: 1160px; margin: 0 auto 28px; }
+    h1 { font-size: 24px; margin: 0 0 6px; }
+    h2 { font-size: 18px; margin: 0 0 12px; }
+    .sources, footer, figcaption, .note { color: #555; font-size: 13px; }
+    .sources code { font-size: 12px; }
+    .cards { display: flex; gap: 24px; flex-wrap: wrap; }
+    .card { background: #fff; border: 1px solid #dde1e6; border-radius: 6px; padding: 14px 18px; flex: 1 1 440px; }
+    table { border-collapse: collapse; font-size: 13px; margin-bottom: 10px; }
+    th, td { text-align: left; padding: 3px 14px 3px 0; border-bottom: 1px solid #eef0f3; }
+    .facts th { color: #555; font-weight: normal; }
+    .metrics thead th { color: #555; font-weight: 600; }
+    td.number { text-align: right; font-variant-numeric: tabular-nums; }
+    .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 18px; }
+    figure { margin: 0; background: #fff; border: 1px solid #dde1e6; border-radius: 6px; padding: 8px; }
+    figcaption { padding: 4px 6px 2px; }
+    .auc { font-size: 14px; }
+    svg.chart { display: block; max-width: 100%; height: auto; font-family: inherit; }
+    .chart-title { font-size: 14px; font-weight: 600; fill: #1a1a1a; }
+    .plot { fill: #ffffff; stroke: #b9bfc7; }
+    .gridline { stroke: #eceff2; }
+    .tick, .axis-line { stroke: #8a9099; }
+    .tick-label { font-size: 11px; fill: #444; }
+    .axis-label { font-size: 12px; fill: #333; }
+    .legend-box { fill: #ffffff; fill-opacity: 0.92; stroke: #d0d4da; }
+    .legend-label { font-size: 11px; fill: #333; }
+    .reference { stroke: #888888; stroke-width: 1.2; stroke-dasharray: 5 4; }
+    .count-bar { fill: #c9d3df; }
+    .count-label { font-size: 10px; fill: #555; }
+    .bar-label, .bar-value { font-size: 12px; fill: #333; }
+    .cell-count { font-size: 14px; font-weight: 600; }
+    .cell-share { font-size: 11px; }
+    .note-text { font-size: 12px; fill: #666; }
+    """
+
+/// Writes `html` to `url` through a temporary file in the same directory and a rename, so a
+/// reader (or a browser reloading) never sees half a report.
+public func writeReport(_ html: String, to url: URL) throws(ReportError) {
+    let directory = url.deletingLastPathComponent()
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
+        throw ReportError(file: url.path, "cannot be written: \(directory.path) is not a directory")
+    }
+    let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
+    do {
+        try Data(html.utf8).write(to: temporary)
+    } catch {
+        try? FileManager.default.removeItem(at: temporary)
+        throw ReportError(file: temporary.path, "cannot be written (\(error.localizedDescription))")
+    }
+    guard rename(temporary.path, url.path) == 0 else {
+        let reason = String(cString: strerror(errno))
+        try? FileManager.default.removeItem(at: temporary)
+        throw ReportError(file: url.path, "cannot replace it with \(temporary.lastPathComponent): \(reason)")
+    }
+}
