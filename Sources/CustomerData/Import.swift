@@ -145,6 +145,15 @@ public enum Importer {
         try spec.validate()
 
         let temporary = output + ".tmp-\(getpid())"
+        // A new dataset may live in folders that do not exist yet (runs/demo/data/cdnow).
+        var parent = ""
+        for component in output.split(separator: "/", omittingEmptySubsequences: false).dropLast() {
+            parent += parent.isEmpty && component.isEmpty ? "/" : (parent.isEmpty || parent == "/" ? "" : "/") + component
+            guard !parent.isEmpty, parent != "/" else { continue }
+            if mkdir(parent, 0o755) != 0 && errno != EEXIST {
+                throw DataError.io(path: parent, operation: "mkdir", message: systemMessage())
+            }
+        }
         removeFlatDirectory(temporary)
         guard mkdir(temporary, 0o755) == 0 else {
             throw DataError.io(path: temporary, operation: "mkdir", message: systemMessage())
