@@ -83,9 +83,6 @@ public enum TrainingJob {
         guard !train.isEmpty else {
             throw AgreementError(message: "dataset \(configuration.data) has no training customers")
         }
-        let positives = train.reduce(0) { $0 + (dataset.churn[$1] >= 0.5 ? 1 : 0) }
-        // BCE's pos_weight: negatives per positive balances the classes' share of the loss.
-        let automaticWeight = positives > 0 ? Float(train.count - positives) / Float(positives) : 1
         let classCount = dataset.manifest.stageNames.count
         var classWeights: [Float]? = nil
         if configuration.gnn.balanceClasses {
@@ -103,7 +100,9 @@ public enum TrainingJob {
             historyLength: dataset.historyLength, featureCount: dataset.featureCount, classCount: classCount,
             trainCount: train.count, validationCount: dataset.indices(in: .validation).count,
             testCount: dataset.indices(in: .test).count,
-            positiveWeight: configuration.lstm.positiveWeight ?? automaticWeight, classWeights: classWeights,
+            // Unweighted by default: a weighted BCE shifts every probability, and scoring relies on
+            // calibrated churn probabilities for its actions.
+            positiveWeight: configuration.lstm.positiveWeight ?? 1, classWeights: classWeights,
             nodeFeatureWidth: dataset.nodeFeatureWidth)
     }
 

@@ -12,7 +12,8 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         public var hidden = 50
         public var layers = 2
         public var dropout: Float = 0.2
-        /// Positive-class weight of the churn loss; nil = negatives / positives of the training split.
+        /// Positive-class weight of the churn loss (PyTorch's pos_weight); nil = 1, which keeps
+        /// the predicted probabilities calibrated.
         public var positiveWeight: Float? = nil
         public var clvWeight: Float = 0.5
 
