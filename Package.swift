@@ -1,6 +1,14 @@
 // swift-tools-version:6.0
 import PackageDescription
 
+// The scoring kernels with AVX2 + FMA: about twice the customers/s of baseline x86-64 (see
+// docs/scoring.md). Needs a Haswell (2013) or newer CPU; CLM_PORTABLE=1 builds for baseline x86-64.
+#if arch(x86_64)
+let scoringSettings: [SwiftSetting] = Context.environment["CLM_PORTABLE"] == nil ? [.unsafeFlags(["-target-cpu", "haswell"])] : []
+#else
+let scoringSettings: [SwiftSetting] = []
+#endif
+
 let package = Package(
     name: "CustomerLifecycleCluster",
     platforms: [.macOS(.v15)],
@@ -54,7 +62,11 @@ let package = Package(
             dependencies: ["Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Yams"]
         ),
         // Scoring must not link MPI: it serves on machines without an MPI runtime.
-        .target(name: "Scoring", dependencies: ["Models", "CustomerData", "Checkpoints", "Tensors", "Yams"]),
+        .target(
+            name: "Scoring",
+            dependencies: ["Models", "CustomerData", "Checkpoints", "Tensors", "Yams"],
+            swiftSettings: scoringSettings
+        ),
         .target(
             name: "ScoringService",
             dependencies: [
