@@ -106,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "clm-score",
             dependencies: [
-                "Scoring", "ScoringService", "CustomerData",
+                "Scoring", "ScoringService", "CustomerData", "Tensors",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

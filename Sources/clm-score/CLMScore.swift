@@ -4,6 +4,7 @@ import Foundation
 import Logging
 import Scoring
 import ScoringService
+import Tensors
 
 @main
 struct CLMScore: AsyncParsableCommand {
@@ -15,6 +16,9 @@ struct CLMScore: AsyncParsableCommand {
 
 /// Prints a library error as one line on stderr and exits non-zero.
 func reporting<T>(_ body: () async throws -> T) async throws -> T {
+    // Parallelism comes from requests (serve) or is one core by design (batch); OpenBLAS's own
+    // threads spin in sched_yield between small GEMMs and take the cores from request threads.
+    BLAS.setThreadCount(1)
     do {
         return try await body()
     } catch let error as ScoringError {
