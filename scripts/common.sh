@@ -1,7 +1,7 @@
 # Shared by the scripts in this folder: sourced, never run.
 
 # Debian packages the project builds and runs with.
-CLM_APT_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config)
+CLM_APT_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config python3-numpy)
 
 # mpirun refuses to start as root unless told twice, and then exits 0 without running anything:
 # allow it here so that scripts behave the same for root (CI, containers) and for users.

@@ -8,6 +8,29 @@ struct InteropTests {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("../../scripts/score_reference.py").standardizedFileURL.path
 
+    /// The first Python that imports NumPy: the one on PATH, else Debian's (scripts/common.sh
+    /// installs python3-numpy for it).
+    static func pythonWithNumPy() -> String {
+        for candidate in [which("python3"), "/usr/bin/python3"].compactMap({ $0 }) {
+            let probe = Process()
+            probe.executableURL = URL(fileURLWithPath: candidate)
+            probe.arguments = ["-c", "import numpy"]
+            probe.standardError = FileHandle.nullDevice
+            guard (try? probe.run()) != nil else { continue }
+            probe.waitUntilExit()
+            if probe.terminationStatus == 0 { return candidate }
+        }
+        return "/usr/bin/python3"
+    }
+
+    static func which(_ name: String) -> String? {
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let path = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return nil
+    }
+
     @Test("an independent NumPy forward over model.safetensors gives the service's scores")
     func numpyReference() async throws {
         let fixture = try ScoringFixture(customers: 40)
@@ -22,8 +45,8 @@ struct InteropTests {
         let input = fixture.directory.path("request.json")
         try body.write(toFile: input, atomically: true, encoding: .utf8)
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", Self.script, checkpoint.path, input]
+        process.executableURL = URL(fileURLWithPath: Self.pythonWithNumPy())
+        process.arguments = [Self.script, checkpoint.path, input]
         let output = Pipe(), errors = Pipe()
         process.standardOutput = output
         process.standardError = errors
