@@ -54,33 +54,6 @@ public final class LSTMScorer: Sendable {
         }
     }
 
-    /// Scores already-computed sequences and applies `rules` with a fixed high-value line.
-    public func score(_ sequences: FeatureSequences, rules: ScoringRules, highValueLine: Double) -> [CustomerScore] {
-        let count = sequences.customerIDs.count
-        var churn = [Float](repeating: 0, count: count), spend = [Float](repeating: 0, count: count)
-        sequences.features.withUnsafeBufferPointer { features in
-            sequences.lengths.withUnsafeBufferPointer { lengths in
-                churn.withUnsafeMutableBufferPointer { churnOut in
-                    spend.withUnsafeMutableBufferPointer { spendOut in
-                        // Bounded batches keep one request's workspace small.
-                        var start = 0
-                        while start < count {
-                            let n = min(1024, count - start)
-                            score(features: features.baseAddress! + start * model.historyLength * model.featureCount,
-                                  lengths: lengths.baseAddress! + start, count: n,
-                                  churn: churnOut.baseAddress! + start, spend: spendOut.baseAddress! + start)
-                            start += n
-                        }
-                    }
-                }
-            }
-        }
-        return (0..<count).map { index in
-            decide(customerID: sequences.customerIDs[index], churn: churn[index], spend: spend[index],
-                   historyPeriods: Int(sequences.lengths[index]), rules: rules, highValueLine: highValueLine)
-        }
-    }
-
     /// Applies the stage and action rules to one customer's scores.
     public func decide(customerID: String, churn: Float, spend: Float, historyPeriods: Int, rules: ScoringRules,
                        highValueLine: Double) -> CustomerScore {
