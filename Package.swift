@@ -56,7 +56,10 @@ let package = Package(
             dependencies: ["Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Yams"]
         ),
         // Scoring must not link MPI: it serves on machines without an MPI runtime.
-        .target(name: "Scoring", dependencies: ["Models", "CustomerData", "Checkpoints", "Tensors", "Yams"]),
+        .target(
+            name: "Scoring",
+            dependencies: ["Models", "CustomerData", "Checkpoints", "Tensors", "Yams"]
+        ),
         .target(
             name: "ScoringService",
             dependencies: [
@@ -98,7 +101,7 @@ let package = Package(
         .executableTarget(
             name: "clm-score",
             dependencies: [
-                "Scoring", "ScoringService", "CustomerData",
+                "Scoring", "ScoringService", "CustomerData", "Tensors",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,8 +1,9 @@
 # Shared by the scripts in this folder: sourced, never run.
 
 # Debian packages the project builds and runs with.
-# iproute2 lets scripts/test.sh run the multi-host test on network namespaces.
-CLM_APT_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config iproute2)
+# iproute2 lets scripts/test.sh run the multi-host test on network namespaces; python3-numpy
+# runs the scoring interop check (scripts/score_reference.py).
+CLM_APT_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config iproute2 python3-numpy)
 
 # mpirun refuses to start as root unless told twice, and then exits 0 without running anything:
 # allow it here so that scripts behave the same for root (CI, containers) and for users.

@@ -34,10 +34,13 @@ public struct BatchSummary: Sendable {
     public var readSeconds: Double
     /// Feature computation and forward passes only.
     public var scoreSeconds: Double
+    /// The forward passes alone.
+    public var modelSeconds: Double
     public var writeSeconds: Double
     public var actionCounts: [String: Int]
 
     public var customersPerSecond: Double { scoreSeconds > 0 ? Double(customers) / scoreSeconds : 0 }
+    public var modelCustomersPerSecond: Double { modelSeconds > 0 ? Double(customers) / modelSeconds : 0 }
 }
 
 /// Scores every customer of an event file and writes one row per customer.
@@ -49,7 +52,7 @@ public enum BatchScoring {
     /// expected spend) needs every customer's spend before the first action can be written.
     public static func run(
         scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
-        output: String, batchSize: Int = 1024
+        output: String, batchSize: Int = 256
     ) throws -> BatchSummary {
         guard batchSize >= 1 else { throw ScoringError.invalidInput("--batch-size must be at least 1, got \(batchSize)") }
         let format = try ScoreFileFormat(path: output)
@@ -72,6 +75,7 @@ public enum BatchScoring {
         var spend = [Float](repeating: 0, count: count)
         var lengths = [Int32](repeating: 0, count: count)
         let rowSize = model.historyLength * model.featureCount
+        var modelDuration = Duration.zero
         var block = [Float](repeating: 0, count: min(batchSize, max(count, 1)) * rowSize)
         block.withUnsafeMutableBufferPointer { features in
             lengths.withUnsafeMutableBufferPointer { lengthsOut in
@@ -81,6 +85,8 @@ public enum BatchScoring {
                         while start < count {
                             let n = min(batchSize, count - start)
                             input.fill(start..<start + n, features: features.baseAddress!, lengths: lengthsOut.baseAddress! + start)
+                            let modelStarted = clock.now
+                            defer { modelDuration += clock.now - modelStarted }
                             scorer.score(features: features.baseAddress!, lengths: lengthsOut.baseAddress! + start, count: n,
                                          churn: churnOut.baseAddress! + start, spend: spendOut.baseAddress! + start)
                             start += n
@@ -116,7 +122,7 @@ public enum BatchScoring {
             checkpoint: model.info, asOfDay: input.asOfDay, customers: count,
             customersWithoutHistory: input.customersWithoutHistory, rowsRead: input.stats.rows,
             rowsRejected: input.stats.rejected, highValueLine: line, readSeconds: readSeconds,
-            scoreSeconds: scoreSeconds, writeSeconds: seconds(clock.now - started), actionCounts: actionCounts)
+            scoreSeconds: scoreSeconds, modelSeconds: seconds(modelDuration), writeSeconds: seconds(clock.now - started), actionCounts: actionCounts)
     }
 
     static func csvRow(_ score: CustomerScore) -> String {
@@ -140,12 +146,23 @@ public enum BatchScoring {
     }
 }
 
-/// Six significant decimals: scores are float32, so more digits would only be noise.
+/// Six decimals, trailing zeros trimmed: scores are float32, so more digits would be noise.
+///
+/// Integer arithmetic rather than `String(format:)`, which dominated writing millions of rows.
 func formatNumber(_ value: Double) -> String {
     guard value.isFinite else { return "0" }
-    var text = String(format: "%.6f", value)
-    // Trim trailing zeros (keeping one digit after the point) for shorter files.
-    while text.hasSuffix("0") && !text.hasSuffix(".0") { text.removeLast() }
+    guard abs(value) < 1e12 else { return String(value) }
+    let scaled = Int64((abs(value) * 1e6).rounded())
+    var fraction = scaled % 1_000_000
+    var text = (value < 0 && scaled != 0 ? "-" : "") + String(scaled / 1_000_000) + "."
+    guard fraction != 0 else { return text + "0" }
+    var digits = 6
+    while fraction % 10 == 0 {
+        fraction /= 10
+        digits -= 1
+    }
+    let body = String(fraction)
+    text += String(repeating: "0", count: digits - body.count) + body
     return text
 }
 

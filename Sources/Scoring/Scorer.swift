@@ -22,17 +22,18 @@ public struct CustomerScore: Sendable, Equatable {
 
 /// Scores customers with one loaded model; safe to call from many threads at once.
 ///
-/// `LSTMModel` keeps its forward buffers inside the instance, so concurrent callers must not
-/// share one. Instances are checked out of a pool and returned after the forward pass; the pool
-/// only grows to the number of callers that were ever concurrent, and each instance holds its
-/// own copy of the (small) weights.
+/// The inference weights are built once and shared read-only; each concurrent call checks a
+/// workspace (its forward buffers) out of a pool and returns it afterwards, so the pool grows
+/// only to the number of callers that were ever concurrent.
 public final class LSTMScorer: Sendable {
     public let model: ScoringModel
-    private let idle: Mutex<[LSTMModel]>
+    let network: InferenceLSTM
+    private let idle: Mutex<[InferenceWorkspace]>
 
     public init(model: ScoringModel) {
         self.model = model
-        idle = Mutex([model.makeInstance()])
+        network = InferenceLSTM(configuration: model.configuration, weights: model.weights)
+        idle = Mutex([InferenceWorkspace()])
     }
 
     /// Churn probabilities and expected spends of `count` customers: `features` is
@@ -42,43 +43,14 @@ public final class LSTMScorer: Sendable {
         churn: UnsafeMutablePointer<Float>, spend: UnsafeMutablePointer<Float>
     ) {
         guard count > 0 else { return }
-        let instance = idle.withLock { $0.popLast() } ?? model.makeInstance()
-        defer { idle.withLock { $0.append(instance) } }
-        var random = SeededRandom(seed: 0, purpose: .initialisation)
-        instance.forward(
-            SequenceBatch(features: features, lengths: lengths, batchSize: count, steps: model.historyLength),
-            training: false, random: &random)
-        let logits = instance.churnLogits, clv = instance.clvPredictions
+        let workspace = idle.withLock { $0.popLast() } ?? InferenceWorkspace()
+        defer { idle.withLock { $0.append(workspace) } }
+        // Logits land in the output buffers first and are transformed in place.
+        network.forward(features: features, lengths: lengths, batch: count, steps: model.historyLength,
+                        workspace: workspace, churnLogits: churn, clv: spend)
         for index in 0..<count {
-            churn[index] = Kernels.sigmoid(logits[index])
-            spend[index] = max(expm1f(clv[index]), 0)
-        }
-    }
-
-    /// Scores already-computed sequences and applies `rules` with a fixed high-value line.
-    public func score(_ sequences: FeatureSequences, rules: ScoringRules, highValueLine: Double) -> [CustomerScore] {
-        let count = sequences.customerIDs.count
-        var churn = [Float](repeating: 0, count: count), spend = [Float](repeating: 0, count: count)
-        sequences.features.withUnsafeBufferPointer { features in
-            sequences.lengths.withUnsafeBufferPointer { lengths in
-                churn.withUnsafeMutableBufferPointer { churnOut in
-                    spend.withUnsafeMutableBufferPointer { spendOut in
-                        // Bounded batches keep one request's workspace small.
-                        var start = 0
-                        while start < count {
-                            let n = min(1024, count - start)
-                            score(features: features.baseAddress! + start * model.historyLength * model.featureCount,
-                                  lengths: lengths.baseAddress! + start, count: n,
-                                  churn: churnOut.baseAddress! + start, spend: spendOut.baseAddress! + start)
-                            start += n
-                        }
-                    }
-                }
-            }
-        }
-        return (0..<count).map { index in
-            decide(customerID: sequences.customerIDs[index], churn: churn[index], spend: spend[index],
-                   historyPeriods: Int(sequences.lengths[index]), rules: rules, highValueLine: highValueLine)
+            churn[index] = Kernels.sigmoid(churn[index])
+            spend[index] = max(expm1f(spend[index]), 0)
         }
     }
 

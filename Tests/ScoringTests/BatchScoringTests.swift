@@ -1,7 +1,9 @@
 import Checkpoints
 import CustomerData
 import Foundation
-import Scoring
+import Models
+@testable import Scoring
+import Tensors
 import Testing
 
 @Suite("Batch scoring")
@@ -159,4 +161,44 @@ struct RulesTests {
             }
         }
     }
+}
+
+@Suite("Inference LSTM")
+struct InferenceLSTMTests {
+    @Test("matches LSTMModel.forward for odd sizes, three layers and mixed lengths", arguments: [(5, 3, 7), (50, 2, 39)])
+    func matchesTrainingForward(hidden: Int, layers: Int, steps: Int) {
+        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: hidden, layers: layers)
+        let reference = LSTMModel(configuration: configuration, seed: UInt64(hidden))
+        var weights: [String: [Float]] = [:]
+        for slice in reference.parameters.layout.slices { weights[slice.name] = reference.parameters.valueArray(slice.name)! }
+        let batch = 13
+        var random = SeededRandom(seed: 99, purpose: .initialisation)
+        let features = (0..<batch * steps * 8).map { _ in random.nextFloat(in: -2, 2) }
+        let lengths = (0..<batch).map { Int32(1 + $0 * 7 % steps) }
+        features.withUnsafeBufferPointer { f in
+            lengths.withUnsafeBufferPointer { l in
+                reference.forward(SequenceBatch(features: f.baseAddress!, lengths: l.baseAddress!, batchSize: batch, steps: steps),
+                                  training: false, random: &random)
+                var churn = [Float](repeating: 0, count: batch), clv = [Float](repeating: 0, count: batch)
+                InferenceLSTM(configuration: configuration, weights: weights).forward(
+                    features: f.baseAddress!, lengths: l.baseAddress!, batch: batch, steps: steps,
+                    workspace: InferenceWorkspace(), churnLogits: &churn, clv: &clv)
+                for b in 0..<batch {
+                    #expect(abs(churn[b] - reference.churnLogits[b]) < 1e-5, "customer \(b) churn logit")
+                    #expect(abs(clv[b] - reference.clvPredictions[b]) < 1e-5, "customer \(b) CLV")
+                }
+            }
+        }
+    }
+}
+
+@Test("numbers are written with six decimals, trailing zeros trimmed")
+func numberFormatting() {
+    #expect(formatNumber(0.5) == "0.5")
+    #expect(formatNumber(0) == "0.0")
+    #expect(formatNumber(12.0000004) == "12.0")
+    #expect(formatNumber(0.0000015) == "0.000002")
+    #expect(formatNumber(-3.25) == "-3.25")
+    #expect(formatNumber(0.123456789) == "0.123457")
+    #expect(formatNumber(.nan) == "0")
 }

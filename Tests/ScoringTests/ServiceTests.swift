@@ -153,7 +153,11 @@ struct ServiceTests {
         let service = try await RunningService(configuration)
         let history = fixture.dataset.historyLength
         let cases: [(body: String, status: Int, mentions: String)] = [
-            ("{\"customers\":[{", 400, "malformed JSON"),
+            ("{\"customers\":[{", 400, "malformed JSON at byte 15: expected a quoted field name"),
+            ("{\"customers\":[1,]}", 400, "malformed JSON at byte 16: unexpected character ']'"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"customer_id\":\"b\"}]}", 400, "appears twice"),
+            (String(repeating: "[", count: 100) + String(repeating: "]", count: 100), 400, "nested deeper"),
+            ("{\"customers\":[{\"customer_id\":\"a\\q\"}]}", 400, "invalid escape"),
             ("[]", 400, "JSON object"),
             ("{\"customers\":{}}", 400, "customers: expected an array"),
             ("{\"customers\":[]}", 400, "must not be empty"),
@@ -163,7 +167,7 @@ struct ServiceTests {
             ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5.5,\"amount\":1}]}]}", 400, "whole day"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"date\":\"2023-02-30\",\"amount\":1}]}]}", 400, "not a date"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":\"NaN\"}]}]}", 400, "finite number"),
-            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1e999}]}]}", 400, "JSON"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1e999}]}]}", 400, "number 1e999 is too large"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"features\":[[1,2,3]]}]}", 400, "3 values, the model reads 8"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"features\":[[1,2,3,4,5,6,7,1e39]]}]}", 400, "32-bit float"),
             (featuresBody([("a", history + 1)]), 400, "at most \(history) periods"),

@@ -1,0 +1,73 @@
+import Foundation
+import Scoring
+import ScoringService
+import Testing
+
+@Suite("Interoperability", .serialized)
+struct InteropTests {
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .appendingPathComponent("../../scripts/score_reference.py").standardizedFileURL.path
+
+    /// The first Python that imports NumPy: the one on PATH, else Debian's (scripts/common.sh
+    /// installs python3-numpy for it).
+    static func pythonWithNumPy() -> String {
+        for candidate in [which("python3"), "/usr/bin/python3"].compactMap({ $0 }) {
+            let probe = Process()
+            probe.executableURL = URL(fileURLWithPath: candidate)
+            probe.arguments = ["-c", "import numpy"]
+            probe.standardError = FileHandle.nullDevice
+            guard (try? probe.run()) != nil else { continue }
+            probe.waitUntilExit()
+            if probe.terminationStatus == 0 { return candidate }
+        }
+        return "/usr/bin/python3"
+    }
+
+    static func which(_ name: String) -> String? {
+        for directory in (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":") {
+            let path = "\(directory)/\(name)"
+            if FileManager.default.isExecutableFile(atPath: path) { return path }
+        }
+        return nil
+    }
+
+    @Test("an independent NumPy forward over model.safetensors gives the service's scores")
+    func numpyReference() async throws {
+        let fixture = try ScoringFixture(customers: 40)
+        let checkpoint = try fixture.saveCheckpoint(step: 2, seed: 21)
+        let service = try await RunningService(ServiceConfiguration(checkpoints: fixture.root, run: "test"))
+        let body = featuresBody([("short", 1), ("mid", 9), ("full", fixture.dataset.historyLength), ("odd", 17)])
+        let reply = try await service.send("POST", "/v1/score", body: body)
+        await service.stop()
+        #expect(reply.status == 200, "\(reply.text)")
+        let served = try service.json(reply)["scores"] as! [[String: Any]]
+
+        let input = fixture.directory.path("request.json")
+        try body.write(toFile: input, atomically: true, encoding: .utf8)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.pythonWithNumPy())
+        process.arguments = [Self.script, checkpoint.path, input]
+        let output = Pipe(), errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        let errorText = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0, "score_reference.py failed: \(errorText)")
+        let reference = String(decoding: data, as: UTF8.self).split(separator: "\n").map {
+            try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
+        }
+        #expect(reference.count == served.count)
+        for (ours, theirs) in zip(served, reference) {
+            #expect(ours["customer_id"] as? String == theirs["customer_id"] as? String)
+            let churn = ours["churn_probability"] as! Double, expected = theirs["churn_probability"] as! Double
+            // The service prints six decimals; float32 against float64 adds a few ulp.
+            #expect(abs(churn - expected) < 2e-6, "\(ours["customer_id"]!): \(churn) vs \(expected)")
+            let spend = ours["expected_spend"] as! Double, expectedSpend = theirs["expected_spend"] as! Double
+            #expect(abs(spend - expectedSpend) <= 2e-6 + 1e-5 * expectedSpend, "\(ours["customer_id"]!): \(spend) vs \(expectedSpend)")
+        }
+        let churns = served.map { $0["churn_probability"] as! Double }
+        #expect(Set(churns).count == churns.count, "the customers should differ, or the comparison proves little")
+    }
+}
