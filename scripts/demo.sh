@@ -20,7 +20,7 @@ trap 'echo "interrupted"; exit 130' INT TERM
 
 step() { echo; echo "== $*"; }
 
-step "setting up (packages and a release build)"
+step "setting up (packages and a release build; the first build takes about 5 minutes on 2 cores)"
 scripts/setup.sh | tail -n 1
 bin="$(swift build -c release --show-bin-path)"
 rm -rf "$demo"
