@@ -62,33 +62,14 @@ struct Import: ParsableCommand {
 
     func run() throws {
         try runReporting {
-            guard let preset = Preset(rawValue: preset) else {
-                throw DataError.invalidOption("--preset must be one of \(Preset.allCases.map(\.rawValue).joined(separator: ", ")), got '\(preset)'")
-            }
-            guard let format = TimeFormat(rawValue: timeFormat) else {
-                throw DataError.invalidOption("--time-format must be one of \(TimeFormat.allCases.map(\.rawValue).joined(separator: ", ")), got '\(timeFormat)'")
-            }
+            // The same option checks as the scoring tools' (one place decides what a flag means).
+            let eventFile = try EventFileOptions(
+                preset: preset, timeFormat: timeFormat, delimiter: delimiter, whitespace: whitespace,
+                noHeader: noHeader, customerCol: customerCol, timeCol: timeCol, amountCol: amountCol,
+                quantityCol: quantityCol, productCol: productCol, orderCol: orderCol, eventTypeCol: eventTypeCol)
             var options = ImportOptions()
-            options.preset = preset
-            let delimiterByte: UInt8
-            if delimiter == "tab" || delimiter == "\\t" { delimiterByte = 9 } else {
-                guard delimiter.utf8.count == 1, let byte = delimiter.utf8.first, byte != 10, byte != 13, byte != 34 else {
-                    throw DataError.invalidOption("--delimiter must be one ASCII character other than a quote or line break, got '\(delimiter)'")
-                }
-                delimiterByte = byte
-            }
-            let customMapping = [customerCol, timeCol, amountCol, quantityCol, productCol, orderCol, eventTypeCol].contains { $0 != nil }
-            if preset != .canonical && (customMapping || whitespace || noHeader) {
-                throw DataError.invalidOption("column mapping options apply to --preset canonical only")
-            }
-            options.format = CSVFormat(
-                delimiter: delimiterByte, whitespace: whitespace, header: noHeader ? .absent : .present, timeFormat: format,
-                mapping: ColumnMapping(
-                    customer: ColumnRef(argument: customerCol ?? "customer_id"), time: ColumnRef(argument: timeCol ?? "timestamp"),
-                    amount: ColumnRef(argument: amountCol ?? "amount"), quantity: quantityCol.map(ColumnRef.init(argument:)),
-                    product: productCol.map(ColumnRef.init(argument:)), order: orderCol.map(ColumnRef.init(argument:)),
-                    eventType: eventTypeCol.map(ColumnRef.init(argument:))),
-                detectOptionalColumns: !customMapping)
+            options.preset = eventFile.preset
+            options.format = eventFile.format
             options.cutoffDay = try cutoff.map(parseCutoff)
             options.horizonDays = horizon
             options.periodDays = period
