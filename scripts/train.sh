@@ -110,6 +110,15 @@ preflight() {
 launch=(mpirun "${common[@]}")
 if [ -n "$hostfile" ]; then
     preflight
+    # When a host dies or its network goes down, mpirun ends the job only once its control
+    # connection to that host's daemon fails. Keepalive probes notice that after ~11 s, but only
+    # while the connection is idle: once the watchdog's abort has queued data for the lost host,
+    # TCP retransmits for many minutes instead (measured with scripts/netns-cluster.sh). So the
+    # probes must finish well inside watchdog_seconds. The peer's kernel answers them, so a busy
+    # host is never mistaken for a lost one. OMPI_MCA_oob_tcp_keepalive_* settings win.
+    if [ -z "${OMPI_MCA_oob_tcp_keepalive_time:-}" ]; then
+        launch+=(--mca oob_tcp_keepalive_time 5 --mca oob_tcp_keepalive_intvl 2 --mca oob_tcp_keepalive_probes 3)
+    fi
     launch+=(--hostfile "$hostfile")
 else
     launch+=(--oversubscribe)
