@@ -47,7 +47,7 @@ public struct AllreduceBandwidth {
             let count = bytes / MemoryLayout<Float>.stride
             let slice = UnsafeMutableBufferPointer(rebasing: buffer[0..<count])
             // Enough calls that one timing spans well over the clock's and the scheduler's noise.
-            let iterations = max(10, min(2000, (256 << 20) / bytes))
+            let iterations = max(30, min(2000, (256 << 20) / bytes))
             let rawCall = {
                 _ = MPI_Allreduce(cmpi_in_place(), slice.baseAddress, Int32(count), cmpi_float(), cmpi_op_sum(), fast.mpiHandle)
             }
