@@ -26,6 +26,12 @@ public struct FileSystemError: Error, CustomStringConvertible, Equatable, Sendab
     public var description: String { "\(operation) \(path): \(message) (errno \(code))" }
 }
 
+/// Writes `bytes` to `url` so that readers see either the old file or the whole new one, and the
+/// new one survives a crash (temporary name, fsync, rename, fsync of the directory).
+public func writeFileAtomically(_ bytes: some ContiguousBytes, to url: URL) throws {
+    try DurableIO.writeAtomically(bytes, to: url)
+}
+
 /// Durable file operations built on POSIX calls, so every failure keeps its `errno`.
 ///
 /// Foundation's `Data.write(options: .atomic)` renames but never fsyncs, which on a crash can

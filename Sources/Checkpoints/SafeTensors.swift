@@ -450,8 +450,8 @@ public struct SafeTensorsWriter: Sendable {
     }
 }
 
-/// `text` as a JSON string literal.
-private func jsonString(_ text: String) -> String {
+/// `text` as a JSON string literal (quotes, backslash and control characters escaped).
+public func jsonString(_ text: String) -> String {
     var result = "\""
     for scalar in text.unicodeScalars {
         switch scalar {

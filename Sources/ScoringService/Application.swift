@@ -1,3 +1,4 @@
+import Checkpoints
 import CustomerData
 import Foundation
 import Hummingbird

@@ -1,3 +1,4 @@
+import Checkpoints
 import Collectives
 import Foundation
 import ModelMetrics
@@ -157,10 +158,5 @@ func writePredictions(
         }
         text += "\n"
     }
-    let temporary = url.deletingLastPathComponent().appendingPathComponent("." + url.lastPathComponent + ".tmp")
-    try Data(text.utf8).write(to: temporary)
-    // rename(2) replaces an older file atomically, so a reader never sees half a file.
-    guard rename(temporary.path, url.path) == 0 else {
-        throw AgreementError(message: "cannot move \(temporary.path) to \(url.path): \(String(cString: strerror(errno)))")
-    }
+    try writeFileAtomically(Data(text.utf8), to: url)
 }
