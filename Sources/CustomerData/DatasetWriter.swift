@@ -115,7 +115,7 @@ func writeDataset(
 
     var graphInfo: DatasetManifest.Graph?
     if buildGraph && aggregates.products.count > 0 {
-        let (graph, info) = buildCustomerProductGraph(aggregates: aggregates, order: order)
+        let (graph, info) = buildCustomerProductGraph(aggregates: aggregates, order: order, statistics: nil)
         graphInfo = info
         let nodes = graph.csr.nodeCount
         files.append(try writeArray(graph.csr.offsets.map { Int64($0) }, directory, "graph_offsets.i64", "i64", [nodes + 1]))
@@ -166,15 +166,22 @@ func describeDay(_ day: Int, calendar: Bool) -> String {
 }
 
 /// The bipartite customer–product graph with its node features.
-struct BuiltGraph {
-    var csr: CSRGraph
+public struct CustomerProductGraph: Sendable {
+    /// Customers 0..<customerNodes (dataset order), then products sorted by id.
+    public var csr: CSRGraph
     /// [customers + products, nodeFeatureNames.count], z-scored per node type.
-    var nodeFeatures: [Float]
+    public var nodeFeatures: [Float]
+    public var customerNodes: Int
 }
 
 /// Builds one symmetric CSR over customers (0..<C, dataset order) and products (C..<C+P, sorted
 /// by id) from purchases up to the cut-off; each node's neighbours are sorted by id.
-func buildCustomerProductGraph(aggregates: CustomerAggregates, order: [Int32]) -> (BuiltGraph, DatasetManifest.Graph) {
+///
+/// `statistics` nil fits the z-scores to this graph (importing); scoring passes the trained
+/// dataset's, so a model reads features on the scale it was trained on.
+func buildCustomerProductGraph(
+    aggregates: CustomerAggregates, order: [Int32], statistics: DatasetManifest.Graph?
+) -> (CustomerProductGraph, DatasetManifest.Graph) {
     let customerCount = order.count
     var customerPosition = [Int32](repeating: -1, count: aggregates.customerCount)
     for (position, c) in order.enumerated() { customerPosition[Int(c)] = Int32(position) }
@@ -249,18 +256,31 @@ func buildCustomerProductGraph(aggregates: CustomerAggregates, order: [Int32]) -
         features[row + 2] = purchases > 0 ? Float((purchases - customers) / purchases) : 0
         features[row + 5] = 1
     }
-    let customerStats = standardise(&features, rows: 0..<customerCount, width: width, columns: 0..<5)
-    let productStats = standardise(&features, rows: customerCount..<nodes, width: width, columns: 0..<3)
+    let customerStats = standardise(&features, rows: 0..<customerCount, width: width, columns: 0..<5,
+                                    fixed: statistics.map { ($0.customerFeatureMean, $0.customerFeatureStd) })
+    let productStats = standardise(&features, rows: customerCount..<nodes, width: width, columns: 0..<3,
+                                   fixed: statistics.map { ($0.productFeatureMean, $0.productFeatureStd) })
     let info = DatasetManifest.Graph(
         customerNodes: customerCount, productNodes: productCount, directedEdges: edgeCount,
         nodeFeatureNames: nodeFeatureNames,
         customerFeatureMean: customerStats.mean, customerFeatureStd: customerStats.std,
         productFeatureMean: productStats.mean, productFeatureStd: productStats.std)
-    return (BuiltGraph(csr: csr, nodeFeatures: features), info)
+    return (CustomerProductGraph(csr: csr, nodeFeatures: features, customerNodes: customerCount), info)
 }
 
-/// Z-scores `columns` over `rows` in place (constant columns are only centred).
-private func standardise(_ features: inout [Float], rows: Range<Int>, width: Int, columns: Range<Int>) -> (mean: [Double], std: [Double]) {
+/// Z-scores `columns` over `rows` in place (constant columns are only centred), with the
+/// `fixed` statistics when given, else with ones fitted to these rows.
+private func standardise(
+    _ features: inout [Float], rows: Range<Int>, width: Int, columns: Range<Int>, fixed: (mean: [Double], std: [Double])?
+) -> (mean: [Double], std: [Double]) {
+    if let fixed {
+        for (k, column) in columns.enumerated() {
+            for row in rows {
+                features[row * width + column] = Float((Double(features[row * width + column]) - fixed.mean[k]) / fixed.std[k])
+            }
+        }
+        return fixed
+    }
     var mean = [Double](repeating: 0, count: columns.count)
     var std = [Double](repeating: 1, count: columns.count)
     guard !rows.isEmpty else { return (mean, std) }

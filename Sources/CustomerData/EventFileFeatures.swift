@@ -78,6 +78,7 @@ public final class EventFileFeatures {
     private let normalisation: FeatureNormalisation
     private let aggregates: CustomerAggregates
     private let order: [Int32]
+    private var graphBuilt = false
 
     /// Reads `path`; `asOf` nil means the day of the file's last event.
     ///
@@ -124,6 +125,27 @@ public final class EventFileFeatures {
     public var featureCount: Int { customerFeatureNames.count }
 
     public func customerID(_ index: Int) -> String { aggregates.customers.string(Int(order[index])) }
+
+    /// The customer–product graph of purchases up to `asOfDay`, its customers in this file's
+    /// order (customer node i is `customerID(i)`), its node features z-scored with a trained
+    /// dataset's `statistics`. Built once: it consumes the purchase pairs.
+    public func customerProductGraph(statistics: DatasetManifest.Graph) throws -> CustomerProductGraph {
+        guard !graphBuilt else {
+            throw DataError.invalidOption("the customer–product graph of this event file was already built")
+        }
+        guard aggregates.products.count > 0 else {
+            throw DataError.invalidOption("the events have no product ids, so there is no customer–product graph (map the product column, e.g. --product-col)")
+        }
+        guard statistics.nodeFeatureNames == nodeFeatureNames,
+              statistics.customerFeatureMean.count == 5, statistics.customerFeatureStd.count == 5,
+              statistics.productFeatureMean.count == 3, statistics.productFeatureStd.count == 3,
+              (statistics.customerFeatureStd + statistics.productFeatureStd).allSatisfy({ $0.isFinite && $0 > 0 }),
+              (statistics.customerFeatureMean + statistics.productFeatureMean).allSatisfy(\.isFinite) else {
+            throw DataError.invalidOption("the graph statistics describe node features \(statistics.nodeFeatureNames), this program computes \(nodeFeatureNames) (or they are non-finite)")
+        }
+        graphBuilt = true
+        return buildCustomerProductGraph(aggregates: aggregates, order: order, statistics: statistics).0
+    }
 
     /// Writes the features of customers `range` into `features` [range.count, T, F] and their
     /// sequence lengths into `lengths`.

@@ -38,6 +38,10 @@ public struct BatchSummary: Sendable {
     /// The forward passes alone.
     public var modelSeconds: Double
     public var writeSeconds: Double
+    /// Building the customer–product graph and the GraphSAGE forward; zero without a graph model.
+    public var graphSeconds: Double
+    /// Customers whose stage came from the graph model (the others' from the stage rule).
+    public var customersWithGraphStage: Int
     public var actionCounts: [String: Int]
 
     public var customersPerSecond: Double { scoreSeconds > 0 ? Double(customers) / scoreSeconds : 0 }
@@ -46,14 +50,16 @@ public struct BatchSummary: Sendable {
 
 /// Scores every customer of an event file and writes one row per customer.
 public enum BatchScoring {
-    /// Reads `events`, scores in batches of `batchSize` and writes `output` atomically.
+    /// Reads `events`, scores in batches of `batchSize` and writes `output` atomically; with a
+    /// `graph` scorer, stages come from its GraphSAGE model instead of the stage rule.
     ///
     /// Memory is the importer's per-customer aggregates, one [batch, T, F] feature block and
     /// three numbers per customer (churn, spend, length); the high-value line (top fraction by
     /// expected spend) needs every customer's spend before the first action can be written.
+    /// The graph model adds the customer–product graph and one [nodes, hidden] activation per layer.
     public static func run(
         scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
-        output: String, batchSize: Int = 256
+        output: String, batchSize: Int = 256, graph: GraphStageScorer? = nil
     ) throws -> BatchSummary {
         guard batchSize >= 1 else { throw ScoringError.invalidInput("--batch-size must be at least 1, got \(batchSize)") }
         let format = try ScoreFileFormat(path: output)
@@ -99,6 +105,11 @@ public enum BatchScoring {
         let scoreSeconds = seconds(clock.now - started)
 
         started = clock.now
+        let stages = try graph.map { try graphStages($0, input: input, events: events, options: options) }
+        let graphSeconds = graph == nil ? 0 : seconds(clock.now - started)
+        let classes = model.dataset.stageNames.count
+
+        started = clock.now
         let line = rules.highValueLine(spends: spend)
         var actionCounts: [String: Int] = [:]
         let writer = try AtomicTextFile(path: output)
@@ -108,9 +119,13 @@ public enum BatchScoring {
                 try writer.write("customer_id,churn_probability,expected_spend,history_periods,stage,\(stageColumns),action,stage_source\n")
             }
             for index in 0..<count {
+                let graphRow = stages.flatMap { stages -> ArraySlice<Float>? in
+                    let row = Int(stages.rows[index])
+                    return row < 0 ? nil : stages.probabilities[row * classes ..< (row + 1) * classes]
+                }
                 let score = scorer.decide(
                     customerID: input.customerID(index), churn: churn[index], spend: spend[index],
-                    historyPeriods: Int(lengths[index]), rules: rules, highValueLine: line)
+                    historyPeriods: Int(lengths[index]), rules: rules, highValueLine: line, graphStage: graphRow)
                 actionCounts[score.action, default: 0] += 1
                 try writer.write(format == .csv ? csvRow(score) : jsonLine(score, stageNames: model.dataset.stageNames) + "\n")
             }
@@ -123,7 +138,36 @@ public enum BatchScoring {
             checkpoint: model.info, asOfDay: input.asOfDay, customers: count,
             customersWithoutHistory: input.customersWithoutHistory, rowsRead: input.stats.rows,
             rowsRejected: input.stats.rejected, highValueLine: line, readSeconds: readSeconds,
-            scoreSeconds: scoreSeconds, modelSeconds: seconds(modelDuration), writeSeconds: seconds(clock.now - started), actionCounts: actionCounts)
+            scoreSeconds: scoreSeconds, modelSeconds: seconds(modelDuration), writeSeconds: seconds(clock.now - started),
+            graphSeconds: graphSeconds, customersWithGraphStage: stages?.rows.filter { $0 >= 0 }.count ?? 0,
+            actionCounts: actionCounts)
+    }
+
+    /// The graph model's stage probabilities for the customers of `input`: `rows[i]` is the
+    /// probability row of `input`'s customer i, or -1 when the graph has no such customer.
+    ///
+    /// When the graph model was trained on the LSTM's window (period length and count), its
+    /// graph comes from the same aggregates; otherwise the file is read again with the graph
+    /// model's window, as of the same day, and customers are matched by id.
+    static func graphStages(
+        _ graph: GraphStageScorer, input: EventFileFeatures, events: String, options: EventFileOptions
+    ) throws -> (probabilities: [Float], rows: [Int32]) {
+        let trained = graph.model.dataset.spec
+        let sameWindow = trained.periodDays == input.spec.periodDays && trained.historyPeriods == input.spec.historyPeriods
+        let source: EventFileFeatures
+        do {
+            source = sameWindow ? input : try EventFileFeatures(
+                path: events, options: options, asOf: input.asOfDay, trainedSpec: trained,
+                normalisation: graph.model.dataset.normalisation)
+            let probabilities = try graph.stageProbabilities(source.customerProductGraph(statistics: graph.model.graphStatistics))
+            if sameWindow { return (probabilities, (0..<Int32(input.customerCount)).map { $0 }) }
+            var graphRow: [String: Int32] = [:]
+            graphRow.reserveCapacity(source.customerCount)
+            for index in 0..<source.customerCount { graphRow[source.customerID(index)] = Int32(index) }
+            return (probabilities, (0..<input.customerCount).map { graphRow[input.customerID($0)] ?? -1 })
+        } catch let error as DataError {
+            throw ScoringError.invalidInput("the gnn checkpoint cannot score \(events): \(error.description)")
+        }
     }
 
     static func csvRow(_ score: CustomerScore) -> String {

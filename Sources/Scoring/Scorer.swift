@@ -54,18 +54,25 @@ public final class LSTMScorer: Sendable {
         }
     }
 
-    /// Applies the stage and action rules to one customer's scores.
+    /// Applies the action rules to one customer's scores, and the stage rule unless a graph
+    /// model gave `graphStage` (its stage probabilities, in `stageNames` order).
     public func decide(customerID: String, churn: Float, spend: Float, historyPeriods: Int, rules: ScoringRules,
-                       highValueLine: Double) -> CustomerScore {
+                       highValueLine: Double, graphStage: ArraySlice<Float>? = nil) -> CustomerScore {
         let p = Double(churn), s = Double(spend)
-        let stage = rules.ruleStage(churnProbability: p, expectedSpend: s, highValueLine: highValueLine)
         let names = model.dataset.stageNames
+        let stage: (index: Int, probabilities: [Double])
+        if let graphStage {
+            let probabilities = graphStage.map(Double.init)
+            stage = (probabilities.indices.max { probabilities[$0] < probabilities[$1] } ?? 0, probabilities)
+        } else {
+            stage = rules.ruleStage(churnProbability: p, expectedSpend: s, highValueLine: highValueLine)
+        }
         return CustomerScore(
             customerID: customerID, churnProbability: p, expectedSpend: s, historyPeriods: historyPeriods,
             stage: stage.index < names.count ? names[stage.index] : "stage\(stage.index)",
             stageProbabilities: stage.probabilities,
             action: rules.action(churnProbability: p, expectedSpend: s, historyPeriods: historyPeriods, highValueLine: highValueLine),
-            stageSource: "rule")
+            stageSource: graphStage == nil ? "rule" : "gnn")
     }
 
     /// The high-value line the service uses when the rules give no amount: the training

@@ -36,16 +36,105 @@ public struct CheckpointInfo: Codable, Sendable, Equatable {
 /// Scoring never links the training module (and with it MPI).
 struct StoredModelInfo: Decodable {
     struct Training: Decodable {
-        struct LSTM: Decodable {
+        struct Sizes: Decodable {
             var hidden: Int
             var layers: Int
         }
         var model: String
-        var lstm: LSTM?
+        var lstm: Sizes?
+        var gnn: Sizes?
     }
     var training: Training
     var inputSize: Int
     var historyLength: Int
+    var classCount: Int?
+}
+
+/// What every scoring checkpoint shares once verified: its manifest's model description, the
+/// training dataset's manifest and where it came from.
+struct VerifiedCheckpoint {
+    let loaded: LoadedCheckpoint
+    let stored: StoredModelInfo
+    let dataset: DatasetManifest
+    let info: CheckpointInfo
+    var path: String { loaded.directory.path }
+
+    static func load(directory: URL, kind: ModelKind) throws -> VerifiedCheckpoint {
+        do {
+            return try VerifiedCheckpoint(CheckpointStore.load(directory: directory, requiring: [ScoringModel.modelFile]), kind: kind)
+        } catch let error as ScoringError {
+            throw error
+        } catch {
+            throw ScoringError.checkpoint("cannot load checkpoint \(directory.path): \(error)")
+        }
+    }
+
+    static func load(root: URL, run: String, step: Int?, kind: ModelKind) throws -> VerifiedCheckpoint {
+        let loaded: LoadedCheckpoint
+        do {
+            loaded = try CheckpointStore(root: root, run: run).load(step: step, requiring: [ScoringModel.modelFile])
+        } catch {
+            throw ScoringError.checkpoint("cannot load run '\(run)' in \(root.path): \(error)")
+        }
+        return try VerifiedCheckpoint(loaded, kind: kind)
+    }
+
+    init(_ loaded: LoadedCheckpoint, kind: ModelKind) throws {
+        let path = loaded.directory.path
+        let manifest = loaded.manifest
+        guard manifest.modelKind == kind else {
+            let need = kind == .lstm ? "churn and CLV scores need an lstm checkpoint" : "stage probabilities need a gnn checkpoint"
+            throw ScoringError.incompatible(path: path, reason: "it holds a \(manifest.modelKind.rawValue) model; \(need)")
+        }
+        do {
+            stored = try reencode(manifest.configuration, as: StoredModelInfo.self)
+        } catch {
+            throw ScoringError.incompatible(path: path, reason: "its manifest configuration does not describe the model: \(error)")
+        }
+        do {
+            dataset = try reencode(manifest.featureSpec, as: DatasetManifest.self)
+        } catch {
+            throw ScoringError.incompatible(path: path, reason: "its manifest has no usable dataset manifest (feature spec and normalisation): \(error)")
+        }
+        self.loaded = loaded
+        info = CheckpointInfo(
+            run: manifest.runName, step: manifest.step, epoch: manifest.epoch, path: path,
+            modelKind: manifest.modelKind.rawValue, createdAt: manifest.createdAt, metrics: manifest.metrics,
+            datasetFingerprint: manifest.datasetFingerprint)
+    }
+
+    /// The checkpoint's tensors named by `layout`, each with its exact shape and finite.
+    ///
+    /// The layout a fresh model has is the contract: a checkpoint missing a tensor, or holding
+    /// one of another shape, was not written for this model.
+    func weights(layout: ParameterLayout) throws -> [String: [Float]] {
+        let path = self.path
+        let tensors: SafeTensorsFile
+        do {
+            tensors = try loaded.safeTensors(ScoringModel.modelFile)
+        } catch {
+            throw ScoringError.incompatible(path: path, reason: "\(ScoringModel.modelFile): \(error)")
+        }
+        var weights: [String: [Float]] = [:]
+        for slice in layout.slices {
+            let values: [Float]
+            do {
+                guard try tensors.shape(slice.name) == slice.shape else {
+                    throw ScoringError.incompatible(path: path, reason: "tensor \(slice.name) has shape \(try tensors.shape(slice.name)), the model needs \(slice.shape)")
+                }
+                values = try tensors.floats(slice.name)
+            } catch let error as ScoringError {
+                throw error
+            } catch {
+                throw ScoringError.incompatible(path: path, reason: "\(ScoringModel.modelFile): \(error)")
+            }
+            guard values.allSatisfy(\.isFinite) else {
+                throw ScoringError.incompatible(path: path, reason: "tensor \(slice.name) holds non-finite values")
+            }
+            weights[slice.name] = values
+        }
+        return weights
+    }
 }
 
 /// An LSTM checkpoint verified and decoded for scoring: weights, sizes and the dataset's
@@ -61,44 +150,16 @@ public struct ScoringModel: Sendable {
 
     /// Loads the checkpoint in `directory`, verifying every file's size and SHA-256.
     public static func load(directory: URL) throws -> ScoringModel {
-        let loaded: LoadedCheckpoint
-        do {
-            loaded = try CheckpointStore.load(directory: directory, requiring: [modelFile])
-        } catch {
-            throw ScoringError.checkpoint("cannot load checkpoint \(directory.path): \(error)")
-        }
-        return try ScoringModel(loaded)
+        try ScoringModel(VerifiedCheckpoint.load(directory: directory, kind: .lstm))
     }
 
     /// Loads the step `latest` names in `<root>/<run>`, or `step` when given.
     public static func load(root: URL, run: String, step: Int? = nil) throws -> ScoringModel {
-        let loaded: LoadedCheckpoint
-        do {
-            loaded = try CheckpointStore(root: root, run: run).load(step: step, requiring: [modelFile])
-        } catch {
-            throw ScoringError.checkpoint("cannot load run '\(run)' in \(root.path): \(error)")
-        }
-        return try ScoringModel(loaded)
+        try ScoringModel(VerifiedCheckpoint.load(root: root, run: run, step: step, kind: .lstm))
     }
 
-    init(_ loaded: LoadedCheckpoint) throws {
-        let path = loaded.directory.path
-        let manifest = loaded.manifest
-        guard manifest.modelKind == .lstm else {
-            throw ScoringError.incompatible(path: path, reason: "it holds a \(manifest.modelKind.rawValue) model; churn and CLV scores need an lstm checkpoint")
-        }
-        let stored: StoredModelInfo
-        let dataset: DatasetManifest
-        do {
-            stored = try reencode(manifest.configuration, as: StoredModelInfo.self)
-        } catch {
-            throw ScoringError.incompatible(path: path, reason: "its manifest configuration does not describe the model: \(error)")
-        }
-        do {
-            dataset = try reencode(manifest.featureSpec, as: DatasetManifest.self)
-        } catch {
-            throw ScoringError.incompatible(path: path, reason: "its manifest has no usable dataset manifest (feature spec and normalisation): \(error)")
-        }
+    init(_ checkpoint: VerifiedCheckpoint) throws {
+        let path = checkpoint.path, stored = checkpoint.stored, dataset = checkpoint.dataset
         guard let lstm = stored.training.lstm, lstm.hidden >= 1, lstm.layers >= 1 else {
             throw ScoringError.incompatible(path: path, reason: "the configuration has no valid lstm section")
         }
@@ -114,41 +175,10 @@ public struct ScoringModel: Sendable {
             throw ScoringError.incompatible(path: path, reason: "the normalisation statistics are missing, non-finite or have a zero deviation")
         }
         let configuration = LSTMConfiguration(inputSize: stored.inputSize, hiddenSize: lstm.hidden, layers: lstm.layers, dropout: 0)
-
-        let tensors: SafeTensorsFile
-        do {
-            tensors = try loaded.safeTensors(Self.modelFile)
-        } catch {
-            throw ScoringError.incompatible(path: path, reason: "\(Self.modelFile): \(error)")
-        }
-        // The layout a fresh model has is the contract: every tensor it names must be present
-        // with its exact shape, and every value finite.
-        let probe = LSTMModel(configuration: configuration, seed: 0)
-        var weights: [String: [Float]] = [:]
-        for slice in probe.parameters.layout.slices {
-            let values: [Float]
-            do {
-                guard try tensors.shape(slice.name) == slice.shape else {
-                    throw ScoringError.incompatible(path: path, reason: "tensor \(slice.name) has shape \(try tensors.shape(slice.name)), the model needs \(slice.shape)")
-                }
-                values = try tensors.floats(slice.name)
-            } catch let error as ScoringError {
-                throw error
-            } catch {
-                throw ScoringError.incompatible(path: path, reason: "\(Self.modelFile): \(error)")
-            }
-            guard values.allSatisfy(\.isFinite) else {
-                throw ScoringError.incompatible(path: path, reason: "tensor \(slice.name) holds non-finite values")
-            }
-            weights[slice.name] = values
-        }
+        weights = try checkpoint.weights(layout: LSTMModel(configuration: configuration, seed: 0).parameters.layout)
         self.configuration = configuration
         self.dataset = dataset
-        self.weights = weights
-        info = CheckpointInfo(
-            run: manifest.runName, step: manifest.step, epoch: manifest.epoch, path: path,
-            modelKind: manifest.modelKind.rawValue, createdAt: manifest.createdAt, metrics: manifest.metrics,
-            datasetFingerprint: manifest.datasetFingerprint)
+        info = checkpoint.info
     }
 
     public var historyLength: Int { dataset.spec.historyPeriods }

@@ -39,6 +39,8 @@ struct CheckpointOptions: ParsableArguments {
     @Option(help: "Run name: its latest checkpoint is used.") var run: String?
     @Option(help: "A checkpoint directory (step-NNNNNN) to use instead of a run's latest.") var checkpoint: String?
     @Option(help: "YAML or JSON file of action and stage rule thresholds (see docs/scoring.md).") var rules: String?
+    @Option(help: "A GraphSAGE run in --checkpoints whose latest checkpoint gives the stages (instead of the stage rule).") var gnnRun: String?
+    @Option(help: "A GraphSAGE checkpoint directory to give the stages, instead of --gnn-run.") var gnnCheckpoint: String?
 
     func load() throws -> ScoringModel {
         switch (checkpoint, run) {
@@ -49,6 +51,21 @@ struct CheckpointOptions: ParsableArguments {
         case (.some, .some): throw ScoringError.invalidInput("give --run or --checkpoint, not both")
         case (nil, nil): throw ScoringError.invalidInput("name the model: --checkpoints DIR --run NAME, or --checkpoint PATH")
         }
+    }
+
+    /// The graph model named by --gnn-run or --gnn-checkpoint, checked against the LSTM's stages.
+    func loadGraph(compatibleWith lstm: ScoringModel) throws -> GraphScoringModel? {
+        let graph: GraphScoringModel
+        switch (gnnCheckpoint, gnnRun) {
+        case (nil, nil): return nil
+        case let (path?, nil): graph = try GraphScoringModel.load(directory: URL(fileURLWithPath: path))
+        case let (nil, run?):
+            guard let checkpoints else { throw ScoringError.invalidInput("--gnn-run needs --checkpoints DIR") }
+            graph = try GraphScoringModel.load(root: URL(fileURLWithPath: checkpoints), run: run)
+        case (.some, .some): throw ScoringError.invalidInput("give --gnn-run or --gnn-checkpoint, not both")
+        }
+        if let reason = graph.incompatibility(with: lstm) { throw ScoringError.incompatible(path: graph.info.path, reason: reason) }
+        return graph
     }
 
     func loadRules() throws -> ScoringRules { try rules.map(ScoringRules.load(path:)) ?? ScoringRules() }
@@ -83,12 +100,19 @@ struct Batch: AsyncParsableCommand {
                 productCol: productCol, orderCol: orderCol, eventTypeCol: eventTypeCol)
             let rules = try model.loadRules()
             let loaded = try model.load()
+            let graph = try model.loadGraph(compatibleWith: loaded)
             let day = try asOf.map(parseCutoff)
             let summary = try BatchScoring.run(
                 scorer: LSTMScorer(model: loaded), events: events, options: options, asOf: day, rules: rules,
-                output: out, batchSize: batchSize)
+                output: out, batchSize: batchSize, graph: graph.map(GraphStageScorer.init(model:)))
             let c = summary.checkpoint
             print("model     run \(c.run) step \(c.step) (\(c.path))")
+            if let g = graph?.info {
+                print("stages    gnn run \(g.run) step \(g.step) (\(g.path)): \(summary.customersWithGraphStage) customers, "
+                      + String(format: "%.2f s for the graph and its forward", summary.graphSeconds))
+            } else {
+                print("stages    from the stage rule (no --gnn-run)")
+            }
             print("as of     \(ByteParsing.isoDate(summary.asOfDay)) (day \(summary.asOfDay)); \(summary.rowsRead) rows read, \(summary.rowsRejected) rejected")
             print("customers \(summary.customers) scored, \(summary.customersWithoutHistory) left out (no purchase by the as-of day)")
             print(String(format: "speed     %.0f customers/s scoring (features + LSTM, %.2f s), %.0f customers/s LSTM alone; read %.2f s, write %.2f s",
