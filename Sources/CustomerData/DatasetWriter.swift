@@ -172,6 +172,8 @@ public struct CustomerProductGraph: Sendable {
     /// [customers + products, nodeFeatureNames.count], z-scored per node type.
     public var nodeFeatures: [Float]
     public var customerNodes: Int
+    /// The id of product node `customerNodes + k` at index k.
+    public var productIDs: [String]
 }
 
 /// Builds one symmetric CSR over customers (0..<C, dataset order) and products (C..<C+P, sorted
@@ -265,7 +267,8 @@ func buildCustomerProductGraph(
         nodeFeatureNames: nodeFeatureNames,
         customerFeatureMean: customerStats.mean, customerFeatureStd: customerStats.std,
         productFeatureMean: productStats.mean, productFeatureStd: productStats.std)
-    return (CustomerProductGraph(csr: csr, nodeFeatures: features, customerNodes: customerCount), info)
+    let productIDs = productOrder.map { aggregates.products.string(Int($0)) }
+    return (CustomerProductGraph(csr: csr, nodeFeatures: features, customerNodes: customerCount, productIDs: productIDs), info)
 }
 
 /// Z-scores `columns` over `rows` in place (constant columns are only centred), with the

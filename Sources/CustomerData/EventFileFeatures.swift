@@ -136,12 +136,8 @@ public final class EventFileFeatures {
         guard aggregates.products.count > 0 else {
             throw DataError.invalidOption("the events have no product ids, so there is no customer–product graph (map the product column, e.g. --product-col)")
         }
-        guard statistics.nodeFeatureNames == nodeFeatureNames,
-              statistics.customerFeatureMean.count == 5, statistics.customerFeatureStd.count == 5,
-              statistics.productFeatureMean.count == 3, statistics.productFeatureStd.count == 3,
-              (statistics.customerFeatureStd + statistics.productFeatureStd).allSatisfy({ $0.isFinite && $0 > 0 }),
-              (statistics.customerFeatureMean + statistics.productFeatureMean).allSatisfy(\.isFinite) else {
-            throw DataError.invalidOption("the graph statistics describe node features \(statistics.nodeFeatureNames), this program computes \(nodeFeatureNames) (or they are non-finite)")
+        if let problem = statistics.unusableForScoring {
+            throw DataError.invalidOption(problem)
         }
         graphBuilt = true
         return buildCustomerProductGraph(aggregates: aggregates, order: order, statistics: statistics).0

@@ -68,6 +68,22 @@ public struct DatasetManifest: Codable, Sendable, Equatable {
         public var customerFeatureStd: [Double]
         public var productFeatureMean: [Double]
         public var productFeatureStd: [Double]
+
+        /// Why these statistics cannot z-score the node features this program computes, or nil.
+        public var unusableForScoring: String? {
+            guard nodeFeatureNames == CustomerData.nodeFeatureNames else {
+                return "the graph statistics describe node features \(nodeFeatureNames), this program computes \(CustomerData.nodeFeatureNames)"
+            }
+            guard customerFeatureMean.count == 5, customerFeatureStd.count == 5,
+                  productFeatureMean.count == 3, productFeatureStd.count == 3 else {
+                return "the graph statistics have \(customerFeatureMean.count) customer and \(productFeatureMean.count) product columns, not 5 and 3"
+            }
+            guard (customerFeatureStd + productFeatureStd).allSatisfy({ $0.isFinite && $0 > 0 }),
+                  (customerFeatureMean + productFeatureMean).allSatisfy(\.isFinite) else {
+                return "the graph statistics hold non-finite values or a zero deviation"
+            }
+            return nil
+        }
     }
 
     public var formatVersion: Int

@@ -45,6 +45,37 @@ public struct FeatureSequences: Sendable, Equatable {
 public func scoringFeatures<Events: Sequence<CustomerEvent>>(
     events: Events, asOf: Int, spec: FeatureSpec, normalisation: FeatureNormalisation
 ) -> FeatureSequences {
+    let aggregates = windowAggregates(events: events, asOf: asOf, spec: spec)
+    let order = aggregates.datasetOrder()
+    let periods = spec.historyPeriods, width = customerFeatureNames.count
+    var features = [Float](repeating: 0, count: order.count * periods * width)
+    var lengths = [Int32](repeating: 0, count: order.count)
+    features.withUnsafeMutableBufferPointer { buffer in
+        for (position, c) in order.enumerated() {
+            let row = buffer.baseAddress! + position * periods * width
+            let length = aggregates.rawFeatures(Int(c), into: row)
+            normalisation.apply(row, length: length, width: width)
+            lengths[position] = Int32(length)
+        }
+    }
+    return FeatureSequences(customerIDs: order.map { aggregates.customers.string(Int($0)) }, historyLength: periods,
+                            featureCount: width, features: features, lengths: lengths)
+}
+
+/// The customer–product graph of `events` up to `asOf` with node features z-scored by a trained
+/// dataset's `statistics`; `customerIDs[i]` is customer node i. Nil when no event names a product.
+public func scoringGraph<Events: Sequence<CustomerEvent>>(
+    events: Events, asOf: Int, spec: FeatureSpec, statistics: DatasetManifest.Graph
+) -> (graph: CustomerProductGraph, customerIDs: [String])? {
+    let aggregates = windowAggregates(events: events, asOf: asOf, spec: spec)
+    guard aggregates.products.count > 0 else { return nil }
+    let order = aggregates.datasetOrder()
+    let graph = buildCustomerProductGraph(aggregates: aggregates, order: order, statistics: statistics).0
+    return (graph, order.map { aggregates.customers.string(Int($0)) })
+}
+
+/// Per-customer aggregates of `events` in `spec`'s window moved to end on `asOf`.
+private func windowAggregates<Events: Sequence<CustomerEvent>>(events: Events, asOf: Int, spec: FeatureSpec) -> CustomerAggregates {
     var windowSpec = spec
     windowSpec.cutoffDay = asOf
     windowSpec.horizonDays = 0
@@ -63,20 +94,7 @@ public func scoringFeatures<Events: Sequence<CustomerEvent>>(
             }
         }
     }
-    let order = aggregates.datasetOrder()
-    let periods = spec.historyPeriods, width = customerFeatureNames.count
-    var features = [Float](repeating: 0, count: order.count * periods * width)
-    var lengths = [Int32](repeating: 0, count: order.count)
-    features.withUnsafeMutableBufferPointer { buffer in
-        for (position, c) in order.enumerated() {
-            let row = buffer.baseAddress! + position * periods * width
-            let length = aggregates.rawFeatures(Int(c), into: row)
-            normalisation.apply(row, length: length, width: width)
-            lengths[position] = Int32(length)
-        }
-    }
-    return FeatureSequences(customerIDs: order.map { aggregates.customers.string(Int($0)) }, historyLength: periods,
-                            featureCount: width, features: features, lengths: lengths)
+    return aggregates
 }
 
 /// `scoringFeatures` with the spec and statistics stored in a dataset's manifest.

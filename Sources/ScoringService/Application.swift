@@ -16,6 +16,8 @@ public struct ServiceConfiguration: Sendable {
     public var pollInterval: Duration = .seconds(2)
     public var limits = RequestLimits()
     public var rules = ScoringRules()
+    /// Stages from a GraphSAGE model joined to a reference graph; nil keeps the stage rule.
+    public var graph: ServedGraphModel? = nil
 
     public init(checkpoints: URL, run: String) {
         self.checkpoints = checkpoints
@@ -72,7 +74,8 @@ public func buildApplication(
     try configuration.validate()
     let metrics = ServiceMetrics()
     let scorer = CheckpointScorer(
-        root: configuration.checkpoints, run: configuration.run, rules: configuration.rules, metrics: metrics, logger: logger)
+        root: configuration.checkpoints, run: configuration.run, rules: configuration.rules, graph: configuration.graph,
+        metrics: metrics, logger: logger)
     let router = buildRouter(scorer: scorer, metrics: metrics, limits: configuration.limits, token: configuration.token, logger: logger)
     let application = Application(
         router: router,
@@ -191,6 +194,12 @@ struct ScoreController<S: Scorer> {
         text += ",\"model_kind\":\(jsonString(info.modelKind)),\"created_at\":\(jsonString(info.createdAt))"
         text += ",\"dataset_fingerprint\":\(jsonString(info.datasetFingerprint)),\"history_periods\":\(model.historyLength)"
         text += ",\"feature_count\":\(model.featureCount),\"high_value_line\":\(model.highValueLine.isFinite ? String(model.highValueLine) : "null")"
+        if let stageModel = model.stageModel, let day = model.referenceAsOfDay {
+            text += ",\"stage_model\":{\"run\":\(jsonString(stageModel.run)),\"step\":\(stageModel.step),\"path\":\(jsonString(stageModel.path))"
+            text += ",\"reference_as_of\":\(jsonString(ByteParsing.isoDate(day)))}"
+        } else {
+            text += ",\"stage_model\":null"
+        }
         text += ",\"metrics\":{"
         text += info.metrics.sorted(by: { $0.key < $1.key }).map { "\(jsonString($0.key)):\($0.value.isFinite ? String($0.value) : "null")" }.joined(separator: ",")
         text += "}}"

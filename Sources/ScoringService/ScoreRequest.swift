@@ -31,6 +31,9 @@ public struct ModelSummary: Sendable, Equatable {
     public var featureCount: Int
     public var stageNames: [String]
     public var highValueLine: Double
+    /// The GraphSAGE checkpoint giving stages, and the day its reference graph runs to.
+    public var stageModel: CheckpointInfo?
+    public var referenceAsOfDay: Int?
 }
 
 /// A validated `POST /v1/score` body.

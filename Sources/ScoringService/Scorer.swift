@@ -21,18 +21,35 @@ public protocol Scorer: Sendable {
     func score(_ request: ScoreRequest) throws -> ScoreResult
 }
 
+/// A GraphSAGE model and the population graph request customers join; loaded once at start.
+public final class ServedGraphModel: Sendable {
+    public let scorer: GraphStageScorer
+    public let reference: ReferenceGraph
+
+    public init(scorer: GraphStageScorer, reference: ReferenceGraph) {
+        self.scorer = scorer
+        self.reference = reference
+    }
+}
+
 /// A loaded model with everything derived from it, swapped as one reference.
 final class ServedModel: Sendable {
     let scorer: LSTMScorer
+    let graph: ServedGraphModel?
     let summary: ModelSummary
     let rules: ScoringRules
 
-    init(_ model: ScoringModel, rules: ScoringRules) {
+    init(_ model: ScoringModel, graph: ServedGraphModel?, rules: ScoringRules) throws {
+        if let graph, let reason = graph.scorer.model.incompatibility(with: model) {
+            throw ScoringError.incompatible(path: model.info.path, reason: reason)
+        }
         scorer = LSTMScorer(model: model)
+        self.graph = graph
         self.rules = rules
         summary = ModelSummary(
             info: model.info, historyLength: model.historyLength, featureCount: model.featureCount,
-            stageNames: model.dataset.stageNames, highValueLine: scorer.serviceHighValueLine(rules))
+            stageNames: model.dataset.stageNames, highValueLine: scorer.serviceHighValueLine(rules),
+            stageModel: graph?.scorer.model.info, referenceAsOfDay: graph?.reference.asOfDay)
     }
 }
 
@@ -45,16 +62,20 @@ public final class CheckpointScorer: Scorer {
     public let root: URL
     public let run: String
     public let rules: ScoringRules
+    /// Gives stages when set; otherwise they come from the stage rule.
+    public let graph: ServedGraphModel?
     private let served = Mutex<ServedModel?>(nil)
     /// The step last tried, good or bad, so a refused checkpoint is not reloaded every poll.
     private let lastAttempted = Mutex<Int?>(nil)
     private let metrics: ServiceMetrics?
     private let logger: Logger
 
-    public init(root: URL, run: String, rules: ScoringRules, metrics: ServiceMetrics? = nil, logger: Logger) {
+    public init(root: URL, run: String, rules: ScoringRules, graph: ServedGraphModel? = nil, metrics: ServiceMetrics? = nil,
+                logger: Logger) {
         self.root = root
         self.run = run
         self.rules = rules
+        self.graph = graph
         self.metrics = metrics
         self.logger = logger
     }
@@ -82,7 +103,7 @@ public final class CheckpointScorer: Scorer {
             if let current = currentModel, current.featureCount != model.featureCount {
                 throw ScoringError.incompatible(path: model.info.path, reason: "it reads \(model.featureCount) features, the served model \(current.featureCount)")
             }
-            let next = ServedModel(model, rules: rules)
+            let next = try ServedModel(model, graph: graph, rules: rules)
             served.withLock { $0 = next }
             metrics?.recordReload(step: model.info.step)
             logger.info("serving run '\(run)' step \(model.info.step) from \(model.info.path)")
@@ -171,10 +192,36 @@ extension ServedModel {
                 }
             }
         }
+        let stages = graph.flatMap { graphStages($0, events: events, asOf: asOf) }
+        let classes = summary.stageNames.count
         let scores = (0..<count).map { index in
-            scorer.decide(customerID: request.customers[index].id, churn: churn[index], spend: spend[index],
-                          historyPeriods: Int(lengths[index]), rules: rules, highValueLine: summary.highValueLine)
+            let id = request.customers[index].id
+            let row = stages?.rows[id].map { stages!.probabilities[$0 * classes..<($0 + 1) * classes] }
+            return scorer.decide(customerID: id, churn: churn[index], spend: spend[index],
+                                 historyPeriods: Int(lengths[index]), rules: rules, highValueLine: summary.highValueLine,
+                                 graphStage: row)
         }
         return ScoreResult(model: summary.info, asOfDay: asOf, stageNames: summary.stageNames, scores: scores)
+    }
+
+    /// Stage probabilities of the event customers who bought a product: they join the
+    /// reference graph; customers sent as features, or without product ids, keep the rule stage.
+    func graphStages(_ graph: ServedGraphModel, events: [CustomerEvent], asOf: Int) -> (probabilities: [Float], rows: [String: Int])? {
+        let model = graph.scorer.model
+        guard !events.isEmpty,
+              let request = scoringGraph(events: events, asOf: asOf, spec: model.dataset.spec, statistics: model.graphStatistics)
+        else { return nil }
+        // A customer with no product the reference knows would be an isolated node, which the
+        // stage rule describes better than a model trained on neighbourhoods.
+        let csr = request.graph.csr, customers = request.graph.customerNodes
+        var rows: [String: Int] = [:]
+        for (k, id) in request.customerIDs.enumerated()
+        where (csr.offsets[k]..<csr.offsets[k + 1]).contains(where: {
+            graph.reference.knowsProduct(request.graph.productIDs[Int(csr.neighbours[$0]) - customers])
+        }) {
+            rows[id] = k
+        }
+        let probabilities = graph.scorer.stageProbabilities(joining: graph.reference, request: request.graph, customerIDs: request.customerIDs)
+        return (probabilities, rows)
     }
 }

@@ -3,6 +3,7 @@ import CustomerData
 import Foundation
 import Models
 @testable import Scoring
+import ScoringService
 import Tensors
 import Testing
 
@@ -157,5 +158,61 @@ struct GraphScoringTests {
             #expect(error.description.contains("no product ids"), "\(error)")
         }
         #expect(!FileManager.default.fileExists(atPath: out), "nothing is written when scoring fails")
+    }
+}
+
+@Suite("Graph stages in the service")
+struct GraphServiceTests {
+    @Test("request customers joined to the reference graph get the stages batch scoring gives them; features-only customers keep the rule")
+    func serviceStagesEqualBatch() async throws {
+        let fixture = try ScoringFixture(customers: 150)
+        try fixture.saveCheckpoint(step: 2, seed: 4)
+        try fixture.saveGraphCheckpoint(step: 6, seed: 9)
+        let cutoff = fixture.dataset.manifest.spec.cutoffDay
+        let graphModel = try GraphScoringModel.load(root: fixture.root, run: "test-gnn")
+        let stageScorer = GraphStageScorer(model: graphModel)
+
+        // What batch scoring says of every customer as of the cut-off.
+        let out = fixture.directory.path("batch.csv")
+        _ = try BatchScoring.run(
+            scorer: LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test")), events: fixture.eventsPath,
+            options: EventFileOptions(), asOf: cutoff, rules: ScoringRules(), output: out, graph: stageScorer)
+        let batch = Dictionary(uniqueKeysWithValues: try readScoreCSV(out).map { ($0["customer_id"]!, $0) })
+
+        // The reference is the same events: customers sending their own full history replace
+        // themselves with identical nodes, so the joined graph is the batch graph.
+        var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
+        configuration.graph = ServedGraphModel(
+            scorer: stageScorer,
+            reference: try ReferenceGraph.load(events: fixture.eventsPath, options: EventFileOptions(), asOf: cutoff, model: graphModel))
+        let service = try await RunningService(configuration)
+        let model = try service.json(try await service.send("GET", "/v1/model"))
+        #expect((model["stage_model"] as? [String: Any])?["run"] as? String == "test-gnn")
+        #expect((model["stage_model"] as? [String: Any])?["step"] as? Int == 6)
+
+        let ids = try fixture.dataset.customerIDs()
+        let chosen = [3, 7, 40, 41, 99].map { ids[$0] }
+        var items = try chosen.map { id in "{\"customer_id\":\"\(id)\",\"events\":[\(try fixture.requestEvents(of: id).joined(separator: ","))]}" }
+        items.append("{\"customer_id\":\"by-features\",\"features\":[[0,0,0,0,0,0,0,0]],\"length\":1}")
+        let reply = try await service.send("POST", "/v1/score", body: "{\"as_of\":\(cutoff),\"customers\":[\(items.joined(separator: ","))]}")
+        #expect(reply.status == 200, "\(reply.text)")
+        let scores = try service.json(reply)["scores"] as! [[String: Any]]
+        #expect(scores.count == chosen.count + 1)
+        let names = fixture.dataset.manifest.stageNames
+        var worst = 0.0
+        for score in scores {
+            let id = score["customer_id"] as! String
+            guard let expected = batch[id] else {
+                #expect(id == "by-features")
+                #expect(score["stage_source"] as? String == "rule")
+                continue
+            }
+            #expect(score["stage_source"] as? String == "gnn", "customer \(id)")
+            #expect(score["stage"] as? String == expected["stage"], "customer \(id)")
+            let probabilities = score["stage_probabilities"] as! [String: Double]
+            for name in names { worst = max(worst, abs(probabilities[name]! - Double(expected["p_\(name)"]!)!)) }
+        }
+        #expect(worst < 1e-5, "worst stage probability difference \(worst)")
+        await service.stop()
     }
 }

@@ -95,18 +95,8 @@ struct ServiceTests {
         #expect(model["created_at"] is String)
 
         // Score one customer's events through HTTP and through batch, as of the same day.
-        let lines = try String(contentsOfFile: fixture.eventsPath, encoding: .utf8).split(separator: "\n").dropFirst()
-        let header = try String(contentsOfFile: fixture.eventsPath, encoding: .utf8).split(separator: "\n")[0].split(separator: ",").map(String.init)
         let target = try fixture.dataset.customerIDs()[7]
-        var events: [String] = []
-        for line in lines {
-            let fields = Dictionary(uniqueKeysWithValues: zip(header, line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)))
-            guard fields["customer_id"] == target else { continue }
-            var event = "{\"date\":\"\(fields["timestamp"]!.prefix(10))\",\"amount\":\(fields["amount"]!)"
-            if let q = fields["quantity"], !q.isEmpty { event += ",\"quantity\":\(q)" }
-            if let o = fields["order_id"], !o.isEmpty { event += ",\"order_id\":\"\(o)\"" }
-            events.append(event + "}")
-        }
+        let events = try fixture.requestEvents(of: target)
         #expect(!events.isEmpty)
         let cutoff = fixture.dataset.manifest.spec.cutoffDay
         let reply = try await service.send("POST", "/v1/score", body: "{\"as_of\":\(cutoff),\"customers\":[{\"customer_id\":\"\(target)\",\"events\":[\(events.joined(separator: ","))]}]}")

@@ -93,6 +93,25 @@ final class ScoringFixture: @unchecked Sendable {
     }
 }
 
+extension ScoringFixture {
+    /// The events of `customer` in the fixture's event file as `POST /v1/score` event objects.
+    func requestEvents(of customer: String) throws -> [String] {
+        let lines = try String(contentsOfFile: eventsPath, encoding: .utf8).split(separator: "\n")
+        let header = lines[0].split(separator: ",").map(String.init)
+        var events: [String] = []
+        for line in lines.dropFirst() {
+            let fields = Dictionary(uniqueKeysWithValues: zip(header, line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)))
+            guard fields["customer_id"] == customer else { continue }
+            var event = "{\"date\":\"\(fields["timestamp"]!.prefix(10))\",\"amount\":\(fields["amount"]!)"
+            if let q = fields["quantity"], !q.isEmpty { event += ",\"quantity\":\(q)" }
+            if let o = fields["order_id"], !o.isEmpty { event += ",\"order_id\":\"\(o)\"" }
+            if let p = fields["product_id"], !p.isEmpty { event += ",\"product_id\":\"\(p)\"" }
+            events.append(event + "}")
+        }
+        return events
+    }
+}
+
 /// Reads a CSV written by batch scoring into rows keyed by column name.
 func readScoreCSV(_ path: String, sourceLocation: SourceLocation = #_sourceLocation) throws -> [[String: String]] {
     let text = try String(contentsOfFile: path, encoding: .utf8)
