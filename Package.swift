@@ -128,9 +128,11 @@ let package = Package(
             dependencies: ["CustomerData", "Tensors"],
             resources: [.copy("Samples")]
         ),
+        // Counts the heap allocations of a thread, so tests can hold hot paths to none.
+        .target(name: "AllocationCounting", path: "Tests/AllocationCounting"),
         .testTarget(
             name: "ModelsTests",
-            dependencies: ["Models", "Tensors"],
+            dependencies: ["Models", "Tensors", "CustomerData", "AllocationCounting"],
             resources: [.copy("Fixtures")]
         ),
         // Runs under mpirun at several world sizes; scripts/test.sh launches it and checks that

@@ -47,13 +47,19 @@ public struct CSRGraph: Sendable, Equatable {
 /// uniformly without replacement (all of them when it has fewer), as PyG's NeighborLoader does.
 /// Sources of a block are its destinations followed by the newly reached nodes, so the model's
 /// self term reads the first rows. `fanouts[0]` applies to the hop next to the seeds.
-/// Deterministic for a given random stream; reuses its buffers, so sampling allocates only
-/// what it returns.
+/// Deterministic for a given random stream. The returned blocks and input nodes are the
+/// sampler's own buffers, refilled in place by the next call: a training step that lets go of
+/// its sample before sampling again allocates nothing once the buffers have grown to the
+/// largest sample.
 public final class NeighbourSampler: @unchecked Sendable {
     public let graph: CSRGraph
     public let fanouts: [Int]
     private var localIndex: [Int32]
     private var chosen: [Int] = []
+    /// One block per hop, stored outermost first as `Sample.blocks` lists them.
+    private var blocks: [SampledBlock]
+    /// The sources of each hop, nearest first; the last is the input layer's nodes.
+    private var hopSources: [[Int32]]
 
     public struct Sample: Sendable {
         /// Blocks outermost hop first, ready for `GraphSAGEModel.forward`.
@@ -67,23 +73,40 @@ public final class NeighbourSampler: @unchecked Sendable {
         self.graph = graph
         self.fanouts = fanouts
         localIndex = [Int32](repeating: -1, count: graph.nodeCount)
+        blocks = fanouts.map { _ in SampledBlock(sourceCount: 0, destinationCount: 0, offsets: [0], neighbours: []) }
+        hopSources = fanouts.map { _ in [] }
     }
 
     public func sample(seeds: [Int32], random: inout SeededRandom) -> Sample {
-        var blocks: [SampledBlock] = []
-        var destinations = seeds
-        for fanout in fanouts {
-            var sources = destinations
-            for (position, node) in destinations.enumerated() { localIndex[Int(node)] = Int32(position) }
-            var offsets = [Int32](repeating: 0, count: destinations.count + 1)
-            var neighbours: [Int32] = []
-            neighbours.reserveCapacity(destinations.count * fanout)
-            for (position, node) in destinations.enumerated() {
-                let start = graph.offsets[Int(node)]
-                let degree = graph.offsets[Int(node) + 1] - start
-                chooseSlots(degree: degree, fanout: fanout, random: &random)
-                for slot in chosen {
-                    let neighbour = graph.neighbours[start + slot]
+        let hops = fanouts.count
+        for hop in 0..<hops {
+            let slot = hops - 1 - hop
+            // Moved out while refilled, so the buffer is uniquely owned and grows in place.
+            var sources = hopSources[hop]
+            hopSources[hop] = []
+            var offsets = blocks[slot].offsets
+            var neighbours = blocks[slot].neighbours
+            blocks[slot].offsets = []
+            blocks[slot].neighbours = []
+            sources.removeAll(keepingCapacity: true)
+            offsets.removeAll(keepingCapacity: true)
+            neighbours.removeAll(keepingCapacity: true)
+            let destinationCount: Int
+            if hop == 0 {
+                sources.append(contentsOf: seeds)
+                destinationCount = seeds.count
+            } else {
+                sources.append(contentsOf: hopSources[hop - 1])
+                destinationCount = hopSources[hop - 1].count
+            }
+            for position in 0..<destinationCount { localIndex[Int(sources[position])] = Int32(position) }
+            offsets.append(0)
+            for position in 0..<destinationCount {
+                let node = Int(sources[position])
+                let start = graph.offsets[node]
+                chooseSlots(degree: graph.offsets[node + 1] - start, fanout: fanouts[hop], random: &random)
+                for index in 0..<chosen.count {
+                    let neighbour = graph.neighbours[start + chosen[index]]
                     var local = localIndex[Int(neighbour)]
                     if local < 0 {
                         local = Int32(sources.count)
@@ -92,28 +115,34 @@ public final class NeighbourSampler: @unchecked Sendable {
                     }
                     neighbours.append(local)
                 }
-                offsets[position + 1] = Int32(neighbours.count)
+                offsets.append(Int32(neighbours.count))
             }
-            for node in sources { localIndex[Int(node)] = -1 }
-            blocks.append(SampledBlock(
-                sourceCount: sources.count, destinationCount: destinations.count,
-                offsets: offsets, neighbours: neighbours))
-            destinations = sources
+            for index in 0..<sources.count { localIndex[Int(sources[index])] = -1 }
+            blocks[slot].sourceCount = sources.count
+            blocks[slot].destinationCount = destinationCount
+            blocks[slot].offsets = offsets
+            blocks[slot].neighbours = neighbours
+            hopSources[hop] = sources
         }
-        return Sample(blocks: blocks.reversed(), inputNodes: destinations)
+        return Sample(blocks: blocks, inputNodes: hopSources[hops - 1])
     }
 
     /// Fills `chosen` with min(fanout, degree) distinct slots in 0..<degree (Floyd's algorithm
     /// when sampling, so the cost is O(fanout) however large the degree).
+    ///
+    /// Plain index loops rather than `append(contentsOf:)` and `contains`: unspecialised, as in
+    /// debug builds, those generic calls allocate on every call of this per-node function.
     private func chooseSlots(degree: Int, fanout: Int, random: inout SeededRandom) {
         chosen.removeAll(keepingCapacity: true)
         if degree <= fanout {
-            chosen.append(contentsOf: 0..<degree)
+            for slot in 0..<degree { chosen.append(slot) }
             return
         }
         for upper in (degree - fanout)..<degree {
             let candidate = random.nextIndex(below: upper + 1)
-            chosen.append(chosen.contains(candidate) ? upper : candidate)
+            var taken = false
+            for index in 0..<chosen.count where chosen[index] == candidate { taken = true }
+            chosen.append(taken ? upper : candidate)
         }
     }
 }
@@ -122,7 +151,7 @@ public final class NeighbourSampler: @unchecked Sendable {
 public func gatherRows(
     _ features: UnsafePointer<Float>, width: Int, nodes: [Int32], into: UnsafeMutablePointer<Float>
 ) {
-    for (row, node) in nodes.enumerated() {
-        (into + row &* width).update(from: features + Int(node) &* width, count: width)
+    for row in 0..<nodes.count {
+        (into + row &* width).update(from: features + Int(nodes[row]) &* width, count: width)
     }
 }

@@ -95,7 +95,8 @@ public final class GraphSAGEModel: @unchecked Sendable {
         let dropping = training && configuration.dropout > 0
         workspace.prepare(configuration, blocks: blocks, slices: layerSlices)
         var input = features
-        for (layer, block) in blocks.enumerated() {
+        for layer in 0..<blocks.count {
+            let block = blocks[layer]
             let slices = layerSlices[layer]
             if layer > 0 {
                 precondition(block.sourceCount == blocks[layer - 1].destinationCount,
@@ -130,8 +131,10 @@ public final class GraphSAGEModel: @unchecked Sendable {
                 input = UnsafePointer(next)
             }
         }
-        workspace.layerInputs = [features] + (0..<max(configuration.layers - 1, 0)).map {
-            UnsafePointer(workspace.activations[$0].pointer)
+        // Filled in place: building a new array here was an allocation every step.
+        workspace.layerInputs[0] = features
+        for layer in 1..<configuration.layers {
+            workspace.layerInputs[layer] = UnsafePointer(workspace.activations[layer - 1].pointer)
         }
     }
 
@@ -282,7 +285,8 @@ final class SAGEWorkspace {
     var outputGradients: [Tensor]     // [D_k, out_k]; below the top also d(input of k+1)
     var aggregateGradients: [Tensor]
     var dropoutActive: [Bool]
-    var layerInputs: [UnsafePointer<Float>] = []
+    /// The input each layer read in the last forward (for backward).
+    var layerInputs: [UnsafePointer<Float>]
 
     init(layers: Int) {
         func make() -> [Tensor] { (0..<layers).map { _ in Tensor(shape: [1]) } }
@@ -293,16 +297,18 @@ final class SAGEWorkspace {
         outputGradients = make()
         aggregateGradients = make()
         dropoutActive = [Bool](repeating: false, count: layers)
+        layerInputs = aggregates.map { UnsafePointer($0.pointer) }
     }
 
     func prepare(_ configuration: GraphSAGEConfiguration, blocks: [SampledBlock], slices: [GraphSAGEModel.LayerSlices]) {
-        for (layer, block) in blocks.enumerated() {
-            aggregates[layer].reshape([block.destinationCount, slices[layer].inputSize])
-            aggregateGradients[layer].reshape([block.destinationCount, slices[layer].inputSize])
-            outputs[layer].reshape([block.destinationCount, slices[layer].outputSize])
-            activations[layer].reshape([block.destinationCount, slices[layer].outputSize])
-            masks[layer].reshape([block.destinationCount, slices[layer].outputSize])
-            outputGradients[layer].reshape([block.destinationCount, slices[layer].outputSize])
+        for layer in 0..<blocks.count {
+            let block = blocks[layer]
+            aggregates[layer].reshape(block.destinationCount, slices[layer].inputSize)
+            aggregateGradients[layer].reshape(block.destinationCount, slices[layer].inputSize)
+            outputs[layer].reshape(block.destinationCount, slices[layer].outputSize)
+            activations[layer].reshape(block.destinationCount, slices[layer].outputSize)
+            masks[layer].reshape(block.destinationCount, slices[layer].outputSize)
+            outputGradients[layer].reshape(block.destinationCount, slices[layer].outputSize)
         }
     }
 }

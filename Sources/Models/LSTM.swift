@@ -454,22 +454,23 @@ final class LSTMWorkspace {
         let widest = max(configuration.inputSize, hidden)
         for layer in 0..<configuration.layers {
             let inputSize = layer == 0 ? configuration.inputSize : hidden
-            layerInputs[layer].reshape([steps, batchSize, inputSize])
-            gates[layer].reshape([steps, batchSize, 4 * hidden])
-            cells[layer].reshape([steps, batchSize, hidden])
-            hiddens[layer].reshape([steps, batchSize, hidden])
+            layerInputs[layer].reshape(steps, batchSize, inputSize)
+            gates[layer].reshape(steps, batchSize, 4 * hidden)
+            cells[layer].reshape(steps, batchSize, hidden)
+            hiddens[layer].reshape(steps, batchSize, hidden)
         }
-        for mask in masks { mask.reshape([steps, batchSize, hidden]) }
-        headOutputs.reshape([batchSize, 2])
-        churnLogits.reshape([batchSize])
-        clvPredictions.reshape([batchSize])
-        headGradients.reshape([batchSize, 2])
-        outputGradients.reshape([steps, batchSize, hidden])
-        gateGradients.reshape([steps, batchSize, 4 * hidden])
-        inputGradients.reshape([steps, batchSize, widest])
-        hiddenCarry.reshape([batchSize, hidden])
-        cellCarry.reshape([batchSize, hidden])
-        zeros.reshape([hidden])
-        biasGradient.reshape([4 * hidden])
+        // By index: iterating the array itself allocated an iterator box per call in debug builds.
+        for index in 0..<masks.count { masks[index].reshape(steps, batchSize, hidden) }
+        headOutputs.reshape(batchSize, 2)
+        churnLogits.reshape(batchSize)
+        clvPredictions.reshape(batchSize)
+        headGradients.reshape(batchSize, 2)
+        outputGradients.reshape(steps, batchSize, hidden)
+        gateGradients.reshape(steps, batchSize, 4 * hidden)
+        inputGradients.reshape(steps, batchSize, widest)
+        hiddenCarry.reshape(batchSize, hidden)
+        cellCarry.reshape(batchSize, hidden)
+        zeros.reshape(hidden)
+        biasGradient.reshape(4 * hidden)
     }
 }

@@ -6,12 +6,14 @@ public final class Tensor: @unchecked Sendable {
     public private(set) var shape: [Int]
     public private(set) var capacity: Int
     public private(set) var pointer: UnsafeMutablePointer<Float>
-
-    public var count: Int { shape.reduce(1, *) }
+    /// Kept with the shape: kernels ask for it every step, and the product over `shape` made
+    /// debug builds allocate a closure context each time.
+    public private(set) var count: Int
 
     public init(shape: [Int]) {
         self.shape = shape
-        capacity = max(1, shape.reduce(1, *))
+        count = shape.reduce(1, *)
+        capacity = max(1, count)
         // 64-byte alignment: whole cache lines and aligned vector loads for every row start.
         pointer = UnsafeMutableRawPointer.allocate(
             byteCount: capacity * MemoryLayout<Float>.stride, alignment: 64
@@ -31,6 +33,45 @@ public final class Tensor: @unchecked Sendable {
     /// loop calls this with its largest batch first, so later steps never allocate.
     public func reshape(_ newShape: [Int]) {
         let needed = newShape.reduce(1, *)
+        reserve(needed)
+        shape = newShape
+        count = needed
+    }
+
+    /// `reshape([rows, columns])` without building an array: hot paths reshape every step, and
+    /// an array literal is a heap allocation each time.
+    public func reshape(_ rows: Int, _ columns: Int) {
+        reserve(rows * columns)
+        if shape.count == 2 {
+            shape[0] = rows
+            shape[1] = columns
+        } else {
+            shape = [rows, columns]
+        }
+        count = rows * columns
+    }
+
+    /// `reshape([d0, d1, d2])` without building an array (see the two-dimensional form).
+    public func reshape(_ d0: Int, _ d1: Int, _ d2: Int) {
+        reserve(d0 * d1 * d2)
+        if shape.count == 3 {
+            shape[0] = d0
+            shape[1] = d1
+            shape[2] = d2
+        } else {
+            shape = [d0, d1, d2]
+        }
+        count = d0 * d1 * d2
+    }
+
+    /// `reshape([count])` without building an array (see the two-dimensional form).
+    public func reshape(_ count: Int) {
+        reserve(count)
+        if shape.count == 1 { shape[0] = count } else { shape = [count] }
+        self.count = count
+    }
+
+    private func reserve(_ needed: Int) {
         if needed > capacity {
             pointer.deallocate()
             capacity = needed
@@ -39,7 +80,6 @@ public final class Tensor: @unchecked Sendable {
             ).bindMemory(to: Float.self, capacity: capacity)
             pointer.initialize(repeating: 0, count: capacity)
         }
-        shape = newShape
     }
 
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: pointer, count: count) }

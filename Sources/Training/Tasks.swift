@@ -109,6 +109,7 @@ public final class GNNTask: TrainingTask {
     let seed: UInt64
     private let input = Tensor(shape: [1])
     private var labels: [Int32]
+    private var seeds: [Int32] = []
 
     public var parameters: ParameterStore { model.parameters }
 
@@ -124,10 +125,16 @@ public final class GNNTask: TrainingTask {
     }
 
     private func prepare(_ shard: LocalShard, _ customers: ArraySlice<Int32>, random: inout SeededRandom) -> [SampledBlock] {
-        let seeds = customers.map { shard.datasetRows[Int($0)] }
-        for (slot, customer) in customers.enumerated() { labels[slot] = shard.stages[Int(customer)] }
+        // Refilled in place, as the sampler's buffers are: the step allocates nothing.
+        seeds.removeAll(keepingCapacity: true)
+        var slot = 0
+        for customer in customers {
+            seeds.append(shard.datasetRows[Int(customer)])
+            labels[slot] = shard.stages[Int(customer)]
+            slot += 1
+        }
         let sample = sampler.sample(seeds: seeds, random: &random)
-        input.reshape([sample.inputNodes.count, featureWidth])
+        input.reshape(sample.inputNodes.count, featureWidth)
         gatherRows(nodeFeatures, width: featureWidth, nodes: sample.inputNodes, into: input.pointer)
         return sample.blocks
     }
