@@ -145,8 +145,8 @@ public final class InferenceLSTM: Sendable {
 extension InferenceLSTM {
     /// 16 lanes on 4-lane SSE registers: each operation becomes four independent instructions,
     /// which keeps the units busy through the exponentials' long dependency chains. Measured
-    /// with `clm-bench scoring`: 16 lanes 24,850 customers/s, 8 lanes 22,440, 4 lanes 20,590
-    /// (32 lanes spill and fall off a cliff).
+    /// with `clm-bench scoring`: 16 lanes 24,850 customers/s, 8 lanes 22,440, 4 lanes 20,590;
+    /// 32 lanes ran a hundred times slower.
     typealias Lanes = SIMD16<Float>
     typealias IntegerLanes = SIMD16<Int32>
 

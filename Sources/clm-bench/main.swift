@@ -107,7 +107,9 @@ struct ScoringForward: ParsableCommand {
         }
         var distributions: [ScoringThroughput.Lengths] = [.full, .uniform]
         if let lengthsFile {
-            let data = try Data(contentsOf: URL(fileURLWithPath: lengthsFile))
+            guard let data = FileManager.default.contents(atPath: lengthsFile) else {
+                throw ValidationError("cannot read --lengths-file \(lengthsFile)")
+            }
             let values = data.withUnsafeBytes { Array($0.bindMemory(to: Int32.self)) }
             guard !values.isEmpty else { throw ValidationError("\(lengthsFile) holds no lengths") }
             distributions.append(.sampled(name: URL(fileURLWithPath: lengthsFile).deletingLastPathComponent().lastPathComponent, values: values))
