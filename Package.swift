@@ -70,7 +70,7 @@ let package = Package(
         ),
         // Reads a finished run's files only: no MPI, so a report can be made anywhere.
         .target(name: "Reporting", dependencies: ["ModelMetrics", "Checkpoints"]),
-        .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData"]),
+        .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData", "Scoring"]),
 
         // MARK: Executables (thin: parse arguments, call a library)
         .executableTarget(

@@ -7,7 +7,7 @@ struct ClmBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clm-bench",
         abstract: "Benchmarks of the training cluster's building blocks.",
-        subcommands: [Allreduce.self, Models.self])
+        subcommands: [Allreduce.self, Models.self, ScoringForward.self])
 }
 
 struct Allreduce: ParsableCommand {
@@ -81,5 +81,54 @@ struct Models: ParsableCommand {
         print(String(
             format: "  time: sampling %.0f%%, gathering features %.0f%%, compute (forward, backward, Adam) %.0f%%",
             100 * sageResult.samplingShare, 100 * sageResult.gatherShare, 100 * sageResult.computeShare))
+    }
+}
+
+struct ScoringForward: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "scoring",
+        abstract: "Scoring forward throughput (clm-score's LSTM) on one thread, next to cblas_sgemm's rate.",
+        discussion: """
+            Synthetic customers at the CDNOW model's size (T=39, 8 features, hidden 50, 2 layers) with \
+            freshly initialised weights. Each length distribution is timed at each batch size: every \
+            customer at the full T steps (as in the 200k synthetic file and CDNOW as of its last day), \
+            uniform in 1...T, and optionally the lengths stored in a dataset's lengths.i32.
+            """)
+
+    @Option(help: "Seconds to time each row.") var seconds = 3.0
+    @Option(help: "Comma-separated batch sizes.") var batchSizes = "256,1024"
+    @Option(help: "A dataset's lengths.i32 (e.g. data/cdnow/lengths.i32) to draw lengths from as well.")
+    var lengthsFile: String?
+
+    func run() throws {
+        let sizes = batchSizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !sizes.isEmpty, sizes.allSatisfy({ $0 >= 1 }) else {
+            throw ValidationError("--batch-sizes needs positive integers, got '\(batchSizes)'")
+        }
+        var distributions: [ScoringThroughput.Lengths] = [.full, .uniform]
+        if let lengthsFile {
+            guard let data = FileManager.default.contents(atPath: lengthsFile) else {
+                throw ValidationError("cannot read --lengths-file \(lengthsFile)")
+            }
+            let values = data.withUnsafeBytes { Array($0.bindMemory(to: Int32.self)) }
+            guard !values.isEmpty else { throw ValidationError("\(lengthsFile) holds no lengths") }
+            distributions.append(.sampled(name: URL(fileURLWithPath: lengthsFile).deletingLastPathComponent().lastPathComponent, values: values))
+        }
+        let sgemm = measureSgemm()
+        var bench = ScoringThroughput()
+        bench.minimumSeconds = seconds
+        print(String(format: "cblas_sgemm 512x512x512, 1 thread: %.1f GFLOP/s", sgemm / 1e9))
+        print("scoring forward, 1 thread (T=\(bench.steps), \(bench.inputSize) features, hidden \(bench.hiddenSize), \(bench.layers) layers); "
+              + "GFLOP/s counts valid steps only")
+        print(pad("lengths", 16), pad("mean", 6), pad("batch", 6), pad("customers/s", 12), pad("GFLOP/s", 8), "of sgemm")
+        for distribution in distributions {
+            for size in sizes {
+                bench.batchSize = size
+                let result = bench.run(lengths: distribution)
+                print(pad(distribution.description, 16), pad(String(format: "%.1f", result.meanLength), 6), pad("\(size)", 6),
+                      pad(String(format: "%.0f", result.customersPerSecond), 12), pad(String(format: "%.2f", result.usefulGflops), 8),
+                      String(format: "%.1f%%", 100 * result.usefulGflops * 1e9 / sgemm))
+            }
+        }
     }
 }

@@ -1,0 +1,158 @@
+import Foundation
+import Models
+@testable import Scoring
+import Tensors
+import Testing
+
+/// `InferenceLSTM` reorders each batch by length and skips finished customers; these check
+/// that neither the order nor the company a customer is scored in changes its scores.
+@Suite("Inference LSTM: packed batches")
+struct PackedBatchTests {
+    /// Random customers: features in [−2, 2] on valid steps, zero on padding.
+    struct Customers {
+        let steps: Int
+        let inputSize: Int
+        var features: [Float]
+        var lengths: [Int32]
+
+        init(count: Int, steps: Int, inputSize: Int, lengths: (inout SeededRandom) -> Int32, seed: UInt64) {
+            self.steps = steps
+            self.inputSize = inputSize
+            var random = SeededRandom(seed: seed, purpose: .synthesis)
+            self.lengths = (0..<count).map { _ in lengths(&random) }
+            features = [Float](repeating: 0, count: count * steps * inputSize)
+            for customer in 0..<count {
+                for index in 0..<Int(self.lengths[customer]) * inputSize {
+                    features[customer * steps * inputSize + index] = random.nextFloat(in: -2, 2)
+                }
+            }
+        }
+
+        var count: Int { lengths.count }
+
+        /// Churn logits and CLV outputs of customers `range`, scored as one batch.
+        func score(_ network: InferenceLSTM, _ range: Range<Int>, workspace: InferenceWorkspace = InferenceWorkspace())
+            -> (churn: [Float], clv: [Float]) {
+            var churn = [Float](repeating: .nan, count: range.count), clv = [Float](repeating: .nan, count: range.count)
+            features.withUnsafeBufferPointer { xs in
+                lengths.withUnsafeBufferPointer { ls in
+                    network.forward(
+                        features: xs.baseAddress! + range.lowerBound * steps * inputSize, lengths: ls.baseAddress! + range.lowerBound,
+                        batch: range.count, steps: steps, workspace: workspace, churnLogits: &churn, clv: &clv)
+                }
+            }
+            return (churn, clv)
+        }
+    }
+
+    static func network(_ configuration: LSTMConfiguration, seed: UInt64) -> (InferenceLSTM, LSTMModel) {
+        let model = LSTMModel(configuration: configuration, seed: seed)
+        // Larger weights than the initialisation's, so that gates saturate and cells grow past
+        // the range where tanh is near-linear: the clamps and the combined quotients get used.
+        let values = model.parameters.values
+        for index in 0..<values.count { values[index] *= 3 }
+        var weights: [String: [Float]] = [:]
+        for slice in model.parameters.layout.slices {
+            weights[slice.name] = Array(UnsafeBufferPointer(start: model.parameters.value(slice), count: slice.count))
+        }
+        return (InferenceLSTM(configuration: configuration, weights: weights), model)
+    }
+
+    @Test("a batch of mixed lengths in arbitrary order scores each customer as when scored alone")
+    func batchEqualsAlone() {
+        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: 50, layers: 2, dropout: 0)
+        let (network, _) = Self.network(configuration, seed: 31)
+        // 45 customers: not a multiple of the vector width, so partial vectors are stored too;
+        // lengths repeat and come in no order.
+        let customers = Customers(count: 45, steps: 39, inputSize: 8, lengths: { Int32(1 + $0.nextIndex(below: 39)) }, seed: 5)
+        #expect(Set(customers.lengths).count > 20 && Set(customers.lengths).count < customers.count)
+        let batch = customers.score(network, 0..<customers.count)
+        let workspace = InferenceWorkspace()
+        var worst: Float = 0
+        for customer in 0..<customers.count {
+            // One workspace for all: buffers left from the batch must not leak into a single.
+            let alone = customers.score(network, customer..<customer + 1, workspace: workspace)
+            worst = max(worst, abs(alone.churn[0] - batch.churn[customer]), abs(alone.clv[0] - batch.clv[customer]))
+        }
+        #expect(worst < 1e-5, "worst difference \(worst)")
+        #expect(batch.churn.max()! - batch.churn.min()! > 0.5, "the scores should differ between customers")
+    }
+
+    @Test("with saturating gates and large cells, scores equal the training model's forward", arguments: [
+        LSTMConfiguration(inputSize: 8, hiddenSize: 50, layers: 2, dropout: 0),
+        LSTMConfiguration(inputSize: 3, hiddenSize: 5, layers: 3, dropout: 0),
+    ])
+    func matchesTrainingModel(configuration: LSTMConfiguration) {
+        let (network, model) = Self.network(configuration, seed: 17)
+        let steps = 13
+        let customers = Customers(count: 61, steps: steps, inputSize: configuration.inputSize,
+                                  lengths: { Int32(1 + $0.nextIndex(below: steps)) }, seed: 9)
+        let scores = customers.score(network, 0..<customers.count)
+        var random = SeededRandom(seed: 0, purpose: .dropout)
+        customers.features.withUnsafeBufferPointer { xs in
+            customers.lengths.withUnsafeBufferPointer { ls in
+                model.forward(SequenceBatch(features: xs.baseAddress!, lengths: ls.baseAddress!, batchSize: customers.count, steps: steps),
+                              training: false, random: &random)
+            }
+        }
+        var worst: Float = 0
+        for customer in 0..<customers.count {
+            worst = max(worst, abs(scores.churn[customer] - model.churnLogits[customer]),
+                        abs(scores.clv[customer] - model.clvPredictions[customer]))
+        }
+        #expect(worst < 1e-5, "worst difference \(worst)")
+    }
+
+    @Test("all customers full length, all length one, and a length of zero (state stays zero)")
+    func edgeLengths() {
+        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: 50, layers: 2, dropout: 0)
+        let (network, model) = Self.network(configuration, seed: 3)
+        let full = Customers(count: 16, steps: 39, inputSize: 8, lengths: { _ in 39 }, seed: 1)
+        let short = Customers(count: 16, steps: 39, inputSize: 8, lengths: { _ in 1 }, seed: 2)
+        for customers in [full, short] {
+            let batch = customers.score(network, 0..<customers.count)
+            for customer in [0, 7, 15] {
+                let alone = customers.score(network, customer..<customer + 1)
+                #expect(abs(alone.churn[0] - batch.churn[customer]) < 1e-5)
+            }
+        }
+        var empty = short
+        empty.lengths[4] = 0
+        let scores = empty.score(network, 0..<empty.count)
+        let bias = model.parameters.valueArray("churn_head.bias")![0]
+        #expect(scores.churn[4] == bias)
+        #expect(abs(scores.churn[5] - short.score(network, 5..<6).churn[0]) < 1e-5)
+    }
+
+    @Test("the vector 2^u is within 2 ulp over the clamped range")
+    func exponential() {
+        var worst = 0.0
+        for start in stride(from: -36.0, to: 36.0, by: 0.0007 * 16) {
+            let u = InferenceLSTM.Lanes((0..<16).map { Float(start + 0.0007 * Double($0)) })
+            let y = InferenceLSTM.exp2(u)
+            for lane in 0..<16 {
+                let exact = exp2(Double(u[lane]))
+                worst = max(worst, abs(Double(y[lane]) - exact) / exact)
+            }
+        }
+        // 2 ulp where floats are sparsest relative to their value (just below a power of 2).
+        #expect(worst < 2 * 0x1p-23, "worst relative error \(worst)")
+    }
+
+    @Test("saturated gates give the limits instead of overflowing")
+    func saturation() {
+        typealias Lanes = InferenceLSTM.Lanes
+        // The inputs are exponents u = −x·log2(e): very negative means σ(x) = 1.
+        let open = Lanes(repeating: -1e30), shut = Lanes(repeating: 1e30), c = Lanes(repeating: 0.5)
+        let kept = InferenceLSTM.lanesUpdate(open, open, open, open, c)
+        for lane in 0..<Lanes.scalarCount {
+            #expect(abs(kept.cell[lane] - 1.5) < 1e-6)
+            #expect(abs(kept.hidden[lane] - Float(tanh(1.5))) < 1e-6)
+        }
+        let cleared = InferenceLSTM.lanesUpdate(shut, shut, open, open, c)
+        // σ stops at 1/(1 + 2^36) ≈ 1.5·10⁻¹¹ rather than 0: the clamp that keeps products finite.
+        for lane in 0..<Lanes.scalarCount { #expect(abs(cleared.cell[lane]) < 1e-10 && abs(cleared.hidden[lane]) < 1e-10) }
+        let huge = InferenceLSTM.lanesUpdate(open, open, open, open, Lanes(repeating: 1e6))
+        #expect(huge.hidden == Lanes(repeating: 1))
+    }
+}
