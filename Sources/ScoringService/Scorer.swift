@@ -196,7 +196,7 @@ extension ServedModel {
         let classes = summary.stageNames.count
         let scores = (0..<count).map { index in
             let id = request.customers[index].id
-            let row = stages?.rows[id].map { stages!.probabilities[$0 * classes..<($0 + 1) * classes] }
+            let row = stages.flatMap { stages in stages.rows[id].map { stages.probabilities[$0 * classes..<($0 + 1) * classes] } }
             return scorer.decide(customerID: id, churn: churn[index], spend: spend[index],
                                  historyPeriods: Int(lengths[index]), rules: rules, highValueLine: summary.highValueLine,
                                  graphStage: row)
