@@ -71,6 +71,11 @@ let package = Package(
         // Reads a finished run's files only: no MPI, so a report can be made anywhere.
         .target(name: "Reporting", dependencies: ["ModelMetrics", "Checkpoints"]),
         .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData", "Scoring"]),
+        // The event-file flags the data and scoring tools share.
+        .target(
+            name: "EventFileArguments",
+            dependencies: ["CustomerData", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
 
         // MARK: Executables (thin: parse arguments, call a library)
         .executableTarget(
@@ -84,7 +89,7 @@ let package = Package(
         .executableTarget(
             name: "clm-data",
             dependencies: [
-                "CustomerData",
+                "CustomerData", "EventFileArguments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -101,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "clm-score",
             dependencies: [
-                "Scoring", "ScoringService", "CustomerData", "Tensors",
+                "Scoring", "ScoringService", "CustomerData", "Tensors", "EventFileArguments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

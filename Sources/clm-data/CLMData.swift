@@ -1,5 +1,6 @@
 import ArgumentParser
 import CustomerData
+import EventFileArguments
 import Foundation
 
 @main
@@ -35,20 +36,9 @@ func formatFixed(_ value: Double, _ decimals: Int) -> String { String(format: "%
 struct Import: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Import an event file into a dataset directory.")
 
-    @Option(help: "Input layout: canonical, cdnow or instacart.") var preset: String = "canonical"
     @Option(help: "The event file.") var input: String
     @Option(help: "The dataset directory to write (replaced atomically if it is a dataset).") var out: String
-    @Option(help: "Customer id column (header name, or 1-based position).") var customerCol: String?
-    @Option(help: "Time column (name or position).") var timeCol: String?
-    @Option(help: "Time format: iso, yyyymmdd, unix, days or auto.") var timeFormat: String = "auto"
-    @Option(help: "Amount (spend) column (name or position).") var amountCol: String?
-    @Option(help: "Quantity column (name or position); default 1 per row.") var quantityCol: String?
-    @Option(help: "Product id column (name or position); enables the graph.") var productCol: String?
-    @Option(help: "Order id column: rows of one order count as one transaction.") var orderCol: String?
-    @Option(help: "Event type column: only purchase/order/transaction/sale rows count.") var eventTypeCol: String?
-    @Option(help: "Field delimiter (one character, or 'tab').") var delimiter: String = ","
-    @Flag(help: "Fields are separated by runs of spaces or tabs.") var whitespace = false
-    @Flag(help: "The file has no header line (columns by position).") var noHeader = false
+    @OptionGroup var eventFile: EventFileArguments
     @Option(help: "Last day of history: YYYY-MM-DD, YYYYMMDD or a day number. Default: preset's, else last event day minus the horizon.") var cutoff: String?
     @Option(help: "Outcome window in days after the cut-off (default 273; instacart 91).") var horizon: Int?
     @Option(help: "Days per period (default 7).") var period: Int?
@@ -62,14 +52,10 @@ struct Import: ParsableCommand {
 
     func run() throws {
         try runReporting {
-            // The same option checks as the scoring tools' (one place decides what a flag means).
-            let eventFile = try EventFileOptions(
-                preset: preset, timeFormat: timeFormat, delimiter: delimiter, whitespace: whitespace,
-                noHeader: noHeader, customerCol: customerCol, timeCol: timeCol, amountCol: amountCol,
-                quantityCol: quantityCol, productCol: productCol, orderCol: orderCol, eventTypeCol: eventTypeCol)
+            let parsed = try eventFile.options()
             var options = ImportOptions()
-            options.preset = eventFile.preset
-            options.format = eventFile.format
+            options.preset = parsed.preset
+            options.format = parsed.format
             options.cutoffDay = try cutoff.map(parseCutoff)
             options.horizonDays = horizon
             options.periodDays = period

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CustomerData
+import EventFileArguments
 import Foundation
 import Logging
 import Scoring
@@ -79,25 +80,11 @@ struct Batch: AsyncParsableCommand {
     @Option(help: "Score as of this day: YYYY-MM-DD, YYYYMMDD or a day number. Default: the file's last event day.") var asOf: String?
     @Option(help: "Output file; .csv or .jsonl picks the format. Written atomically.") var out: String
     @Option(help: "Customers per forward pass (256 keeps a step's gates in L2 cache).") var batchSize: Int = 256
-    @Option(help: "Input layout: canonical, cdnow or instacart.") var preset: String = "canonical"
-    @Option(help: "Customer id column (header name, or 1-based position).") var customerCol: String?
-    @Option(help: "Time column (name or position).") var timeCol: String?
-    @Option(help: "Time format: iso, yyyymmdd, unix, days or auto.") var timeFormat: String = "auto"
-    @Option(help: "Amount (spend) column (name or position).") var amountCol: String?
-    @Option(help: "Quantity column (name or position); default 1 per row.") var quantityCol: String?
-    @Option(help: "Product id column (name or position).") var productCol: String?
-    @Option(help: "Order id column: rows of one order count as one transaction.") var orderCol: String?
-    @Option(help: "Event type column: only purchase/order/transaction/sale rows count.") var eventTypeCol: String?
-    @Option(help: "Field delimiter (one character, or 'tab').") var delimiter: String = ","
-    @Flag(help: "Fields are separated by runs of spaces or tabs.") var whitespace = false
-    @Flag(help: "The file has no header line (columns by position).") var noHeader = false
+    @OptionGroup var eventFile: EventFileArguments
 
     func run() async throws {
         try await reporting {
-            let options = try EventFileOptions(
-                preset: preset, timeFormat: timeFormat, delimiter: delimiter, whitespace: whitespace, noHeader: noHeader,
-                customerCol: customerCol, timeCol: timeCol, amountCol: amountCol, quantityCol: quantityCol,
-                productCol: productCol, orderCol: orderCol, eventTypeCol: eventTypeCol)
+            let options = try eventFile.options()
             let rules = try model.loadRules()
             let loaded = try model.load()
             let graph = try model.loadGraph(compatibleWith: loaded)

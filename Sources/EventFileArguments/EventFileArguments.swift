@@ -1,0 +1,29 @@
+import ArgumentParser
+import CustomerData
+
+/// The event-file flags of `clm-data import` and `clm-score batch`, declared once so both tools
+/// spell and explain them alike; `EventFileOptions` decides what they mean.
+public struct EventFileArguments: ParsableArguments {
+    @Option(help: "Input layout: canonical, cdnow or instacart.") public var preset: String = "canonical"
+    @Option(help: "Customer id column (header name, or 1-based position).") public var customerCol: String?
+    @Option(help: "Time column (name or position).") public var timeCol: String?
+    @Option(help: "Time format: iso, yyyymmdd, unix, days or auto.") public var timeFormat: String = "auto"
+    @Option(help: "Amount (spend) column (name or position).") public var amountCol: String?
+    @Option(help: "Quantity column (name or position); default 1 per row.") public var quantityCol: String?
+    @Option(help: "Product id column (name or position): the customer-product graph's edges.") public var productCol: String?
+    @Option(help: "Order id column: rows of one order count as one transaction.") public var orderCol: String?
+    @Option(help: "Event type column: only purchase/order/transaction/sale rows count.") public var eventTypeCol: String?
+    @Option(help: "Field delimiter (one character, or 'tab').") public var delimiter: String = ","
+    @Flag(help: "Fields are separated by runs of spaces or tabs.") public var whitespace = false
+    @Flag(help: "The file has no header line (columns by position).") public var noHeader = false
+
+    public init() {}
+
+    /// The checked options; a bad combination throws `DataError.invalidOption` naming the flag.
+    public func options() throws -> EventFileOptions {
+        try EventFileOptions(
+            preset: preset, timeFormat: timeFormat, delimiter: delimiter, whitespace: whitespace, noHeader: noHeader,
+            customerCol: customerCol, timeCol: timeCol, amountCol: amountCol, quantityCol: quantityCol,
+            productCol: productCol, orderCol: orderCol, eventTypeCol: eventTypeCol)
+    }
+}
