@@ -66,46 +66,37 @@ public struct LSTMThroughput {
         let lengths = (0..<batchSize).map { _ in Int32(steps / 2 + random.nextIndex(below: steps - steps / 2 + 1)) }
         let labels = (0..<batchSize).map { _ in Float(random.nextIndex(below: 2)) }
         let spend = (0..<batchSize).map { _ in random.nextFloat(in: 0, 100) }
-        return features.withUnsafeBufferPointer { xs in
-            lengths.withUnsafeBufferPointer { ls in
-                labels.withUnsafeBufferPointer { ys in
-                    spend.withUnsafeBufferPointer { ss in
-                        let batch = SequenceBatch(
-                            features: xs.baseAddress!, lengths: ls.baseAddress!, batchSize: batchSize, steps: steps,
-                            churnLabels: ys.baseAddress!, spend: ss.baseAddress!)
-                        var forward = 0.0, backward = 0.0, optimizer = 0.0
-                        func step(_ index: Int) {
-                            var masks = SeededRandom(seed: 3, purpose: .dropout, step: index)
-                            let t0 = now()
-                            model.parameters.zeroGradients()
-                            model.forward(batch, training: true, random: &masks)
-                            let t1 = now()
-                            _ = model.loss(batch)
-                            model.backward(batch)
-                            let t2 = now()
-                            adam.update(model.parameters.values, gradients: model.parameters.gradients, learningRate: 1e-3)
-                            let t3 = now()
-                            forward += t1 - t0
-                            backward += t2 - t1
-                            optimizer += t3 - t2
-                        }
-                        for index in 0..<3 { step(index) }
-                        forward = 0; backward = 0; optimizer = 0
-                        var count = 0
-                        let start = now()
-                        while now() - start < minimumSeconds || count < 10 {
-                            step(count)
-                            count += 1
-                        }
-                        let samplesPerSecond = Double(count * batchSize) / (now() - start)
-                        let total = forward + backward + optimizer
-                        return Result(samplesPerSecond: samplesPerSecond,
-                                      gflops: samplesPerSecond * 3 * forwardFlopsPerSample / 1e9,
-                                      forwardShare: forward / total, backwardShare: backward / total,
-                                      optimizerShare: optimizer / total)
-                    }
-                }
+        return SequenceBatch.withLabelled(features: features, lengths: lengths, churnLabels: labels, spend: spend, steps: steps) { batch in
+            var forward = 0.0, backward = 0.0, optimizer = 0.0
+            func step(_ index: Int) {
+                var masks = SeededRandom(seed: 3, purpose: .dropout, step: index)
+                let t0 = now()
+                model.parameters.zeroGradients()
+                model.forward(batch, training: true, random: &masks)
+                let t1 = now()
+                _ = model.loss(batch)
+                model.backward(batch)
+                let t2 = now()
+                adam.update(model.parameters.values, gradients: model.parameters.gradients, learningRate: 1e-3)
+                let t3 = now()
+                forward += t1 - t0
+                backward += t2 - t1
+                optimizer += t3 - t2
             }
+            for index in 0..<3 { step(index) }
+            forward = 0; backward = 0; optimizer = 0
+            var count = 0
+            let start = now()
+            while now() - start < minimumSeconds || count < 10 {
+                step(count)
+                count += 1
+            }
+            let samplesPerSecond = Double(count * batchSize) / (now() - start)
+            let total = forward + backward + optimizer
+            return Result(samplesPerSecond: samplesPerSecond,
+                          gflops: samplesPerSecond * 3 * forwardFlopsPerSample / 1e9,
+                          forwardShare: forward / total, backwardShare: backward / total,
+                          optimizerShare: optimizer / total)
         }
     }
 }

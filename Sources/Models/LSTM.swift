@@ -50,6 +50,27 @@ public struct SequenceBatch {
         self.churnLabels = churnLabels
         self.spend = spend
     }
+
+    /// Calls `body` with a labelled batch over arrays (one customer per entry of `lengths`),
+    /// keeping them pinned for the call.
+    public static func withLabelled<R>(
+        features: [Float], lengths: [Int32], churnLabels: [Float], spend: [Float], steps: Int,
+        _ body: (SequenceBatch) throws -> R
+    ) rethrows -> R {
+        precondition(churnLabels.count == lengths.count && spend.count == lengths.count, "one label and spend per customer")
+        precondition(features.count % max(lengths.count * steps, 1) == 0, "features must be [customers, steps, inputs]")
+        return try features.withUnsafeBufferPointer { xs in
+            try lengths.withUnsafeBufferPointer { ls in
+                try churnLabels.withUnsafeBufferPointer { ys in
+                    try spend.withUnsafeBufferPointer { ss in
+                        try body(SequenceBatch(
+                            features: xs.baseAddress!, lengths: ls.baseAddress!, batchSize: lengths.count, steps: steps,
+                            churnLabels: ys.baseAddress!, spend: ss.baseAddress!))
+                    }
+                }
+            }
+        }
+    }
 }
 
 public struct LSTMLoss: Sendable, Equatable {

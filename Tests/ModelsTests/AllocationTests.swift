@@ -36,20 +36,11 @@ struct AllocationTests {
         let churn = (0..<batch).map { Float($0 % 2) }
         let spend = (0..<batch).map { Float($0) }
         func step() {
-            features.withUnsafeBufferPointer { f in
-                lengths.withUnsafeBufferPointer { l in
-                    churn.withUnsafeBufferPointer { c in
-                        spend.withUnsafeBufferPointer { s in
-                            model.parameters.zeroGradients()
-                            _ = model.trainingStep(
-                                SequenceBatch(features: f.baseAddress!, lengths: l.baseAddress!, batchSize: batch, steps: steps,
-                                              churnLabels: c.baseAddress!, spend: s.baseAddress!),
-                                random: &random)
-                            _ = clipGlobalNorm(model.parameters.gradients, maxNorm: 1)
-                            optimizer.update(model.parameters.values, gradients: model.parameters.gradients, learningRate: 1e-3)
-                        }
-                    }
-                }
+            SequenceBatch.withLabelled(features: features, lengths: lengths, churnLabels: churn, spend: spend, steps: steps) { batch in
+                model.parameters.zeroGradients()
+                _ = model.trainingStep(batch, random: &random)
+                _ = clipGlobalNorm(model.parameters.gradients, maxNorm: 1)
+                optimizer.update(model.parameters.values, gradients: model.parameters.gradients, learningRate: 1e-3)
             }
         }
         step()

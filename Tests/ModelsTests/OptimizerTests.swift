@@ -162,18 +162,9 @@ import Tensors
             }
             let spend = [Float](repeating: 0, count: batchSize)
             var masks = SeededRandom(seed: 1, purpose: .dropout, step: step)
-            let loss = x.withUnsafeBufferPointer { xs in
-                lengths.withUnsafeBufferPointer { ls in
-                    labels.withUnsafeBufferPointer { ys in
-                        spend.withUnsafeBufferPointer { ss in
-                            model.parameters.zeroGradients()
-                            return model.trainingStep(
-                                SequenceBatch(features: xs.baseAddress!, lengths: ls.baseAddress!, batchSize: batchSize,
-                                              steps: steps, churnLabels: ys.baseAddress!, spend: ss.baseAddress!),
-                                random: &masks)
-                        }
-                    }
-                }
+            let loss = SequenceBatch.withLabelled(features: x, lengths: lengths, churnLabels: labels, spend: spend, steps: steps) { batch in
+                model.parameters.zeroGradients()
+                return model.trainingStep(batch, random: &masks)
             }
             adam.update(model.parameters.values, gradients: model.parameters.gradients, learningRate: 0.02)
             losses.append(loss.churn)

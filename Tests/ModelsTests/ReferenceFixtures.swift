@@ -73,21 +73,12 @@ func expectClose(
         let spend = fixture.floats("spend")
         var featureGradients = [Float](repeating: .nan, count: x.count)
         var random = SeededRandom(seed: 0, purpose: .dropout)
-        let loss = x.withUnsafeBufferPointer { xs in
-            lengths.withUnsafeBufferPointer { ls in
-                labels.withUnsafeBufferPointer { ys in
-                    spend.withUnsafeBufferPointer { ss in
-                        let batch = SequenceBatch(
-                            features: xs.baseAddress!, lengths: ls.baseAddress!, batchSize: batchSize, steps: steps,
-                            churnLabels: ys.baseAddress!, spend: ss.baseAddress!)
-                        model.parameters.zeroGradients()
-                        model.forward(batch, training: true, random: &random)
-                        let loss = model.loss(batch)
-                        featureGradients.withUnsafeMutableBufferPointer { model.backward(batch, featureGradients: $0.baseAddress!) }
-                        return loss
-                    }
-                }
-            }
+        let loss = SequenceBatch.withLabelled(features: x, lengths: lengths, churnLabels: labels, spend: spend, steps: steps) { batch in
+            model.parameters.zeroGradients()
+            model.forward(batch, training: true, random: &random)
+            let loss = model.loss(batch)
+            featureGradients.withUnsafeMutableBufferPointer { model.backward(batch, featureGradients: $0.baseAddress!) }
+            return loss
         }
         expectClose(Array(model.churnLogits), fixture.doubles("churn_logit"), "churn_logit")
         expectClose(Array(model.clvPredictions), fixture.doubles("clv_pred"), "clv_pred")
