@@ -16,8 +16,10 @@ public struct ServiceConfiguration: Sendable {
     public var pollInterval: Duration = .seconds(2)
     public var limits = RequestLimits()
     public var rules = ScoringRules()
-    /// Stages from a GraphSAGE model joined to a reference graph; nil keeps the stage rule.
-    public var graph: ServedGraphModel? = nil
+    /// Stages from a GraphSAGE run joined to a reference graph; nil keeps the stage rule.
+    public var graphSource: GraphSource? = nil
+    /// The graph model already loaded from `graphSource`, if the caller loaded it up front.
+    public var initialGraph: ServedGraphModel? = nil
 
     public init(checkpoints: URL, run: String) {
         self.checkpoints = checkpoints
@@ -74,8 +76,8 @@ public func buildApplication(
     try configuration.validate()
     let metrics = ServiceMetrics()
     let scorer = CheckpointScorer(
-        root: configuration.checkpoints, run: configuration.run, rules: configuration.rules, graph: configuration.graph,
-        metrics: metrics, logger: logger)
+        root: configuration.checkpoints, run: configuration.run, rules: configuration.rules,
+        graphSource: configuration.graphSource, initialGraph: configuration.initialGraph, metrics: metrics, logger: logger)
     let router = buildRouter(scorer: scorer, metrics: metrics, limits: configuration.limits, token: configuration.token, logger: logger)
     let application = Application(
         router: router,

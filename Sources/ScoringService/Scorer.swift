@@ -21,7 +21,7 @@ public protocol Scorer: Sendable {
     func score(_ request: ScoreRequest) throws -> ScoreResult
 }
 
-/// A GraphSAGE model and the population graph request customers join; loaded once at start.
+/// A GraphSAGE model and the population graph request customers join.
 public final class ServedGraphModel: Sendable {
     public let scorer: GraphStageScorer
     public let reference: ReferenceGraph
@@ -29,6 +29,30 @@ public final class ServedGraphModel: Sendable {
     public init(scorer: GraphStageScorer, reference: ReferenceGraph) {
         self.scorer = scorer
         self.reference = reference
+    }
+}
+
+/// Where the served graph model comes from: a run in the service's checkpoint store, whose
+/// `latest` is followed like the LSTM's, and the event file of its reference population.
+public struct GraphSource: Sendable {
+    public var run: String
+    public var events: String
+    public var options: EventFileOptions
+    /// The reference graph's day; nil: the file's last event day.
+    public var asOf: Int?
+
+    public init(run: String, events: String, options: EventFileOptions, asOf: Int?) {
+        self.run = run
+        self.events = events
+        self.options = options
+        self.asOf = asOf
+    }
+
+    /// Verifies step `step` (nil: `latest`) of the run and builds its reference graph.
+    public func load(root: URL, step: Int? = nil) throws -> ServedGraphModel {
+        let model = try GraphScoringModel.load(root: root, run: run, step: step)
+        let reference = try ReferenceGraph.load(events: events, options: options, asOf: asOf, model: model)
+        return ServedGraphModel(scorer: GraphStageScorer(model: model), reference: reference)
     }
 }
 
@@ -63,57 +87,106 @@ public final class CheckpointScorer: Scorer {
     public let run: String
     public let rules: ScoringRules
     /// Gives stages when set; otherwise they come from the stage rule.
-    public let graph: ServedGraphModel?
+    public let graphSource: GraphSource?
     private let served = Mutex<ServedModel?>(nil)
-    /// The step last tried, good or bad, so a refused checkpoint is not reloaded every poll.
+    private let servedGraph: Mutex<ServedGraphModel?>
+    /// The steps last tried, good or bad, so a refused checkpoint is not reloaded every poll.
     private let lastAttempted = Mutex<Int?>(nil)
+    private let lastGraphAttempted: Mutex<Int?>
     private let metrics: ServiceMetrics?
     private let logger: Logger
 
-    public init(root: URL, run: String, rules: ScoringRules, graph: ServedGraphModel? = nil, metrics: ServiceMetrics? = nil,
-                logger: Logger) {
+    /// `initialGraph` is a graph model already loaded from `graphSource` (the command line loads
+    /// it first, so that a wrong path stops the start instead of serving rule stages).
+    public init(root: URL, run: String, rules: ScoringRules, graphSource: GraphSource? = nil,
+                initialGraph: ServedGraphModel? = nil, metrics: ServiceMetrics? = nil, logger: Logger) {
         self.root = root
         self.run = run
         self.rules = rules
-        self.graph = graph
+        self.graphSource = graphSource
+        servedGraph = Mutex(initialGraph)
+        lastGraphAttempted = Mutex(initialGraph?.scorer.model.info.step)
         self.metrics = metrics
         self.logger = logger
     }
 
     public var currentModel: ModelSummary? { served.withLock { $0?.summary } }
 
-    /// Loads the checkpoint `latest` names when it differs from the one last tried.
+    /// Loads the checkpoints the `latest` pointers of the run (and of the graph run) name when
+    /// they differ from the ones last tried.
     ///
     /// Returns true when a new model is now served. Loading and verification happen on the
     /// caller's thread, never under the lock; a checkpoint that fails them is logged and
-    /// skipped until `latest` moves again, and the model already served stays.
+    /// skipped until its `latest` moves again, and the model already served stays.
     @discardableResult
     public func reloadIfChanged() -> Bool {
-        let latest: Int?
+        let graphMoved = reloadGraphIfChanged()
+        let moved = loadMovedModel()
+        guard let model = moved ?? (graphMoved ? served.withLock({ $0?.scorer.model }) : nil) else { return false }
         do {
-            latest = try CheckpointStore(root: root, run: run).latestStep()
+            let next = try ServedModel(model, graph: servedGraph.withLock { $0 }, rules: rules)
+            served.withLock { $0 = next }
+            if moved != nil {
+                metrics?.recordReload(step: model.info.step)
+                logger.info("serving run '\(run)' step \(model.info.step) from \(model.info.path)")
+            }
+            return true
         } catch {
-            logger.warning("cannot read the latest pointer of run '\(run)': \(error)")
+            metrics?.recordRefusedReload()
+            let keeping = currentModel.map { "step \($0.info.step) keeps serving" } ?? "no model is served yet"
+            logger.error("refused checkpoint step \(model.info.step) of run '\(run)': \(error); \(keeping)")
             return false
         }
-        guard let latest, latest != lastAttempted.withLock({ $0 }) else { return false }
-        lastAttempted.withLock { $0 = latest }
+    }
+
+    /// The LSTM checkpoint `latest` names when it moved and loads; nil otherwise.
+    private func loadMovedModel() -> ScoringModel? {
+        guard let latest = movedStep(run: run, last: lastAttempted) else { return nil }
         do {
             let model = try ScoringModel.load(root: root, run: run, step: latest)
             if let current = currentModel, current.featureCount != model.featureCount {
                 throw ScoringError.incompatible(path: model.info.path, reason: "it reads \(model.featureCount) features, the served model \(current.featureCount)")
             }
-            let next = try ServedModel(model, graph: graph, rules: rules)
-            served.withLock { $0 = next }
-            metrics?.recordReload(step: model.info.step)
-            logger.info("serving run '\(run)' step \(model.info.step) from \(model.info.path)")
-            return true
+            return model
         } catch {
             metrics?.recordRefusedReload()
             let keeping = currentModel.map { "step \($0.info.step) keeps serving" } ?? "no model is served yet"
             logger.error("refused checkpoint step \(latest) of run '\(run)': \(error); \(keeping)")
+            return nil
+        }
+    }
+
+    /// Swaps in the graph run's new `latest` when it loads and fits the served LSTM; true if it did.
+    private func reloadGraphIfChanged() -> Bool {
+        guard let graphSource, let latest = movedStep(run: graphSource.run, last: lastGraphAttempted) else { return false }
+        do {
+            let next = try graphSource.load(root: root, step: latest)
+            if let lstm = served.withLock({ $0?.scorer.model }), let reason = next.scorer.model.incompatibility(with: lstm) {
+                throw ScoringError.incompatible(path: next.scorer.model.info.path, reason: reason)
+            }
+            servedGraph.withLock { $0 = next }
+            logger.info("stages from graph run '\(graphSource.run)' step \(latest), reference graph as of day \(next.reference.asOfDay)")
+            return true
+        } catch {
+            metrics?.recordRefusedReload()
+            let keeping = servedGraph.withLock { $0?.scorer.model.info.step }.map { "step \($0) keeps giving stages" } ?? "stages come from the rule"
+            logger.error("refused graph checkpoint step \(latest) of run '\(graphSource.run)': \(error); \(keeping)")
             return false
         }
+    }
+
+    /// The step `latest` of `run` names when it differs from `last` (which it then becomes).
+    private func movedStep(run: String, last: borrowing Mutex<Int?>) -> Int? {
+        let latest: Int?
+        do {
+            latest = try CheckpointStore(root: root, run: run).latestStep()
+        } catch {
+            logger.warning("cannot read the latest pointer of run '\(run)': \(error)")
+            return nil
+        }
+        guard let latest, latest != last.withLock({ $0 }) else { return nil }
+        last.withLock { $0 = latest }
+        return latest
     }
 
     /// Polls `latest` every `interval` until the task is cancelled.

@@ -123,13 +123,13 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Most customers per request.") var maxCustomers: Int = 1000
     @Option(help: "Largest request body in bytes.") var maxBodyBytes: Int = 1 << 20
     @Option(help: "YAML or JSON file of action and stage rule thresholds.") var rules: String?
-    @Option(help: "A GraphSAGE run in --checkpoints whose latest checkpoint gives stages (loaded once; needs --graph-events).") var gnnRun: String?
+    @Option(help: "A GraphSAGE run in --checkpoints whose latest checkpoint gives stages (followed like --run; needs --graph-events).") var gnnRun: String?
     @Option(help: "Event file of the population request customers join (the graph's other customers and products).") var graphEvents: String?
     @Option(help: "Layout of --graph-events: canonical, cdnow or instacart.") var graphPreset: String = "canonical"
     @Option(help: "Build the reference graph as of this day. Default: the --graph-events file's last event day.") var graphAsOf: String?
 
-    /// The graph model and its reference graph, when --gnn-run asks for them.
-    func loadGraph() throws -> ServedGraphModel? {
+    /// Where the graph model comes from, when --gnn-run asks for one.
+    func graphSource() throws -> GraphSource? {
         guard let gnnRun else {
             if graphEvents != nil { throw ScoringError.invalidInput("--graph-events needs --gnn-run") }
             return nil
@@ -137,16 +137,16 @@ struct Serve: AsyncParsableCommand {
         guard let graphEvents else {
             throw ScoringError.invalidInput("--gnn-run needs --graph-events FILE: request customers join that population's customer–product graph")
         }
-        let model = try GraphScoringModel.load(root: URL(fileURLWithPath: checkpoints), run: gnnRun)
-        let reference = try ReferenceGraph.load(
-            events: graphEvents, options: try EventFileOptions(preset: graphPreset), asOf: try graphAsOf.map(parseCutoff), model: model)
-        return ServedGraphModel(scorer: GraphStageScorer(model: model), reference: reference)
+        return GraphSource(run: gnnRun, events: graphEvents, options: try EventFileOptions(preset: graphPreset),
+                           asOf: try graphAsOf.map(parseCutoff))
     }
 
     func run() async throws {
         try await reporting {
             var configuration = ServiceConfiguration(checkpoints: URL(fileURLWithPath: checkpoints), run: run)
-            configuration.graph = try loadGraph()
+            configuration.graphSource = try graphSource()
+            // Loaded here first: a wrong run or file stops the start with its error.
+            configuration.initialGraph = try configuration.graphSource?.load(root: configuration.checkpoints)
             configuration.host = host
             configuration.port = port
             configuration.token = token

@@ -163,7 +163,7 @@ struct GraphScoringTests {
 
 @Suite("Graph stages in the service")
 struct GraphServiceTests {
-    @Test("request customers joined to the reference graph get the stages batch scoring gives them; features-only customers keep the rule")
+    @Test("request customers joined to the reference graph get the stages batch scoring gives them; features-only customers keep the rule; the graph run is hot-reloaded")
     func serviceStagesEqualBatch() async throws {
         let fixture = try ScoringFixture(customers: 150)
         try fixture.saveCheckpoint(step: 2, seed: 4)
@@ -182,9 +182,8 @@ struct GraphServiceTests {
         // The reference is the same events: customers sending their own full history replace
         // themselves with identical nodes, so the joined graph is the batch graph.
         var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
-        configuration.graph = ServedGraphModel(
-            scorer: stageScorer,
-            reference: try ReferenceGraph.load(events: fixture.eventsPath, options: EventFileOptions(), asOf: cutoff, model: graphModel))
+        configuration.pollInterval = .milliseconds(100)
+        configuration.graphSource = GraphSource(run: "test-gnn", events: fixture.eventsPath, options: EventFileOptions(), asOf: cutoff)
         let service = try await RunningService(configuration)
         let model = try service.json(try await service.send("GET", "/v1/model"))
         #expect((model["stage_model"] as? [String: Any])?["run"] as? String == "test-gnn")
@@ -213,6 +212,29 @@ struct GraphServiceTests {
             for name in names { worst = max(worst, abs(probabilities[name]! - Double(expected["p_\(name)"]!)!)) }
         }
         #expect(worst < 1e-5, "worst stage probability difference \(worst)")
+
+        // The graph run's latest is followed like the LSTM's: a new step is served, a damaged
+        // one is refused and the previous graph model keeps giving stages.
+        func stageModelStep() async throws -> Int? {
+            let model = try service.json(try await service.send("GET", "/v1/model"))
+            return (model["stage_model"] as? [String: Any])?["step"] as? Int
+        }
+        try fixture.saveGraphCheckpoint(step: 7, seed: 10)
+        var step: Int?
+        for _ in 0..<50 where step != 7 {
+            try await Task.sleep(for: .milliseconds(100))
+            step = try await stageModelStep()
+        }
+        #expect(step == 7)
+        let damaged = try fixture.saveGraphCheckpoint(step: 8, seed: 11).appendingPathComponent("model.safetensors")
+        var bytes = try Data(contentsOf: damaged)
+        bytes[bytes.count / 2] ^= 0xFF
+        try bytes.write(to: damaged)
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(try await stageModelStep() == 7)
+        #expect(try await service.send("GET", "/metrics").text.contains("clm_model_reloads_refused_total 1"))
+        let again = try service.json(try await service.send("POST", "/v1/score", body: "{\"as_of\":\(cutoff),\"customers\":[\(items[0])]}"))
+        #expect((again["scores"] as! [[String: Any]])[0]["stage_source"] as? String == "gnn")
         await service.stop()
     }
 }
