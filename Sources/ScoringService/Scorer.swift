@@ -132,11 +132,16 @@ public final class CheckpointScorer: Scorer {
             }
             return true
         } catch {
-            metrics?.recordRefusedReload()
-            let keeping = currentModel.map { "step \($0.info.step) keeps serving" } ?? "no model is served yet"
-            logger.error("refused checkpoint step \(model.info.step) of run '\(run)': \(error); \(keeping)")
+            refuse(step: model.info.step, error)
             return false
         }
+    }
+
+    /// Counts and logs an LSTM checkpoint that will not be served, and what serves instead.
+    private func refuse(step: Int, _ error: any Error) {
+        metrics?.recordRefusedReload()
+        let keeping = currentModel.map { "step \($0.info.step) keeps serving" } ?? "no model is served yet"
+        logger.error("refused checkpoint step \(step) of run '\(run)': \(error); \(keeping)")
     }
 
     /// The LSTM checkpoint `latest` names when it moved and loads; nil otherwise.
@@ -149,9 +154,7 @@ public final class CheckpointScorer: Scorer {
             }
             return model
         } catch {
-            metrics?.recordRefusedReload()
-            let keeping = currentModel.map { "step \($0.info.step) keeps serving" } ?? "no model is served yet"
-            logger.error("refused checkpoint step \(latest) of run '\(run)': \(error); \(keeping)")
+            refuse(step: latest, error)
             return nil
         }
     }
