@@ -30,6 +30,8 @@ public final class InferenceLSTM: Sendable {
     public let hiddenSize: Int
     public let inputSize: Int
     let layers: [Layer]
+    /// Rows of each layer's input block: its input, the ones row, h_{t−1}.
+    let blockWidths: [Int]
     let headWeight: [Float]        // [2, H]: churn row, CLV row
     let headBias: [Float]          // [2]
 
@@ -56,6 +58,7 @@ public final class InferenceLSTM: Sendable {
             }
             return Layer(inputSize: inputSize, weights: combined)
         }
+        blockWidths = layers.map { $0.inputSize + 1 + hidden }
         headWeight = weights["churn_head.weight"]! + weights["clv_head.weight"]!
         headBias = weights["churn_head.bias"]! + weights["clv_head.bias"]!
     }
@@ -71,7 +74,7 @@ public final class InferenceLSTM: Sendable {
     ) {
         guard batch > 0 else { return }
         let hidden = hiddenSize, features0 = inputSize
-        workspace.prepare(batch: batch, steps: steps, layers: layers.map { $0.inputSize + 1 + hidden }, hidden: hidden)
+        workspace.prepare(batch: batch, steps: steps, layers: blockWidths, hidden: hidden)
         let stride = workspace.stride
         let order = workspace.order.baseAddress!
         let active = workspace.active.baseAddress!
@@ -289,12 +292,12 @@ public final class InferenceWorkspace: @unchecked Sendable {
         }
         while inputs.count < widths.count { inputs.append(Tensor(shape: [1])) }
         while cells.count < widths.count { cells.append(Tensor(shape: [1])) }
-        for (l, width) in widths.enumerated() {
-            inputs[l].reshape([width, stride])
-            cells[l].reshape([hidden, stride])
+        for l in 0..<widths.count {
+            inputs[l].reshape(widths[l], stride)
+            cells[l].reshape(hidden, stride)
         }
-        gates.reshape([4 * hidden, stride])
-        heads.reshape([2, stride])
+        gates.reshape(4 * hidden, stride)
+        heads.reshape(2, stride)
     }
 
     /// A stable counting sort of the batch by length, longest first, and the number of
