@@ -50,10 +50,13 @@ let package = Package(
         // needs target names unique across the package graph.
         .target(name: "ModelMetrics", path: "Sources/Metrics"),
         .target(name: "CustomerData", dependencies: ["Tensors"]),
+        // BG/NBD, Gamma-Gamma and a logistic regression: the classical yardsticks every LSTM run
+        // is reported next to. Pure Swift on Foundation.
+        .target(name: "Baselines"),
         .target(name: "Checkpoints", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Training",
-            dependencies: ["Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Yams"]
+            dependencies: ["Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Baselines", "Yams"]
         ),
         // Scoring must not link MPI: it serves on machines without an MPI runtime.
         .target(
@@ -122,7 +125,8 @@ let package = Package(
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
         .testTarget(name: "MetricsTests", dependencies: ["ModelMetrics"]),
         .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Scoring", "Models", "CustomerData", "Checkpoints"]),
+        .testTarget(name: "BaselinesTests", dependencies: ["Baselines"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ReportingTests", dependencies: ["Reporting", "ModelMetrics", "Checkpoints"]),
         .testTarget(
             name: "ScoringTests",

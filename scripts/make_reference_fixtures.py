@@ -234,6 +234,146 @@ def make_lstm_case(rng):
 
 
 # ----------------------------------------------------------------------------------------------
+# LSTM with the shipped heads: churn, zero-inflated lognormal CLV, lifecycle stages
+# ----------------------------------------------------------------------------------------------
+
+# Spend with a zero (the ZILN's point mass), small and large positives.
+HEADS_SPEND = np.array([10.0, 0.0, 3.5])
+STAGES = 3
+STAGE_LABEL = np.array([2, 0, 1], dtype=np.int64)
+STAGE_CLASS_WEIGHT = np.array([1.0, 2.0, 0.5])
+STAGE_WEIGHT = 0.7
+# google/lifetime_value floors sigma at sqrt(float32 epsilon); the fixture stays clear of it.
+MIN_SIGMA = 3.1622777e-4
+
+
+def heads_parameter_shapes():
+    shapes = {name: shape for name, shape in lstm_parameter_shapes().items() if "head" not in name}
+    shapes["churn_head.weight"] = (1, H)
+    shapes["clv_head.weight"] = (3, H)
+    shapes["stage_head.weight"] = (STAGES, H)
+    shapes["churn_head.bias"] = (1,)
+    shapes["clv_head.bias"] = (3,)
+    shapes["stage_head.bias"] = (STAGES,)
+    return shapes
+
+
+def ziln_nll(spend, logits):
+    """Zero-inflated lognormal negative log-likelihood per customer (Wang, Liu & Miao 2019).
+
+    BCE of the purchase logit against spend > 0, plus for spenders the lognormal NLL of the
+    spend itself: log y + log sigma + log(2 pi)/2 + (log y - mu)^2 / (2 sigma^2).
+    """
+    positive = (spend > 0).astype(float)
+    bce = softplus(logits[:, 0]) - positive * logits[:, 0]
+    sigma = np.maximum(softplus(logits[:, 2]), MIN_SIGMA)
+    safe = np.where(positive > 0, spend, 1.0)
+    z = (np.log(safe) - logits[:, 1]) / sigma
+    lognormal = np.log(safe) + np.log(sigma) + 0.5 * np.log(2 * np.pi) + 0.5 * z ** 2
+    return bce + positive * lognormal
+
+
+def heads_forward_backward(params, x, want_grads=True):
+    """The LSTM of lstm_forward_backward with [churn | ZILN (3) | stages] heads and the loss
+    BCE + clv_weight * ZILN NLL + stage_weight * class-weighted cross-entropy."""
+    features = np.zeros((B, H))
+    caches = []
+    for b in range(B):
+        layer_input = x[b, :LSTM_LENGTHS[b]]
+        seq_caches = []
+        for layer in range(LSTM_LAYERS):
+            layer_input, cache = lstm_layer_forward(
+                layer_input, params[f"lstm.weight_ih_l{layer}"], params[f"lstm.weight_hh_l{layer}"],
+                params[f"lstm.bias_ih_l{layer}"], params[f"lstm.bias_hh_l{layer}"])
+            seq_caches.append(cache)
+        caches.append(seq_caches)
+        features[b] = layer_input[-1]
+    weight = np.concatenate([params["churn_head.weight"], params["clv_head.weight"], params["stage_head.weight"]])
+    bias = np.concatenate([params["churn_head.bias"], params["clv_head.bias"], params["stage_head.bias"]])
+    head = features @ weight.T + bias            # [B, 1 + 3 + STAGES]
+    churn_logit, clv, stage_logits = head[:, 0], head[:, 1:4], head[:, 4:]
+
+    y = CHURN_LABEL
+    bce = POS_WEIGHT * y * softplus(-churn_logit) + (1.0 - y) * softplus(churn_logit)
+    ziln = ziln_nll(HEADS_SPEND, clv)
+    shifted = stage_logits - stage_logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    w = STAGE_CLASS_WEIGHT[STAGE_LABEL]
+    ce = -(w * log_softmax[np.arange(B), STAGE_LABEL]).sum() / w.sum()
+    loss = bce.mean() + CLV_WEIGHT * ziln.mean() + STAGE_WEIGHT * ce
+    outputs = {"head_outputs": head, "loss": np.array([loss])}
+    if not want_grads:
+        return outputs, None, None
+
+    d_head = np.zeros_like(head)
+    s = sigmoid(churn_logit)
+    d_head[:, 0] = (-POS_WEIGHT * y * (1.0 - s) + (1.0 - y) * s) / B
+    positive = (HEADS_SPEND > 0).astype(float)
+    d_head[:, 1] = CLV_WEIGHT * (sigmoid(clv[:, 0]) - positive) / B
+    sigma = np.maximum(softplus(clv[:, 2]), MIN_SIGMA)
+    safe = np.where(positive > 0, HEADS_SPEND, 1.0)
+    z = (np.log(safe) - clv[:, 1]) / sigma
+    d_head[:, 2] = CLV_WEIGHT * positive * (-z / sigma) / B
+    d_sigma = positive * (1.0 - z ** 2) / sigma
+    d_head[:, 3] = CLV_WEIGHT * d_sigma * sigmoid(clv[:, 2]) * (softplus(clv[:, 2]) > MIN_SIGMA) / B
+    softmax = np.exp(log_softmax)
+    onehot = np.eye(STAGES)[STAGE_LABEL]
+    d_head[:, 4:] = STAGE_WEIGHT * w[:, None] * (softmax - onehot) / w.sum()
+
+    grads = {name: np.zeros_like(value) for name, value in params.items()}
+    d_weight = d_head.T @ features
+    d_bias = d_head.sum(axis=0)
+    grads["churn_head.weight"] = d_weight[0:1]
+    grads["clv_head.weight"] = d_weight[1:4]
+    grads["stage_head.weight"] = d_weight[4:]
+    grads["churn_head.bias"] = d_bias[0:1]
+    grads["clv_head.bias"] = d_bias[1:4]
+    grads["stage_head.bias"] = d_bias[4:]
+    dx = np.zeros_like(x)
+    d_features = d_head @ weight
+    for b in range(B):
+        steps = LSTM_LENGTHS[b]
+        dhs = np.zeros((steps, H))
+        dhs[-1] = d_features[b]
+        for layer in reversed(range(LSTM_LAYERS)):
+            dhs, dw_ih, dw_hh, db_ih, db_hh = lstm_layer_backward(
+                dhs, caches[b][layer], params[f"lstm.weight_ih_l{layer}"],
+                params[f"lstm.weight_hh_l{layer}"])
+            grads[f"lstm.weight_ih_l{layer}"] += dw_ih
+            grads[f"lstm.weight_hh_l{layer}"] += dw_hh
+            grads[f"lstm.bias_ih_l{layer}"] += db_ih
+            grads[f"lstm.bias_hh_l{layer}"] += db_hh
+        dx[b, :steps] = dhs
+    return outputs, grads, dx
+
+
+def make_heads_case(rng):
+    # Drawn after the other two cases, so theirs stay as they were.
+    x = rng.uniform(-1.0, 1.0, size=(B, T, I))
+    for b in range(B):
+        x[b, LSTM_LENGTHS[b]:] = 0.0
+    params = {name: rng.uniform(-0.5, 0.5, size=shape) for name, shape in heads_parameter_shapes().items()}
+    outputs, grads, dx = heads_forward_backward(params, x)
+
+    def loss_fn(p, xx):
+        return heads_forward_backward(p, xx, want_grads=False)[0]["loss"][0]
+
+    errors = check_gradients(loss_fn, params, x, grads, dx)
+    case = {
+        "x": x, "lengths": LSTM_LENGTHS, "churn_label": CHURN_LABEL, "spend": HEADS_SPEND,
+        "stage": STAGE_LABEL, "stage_class_weight": STAGE_CLASS_WEIGHT,
+        "pos_weight": np.array([POS_WEIGHT]), "clv_weight": np.array([CLV_WEIGHT]),
+        "stage_weight": np.array([STAGE_WEIGHT]),
+        "ziln_nll": ziln_nll(HEADS_SPEND, outputs["head_outputs"][:, 1:4]),
+    }
+    case.update(params)
+    case.update(outputs)
+    case.update({f"grad.{name}": grads[name] for name in params})
+    case["grad.x"] = dx
+    return case, errors
+
+
+# ----------------------------------------------------------------------------------------------
 # GraphSAGE
 # ----------------------------------------------------------------------------------------------
 
@@ -460,9 +600,10 @@ def main():
     rng = np.random.default_rng(SEED)
     lstm_case, lstm_errors = make_lstm_case(rng)
     sage_case, sage_errors, relu_active, relu_total = make_sage_case(rng)
+    heads_case, heads_errors = make_heads_case(rng)
 
     worst = 0.0
-    for case_name, errors in (("lstm", lstm_errors), ("sage", sage_errors)):
+    for case_name, errors in (("lstm", lstm_errors), ("sage", sage_errors), ("lstm_heads", heads_errors)):
         print(f"{case_name}: max relative error vs finite differences")
         for name, error in errors.items():
             print(f"  {name:28s} {error:.2e}")
@@ -472,7 +613,7 @@ def main():
     if worst >= FD_TOLERANCE:
         fail(f"gradient check failed: worst relative error {worst:.2e} >= {FD_TOLERANCE:.0e}")
 
-    write_fixtures(OUTPUT, {"lstm": lstm_case, "sage": sage_case})
+    write_fixtures(OUTPUT, {"lstm": lstm_case, "sage": sage_case, "lstm_heads": heads_case})
     print(f"wrote {os.path.normpath(OUTPUT)} (worst error {worst:.2e})")
 
 

@@ -146,6 +146,7 @@ data: $shared/data
 checkpoints: $shared/checkpoints
 run: cluster
 epochs: 2
+min_steps: 0
 batch_size: 16
 learning_rate: 0.01
 warmup_steps: 2

@@ -34,6 +34,7 @@ data: $work/data
 checkpoints: $work/checkpoints
 run: straight
 epochs: 2
+min_steps: 0
 batch_size: 32
 learning_rate: 0.01
 warmup_steps: 3

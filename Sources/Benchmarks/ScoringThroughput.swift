@@ -61,7 +61,9 @@ public struct ScoringThroughput {
 
     public func run(lengths distribution: Lengths) -> Result {
         BLAS.setThreadCount(1)
-        let configuration = LSTMConfiguration(inputSize: inputSize, hiddenSize: hiddenSize, layers: layers, dropout: 0)
+        // The heads a default training run ships: churn, ZILN and four stages.
+        let configuration = LSTMConfiguration(
+            inputSize: inputSize, hiddenSize: hiddenSize, layers: layers, dropout: 0, clvLoss: .ziln, stageCount: 4)
         let model = LSTMModel(configuration: configuration, seed: 1)
         var weights: [String: [Float]] = [:]
         for slice in model.parameters.layout.slices {
@@ -85,20 +87,20 @@ public struct ScoringThroughput {
                 features[(customer * steps) * inputSize + index] = random.nextFloat(in: -2, 2)
             }
         }
-        var churn = [Float](repeating: 0, count: batchSize), clv = [Float](repeating: 0, count: batchSize)
+        var outputs = [Float](repeating: 0, count: batchSize * configuration.heads.width)
         let meanLength = Double(lengths.reduce(0) { $0 + Int($1) }) / Double(poolSize)
 
         return features.withUnsafeBufferPointer { xs in
             lengths.withUnsafeBufferPointer { ls in
-                churn.withUnsafeMutableBufferPointer { churnOut in
-                    clv.withUnsafeMutableBufferPointer { clvOut in
+                outputs.withUnsafeMutableBufferPointer { headsOut in
+                    do {
                         var next = 0
                         func batch() -> Int {
                             let n = min(batchSize, poolSize - next)
                             network.forward(
                                 features: xs.baseAddress! + next * steps * inputSize, lengths: ls.baseAddress! + next,
                                 batch: n, steps: steps, workspace: workspace,
-                                churnLogits: churnOut.baseAddress!, clv: clvOut.baseAddress!)
+                                outputs: headsOut.baseAddress!)
                             next = next + n == poolSize ? 0 : next + n
                             return n
                         }

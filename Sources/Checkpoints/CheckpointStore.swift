@@ -198,6 +198,13 @@ public struct CheckpointStore: Sendable {
     /// The step `best` names, nil when none was marked; throws like `latestStep()`.
     public func bestStep() throws(CheckpointError) -> Int? { try existingPointerStep(Self.bestFileName) }
 
+    /// The step a user of the run's model gets: `best` (the best validation, which training
+    /// also scores the test split with), or `latest` when no step was marked best.
+    public func servingStep() throws(CheckpointError) -> Int? {
+        if let best = try bestStep() { return best }
+        return try latestStep()
+    }
+
     // MARK: Loading
 
     /// Loads and verifies a step, or the one `latest` names when `step` is nil.

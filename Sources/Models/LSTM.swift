@@ -1,7 +1,7 @@
 import Foundation
 import Tensors
 
-/// Sizes and loss settings of the churn / CLV sequence model.
+/// Sizes and loss settings of the churn / CLV / stage sequence model.
 public struct LSTMConfiguration: Sendable, Equatable, Codable {
     public var inputSize: Int
     public var hiddenSize: Int
@@ -10,12 +10,23 @@ public struct LSTMConfiguration: Sendable, Equatable, Codable {
     public var dropout: Float
     /// PyTorch's `pos_weight` of the churn loss; 1 weighs both classes alike.
     public var positiveWeight: Float
-    /// λ in loss = BCE(churn) + λ · MSE(CLV on log1p(spend)).
+    /// λ in loss = BCE(churn) + λ · CLV loss + μ · stage loss.
     public var clvWeight: Float
+    public var clvLoss: CLVLoss
+    /// Lifecycle stages of the stage head; 0 leaves the head out.
+    public var stageCount: Int
+    /// μ in the loss above.
+    public var stageWeight: Float
+    /// Per-stage weights of the stage cross-entropy (PyTorch's `weight`); nil weighs all alike.
+    public var stageClassWeights: [Float]?
+    /// Starting biases of the ZILN head; nil leaves them at the uniform initialisation.
+    public var spendPrior: SpendPrior?
 
     public init(
         inputSize: Int, hiddenSize: Int = 50, layers: Int = 2, dropout: Float = 0.2,
-        positiveWeight: Float = 1, clvWeight: Float = 1
+        positiveWeight: Float = 1, clvWeight: Float = 1, clvLoss: CLVLoss = .logMSE,
+        stageCount: Int = 0, stageWeight: Float = 0.5, stageClassWeights: [Float]? = nil,
+        spendPrior: SpendPrior? = nil
     ) {
         self.inputSize = inputSize
         self.hiddenSize = hiddenSize
@@ -23,7 +34,14 @@ public struct LSTMConfiguration: Sendable, Equatable, Codable {
         self.dropout = dropout
         self.positiveWeight = positiveWeight
         self.clvWeight = clvWeight
+        self.clvLoss = clvLoss
+        self.stageCount = stageCount
+        self.stageWeight = stageWeight
+        self.stageClassWeights = stageClassWeights
+        self.spendPrior = spendPrior
     }
+
+    public var heads: LSTMHeadLayout { LSTMHeadLayout(clvLoss: clvLoss, stageCount: stageCount) }
 }
 
 /// One mini-batch of customer sequences, batch-major.
@@ -36,12 +54,15 @@ public struct SequenceBatch {
     public var steps: Int
     /// [batch] 1 = churned in the horizon, 0 = bought again; nil when only predicting.
     public var churnLabels: UnsafePointer<Float>?
-    /// [batch] spend in the horizon (the loss compares predictions with log1p of it).
+    /// [batch] spend in the horizon, the CLV target.
     public var spend: UnsafePointer<Float>?
+    /// [batch] lifecycle stage in the horizon; needed only by a model with a stage head.
+    public var stages: UnsafePointer<Int32>?
 
     public init(
         features: UnsafePointer<Float>, lengths: UnsafePointer<Int32>, batchSize: Int, steps: Int,
-        churnLabels: UnsafePointer<Float>? = nil, spend: UnsafePointer<Float>? = nil
+        churnLabels: UnsafePointer<Float>? = nil, spend: UnsafePointer<Float>? = nil,
+        stages: UnsafePointer<Int32>? = nil
     ) {
         self.features = features
         self.lengths = lengths
@@ -49,23 +70,29 @@ public struct SequenceBatch {
         self.steps = steps
         self.churnLabels = churnLabels
         self.spend = spend
+        self.stages = stages
     }
 
     /// Calls `body` with a labelled batch over arrays (one customer per entry of `lengths`),
     /// keeping them pinned for the call.
     public static func withLabelled<R>(
-        features: [Float], lengths: [Int32], churnLabels: [Float], spend: [Float], steps: Int,
+        features: [Float], lengths: [Int32], churnLabels: [Float], spend: [Float], stages: [Int32]? = nil, steps: Int,
         _ body: (SequenceBatch) throws -> R
     ) rethrows -> R {
         precondition(churnLabels.count == lengths.count && spend.count == lengths.count, "one label and spend per customer")
+        precondition(stages == nil || stages!.count == lengths.count, "one stage per customer")
         precondition(features.count % max(lengths.count * steps, 1) == 0, "features must be [customers, steps, inputs]")
+        let stageLabels = stages ?? []
         return try features.withUnsafeBufferPointer { xs in
             try lengths.withUnsafeBufferPointer { ls in
                 try churnLabels.withUnsafeBufferPointer { ys in
                     try spend.withUnsafeBufferPointer { ss in
-                        try body(SequenceBatch(
-                            features: xs.baseAddress!, lengths: ls.baseAddress!, batchSize: lengths.count, steps: steps,
-                            churnLabels: ys.baseAddress!, spend: ss.baseAddress!))
+                        try stageLabels.withUnsafeBufferPointer { zs in
+                            try body(SequenceBatch(
+                                features: xs.baseAddress!, lengths: ls.baseAddress!, batchSize: lengths.count, steps: steps,
+                                churnLabels: ys.baseAddress!, spend: ss.baseAddress!,
+                                stages: stages == nil ? nil : zs.baseAddress!))
+                        }
                     }
                 }
             }
@@ -77,10 +104,12 @@ public struct LSTMLoss: Sendable, Equatable {
     public var total: Float
     public var churn: Float
     public var clv: Float
+    /// Weighted stage cross-entropy; 0 without a stage head.
+    public var stage: Float
 }
 
 /// A stacked LSTM (PyTorch's equations, gate order i, f, g, o, two biases) with a churn logit
-/// head and a CLV head on the last valid hidden state.
+/// head, a CLV head (`CLVLoss`) and optionally a stage head on the last valid hidden state.
 ///
 /// Time-major internally ([steps, batch, ·]) so the input projection of all steps is one GEMM
 /// and each step's rows are contiguous. Padded steps (t ≥ length) carry h and c unchanged, so the
@@ -99,12 +128,11 @@ public final class LSTMModel: @unchecked Sendable {
     }
 
     let layerSlices: [LayerSlices]
-    // Head weights are laid out as one [2, H] matrix (churn row, then CLV row) and one [2]
-    // bias so both heads are a single GEMM; their names stay PyTorch's.
-    let churnWeight: ParameterSlice
-    let clvWeight: ParameterSlice
-    let churnBias: ParameterSlice
-    let clvBias: ParameterSlice
+    // Head weights are laid out as one [K, H] matrix (churn row, CLV rows, stage rows) and one
+    // [K] bias so every head is one GEMM; their names stay PyTorch's (one nn.Linear per head).
+    let headWeight: ParameterSlice
+    let headBias: ParameterSlice
+    public let heads: LSTMHeadLayout
 
     private let workspace: LSTMWorkspace
 
@@ -122,10 +150,17 @@ public final class LSTMModel: @unchecked Sendable {
                 hiddenBias: layout.add("lstm.bias_hh_l\(layer)", shape: [4 * hidden]),
                 inputSize: inputSize))
         }
-        churnWeight = layout.add("churn_head.weight", shape: [1, hidden])
-        clvWeight = layout.add("clv_head.weight", shape: [1, hidden])
-        churnBias = layout.add("churn_head.bias", shape: [1])
-        clvBias = layout.add("clv_head.bias", shape: [1])
+        let heads = configuration.heads
+        self.heads = heads
+        let churnWeight = layout.add("churn_head.weight", shape: [1, hidden])
+        layout.add("clv_head.weight", shape: [heads.clvWidth, hidden])
+        if heads.stageCount > 0 { layout.add("stage_head.weight", shape: [heads.stageCount, hidden]) }
+        let churnBias = layout.add("churn_head.bias", shape: [1])
+        layout.add("clv_head.bias", shape: [heads.clvWidth])
+        if heads.stageCount > 0 { layout.add("stage_head.bias", shape: [heads.stageCount]) }
+        headWeight = ParameterSlice(name: "heads.weight", shape: [heads.width, hidden], offset: churnWeight.offset)
+        headBias = ParameterSlice(name: "heads.bias", shape: [heads.width], offset: churnBias.offset)
+        if let weights = configuration.stageClassWeights { precondition(weights.count == heads.stageCount, "one weight per stage") }
         layerSlices = layers
         parameters = ParameterStore(layout: layout)
         workspace = LSTMWorkspace(layers: configuration.layers)
@@ -134,14 +169,29 @@ public final class LSTMModel: @unchecked Sendable {
         var random = SeededRandom(seed: seed, purpose: .initialisation)
         let bound = 1 / Float(hidden).squareRoot()
         parameters.initialiseUniform(&random) { _ in bound }
+        if configuration.clvLoss == .ziln, let prior = configuration.spendPrior {
+            let bias = parameters.value(headBias) + heads.clvColumn
+            let rate = min(max(prior.purchaseRate, 1e-4), 1 - 1e-4)
+            bias[0] = logf(rate / (1 - rate))
+            bias[1] = prior.logMean
+            // softplus⁻¹(σ) = log(e^σ − 1).
+            bias[2] = logf(expm1f(max(prior.logStd, LSTMHeadLayout.minimumSigma)))
+        }
     }
 
-    /// Churn logits and CLV predictions (log1p scale) of the last `forward`, [batch] each.
+    /// Head outputs of the last `forward`, [batch, heads.width] row-major (see `LSTMHeadLayout`).
+    public var headOutputs: UnsafeBufferPointer<Float> {
+        UnsafeBufferPointer(start: workspace.headOutputs.pointer, count: workspace.batchSize * heads.width)
+    }
+
+    /// Churn logits of the last `forward`, [batch].
     public var churnLogits: UnsafeBufferPointer<Float> {
         UnsafeBufferPointer(start: workspace.churnLogits.pointer, count: workspace.batchSize)
     }
+
+    /// The CLV head's outputs of the last `forward`, [batch, heads.clvWidth].
     public var clvPredictions: UnsafeBufferPointer<Float> {
-        UnsafeBufferPointer(start: workspace.clvPredictions.pointer, count: workspace.batchSize)
+        UnsafeBufferPointer(start: workspace.clvOutputs.pointer, count: workspace.batchSize * heads.clvWidth)
     }
 
     // MARK: - Forward
@@ -243,47 +293,128 @@ public final class LSTMModel: @unchecked Sendable {
 
         // Heads on the top layer's state at the last step (= each sequence's last valid step).
         let final = workspace.hiddens[configuration.layers - 1].pointer + (steps - 1) &* batchSize &* hidden
+        let width = heads.width
+        let clvWidth = heads.clvWidth
         let headOutputs = workspace.headOutputs.pointer
         BLAS.gemm(
-            transposeB: true, m: batchSize, n: 2, k: hidden,
-            a: final, lda: hidden, b: parameters.value(churnWeight), ldb: hidden, c: headOutputs, ldc: 2)
-        let churnBiasValue = parameters.value(churnBias)[0]
-        let clvBiasValue = parameters.value(clvBias)[0]
+            transposeB: true, m: batchSize, n: width, k: hidden,
+            a: final, lda: hidden, b: parameters.value(headWeight), ldb: hidden, c: headOutputs, ldc: width)
+        let bias = parameters.value(headBias)
         for b in 0..<batchSize {
-            workspace.churnLogits.pointer[b] = headOutputs[2 &* b] + churnBiasValue
-            workspace.clvPredictions.pointer[b] = headOutputs[2 &* b &+ 1] + clvBiasValue
+            let row = headOutputs + b &* width
+            for column in 0..<width { row[column] += bias[column] }
+            workspace.churnLogits.pointer[b] = row[0]
+            (workspace.clvOutputs.pointer + b &* clvWidth).update(from: row + 1, count: clvWidth)
         }
     }
 
     // MARK: - Loss
 
-    /// Mean BCE-with-logits (with `positiveWeight`) plus λ · mean squared error of the CLV head
-    /// against log1p(spend), for the last `forward`. Also leaves d(loss)/d(head outputs).
+    /// The training loss of the last `forward`, and d(loss)/d(head outputs) for `backward`:
+    ///
+    /// - churn: mean BCE-with-logits, with `positiveWeight`;
+    /// - CLV, `log_mse`: mean squared error against log1p(spend);
+    /// - CLV, `ziln`: mean zero-inflated lognormal negative log-likelihood: BCE of the purchase
+    ///   logit against spend > 0, plus, for spenders, −log N(log y; μ, σ) + log y (the lognormal
+    ///   density of y, so the value is a true NLL in the data's currency);
+    /// - stage: cross-entropy weighted by `stageClassWeights` (Σ w·nll / Σ w, as PyTorch).
+    ///
+    /// total = churn + λ·CLV + μ·stage.
     public func loss(_ batch: SequenceBatch) -> LSTMLoss {
         guard let labels = batch.churnLabels, let spend = batch.spend else {
             preconditionFailure("loss needs churn labels and spend")
         }
         let batchSize = batch.batchSize
+        let width = heads.width
         let p = configuration.positiveWeight
         let lambda = configuration.clvWeight
         let invBatch = 1 / Float(batchSize)
+        let outputs = workspace.headOutputs.pointer
         let headGradients = workspace.headGradients.pointer
         var churnLoss: Float = 0
         var clvLoss: Float = 0
         for b in 0..<batchSize {
-            let z = workspace.churnLogits.pointer[b]
+            let row = outputs + b &* width
+            let gradient = headGradients + b &* width
+            let z = row[0]
             let y = labels[b]
             // -[p·y·log σ(z) + (1-y)·log(1-σ(z))] with log σ(z) = -softplus(-z).
             churnLoss += p * y * Kernels.softplus(-z) + (1 - y) * Kernels.softplus(z)
             let s = Kernels.sigmoid(z)
-            headGradients[2 &* b] = (p * y * (s - 1) + (1 - y) * s) * invBatch
-            let error = workspace.clvPredictions.pointer[b] - log1pf(spend[b])
-            clvLoss += error * error
-            headGradients[2 &* b &+ 1] = 2 * lambda * error * invBatch
+            gradient[0] = (p * y * (s - 1) + (1 - y) * s) * invBatch
+            let clv = row + heads.clvColumn
+            let clvGradient = gradient + heads.clvColumn
+            switch heads.clvLoss {
+            case .logMSE:
+                let error = clv[0] - log1pf(spend[b])
+                clvLoss += error * error
+                clvGradient[0] = 2 * lambda * error * invBatch
+            case .ziln:
+                let (value, dLogit, dMu, dSigma) = LSTMModel.zilnLoss(
+                    spend: spend[b], purchaseLogit: clv[0], mu: clv[1], sigmaRaw: clv[2])
+                clvLoss += value
+                clvGradient[0] = lambda * dLogit * invBatch
+                clvGradient[1] = lambda * dMu * invBatch
+                clvGradient[2] = lambda * dSigma * invBatch
+            }
         }
         churnLoss *= invBatch
         clvLoss *= invBatch
-        return LSTMLoss(total: churnLoss + lambda * clvLoss, churn: churnLoss, clv: clvLoss)
+        let stageLoss = heads.stageCount > 0 ? self.stageLoss(batch) : 0
+        return LSTMLoss(total: churnLoss + lambda * clvLoss + configuration.stageWeight * stageLoss,
+                        churn: churnLoss, clv: clvLoss, stage: stageLoss)
+    }
+
+    /// One customer's ZILN negative log-likelihood and its derivatives with respect to the
+    /// purchase logit, μ and the raw (pre-softplus) σ.
+    @inline(__always)
+    public static func zilnLoss(spend: Float, purchaseLogit: Float, mu: Float, sigmaRaw: Float)
+        -> (value: Float, dLogit: Float, dMu: Float, dSigmaRaw: Float) {
+        let positive: Float = spend > 0 ? 1 : 0
+        // BCE(positive, logit) = softplus(logit) − positive·logit.
+        var value = Kernels.softplus(purchaseLogit) - positive * purchaseLogit
+        let dLogit = Kernels.sigmoid(purchaseLogit) - positive
+        guard spend > 0 else { return (value, dLogit, 0, 0) }
+        let softplusSigma = Kernels.softplus(sigmaRaw)
+        let sigma = max(softplusSigma, LSTMHeadLayout.minimumSigma)
+        let logSpend = logf(spend)
+        let standardised = (logSpend - mu) / sigma
+        // −log lognormal(y; μ, σ) = log y + log σ + ½ log 2π + ½ z².
+        value += logSpend + logf(sigma) + 0.918_938_5 + 0.5 * standardised * standardised
+        let dMu = -standardised / sigma
+        // d/dσ = 1/σ − z²/σ; the floor has no gradient, softplus' derivative is the sigmoid.
+        let dSigma = (1 - standardised * standardised) / sigma
+        let dSigmaRaw = softplusSigma > LSTMHeadLayout.minimumSigma ? dSigma * Kernels.sigmoid(sigmaRaw) : 0
+        return (value, dLogit, dMu, dSigmaRaw)
+    }
+
+    /// Weighted stage cross-entropy of the last `forward`; writes μ·d(loss)/d(stage logits).
+    private func stageLoss(_ batch: SequenceBatch) -> Float {
+        guard let stages = batch.stages else { preconditionFailure("a model with a stage head needs stage labels") }
+        let width = heads.width, classes = heads.stageCount
+        let outputs = workspace.headOutputs.pointer
+        let headGradients = workspace.headGradients.pointer
+        var total: Float = 0
+        var weightSum: Float = 0
+        for b in 0..<batch.batchSize {
+            let label = Int(stages[b])
+            precondition(label >= 0 && label < classes, "stage \(label) of row \(b) is outside 0..<\(classes)")
+            let weight = configuration.stageClassWeights?[label] ?? 1
+            let logits = outputs + b &* width + heads.stageColumn
+            let gradient = headGradients + b &* width + heads.stageColumn
+            gradient.update(from: logits, count: classes)
+            let logSum = softmaxRow(gradient, classes)
+            total += weight * (logSum - logits[label])
+            gradient[label] -= 1
+            for column in 0..<classes { gradient[column] *= weight }
+            weightSum += weight
+        }
+        let scale = weightSum > 0 ? 1 / weightSum : 0
+        for b in 0..<batch.batchSize {
+            let gradient = headGradients + b &* width + heads.stageColumn
+            for column in 0..<classes { gradient[column] *= configuration.stageWeight * scale }
+        }
+        return total * scale
     }
 
     // MARK: - Backward
@@ -308,19 +439,17 @@ public final class LSTMModel: @unchecked Sendable {
         // Heads: d(head weights) += dOutᵀ · final, d(final) = dOut · W.
         let final = workspace.hiddens[top].pointer + (steps - 1) &* batchSize &* hidden
         let headGradients = workspace.headGradients.pointer
+        let width = heads.width
         BLAS.gemm(
-            transposeA: true, m: 2, n: hidden, k: batchSize,
-            a: headGradients, lda: 2, b: final, ldb: hidden, beta: 1,
-            c: parameters.gradient(churnWeight), ldc: hidden)
-        for b in 0..<batchSize {
-            parameters.gradient(churnBias)[0] += headGradients[2 &* b]
-            parameters.gradient(clvBias)[0] += headGradients[2 &* b &+ 1]
-        }
+            transposeA: true, m: width, n: hidden, k: batchSize,
+            a: headGradients, lda: width, b: final, ldb: hidden, beta: 1,
+            c: parameters.gradient(headWeight), ldc: hidden)
+        Kernels.accumulateColumnSums(headGradients, rows: batchSize, columns: width, into: parameters.gradient(headBias))
         let outputGradients = workspace.outputGradients.pointer
         outputGradients.update(repeating: 0, count: rows &* hidden)
         BLAS.gemm(
-            m: batchSize, n: hidden, k: 2, a: headGradients, lda: 2,
-            b: parameters.value(churnWeight), ldb: hidden,
+            m: batchSize, n: hidden, k: width, a: headGradients, lda: width,
+            b: parameters.value(headWeight), ldb: hidden,
             c: outputGradients + (steps - 1) &* batchSize &* hidden, ldc: hidden)
 
         for layer in stride(from: top, through: 0, by: -1) {
@@ -447,7 +576,7 @@ final class LSTMWorkspace {
     var masks: [Tensor]         // [T, B, H] dropout between layer l and l+1
     let headOutputs = Tensor(shape: [1])
     let churnLogits = Tensor(shape: [1])
-    let clvPredictions = Tensor(shape: [1])
+    let clvOutputs = Tensor(shape: [1])
     let headGradients = Tensor(shape: [1])
     let outputGradients = Tensor(shape: [1])
     let gateGradients = Tensor(shape: [1])
@@ -482,10 +611,11 @@ final class LSTMWorkspace {
         }
         // By index: iterating the array itself allocated an iterator box per call in debug builds.
         for index in 0..<masks.count { masks[index].reshape(steps, batchSize, hidden) }
-        headOutputs.reshape(batchSize, 2)
+        let heads = configuration.heads
+        headOutputs.reshape(batchSize, heads.width)
         churnLogits.reshape(batchSize)
-        clvPredictions.reshape(batchSize)
-        headGradients.reshape(batchSize, 2)
+        clvOutputs.reshape(batchSize, heads.clvWidth)
+        headGradients.reshape(batchSize, heads.width)
         outputGradients.reshape(steps, batchSize, hidden)
         gateGradients.reshape(steps, batchSize, 4 * hidden)
         inputGradients.reshape(steps, batchSize, widest)

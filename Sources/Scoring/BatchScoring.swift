@@ -80,6 +80,8 @@ public enum BatchScoring {
         let count = input.customerCount
         var churn = [Float](repeating: 0, count: count)
         var spend = [Float](repeating: 0, count: count)
+        let headStages = scorer.stageCount
+        var lstmStages = [Float](repeating: 0, count: count * headStages)
         var lengths = [Int32](repeating: 0, count: count)
         let rowSize = model.historyLength * model.featureCount
         var modelDuration = Duration.zero
@@ -88,15 +90,18 @@ public enum BatchScoring {
             lengths.withUnsafeMutableBufferPointer { lengthsOut in
                 churn.withUnsafeMutableBufferPointer { churnOut in
                     spend.withUnsafeMutableBufferPointer { spendOut in
-                        var start = 0
-                        while start < count {
-                            let n = min(batchSize, count - start)
-                            input.fill(start..<start + n, features: features.baseAddress!, lengths: lengthsOut.baseAddress! + start)
-                            let modelStarted = clock.now
-                            defer { modelDuration += clock.now - modelStarted }
-                            scorer.score(features: features.baseAddress!, lengths: lengthsOut.baseAddress! + start, count: n,
-                                         churn: churnOut.baseAddress! + start, spend: spendOut.baseAddress! + start)
-                            start += n
+                        lstmStages.withUnsafeMutableBufferPointer { stagesOut in
+                            var start = 0
+                            while start < count {
+                                let n = min(batchSize, count - start)
+                                input.fill(start..<start + n, features: features.baseAddress!, lengths: lengthsOut.baseAddress! + start)
+                                let modelStarted = clock.now
+                                defer { modelDuration += clock.now - modelStarted }
+                                scorer.score(features: features.baseAddress!, lengths: lengthsOut.baseAddress! + start, count: n,
+                                             churn: churnOut.baseAddress! + start, spend: spendOut.baseAddress! + start,
+                                             stages: headStages > 0 ? stagesOut.baseAddress! + start * headStages : nil)
+                                start += n
+                            }
                         }
                     }
                 }
@@ -119,13 +124,17 @@ public enum BatchScoring {
                 try writer.write("customer_id,churn_probability,expected_spend,history_periods,stage,\(stageColumns),action,stage_source\n")
             }
             for index in 0..<count {
-                let graphRow = stages.flatMap { stages -> ArraySlice<Float>? in
+                // The graph model where it covers the customer, else the LSTM's stage head.
+                var modelStage = stages.flatMap { stages -> LSTMScorer.ModelStage? in
                     let row = Int(stages.rows[index])
-                    return row < 0 ? nil : stages.probabilities[row * classes ..< (row + 1) * classes]
+                    return row < 0 ? nil : .init(probabilities: stages.probabilities[row * classes ..< (row + 1) * classes], source: "gnn")
+                }
+                if modelStage == nil && headStages > 0 {
+                    modelStage = .init(probabilities: lstmStages[index * headStages ..< (index + 1) * headStages], source: "lstm")
                 }
                 let score = scorer.decide(
                     customerID: input.customerID(index), churn: churn[index], spend: spend[index],
-                    historyPeriods: Int(lengths[index]), rules: rules, highValueLine: line, graphStage: graphRow)
+                    historyPeriods: Int(lengths[index]), rules: rules, highValueLine: line, modelStage: modelStage)
                 actionCounts[score.action, default: 0] += 1
                 try writer.write(format == .csv ? csvRow(score) : jsonLine(score, stageNames: model.dataset.stageNames) + "\n")
             }

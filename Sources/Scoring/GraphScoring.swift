@@ -18,16 +18,13 @@ public struct GraphScoringModel: Sendable {
         try GraphScoringModel(VerifiedCheckpoint.load(directory: directory, kind: .gnn))
     }
 
-    /// Loads the step `latest` names in `<root>/<run>`, or `step` when given.
+    /// Loads the step `best` names in `<root>/<run>` (`latest` when none is marked), or `step`.
     public static func load(root: URL, run: String, step: Int? = nil) throws -> GraphScoringModel {
         try GraphScoringModel(VerifiedCheckpoint.load(root: root, run: run, step: step, kind: .gnn))
     }
 
     init(_ checkpoint: VerifiedCheckpoint) throws {
         let path = checkpoint.path, stored = checkpoint.stored, dataset = checkpoint.dataset
-        guard let gnn = stored.training.gnn, gnn.hidden >= 1, gnn.layers >= 1 else {
-            throw ScoringError.incompatible(path: path, reason: "the configuration has no valid gnn section")
-        }
         guard let statistics = dataset.graph else {
             throw ScoringError.incompatible(path: path, reason: "its dataset manifest has no graph section (node-feature statistics)")
         }
@@ -37,12 +34,12 @@ public struct GraphScoringModel: Sendable {
         if let problem = statistics.unusableForScoring {
             throw ScoringError.incompatible(path: path, reason: problem)
         }
-        let classes = stored.classCount ?? dataset.stageNames.count
+        let classes = stored.classCount
         guard classes == dataset.stageNames.count, classes >= 2 else {
             throw ScoringError.incompatible(path: path, reason: "the model has \(classes) classes for the stages \(dataset.stageNames)")
         }
         let configuration = GraphSAGEConfiguration(
-            inputSize: stored.inputSize, hiddenSize: gnn.hidden, classes: classes, layers: gnn.layers, dropout: 0)
+            inputSize: stored.inputSize, hiddenSize: stored.hiddenSize, classes: classes, layers: stored.layers, dropout: 0)
         weights = try checkpoint.weights(layout: GraphSAGEModel(configuration: configuration, seed: 0).parameters.layout)
         self.configuration = configuration
         self.dataset = dataset

@@ -32,8 +32,10 @@ public final class InferenceLSTM: Sendable {
     let layers: [Layer]
     /// Rows of each layer's input block: its input, the ones row, h_{t−1}.
     let blockWidths: [Int]
-    let headWeight: [Float]        // [2, H]: churn row, CLV row
-    let headBias: [Float]          // [2]
+    /// The rows of `LSTMHeadLayout`: churn, CLV, stages.
+    public let heads: LSTMHeadLayout
+    let headWeight: [Float]        // [K, H]
+    let headBias: [Float]          // [K]
 
     /// Builds the inference weights from PyTorch-named tensors (already checked for shape).
     public init(configuration: LSTMConfiguration, weights: [String: [Float]]) {
@@ -59,22 +61,25 @@ public final class InferenceLSTM: Sendable {
             return Layer(inputSize: inputSize, weights: combined)
         }
         blockWidths = layers.map { $0.inputSize + 1 + hidden }
-        headWeight = weights["churn_head.weight"]! + weights["clv_head.weight"]!
-        headBias = weights["churn_head.bias"]! + weights["clv_head.bias"]!
+        heads = configuration.heads
+        let stageWeight = heads.stageCount > 0 ? weights["stage_head.weight"]! : []
+        let stageBias = heads.stageCount > 0 ? weights["stage_head.bias"]! : []
+        headWeight = weights["churn_head.weight"]! + weights["clv_head.weight"]! + stageWeight
+        headBias = weights["churn_head.bias"]! + weights["clv_head.bias"]! + stageBias
     }
 
-    /// Churn logits and CLV predictions (log1p scale) of `batch` customers.
+    /// Head outputs of `batch` customers into `outputs` [batch, heads.width] (see `LSTMHeadLayout`).
     ///
     /// `features` is [batch, steps, inputSize] batch-major, `lengths` [batch] in 1...steps;
     /// steps at or past a customer's length leave its state unchanged, as in training (a
     /// length of 0 leaves the state at zero, so the heads give their biases).
     public func forward(
         features: UnsafePointer<Float>, lengths: UnsafePointer<Int32>, batch: Int, steps: Int,
-        workspace: InferenceWorkspace, churnLogits: UnsafeMutablePointer<Float>, clv: UnsafeMutablePointer<Float>
+        workspace: InferenceWorkspace, outputs: UnsafeMutablePointer<Float>
     ) {
         guard batch > 0 else { return }
         let hidden = hiddenSize, features0 = inputSize
-        workspace.prepare(batch: batch, steps: steps, layers: blockWidths, hidden: hidden)
+        workspace.prepare(batch: batch, steps: steps, layers: blockWidths, hidden: hidden, heads: heads.width)
         let stride = workspace.stride
         let order = workspace.order.baseAddress!
         let active = workspace.active.baseAddress!
@@ -126,21 +131,23 @@ public final class InferenceLSTM: Sendable {
 
         // Heads on the top layer's h, which holds each customer's last valid step.
         let final = inputs[lastLayer] + (layers[lastLayer].inputSize &+ 1) &* stride
-        let churnSorted = workspace.heads.pointer, clvSorted = workspace.heads.pointer + stride
-        churnSorted.update(repeating: headBias[0], count: batch)
-        clvSorted.update(repeating: headBias[1], count: batch)
-        for unit in 0..<hidden {
-            let h = final + unit &* stride
-            let churnWeight = headWeight[unit], clvWeight = headWeight[hidden &+ unit]
-            for column in 0..<batch {
-                churnSorted[column] += churnWeight * h[column]
-                clvSorted[column] += clvWeight * h[column]
+        let width = heads.width
+        let sorted = workspace.heads.pointer   // [K, stride]: one row per head output
+        for output in 0..<width {
+            let row = sorted + output &* stride
+            row.update(repeating: headBias[output], count: batch)
+            headWeight.withUnsafeBufferPointer { weights in
+                let w = weights.baseAddress! + output &* hidden
+                for unit in 0..<hidden {
+                    let h = final + unit &* stride
+                    let weight = w[unit]
+                    for column in 0..<batch { row[column] += weight * h[column] }
+                }
             }
         }
         for column in 0..<batch {
-            let customer = Int(order[column])
-            churnLogits[customer] = churnSorted[column]
-            clv[customer] = clvSorted[column]
+            let target = outputs + Int(order[column]) &* width
+            for output in 0..<width { target[output] = sorted[output &* stride &+ column] }
         }
     }
 }
@@ -272,15 +279,23 @@ public final class InferenceWorkspace: @unchecked Sendable {
     private(set) var cells: [Tensor] = []
     let gates = Tensor(shape: [1])
     let heads = Tensor(shape: [1])
+    /// Head outputs [batch, K] for callers that transform them (the scorer).
+    private let headRows = Tensor(shape: [1])
 
     public init() {}
+
+    /// A buffer of at least `count` floats, reused across calls.
+    func outputs(count: Int) -> UnsafeMutablePointer<Float> {
+        headRows.reshape(max(count, 1))
+        return headRows.pointer
+    }
 
     deinit {
         order.deallocate()
         active.deallocate()
     }
 
-    func prepare(batch: Int, steps: Int, layers widths: [Int], hidden: Int) {
+    func prepare(batch: Int, steps: Int, layers widths: [Int], hidden: Int, heads: Int) {
         stride = (batch + 15) & ~15
         if order.count < batch {
             order.deallocate()
@@ -297,7 +312,7 @@ public final class InferenceWorkspace: @unchecked Sendable {
             cells[l].reshape(hidden, stride)
         }
         gates.reshape(4 * hidden, stride)
-        heads.reshape(2, stride)
+        self.heads.reshape(heads, stride)
     }
 
     /// A stable counting sort of the batch by length, longest first, and the number of

@@ -16,7 +16,9 @@ import Yams
 /// scoring the spend of the top `high_value_top_fraction` of the scored customers, and in the
 /// service (which has no population to rank) the training dataset's mean horizon spend.
 ///
-/// Stage rule (without a graph model): churned when churn ≥ `churned_stage_probability`; else
+/// Stages come from a model: the GraphSAGE checkpoint where one is given, else the LSTM's stage
+/// head. The stage rule applies when `stage_rule: true` asks for it or the checkpoint has no
+/// stage head (trained with `lstm.stage_head: false`): churned when churn ≥ `churned_stage_probability`; else
 /// loyal when high value, regular when expected spend ≥ `regular_spend_fraction` × the
 /// high-value line, otherwise occasional. Its stage probabilities put the churn probability on
 /// `churned` and the rest on the active stage the rule picked: a rule's verdict, not a model's
@@ -28,6 +30,8 @@ public struct ScoringRules: Codable, Sendable, Equatable {
     public var newCustomerMaxPeriods: Int = 4
     public var churnedStageProbability: Double = 0.5
     public var regularSpendFraction: Double = 0.25
+    /// Take stages from the rule even when a model (GraphSAGE or the LSTM's stage head) gives them.
+    public var stageRule = false
 
     public init() {}
 
@@ -38,6 +42,7 @@ public struct ScoringRules: Codable, Sendable, Equatable {
         case newCustomerMaxPeriods = "new_customer_max_periods"
         case churnedStageProbability = "churned_stage_probability"
         case regularSpendFraction = "regular_spend_fraction"
+        case stageRule = "stage_rule"
     }
 
     public init(from decoder: any Decoder) throws {
@@ -49,6 +54,7 @@ public struct ScoringRules: Codable, Sendable, Equatable {
         newCustomerMaxPeriods = try container.decodeIfPresent(Int.self, forKey: .newCustomerMaxPeriods) ?? defaults.newCustomerMaxPeriods
         churnedStageProbability = try container.decodeIfPresent(Double.self, forKey: .churnedStageProbability) ?? defaults.churnedStageProbability
         regularSpendFraction = try container.decodeIfPresent(Double.self, forKey: .regularSpendFraction) ?? defaults.regularSpendFraction
+        stageRule = try container.decodeIfPresent(Bool.self, forKey: .stageRule) ?? defaults.stageRule
     }
 
     /// Reads rules from YAML (JSON is YAML too), naming the key of any unknown or bad value.

@@ -8,7 +8,7 @@ import Tensors
 public struct CustomerScore: Sendable, Equatable {
     public var customerID: String
     public var churnProbability: Double
-    /// Predicted spend over the training horizon: max(expm1(CLV head), 0).
+    /// Expected spend over the training horizon (see `LSTMHeadLayout.expectedSpend`).
     public var expectedSpend: Double
     /// Periods from the first purchase in the window to the as-of day (the sequence length).
     public var historyPeriods: Int
@@ -16,7 +16,8 @@ public struct CustomerScore: Sendable, Equatable {
     /// In the model's `stageNames` order.
     public var stageProbabilities: [Double]
     public var action: String
-    /// `rule` when the stage comes from `ScoringRules`, `gnn` when a graph model gave it.
+    /// Where the stage came from: `gnn` (the graph model), `lstm` (the LSTM's stage head) or
+    /// `rule` (`ScoringRules`, when no model gives one or the rules ask for it).
     public var stageSource: String
 }
 
@@ -36,43 +37,65 @@ public final class LSTMScorer: Sendable {
         idle = Mutex([InferenceWorkspace()])
     }
 
-    /// Churn probabilities and expected spends of `count` customers: `features` is
-    /// [count, T, F] normalised, `lengths` [count] each in 1...T.
+    /// Stage probabilities a model gave one customer, in `stageNames` order, and which model.
+    public struct ModelStage {
+        public var probabilities: ArraySlice<Float>
+        public var source: String
+
+        public init(probabilities: ArraySlice<Float>, source: String) {
+            self.probabilities = probabilities
+            self.source = source
+        }
+    }
+
+    /// Stages per customer of the LSTM's stage head; 0 when the checkpoint has none.
+    public var stageCount: Int { network.heads.stageCount }
+
+    /// Churn probabilities, expected spends and (with a stage head, when `stages` is given)
+    /// stage probabilities [count, stageCount] of `count` customers: `features` is [count, T, F]
+    /// normalised, `lengths` [count] each in 1...T.
     public func score(
         features: UnsafePointer<Float>, lengths: UnsafePointer<Int32>, count: Int,
-        churn: UnsafeMutablePointer<Float>, spend: UnsafeMutablePointer<Float>
+        churn: UnsafeMutablePointer<Float>, spend: UnsafeMutablePointer<Float>,
+        stages: UnsafeMutablePointer<Float>? = nil
     ) {
         guard count > 0 else { return }
         let workspace = idle.withLock { $0.popLast() } ?? InferenceWorkspace()
         defer { idle.withLock { $0.append(workspace) } }
-        // Logits land in the output buffers first and are transformed in place.
+        let heads = network.heads
+        let outputs = workspace.outputs(count: count * heads.width)
         network.forward(features: features, lengths: lengths, batch: count, steps: model.historyLength,
-                        workspace: workspace, churnLogits: churn, clv: spend)
+                        workspace: workspace, outputs: outputs)
         for index in 0..<count {
-            churn[index] = Kernels.sigmoid(churn[index])
-            spend[index] = max(expm1f(spend[index]), 0)
+            let row = UnsafePointer(outputs + index &* heads.width)
+            churn[index] = heads.churnProbability(row)
+            spend[index] = heads.expectedSpend(row)
+            if let stages { heads.stageProbabilities(row, into: stages + index &* heads.stageCount) }
         }
     }
 
-    /// Applies the action rules to one customer's scores, and the stage rule unless a graph
-    /// model gave `graphStage` (its stage probabilities, in `stageNames` order).
+    /// Applies the action rules to one customer's scores; the stage is the model's (`modelStage`)
+    /// unless the rules ask for the stage rule or no model gave one.
     public func decide(customerID: String, churn: Float, spend: Float, historyPeriods: Int, rules: ScoringRules,
-                       highValueLine: Double, graphStage: ArraySlice<Float>? = nil) -> CustomerScore {
+                       highValueLine: Double, modelStage: ModelStage? = nil) -> CustomerScore {
         let p = Double(churn), s = Double(spend)
         let names = model.dataset.stageNames
         let stage: (index: Int, probabilities: [Double])
-        if let graphStage {
-            let probabilities = graphStage.map(Double.init)
+        let source: String
+        if let modelStage, !rules.stageRule {
+            let probabilities = modelStage.probabilities.map(Double.init)
             stage = (probabilities.indices.max { probabilities[$0] < probabilities[$1] } ?? 0, probabilities)
+            source = modelStage.source
         } else {
             stage = rules.ruleStage(churnProbability: p, expectedSpend: s, highValueLine: highValueLine)
+            source = "rule"
         }
         return CustomerScore(
             customerID: customerID, churnProbability: p, expectedSpend: s, historyPeriods: historyPeriods,
             stage: stage.index < names.count ? names[stage.index] : "stage\(stage.index)",
             stageProbabilities: stage.probabilities,
             action: rules.action(churnProbability: p, expectedSpend: s, historyPeriods: historyPeriods, highValueLine: highValueLine),
-            stageSource: graphStage == nil ? "rule" : "gnn")
+            stageSource: source)
     }
 
     /// The high-value line the service uses when the rules give no amount: the training

@@ -32,29 +32,17 @@ public struct CheckpointInfo: Codable, Sendable, Equatable {
     public var datasetFingerprint: String
 }
 
-/// The part of the training run's `ScoringModelInfo` that scoring needs; decoded here so that
-/// Scoring never links the training module (and with it MPI).
+/// The manifest's `configuration` as scoring reads it: the architecture training wrote (the
+/// full training configuration beside it is provenance, not needed here).
 struct StoredModelInfo: Decodable {
-    struct Training: Decodable {
-        struct Sizes: Decodable {
-            var hidden: Int
-            var layers: Int
-        }
-        var model: String
-        var lstm: Sizes?
-        var gnn: Sizes?
-    }
-    var training: Training
-    var inputSize: Int
-    var historyLength: Int
-    var classCount: Int?
+    var architecture: ModelArchitecture
 }
 
 /// What every scoring checkpoint shares once verified: its manifest's model description, the
 /// training dataset's manifest and where it came from.
 struct VerifiedCheckpoint {
     let loaded: LoadedCheckpoint
-    let stored: StoredModelInfo
+    let stored: ModelArchitecture
     let dataset: DatasetManifest
     let info: CheckpointInfo
     var path: String { loaded.directory.path }
@@ -72,7 +60,8 @@ struct VerifiedCheckpoint {
     static func load(root: URL, run: String, step: Int?, kind: ModelKind) throws -> VerifiedCheckpoint {
         let loaded: LoadedCheckpoint
         do {
-            loaded = try CheckpointStore(root: root, run: run).load(step: step, requiring: [ScoringModel.modelFile])
+            let store = try CheckpointStore(root: root, run: run)
+            loaded = try store.load(step: step ?? store.servingStep(), requiring: [ScoringModel.modelFile])
         } catch {
             throw ScoringError.checkpoint("cannot load run '\(run)' in \(root.path): \(error)")
         }
@@ -87,9 +76,15 @@ struct VerifiedCheckpoint {
             throw ScoringError.incompatible(path: path, reason: "it holds a \(manifest.modelKind.rawValue) model; \(need)")
         }
         do {
-            stored = try reencode(manifest.configuration, as: StoredModelInfo.self)
+            stored = try reencode(manifest.configuration, as: StoredModelInfo.self).architecture
         } catch {
-            throw ScoringError.incompatible(path: path, reason: "its manifest configuration does not describe the model: \(error)")
+            throw ScoringError.incompatible(path: path, reason: "its manifest configuration does not describe the model (no valid 'architecture'; checkpoints from before it was recorded must be retrained): \(error)")
+        }
+        guard stored.kind.rawValue == kind.rawValue else {
+            throw ScoringError.incompatible(path: path, reason: "its architecture describes a \(stored.kind.rawValue) model, the manifest a \(kind.rawValue) one")
+        }
+        guard stored.hiddenSize >= 1, stored.layers >= 1, stored.inputSize >= 1, stored.stageCount >= 0 else {
+            throw ScoringError.incompatible(path: path, reason: "its architecture has invalid sizes (hidden \(stored.hiddenSize), layers \(stored.layers), inputs \(stored.inputSize), stages \(stored.stageCount))")
         }
         do {
             dataset = try reencode(manifest.featureSpec, as: DatasetManifest.self)
@@ -153,15 +148,15 @@ public struct ScoringModel: Sendable {
         try ScoringModel(VerifiedCheckpoint.load(directory: directory, kind: .lstm))
     }
 
-    /// Loads the step `latest` names in `<root>/<run>`, or `step` when given.
+    /// Loads the step `best` names in `<root>/<run>` (`latest` when none is marked), or `step`.
     public static func load(root: URL, run: String, step: Int? = nil) throws -> ScoringModel {
         try ScoringModel(VerifiedCheckpoint.load(root: root, run: run, step: step, kind: .lstm))
     }
 
     init(_ checkpoint: VerifiedCheckpoint) throws {
         let path = checkpoint.path, stored = checkpoint.stored, dataset = checkpoint.dataset
-        guard let lstm = stored.training.lstm, lstm.hidden >= 1, lstm.layers >= 1 else {
-            throw ScoringError.incompatible(path: path, reason: "the configuration has no valid lstm section")
+        guard stored.stageCount == 0 || stored.stageCount == dataset.stageNames.count else {
+            throw ScoringError.incompatible(path: path, reason: "its stage head has \(stored.stageCount) stages for the dataset's \(dataset.stageNames)")
         }
         guard stored.inputSize == customerFeatureNames.count, dataset.featureNames == customerFeatureNames else {
             throw ScoringError.incompatible(path: path, reason: "the model reads \(stored.inputSize) features \(dataset.featureNames), this program computes \(customerFeatureNames)")
@@ -174,7 +169,7 @@ public struct ScoringModel: Sendable {
               dataset.normalisation.std.allSatisfy({ $0 > 0 }) else {
             throw ScoringError.incompatible(path: path, reason: "the normalisation statistics are missing, non-finite or have a zero deviation")
         }
-        let configuration = LSTMConfiguration(inputSize: stored.inputSize, hiddenSize: lstm.hidden, layers: lstm.layers, dropout: 0)
+        let configuration = stored.lstmConfiguration
         weights = try checkpoint.weights(layout: LSTMModel(configuration: configuration, seed: 0).parameters.layout)
         self.configuration = configuration
         self.dataset = dataset
@@ -182,6 +177,7 @@ public struct ScoringModel: Sendable {
     }
 
     public var historyLength: Int { dataset.spec.historyPeriods }
+    public var heads: LSTMHeadLayout { configuration.heads }
     public var featureCount: Int { configuration.inputSize }
 
     /// A model instance with these weights and its own forward workspace.

@@ -33,7 +33,7 @@ public final class ServedGraphModel: Sendable {
 }
 
 /// Where the served graph model comes from: a run in the service's checkpoint store, whose
-/// `latest` is followed like the LSTM's, and the event file of its reference population.
+/// `best` (else `latest`) is followed like the LSTM's, and the event file of its reference population.
 public struct GraphSource: Sendable {
     public var run: String
     public var events: String
@@ -48,7 +48,7 @@ public struct GraphSource: Sendable {
         self.asOf = asOf
     }
 
-    /// Verifies step `step` (nil: `latest`) of the run and builds its reference graph.
+    /// Verifies step `step` (nil: `best`, else `latest`) of the run and builds its reference graph.
     public func load(root: URL, step: Int? = nil) throws -> ServedGraphModel {
         let model = try GraphScoringModel.load(root: root, run: run, step: step)
         let reference = try ReferenceGraph.load(events: events, options: options, asOf: asOf, model: model)
@@ -77,7 +77,7 @@ final class ServedModel: Sendable {
     }
 }
 
-/// The production scorer: the latest good checkpoint of a run, reloaded when `latest` moves.
+/// The production scorer: the latest good checkpoint of a run, reloaded when `best` (else `latest`) moves.
 ///
 /// A request takes the current `ServedModel` reference once and uses it to the end, so a swap
 /// never changes the model under a running request; the old one is freed when its last request
@@ -112,12 +112,12 @@ public final class CheckpointScorer: Scorer {
 
     public var currentModel: ModelSummary? { served.withLock { $0?.summary } }
 
-    /// Loads the checkpoints the `latest` pointers of the run (and of the graph run) name when
+    /// Loads the checkpoints the `best` (else `latest`) pointers of the run (and of the graph run) name when
     /// they differ from the ones last tried.
     ///
     /// Returns true when a new model is now served. Loading and verification happen on the
     /// caller's thread, never under the lock; a checkpoint that fails them is logged and
-    /// skipped until its `latest` moves again, and the model already served stays.
+    /// skipped until its pointer moves again, and the model already served stays.
     @discardableResult
     public func reloadIfChanged() -> Bool {
         let graphMoved = reloadGraphIfChanged()
@@ -144,7 +144,7 @@ public final class CheckpointScorer: Scorer {
         logger.error("refused checkpoint step \(step) of run '\(run)': \(error); \(keeping)")
     }
 
-    /// The LSTM checkpoint `latest` names when it moved and loads; nil otherwise.
+    /// The LSTM checkpoint the run serves when it moved and loads; nil otherwise.
     private func loadMovedModel() -> ScoringModel? {
         guard let latest = movedStep(run: run, last: lastAttempted) else { return nil }
         do {
@@ -178,11 +178,11 @@ public final class CheckpointScorer: Scorer {
         }
     }
 
-    /// The step `latest` of `run` names when it differs from `last` (which it then becomes).
+    /// The step `run` serves (`best`, else `latest`) when it differs from `last` (which it then becomes).
     private func movedStep(run: String, last: borrowing Mutex<Int?>) -> Int? {
         let latest: Int?
         do {
-            latest = try CheckpointStore(root: root, run: run).latestStep()
+            latest = try CheckpointStore(root: root, run: run).servingStep()
         } catch {
             logger.warning("cannot read the latest pointer of run '\(run)': \(error)")
             return nil
@@ -258,12 +258,17 @@ extension ServedModel {
 
         let count = request.customers.count
         var churn = [Float](repeating: 0, count: count), spend = [Float](repeating: 0, count: count)
+        let headStages = scorer.stageCount
+        var lstmStages = [Float](repeating: 0, count: count * headStages)
         features.withUnsafeBufferPointer { f in
             lengths.withUnsafeBufferPointer { l in
                 churn.withUnsafeMutableBufferPointer { c in
                     spend.withUnsafeMutableBufferPointer { s in
-                        scorer.score(features: f.baseAddress!, lengths: l.baseAddress!, count: count,
-                                     churn: c.baseAddress!, spend: s.baseAddress!)
+                        lstmStages.withUnsafeMutableBufferPointer { z in
+                            scorer.score(features: f.baseAddress!, lengths: l.baseAddress!, count: count,
+                                         churn: c.baseAddress!, spend: s.baseAddress!,
+                                         stages: headStages > 0 ? z.baseAddress! : nil)
+                        }
                     }
                 }
             }
@@ -272,10 +277,16 @@ extension ServedModel {
         let classes = summary.stageNames.count
         let scores = (0..<count).map { index in
             let id = request.customers[index].id
-            let row = stages.flatMap { stages in stages.rows[id].map { stages.probabilities[$0 * classes..<($0 + 1) * classes] } }
+            // The graph model where it covers the customer, else the LSTM's stage head.
+            var modelStage = stages.flatMap { stages in
+                stages.rows[id].map { LSTMScorer.ModelStage(probabilities: stages.probabilities[$0 * classes..<($0 + 1) * classes], source: "gnn") }
+            }
+            if modelStage == nil && headStages > 0 {
+                modelStage = .init(probabilities: lstmStages[index * headStages..<(index + 1) * headStages], source: "lstm")
+            }
             return scorer.decide(customerID: id, churn: churn[index], spend: spend[index],
                                  historyPeriods: Int(lengths[index]), rules: rules, highValueLine: summary.highValueLine,
-                                 graphStage: row)
+                                 modelStage: modelStage)
         }
         return ScoreResult(model: summary.info, asOfDay: asOf, stageNames: summary.stageNames, scores: scores)
     }

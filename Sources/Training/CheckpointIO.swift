@@ -74,12 +74,28 @@ final class CheckpointIO {
             runName: configuration.run, step: request.progress.globalStep, epoch: request.progress.epoch,
             programVersion: programVersion, worldSize: request.progress.worldSize,
             modelKind: configuration.model == .lstm ? .lstm : .gnn,
-            configuration: try jsonValue(ScoringModelInfo(spec: spec)),
+            configuration: try jsonValue(CheckpointModelInfo(spec: spec)),
             featureSpec: try jsonValue(dataset?.manifest),
             datasetFingerprint: spec.datasetFingerprint, randomState: configuration.seed,
             metrics: request.metrics, files: [:])
         try store.save(step: request.progress.globalStep, files: files, manifest: manifest)
         if request.isBest { try store.markBest(step: request.progress.globalStep) }
+    }
+
+    /// The parameters of saved step `step`, verified, without touching the run's other steps.
+    func parameters(step: Int) throws -> [Float] {
+        let loaded = try store().load(step: step, requiring: ["model.safetensors"])
+        let model = try loaded.safeTensors("model.safetensors")
+        let layout = try JobTaskLayout.layout(spec)
+        var parameters = [Float](repeating: 0, count: layout.totalCount)
+        for slice in layout.slices {
+            let values = try model.floats(slice.name)
+            guard values.count == slice.count else {
+                throw AgreementError(message: "checkpoint step \(step) tensor \(slice.name) has \(values.count) values, the model needs \(slice.count)")
+            }
+            parameters.replaceSubrange(slice.offset..<slice.offset + slice.count, with: values)
+        }
+        return parameters
     }
 
     /// Reads and verifies the checkpoint named by `resume` ("latest", a step, or a directory).
@@ -125,38 +141,29 @@ final class CheckpointIO {
     }
 }
 
-/// What a scoring process needs besides the weights to rebuild the model.
-struct ScoringModelInfo: Codable {
+/// The manifest's `configuration`: the architecture scoring rebuilds the model from (the type
+/// Scoring decodes), and the full training configuration for provenance.
+struct CheckpointModelInfo: Encodable {
+    var architecture: ModelArchitecture
     var training: TrainingConfiguration
-    var inputSize: Int
-    var historyLength: Int
-    var classCount: Int
-    var positiveWeight: Float
-    var classWeights: [Float]?
 
     init(spec: JobSpec) {
+        architecture = spec.architecture
         training = spec.configuration
-        inputSize = spec.configuration.model == .lstm ? spec.featureCount : spec.nodeFeatureWidth
-        historyLength = spec.historyLength
-        classCount = spec.classCount
-        positiveWeight = spec.positiveWeight
-        classWeights = spec.classWeights
     }
 }
 
 /// The parameter layout a spec's model has, without keeping the model.
 enum JobTaskLayout {
     static func layout(_ spec: JobSpec) throws -> ParameterLayout {
-        let configuration = spec.configuration
-        switch configuration.model {
+        let architecture = spec.architecture
+        switch spec.configuration.model {
         case .lstm:
-            return LSTMModel(configuration: LSTMConfiguration(
-                inputSize: spec.featureCount, hiddenSize: configuration.lstm.hidden, layers: configuration.lstm.layers),
-                seed: 0).parameters.layout
+            return LSTMModel(configuration: architecture.lstmConfiguration, seed: 0).parameters.layout
         case .gnn:
             return GraphSAGEModel(configuration: GraphSAGEConfiguration(
-                inputSize: spec.nodeFeatureWidth, hiddenSize: configuration.gnn.hidden, classes: spec.classCount,
-                layers: configuration.gnn.layers), seed: 0).parameters.layout
+                inputSize: architecture.inputSize, hiddenSize: architecture.hiddenSize, classes: architecture.classCount,
+                layers: architecture.layers), seed: 0).parameters.layout
         }
     }
 }

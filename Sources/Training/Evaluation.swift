@@ -6,78 +6,172 @@ import Tensors
 
 /// Metrics of one split, merged over every rank's shard.
 ///
-/// Counting states (confusion counts, loss sums) are summed with one all-reduce of their packed
-/// form; ROC AUC is computed exactly on rank 0 from the gathered scores (a few floats per
-/// customer) and broadcast, so every rank ends with the same numbers.
+/// GNN: counting states (confusion counts, loss sums) are summed with one all-reduce of their
+/// packed form. LSTM: every customer's labels and outputs (a few floats each) are gathered on
+/// rank 0, which computes the exact metrics (AUC, Spearman, Gini and the stage head's) and
+/// broadcasts them, so every rank ends with the same numbers; rank 0 keeps the rows for the
+/// test predictions file and the baselines.
 func evaluate(
     _ predictions: Predictions, shard: LocalShard, model: TrainingConfiguration.ModelKind,
-    classCount: Int, clvWeight: Float, prefix: String, world: any Communicator
-) throws -> [String: Double] {
+    classCount: Int, lstm: TrainingConfiguration.LSTMSettings, prefix: String, world: any Communicator
+) throws -> EvaluatedSplit {
     switch model {
-    case .lstm: return try evaluateChurn(predictions, shard: shard, clvWeight: clvWeight, prefix: prefix, world: world)
-    case .gnn: return try evaluateStages(predictions, shard: shard, classCount: classCount, prefix: prefix, world: world)
+    case .lstm:
+        let rows = try gatherToCoordinator(
+            LSTMEvaluationRows.pack(predictions, shard: shard, stageCount: lstm.stageHead ? classCount : 0), world: world)
+        let table = LSTMEvaluationRows(values: rows, stageCount: lstm.stageHead ? classCount : 0)
+        var encoded = ""
+        if world.rank == 0 {
+            let metrics = table.metrics(prefix: prefix, clvWeight: Double(lstm.clvWeight), stageWeight: Double(lstm.stageWeight))
+            encoded = String(decoding: try JSONEncoder().encode(metrics), as: UTF8.self)
+        }
+        encoded = try world.broadcast(string: encoded, root: 0)
+        let metrics = try JSONDecoder().decode([String: Double].self, from: Data(encoded.utf8))
+        return EvaluatedSplit(metrics: metrics, lstmRows: world.rank == 0 ? table : nil)
+    case .gnn:
+        return EvaluatedSplit(
+            metrics: try evaluateStages(predictions, shard: shard, classCount: classCount, prefix: prefix, world: world),
+            lstmRows: nil)
     }
 }
 
-private func evaluateChurn(
-    _ predictions: Predictions, shard: LocalShard, clvWeight: Float, prefix: String, world: any Communicator
-) throws -> [String: Double] {
-    var binary = BinaryClassificationState()
-    var clvLog = RegressionState()
-    var clvCurrency = RegressionState()
-    for index in 0..<shard.count {
-        let probability = Double(predictions.churnProbability[index])
-        binary.add(probability: probability, label: shard.churn[index] >= 0.5)
-        let target = log1p(Double(shard.spend[index]))
-        let predicted = Double(predictions.clvLog[index])
-        clvLog.add(prediction: predicted, target: target)
-        clvCurrency.add(prediction: max(expm1(predicted), 0), target: Double(shard.spend[index]))
-    }
-    var packed = binary.packed + clvLog.packed + clvCurrency.packed
-    try world.allreduce(&packed, op: .sum)
-    let binaryCount = BinaryClassificationState.packedCount
-    let regressionCount = RegressionState.packedCount
-    guard let mergedBinary = binary.rebuilt(fromPacked: Array(packed[0..<binaryCount])),
-          let mergedLog = clvLog.rebuilt(fromPacked: Array(packed[binaryCount..<binaryCount + regressionCount])),
-          let mergedCurrency = clvCurrency.rebuilt(fromPacked: Array(packed[(binaryCount + regressionCount)...]))
-    else { throw AgreementError(message: "merged metric state is malformed") }
+/// A split's merged metrics; on rank 0 of an LSTM run also every customer's row.
+struct EvaluatedSplit {
+    var metrics: [String: Double]
+    var lstmRows: LSTMEvaluationRows?
+}
 
-    // Exact AUC: gather (score, label) pairs on rank 0.
-    let counts = try world.allgather(value: Int64(shard.count)).map { Int($0) }
-    let total = counts.reduce(0, +)
-    var pairs = [Float](repeating: 0, count: 2 * shard.count)
-    for index in 0..<shard.count {
-        pairs[2 * index] = predictions.churnProbability[index]
-        pairs[2 * index + 1] = shard.churn[index]
-    }
-    var gathered = [Float](repeating: 0, count: world.rank == 0 ? 2 * total : 0)
-    try pairs.withUnsafeBufferPointer { source in
+/// Every rank's `rows` concatenated in rank order on rank 0; empty elsewhere.
+func gatherToCoordinator(_ rows: [Float], world: any Communicator) throws -> [Float] {
+    let counts = try world.allgather(value: Int64(rows.count)).map { Int($0) }
+    var gathered = [Float](repeating: 0, count: world.rank == 0 ? counts.reduce(0, +) : 0)
+    try rows.withUnsafeBufferPointer { source in
         try gathered.withUnsafeMutableBufferPointer { destination in
-            try world.gatherv(source, into: world.rank == 0 ? destination : nil, counts: counts.map { 2 * $0 }, root: 0)
+            try world.gatherv(source, into: world.rank == 0 ? destination : nil, counts: counts, root: 0)
         }
     }
-    var auc = [Double.nan]
-    if world.rank == 0 {
-        let scores = stride(from: 0, to: gathered.count, by: 2).map { Double(gathered[$0]) }
-        let labels = stride(from: 1, to: gathered.count, by: 2).map { gathered[$0] >= 0.5 }
-        auc[0] = rocAUC(scores: scores, labels: labels) ?? .nan
-    }
-    try world.broadcast(&auc, root: 0)
+    return gathered
+}
 
-    var metrics: [String: Double] = [:]
-    metrics[prefix + "auc"] = auc[0]
-    metrics[prefix + "log_loss"] = mergedBinary.logLoss
-    metrics[prefix + "f1"] = mergedBinary.f1
-    metrics[prefix + "brier"] = mergedBinary.brierScore
-    metrics[prefix + "accuracy"] = mergedBinary.accuracy
-    metrics[prefix + "clv_rmse_log"] = mergedLog.rmse
-    metrics[prefix + "clv_rmse"] = mergedCurrency.rmse
-    metrics[prefix + "clv_mae"] = mergedCurrency.mae
-    if let logLoss = mergedBinary.logLoss, let mse = mergedLog.meanSquaredError {
-        metrics[prefix + "loss"] = logLoss + Double(clvWeight) * mse
+/// One row per evaluated customer of the LSTM, as floats (dataset rows and stages are below
+/// 2²⁴, exact in a float): dataset row, churn label, spend, stage, churn probability, expected
+/// spend, CLV loss, ZILN purchase probability (−1 without ZILN), then one probability per
+/// stage when the model has a stage head.
+struct LSTMEvaluationRows {
+    static let fixedWidth = 8
+    let values: [Float]
+    let stageCount: Int
+    var width: Int { Self.fixedWidth + stageCount }
+    var count: Int { values.count / width }
+
+    init(values: [Float], stageCount: Int) {
+        self.values = values
+        self.stageCount = stageCount
     }
-    metrics[prefix + "customers"] = Double(total)
-    return metrics.filter { !$0.value.isNaN }
+
+    static func pack(_ predictions: Predictions, shard: LocalShard, stageCount: Int) -> [Float] {
+        let width = fixedWidth + stageCount
+        var rows = [Float](repeating: 0, count: shard.count * width)
+        for index in 0..<shard.count {
+            let base = index * width
+            rows[base] = Float(shard.datasetRows[index])
+            rows[base + 1] = shard.churn[index]
+            rows[base + 2] = shard.spend[index]
+            rows[base + 3] = Float(shard.stages[index])
+            rows[base + 4] = predictions.churnProbability[index]
+            rows[base + 5] = predictions.expectedSpend[index]
+            rows[base + 6] = predictions.clvLoss[index]
+            rows[base + 7] = predictions.purchaseProbability.isEmpty ? -1 : predictions.purchaseProbability[index]
+            for stage in 0..<stageCount {
+                rows[base + fixedWidth + stage] = predictions.stageProbabilities[index * stageCount + stage]
+            }
+        }
+        return rows
+    }
+
+    func column(_ offset: Int) -> [Double] {
+        stride(from: offset, to: values.count, by: width).map { Double(values[$0]) }
+    }
+    var datasetRows: [Int] { stride(from: 0, to: values.count, by: width).map { Int(values[$0]) } }
+    var churnLabels: [Bool] { column(1).map { $0 >= 0.5 } }
+    var spend: [Double] { column(2) }
+    var stages: [Int] { column(3).map { Int($0) } }
+    var churnProbability: [Double] { column(4) }
+    var expectedSpend: [Double] { column(5) }
+    var clvLoss: [Double] { column(6) }
+    var purchaseProbability: [Double]? { count > 0 && values[7] >= 0 ? column(7) : nil }
+    func predictedStage(_ row: Int) -> Int {
+        let base = row * width + Self.fixedWidth
+        var best = 0
+        for stage in 1..<max(stageCount, 1) where values[base + stage] > values[base + best] { best = stage }
+        return best
+    }
+
+    /// Churn, spend and (with a stage head) stage metrics of these customers.
+    func metrics(prefix: String, clvWeight: Double, stageWeight: Double) -> [String: Double] {
+        let labels = churnLabels, probabilities = churnProbability
+        var metrics = churnAndSpendMetrics(
+            prefix: prefix, labels: labels, churnProbability: probabilities, spend: spend, expectedSpend: expectedSpend
+        ).compactMapValues { $0 }
+        if let purchase = purchaseProbability {
+            // The ZILN's own churn estimate, 1 − P(purchase), beside the churn head's.
+            var binary = BinaryClassificationState()
+            for (p, label) in zip(purchase, labels) { binary.add(probability: 1 - p, label: label) }
+            metrics[prefix + "auc_ziln"] = rocAUC(scores: purchase.map { 1 - $0 }, labels: labels)
+            metrics[prefix + "log_loss_ziln"] = binary.logLoss
+        }
+        var stageLoss = 0.0
+        if stageCount > 0 {
+            var state = MulticlassState(classCount: stageCount)
+            let truth = stages
+            for row in 0..<count {
+                state.add(trueClass: truth[row], predictedClass: predictedStage(row))
+                stageLoss -= log(max(Double(values[row * width + Self.fixedWidth + truth[row]]), 1e-15))
+            }
+            stageLoss /= Double(max(count, 1))
+            metrics[prefix + "stage_accuracy"] = state.accuracy
+            metrics[prefix + "stage_macro_f1"] = state.macroF1
+            for (trueStage, row) in state.confusionMatrix.enumerated() {
+                for (predicted, cases) in row.enumerated() {
+                    metrics["\(prefix)stage_confusion_\(trueStage)_\(predicted)"] = Double(cases)
+                }
+            }
+        }
+        if let logLoss = metrics[prefix + "log_loss"], count > 0 {
+            let clvLoss = self.clvLoss.reduce(0, +) / Double(count)
+            metrics[prefix + "clv_loss"] = clvLoss
+            metrics[prefix + "loss"] = logLoss + clvWeight * clvLoss + stageWeight * stageLoss
+        }
+        metrics[prefix + "customers"] = Double(count)
+        return metrics.filter { $0.value.isFinite }
+    }
+}
+
+/// The churn and spend metrics every model and baseline is compared on: AUC, log loss, F1,
+/// Brier, accuracy; spend RMSE and MAE in currency, RMSE of log1p, Spearman and normalized Gini.
+func churnAndSpendMetrics(
+    prefix: String, labels: [Bool], churnProbability: [Double], spend: [Double], expectedSpend: [Double]
+) -> [String: Double?] {
+    var binary = BinaryClassificationState()
+    var currency = RegressionState()
+    var logScale = RegressionState()
+    for index in labels.indices {
+        binary.add(probability: churnProbability[index], label: labels[index])
+        currency.add(prediction: expectedSpend[index], target: spend[index])
+        logScale.add(prediction: log1p(max(expectedSpend[index], 0)), target: log1p(spend[index]))
+    }
+    var metrics: [String: Double?] = [:]
+    metrics[prefix + "auc"] = rocAUC(scores: churnProbability, labels: labels)
+    metrics[prefix + "log_loss"] = binary.logLoss
+    metrics[prefix + "f1"] = binary.f1
+    metrics[prefix + "brier"] = binary.brierScore
+    metrics[prefix + "accuracy"] = binary.accuracy
+    metrics[prefix + "clv_rmse"] = currency.rmse
+    metrics[prefix + "clv_mae"] = currency.mae
+    metrics[prefix + "clv_rmse_log"] = logScale.rmse
+    metrics[prefix + "spend_spearman"] = spearmanCorrelation(expectedSpend, spend)
+    metrics[prefix + "spend_gini"] = normalizedGini(predicted: expectedSpend, actual: spend)
+    return metrics
 }
 
 private func evaluateStages(
@@ -110,53 +204,56 @@ private func evaluateStages(
     return metrics
 }
 
-/// Gathers every rank's test predictions on rank 0 and writes them as CSV (atomically), for the
-/// run report's ROC, calibration, spend and confusion charts.
+/// Writes rank 0's gathered test rows as CSV (atomically), for the run report's ROC,
+/// calibration, spend and confusion charts.
 ///
-/// Columns, LSTM: dataset_row, churn_label, churn_probability, spend, expected_spend.
+/// Columns, LSTM: dataset_row, churn_label, churn_probability, spend, expected_spend, stage, then
+/// purchase_probability with a ZILN head, predicted_stage and p_stage_k with a stage head.
 /// GNN: dataset_row, stage, predicted_stage, then one probability per stage.
-func writePredictions(
-    _ predictions: Predictions, shard: LocalShard, model: TrainingConfiguration.ModelKind, classCount: Int,
-    to url: URL?, world: any Communicator
+func writeLSTMPredictions(_ rows: LSTMEvaluationRows, to url: URL) throws {
+    var header = "dataset_row,churn_label,churn_probability,spend,expected_spend,stage"
+    let purchase = rows.purchaseProbability
+    if purchase != nil { header += ",purchase_probability" }
+    if rows.stageCount > 0 { header += ",predicted_stage" + (0..<rows.stageCount).map { ",p_stage_\($0)" }.joined() }
+    var text = header + "\n"
+    let values = rows.values
+    for row in 0..<rows.count {
+        let base = row * rows.width
+        var fields = [Int(values[base]).description, Int(values[base + 1]).description, formatValue(values[base + 4]),
+                      formatValue(values[base + 2]), formatValue(values[base + 5]), Int(values[base + 3]).description]
+        if purchase != nil { fields.append(formatValue(values[base + 7])) }
+        if rows.stageCount > 0 {
+            fields.append(rows.predictedStage(row).description)
+            for stage in 0..<rows.stageCount { fields.append(formatValue(values[base + LSTMEvaluationRows.fixedWidth + stage])) }
+        }
+        text += fields.joined(separator: ",") + "\n"
+    }
+    try writeFileAtomically(Data(text.utf8), to: url)
+}
+
+private func formatValue(_ value: Float) -> String {
+    value == value.rounded() && abs(value) < 1e7 ? "\(Int(value))" : "\(value)"
+}
+
+/// Gathers every rank's GNN test predictions on rank 0 and writes them as CSV (atomically).
+func writeStagePredictions(
+    _ predictions: Predictions, shard: LocalShard, classCount: Int, to url: URL?, world: any Communicator
 ) throws {
-    let width = model == .lstm ? 5 : 3 + classCount
+    let width = 3 + classCount
     var rows = [Float](repeating: 0, count: shard.count * width)
     for index in 0..<shard.count {
         let base = index * width
         rows[base] = Float(shard.datasetRows[index])
-        switch model {
-        case .lstm:
-            rows[base + 1] = shard.churn[index]
-            rows[base + 2] = predictions.churnProbability[index]
-            rows[base + 3] = shard.spend[index]
-            rows[base + 4] = max(expm1(predictions.clvLog[index]), 0)
-        case .gnn:
-            let probabilities = predictions.stageProbabilities[index * classCount..<(index + 1) * classCount]
-            rows[base + 1] = Float(shard.stages[index])
-            rows[base + 2] = Float(probabilities.indices.max { probabilities[$0] < probabilities[$1] }! - index * classCount)
-            for (offset, probability) in probabilities.enumerated() { rows[base + 3 + offset] = probability }
-        }
+        let probabilities = predictions.stageProbabilities[index * classCount..<(index + 1) * classCount]
+        rows[base + 1] = Float(shard.stages[index])
+        rows[base + 2] = Float(probabilities.indices.max { probabilities[$0] < probabilities[$1] }! - index * classCount)
+        for (offset, probability) in probabilities.enumerated() { rows[base + 3 + offset] = probability }
     }
-    let counts = try world.allgather(value: Int64(rows.count)).map { Int($0) }
-    var gathered = [Float](repeating: 0, count: world.rank == 0 ? counts.reduce(0, +) : 0)
-    try rows.withUnsafeBufferPointer { source in
-        try gathered.withUnsafeMutableBufferPointer { destination in
-            try world.gatherv(source, into: world.rank == 0 ? destination : nil, counts: counts, root: 0)
-        }
-    }
+    let gathered = try gatherToCoordinator(rows, world: world)
     guard world.rank == 0, let url else { return }
-    var header = model == .lstm
-        ? "dataset_row,churn_label,churn_probability,spend,expected_spend"
-        : "dataset_row,stage,predicted_stage"
-    if model == .gnn { header += (0..<classCount).map { ",p_stage_\($0)" }.joined() }
-    var text = header + "\n"
+    var text = "dataset_row,stage,predicted_stage" + (0..<classCount).map { ",p_stage_\($0)" }.joined() + "\n"
     for row in stride(from: 0, to: gathered.count, by: width) {
-        text += "\(Int(gathered[row]))"
-        for column in 1..<width {
-            let value = gathered[row + column]
-            text += value == value.rounded() && abs(value) < 1e7 ? ",\(Int(value))" : ",\(value)"
-        }
-        text += "\n"
+        text += (0..<width).map { formatValue(gathered[row + $0]) }.joined(separator: ",") + "\n"
     }
     try writeFileAtomically(Data(text.utf8), to: url)
 }

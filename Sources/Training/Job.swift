@@ -22,6 +22,25 @@ struct JobSpec: Codable {
     var positiveWeight: Float
     var classWeights: [Float]?
     var nodeFeatureWidth: Int
+    /// LSTM with a ZILN head: the training split's spend, for the head's starting biases.
+    var spendPrior: SpendPrior?
+
+    /// The model every rank builds, as the checkpoint manifest records it.
+    var architecture: ModelArchitecture {
+        switch configuration.model {
+        case .lstm:
+            return ModelArchitecture(
+                kind: .lstm, inputSize: featureCount, hiddenSize: configuration.lstm.hidden, layers: configuration.lstm.layers,
+                historyLength: historyLength, classCount: classCount, clvLoss: configuration.lstm.clvLoss,
+                stageCount: configuration.lstm.stageHead ? classCount : 0, positiveWeight: positiveWeight,
+                classWeights: classWeights)
+        case .gnn:
+            return ModelArchitecture(
+                kind: .gnn, inputSize: nodeFeatureWidth, hiddenSize: configuration.gnn.hidden, layers: configuration.gnn.layers,
+                historyLength: historyLength, classCount: classCount, clvLoss: nil, stageCount: classCount,
+                positiveWeight: positiveWeight, classWeights: classWeights)
+        }
+    }
 }
 
 /// How `clm-coordinator` was asked to run.
@@ -85,7 +104,8 @@ public enum TrainingJob {
         }
         let classCount = dataset.manifest.stageNames.count
         var classWeights: [Float]? = nil
-        if configuration.gnn.balanceClasses {
+        let balance = configuration.model == .gnn ? configuration.gnn.balanceClasses : configuration.lstm.stageHead
+        if balance {
             var counts = [Int](repeating: 0, count: classCount)
             for index in train { counts[Int(dataset.stage[index])] += 1 }
             // Inverse frequency, scaled so the weights average 1 over the training customers.
@@ -103,7 +123,9 @@ public enum TrainingJob {
             // Unweighted by default: a weighted BCE shifts every probability, and scoring relies on
             // calibrated churn probabilities for its actions.
             positiveWeight: configuration.lstm.positiveWeight ?? 1, classWeights: classWeights,
-            nodeFeatureWidth: dataset.nodeFeatureWidth)
+            nodeFeatureWidth: dataset.nodeFeatureWidth,
+            spendPrior: configuration.model == .lstm && configuration.lstm.clvLoss == .ziln
+                ? SpendPrior.fit(spend: train.lazy.map { dataset.spend[$0] }) : nil)
     }
 
     static func run(_ spec: JobSpec, dataset: CustomerDataset?, world: any Communicator) throws -> TrainingSummary {
@@ -167,6 +189,12 @@ public enum TrainingJob {
             validationShard: validationShard, testShard: testShard, classCount: spec.classCount, reporter: reporter,
             saveCheckpoint: world.rank == 0 ? { try store.save($0) } : nil, stopAfterSteps: spec.stopAfterSteps)
         trainer.runDirectory = URL(fileURLWithPath: configuration.checkpoints).appendingPathComponent(configuration.run)
+        if world.rank == 0 {
+            trainer.loadParameters = { try store.parameters(step: $0) }
+            if configuration.model == .lstm, let dataset {
+                trainer.baselines = { try BaselineEvaluation.run(dataset: dataset, validation: $0, test: $1) }
+            }
+        }
         let summary = try trainer.run(resumingFrom: restored)
         if world.rank == 0 { reporter.line(describe(summary, configuration: configuration)) }
         return summary
@@ -176,12 +204,14 @@ public enum TrainingJob {
         let configuration = spec.configuration
         switch configuration.model {
         case .lstm:
-            let model = LSTMModel(
-                configuration: LSTMConfiguration(
-                    inputSize: spec.featureCount, hiddenSize: configuration.lstm.hidden, layers: configuration.lstm.layers,
-                    dropout: configuration.lstm.dropout, positiveWeight: spec.positiveWeight,
-                    clvWeight: configuration.lstm.clvWeight),
-                seed: configuration.seed)
+            var lstm = spec.architecture.lstmConfiguration
+            lstm.dropout = configuration.lstm.dropout
+            lstm.positiveWeight = spec.positiveWeight
+            lstm.clvWeight = configuration.lstm.clvWeight
+            lstm.stageWeight = configuration.lstm.stageWeight
+            lstm.stageClassWeights = lstm.stageCount > 0 ? spec.classWeights : nil
+            lstm.spendPrior = spec.spendPrior
+            let model = LSTMModel(configuration: lstm, seed: configuration.seed)
             return LSTMTask(model: model, batchCapacity: configuration.batchSize, steps: spec.historyLength)
         case .gnn:
             guard let dataset, let graph = dataset.graph else {
@@ -249,16 +279,35 @@ public enum TrainingJob {
     }
 
     static func describe(_ summary: TrainingSummary, configuration: TrainingConfiguration) -> String {
-        func format(_ metrics: [String: Double], _ keys: [String]) -> String {
-            keys.compactMap { key in metrics[key].map { String(format: "%@ %.4f", key, $0) } }.joined(separator: "  ")
+        func format(_ metrics: [String: Double], _ prefix: String, _ keys: [String]) -> String {
+            keys.compactMap { key in metrics[prefix + key].map { String(format: "%@ %.4f", key, $0) } }.joined(separator: "  ")
         }
         let keys = configuration.model == .lstm
-            ? ["auc", "log_loss", "f1", "brier", "clv_rmse", "clv_rmse_log"]
+            ? ["auc", "log_loss", "f1", "brier", "clv_rmse", "spend_spearman", "spend_gini", "stage_accuracy", "stage_macro_f1"]
             : ["accuracy", "macro_f1", "loss"]
-        return "done: \(summary.epochsRun) epochs, \(summary.steps) steps"
+        let evaluated = summary.evaluatedBest
+            ? "best checkpoint, epoch \(summary.evaluatedEpoch) step \(summary.evaluatedStep)"
+            : "last model, step \(summary.evaluatedStep) (no validation chose a best)"
+        var text = "done: \(summary.epochsRun) epochs, \(summary.steps) steps"
             + (summary.stoppedEarly ? " (stopped early)" : "")
             + String(format: ", %.0f samples/s, all-reduce %.1f%% of step time", summary.samplesPerSecond, 100 * summary.allreduceShare)
-            + "\n  validation: " + format(summary.lastValidation, keys.map { "val_" + $0 })
-            + "\n  test:       " + format(summary.test, keys.map { "test_" + $0 })
+            + "\n  evaluated:  \(evaluated)"
+            + "\n  validation: " + format(summary.lastValidation, "val_", keys)
+            + "\n  test:       " + format(summary.test, "test_", keys)
+        if let low = summary.test["test_auc_ci_low"], let high = summary.test["test_auc_ci_high"] {
+            text += String(format: "  (AUC 95%% CI %.4f–%.4f)", low, high)
+        }
+        if summary.baselines != nil {
+            let baselineKeys = ["auc", "log_loss", "clv_rmse", "spend_spearman", "spend_gini"]
+            for (name, label) in [("bgnbd", "BG/NBD+GG"), ("logistic", "logistic floor")] {
+                text += "\n  \(label) (same customers): validation " + format(summary.lastValidation, "val_\(name)_", baselineKeys)
+                    + " | test " + format(summary.test, "test_\(name)_", baselineKeys)
+                if let low = summary.test["test_auc_minus_\(name)_ci_low"], let high = summary.test["test_auc_minus_\(name)_ci_high"] {
+                    text += String(format: "  (LSTM AUC minus it, 95%% CI %+.4f to %+.4f)", low, high)
+                }
+            }
+        }
+        for warning in summary.warnings { text += "\n  WARNING: " + warning }
+        return text
     }
 }

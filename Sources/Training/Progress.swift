@@ -58,10 +58,11 @@ public final class ProgressReporter {
         fflush(nil)
     }
 
-    func record(_ metrics: [String: Double], event: String) {
+    func record(_ metrics: [String: Double], event: String, warnings: [String] = []) {
         guard let log else { return }
         var entry: [String: Any] = metrics.filter { $0.value.isFinite }
         entry["event"] = event
+        if !warnings.isEmpty { entry["warnings"] = warnings }
         entry["time"] = ISO8601DateFormatter().string(from: Date())
         guard let data = try? JSONSerialization.data(withJSONObject: entry, options: [.sortedKeys]) else { return }
         log.write(data + Data("\n".utf8))

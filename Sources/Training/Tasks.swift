@@ -20,10 +20,15 @@ public protocol TrainingTask: AnyObject {
 
 /// Model outputs for a shard, in shard order.
 public struct Predictions {
-    /// LSTM: churn probability and CLV prediction (log1p scale) per customer.
+    /// LSTM: churn probability and expected horizon spend per customer.
     public var churnProbability: [Float] = []
-    public var clvLog: [Float] = []
-    /// GNN: class probabilities, row-major [count, classes].
+    public var expectedSpend: [Float] = []
+    /// LSTM with a ZILN head: its probability of any purchase in the horizon (1 − it is the
+    /// ZILN's own churn estimate, evaluated beside the churn head's).
+    public var purchaseProbability: [Float] = []
+    /// LSTM: each customer's CLV loss term (squared log error or ZILN NLL), for the split's loss.
+    public var clvLoss: [Float] = []
+    /// GNN, or an LSTM with a stage head: class probabilities, row-major [count, classes].
     public var stageProbabilities: [Float] = []
 }
 
@@ -34,6 +39,8 @@ public final class LSTMTask: TrainingTask {
     private var lengths: [Int32]
     private var churn: [Float]
     private var spend: [Float]
+    private var stages: [Int32]
+    private var stageRow: [Float]
 
     public var parameters: ParameterStore { model.parameters }
 
@@ -44,6 +51,8 @@ public final class LSTMTask: TrainingTask {
         lengths = [Int32](repeating: 1, count: batchCapacity)
         churn = [Float](repeating: 0, count: batchCapacity)
         spend = [Float](repeating: 0, count: batchCapacity)
+        stages = [Int32](repeating: 0, count: batchCapacity)
+        stageRow = [Float](repeating: 0, count: max(model.heads.stageCount, 1))
     }
 
     /// Copies the chosen customers into the batch buffers (allocated once, at the largest size).
@@ -55,6 +64,7 @@ public final class LSTMTask: TrainingTask {
             lengths[slot] = shard.lengths[row]
             churn[slot] = shard.churn[row]
             spend[slot] = shard.spend[row]
+            stages[slot] = shard.stages[row]
         }
     }
 
@@ -62,9 +72,11 @@ public final class LSTMTask: TrainingTask {
         lengths.withUnsafeBufferPointer { ls in
             churn.withUnsafeBufferPointer { ys in
                 spend.withUnsafeBufferPointer { ss in
-                    body(SequenceBatch(
-                        features: features.pointer, lengths: ls.baseAddress!, batchSize: count, steps: steps,
-                        churnLabels: ys.baseAddress!, spend: ss.baseAddress!))
+                    stages.withUnsafeBufferPointer { zs in
+                        body(SequenceBatch(
+                            features: features.pointer, lengths: ls.baseAddress!, batchSize: count, steps: steps,
+                            churnLabels: ys.baseAddress!, spend: ss.baseAddress!, stages: zs.baseAddress!))
+                    }
                 }
             }
         }
@@ -82,8 +94,9 @@ public final class LSTMTask: TrainingTask {
 
     public func predict(_ shard: LocalShard) -> Predictions {
         var result = Predictions()
+        let heads = model.heads
         result.churnProbability.reserveCapacity(shard.count)
-        result.clvLog.reserveCapacity(shard.count)
+        result.expectedSpend.reserveCapacity(shard.count)
         var unused = SeededRandom(seed: 0, purpose: .dropout)
         var start = 0
         while start < shard.count {
@@ -92,8 +105,26 @@ public final class LSTMTask: TrainingTask {
             withBatch(count, steps: shard.steps) { batch in
                 model.forward(batch, training: false, random: &unused)
             }
-            for logit in model.churnLogits { result.churnProbability.append(Kernels.sigmoid(logit)) }
-            result.clvLog.append(contentsOf: model.clvPredictions)
+            let outputs = model.headOutputs.baseAddress!
+            for b in 0..<count {
+                let row = outputs + b * heads.width
+                result.churnProbability.append(heads.churnProbability(row))
+                result.expectedSpend.append(heads.expectedSpend(row))
+                let spend = shard.spend[start + b]
+                let clv = row + heads.clvColumn
+                switch heads.clvLoss {
+                case .logMSE:
+                    let error = clv[0] - log1pf(spend)
+                    result.clvLoss.append(error * error)
+                case .ziln:
+                    result.clvLoss.append(LSTMModel.zilnLoss(spend: spend, purchaseLogit: clv[0], mu: clv[1], sigmaRaw: clv[2]).value)
+                }
+                if let purchase = heads.purchaseProbability(row) { result.purchaseProbability.append(purchase) }
+                if heads.stageCount > 0 {
+                    stageRow.withUnsafeMutableBufferPointer { heads.stageProbabilities(row, into: $0.baseAddress!) }
+                    result.stageProbabilities.append(contentsOf: stageRow)
+                }
+            }
             start += count
         }
         return result

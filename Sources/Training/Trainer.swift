@@ -17,6 +17,10 @@ public struct TrainingProgress: Codable, Sendable, Equatable {
     public var epochsWithoutImprovement = 0
     /// World size the state was saved with (resuming on another size is allowed, not bit-identical).
     public var worldSize = 1
+    /// Step and epoch (1-based) of the best validation so far: the model the test split and
+    /// scoring use. Nil before the first validation.
+    public var bestStep: Int? = nil
+    public var bestEpoch: Int? = nil
 
     public init() {}
 }
@@ -48,6 +52,11 @@ public struct CheckpointRequest {
 }
 
 public struct TrainingSummary: Sendable {
+    /// The checkpoint the test split was scored with: the best validation's, or the last
+    /// model's when no validation ran.
+    public var evaluatedStep = 0
+    public var evaluatedEpoch = 0
+    public var evaluatedBest = false
     public var epochsRun = 0
     public var steps = 0
     public var stoppedEarly = false
@@ -56,6 +65,9 @@ public struct TrainingSummary: Sendable {
     public var samplesPerSecond = 0.0
     public var allreduceShare = 0.0
     public var parameterChecksum: UInt64 = 0
+    /// LSTM: the baselines fitted at the end, and what the summary must warn about.
+    public var baselines: BaselineReport? = nil
+    public var warnings: [String] = []
 }
 
 /// The data-parallel loop every rank runs: same steps, fused gradient all-reduce, same update.
@@ -76,6 +88,10 @@ public final class DataParallelTrainer {
     let stopAfterSteps: Int?
     /// Where rank 0 writes the test predictions; nil writes none.
     public var runDirectory: URL?
+    /// Rank 0: reads the parameters of a saved step, for a best model saved before a resume.
+    var loadParameters: ((Int) throws -> [Float])?
+    /// Rank 0, LSTM: the baselines' metrics on the same validation and test customers.
+    var baselines: ((_ validation: LSTMEvaluationRows, _ test: LSTMEvaluationRows) throws -> BaselineReport)?
 
     public init(configuration: TrainingConfiguration, world: any Communicator, task: TrainingTask,
          trainShard: LocalShard, validationShard: LocalShard, testShard: LocalShard, classCount: Int,
@@ -99,6 +115,10 @@ public final class DataParallelTrainer {
     }
 
     var stepsPerEpoch: Int { (trainShard.count + configuration.batchSize - 1) / configuration.batchSize }
+
+    /// The configured epochs, raised until the run takes at least `min_steps` optimizer steps:
+    /// on a few hundred customers an epoch is a handful of steps, far too few to learn from.
+    var epochs: Int { max(configuration.epochs, (configuration.minSteps + stepsPerEpoch - 1) / max(stepsPerEpoch, 1)) }
 
     /// The learning rate grows with the global batch: linearly (Goyal et al.) or with its square root.
     var scaledLearningRate: Float {
@@ -129,7 +149,7 @@ public final class DataParallelTrainer {
         }
         let schedule = LearningRateSchedule(
             baseRate: scaledLearningRate, warmupSteps: configuration.warmupSteps,
-            totalSteps: configuration.epochs * stepsPerEpoch,
+            totalSteps: epochs * stepsPerEpoch,
             decay: LearningRateSchedule.Decay(rawValue: configuration.decay) ?? .cosine)
         let gradients = parameters.gradients.buffer
         var summary = TrainingSummary()
@@ -137,7 +157,11 @@ public final class DataParallelTrainer {
         var totalSeconds = 0.0
         var totalAllreduce = 0.0
 
-        epochs: while progress.epoch < configuration.epochs {
+        if epochs > configuration.epochs && progress.globalStep == 0 {
+            reporter.line("\(configuration.epochs) epochs of \(stepsPerEpoch) steps are fewer than min_steps \(configuration.minSteps): training \(epochs) epochs")
+        }
+        var bestParameters: [Float]? = nil
+        epochs: while progress.epoch < epochs {
             let epoch = progress.epoch
             let order = epochOrder(count: trainShard.count, seed: configuration.seed, epoch: epoch, rank: world.rank)
             let epochStart = Date()
@@ -174,8 +198,8 @@ public final class DataParallelTrainer {
                 }
                 let elapsed = Date().timeIntervalSince(epochStart)
                 let rate = Double(samples) / max(elapsed, 1e-9)
-                let remainingSteps = (configuration.epochs - epoch) * stepsPerEpoch - (step + 1)
-                reporter.step(epoch: epoch, epochs: configuration.epochs, step: step + 1, steps: stepsPerEpoch,
+                let remainingSteps = (epochs - epoch) * stepsPerEpoch - (step + 1)
+                reporter.step(epoch: epoch, epochs: epochs, step: step + 1, steps: stepsPerEpoch,
                               loss: lossSum / Double(lossCount), samplesPerSecond: rate,
                               etaSeconds: Double(remainingSteps * configuration.batchSize * world.size) / max(rate, 1e-9))
                 if configuration.checkpointEverySteps > 0 && progress.globalStep % configuration.checkpointEverySteps == 0
@@ -207,18 +231,24 @@ public final class DataParallelTrainer {
             ]
             var improved = false
             var stop = false
-            if (epoch + 1) % configuration.validateEveryEpochs == 0 || progress.epoch == configuration.epochs {
+            if (epoch + 1) % configuration.validateEveryEpochs == 0 || progress.epoch == epochs {
                 let validation = try evaluate(
                     task.predict(validationShard), shard: validationShard, model: configuration.model,
-                    classCount: classCount, clvWeight: configuration.lstm.clvWeight, prefix: "val_", world: world)
+                    classCount: classCount, lstm: configuration.lstm, prefix: "val_", world: world).metrics
                 metrics.merge(validation) { $1 }
                 summary.lastValidation = validation
                 (improved, stop) = updateEarlyStopping(&progress, metrics: validation)
+                if improved {
+                    progress.bestStep = progress.globalStep
+                    progress.bestEpoch = progress.epoch
+                    bestParameters = Array(UnsafeBufferPointer(parameters.values.buffer))
+                }
             }
             reporter.line(describeEpoch(metrics))
             reporter.record(metrics, event: "epoch")
             summary.epochsRun += 1
-            if progress.epoch % configuration.checkpointEveryEpochs == 0 || progress.epoch == configuration.epochs || stop {
+            // A new best is always saved, so `best` names a checkpoint that holds exactly it.
+            if progress.epoch % configuration.checkpointEveryEpochs == 0 || progress.epoch == epochs || stop || improved {
                 try checkpoint(progress, metrics: metrics, isBest: improved)
             }
             if stop {
@@ -231,16 +261,79 @@ public final class DataParallelTrainer {
         summary.steps = progress.globalStep
         summary.samplesPerSecond = Double(totalSamples) / max(totalSeconds, 1e-9)
         summary.allreduceShare = totalAllreduce / max(totalSeconds, 1e-9)
-        let testPredictions = task.predict(testShard)
-        summary.test = try evaluate(
-            testPredictions, shard: testShard, model: configuration.model, classCount: classCount,
-            clvWeight: configuration.lstm.clvWeight, prefix: "test_", world: world)
-        try writePredictions(
-            testPredictions, shard: testShard, model: configuration.model, classCount: classCount,
-            to: runDirectory?.appendingPathComponent("test_predictions.csv"), world: world)
-        reporter.record(summary.test, event: "test")
         summary.parameterChecksum = parameterChecksum(UnsafeBufferPointer(parameters.values.buffer))
+
+        // The model a user gets is the best validation's, so that is the one the test split
+        // measures; the last model stays in the `latest` checkpoint, the resume point.
+        try restoreBest(progress, inMemory: bestParameters)
+        summary.evaluatedStep = progress.bestStep ?? progress.globalStep
+        summary.evaluatedEpoch = progress.bestEpoch ?? progress.epoch
+        summary.evaluatedBest = progress.bestStep != nil
+        let validation = try evaluate(
+            task.predict(validationShard), shard: validationShard, model: configuration.model, classCount: classCount,
+            lstm: configuration.lstm, prefix: "val_", world: world)
+        summary.lastValidation = validation.metrics
+        let testPredictions = task.predict(testShard)
+        let test = try evaluate(
+            testPredictions, shard: testShard, model: configuration.model, classCount: classCount,
+            lstm: configuration.lstm, prefix: "test_", world: world)
+        summary.test = test.metrics
+        summary.test["test_evaluated_step"] = Double(summary.evaluatedStep)
+        summary.test["test_evaluated_epoch"] = Double(summary.evaluatedEpoch)
+        let predictionsFile = runDirectory?.appendingPathComponent("test_predictions.csv")
+        switch configuration.model {
+        case .lstm:
+            if let rows = test.lstmRows, let predictionsFile { try writeLSTMPredictions(rows, to: predictionsFile) }
+            if let baselines, let validationRows = validation.lstmRows, let testRows = test.lstmRows {
+                let report = try baselines(validationRows, testRows)
+                summary.baselines = report
+                summary.test.merge(report.test) { current, _ in current }
+                summary.lastValidation.merge(report.validation) { current, _ in current }
+                for warning in report.warnings(modelValidation: summary.lastValidation, modelTest: summary.test) {
+                    summary.warnings.append(warning)
+                }
+            }
+        case .gnn:
+            try writeStagePredictions(testPredictions, shard: testShard, classCount: classCount, to: predictionsFile, world: world)
+        }
+        var record = summary.test
+        for (key, value) in summary.lastValidation { record[key] = value }
+        reporter.record(record, event: "test", warnings: summary.warnings)
         return summary
+    }
+
+    /// Puts the best validation's parameters in place, on every rank: from memory when this
+    /// process saw that epoch, else read by rank 0 from its checkpoint and broadcast.
+    private func restoreBest(_ progress: TrainingProgress, inMemory: [Float]?) throws {
+        guard let bestStep = progress.bestStep, bestStep != progress.globalStep else { return }
+        let values = task.parameters.values
+        if let inMemory {
+            inMemory.withUnsafeBufferPointer { values.pointer.update(from: $0.baseAddress!, count: $0.count) }
+            return
+        }
+        var loaded = [Float](repeating: 0, count: task.parameters.layout.totalCount)
+        var status = [Int32(0)]
+        var failure: Error? = nil
+        if world.rank == 0 {
+            do {
+                guard let loadParameters else { throw AgreementError(message: "no checkpoint reader to load the best step \(bestStep)") }
+                let read = try loadParameters(bestStep)
+                guard read.count == loaded.count else {
+                    throw AgreementError(message: "best checkpoint step \(bestStep) has \(read.count) parameters, the model \(loaded.count)")
+                }
+                loaded = read
+            } catch {
+                failure = error
+                status[0] = 1
+            }
+        }
+        try world.broadcast(&status, root: 0)
+        if let failure { throw failure }
+        guard status[0] == 0 else {
+            throw AgreementError(message: "the coordinator could not read the best checkpoint (step \(bestStep)); rank \(world.rank) stops")
+        }
+        try world.broadcast(&loaded, root: 0)
+        loaded.withUnsafeBufferPointer { values.pointer.update(from: $0.baseAddress!, count: $0.count) }
     }
 
     /// One step whose gradient all-reduce overlaps the backward pass: each part of the buffer
@@ -302,11 +395,13 @@ public final class DataParallelTrainer {
         } else {
             progress.epochsWithoutImprovement += 1
         }
-        return (improved, rule.patience > 0 && progress.epochsWithoutImprovement >= rule.patience)
+        let patienceRanOut = rule.patience > 0 && progress.epochsWithoutImprovement >= rule.patience
+        return (improved, patienceRanOut && progress.globalStep >= configuration.minSteps)
     }
 
     private func describeEpoch(_ metrics: [String: Double]) -> String {
-        let keys = ["train_loss", "val_loss", "val_auc", "val_f1", "val_brier", "val_clv_rmse", "val_accuracy", "val_macro_f1"]
+        let keys = ["train_loss", "val_loss", "val_auc", "val_f1", "val_brier", "val_clv_rmse", "val_spend_spearman",
+                    "val_stage_macro_f1", "val_accuracy", "val_macro_f1"]
         let parts = keys.compactMap { key in metrics[key].map { String(format: "%@ %.4f", key, $0) } }
         return "epoch \(Int(metrics["epoch"] ?? 0)): " + parts.joined(separator: "  ")
             + String(format: "  %.0f samples/s, all-reduce %.1f%% of the time",

@@ -1,4 +1,5 @@
 import Foundation
+import Models
 import Yams
 
 /// Everything a training job needs to know, read by the coordinator from a YAML file (keys in
@@ -15,20 +16,34 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         /// Positive-class weight of the churn loss (PyTorch's pos_weight); nil = 1, which keeps
         /// the predicted probabilities calibrated.
         public var positiveWeight: Float? = nil
-        public var clvWeight: Float = 0.5
+        public var clvWeight: Float = 1
+        /// `ziln` (expected spend from a zero-inflated lognormal) or `log_mse` (squared error on
+        /// log1p spend); see `CLVLoss`.
+        public var clvLoss: CLVLoss = .ziln
+        /// Train a lifecycle-stage head beside churn and CLV (class-weighted cross-entropy), so
+        /// data sets without products get stages from a model.
+        public var stageHead = true
+        public var stageWeight: Float = 0.5
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case hidden, layers, dropout
             case positiveWeight = "positive_weight"
             case clvWeight = "clv_weight"
+            case clvLoss = "clv_loss"
+            case stageHead = "stage_head"
+            case stageWeight = "stage_weight"
         }
 
-        public init(hidden: Int = 50, layers: Int = 2, dropout: Float = 0.2, positiveWeight: Float? = nil, clvWeight: Float = 0.5) {
+        public init(hidden: Int = 50, layers: Int = 2, dropout: Float = 0.2, positiveWeight: Float? = nil, clvWeight: Float = 1,
+                    clvLoss: CLVLoss = .ziln, stageHead: Bool = true, stageWeight: Float = 0.5) {
             self.hidden = hidden
             self.layers = layers
             self.dropout = dropout
             self.positiveWeight = positiveWeight
             self.clvWeight = clvWeight
+            self.clvLoss = clvLoss
+            self.stageHead = stageHead
+            self.stageWeight = stageWeight
         }
 
         // Keys left out of the file keep their defaults.
@@ -40,6 +55,9 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
             dropout = try container.decodeIfPresent(Float.self, forKey: .dropout) ?? defaults.dropout
             positiveWeight = try container.decodeIfPresent(Float.self, forKey: .positiveWeight)
             clvWeight = try container.decodeIfPresent(Float.self, forKey: .clvWeight) ?? defaults.clvWeight
+            clvLoss = try container.decodeIfPresent(CLVLoss.self, forKey: .clvLoss) ?? defaults.clvLoss
+            stageHead = try container.decodeIfPresent(Bool.self, forKey: .stageHead) ?? defaults.stageHead
+            stageWeight = try container.decodeIfPresent(Float.self, forKey: .stageWeight) ?? defaults.stageWeight
         }
     }
 
@@ -100,6 +118,10 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
     public var checkpoints = "runs/checkpoints"
     public var run = "run"
     public var epochs = 10
+    /// Train at least this many optimizer steps (raising the epochs), and never stop early
+    /// before them: a small data set gives a handful of steps per epoch, and a patience counted
+    /// in epochs would otherwise end the run before the model has learnt anything.
+    public var minSteps = 300
     /// Customers per rank per step; the global batch is this times the number of ranks.
     public var batchSize = 64
     public var learningRate: Float = 0.002
@@ -130,6 +152,7 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case model, data, checkpoints, run, epochs, seed, decay, lstm, gnn
+        case minSteps = "min_steps"
         case batchSize = "batch_size"
         case learningRate = "learning_rate"
         case learningRateScaling = "learning_rate_scaling"
@@ -165,6 +188,7 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         checkpoints = try value(.checkpoints, defaults.checkpoints)
         run = try value(.run, defaults.run)
         epochs = try value(.epochs, defaults.epochs)
+        minSteps = try value(.minSteps, defaults.minSteps)
         batchSize = try value(.batchSize, defaults.batchSize)
         learningRate = try value(.learningRate, defaults.learningRate)
         learningRateScaling = try value(.learningRateScaling, defaults.learningRateScaling)
@@ -193,6 +217,9 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         try require(!data.isEmpty, "data", "is required: the dataset directory written by clm-data import")
         try require(!run.isEmpty && !run.contains("/"), "run", "must be a non-empty name without '/'")
         try require(epochs >= 1, "epochs", "must be at least 1")
+        try require(minSteps >= 0, "min_steps", "must not be negative")
+        try require(lstm.clvWeight >= 0 && lstm.clvWeight.isFinite, "lstm.clv_weight", "must be a non-negative number")
+        try require(lstm.stageWeight >= 0 && lstm.stageWeight.isFinite, "lstm.stage_weight", "must be a non-negative number")
         try require(batchSize >= 1, "batch_size", "must be at least 1")
         try require(learningRate > 0 && learningRate.isFinite, "learning_rate", "must be a positive number")
         try require(["constant", "linear", "cosine"].contains(decay), "decay", "must be constant, linear or cosine")

@@ -37,10 +37,10 @@ func reporting<T>(_ body: () async throws -> T) async throws -> T {
 /// Options naming the checkpoint to score with.
 struct CheckpointOptions: ParsableArguments {
     @Option(help: "Root of the checkpoint store (the training config's `checkpoints`).") var checkpoints: String?
-    @Option(help: "Run name: its latest checkpoint is used.") var run: String?
-    @Option(help: "A checkpoint directory (step-NNNNNN) to use instead of a run's latest.") var checkpoint: String?
+    @Option(help: "Run name: its best checkpoint is used (the best validation, as training's test split; latest when none is marked).") var run: String?
+    @Option(help: "A checkpoint directory (step-NNNNNN) to use instead of a run's best.") var checkpoint: String?
     @Option(help: "YAML or JSON file of action and stage rule thresholds (see docs/scoring.md).") var rules: String?
-    @Option(help: "A GraphSAGE run in --checkpoints whose latest checkpoint gives the stages (instead of the stage rule).") var gnnRun: String?
+    @Option(help: "A GraphSAGE run in --checkpoints whose best checkpoint gives the stages (instead of the LSTM's stage head or the rule).") var gnnRun: String?
     @Option(help: "A GraphSAGE checkpoint directory to give the stages, instead of --gnn-run.") var gnnCheckpoint: String?
 
     func load() throws -> ScoringModel {
@@ -112,18 +112,18 @@ struct Batch: AsyncParsableCommand {
 }
 
 struct Serve: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Serve scores over HTTP, following the run's latest checkpoint.")
+    static let configuration = CommandConfiguration(abstract: "Serve scores over HTTP, following the run's best checkpoint (latest when none is marked).")
 
     @Option(help: "Root of the checkpoint store.") var checkpoints: String
-    @Option(help: "Run name; its `latest` is polled and hot-reloaded.") var run: String
+    @Option(help: "Run name; its `best` (else `latest`) is polled and hot-reloaded.") var run: String
     @Option(help: "Address to bind; anything but loopback requires --token.") var host: String = "127.0.0.1"
     @Option(help: "Port (0 picks a free one and prints it).") var port: Int = 8080
     @Option(help: "Bearer token required on /v1/* and /metrics.") var token: String?
-    @Option(help: "Seconds between polls of `latest`.") var pollSeconds: Double = 2
+    @Option(help: "Seconds between polls of `best` / `latest`.") var pollSeconds: Double = 2
     @Option(help: "Most customers per request.") var maxCustomers: Int = 1000
     @Option(help: "Largest request body in bytes.") var maxBodyBytes: Int = 1 << 20
     @Option(help: "YAML or JSON file of action and stage rule thresholds.") var rules: String?
-    @Option(help: "A GraphSAGE run in --checkpoints whose latest checkpoint gives stages (followed like --run; needs --graph-events).") var gnnRun: String?
+    @Option(help: "A GraphSAGE run in --checkpoints whose best checkpoint gives stages (followed like --run; needs --graph-events).") var gnnRun: String?
     @Option(help: "Event file of the population request customers join (the graph's other customers and products).") var graphEvents: String?
     @Option(help: "Layout of --graph-events: canonical, cdnow or instacart.") var graphPreset: String = "canonical"
     @Option(help: "Build the reference graph as of this day. Default: the --graph-events file's last event day.") var graphAsOf: String?

@@ -103,6 +103,66 @@ func compareGradients(
         }
     }
 
+    @Test("the ZILN loss's derivatives match finite differences, for a zero and positive spends")
+    func zilnLossDerivatives() {
+        let cases: [(spend: Float, logit: Float, mu: Float, sigmaRaw: Float)] = [
+            (0, 0.3, 1.2, -0.4), (12, -0.7, 2.1, 0.5), (0.4, 1.5, -0.3, -1.2), (250, 0.1, 4.0, 1.8),
+        ]
+        for c in cases {
+            var inputs = [c.logit, c.mu, c.sigmaRaw]
+            let analytic = LSTMModel.zilnLoss(spend: c.spend, purchaseLogit: c.logit, mu: c.mu, sigmaRaw: c.sigmaRaw)
+            let mismatches = inputs.withUnsafeMutableBufferPointer { values in
+                compareGradients(name: "ziln(spend \(c.spend))", values: values.baseAddress!,
+                                 analytic: [analytic.dLogit, analytic.dMu, analytic.dSigmaRaw], step: 1e-3) {
+                    LSTMModel.zilnLoss(spend: c.spend, purchaseLogit: values[0], mu: values[1], sigmaRaw: values[2]).value
+                }
+            }
+            #expect(mismatches.isEmpty, "\(mismatches)")
+            if c.spend == 0 { #expect(analytic.dMu == 0 && analytic.dSigmaRaw == 0, "no spend: only the purchase logit learns") }
+        }
+    }
+
+    @Test("an LSTM with ZILN and stage heads: every gradient matches finite differences, with dropout and padding")
+    func lstmHeadsGradients() {
+        let (batchSize, steps, inputSize) = (4, 4, 3)
+        let model = LSTMModel(
+            configuration: LSTMConfiguration(
+                inputSize: inputSize, hiddenSize: 4, layers: 2, dropout: 0.3, positiveWeight: 1.5, clvWeight: 0.7,
+                clvLoss: .ziln, stageCount: 3, stageWeight: 0.6, stageClassWeights: [1, 2, 0.5]),
+            seed: 12)
+        var random = SeededRandom(seed: 6, purpose: .synthesis)
+        let lengths: [Int32] = [4, 1, 3, 2]
+        var x = (0..<batchSize * steps * inputSize).map { _ in random.nextFloat(in: -1, 1) }
+        let labels: [Float] = [1, 0, 0, 1]
+        let spend: [Float] = [0, 7.5, 0.8, 0]
+        let stages: [Int32] = [0, 2, 1, 0]
+        x.withUnsafeMutableBufferPointer { xs in
+            SequenceBatch.withLabelled(features: Array(xs), lengths: lengths, churnLabels: labels, spend: spend,
+                                       stages: stages, steps: steps) { template in
+                var batch = template
+                batch.features = UnsafePointer(xs.baseAddress!)
+                func loss() -> Float {
+                    var masks = SeededRandom(seed: 98, purpose: .dropout)
+                    model.forward(batch, training: true, random: &masks)
+                    return model.loss(batch).total
+                }
+                model.parameters.zeroGradients()
+                let value = loss()
+                #expect(value.isFinite && value > 0)
+                var featureGradients = [Float](repeating: 0, count: xs.count)
+                featureGradients.withUnsafeMutableBufferPointer { model.backward(batch, featureGradients: $0.baseAddress!) }
+                var mismatches: [GradientMismatch] = []
+                for slice in model.parameters.layout.slices {
+                    mismatches += compareGradients(
+                        name: slice.name, values: model.parameters.value(slice),
+                        analytic: model.parameters.gradientArray(slice.name)!, loss: loss)
+                }
+                mismatches += compareGradients(name: "x", values: xs.baseAddress!, analytic: featureGradients, loss: loss)
+                #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, first: \(mismatches.prefix(5))")
+            }
+        }
+    }
+
     @Test func paddingDoesNotChangeTheOutputs() {
         // A sequence evaluated alone at its own length must give what it gives padded in a batch.
         let model = LSTMModel(configuration: LSTMConfiguration(inputSize: 2, hiddenSize: 3, layers: 2, dropout: 0), seed: 3)

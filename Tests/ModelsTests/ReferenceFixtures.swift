@@ -89,6 +89,53 @@ func expectClose(
         expectClose(featureGradients, fixture.doubles("grad.x"), "grad.x")
     }
 
+    @Test("an LSTM with ZILN and stage heads matches the NumPy reference: outputs, loss, every gradient")
+    func lstmHeadsMatchTheNumPyReference() throws {
+        let fixture = try ReferenceFixture.load("lstm_heads")
+        let shape = fixture.tensors["x"]!.shape
+        let (steps, inputSize) = (shape[1], shape[2])
+        let hidden = fixture.tensors["lstm.weight_hh_l0"]!.shape[1]
+        let stageWeights = fixture.floats("stage_class_weight")
+        let model = LSTMModel(
+            configuration: LSTMConfiguration(
+                inputSize: inputSize, hiddenSize: hidden, layers: 2, dropout: 0,
+                positiveWeight: fixture.floats("pos_weight")[0], clvWeight: fixture.floats("clv_weight")[0],
+                clvLoss: .ziln, stageCount: stageWeights.count, stageWeight: fixture.floats("stage_weight")[0],
+                stageClassWeights: stageWeights),
+            seed: 1)
+        try model.parameters.load(fixture.parameters(of: model.parameters.layout))
+
+        let x = fixture.floats("x")
+        var featureGradients = [Float](repeating: .nan, count: x.count)
+        var random = SeededRandom(seed: 0, purpose: .dropout)
+        let loss = SequenceBatch.withLabelled(
+            features: x, lengths: fixture.ints("lengths"), churnLabels: fixture.floats("churn_label"),
+            spend: fixture.floats("spend"), stages: fixture.ints("stage"), steps: steps
+        ) { batch in
+            model.parameters.zeroGradients()
+            model.forward(batch, training: true, random: &random)
+            let loss = model.loss(batch)
+            featureGradients.withUnsafeMutableBufferPointer { model.backward(batch, featureGradients: $0.baseAddress!) }
+            return loss
+        }
+        expectClose(Array(model.headOutputs), fixture.doubles("head_outputs"), "head_outputs")
+        let outputs = Array(model.headOutputs), width = model.heads.width
+        let spend = fixture.floats("spend")
+        let nll = spend.indices.map { b in
+            LSTMModel.zilnLoss(spend: spend[b], purchaseLogit: outputs[b * width + 1], mu: outputs[b * width + 2],
+                               sigmaRaw: outputs[b * width + 3]).value
+        }
+        expectClose(nll, fixture.doubles("ziln_nll"), "ziln_nll")
+        expectClose([loss.total], fixture.doubles("loss"), "loss")
+        for slice in model.parameters.layout.slices {
+            // Stage gradients are softmax probabilities minus one-hot labels, summed over the
+            // batch in float32: their cancellation leaves ~1.5e-5 relative, twice the others'.
+            expectClose(model.parameters.gradientArray(slice.name)!, fixture.doubles("grad." + slice.name), "grad." + slice.name,
+                        relative: slice.name.hasPrefix("stage_head") ? 3e-5 : 1e-5)
+        }
+        expectClose(featureGradients, fixture.doubles("grad.x"), "grad.x")
+    }
+
     @Test func graphSAGEMatchesTheNumPyReference() throws {
         let fixture = try ReferenceFixture.load("sage")
         let inputSize = fixture.tensors["x"]!.shape[1]

@@ -97,8 +97,11 @@ struct BatchScoringTests {
         #expect(throws: ScoringError.self) { try ScoringModel.load(directory: good) }
         // A manifest that describes another model size: the tensors do not fit.
         try fixture.saveCheckpoint(step: 2, seed: 3, configurationOverride: [
-            "training": ["model": "lstm", "lstm": ["hidden": 16, "layers": 2]],
-            "inputSize": 8, "historyLength": .number(Double(fixture.dataset.historyLength)),
+            "architecture": [
+                "kind": "lstm", "inputSize": 8, "hiddenSize": 16, "layers": 2,
+                "historyLength": .number(Double(fixture.dataset.historyLength)), "classCount": 4, "clvLoss": "log_mse",
+                "stageCount": 0, "positiveWeight": 1,
+            ],
         ])
         do {
             _ = try ScoringModel.load(root: fixture.root, run: "test", step: 2)
@@ -165,9 +168,10 @@ struct RulesTests {
 
 @Suite("Inference LSTM")
 struct InferenceLSTMTests {
-    @Test("matches LSTMModel.forward for odd sizes, three layers and mixed lengths", arguments: [(5, 3, 7), (50, 2, 39)])
-    func matchesTrainingForward(hidden: Int, layers: Int, steps: Int) {
-        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: hidden, layers: layers)
+    @Test("matches LSTMModel.forward for odd sizes, three layers, mixed lengths and every head layout",
+          arguments: [(5, 3, 7, CLVLoss.logMSE, 0), (50, 2, 39, CLVLoss.ziln, 4), (7, 2, 11, CLVLoss.ziln, 0), (6, 1, 5, CLVLoss.logMSE, 3)])
+    func matchesTrainingForward(hidden: Int, layers: Int, steps: Int, clvLoss: CLVLoss, stages: Int) {
+        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: hidden, layers: layers, clvLoss: clvLoss, stageCount: stages)
         let reference = LSTMModel(configuration: configuration, seed: UInt64(hidden))
         var weights: [String: [Float]] = [:]
         for slice in reference.parameters.layout.slices { weights[slice.name] = reference.parameters.valueArray(slice.name)! }
@@ -179,13 +183,15 @@ struct InferenceLSTMTests {
             lengths.withUnsafeBufferPointer { l in
                 reference.forward(SequenceBatch(features: f.baseAddress!, lengths: l.baseAddress!, batchSize: batch, steps: steps),
                                   training: false, random: &random)
-                var churn = [Float](repeating: 0, count: batch), clv = [Float](repeating: 0, count: batch)
+                let width = configuration.heads.width
+                var outputs = [Float](repeating: .nan, count: batch * width)
                 InferenceLSTM(configuration: configuration, weights: weights).forward(
                     features: f.baseAddress!, lengths: l.baseAddress!, batch: batch, steps: steps,
-                    workspace: InferenceWorkspace(), churnLogits: &churn, clv: &clv)
-                for b in 0..<batch {
-                    #expect(abs(churn[b] - reference.churnLogits[b]) < 1e-5, "customer \(b) churn logit")
-                    #expect(abs(clv[b] - reference.clvPredictions[b]) < 1e-5, "customer \(b) CLV")
+                    workspace: InferenceWorkspace(), outputs: &outputs)
+                #expect(reference.headOutputs.count == outputs.count)
+                for index in outputs.indices {
+                    #expect(abs(outputs[index] - reference.headOutputs[index]) < 1e-5,
+                            "customer \(index / width) output \(index % width)")
                 }
             }
         }

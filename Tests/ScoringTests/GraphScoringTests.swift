@@ -32,10 +32,12 @@ extension ScoringFixture {
             try writer.add(slice.name, shape: slice.shape,
                            floats: Array(UnsafeBufferPointer(start: model.parameters.value(slice), count: slice.count)))
         }
+        let architecture = ModelArchitecture(
+            kind: .gnn, inputSize: nodeFeatureNames.count, hiddenSize: Self.graphHidden, layers: 2,
+            historyLength: dataset.historyLength, classCount: dataset.manifest.stageNames.count, clvLoss: nil,
+            stageCount: dataset.manifest.stageNames.count, positiveWeight: 1, classWeights: nil)
         let configuration: JSONValue = [
-            "training": ["model": "gnn", "gnn": ["hidden": .number(Double(Self.graphHidden)), "layers": 2]],
-            "inputSize": .number(Double(nodeFeatureNames.count)), "historyLength": .number(Double(dataset.historyLength)),
-            "classCount": .number(Double(dataset.manifest.stageNames.count)), "positiveWeight": 1,
+            "architecture": try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(architecture)),
         ]
         let featureSpec = try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(dataset.manifest))
         let manifest = CheckpointManifest(

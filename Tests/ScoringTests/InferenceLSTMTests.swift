@@ -33,15 +33,17 @@ struct PackedBatchTests {
         /// Churn logits and CLV outputs of customers `range`, scored as one batch.
         func score(_ network: InferenceLSTM, _ range: Range<Int>, workspace: InferenceWorkspace = InferenceWorkspace())
             -> (churn: [Float], clv: [Float]) {
-            var churn = [Float](repeating: .nan, count: range.count), clv = [Float](repeating: .nan, count: range.count)
+            let width = network.heads.width
+            var outputs = [Float](repeating: .nan, count: range.count * width)
             features.withUnsafeBufferPointer { xs in
                 lengths.withUnsafeBufferPointer { ls in
                     network.forward(
                         features: xs.baseAddress! + range.lowerBound * steps * inputSize, lengths: ls.baseAddress! + range.lowerBound,
-                        batch: range.count, steps: steps, workspace: workspace, churnLogits: &churn, clv: &clv)
+                        batch: range.count, steps: steps, workspace: workspace, outputs: &outputs)
                 }
             }
-            return (churn, clv)
+            return (stride(from: 0, to: outputs.count, by: width).map { outputs[$0] },
+                    stride(from: 1, to: outputs.count, by: width).map { outputs[$0] })
         }
     }
 

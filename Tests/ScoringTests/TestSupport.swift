@@ -67,10 +67,12 @@ final class ScoringFixture: @unchecked Sendable {
             try writer.add(slice.name, shape: slice.shape,
                            floats: Array(UnsafeBufferPointer(start: model.parameters.value(slice), count: slice.count)))
         }
-        let configuration: JSONValue = configurationOverride ?? [
-            "training": ["model": "lstm", "lstm": ["hidden": .number(Double(Self.hidden)), "layers": .number(Double(Self.layers))]],
-            "inputSize": .number(Double(dataset.featureCount)), "historyLength": .number(Double(dataset.historyLength)),
-            "classCount": 4, "positiveWeight": 1,
+        let architecture = ModelArchitecture(
+            kind: .lstm, inputSize: dataset.featureCount, hiddenSize: Self.hidden, layers: Self.layers,
+            historyLength: dataset.historyLength, classCount: 4, clvLoss: .logMSE, stageCount: 0, positiveWeight: 1,
+            classWeights: nil)
+        let configuration: JSONValue = try configurationOverride ?? [
+            "architecture": JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(architecture)),
         ]
         let featureSpec = try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(dataset.manifest))
         let manifest = CheckpointManifest(

@@ -1,0 +1,161 @@
+import Foundation
+
+// Gamma-Gamma spend model (Fader & Hardie 2013, "The Gamma-Gamma Model of Monetary Value"),
+// written to agree with lifetimes 0.11.3's GammaGammaFitter at penalizer 0 and without
+// q_constraint.
+
+/// Fitted Gamma-Gamma parameters: spends z ~ Gamma(p, ν) per transaction, ν ~ Gamma(q, v) per customer.
+///
+/// lifetimes calls the last parameter v; the literature calls it γ. It is in the currency of
+/// the summaries it was fitted on.
+public struct GammaGammaParameters: Codable, Equatable, Sendable {
+    public var p: Double
+    public var q: Double
+    public var v: Double
+
+    public init(p: Double, q: Double, v: Double) {
+        self.p = p
+        self.q = q
+        self.v = v
+    }
+
+    /// Maximum-likelihood parameters from the customers with repeat purchases (lifetimes' `GammaGammaFitter.fit`).
+    ///
+    /// Customers with frequency 0 carry no spend information and are skipped, as lifetimes'
+    /// users filter them out before fitting. Throws `BaselineError` when no customer has a repeat
+    /// purchase, on non-finite values or non-positive spend of a repeat customer, or when the
+    /// likelihood has no interior maximum.
+    public static func fit(_ customers: [CustomerSummary]) throws -> GammaGammaParameters {
+        let likelihood = try GammaGammaLikelihood(customers)
+        // Log-parameters (p, q, v); v in units of the mean spend. lifetimes starts at all 0.1;
+        // the others bracket typical spend dispersions. The best optimum wins.
+        let starts: [[Double]] = [
+            [0.1, 0.1, 0.1],
+            [log(2), log(3), log(2)],
+            [log(10), log(5), log(2.5)],
+        ]
+        var best: MinimizationResult?
+        for start in starts {
+            var result = minimizeBFGS(from: start, gradientTolerance: 1e-9, objective: likelihood.negativeMean)
+            result = minimizeBFGS(from: result.point, gradientTolerance: 1e-9, objective: likelihood.negativeMean)
+            if result.value.isFinite, result.value < best?.value ?? .infinity { best = result }
+        }
+        guard let best else {
+            throw BaselineError("Gamma-Gamma: the likelihood could not be evaluated at any starting point")
+        }
+        let names = ["p", "q", "v"]
+        if let runaway = best.point.indices.first(where: { abs(best.point[$0]) > 25 }) {
+            throw BaselineError("Gamma-Gamma: no interior maximum: \(names[runaway]) ran off to \(exp(best.point[runaway])); the data cannot identify it")
+        }
+        guard best.largestGradient < 1e-6 else {
+            throw BaselineError("Gamma-Gamma: the fit did not converge (largest gradient \(best.largestGradient) after \(best.iterations) iterations)")
+        }
+        let p = best.point.map(exp)
+        return GammaGammaParameters(p: p[0], q: p[1], v: p[2] * likelihood.spendScale)
+    }
+
+    /// lifetimes' objective at these parameters: the mean negative log-likelihood per repeat customer.
+    public func meanNegativeLogLikelihood(_ customers: [CustomerSummary]) throws -> Double {
+        let likelihood = try GammaGammaLikelihood(customers, spendScale: 1)
+        var gradient = [Double](repeating: 0, count: 3)
+        return likelihood.negativeMean([p, q, v].map(log), &gradient)
+    }
+
+    /// Mean spend per transaction across the population, p·v/(q − 1); meaningful for q > 1.
+    public var populationMeanProfit: Double { p * v / (q - 1) }
+
+    /// Expected spend per future transaction (lifetimes' `conditional_expected_average_profit`).
+    ///
+    /// A credibility-weighted mean of the customer's own mean spend and the population mean,
+    /// with weight p·x/(p·x + q − 1) on the customer's own; customers without repeat purchases
+    /// get the population mean.
+    public func conditionalExpectedAverageProfit(customer: CustomerSummary) -> Double {
+        let weight = p * customer.frequency / (p * customer.frequency + q - 1)
+        return (1 - weight) * populationMeanProfit + weight * customer.monetaryValue
+    }
+
+    /// Expected spend in the next `t` periods, undiscounted: expected transactions × expected spend per transaction.
+    public func expectedSpend(t: Double, customer: CustomerSummary, transactions: BGNBDParameters) -> Double {
+        transactions.conditionalExpectedTransactions(t: t, customer: customer) * conditionalExpectedAverageProfit(customer: customer)
+    }
+}
+
+/// The Gamma-Gamma log-likelihood of the repeat customers, and its gradient.
+///
+/// Per customer with x > 0 repeat periods of mean spend m (lifetimes' form of equation 1a):
+///   ln L = ln Γ(px + q) − ln Γ(px) − ln Γ(q) + q ln v + (px − 1) ln m + px ln x − (px + q) ln(xm + v)
+/// The gamma-function terms depend on x alone, so they are summed once per distinct frequency.
+struct GammaGammaLikelihood {
+    /// Spends are divided by this (their mean) for a well-conditioned fit. v scales with spend
+    /// and p, q do not, and the log-likelihood only shifts by a constant.
+    let spendScale: Double
+    private var frequencies: [Double] = []
+    private var frequencyCounts: [Double] = []
+    /// Per repeat customer: x, m / spendScale, ln m, ln m + ln x.
+    private var x: [Double] = []
+    private var spend: [Double] = []
+    private var logSpend: [Double] = []
+    private var logSpendFrequency: [Double] = []
+
+    init(_ customers: [CustomerSummary], spendScale: Double? = nil) throws {
+        guard !customers.isEmpty else {
+            throw BaselineError("Gamma-Gamma: no customers to fit (the summary is empty)")
+        }
+        var byFrequency: [Double: Double] = [:]
+        var repeaters: [(x: Double, m: Double)] = []
+        for (index, customer) in customers.enumerated() {
+            guard customer.frequency.isFinite, customer.monetaryValue.isFinite else {
+                throw BaselineError("Gamma-Gamma: customer \(index) has frequency \(customer.frequency), monetary value \(customer.monetaryValue); both must be finite")
+            }
+            guard customer.frequency > 0 else { continue }
+            guard customer.monetaryValue > 0 else {
+                throw BaselineError("Gamma-Gamma: customer \(index) has \(customer.frequency) repeat periods but monetary value \(customer.monetaryValue); it must be positive")
+            }
+            repeaters.append((customer.frequency, customer.monetaryValue))
+            byFrequency[customer.frequency, default: 0] += 1
+        }
+        guard !repeaters.isEmpty else {
+            throw BaselineError("Gamma-Gamma: no customer has a repeat purchase (frequency > 0), so there is no spend to fit")
+        }
+        self.spendScale = spendScale ?? repeaters.reduce(0) { $0 + $1.m } / Double(repeaters.count)
+        for (frequency, count) in byFrequency.sorted(by: { $0.key < $1.key }) {
+            frequencies.append(frequency)
+            frequencyCounts.append(count)
+        }
+        for repeater in repeaters {
+            x.append(repeater.x)
+            spend.append(repeater.m / self.spendScale)
+            logSpend.append(log(repeater.m / self.spendScale))
+            logSpendFrequency.append(log(repeater.m / self.spendScale) + log(repeater.x))
+        }
+    }
+
+    /// Mean negative log-likelihood at log-parameters (ln p, ln q, ln v); writes its gradient.
+    func negativeMean(_ logParameters: [Double], _ gradient: inout [Double]) -> Double {
+        let p = exp(logParameters[0]), q = exp(logParameters[1]), v = exp(logParameters[2])
+        var sum = 0.0
+        var dp = 0.0, dq = 0.0, dv = 0.0
+        let lgammaQ = logGamma(q), psiQ = digamma(q), logV = log(v)
+        for (frequency, count) in zip(frequencies, frequencyCounts) {
+            let px = p * frequency
+            let psiPXQ = digamma(px + q)
+            sum += count * (logGamma(px + q) - logGamma(px) - lgammaQ + q * logV)
+            dp += count * frequency * (psiPXQ - digamma(px))
+            dq += count * (psiPXQ - psiQ + logV)
+            dv += count * q / v
+        }
+        for i in x.indices {
+            let px = p * x[i]
+            let logTotal = log(x[i] * spend[i] + v)
+            sum += px * logSpendFrequency[i] - logSpend[i] - (px + q) * logTotal
+            dp += x[i] * (logSpendFrequency[i] - logTotal)
+            dq -= logTotal
+            dv -= (px + q) / (x[i] * spend[i] + v)
+        }
+        let total = Double(x.count)
+        gradient[0] = -dp * p / total
+        gradient[1] = -dq * q / total
+        gradient[2] = -dv * v / total
+        return -sum / total
+    }
+}

@@ -1,0 +1,153 @@
+import Foundation
+import Tensors
+
+/// How the CLV head models spend over the horizon.
+public enum CLVLoss: String, Codable, Sendable, CaseIterable {
+    /// Zero-inflated lognormal (Wang, Liu & Miao 2019): P(purchase), μ and σ of log spend given
+    /// a purchase, trained by negative log-likelihood. Its mean p·exp(μ + σ²/2) is an expected
+    /// value, which is what budgets are sized with.
+    case ziln
+    /// Squared error on log1p(spend): one output whose expm1 is a geometric-mean-like estimate,
+    /// below the expected spend for skewed spend. Kept for comparison and old checkpoints.
+    case logMSE = "log_mse"
+}
+
+/// Where each output sits in the LSTM's head row, and what the outputs mean.
+///
+/// One row per customer: the churn logit, then the CLV outputs (one for `log_mse`; the purchase
+/// logit, μ and the pre-softplus σ for `ziln`), then one logit per lifecycle stage when the
+/// model has a stage head. Training's evaluation and scoring both read rows through this type,
+/// so the two cannot disagree on what a checkpoint's outputs mean.
+public struct LSTMHeadLayout: Sendable, Equatable {
+    public let clvLoss: CLVLoss
+    public let stageCount: Int
+
+    /// σ never falls below this (google/lifetime_value uses √ε of float32 the same way), so
+    /// the likelihood cannot grow without bound on a customer whose spend is predicted exactly.
+    public static let minimumSigma: Float = 3.162_277_7e-4
+    /// exp(μ + σ²/2) is evaluated with its exponent capped here: an untrained or damaged head
+    /// must not turn a spend into infinity (e^30 ≈ 10¹³ is beyond any real horizon spend).
+    public static let maximumLogSpend: Float = 30
+
+    public init(clvLoss: CLVLoss, stageCount: Int) {
+        self.clvLoss = clvLoss
+        self.stageCount = stageCount
+    }
+
+    public var clvWidth: Int { clvLoss == .ziln ? 3 : 1 }
+    public var width: Int { 1 + clvWidth + stageCount }
+    public var clvColumn: Int { 1 }
+    public var stageColumn: Int { 1 + clvWidth }
+
+    @inline(__always)
+    public func churnProbability(_ row: UnsafePointer<Float>) -> Float { Kernels.sigmoid(row[0]) }
+
+    /// σ of the lognormal part, from its raw output.
+    @inline(__always)
+    public static func sigma(raw: Float) -> Float { max(Kernels.softplus(raw), minimumSigma) }
+
+    /// Expected spend over the horizon: p·exp(μ + σ²/2) for ZILN, max(expm1(ŷ), 0) for log MSE.
+    @inline(__always)
+    public func expectedSpend(_ row: UnsafePointer<Float>) -> Float {
+        let clv = row + clvColumn
+        switch clvLoss {
+        case .logMSE:
+            return max(expm1f(min(clv[0], Self.maximumLogSpend)), 0)
+        case .ziln:
+            let sigma = Self.sigma(raw: clv[2])
+            return Kernels.sigmoid(clv[0]) * expf(min(clv[1] + 0.5 * sigma * sigma, Self.maximumLogSpend))
+        }
+    }
+
+    /// The ZILN head's probability of any purchase in the horizon; nil for `log_mse`.
+    @inline(__always)
+    public func purchaseProbability(_ row: UnsafePointer<Float>) -> Float? {
+        clvLoss == .ziln ? Kernels.sigmoid(row[clvColumn]) : nil
+    }
+
+    /// Softmax of the stage logits into `probabilities` [stageCount]; nothing without a stage head.
+    @inline(__always)
+    public func stageProbabilities(_ row: UnsafePointer<Float>, into probabilities: UnsafeMutablePointer<Float>) {
+        guard stageCount > 0 else { return }
+        probabilities.update(from: row + stageColumn, count: stageCount)
+        _ = softmaxRow(probabilities, stageCount)
+    }
+}
+
+/// Starting values of the ZILN head's biases, from the training split: with them the first
+/// steps already predict the population's spend instead of exp(0) = 1 currency unit, which
+/// Adam would need thousands of steps to climb out of at a small learning rate.
+public struct SpendPrior: Codable, Sendable, Equatable {
+    /// Share of training customers with positive spend in the horizon.
+    public var purchaseRate: Float
+    /// Mean and standard deviation of log(spend) over those customers.
+    public var logMean: Float
+    public var logStd: Float
+
+    public init(purchaseRate: Float, logMean: Float, logStd: Float) {
+        self.purchaseRate = purchaseRate
+        self.logMean = logMean
+        self.logStd = logStd
+    }
+
+    /// The prior of `spend` (one value per training customer); nil when nobody spent anything.
+    public static func fit(spend: some Sequence<Float>) -> SpendPrior? {
+        var count = 0, positives = 0
+        var sum = 0.0, sumSquares = 0.0
+        for value in spend {
+            count += 1
+            guard value > 0 else { continue }
+            positives += 1
+            let logValue = log(Double(value))
+            sum += logValue
+            sumSquares += logValue * logValue
+        }
+        guard positives > 0 else { return nil }
+        let mean = sum / Double(positives)
+        let variance = max(sumSquares / Double(positives) - mean * mean, 0)
+        return SpendPrior(purchaseRate: Float(positives) / Float(count), logMean: Float(mean),
+                          logStd: Float(max(variance.squareRoot(), 0.05)))
+    }
+}
+
+/// What a checkpoint's weights are, as training writes it into the manifest and scoring reads
+/// it back: one type on both sides, so the two cannot drift apart.
+public struct ModelArchitecture: Codable, Sendable, Equatable {
+    public enum Kind: String, Codable, Sendable { case lstm, gnn }
+
+    public var kind: Kind
+    /// LSTM: features per period; GNN: node features.
+    public var inputSize: Int
+    public var hiddenSize: Int
+    public var layers: Int
+    /// Periods per sequence (LSTM) or of the dataset the graph came from (GNN).
+    public var historyLength: Int
+    /// Lifecycle stages of the dataset (the GNN's classes; the LSTM stage head's, when it has one).
+    public var classCount: Int
+    /// LSTM only.
+    public var clvLoss: CLVLoss?
+    /// LSTM only: stages of its stage head, 0 without one.
+    public var stageCount: Int
+    public var positiveWeight: Float
+    public var classWeights: [Float]?
+
+    public init(kind: Kind, inputSize: Int, hiddenSize: Int, layers: Int, historyLength: Int, classCount: Int,
+                clvLoss: CLVLoss?, stageCount: Int, positiveWeight: Float, classWeights: [Float]?) {
+        self.kind = kind
+        self.inputSize = inputSize
+        self.hiddenSize = hiddenSize
+        self.layers = layers
+        self.historyLength = historyLength
+        self.classCount = classCount
+        self.clvLoss = clvLoss
+        self.stageCount = stageCount
+        self.positiveWeight = positiveWeight
+        self.classWeights = classWeights
+    }
+
+    /// The LSTM these weights belong to (inference settings: no dropout, no prior).
+    public var lstmConfiguration: LSTMConfiguration {
+        LSTMConfiguration(inputSize: inputSize, hiddenSize: hiddenSize, layers: layers, dropout: 0,
+                          clvLoss: clvLoss ?? .logMSE, stageCount: stageCount)
+    }
+}

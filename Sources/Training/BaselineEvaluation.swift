@@ -1,0 +1,203 @@
+import Baselines
+import CustomerData
+import Foundation
+import ModelMetrics
+
+/// What the baselines scored on the model's own validation and test customers.
+public struct BaselineReport: Sendable {
+    /// `val_<baseline>_<metric>` and `test_<baseline>_<metric>`, baselines `bgnbd` (BG/NBD with
+    /// Gamma-Gamma spend) and `logistic` (the logistic floor, churn only), plus the bootstrap
+    /// intervals `test_auc_ci_low/high` and `test_auc_minus_<baseline>_ci_low/high`.
+    public var validation: [String: Double] = [:]
+    public var test: [String: Double] = [:]
+    /// Fitted parameters, for the log: bgnbd_r, bgnbd_alpha, bgnbd_a, bgnbd_b, gg_p, gg_q, gg_v.
+    public var parameters: [String: Double] = [:]
+
+    /// The model falls below its logistic floor on validation by more than this AUC: the run
+    /// is then reported as failed to learn, however its loss looks.
+    public static let floorTolerance = 0.02
+
+    /// Loud lines for every place the model loses: its validation AUC below the logistic floor
+    /// (beyond the tolerance), and every test metric where a baseline beats it.
+    public func warnings(modelValidation: [String: Double], modelTest: [String: Double]) -> [String] {
+        var warnings: [String] = []
+        if let model = modelValidation["val_auc"], let floor = validation["val_logistic_auc"],
+           model < floor - Self.floorTolerance {
+            warnings.append(String(
+                format: "the LSTM's validation AUC %.4f is %.4f below the logistic floor's %.4f on the same customers: "
+                    + "the sequence model did not learn what a regression on summary features does; do not ship it",
+                model, floor - model, floor))
+        }
+        let higherIsBetter = ["auc", "spend_spearman", "spend_gini"]
+        let lowerIsBetter = ["log_loss", "clv_rmse"]
+        for baseline in ["bgnbd", "logistic"] {
+            for metric in higherIsBetter + lowerIsBetter {
+                guard let model = modelTest["test_" + metric], let other = test["test_\(baseline)_\(metric)"] else { continue }
+                let loses = higherIsBetter.contains(metric) ? model < other : model > other
+                if loses {
+                    warnings.append(String(format: "test %@: the LSTM's %.4f is worse than %@'s %.4f",
+                                           metric, model, Self.displayName(baseline), other))
+                }
+            }
+        }
+        return warnings
+    }
+
+    static func displayName(_ baseline: String) -> String {
+        baseline == "bgnbd" ? "BG/NBD + Gamma-Gamma" : "the logistic floor"
+    }
+}
+
+/// Fits the classical baselines on the training split and scores the model's validation and
+/// test customers with them, so that every LSTM run ends with its result next to theirs.
+///
+/// Everything comes from the dataset's stored per-period features (de-normalised), so the
+/// baselines see exactly the history the LSTM saw, in the data set's period units:
+/// - BG/NBD and Gamma-Gamma take lifetimes' calibration summary at period resolution:
+///   frequency = active periods − 1, recency = last active period − first, T = periods from
+///   the first purchase to the cut-off, monetary value = mean spend of the active periods after
+///   the first. Purchases before the history window count one period each (their periods are
+///   not stored; the transaction count is).
+/// - The logistic floor reads a dozen summary numbers per customer (the last step's features,
+///   sums over the sequence and its length) and predicts churn.
+enum BaselineEvaluation {
+    static func run(dataset: CustomerDataset, validation: LSTMEvaluationRows, test: LSTMEvaluationRows) throws -> BaselineReport {
+        let horizonPeriods = Double(dataset.manifest.spec.horizonDays) / Double(dataset.manifest.spec.periodDays)
+        let train = dataset.indices(in: .train)
+        let history = HistorySummaries(dataset: dataset)
+
+        let bgnbd = try BGNBDParameters.fit(train.map { history.summary($0) })
+        let spenders = train.map { history.summary($0) }.filter { $0.frequency > 0 && $0.monetaryValue > 0 }
+        let gammaGamma = try GammaGammaParameters.fit(spenders)
+        let floor = try LogisticRegression.fit(
+            features: train.flatMap { history.floorFeatures($0) }, labels: train.map { dataset.churn[$0] >= 0.5 },
+            width: HistorySummaries.floorFeatureCount)
+
+        var report = BaselineReport()
+        report.parameters = [
+            "bgnbd_r": bgnbd.r, "bgnbd_alpha": bgnbd.alpha, "bgnbd_a": bgnbd.a, "bgnbd_b": bgnbd.b,
+            "gg_p": gammaGamma.p, "gg_q": gammaGamma.q, "gg_v": gammaGamma.v,
+        ]
+        for (rows, prefix) in [(validation, "val_"), (test, "test_")] {
+            let customers = rows.datasetRows
+            let labels = rows.churnLabels, spend = rows.spend
+            var bgnbdChurn: [Double] = [], bgnbdSpend: [Double] = [], floorChurn: [Double] = []
+            for customer in customers {
+                let summary = history.summary(customer)
+                bgnbdChurn.append(bgnbd.probabilityNoPurchase(t: horizonPeriods, customer: summary))
+                bgnbdSpend.append(gammaGamma.expectedSpend(t: horizonPeriods, customer: summary, transactions: bgnbd))
+                floorChurn.append(floor.probability(history.floorFeatures(customer)[...]))
+            }
+            var metrics: [String: Double] = [:]
+            let bgnbdMetrics = churnAndSpendMetrics(
+                prefix: prefix + "bgnbd_", labels: labels, churnProbability: bgnbdChurn, spend: spend, expectedSpend: bgnbdSpend)
+            for (key, value) in bgnbdMetrics { if let value, value.isFinite { metrics[key] = value } }
+            let floorMetrics = churnAndSpendMetrics(
+                prefix: prefix + "logistic_", labels: labels, churnProbability: floorChurn, spend: spend, expectedSpend: spend)
+            for key in ["auc", "log_loss", "f1", "brier", "accuracy"] {
+                if let value = floorMetrics[prefix + "logistic_" + key] ?? nil, value.isFinite { metrics[prefix + "logistic_" + key] = value }
+            }
+            if prefix == "test_" {
+                metrics.merge(intervals(model: rows.churnProbability, bgnbd: bgnbdChurn, floor: floorChurn, labels: labels)) { $1 }
+                report.test = metrics
+            } else {
+                report.validation = metrics
+            }
+        }
+        return report
+    }
+
+    /// 95% bootstrap intervals over test customers (1,000 seeded resamples): the model's AUC,
+    /// and the paired difference of its AUC and each baseline's on the same resample.
+    static func intervals(model: [Double], bgnbd: [Double], floor: [Double], labels: [Bool]) -> [String: Double] {
+        func auc(_ scores: [Double], _ indices: [Int]) -> Double? {
+            rocAUC(scores: indices.map { scores[$0] }, labels: indices.map { labels[$0] })
+        }
+        var result: [String: Double] = [:]
+        func put(_ name: String, _ interval: BootstrapInterval?) {
+            guard let interval else { return }
+            result["test_\(name)_ci_low"] = interval.lower
+            result["test_\(name)_ci_high"] = interval.upper
+        }
+        put("auc", bootstrapInterval(count: labels.count) { auc(model, $0) })
+        for (name, scores) in [("bgnbd", bgnbd), ("logistic", floor)] {
+            put("auc_minus_\(name)", bootstrapInterval(count: labels.count) { indices in
+                guard let a = auc(model, indices), let b = auc(scores, indices) else { return nil }
+                return a - b
+            })
+        }
+        return result
+    }
+}
+
+/// Per-customer history summaries read back from a dataset's normalised feature sequences.
+struct HistorySummaries {
+    let dataset: CustomerDataset
+    let mean: [Double]
+    let std: [Double]
+    let width: Int
+    let steps: Int
+
+    /// Feature indices in `customerFeatureNames`.
+    private enum Feature: Int {
+        case transactions = 0, items, log1pSpend, active, periodsSinceFirst, periodsSinceLast, log1pCumulativeTransactions,
+             log1pMeanSpend
+    }
+
+    init(dataset: CustomerDataset) {
+        self.dataset = dataset
+        mean = dataset.manifest.normalisation.mean
+        std = dataset.manifest.normalisation.std
+        width = dataset.featureCount
+        steps = dataset.historyLength
+        precondition(dataset.manifest.featureNames == customerFeatureNames, "the baselines read the standard per-period features")
+    }
+
+    private func raw(_ customer: Int, step: Int, _ feature: Feature) -> Double {
+        let value = dataset.features[(customer * steps + step) * width + feature.rawValue]
+        return Double(value) * std[feature.rawValue] + mean[feature.rawValue]
+    }
+
+    func summary(_ customer: Int) -> CustomerSummary {
+        let length = Int(dataset.lengths[customer])
+        let last = length - 1
+        var activePeriods = 0
+        var transactionsInWindow = 0.0
+        var repeatSpend = 0.0
+        var repeatPeriods = 0
+        let firstInWindow = raw(customer, step: 0, .periodsSinceFirst).rounded() == 0
+        for step in 0..<length where raw(customer, step: step, .active) > 0.5 {
+            activePeriods += 1
+            transactionsInWindow += raw(customer, step: step, .transactions).rounded()
+            if !(firstInWindow && activePeriods == 1) {
+                repeatSpend += expm1(raw(customer, step: step, .log1pSpend))
+                repeatPeriods += 1
+            }
+        }
+        let cumulative = expm1(raw(customer, step: last, .log1pCumulativeTransactions)).rounded()
+        let before = max(cumulative - transactionsInWindow, 0)
+        let age = raw(customer, step: last, .periodsSinceFirst).rounded()
+        let sinceLast = raw(customer, step: last, .periodsSinceLast).rounded()
+        let frequency = max(Double(activePeriods) + before - 1, 0)
+        return CustomerSummary(
+            frequency: frequency, recency: frequency > 0 ? max(age - sinceLast, 0) : 0, age: age,
+            monetaryValue: frequency > 0 && repeatPeriods > 0 ? repeatSpend / Double(repeatPeriods) : 0)
+    }
+
+    static let floorFeatureCount = 8 + 4
+
+    /// The last step's eight features, then the sums of transactions, log1p spend and active
+    /// periods over the sequence, and its length.
+    func floorFeatures(_ customer: Int) -> [Double] {
+        let length = Int(dataset.lengths[customer])
+        var row = (0..<width).map { Double(dataset.features[(customer * steps + length - 1) * width + $0]) }
+        var transactions = 0.0, spend = 0.0, active = 0.0
+        for step in 0..<length {
+            transactions += raw(customer, step: step, .transactions)
+            spend += raw(customer, step: step, .log1pSpend)
+            active += raw(customer, step: step, .active)
+        }
+        row += [log1p(max(transactions, 0)), spend, active, Double(length)]
+        return row
+    }
+}

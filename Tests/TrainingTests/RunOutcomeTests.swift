@@ -1,0 +1,122 @@
+import Checkpoints
+import Collectives
+import CustomerData
+import Foundation
+import ModelMetrics
+import Models
+import Scoring
+import Testing
+@testable import Training
+
+/// A whole training job in one process (the single-process communicator is the -np 1 path):
+/// what the test split is scored with, what the checkpoint says, and what scoring reads back.
+@Suite("Training run outcome", .serialized)
+struct RunOutcomeTests {
+    /// A synthetic dataset and a configuration whose best validation is, by construction, the
+    /// first epoch: `val_customers` never changes, so no later epoch can beat it.
+    struct Job {
+        let directory: URL
+        let dataset: CustomerDataset
+        let configurationPath: String
+
+        init(epochs: Int = 3, lstmSection: String = "") throws {
+            directory = FileManager.default.temporaryDirectory.appendingPathComponent("clm-run-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            let events = directory.appendingPathComponent("events.csv").path
+            _ = try generateSyntheticEvents(options: SyntheticOptions(customers: 500, products: 40, seed: 19), to: events)
+            let data = directory.appendingPathComponent("data").path
+            _ = try Importer.run(input: events, output: data, options: ImportOptions())
+            dataset = try CustomerDataset.open(at: URL(fileURLWithPath: data))
+            configurationPath = directory.appendingPathComponent("lstm.yaml").path
+            let yaml = """
+                model: lstm
+                data: \(data)
+                checkpoints: \(directory.appendingPathComponent("checkpoints").path)
+                run: outcome
+                epochs: \(epochs)
+                min_steps: 0
+                batch_size: 32
+                learning_rate: 0.01
+                keep_checkpoints: 10
+                early_stopping:
+                  metric: val_customers
+                  patience: 0
+                lstm:
+                  hidden: 8
+                  layers: 1
+                \(lstmSection)
+                """
+            try yaml.write(toFile: configurationPath, atomically: true, encoding: .utf8)
+        }
+
+        func run() throws -> TrainingSummary {
+            try TrainingJob.coordinate(JobRequest(configurationPath: configurationPath), world: SingleProcessCommunicator())
+        }
+
+        var store: CheckpointStore {
+            get throws { try CheckpointStore(root: directory.appendingPathComponent("checkpoints"), run: "outcome") }
+        }
+    }
+
+    @Test("the test split is scored with the best checkpoint, which scoring loads by default and scores alike")
+    func bestCheckpointIsTheOneEvaluatedAndServed() throws {
+        let job = try Job()
+        defer { try? FileManager.default.removeItem(at: job.directory) }
+        let summary = try job.run()
+        let store = try job.store
+        let steps = summary.steps
+        #expect(summary.evaluatedBest && summary.evaluatedEpoch == 1)
+        #expect(try store.bestStep() == summary.evaluatedStep)
+        #expect(try store.latestStep() == steps && steps > summary.evaluatedStep, "the last model is a later step")
+
+        // Scoring's default is the best step; its architecture is the one training wrote.
+        let model = try ScoringModel.load(root: store.root, run: "outcome")
+        #expect(model.info.step == summary.evaluatedStep)
+        #expect(model.configuration.clvLoss == .ziln && model.configuration.stageCount == 4 && model.configuration.hiddenSize == 8)
+
+        // Its churn AUC on the test customers is the run's test AUC.
+        let test = job.dataset.indices(in: .test)
+        let scorer = LSTMScorer(model: model)
+        var churn = [Float](repeating: 0, count: test.count), spend = churn
+        var features: [Float] = []
+        for customer in test { features += job.dataset.features(of: customer) }
+        let lengths = test.map { job.dataset.lengths[$0] }
+        scorer.score(features: features, lengths: lengths, count: test.count, churn: &churn, spend: &spend)
+        let auc = rocAUC(scores: churn.map(Double.init), labels: test.map { job.dataset.churn[$0] >= 0.5 })
+        let reported = try #require(summary.test["test_auc"])
+        #expect(abs(auc! - reported) < 1e-6, "scoring the best checkpoint gives AUC \(auc!), the run reported \(reported)")
+        // And the last model is a different one, so the check above could fail.
+        let last = try ScoringModel.load(root: store.root, run: "outcome", step: steps)
+        #expect(last.weights != model.weights)
+    }
+
+    @Test("every LSTM run ends with the baselines on the same customers, and warns where the model loses")
+    func baselinesAreReported() throws {
+        let job = try Job(epochs: 1)
+        defer { try? FileManager.default.removeItem(at: job.directory) }
+        let summary = try job.run()
+        for key in ["test_bgnbd_auc", "test_bgnbd_clv_rmse", "test_bgnbd_spend_spearman", "test_logistic_auc",
+                    "val_logistic_auc", "test_auc_ci_low", "test_auc_ci_high", "test_auc_minus_bgnbd_ci_low"] {
+            let value = summary.test[key] ?? summary.lastValidation[key]
+            #expect(value?.isFinite == true, "\(key) missing")
+        }
+        #expect(summary.test["test_auc_ci_low"]! <= summary.test["test_auc"]! && summary.test["test_auc"]! <= summary.test["test_auc_ci_high"]!)
+        let report = try #require(summary.baselines)
+        // A model far below the floor is called out, naming the floor.
+        let weak = report.warnings(modelValidation: ["val_auc": report.validation["val_logistic_auc"]! - 0.1], modelTest: [:])
+        #expect(weak.contains { $0.contains("logistic floor") })
+        let strong = report.warnings(modelValidation: ["val_auc": report.validation["val_logistic_auc"]!], modelTest: [:])
+        #expect(!strong.contains { $0.contains("logistic floor") })
+    }
+
+    @Test("a run shorter than min_steps is lengthened, and patience cannot stop it before them")
+    func minimumStepsLengthenShortRuns() throws {
+        let job = try Job(epochs: 1)
+        defer { try? FileManager.default.removeItem(at: job.directory) }
+        let overrides = ["min_steps=40", "early_stopping.patience=1"]
+        let summary = try TrainingJob.coordinate(
+            JobRequest(configurationPath: job.configurationPath, overrides: overrides), world: SingleProcessCommunicator())
+        #expect(summary.steps >= 40, "\(summary.steps) steps")
+        #expect(!summary.stoppedEarly || summary.steps >= 40)
+    }
+}
