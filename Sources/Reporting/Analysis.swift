@@ -106,3 +106,43 @@ public struct ChurnAnalysis: Sendable {
         count = rows.count
     }
 }
+
+/// One tenth of the customers by predicted spend: their mean prediction against their mean
+/// actual spend. A model whose expected values are right puts every decile on the diagonal.
+public struct SpendDecile: Sendable, Equatable {
+    /// 1 = the lowest predicted spend.
+    public var decile: Int
+    public var customers: Int
+    public var meanPredicted: Double
+    public var meanActual: Double
+}
+
+/// Customers sorted by predicted spend (ties by dataset row) and cut into ten groups as equal
+/// as the count allows.
+public func spendDeciles(_ rows: [ChurnPrediction]) -> [SpendDecile] {
+    let sorted = rows.sorted { $0.expectedSpend != $1.expectedSpend ? $0.expectedSpend < $1.expectedSpend : $0.datasetRow < $1.datasetRow }
+    guard !sorted.isEmpty else { return [] }
+    return (0..<10).compactMap { decile in
+        let group = sorted[decile * sorted.count / 10 ..< (decile + 1) * sorted.count / 10]
+        guard !group.isEmpty else { return nil }
+        let count = Double(group.count)
+        return SpendDecile(decile: decile + 1, customers: group.count,
+                           meanPredicted: group.reduce(0) { $0 + $1.expectedSpend } / count,
+                           meanActual: group.reduce(0) { $0 + $1.spend } / count)
+    }
+}
+
+/// Cumulative gain of churn: targeting customers from the highest predicted probability down,
+/// the share of all churners reached against the share of customers targeted; (0, 0) first.
+public func cumulativeGain(scores: [Double], labels: [Bool]) -> [(targeted: Double, reached: Double)] {
+    let positives = labels.filter { $0 }.count
+    guard positives > 0 else { return [] }
+    let order = scores.indices.sorted { scores[$0] > scores[$1] }
+    var points: [(targeted: Double, reached: Double)] = [(0, 0)]
+    var reached = 0
+    for (position, index) in order.enumerated() {
+        if labels[index] { reached += 1 }
+        points.append((Double(position + 1) / Double(order.count), Double(reached) / Double(positives)))
+    }
+    return points
+}

@@ -20,6 +20,8 @@ public struct MetricsLog: Sendable, Equatable {
     public var test: [String: Double]
     /// Line of the test record, nil when there is none.
     public var testLine: Int?
+    /// The trainer's warnings about the result (the model below a baseline), from the test record.
+    public var testWarnings: [String] = []
 
     /// Reads and parses `url`; errors name the file and line.
     public static func read(_ url: URL) throws(ReportError) -> MetricsLog {
@@ -67,6 +69,7 @@ public struct MetricsLog: Sendable, Equatable {
                 values.removeValue(forKey: "epoch")
                 test = values
                 testLine = lineNumber
+                testWarnings = object["warnings"] as? [String] ?? []
             default:
                 // Other events may be added by later trainers; a report of what it knows beats none.
                 continue

@@ -1,5 +1,6 @@
 import Checkpoints
 import Foundation
+import ModelMetrics
 
 /// What one report is made of: a training run, optionally a graph-model run, optionally the
 /// stage and action counts of a batch-scoring output.
@@ -68,7 +69,11 @@ public func formatMetric(_ key: String, _ value: Double) -> String {
 func orderedTestMetrics(_ metrics: [String: Double]) -> [(String, Double)] {
     let preferred = ["test_auc", "test_log_loss", "test_brier", "test_f1", "test_accuracy", "test_macro_f1", "test_loss",
                      "test_clv_rmse", "test_clv_rmse_log", "test_clv_mae", "test_customers"]
-    let rest = metrics.keys.filter { !preferred.contains($0) && !$0.contains("confusion") }.sorted()
+    // The test record also holds the final validation and the baselines; those have their own table.
+    let rest = metrics.keys.filter { key in
+        key.hasPrefix("test_") && !preferred.contains(key) && !key.contains("confusion") && !key.contains("_ci_")
+            && !key.contains("_bgnbd_") && !key.contains("_logistic_")
+    }.sorted()
     return (preferred + rest).compactMap { key in metrics[key].map { (key, $0) } }
 }
 
@@ -87,6 +92,8 @@ public func renderReport(_ inputs: ReportInputs) -> String {
     body += "<section id=\"runs\" class=\"cards\">\n" + inputs.runs.map(runCard).joined() + "</section>\n"
     for run in inputs.runs { body += trainingSection(run) }
     body += churnSection(inputs.lstmRun)
+    body += baselineSection(inputs.lstmRun)
+    body += lstmStageSection(inputs.lstmRun)
     body += stageSection(inputs.graphRun)
     body += scoresSection(inputs)
     body += "<footer>Made by clm-report. Charts are SVG drawn into this file; it needs no network and no script.</footer>\n"
@@ -221,22 +228,118 @@ func churnSection(_ run: TrainingRun?) -> String {
         : "\(formatCount(sample.count)) of \(formatCount(rows.count)) test customers, chosen by a hash of their dataset row (the same ones every time)."
     html += figure(spendScatter(id: "spend", title: "Predicted vs actual spend (test split)", rows: sample),
                    caption: shown + " Customers with no spend sit on the left edge.")
-    return html + "</div>\n</section>\n"
+
+    let deciles = spendDeciles(rows)
+    let decileValues = deciles.flatMap { [$0.meanPredicted, $0.meanActual] }
+    html += figure(lineChart(
+        id: "spend-deciles", title: "Mean spend per decile of predicted spend (test split)",
+        x: .linear("decile of predicted spend (1 = lowest)", values: [], fixed: 1...10),
+        y: .linear("mean spend over the horizon", values: decileValues, includeZero: true),
+        series: [Series(name: "predicted", key: "decile-predicted", points: deciles.map { (x: Double($0.decile), y: $0.meanPredicted) }, color: palette[0]),
+                 Series(name: "actual", key: "decile-actual", points: deciles.map { (x: Double($0.decile), y: $0.meanActual) }, color: palette[1], dashed: true)]),
+        caption: "Customers sorted by predicted spend into ten equal groups. Where the lines meet, the expected spend is right on average; budgets sized from it add up.")
+
+    let gain = cumulativeGain(scores: rows.map(\.probability), labels: rows.map(\.churned))
+    if gain.isEmpty {
+        html += figure(placeholderChart(id: "churn-gain", title: "Cumulative gain, churn (test split)", message: "needs churned customers"), caption: nil)
+    } else {
+        html += figure(lineChart(
+            id: "churn-gain", title: "Cumulative gain, churn (test split)",
+            x: .linear("share of customers targeted, highest churn probability first", values: [], fixed: 0...1),
+            y: .linear("share of churners reached", values: [], fixed: 0...1),
+            series: [Series(name: "model", key: "gain", points: gain.map { (x: $0.targeted, y: $0.reached) }, color: palette[2])],
+            diagonal: "random targeting"),
+            caption: "How many of the customers who churned a retention campaign reaches when it targets the riskiest share first.")
+    }
+    let gini = normalizedGini(predicted: rows.map(\.expectedSpend), actual: rows.map(\.spend))
+    html += "</div>\n<p id=\"spend-gini\">Normalized Gini of predicted spend against actual spend (1 ranks customers perfectly by value, 0 is chance): "
+    html += gini.map { "<strong data-value=\"\($0)\">\(String(format: "%.4f", $0))</strong>" } ?? "undefined (no customer spent anything)"
+    if let logged = run.log.test["test_spend_gini"] { html += "; logged <code>test_spend_gini</code>: \(String(format: "%.4f", logged))" }
+    return html + ".</p>\n</section>\n"
+}
+
+/// The model against its baselines on the same test customers, with the bootstrap intervals
+/// and every warning the trainer logged: a weak result is shown as plainly as a strong one.
+func baselineSection(_ run: TrainingRun?) -> String {
+    var html = "<section id=\"baselines\">\n<h2>The model against its baselines (same test customers)</h2>\n"
+    guard let run else { return html + "<p class=\"note\">No LSTM run was given.</p>\n</section>\n" }
+    let test = run.log.test
+    let baselines = [("bgnbd", "BG/NBD + Gamma-Gamma"), ("logistic", "logistic floor")]
+    guard baselines.contains(where: { name, _ in test["test_\(name)_auc"] != nil }) else {
+        return html + "<p class=\"note\" id=\"baselines-missing\">The metrics log has no baseline metrics (a run from before they were added, or not finished).</p>\n</section>\n"
+    }
+    let metrics: [(String, String, Bool)] = [
+        ("auc", "churn ROC AUC", true), ("log_loss", "churn log loss", false), ("brier", "churn Brier score", false),
+        ("clv_rmse", "spend RMSE", false), ("spend_spearman", "spend Spearman", true), ("spend_gini", "spend normalized Gini", true),
+    ]
+    html += "<table class=\"metrics\" id=\"baseline-table\">\n<thead><tr><th>test metric</th><th>LSTM</th>"
+    html += baselines.map { "<th>\(escapeXML($0.1))</th>" }.joined() + "</tr></thead>\n<tbody>\n"
+    for (key, label, higherIsBetter) in metrics {
+        guard let model = test["test_" + key] else { continue }
+        html += "<tr data-metric=\"\(key)\"><td>\(escapeXML(label))</td><td class=\"number\" data-value=\"\(model)\">\(String(format: "%.4f", model))</td>"
+        for (name, _) in baselines {
+            guard let value = test["test_\(name)_\(key)"] else {
+                html += "<td class=\"number\">—</td>"
+                continue
+            }
+            let beatsModel = higherIsBetter ? value > model : value < model
+            html += "<td class=\"number\(beatsModel ? " worse" : "")\" data-baseline=\"\(name)\" data-value=\"\(value)\">\(String(format: "%.4f", value))\(beatsModel ? " ▲" : "")</td>"
+        }
+        html += "</tr>\n"
+    }
+    html += "</tbody>\n</table>\n<p class=\"note\">▲ marks a baseline that beats the LSTM on that metric.</p>\n"
+    var intervals: [String] = []
+    func interval(_ key: String, _ text: String, signed: Bool = true) {
+        guard let low = test["test_\(key)_ci_low"], let high = test["test_\(key)_ci_high"] else { return }
+        let format = signed ? "%+.4f" : "%.4f"
+        intervals.append("<li data-interval=\"\(key)\">\(escapeXML(text)): \(String(format: format, low)) to \(String(format: format, high))</li>")
+    }
+    interval("auc", "LSTM churn AUC", signed: false)
+    interval("auc_minus_bgnbd", "LSTM AUC minus BG/NBD's, paired")
+    interval("auc_minus_logistic", "LSTM AUC minus the logistic floor's, paired")
+    interval("clv_rmse_minus_bgnbd", "LSTM spend RMSE minus BG/NBD + Gamma-Gamma's, paired (negative: the LSTM errs less)")
+    if !intervals.isEmpty {
+        html += "<p>95% bootstrap intervals over the \(formatCount(Int(test["test_customers"] ?? 0))) test customers (1,000 seeded resamples); an interval that spans 0 is no evidence of a difference:</p>\n<ul id=\"intervals\">\n"
+            + intervals.joined(separator: "\n") + "\n</ul>\n"
+    }
+    if !run.log.testWarnings.isEmpty {
+        html += "<div class=\"warnings\" id=\"warnings\"><strong>Warnings the run logged:</strong>\n<ul>\n"
+            + run.log.testWarnings.map { "<li>\(escapeXML($0))</li>" }.joined(separator: "\n") + "\n</ul>\n</div>\n"
+    }
+    return html + "</section>\n"
+}
+
+/// The LSTM stage head's confusion matrix, when the run has one.
+func lstmStageSection(_ run: TrainingRun?) -> String {
+    guard let run, case .churn(let rows) = run.predictions, rows.first?.stage != nil else { return "" }
+    let staged = rows.compactMap { row in row.stage.flatMap { stage in row.predictedStage.map { (stage, $0) } } }
+    let classCount = max(run.stageNames.count, (staged.map { max($0.0, $0.1) }.max() ?? 0) + 1)
+    let stageRows = staged.enumerated().map { StagePrediction(datasetRow: $0.offset, stage: $0.element.0, predicted: $0.element.1) }
+    return stageConfusionSection(run: run, rows: stageRows, classCount: classCount, id: "lstm-stages",
+                                 heading: "Lifecycle stages from the LSTM's stage head (test split)", loggedPrefix: "test_stage_confusion_")
 }
 
 /// The confusion matrix of the graph run's test predictions, checked against the logged counts.
 func stageSection(_ run: TrainingRun?) -> String {
-    var html = "<section id=\"stages\">\n<h2>Lifecycle stages on the test split</h2>\n"
+    var html = "<section id=\"stages\">\n<h2>Lifecycle stages from the graph model (test split)</h2>\n"
     guard let run, case .stages(let rows, let classCount) = run.predictions else {
-        return html + "<p class=\"note\" id=\"stages-missing\">No graph-model run was given (<code>--gnn-run DIR</code>), so there is no confusion matrix.</p>\n</section>\n"
+        return html + "<p class=\"note\" id=\"stages-missing\">No graph-model run was given (<code>--gnn-run DIR</code>), so there is no graph confusion matrix.</p>\n</section>\n"
     }
+    return stageConfusionSection(run: run, rows: rows, classCount: classCount, id: "stages",
+                                 heading: "Lifecycle stages from the graph model (test split)", loggedPrefix: "test_confusion_", chartID: "confusion")
+}
+
+/// A confusion matrix of `rows`, checked against the counts logged under `loggedPrefix`.
+func stageConfusionSection(run: TrainingRun, rows: [StagePrediction], classCount: Int, id: String, heading: String,
+                           loggedPrefix: String, chartID: String? = nil) -> String {
+    var html = "<section id=\"\(id)\">\n<h2>\(escapeXML(heading))</h2>\n"
     let matrix = confusionMatrix(rows, classCount: classCount)
     let names = (0..<classCount).map { $0 < run.stageNames.count ? run.stageNames[$0] : "stage \($0)" }
     var mismatches: [String] = []
     var logged = 0
     for actual in 0..<classCount {
         for predicted in 0..<classCount {
-            guard let value = run.log.test["test_confusion_\(actual)_\(predicted)"] else { continue }
+            guard let value = run.log.test["\(loggedPrefix)\(actual)_\(predicted)"] else { continue }
             logged += 1
             if Int(value) != matrix[actual][predicted] { mismatches.append("\(names[actual])→\(names[predicted])") }
         }
@@ -247,13 +350,13 @@ func stageSection(_ run: TrainingRun?) -> String {
         + "\(formatCount(rows.count)) test customers of \(escapeXML(run.manifest.runName)); "
         + "\(formatCount(correct)) on the diagonal (accuracy \(String(format: "%.4f", Double(correct) / Double(max(rows.count, 1))))). "
     if logged == 0 {
-        caption += "The log has no test_confusion_* counts to compare with."
+        caption += "The log has no \(loggedPrefix)* counts to compare with."
     } else if mismatches.isEmpty {
-        caption += "Equal to the logged test_confusion_* counts."
+        caption += "Equal to the logged \(loggedPrefix)* counts."
     } else {
         caption += "Differs from the logged counts at \(escapeXML(mismatches.joined(separator: ", ")))."
     }
-    html += figure(confusionChart(id: "confusion", title: "Confusion matrix, lifecycle stage (test split)", matrix: matrix, names: names),
+    html += figure(confusionChart(id: chartID ?? "\(id)-confusion", title: "Confusion matrix, lifecycle stage (test split)", matrix: matrix, names: names),
                    caption: caption, escaped: true)
     return html + "</div>\n</section>\n"
 }
@@ -297,6 +400,8 @@ let stylesheet = """
     figure { margin: 0; background: #fff; border: 1px solid #dde1e6; border-radius: 6px; padding: 8px; }
     figcaption { padding: 4px 6px 2px; }
     .auc { font-size: 14px; }
+    td.worse { color: #a32020; font-weight: 600; }
+    .warnings { background: #fff4f2; border: 1px solid #e3a79c; border-radius: 6px; padding: 8px 14px; color: #7a1a0d; font-size: 13px; }
     svg.chart { display: block; max-width: 100%; height: auto; font-family: inherit; }
     .chart-title { font-size: 14px; font-weight: 600; fill: #1a1a1a; }
     .plot { fill: #ffffff; stroke: #b9bfc7; }

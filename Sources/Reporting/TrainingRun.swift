@@ -8,13 +8,19 @@ public struct ChurnPrediction: Sendable, Equatable {
     public var probability: Double
     public var spend: Double
     public var expectedSpend: Double
+    /// Actual and predicted lifecycle stage, when the LSTM has a stage head (else nil).
+    public var stage: Int?
+    public var predictedStage: Int?
 
-    public init(datasetRow: Int, churned: Bool, probability: Double, spend: Double, expectedSpend: Double) {
+    public init(datasetRow: Int, churned: Bool, probability: Double, spend: Double, expectedSpend: Double,
+                stage: Int? = nil, predictedStage: Int? = nil) {
         self.datasetRow = datasetRow
         self.churned = churned
         self.probability = probability
         self.spend = spend
         self.expectedSpend = expectedSpend
+        self.stage = stage
+        self.predictedStage = predictedStage
     }
 }
 
@@ -118,12 +124,17 @@ public struct TrainingRun: Sendable {
         let source = url.path
         switch model {
         case .lstm:
-            if table.header.contains("predicted_stage") {
+            if !table.header.contains("churn_probability") && table.header.contains("predicted_stage") {
                 throw ReportError(file: source, line: 1, "has the graph model's columns, but the checkpoint is an LSTM")
             }
             let row = try table.column("dataset_row"), label = try table.column("churn_label")
             let probability = try table.column("churn_probability"), spend = try table.column("spend")
             let expected = try table.column("expected_spend")
+            // A stage head adds the stage columns; both or neither.
+            let hasStages = table.header.contains("predicted_stage")
+            let stage = hasStages ? try table.column("stage") : nil
+            let predictedStage = hasStages ? try table.column("predicted_stage") : nil
+            let stageCount = table.header.filter { $0.hasPrefix("p_stage_") }.count
             var predictions: [ChurnPrediction] = []
             predictions.reserveCapacity(table.rows.count)
             for fields in table.rows {
@@ -135,9 +146,18 @@ public struct TrainingRun: Sendable {
                 guard (0...1).contains(p) else {
                     throw ReportError(file: source, line: fields.line, "churn_probability: \(p) is outside [0, 1]")
                 }
+                var stages: (Int, Int)? = nil
+                if let stage, let predictedStage {
+                    let truth = try table.integer(fields, stage), guess = try table.integer(fields, predictedStage)
+                    for (name, value) in [("stage", truth), ("predicted_stage", guess)] where !(0..<max(stageCount, 1)).contains(value) {
+                        throw ReportError(file: source, line: fields.line, "\(name): \(value) is not a stage index below \(stageCount)")
+                    }
+                    stages = (truth, guess)
+                }
                 predictions.append(ChurnPrediction(
                     datasetRow: try table.integer(fields, row), churned: churned == 1, probability: p,
-                    spend: try table.number(fields, spend), expectedSpend: try table.number(fields, expected)))
+                    spend: try table.number(fields, spend), expectedSpend: try table.number(fields, expected),
+                    stage: stages?.0, predictedStage: stages?.1))
             }
             if predictions.isEmpty { throw ReportError(file: source, "has a header but no predictions") }
             return .churn(predictions)

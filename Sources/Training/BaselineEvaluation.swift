@@ -1,4 +1,5 @@
 import Baselines
+import Checkpoints
 import CustomerData
 import Foundation
 import ModelMetrics
@@ -12,6 +13,8 @@ public struct BaselineReport: Sendable {
     public var test: [String: Double] = [:]
     /// Fitted parameters, for the log: bgnbd_r, bgnbd_alpha, bgnbd_a, bgnbd_b, gg_p, gg_q, gg_v.
     public var parameters: [String: Double] = [:]
+    /// Baselines that could not be fitted or gave unusable numbers on this data, and why.
+    public var failures: [String] = []
 
     /// The model falls below its logistic floor on validation by more than this AUC: the run
     /// is then reported as failed to learn, however its loss looks.
@@ -20,7 +23,7 @@ public struct BaselineReport: Sendable {
     /// Loud lines for every place the model loses: its validation AUC below the logistic floor
     /// (beyond the tolerance), and every test metric where a baseline beats it.
     public func warnings(modelValidation: [String: Double], modelTest: [String: Double]) -> [String] {
-        var warnings: [String] = []
+        var warnings = failures
         if let model = modelValidation["val_auc"], let floor = validation["val_logistic_auc"],
            model < floor - Self.floorTolerance {
             warnings.append(String(
@@ -61,44 +64,101 @@ public struct BaselineReport: Sendable {
 /// - The logistic floor reads a dozen summary numbers per customer (the last step's features,
 ///   sums over the sequence and its length) and predicts churn.
 enum BaselineEvaluation {
-    static func run(dataset: CustomerDataset, validation: LSTMEvaluationRows, test: LSTMEvaluationRows) throws -> BaselineReport {
+    /// Fits on the training split, scores `validation` and `test`; with `summaryFile`, also
+    /// writes every customer's calibration summary there (CSV: dataset_row, split, frequency,
+    /// recency, T, monetary_value), so lifetimes can be fitted on exactly the same numbers
+    /// (`scripts/lifetimes_reference.py --summary`).
+    static func run(dataset: CustomerDataset, validation: LSTMEvaluationRows, test: LSTMEvaluationRows,
+                    summaryFile: URL? = nil) throws -> BaselineReport {
         let horizonPeriods = Double(dataset.manifest.spec.horizonDays) / Double(dataset.manifest.spec.periodDays)
         let train = dataset.indices(in: .train)
         let history = HistorySummaries(dataset: dataset)
+        if let summaryFile {
+            var text = "dataset_row,split,frequency,recency,T,monetary_value\n"
+            for customer in 0..<dataset.customerCount {
+                let summary = history.summary(customer)
+                text += "\(customer),\(dataset.split[customer]),\(Int(summary.frequency)),\(Int(summary.recency)),\(Int(summary.age)),\(summary.monetaryValue)\n"
+            }
+            try writeFileAtomically(Data(text.utf8), to: summaryFile)
+        }
 
-        let bgnbd = try BGNBDParameters.fit(train.map { history.summary($0) })
-        let spenders = train.map { history.summary($0) }.filter { $0.frequency > 0 && $0.monetaryValue > 0 }
-        let gammaGamma = try GammaGammaParameters.fit(spenders)
-        let floor = try LogisticRegression.fit(
-            features: train.flatMap { history.floorFeatures($0) }, labels: train.map { dataset.churn[$0] >= 0.5 },
-            width: HistorySummaries.floorFeatureCount)
-
+        let summaries = train.map { history.summary($0) }
         var report = BaselineReport()
-        report.parameters = [
-            "bgnbd_r": bgnbd.r, "bgnbd_alpha": bgnbd.alpha, "bgnbd_a": bgnbd.a, "bgnbd_b": bgnbd.b,
-            "gg_p": gammaGamma.p, "gg_q": gammaGamma.q, "gg_v": gammaGamma.v,
-        ]
+        // A baseline that cannot be fitted on this data is reported as such; it must not cost
+        // the run its own test metrics.
+        var bgnbd: BGNBDParameters? = nil
+        do {
+            let fitted = try BGNBDParameters.fit(summaries)
+            bgnbd = fitted
+            report.parameters.merge(["bgnbd_r": fitted.r, "bgnbd_alpha": fitted.alpha, "bgnbd_a": fitted.a, "bgnbd_b": fitted.b]) { $1 }
+        } catch {
+            report.failures.append("BG/NBD could not be fitted on the training customers: \(error)")
+        }
+        var gammaGamma: GammaGammaParameters? = nil
+        do {
+            let fitted = try GammaGammaParameters.fit(summaries.filter { $0.frequency > 0 && $0.monetaryValue > 0 })
+            report.parameters.merge(["gg_p": fitted.p, "gg_q": fitted.q, "gg_v": fitted.v]) { $1 }
+            // q ≤ 1 leaves the Gamma-Gamma's mean spend undefined (infinite).
+            if fitted.q > 1 { gammaGamma = fitted } else {
+                report.failures.append(String(format: "Gamma-Gamma fitted q = %.4f ≤ 1, so its expected spend is infinite; no spend baseline", fitted.q))
+            }
+        } catch {
+            report.failures.append("Gamma-Gamma could not be fitted on the repeat customers: \(error)")
+        }
+        var floor: LogisticRegression? = nil
+        do {
+            floor = try LogisticRegression.fit(
+                features: train.flatMap { history.floorFeatures($0) }, labels: train.map { dataset.churn[$0] >= 0.5 },
+                width: HistorySummaries.floorFeatureCount)
+        } catch {
+            report.failures.append("the logistic floor could not be fitted: \(error)")
+        }
+
         for (rows, prefix) in [(validation, "val_"), (test, "test_")] {
             let customers = rows.datasetRows
             let labels = rows.churnLabels, spend = rows.spend
-            var bgnbdChurn: [Double] = [], bgnbdSpend: [Double] = [], floorChurn: [Double] = []
-            for customer in customers {
-                let summary = history.summary(customer)
-                bgnbdChurn.append(bgnbd.probabilityNoPurchase(t: horizonPeriods, customer: summary))
-                bgnbdSpend.append(gammaGamma.expectedSpend(t: horizonPeriods, customer: summary, transactions: bgnbd))
-                floorChurn.append(floor.probability(history.floorFeatures(customer)[...]))
-            }
+            let customerSummaries = customers.map { history.summary($0) }
             var metrics: [String: Double] = [:]
-            let bgnbdMetrics = churnAndSpendMetrics(
-                prefix: prefix + "bgnbd_", labels: labels, churnProbability: bgnbdChurn, spend: spend, expectedSpend: bgnbdSpend)
-            for (key, value) in bgnbdMetrics { if let value, value.isFinite { metrics[key] = value } }
-            let floorMetrics = churnAndSpendMetrics(
-                prefix: prefix + "logistic_", labels: labels, churnProbability: floorChurn, spend: spend, expectedSpend: spend)
-            for key in ["auc", "log_loss", "f1", "brier", "accuracy"] {
-                if let value = floorMetrics[prefix + "logistic_" + key] ?? nil, value.isFinite { metrics[prefix + "logistic_" + key] = value }
+            func keep(_ computed: [String: Double?], _ keys: [String]? = nil) {
+                for (key, value) in computed {
+                    guard let value, value.isFinite else { continue }
+                    if let keys, !keys.contains(where: { key.hasSuffix("_" + $0) }) { continue }
+                    metrics[key] = value
+                }
+            }
+            var bgnbdChurn: [Double]? = nil
+            var bgnbdSpend: [Double]? = nil
+            if let bgnbd {
+                let churn = customerSummaries.map { bgnbd.probabilityNoPurchase(t: horizonPeriods, customer: $0) }
+                var expected = customerSummaries.map { summary in
+                    gammaGamma.map { $0.expectedSpend(t: horizonPeriods, customer: summary, transactions: bgnbd) } ?? 0
+                }
+                if expected.contains(where: { !$0.isFinite }) {
+                    report.failures.append("BG/NBD + Gamma-Gamma gave a non-finite expected spend on the \(prefix.dropLast()) customers; no spend baseline")
+                    gammaGamma = nil
+                    expected = spend
+                }
+                if gammaGamma != nil { bgnbdSpend = expected }
+                if churn.allSatisfy(\.isFinite) {
+                    bgnbdChurn = churn
+                    keep(churnAndSpendMetrics(prefix: prefix + "bgnbd_", labels: labels, churnProbability: churn, spend: spend,
+                                              expectedSpend: expected),
+                         gammaGamma == nil ? ["auc", "log_loss", "f1", "brier", "accuracy"] : nil)
+                } else {
+                    report.failures.append("BG/NBD gave non-finite churn probabilities on the \(prefix.dropLast()) customers")
+                }
+            }
+            var floorChurn: [Double]? = nil
+            if let floor {
+                let churn = customers.map { floor.probability(history.floorFeatures($0)[...]) }
+                floorChurn = churn
+                keep(churnAndSpendMetrics(prefix: prefix + "logistic_", labels: labels, churnProbability: churn, spend: spend,
+                                          expectedSpend: spend),
+                     ["auc", "log_loss", "f1", "brier", "accuracy"])
             }
             if prefix == "test_" {
-                metrics.merge(intervals(model: rows.churnProbability, bgnbd: bgnbdChurn, floor: floorChurn, labels: labels)) { $1 }
+                metrics.merge(intervals(model: rows.churnProbability, bgnbd: bgnbdChurn, floor: floorChurn, labels: labels,
+                                        spend: spend, modelSpend: rows.expectedSpend, bgnbdSpend: bgnbdSpend)) { $1 }
                 report.test = metrics
             } else {
                 report.validation = metrics
@@ -108,10 +168,15 @@ enum BaselineEvaluation {
     }
 
     /// 95% bootstrap intervals over test customers (1,000 seeded resamples): the model's AUC,
-    /// and the paired difference of its AUC and each baseline's on the same resample.
-    static func intervals(model: [Double], bgnbd: [Double], floor: [Double], labels: [Bool]) -> [String: Double] {
+    /// and paired differences on the same resamples: its AUC minus each baseline's, and its
+    /// spend RMSE minus BG/NBD + Gamma-Gamma's (negative: the model's error is smaller).
+    static func intervals(model: [Double], bgnbd: [Double]?, floor: [Double]?, labels: [Bool],
+                          spend: [Double], modelSpend: [Double], bgnbdSpend: [Double]?) -> [String: Double] {
         func auc(_ scores: [Double], _ indices: [Int]) -> Double? {
             rocAUC(scores: indices.map { scores[$0] }, labels: indices.map { labels[$0] })
+        }
+        func rmse(_ predicted: [Double], _ indices: [Int]) -> Double {
+            (indices.reduce(0) { $0 + (predicted[$1] - spend[$1]) * (predicted[$1] - spend[$1]) } / Double(indices.count)).squareRoot()
         }
         var result: [String: Double] = [:]
         func put(_ name: String, _ interval: BootstrapInterval?) {
@@ -121,10 +186,14 @@ enum BaselineEvaluation {
         }
         put("auc", bootstrapInterval(count: labels.count) { auc(model, $0) })
         for (name, scores) in [("bgnbd", bgnbd), ("logistic", floor)] {
+            guard let scores else { continue }
             put("auc_minus_\(name)", bootstrapInterval(count: labels.count) { indices in
                 guard let a = auc(model, indices), let b = auc(scores, indices) else { return nil }
                 return a - b
             })
+        }
+        if let bgnbdSpend {
+            put("clv_rmse_minus_bgnbd", bootstrapInterval(count: labels.count) { rmse(modelSpend, $0) - rmse(bgnbdSpend, $0) })
         }
         return result
     }

@@ -192,7 +192,10 @@ public enum TrainingJob {
         if world.rank == 0 {
             trainer.loadParameters = { try store.parameters(step: $0) }
             if configuration.model == .lstm, let dataset {
-                trainer.baselines = { try BaselineEvaluation.run(dataset: dataset, validation: $0, test: $1) }
+                let summaryFile = trainer.runDirectory?.appendingPathComponent("baseline_summary.csv")
+                trainer.baselines = {
+                    try BaselineEvaluation.run(dataset: dataset, validation: $0, test: $1, summaryFile: summaryFile)
+                }
             }
         }
         let summary = try trainer.run(resumingFrom: restored)
@@ -303,7 +306,11 @@ public enum TrainingJob {
                 text += "\n  \(label) (same customers): validation " + format(summary.lastValidation, "val_\(name)_", baselineKeys)
                     + " | test " + format(summary.test, "test_\(name)_", baselineKeys)
                 if let low = summary.test["test_auc_minus_\(name)_ci_low"], let high = summary.test["test_auc_minus_\(name)_ci_high"] {
-                    text += String(format: "  (LSTM AUC minus it, 95%% CI %+.4f to %+.4f)", low, high)
+                    text += String(format: "  (LSTM AUC minus it, 95%% CI %+.4f to %+.4f", low, high)
+                    if let low = summary.test["test_clv_rmse_minus_\(name)_ci_low"], let high = summary.test["test_clv_rmse_minus_\(name)_ci_high"] {
+                        text += String(format: "; spend RMSE minus it %+.1f to %+.1f", low, high)
+                    }
+                    text += ")"
                 }
             }
         }

@@ -298,6 +298,7 @@ public final class DataParallelTrainer {
         }
         var record = summary.test
         for (key, value) in summary.lastValidation { record[key] = value }
+        for (key, value) in summary.baselines?.parameters ?? [:] { record[key] = value }
         reporter.record(record, event: "test", warnings: summary.warnings)
         return summary
     }

@@ -94,11 +94,16 @@ struct Batch: AsyncParsableCommand {
                 output: out, batchSize: batchSize, graph: graph.map(GraphStageScorer.init(model:)))
             let c = summary.checkpoint
             print("model     run \(c.run) step \(c.step) (\(c.path))")
-            if let g = graph?.info {
+            if rules.stageRule {
+                print("stages    from the stage rule (stage_rule: true in the rules)")
+            } else if let g = graph?.info {
                 print("stages    gnn run \(g.run) step \(g.step) (\(g.path)): \(summary.customersWithGraphStage) customers, "
-                      + String(format: "%.2f s for the graph and its forward", summary.graphSeconds))
+                      + String(format: "%.2f s for the graph and its forward", summary.graphSeconds)
+                      + (loaded.heads.stageCount > 0 ? "; the others from the LSTM's stage head" : "; the others from the stage rule"))
+            } else if loaded.heads.stageCount > 0 {
+                print("stages    from the LSTM's stage head")
             } else {
-                print("stages    from the stage rule (no --gnn-run)")
+                print("stages    from the stage rule (the checkpoint has no stage head and no --gnn-run was given)")
             }
             print("as of     \(ByteParsing.isoDate(summary.asOfDay)) (day \(summary.asOfDay)); \(summary.rowsRead) rows read, \(summary.rowsRejected) rejected")
             print("customers \(summary.customers) scored, \(summary.customersWithoutHistory) left out (no purchase by the as-of day)")

@@ -68,7 +68,7 @@ func pairCountAUC(_ rows: [ChurnRow]) -> Double {
 
     @Test func everyChartIsAnSVGWithAnIDAndIsWellFormed() throws {
         let html = try Fixture().html
-        let ids = ["lstm-loss", "lstm-val-auc", "lstm-throughput", "lstm-allreduce", "roc", "calibration", "spend",
+        let ids = ["lstm-loss", "lstm-val-auc", "lstm-throughput", "lstm-allreduce", "roc", "calibration", "spend", "spend-deciles", "churn-gain",
                    "gnn-loss", "gnn-val-quality", "gnn-throughput", "gnn-allreduce", "confusion",
                    "stage-distribution", "action-distribution"]
         for id in ids {
