@@ -101,7 +101,9 @@ def fit(summary):
     """lifetimes' fits, exactly as a user calls them (penalizer 0, default optimiser settings)."""
     bgf = BetaGeoFitter(penalizer_coef=0.0)
     bgf.fit(summary["frequency"], summary["recency"], summary["T"])
-    repeaters = summary[summary["frequency"] > 0]
+    # Gamma-Gamma needs positive spend; repeat customers whose repeat purchases were all free
+    # (CDNOW has some) are left out, as the project's training run leaves them out.
+    repeaters = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
     ggf = GammaGammaFitter(penalizer_coef=0.0)
     ggf.fit(repeaters["frequency"], repeaters["monetary_value"])
     return bgf, ggf
@@ -120,7 +122,7 @@ def bgnbd_nll(params, summary):
 
 
 def gamma_gamma_nll(params, summary):
-    repeaters = summary[summary["frequency"] > 0]
+    repeaters = summary[(summary["frequency"] > 0) & (summary["monetary_value"] > 0)]
     f = repeaters["frequency"].to_numpy(float)
     return float(GammaGammaFitter._negative_log_likelihood(
         np.log(params), f, repeaters["monetary_value"].to_numpy(float), np.ones_like(f), 0.0))
@@ -227,7 +229,7 @@ def fit_summary(path, predictions_out, horizon):
     gg_params = {k: float(ggf.params_[k]) for k in ("p", "q", "v")}
     print(json.dumps({
         "customers": len(summary),
-        "repeaters": int((summary["frequency"] > 0).sum()),
+        "repeaters": int(((summary["frequency"] > 0) & (summary["monetary_value"] > 0)).sum()),
         "bgnbd": bg_params,
         "bgnbd_negative_log_likelihood": bgnbd_nll(list(bg_params.values()), summary),
         "gamma_gamma": gg_params,

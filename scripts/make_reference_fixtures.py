@@ -245,13 +245,24 @@ STAGE_CLASS_WEIGHT = np.array([1.0, 2.0, 0.5])
 STAGE_WEIGHT = 0.7
 # google/lifetime_value floors sigma at sqrt(float32 epsilon); the fixture stays clear of it.
 MIN_SIGMA = 3.1622777e-4
+# Units of the dense path from the customer-level inputs (last step, per-feature means over the
+# valid steps, length / T) to the heads.
+CUSTOMER_UNITS = 3
+CUSTOMER_INPUTS = 2 * I + 1
+
+
+def customer_inputs(xs, length):
+    """The CustomerInputs summary of one sequence's valid steps xs [length, I]."""
+    return np.concatenate([xs[length - 1], xs[:length].mean(axis=0), [length / T]])
 
 
 def heads_parameter_shapes():
     shapes = {name: shape for name, shape in lstm_parameter_shapes().items() if "head" not in name}
-    shapes["churn_head.weight"] = (1, H)
-    shapes["clv_head.weight"] = (3, H)
-    shapes["stage_head.weight"] = (STAGES, H)
+    shapes["customer_dense.weight"] = (CUSTOMER_UNITS, CUSTOMER_INPUTS)
+    shapes["customer_dense.bias"] = (CUSTOMER_UNITS,)
+    shapes["churn_head.weight"] = (1, H + CUSTOMER_UNITS)
+    shapes["clv_head.weight"] = (3, H + CUSTOMER_UNITS)
+    shapes["stage_head.weight"] = (STAGES, H + CUSTOMER_UNITS)
     shapes["churn_head.bias"] = (1,)
     shapes["clv_head.bias"] = (3,)
     shapes["stage_head.bias"] = (STAGES,)
@@ -274,9 +285,12 @@ def ziln_nll(spend, logits):
 
 
 def heads_forward_backward(params, x, want_grads=True):
-    """The LSTM of lstm_forward_backward with [churn | ZILN (3) | stages] heads and the loss
+    """The LSTM of lstm_forward_backward, a ReLU dense path from the customer-level inputs,
+    [churn | ZILN (3) | stages] heads on [h_last, dense], and the loss
     BCE + clv_weight * ZILN NLL + stage_weight * class-weighted cross-entropy."""
-    features = np.zeros((B, H))
+    features = np.zeros((B, H + CUSTOMER_UNITS))
+    summaries = np.zeros((B, CUSTOMER_INPUTS))
+    pre_activation = np.zeros((B, CUSTOMER_UNITS))
     caches = []
     for b in range(B):
         layer_input = x[b, :LSTM_LENGTHS[b]]
@@ -287,7 +301,10 @@ def heads_forward_backward(params, x, want_grads=True):
                 params[f"lstm.bias_ih_l{layer}"], params[f"lstm.bias_hh_l{layer}"])
             seq_caches.append(cache)
         caches.append(seq_caches)
-        features[b] = layer_input[-1]
+        summaries[b] = customer_inputs(x[b], LSTM_LENGTHS[b])
+        pre_activation[b] = params["customer_dense.weight"] @ summaries[b] + params["customer_dense.bias"]
+        features[b] = np.concatenate([layer_input[-1], np.maximum(pre_activation[b], 0.0)])
+    outputs_extra = {"relu_pre_activation": pre_activation}
     weight = np.concatenate([params["churn_head.weight"], params["clv_head.weight"], params["stage_head.weight"]])
     bias = np.concatenate([params["churn_head.bias"], params["clv_head.bias"], params["stage_head.bias"]])
     head = features @ weight.T + bias            # [B, 1 + 3 + STAGES]
@@ -303,7 +320,7 @@ def heads_forward_backward(params, x, want_grads=True):
     loss = bce.mean() + CLV_WEIGHT * ziln.mean() + STAGE_WEIGHT * ce
     outputs = {"head_outputs": head, "loss": np.array([loss])}
     if not want_grads:
-        return outputs, None, None
+        return outputs, None, outputs_extra
 
     d_head = np.zeros_like(head)
     s = sigmoid(churn_logit)
@@ -331,10 +348,16 @@ def heads_forward_backward(params, x, want_grads=True):
     grads["stage_head.bias"] = d_bias[4:]
     dx = np.zeros_like(x)
     d_features = d_head @ weight
+    d_dense = d_features[:, H:] * (pre_activation > 0)
+    grads["customer_dense.weight"] = d_dense.T @ summaries
+    grads["customer_dense.bias"] = d_dense.sum(axis=0)
+    d_summaries = d_dense @ params["customer_dense.weight"]
     for b in range(B):
         steps = LSTM_LENGTHS[b]
+        dx[b, steps - 1] += d_summaries[b, :I]
+        dx[b, :steps] += d_summaries[b, I:2 * I] / steps
         dhs = np.zeros((steps, H))
-        dhs[-1] = d_features[b]
+        dhs[-1] = d_features[b, :H]
         for layer in reversed(range(LSTM_LAYERS)):
             dhs, dw_ih, dw_hh, db_ih, db_hh = lstm_layer_backward(
                 dhs, caches[b][layer], params[f"lstm.weight_ih_l{layer}"],
@@ -343,7 +366,7 @@ def heads_forward_backward(params, x, want_grads=True):
             grads[f"lstm.weight_hh_l{layer}"] += dw_hh
             grads[f"lstm.bias_ih_l{layer}"] += db_ih
             grads[f"lstm.bias_hh_l{layer}"] += db_hh
-        dx[b, :steps] = dhs
+        dx[b, :steps] += dhs
     return outputs, grads, dx
 
 
@@ -354,6 +377,13 @@ def make_heads_case(rng):
         x[b, LSTM_LENGTHS[b]:] = 0.0
     params = {name: rng.uniform(-0.5, 0.5, size=shape) for name, shape in heads_parameter_shapes().items()}
     outputs, grads, dx = heads_forward_backward(params, x)
+    # Finite differences move a pre-activation by ~1e-3; one that close to the ReLU's kink
+    # would make the numeric gradient straddle it.
+    pre = heads_forward_backward(params, x, want_grads=False)[2]["relu_pre_activation"]
+    if np.abs(pre).min() < RELU_MARGIN:
+        fail(f"lstm_heads: a dense pre-activation is {np.abs(pre).min():.2e} from the ReLU kink")
+    if (pre > 0).all() or (pre <= 0).all():
+        fail("lstm_heads: the dense path's ReLU must be both on and off somewhere for the check to mean anything")
 
     def loss_fn(p, xx):
         return heads_forward_backward(p, xx, want_grads=False)[0]["loss"][0]

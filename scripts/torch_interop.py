@@ -21,25 +21,62 @@ import torch
 from safetensors.torch import load_file
 
 
-def lstm_from_checkpoint(directory):
-    """torch.nn.LSTM plus the two linear heads, loaded from model.safetensors by name."""
-    state = load_file(os.path.join(directory, "model.safetensors"))
-    hidden = state["lstm.weight_hh_l0"].shape[1]
-    layers = sum(1 for name in state if name.startswith("lstm.weight_ih_l"))
-    lstm = torch.nn.LSTM(input_size=state["lstm.weight_ih_l0"].shape[1], hidden_size=hidden,
-                         num_layers=layers, batch_first=True)
-    lstm.load_state_dict({name[len("lstm."):]: v for name, v in state.items() if name.startswith("lstm.")})
-    churn_head, clv_head = torch.nn.Linear(hidden, 1), torch.nn.Linear(hidden, 1)
-    churn_head.load_state_dict({"weight": state["churn_head.weight"], "bias": state["churn_head.bias"]})
-    clv_head.load_state_dict({"weight": state["clv_head.weight"], "bias": state["clv_head.bias"]})
+class CustomerLifecycleLSTM(torch.nn.Module):
+    """The clm LSTM in PyTorch: nn.LSTM, an optional ReLU dense path from the customer-level
+    inputs (the last step's features, their means over the valid steps, length / T), and one
+    nn.Linear per head on [h_last, dense]: churn (1), CLV (1 for log_mse; purchase logit, mu and
+    raw sigma for ziln) and, when present, the lifecycle stages."""
 
-    def score(features, length):
+    # sigma never falls below sqrt(float32 epsilon), as in the Swift model and google/lifetime_value.
+    MIN_SIGMA = 3.1622777e-4
+
+    def __init__(self, state, steps):
+        super().__init__()
+        hidden = state["lstm.weight_hh_l0"].shape[1]
+        layers = sum(1 for name in state if name.startswith("lstm.weight_ih_l"))
+        self.steps = steps
+        self.lstm = torch.nn.LSTM(input_size=state["lstm.weight_ih_l0"].shape[1], hidden_size=hidden,
+                                  num_layers=layers, batch_first=True)
+        self.dense = None
+        if "customer_dense.weight" in state:
+            units, inputs = state["customer_dense.weight"].shape
+            self.dense = torch.nn.Linear(inputs, units)
+        head_input = state["churn_head.weight"].shape[1]
+        self.churn_head = torch.nn.Linear(head_input, 1)
+        self.clv_head = torch.nn.Linear(head_input, state["clv_head.weight"].shape[0])
+        self.stage_head = None
+        if "stage_head.weight" in state:
+            self.stage_head = torch.nn.Linear(head_input, state["stage_head.weight"].shape[0])
+        # Names match model.safetensors one to one: strict loading proves nothing is left over.
+        self.load_state_dict(state, strict=True)
+
+    def forward(self, features, length):
         """features: [T, F] normalised (as POST /v1/score takes them); steps past `length` are
         padding, which the Swift model carries its state through unchanged: the same as stopping."""
+        valid = torch.as_tensor(features[:length], dtype=torch.float32)
+        out, _ = self.lstm(valid.unsqueeze(0))
+        joined = out[0, -1]
+        if self.dense is not None:
+            summary = torch.cat([valid[-1], valid.mean(dim=0), torch.tensor([length / self.steps])])
+            joined = torch.cat([joined, torch.relu(self.dense(summary))])
+        churn = torch.sigmoid(self.churn_head(joined)).item()
+        clv = self.clv_head(joined)
+        if clv.shape[0] == 3:
+            sigma = torch.clamp(torch.nn.functional.softplus(clv[2]), min=self.MIN_SIGMA)
+            spend = (torch.sigmoid(clv[0]) * torch.exp(torch.clamp(clv[1] + sigma * sigma / 2, max=30.0))).item()
+        else:
+            spend = max(torch.expm1(clv[0]).item(), 0.0)
+        stages = torch.softmax(self.stage_head(joined), dim=0).numpy() if self.stage_head is not None else None
+        return churn, spend, stages
+
+
+def lstm_from_checkpoint(directory, steps):
+    model = CustomerLifecycleLSTM(load_file(os.path.join(directory, "model.safetensors")), steps)
+    model.eval()
+
+    def score(features, length):
         with torch.no_grad():
-            out, _ = lstm(torch.tensor(features[:length], dtype=torch.float32).unsqueeze(0))
-            last = out[0, -1]
-            return torch.sigmoid(churn_head(last)).item(), max(torch.expm1(clv_head(last)).item(), 0.0)
+            return model(features, length)
     return score
 
 
@@ -75,17 +112,24 @@ def check_lstm(args):
     features = np.fromfile(os.path.join(args.dataset, "features.f32"), dtype=np.float32).reshape(len(ids), periods, width)
     lengths = np.fromfile(os.path.join(args.dataset, "lengths.i32"), dtype=np.int32)
     scores = read_scores(args.scores)
-    score = lstm_from_checkpoint(args.lstm_checkpoint)
+    score = lstm_from_checkpoint(args.lstm_checkpoint, periods)
+    stages = manifest["stageNames"]
     sample = np.linspace(0, len(ids) - 1, num=min(args.customers, len(ids))).astype(int)
-    worst_churn = worst_spend = 0.0
+    worst_churn = worst_spend = worst_stage = 0.0
+    compared_stages = 0
     for i in sample:
-        churn, spend = score(features[i], int(lengths[i]))
+        churn, spend, stage_probabilities = score(features[i], int(lengths[i]))
         row = scores[ids[i]]
         worst_churn = max(worst_churn, abs(churn - float(row["churn_probability"])))
         worst_spend = max(worst_spend, abs(spend - float(row["expected_spend"])) / max(1.0, spend))
+        if stage_probabilities is not None and row["stage_source"] == "lstm":
+            ours = np.array([float(row[f"p_{s}"]) for s in stages])
+            worst_stage = max(worst_stage, float(np.abs(ours - stage_probabilities).max()))
+            compared_stages += 1
     print(f"torch.nn.LSTM: {len(sample)} customers, worst churn difference {worst_churn:.2e}, "
-          f"worst relative spend difference {worst_spend:.2e}")
-    return worst_churn <= args.tolerance and worst_spend <= args.tolerance
+          f"worst relative spend difference {worst_spend:.2e}, "
+          f"worst stage probability difference {worst_stage:.2e} over {compared_stages} stage-head customers")
+    return worst_churn <= args.tolerance and worst_spend <= args.tolerance and worst_stage <= args.tolerance
 
 
 def check_gnn(args):

@@ -21,12 +21,15 @@ public struct LSTMConfiguration: Sendable, Equatable, Codable {
     public var stageClassWeights: [Float]?
     /// Starting biases of the ZILN head; nil leaves them at the uniform initialisation.
     public var spendPrior: SpendPrior?
+    /// Units of the dense path from the customer-level inputs (`CustomerInputs`) to the heads;
+    /// 0 leaves it out and the heads read the LSTM's state alone.
+    public var customerHidden: Int
 
     public init(
         inputSize: Int, hiddenSize: Int = 50, layers: Int = 2, dropout: Float = 0.2,
         positiveWeight: Float = 1, clvWeight: Float = 1, clvLoss: CLVLoss = .logMSE,
         stageCount: Int = 0, stageWeight: Float = 0.5, stageClassWeights: [Float]? = nil,
-        spendPrior: SpendPrior? = nil
+        spendPrior: SpendPrior? = nil, customerHidden: Int = 0
     ) {
         self.inputSize = inputSize
         self.hiddenSize = hiddenSize
@@ -39,7 +42,11 @@ public struct LSTMConfiguration: Sendable, Equatable, Codable {
         self.stageWeight = stageWeight
         self.stageClassWeights = stageClassWeights
         self.spendPrior = spendPrior
+        self.customerHidden = customerHidden
     }
+
+    /// Width of the vector the heads read: the LSTM's last state, then the dense path's output.
+    public var headInputSize: Int { hiddenSize + customerHidden }
 
     public var heads: LSTMHeadLayout { LSTMHeadLayout(clvLoss: clvLoss, stageCount: stageCount) }
 }
@@ -133,6 +140,9 @@ public final class LSTMModel: @unchecked Sendable {
     let headWeight: ParameterSlice
     let headBias: ParameterSlice
     public let heads: LSTMHeadLayout
+    /// The dense path: [customerHidden, CustomerInputs.width] and [customerHidden]; nil without it.
+    let customerWeight: ParameterSlice?
+    let customerBias: ParameterSlice?
 
     private let workspace: LSTMWorkspace
 
@@ -152,13 +162,22 @@ public final class LSTMModel: @unchecked Sendable {
         }
         let heads = configuration.heads
         self.heads = heads
-        let churnWeight = layout.add("churn_head.weight", shape: [1, hidden])
-        layout.add("clv_head.weight", shape: [heads.clvWidth, hidden])
-        if heads.stageCount > 0 { layout.add("stage_head.weight", shape: [heads.stageCount, hidden]) }
+        if configuration.customerHidden > 0 {
+            let inputs = CustomerInputs.width(featureCount: configuration.inputSize)
+            customerWeight = layout.add("customer_dense.weight", shape: [configuration.customerHidden, inputs])
+            customerBias = layout.add("customer_dense.bias", shape: [configuration.customerHidden])
+        } else {
+            customerWeight = nil
+            customerBias = nil
+        }
+        let headInput = configuration.headInputSize
+        let churnWeight = layout.add("churn_head.weight", shape: [1, headInput])
+        layout.add("clv_head.weight", shape: [heads.clvWidth, headInput])
+        if heads.stageCount > 0 { layout.add("stage_head.weight", shape: [heads.stageCount, headInput]) }
         let churnBias = layout.add("churn_head.bias", shape: [1])
         layout.add("clv_head.bias", shape: [heads.clvWidth])
         if heads.stageCount > 0 { layout.add("stage_head.bias", shape: [heads.stageCount]) }
-        headWeight = ParameterSlice(name: "heads.weight", shape: [heads.width, hidden], offset: churnWeight.offset)
+        headWeight = ParameterSlice(name: "heads.weight", shape: [heads.width, headInput], offset: churnWeight.offset)
         headBias = ParameterSlice(name: "heads.bias", shape: [heads.width], offset: churnBias.offset)
         if let weights = configuration.stageClassWeights { precondition(weights.count == heads.stageCount, "one weight per stage") }
         layerSlices = layers
@@ -296,9 +315,39 @@ public final class LSTMModel: @unchecked Sendable {
         let width = heads.width
         let clvWidth = heads.clvWidth
         let headOutputs = workspace.headOutputs.pointer
+        let headInputSize = configuration.headInputSize
+        var headInput = UnsafePointer(final)
+        if let customerWeight, let customerBias {
+            // [h | relu(W·s + b)] per customer: the heads see the state and the customer-level inputs.
+            let inputs = CustomerInputs.width(featureCount: inputSize)
+            let customerInputs = workspace.customerInputs.pointer
+            for b in 0..<batchSize {
+                CustomerInputs.compute(
+                    sequence: batch.features + b &* steps &* inputSize, length: Int(batch.lengths[b]), steps: steps,
+                    featureCount: inputSize, into: customerInputs + b &* inputs)
+            }
+            let units = configuration.customerHidden
+            let dense = workspace.customerHidden.pointer
+            BLAS.gemm(
+                transposeB: true, m: batchSize, n: units, k: inputs,
+                a: customerInputs, lda: inputs, b: parameters.value(customerWeight), ldb: inputs, c: dense, ldc: units)
+            let denseBias = parameters.value(customerBias)
+            let joined = workspace.headInputs.pointer
+            for b in 0..<batchSize {
+                let row = joined + b &* headInputSize
+                row.update(from: final + b &* hidden, count: hidden)
+                let unitsRow = dense + b &* units
+                for unit in 0..<units {
+                    let value = max(unitsRow[unit] + denseBias[unit], 0)
+                    unitsRow[unit] = value
+                    row[hidden &+ unit] = value
+                }
+            }
+            headInput = UnsafePointer(joined)
+        }
         BLAS.gemm(
-            transposeB: true, m: batchSize, n: width, k: hidden,
-            a: final, lda: hidden, b: parameters.value(headWeight), ldb: hidden, c: headOutputs, ldc: width)
+            transposeB: true, m: batchSize, n: width, k: headInputSize,
+            a: headInput, lda: headInputSize, b: parameters.value(headWeight), ldb: headInputSize, c: headOutputs, ldc: width)
         let bias = parameters.value(headBias)
         for b in 0..<batchSize {
             let row = headOutputs + b &* width
@@ -436,21 +485,46 @@ public final class LSTMModel: @unchecked Sendable {
         let rows = steps * batchSize
         let top = configuration.layers - 1
 
-        // Heads: d(head weights) += dOutᵀ · final, d(final) = dOut · W.
+        // Heads: d(head weights) += dOutᵀ · input, d(input) = dOut · W, input = [final | dense].
         let final = workspace.hiddens[top].pointer + (steps - 1) &* batchSize &* hidden
         let headGradients = workspace.headGradients.pointer
         let width = heads.width
+        let headInputSize = configuration.headInputSize
+        let headInput = customerWeight == nil ? UnsafePointer(final) : UnsafePointer(workspace.headInputs.pointer)
         BLAS.gemm(
-            transposeA: true, m: width, n: hidden, k: batchSize,
-            a: headGradients, lda: width, b: final, ldb: hidden, beta: 1,
-            c: parameters.gradient(headWeight), ldc: hidden)
+            transposeA: true, m: width, n: headInputSize, k: batchSize,
+            a: headGradients, lda: width, b: headInput, ldb: headInputSize, beta: 1,
+            c: parameters.gradient(headWeight), ldc: headInputSize)
         Kernels.accumulateColumnSums(headGradients, rows: batchSize, columns: width, into: parameters.gradient(headBias))
         let outputGradients = workspace.outputGradients.pointer
         outputGradients.update(repeating: 0, count: rows &* hidden)
-        BLAS.gemm(
-            m: batchSize, n: hidden, k: width, a: headGradients, lda: width,
-            b: parameters.value(headWeight), ldb: hidden,
-            c: outputGradients + (steps - 1) &* batchSize &* hidden, ldc: hidden)
+        let lastStepGradients = outputGradients + (steps - 1) &* batchSize &* hidden
+        if let customerWeight, let customerBias {
+            let inputGradients = workspace.headInputGradients.pointer
+            BLAS.gemm(
+                m: batchSize, n: headInputSize, k: width, a: headGradients, lda: width,
+                b: parameters.value(headWeight), ldb: headInputSize, c: inputGradients, ldc: headInputSize)
+            let units = configuration.customerHidden
+            let dense = workspace.customerHidden.pointer
+            let denseGradients = workspace.customerHiddenGradients.pointer
+            for b in 0..<batchSize {
+                lastStepGradients.advanced(by: b &* hidden).update(from: inputGradients + b &* headInputSize, count: hidden)
+                for unit in 0..<units {
+                    // Through the ReLU: no gradient where the unit was off.
+                    denseGradients[b &* units &+ unit] = dense[b &* units &+ unit] > 0 ? inputGradients[b &* headInputSize &+ hidden &+ unit] : 0
+                }
+            }
+            let inputs = CustomerInputs.width(featureCount: configuration.inputSize)
+            BLAS.gemm(
+                transposeA: true, m: units, n: inputs, k: batchSize,
+                a: denseGradients, lda: units, b: workspace.customerInputs.pointer, ldb: inputs, beta: 1,
+                c: parameters.gradient(customerWeight), ldc: inputs)
+            Kernels.accumulateColumnSums(denseGradients, rows: batchSize, columns: units, into: parameters.gradient(customerBias))
+        } else {
+            BLAS.gemm(
+                m: batchSize, n: hidden, k: width, a: headGradients, lda: width,
+                b: parameters.value(headWeight), ldb: hidden, c: lastStepGradients, ldc: hidden)
+        }
 
         for layer in stride(from: top, through: 0, by: -1) {
             let slices = layerSlices[layer]
@@ -552,6 +626,20 @@ public final class LSTMModel: @unchecked Sendable {
                             from: inputGradients + (t &* batchSize &+ b) &* inputSize, count: inputSize)
                     }
                 }
+                if let customerWeight {
+                    // d(customer inputs) = d(dense) · W, then back to the steps they summarise.
+                    let units = configuration.customerHidden
+                    let inputs = CustomerInputs.width(featureCount: inputSize)
+                    let summaryGradients = workspace.customerInputGradients.pointer
+                    BLAS.gemm(
+                        m: batchSize, n: inputs, k: units, a: workspace.customerHiddenGradients.pointer, lda: units,
+                        b: parameters.value(customerWeight), ldb: inputs, c: summaryGradients, ldc: inputs)
+                    for b in 0..<batchSize {
+                        CustomerInputs.accumulateGradient(
+                            summaryGradients + b &* inputs, length: Int(batch.lengths[b]), steps: steps, featureCount: inputSize,
+                            into: featureGradients + b &* steps &* inputSize)
+                    }
+                }
             }
         }
     }
@@ -586,6 +674,12 @@ final class LSTMWorkspace {
     /// The cell state before the first step.
     let zeros = Tensor(shape: [1])
     let biasGradient = Tensor(shape: [1])
+    let customerInputs = Tensor(shape: [1])            // [B, CustomerInputs.width]
+    let customerHidden = Tensor(shape: [1])            // [B, customerHidden] after ReLU
+    let headInputs = Tensor(shape: [1])                // [B, H + customerHidden]
+    let headInputGradients = Tensor(shape: [1])
+    let customerHiddenGradients = Tensor(shape: [1])
+    let customerInputGradients = Tensor(shape: [1])
     var batchSize = 0
     var dropoutActive = false
 
@@ -623,5 +717,14 @@ final class LSTMWorkspace {
         cellCarry.reshape(batchSize, hidden)
         zeros.reshape(hidden)
         biasGradient.reshape(4 * hidden)
+        if configuration.customerHidden > 0 {
+            let inputs = CustomerInputs.width(featureCount: configuration.inputSize)
+            customerInputs.reshape(batchSize, inputs)
+            customerHidden.reshape(batchSize, configuration.customerHidden)
+            headInputs.reshape(batchSize, configuration.headInputSize)
+            headInputGradients.reshape(batchSize, configuration.headInputSize)
+            customerHiddenGradients.reshape(batchSize, configuration.customerHidden)
+            customerInputGradients.reshape(batchSize, inputs)
+        }
     }
 }

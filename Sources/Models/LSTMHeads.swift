@@ -128,11 +128,13 @@ public struct ModelArchitecture: Codable, Sendable, Equatable {
     public var clvLoss: CLVLoss?
     /// LSTM only: stages of its stage head, 0 without one.
     public var stageCount: Int
+    /// LSTM only: units of the dense path from `CustomerInputs`, 0 without one.
+    public var customerHidden: Int
     public var positiveWeight: Float
     public var classWeights: [Float]?
 
     public init(kind: Kind, inputSize: Int, hiddenSize: Int, layers: Int, historyLength: Int, classCount: Int,
-                clvLoss: CLVLoss?, stageCount: Int, positiveWeight: Float, classWeights: [Float]?) {
+                clvLoss: CLVLoss?, stageCount: Int, customerHidden: Int = 0, positiveWeight: Float, classWeights: [Float]?) {
         self.kind = kind
         self.inputSize = inputSize
         self.hiddenSize = hiddenSize
@@ -141,6 +143,7 @@ public struct ModelArchitecture: Codable, Sendable, Equatable {
         self.classCount = classCount
         self.clvLoss = clvLoss
         self.stageCount = stageCount
+        self.customerHidden = customerHidden
         self.positiveWeight = positiveWeight
         self.classWeights = classWeights
     }
@@ -148,6 +151,49 @@ public struct ModelArchitecture: Codable, Sendable, Equatable {
     /// The LSTM these weights belong to (inference settings: no dropout, no prior).
     public var lstmConfiguration: LSTMConfiguration {
         LSTMConfiguration(inputSize: inputSize, hiddenSize: hiddenSize, layers: layers, dropout: 0,
-                          clvLoss: clvLoss ?? .logMSE, stageCount: stageCount)
+                          clvLoss: clvLoss ?? .logMSE, stageCount: stageCount, customerHidden: customerHidden)
+    }
+}
+
+/// Customer-level inputs of the dense path, summarised from the normalised sequence itself: the
+/// last step's features (recency, tenure and the cumulative totals, which reach back before
+/// the window), the mean of every feature over the valid steps (the customer's typical period),
+/// and the length as a share of the window. A pure function of what scoring already computes,
+/// so training and scoring cannot disagree on it.
+public enum CustomerInputs {
+    public static func width(featureCount: Int) -> Int { 2 * featureCount + 1 }
+
+    /// Writes the `width(featureCount:)` inputs of one customer whose [steps, featureCount]
+    /// batch-major sequence starts at `sequence`. A length outside 1...steps is clamped into it.
+    @inline(__always)
+    public static func compute(
+        sequence: UnsafePointer<Float>, length: Int, steps: Int, featureCount: Int, into out: UnsafeMutablePointer<Float>
+    ) {
+        let valid = min(max(length, 1), steps)
+        out.update(from: sequence + (valid - 1) &* featureCount, count: featureCount)
+        let means = out + featureCount
+        means.update(repeating: 0, count: featureCount)
+        for step in 0..<valid {
+            let row = sequence + step &* featureCount
+            for feature in 0..<featureCount { means[feature] += row[feature] }
+        }
+        let scale = 1 / Float(valid)
+        for feature in 0..<featureCount { means[feature] *= scale }
+        out[2 &* featureCount] = Float(valid) / Float(steps)
+    }
+
+    /// Adds d(loss)/d(sequence) given d(loss)/d(inputs) (`gradient`, one customer).
+    @inline(__always)
+    public static func accumulateGradient(
+        _ gradient: UnsafePointer<Float>, length: Int, steps: Int, featureCount: Int, into sequenceGradient: UnsafeMutablePointer<Float>
+    ) {
+        let valid = min(max(length, 1), steps)
+        let last = sequenceGradient + (valid - 1) &* featureCount
+        for feature in 0..<featureCount { last[feature] += gradient[feature] }
+        let scale = 1 / Float(valid)
+        for step in 0..<valid {
+            let row = sequenceGradient + step &* featureCount
+            for feature in 0..<featureCount { row[feature] += gradient[featureCount &+ feature] * scale }
+        }
     }
 }

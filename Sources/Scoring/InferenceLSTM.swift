@@ -34,8 +34,14 @@ public final class InferenceLSTM: Sendable {
     let blockWidths: [Int]
     /// The rows of `LSTMHeadLayout`: churn, CLV, stages.
     public let heads: LSTMHeadLayout
-    let headWeight: [Float]        // [K, H]
+    let headWeight: [Float]        // [K, H]: the heads' columns that read the LSTM state
     let headBias: [Float]          // [K]
+    /// The dense path from `CustomerInputs`, when the model has one: [U, inputs] and [U], and
+    /// the heads' columns that read its output, [K, U].
+    let customerWeight: [Float]
+    let customerBias: [Float]
+    let customerHeadWeight: [Float]
+    let customerUnits: Int
 
     /// Builds the inference weights from PyTorch-named tensors (already checked for shape).
     public init(configuration: LSTMConfiguration, weights: [String: [Float]]) {
@@ -64,7 +70,14 @@ public final class InferenceLSTM: Sendable {
         heads = configuration.heads
         let stageWeight = heads.stageCount > 0 ? weights["stage_head.weight"]! : []
         let stageBias = heads.stageCount > 0 ? weights["stage_head.bias"]! : []
-        headWeight = weights["churn_head.weight"]! + weights["clv_head.weight"]! + stageWeight
+        // [K, H + U] row-major, split into the state's columns and the dense path's.
+        let joined = weights["churn_head.weight"]! + weights["clv_head.weight"]! + stageWeight
+        let units = configuration.customerHidden, headInput = configuration.headInputSize
+        customerUnits = units
+        headWeight = (0..<heads.width).flatMap { row in joined[row * headInput ..< row * headInput + hidden] }
+        customerHeadWeight = (0..<heads.width).flatMap { row in joined[row * headInput + hidden ..< (row + 1) * headInput] }
+        customerWeight = units > 0 ? weights["customer_dense.weight"]! : []
+        customerBias = units > 0 ? weights["customer_dense.bias"]! : []
         headBias = weights["churn_head.bias"]! + weights["clv_head.bias"]! + stageBias
     }
 
@@ -148,6 +161,44 @@ public final class InferenceLSTM: Sendable {
         for column in 0..<batch {
             let target = outputs + Int(order[column]) &* width
             for output in 0..<width { target[output] = sorted[output &* stride &+ column] }
+        }
+        if customerUnits > 0 {
+            addCustomerPath(features: features, lengths: lengths, batch: batch, steps: steps, workspace: workspace, outputs: outputs)
+        }
+    }
+
+    /// Adds the dense path's share to the head outputs: W_heads,u · relu(W_d · s + b_d) with s
+    /// the customer's `CustomerInputs` (a few hundred operations a customer, next to the LSTM's
+    /// tens of thousands, so plain loops).
+    private func addCustomerPath(
+        features: UnsafePointer<Float>, lengths: UnsafePointer<Int32>, batch: Int, steps: Int,
+        workspace: InferenceWorkspace, outputs: UnsafeMutablePointer<Float>
+    ) {
+        let inputs = CustomerInputs.width(featureCount: inputSize)
+        let units = customerUnits, width = heads.width
+        let scratch = workspace.customerScratch(count: inputs + units)
+        let summary = scratch, dense = scratch + inputs
+        customerWeight.withUnsafeBufferPointer { w in
+            customerHeadWeight.withUnsafeBufferPointer { v in
+                for customer in 0..<batch {
+                    CustomerInputs.compute(
+                        sequence: features + customer &* steps &* inputSize, length: Int(lengths[customer]), steps: steps,
+                        featureCount: inputSize, into: summary)
+                    for unit in 0..<units {
+                        let row = w.baseAddress! + unit &* inputs
+                        var value = customerBias[unit]
+                        for index in 0..<inputs { value += row[index] * summary[index] }
+                        dense[unit] = max(value, 0)
+                    }
+                    let target = outputs + customer &* width
+                    for output in 0..<width {
+                        let row = v.baseAddress! + output &* units
+                        var value: Float = 0
+                        for unit in 0..<units { value += row[unit] * dense[unit] }
+                        target[output] += value
+                    }
+                }
+            }
         }
     }
 }
@@ -283,6 +334,14 @@ public final class InferenceWorkspace: @unchecked Sendable {
     private let headRows = Tensor(shape: [1])
 
     public init() {}
+
+    private let customerRows = Tensor(shape: [1])
+
+    /// Scratch for one customer's dense path.
+    func customerScratch(count: Int) -> UnsafeMutablePointer<Float> {
+        customerRows.reshape(max(count, 1))
+        return customerRows.pointer
+    }
 
     /// A buffer of at least `count` floats, reused across calls.
     func outputs(count: Int) -> UnsafeMutablePointer<Float> {

@@ -32,7 +32,8 @@ struct JobSpec: Codable {
             return ModelArchitecture(
                 kind: .lstm, inputSize: featureCount, hiddenSize: configuration.lstm.hidden, layers: configuration.lstm.layers,
                 historyLength: historyLength, classCount: classCount, clvLoss: configuration.lstm.clvLoss,
-                stageCount: configuration.lstm.stageHead ? classCount : 0, positiveWeight: positiveWeight,
+                stageCount: configuration.lstm.stageHead ? classCount : 0, customerHidden: configuration.lstm.customerUnits,
+                positiveWeight: positiveWeight,
                 classWeights: classWeights)
         case .gnn:
             return ModelArchitecture(

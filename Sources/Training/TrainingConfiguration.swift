@@ -24,6 +24,9 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         /// data sets without products get stages from a model.
         public var stageHead = true
         public var stageWeight: Float = 0.5
+        /// Units of a dense path from customer-level inputs (the last step, per-feature means and
+        /// the length; see `CustomerInputs`) to the heads; 0 leaves it out.
+        public var customerUnits = 0
 
         enum CodingKeys: String, CodingKey, CaseIterable {
             case hidden, layers, dropout
@@ -32,6 +35,7 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
             case clvLoss = "clv_loss"
             case stageHead = "stage_head"
             case stageWeight = "stage_weight"
+            case customerUnits = "customer_units"
         }
 
         public init(hidden: Int = 50, layers: Int = 2, dropout: Float = 0.2, positiveWeight: Float? = nil, clvWeight: Float = 1,
@@ -58,6 +62,7 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
             clvLoss = try container.decodeIfPresent(CLVLoss.self, forKey: .clvLoss) ?? defaults.clvLoss
             stageHead = try container.decodeIfPresent(Bool.self, forKey: .stageHead) ?? defaults.stageHead
             stageWeight = try container.decodeIfPresent(Float.self, forKey: .stageWeight) ?? defaults.stageWeight
+            customerUnits = try container.decodeIfPresent(Int.self, forKey: .customerUnits) ?? defaults.customerUnits
         }
     }
 
@@ -219,6 +224,7 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         try require(epochs >= 1, "epochs", "must be at least 1")
         try require(minSteps >= 0, "min_steps", "must not be negative")
         try require(lstm.clvWeight >= 0 && lstm.clvWeight.isFinite, "lstm.clv_weight", "must be a non-negative number")
+        try require(lstm.customerUnits >= 0 && lstm.customerUnits <= 4096, "lstm.customer_units", "must be between 0 (off) and 4096")
         try require(lstm.stageWeight >= 0 && lstm.stageWeight.isFinite, "lstm.stage_weight", "must be a non-negative number")
         try require(batchSize >= 1, "batch_size", "must be at least 1")
         try require(learningRate > 0 && learningRate.isFinite, "learning_rate", "must be a positive number")

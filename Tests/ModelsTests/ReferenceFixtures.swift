@@ -89,7 +89,7 @@ func expectClose(
         expectClose(featureGradients, fixture.doubles("grad.x"), "grad.x")
     }
 
-    @Test("an LSTM with ZILN and stage heads matches the NumPy reference: outputs, loss, every gradient")
+    @Test("an LSTM with the customer-input path, ZILN and stage heads matches the NumPy reference: outputs, loss, every gradient")
     func lstmHeadsMatchTheNumPyReference() throws {
         let fixture = try ReferenceFixture.load("lstm_heads")
         let shape = fixture.tensors["x"]!.shape
@@ -101,7 +101,7 @@ func expectClose(
                 inputSize: inputSize, hiddenSize: hidden, layers: 2, dropout: 0,
                 positiveWeight: fixture.floats("pos_weight")[0], clvWeight: fixture.floats("clv_weight")[0],
                 clvLoss: .ziln, stageCount: stageWeights.count, stageWeight: fixture.floats("stage_weight")[0],
-                stageClassWeights: stageWeights),
+                stageClassWeights: stageWeights, customerHidden: fixture.tensors["customer_dense.weight"]!.shape[0]),
             seed: 1)
         try model.parameters.load(fixture.parameters(of: model.parameters.layout))
 

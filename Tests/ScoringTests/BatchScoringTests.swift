@@ -100,7 +100,7 @@ struct BatchScoringTests {
             "architecture": [
                 "kind": "lstm", "inputSize": 8, "hiddenSize": 16, "layers": 2,
                 "historyLength": .number(Double(fixture.dataset.historyLength)), "classCount": 4, "clvLoss": "log_mse",
-                "stageCount": 0, "positiveWeight": 1,
+                "stageCount": 0, "customerHidden": 0, "positiveWeight": 1,
             ],
         ])
         do {
@@ -169,9 +169,10 @@ struct RulesTests {
 @Suite("Inference LSTM")
 struct InferenceLSTMTests {
     @Test("matches LSTMModel.forward for odd sizes, three layers, mixed lengths and every head layout",
-          arguments: [(5, 3, 7, CLVLoss.logMSE, 0), (50, 2, 39, CLVLoss.ziln, 4), (7, 2, 11, CLVLoss.ziln, 0), (6, 1, 5, CLVLoss.logMSE, 3)])
-    func matchesTrainingForward(hidden: Int, layers: Int, steps: Int, clvLoss: CLVLoss, stages: Int) {
-        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: hidden, layers: layers, clvLoss: clvLoss, stageCount: stages)
+          arguments: [(5, 3, 7, CLVLoss.logMSE, 0, 0), (50, 2, 39, CLVLoss.ziln, 4, 16), (7, 2, 11, CLVLoss.ziln, 0, 3), (6, 1, 5, CLVLoss.logMSE, 3, 0)])
+    func matchesTrainingForward(hidden: Int, layers: Int, steps: Int, clvLoss: CLVLoss, stages: Int, customerUnits: Int) {
+        let configuration = LSTMConfiguration(
+            inputSize: 8, hiddenSize: hidden, layers: layers, clvLoss: clvLoss, stageCount: stages, customerHidden: customerUnits)
         let reference = LSTMModel(configuration: configuration, seed: UInt64(hidden))
         var weights: [String: [Float]] = [:]
         for slice in reference.parameters.layout.slices { weights[slice.name] = reference.parameters.valueArray(slice.name)! }
