@@ -37,10 +37,10 @@ class CustomerLifecycleLSTM(torch.nn.Module):
         self.steps = steps
         self.lstm = torch.nn.LSTM(input_size=state["lstm.weight_ih_l0"].shape[1], hidden_size=hidden,
                                   num_layers=layers, batch_first=True)
-        self.dense = None
+        self.customer_dense = None
         if "customer_dense.weight" in state:
             units, inputs = state["customer_dense.weight"].shape
-            self.dense = torch.nn.Linear(inputs, units)
+            self.customer_dense = torch.nn.Linear(inputs, units)
         head_input = state["churn_head.weight"].shape[1]
         self.churn_head = torch.nn.Linear(head_input, 1)
         self.clv_head = torch.nn.Linear(head_input, state["clv_head.weight"].shape[0])
@@ -56,9 +56,9 @@ class CustomerLifecycleLSTM(torch.nn.Module):
         valid = torch.as_tensor(features[:length], dtype=torch.float32)
         out, _ = self.lstm(valid.unsqueeze(0))
         joined = out[0, -1]
-        if self.dense is not None:
+        if self.customer_dense is not None:
             summary = torch.cat([valid[-1], valid.mean(dim=0), torch.tensor([length / self.steps])])
-            joined = torch.cat([joined, torch.relu(self.dense(summary))])
+            joined = torch.cat([joined, torch.relu(self.customer_dense(summary))])
         churn = torch.sigmoid(self.churn_head(joined)).item()
         clv = self.clv_head(joined)
         if clv.shape[0] == 3:
