@@ -38,6 +38,35 @@ struct BatchScoringTests {
         #expect(!FileManager.default.fileExists(atPath: fixture.directory.path(".tmp-scores.csv-\(getpid())")))
     }
 
+    @Test("a stage head gives every customer a model stage (its argmax), unless the rules ask for the rule")
+    func stageHeadGivesStages() throws {
+        let fixture = try ScoringFixture(customers: 120)
+        try fixture.saveCheckpoint(step: 1, seed: 9, heads: fixture.architecture(clvLoss: .ziln, stageCount: 4))
+        let scorer = LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test"))
+        #expect(scorer.stageCount == 4)
+        let names = fixture.dataset.manifest.stageNames
+        let out = fixture.directory.path("stages.csv")
+        _ = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                 rules: ScoringRules(), output: out)
+        let rows = try readScoreCSV(out)
+        for row in rows {
+            #expect(row["stage_source"] == "lstm")
+            let probabilities = names.map { Double(row["p_\($0)"]!)! }
+            #expect(abs(probabilities.reduce(0, +) - 1) < 1e-5)
+            #expect(row["stage"] == names[probabilities.indices.max { probabilities[$0] < probabilities[$1] }!])
+        }
+        // Untrained weights put most customers in one stage, but the probabilities must move
+        // with the customer, or the comparison above would prove little.
+        let firstStage = rows.map { Double($0["p_\(names[0])"]!)! }
+        #expect(firstStage.max()! - firstStage.min()! > 0.02, "stage probabilities barely differ between customers")
+
+        var rules = ScoringRules()
+        rules.stageRule = true
+        _ = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                 rules: rules, output: out)
+        #expect(try readScoreCSV(out).allSatisfy { $0["stage_source"] == "rule" })
+    }
+
     @Test("JSON Lines output carries the same scores as CSV, and the default as-of day is the last event's")
     func jsonLinesAndDefaultDay() throws {
         let fixture = try ScoringFixture(customers: 120)

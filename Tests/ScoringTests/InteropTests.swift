@@ -1,4 +1,5 @@
 import Foundation
+import Models
 import Scoring
 import ScoringService
 import Testing
@@ -31,10 +32,12 @@ struct InteropTests {
         return nil
     }
 
-    @Test("an independent NumPy forward over model.safetensors gives the service's scores")
-    func numpyReference() async throws {
+    @Test("an independent NumPy forward over model.safetensors gives the service's scores, for every head layout",
+          arguments: [(CLVLoss.logMSE, 0, 0), (CLVLoss.ziln, 4, 0), (CLVLoss.ziln, 4, 5)])
+    func numpyReference(clvLoss: CLVLoss, stages: Int, customerUnits: Int) async throws {
         let fixture = try ScoringFixture(customers: 40)
-        let checkpoint = try fixture.saveCheckpoint(step: 2, seed: 21)
+        let heads = fixture.architecture(clvLoss: clvLoss, stageCount: stages, customerHidden: customerUnits)
+        let checkpoint = try fixture.saveCheckpoint(step: 2, seed: 21, heads: heads)
         let service = try await RunningService(ServiceConfiguration(checkpoints: fixture.root, run: "test"))
         let body = featuresBody([("short", 1), ("mid", 9), ("full", fixture.dataset.historyLength), ("odd", 17)])
         let reply = try await service.send("POST", "/v1/score", body: body)
@@ -66,6 +69,17 @@ struct InteropTests {
             #expect(abs(churn - expected) < 2e-6, "\(ours["customer_id"]!): \(churn) vs \(expected)")
             let spend = ours["expected_spend"] as! Double, expectedSpend = theirs["expected_spend"] as! Double
             #expect(abs(spend - expectedSpend) <= 2e-6 + 1e-5 * expectedSpend, "\(ours["customer_id"]!): \(spend) vs \(expectedSpend)")
+            if stages > 0 {
+                // The stage head gives the stage: its softmax, not the rule's.
+                #expect(ours["stage_source"] as? String == "lstm")
+                let servedStages = ours["stage_probabilities"] as! [String: Double]
+                let referenceStages = theirs["stage_probabilities"] as! [Double]
+                for (k, name) in fixture.dataset.manifest.stageNames.enumerated() {
+                    #expect(abs(servedStages[name]! - referenceStages[k]) < 2e-6, "\(name)")
+                }
+            } else {
+                #expect(ours["stage_source"] as? String == "rule")
+            }
         }
         let churns = served.map { $0["churn_probability"] as! Double }
         #expect(Set(churns).count == churns.count, "the customers should differ, or the comparison proves little")

@@ -45,32 +45,38 @@ final class ScoringFixture: @unchecked Sendable {
     var root: URL { store.root }
 
     /// A model whose weights come from `seed`; heads scaled up so scores spread over (0, 1).
-    func model(seed: UInt64) -> LSTMModel {
-        let model = LSTMModel(
-            configuration: LSTMConfiguration(inputSize: dataset.featureCount, hiddenSize: Self.hidden, layers: Self.layers),
-            seed: seed)
-        for name in ["churn_head.weight", "clv_head.weight"] {
-            let slice = model.parameters.layout.slice(named: name)!
+    /// `heads` picks the CLV head, the stage head and the dense path (log MSE and neither by default).
+    func model(seed: UInt64, heads: ModelArchitecture? = nil) -> LSTMModel {
+        let architecture = heads ?? architecture()
+        let model = LSTMModel(configuration: architecture.lstmConfiguration, seed: seed)
+        for name in ["churn_head.weight", "clv_head.weight", "stage_head.weight"] {
+            guard let slice = model.parameters.layout.slice(named: name) else { continue }
             let values = model.parameters.value(slice)
             for k in 0..<slice.count { values[k] *= 4 }
         }
-        model.parameters.value(model.parameters.layout.slice(named: "clv_head.bias")!)[0] = 3
+        // A spend of e³ ≈ 20 for log MSE; for ZILN the lognormal's μ.
+        model.parameters.value(model.parameters.layout.slice(named: "clv_head.bias")!)[architecture.clvLoss == .ziln ? 1 : 0] = 3
         return model
+    }
+
+    /// The fixture's architecture: `clvLoss`, `stageCount` and `customerHidden` as given.
+    func architecture(clvLoss: CLVLoss = .logMSE, stageCount: Int = 0, customerHidden: Int = 0) -> ModelArchitecture {
+        ModelArchitecture(
+            kind: .lstm, inputSize: dataset.featureCount, hiddenSize: Self.hidden, layers: Self.layers,
+            historyLength: dataset.historyLength, classCount: 4, clvLoss: clvLoss, stageCount: stageCount,
+            customerHidden: customerHidden, positiveWeight: 1, classWeights: nil)
     }
 
     /// Saves `model` as step `step` of the run (moving `latest`), the way training writes checkpoints.
     @discardableResult
-    func saveCheckpoint(step: Int, seed: UInt64, configurationOverride: JSONValue? = nil) throws -> URL {
-        let model = model(seed: seed)
+    func saveCheckpoint(step: Int, seed: UInt64, configurationOverride: JSONValue? = nil, heads: ModelArchitecture? = nil) throws -> URL {
+        let model = model(seed: seed, heads: heads)
         var writer = SafeTensorsWriter(metadata: ["format": "pt", "model": "lstm"])
         for slice in model.parameters.layout.slices {
             try writer.add(slice.name, shape: slice.shape,
                            floats: Array(UnsafeBufferPointer(start: model.parameters.value(slice), count: slice.count)))
         }
-        let architecture = ModelArchitecture(
-            kind: .lstm, inputSize: dataset.featureCount, hiddenSize: Self.hidden, layers: Self.layers,
-            historyLength: dataset.historyLength, classCount: 4, clvLoss: .logMSE, stageCount: 0, positiveWeight: 1,
-            classWeights: nil)
+        let architecture = heads ?? architecture()
         let configuration: JSONValue = try configurationOverride ?? [
             "architecture": JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(architecture)),
         ]
