@@ -68,7 +68,7 @@ grep -E "^(training|epoch|done|  validation|  test)" "$work/straight.log" || tru
 
 predictions="$work/checkpoints/straight/test_predictions.csv"
 test_customers=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["split"]["sizes"][2])' "$work/data/manifest.json")
-if [ -f "$predictions" ] && [ "$(head -1 "$predictions")" = "dataset_row,churn_label,churn_probability,spend,expected_spend" ] \
+if [ -f "$predictions" ] && head -1 "$predictions" | grep -q "^dataset_row,churn_label,churn_probability,spend,expected_spend,stage," \
     && [ "$(($(wc -l <"$predictions") - 1))" -eq "$test_customers" ]; then
     pass "test predictions written for all $test_customers test customers"
 else

@@ -13,7 +13,7 @@ import Tensors
 /// test predictions file and the baselines.
 func evaluate(
     _ predictions: Predictions, shard: LocalShard, model: TrainingConfiguration.ModelKind,
-    classCount: Int, lstm: TrainingConfiguration.LSTMSettings, prefix: String, world: any Communicator
+    classCount: Int, lstm: TrainingConfiguration.LSTMSettings, majorityStage: Int, prefix: String, world: any Communicator
 ) throws -> EvaluatedSplit {
     switch model {
     case .lstm:
@@ -22,7 +22,8 @@ func evaluate(
         let table = LSTMEvaluationRows(values: rows, stageCount: lstm.stageHead ? classCount : 0)
         var encoded = ""
         if world.rank == 0 {
-            let metrics = table.metrics(prefix: prefix, clvWeight: Double(lstm.clvWeight), stageWeight: Double(lstm.stageWeight))
+            let metrics = table.metrics(prefix: prefix, clvWeight: Double(lstm.clvWeight), stageWeight: Double(lstm.stageWeight),
+                                        majorityStage: majorityStage)
             encoded = String(decoding: try JSONEncoder().encode(metrics), as: UTF8.self)
         }
         encoded = try world.broadcast(string: encoded, root: 0)
@@ -30,7 +31,8 @@ func evaluate(
         return EvaluatedSplit(metrics: metrics, lstmRows: world.rank == 0 ? table : nil)
     case .gnn:
         return EvaluatedSplit(
-            metrics: try evaluateStages(predictions, shard: shard, classCount: classCount, prefix: prefix, world: world),
+            metrics: try evaluateStages(predictions, shard: shard, classCount: classCount, majorityStage: majorityStage,
+                                        prefix: prefix, world: world),
             lstmRows: nil)
     }
 }
@@ -108,7 +110,7 @@ struct LSTMEvaluationRows {
     }
 
     /// Churn, spend and (with a stage head) stage metrics of these customers.
-    func metrics(prefix: String, clvWeight: Double, stageWeight: Double) -> [String: Double] {
+    func metrics(prefix: String, clvWeight: Double, stageWeight: Double, majorityStage: Int) -> [String: Double] {
         let labels = churnLabels, probabilities = churnProbability
         var metrics = churnAndSpendMetrics(
             prefix: prefix, labels: labels, churnProbability: probabilities, spend: spend, expectedSpend: expectedSpend
@@ -123,14 +125,19 @@ struct LSTMEvaluationRows {
         var stageLoss = 0.0
         if stageCount > 0 {
             var state = MulticlassState(classCount: stageCount)
+            var majority = MulticlassState(classCount: stageCount)
             let truth = stages
             for row in 0..<count {
                 state.add(trueClass: truth[row], predictedClass: predictedStage(row))
+                majority.add(trueClass: truth[row], predictedClass: majorityStage)
                 stageLoss -= log(max(Double(values[row * width + Self.fixedWidth + truth[row]]), 1e-15))
             }
             stageLoss /= Double(max(count, 1))
             metrics[prefix + "stage_accuracy"] = state.accuracy
             metrics[prefix + "stage_macro_f1"] = state.macroF1
+            // What always answering the training split's most frequent stage scores.
+            metrics[prefix + "stage_majority_accuracy"] = majority.accuracy
+            metrics[prefix + "stage_majority_macro_f1"] = majority.macroF1
             for (trueStage, row) in state.confusionMatrix.enumerated() {
                 for (predicted, cases) in row.enumerated() {
                     metrics["\(prefix)stage_confusion_\(trueStage)_\(predicted)"] = Double(cases)
@@ -175,25 +182,31 @@ func churnAndSpendMetrics(
 }
 
 private func evaluateStages(
-    _ predictions: Predictions, shard: LocalShard, classCount: Int, prefix: String, world: any Communicator
+    _ predictions: Predictions, shard: LocalShard, classCount: Int, majorityStage: Int, prefix: String, world: any Communicator
 ) throws -> [String: Double] {
     var state = MulticlassState(classCount: classCount)
+    var majority = MulticlassState(classCount: classCount)
     var lossSum = 0.0
     for index in 0..<shard.count {
         let row = predictions.stageProbabilities[index * classCount..<(index + 1) * classCount]
         let predicted = row.indices.max { row[$0] < row[$1] }! - index * classCount
         let truth = Int(shard.stages[index])
         state.add(trueClass: truth, predictedClass: predicted)
+        majority.add(trueClass: truth, predictedClass: majorityStage)
         lossSum -= log(max(Double(row[index * classCount + truth]), 1e-15))
     }
-    var packed = state.packed + [lossSum]
+    let stateCount = state.packed.count
+    var packed = state.packed + majority.packed + [lossSum]
     try world.allreduce(&packed, op: .sum)
-    guard let merged = state.rebuilt(fromPacked: Array(packed.dropLast())) else {
+    guard let merged = state.rebuilt(fromPacked: Array(packed[0..<stateCount])),
+          let mergedMajority = majority.rebuilt(fromPacked: Array(packed[stateCount..<2 * stateCount])) else {
         throw AgreementError(message: "merged metric state is malformed")
     }
     var metrics: [String: Double] = [:]
     metrics[prefix + "accuracy"] = merged.accuracy
     metrics[prefix + "macro_f1"] = merged.macroF1
+    metrics[prefix + "majority_accuracy"] = mergedMajority.accuracy
+    metrics[prefix + "majority_macro_f1"] = mergedMajority.macroF1
     if merged.count > 0 { metrics[prefix + "loss"] = packed.last! / Double(merged.count) }
     metrics[prefix + "customers"] = Double(merged.count)
     for (truth, row) in merged.confusionMatrix.enumerated() {

@@ -24,6 +24,8 @@ struct JobSpec: Codable {
     var nodeFeatureWidth: Int
     /// LSTM with a ZILN head: the training split's spend, for the head's starting biases.
     var spendPrior: SpendPrior?
+    /// The training split's most frequent stage.
+    var majorityStage: Int
 
     /// The model every rank builds, as the checkpoint manifest records it.
     var architecture: ModelArchitecture {
@@ -105,10 +107,11 @@ public enum TrainingJob {
         }
         let classCount = dataset.manifest.stageNames.count
         var classWeights: [Float]? = nil
+        var counts = [Int](repeating: 0, count: classCount)
+        for index in train { counts[Int(dataset.stage[index])] += 1 }
+        let majorityStage = counts.indices.max { counts[$0] < counts[$1] } ?? 0
         let balance = configuration.model == .gnn ? configuration.gnn.balanceClasses : configuration.lstm.stageHead
         if balance {
-            var counts = [Int](repeating: 0, count: classCount)
-            for index in train { counts[Int(dataset.stage[index])] += 1 }
             // Inverse frequency, scaled so the weights average 1 over the training customers.
             classWeights = counts.map { $0 > 0 ? Float(train.count) / Float(classCount * $0) : 0 }
         }
@@ -126,7 +129,8 @@ public enum TrainingJob {
             positiveWeight: configuration.lstm.positiveWeight ?? 1, classWeights: classWeights,
             nodeFeatureWidth: dataset.nodeFeatureWidth,
             spendPrior: configuration.model == .lstm && configuration.lstm.clvLoss == .ziln
-                ? SpendPrior.fit(spend: train.lazy.map { dataset.spend[$0] }) : nil)
+                ? SpendPrior.fit(spend: train.lazy.map { dataset.spend[$0] }) : nil,
+            majorityStage: majorityStage)
     }
 
     static func run(_ spec: JobSpec, dataset: CustomerDataset?, world: any Communicator) throws -> TrainingSummary {
@@ -190,6 +194,7 @@ public enum TrainingJob {
             validationShard: validationShard, testShard: testShard, classCount: spec.classCount, reporter: reporter,
             saveCheckpoint: world.rank == 0 ? { try store.save($0) } : nil, stopAfterSteps: spec.stopAfterSteps)
         trainer.runDirectory = URL(fileURLWithPath: configuration.checkpoints).appendingPathComponent(configuration.run)
+        trainer.majorityStage = spec.majorityStage
         if world.rank == 0 {
             trainer.loadParameters = { try store.parameters(step: $0) }
             if configuration.model == .lstm, let dataset {
@@ -284,11 +289,12 @@ public enum TrainingJob {
 
     static func describe(_ summary: TrainingSummary, configuration: TrainingConfiguration) -> String {
         func format(_ metrics: [String: Double], _ prefix: String, _ keys: [String]) -> String {
-            keys.compactMap { key in metrics[prefix + key].map { String(format: "%@ %.4f", key, $0) } }.joined(separator: "  ")
+            keys.compactMap { key in metrics[prefix + key].map { String(format: "%@ %.4f", prefix + key, $0) } }.joined(separator: "  ")
         }
         let keys = configuration.model == .lstm
-            ? ["auc", "log_loss", "f1", "brier", "clv_rmse", "spend_spearman", "spend_gini", "stage_accuracy", "stage_macro_f1"]
-            : ["accuracy", "macro_f1", "loss"]
+            ? ["auc", "log_loss", "f1", "brier", "clv_rmse", "spend_spearman", "spend_gini", "stage_accuracy", "stage_macro_f1",
+               "stage_majority_accuracy", "stage_majority_macro_f1"]
+            : ["accuracy", "macro_f1", "loss", "majority_accuracy", "majority_macro_f1"]
         let evaluated = summary.evaluatedBest
             ? "best checkpoint, epoch \(summary.evaluatedEpoch) step \(summary.evaluatedStep)"
             : "last model, step \(summary.evaluatedStep) (no validation chose a best)"

@@ -88,6 +88,8 @@ public final class DataParallelTrainer {
     let stopAfterSteps: Int?
     /// Where rank 0 writes the test predictions; nil writes none.
     public var runDirectory: URL?
+    /// The training split's most frequent stage: the majority baseline of stage metrics.
+    var majorityStage = 0
     /// Rank 0: reads the parameters of a saved step, for a best model saved before a resume.
     var loadParameters: ((Int) throws -> [Float])?
     /// Rank 0, LSTM: the baselines' metrics on the same validation and test customers.
@@ -234,7 +236,7 @@ public final class DataParallelTrainer {
             if (epoch + 1) % configuration.validateEveryEpochs == 0 || progress.epoch == epochs {
                 let validation = try evaluate(
                     task.predict(validationShard), shard: validationShard, model: configuration.model,
-                    classCount: classCount, lstm: configuration.lstm, prefix: "val_", world: world).metrics
+                    classCount: classCount, lstm: configuration.lstm, majorityStage: majorityStage, prefix: "val_", world: world).metrics
                 metrics.merge(validation) { $1 }
                 summary.lastValidation = validation
                 (improved, stop) = updateEarlyStopping(&progress, metrics: validation)
@@ -271,12 +273,12 @@ public final class DataParallelTrainer {
         summary.evaluatedBest = progress.bestStep != nil
         let validation = try evaluate(
             task.predict(validationShard), shard: validationShard, model: configuration.model, classCount: classCount,
-            lstm: configuration.lstm, prefix: "val_", world: world)
+            lstm: configuration.lstm, majorityStage: majorityStage, prefix: "val_", world: world)
         summary.lastValidation = validation.metrics
         let testPredictions = task.predict(testShard)
         let test = try evaluate(
             testPredictions, shard: testShard, model: configuration.model, classCount: classCount,
-            lstm: configuration.lstm, prefix: "test_", world: world)
+            lstm: configuration.lstm, majorityStage: majorityStage, prefix: "test_", world: world)
         summary.test = test.metrics
         summary.test["test_evaluated_step"] = Double(summary.evaluatedStep)
         summary.test["test_evaluated_epoch"] = Double(summary.evaluatedEpoch)

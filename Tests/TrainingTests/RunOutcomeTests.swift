@@ -101,6 +101,13 @@ struct RunOutcomeTests {
             #expect(value?.isFinite == true, "\(key) missing")
         }
         #expect(summary.test["test_auc_ci_low"]! <= summary.test["test_auc"]! && summary.test["test_auc"]! <= summary.test["test_auc_ci_high"]!)
+        // The stage head is reported next to always answering the training split's commonest stage.
+        let train = job.dataset.indices(in: .train), test = job.dataset.indices(in: .test)
+        let counts = (0..<4).map { stage in train.filter { job.dataset.stage[$0] == Int32(stage) }.count }
+        let majority = counts.indices.max { counts[$0] < counts[$1] }!
+        let majorityShare = Double(test.filter { job.dataset.stage[$0] == Int32(majority) }.count) / Double(test.count)
+        #expect(abs(summary.test["test_stage_majority_accuracy"]! - majorityShare) < 1e-12)
+        #expect(summary.test["test_stage_macro_f1"] != nil)
         let report = try #require(summary.baselines)
         // A model far below the floor is called out, naming the floor.
         let weak = report.warnings(modelValidation: ["val_auc": report.validation["val_logistic_auc"]! - 0.1], modelTest: [:])
