@@ -135,6 +135,32 @@ def lstm_layer_backward(dhs, cache, w_ih, w_hh):
     return dxs, dw_ih, dw_hh, db, db.copy()
 
 
+def stacked_forward(params, xs):
+    """All LSTM layers over one unpadded sequence xs [L, I]: the top layer's hs and each layer's cache."""
+    caches = []
+    for layer in range(LSTM_LAYERS):
+        xs, cache = lstm_layer_forward(
+            xs, params[f"lstm.weight_ih_l{layer}"], params[f"lstm.weight_hh_l{layer}"],
+            params[f"lstm.bias_ih_l{layer}"], params[f"lstm.bias_hh_l{layer}"])
+        caches.append(cache)
+    return xs, caches
+
+
+def stacked_backward(params, caches, d_last, steps, grads):
+    """Back through all layers from d(loss)/d(h) at the last step; adds the weight gradients
+    into `grads` and returns d(loss)/d(xs) [L, I]."""
+    dhs = np.zeros((steps, H))
+    dhs[-1] = d_last
+    for layer in reversed(range(LSTM_LAYERS)):
+        dhs, dw_ih, dw_hh, db_ih, db_hh = lstm_layer_backward(
+            dhs, caches[layer], params[f"lstm.weight_ih_l{layer}"], params[f"lstm.weight_hh_l{layer}"])
+        grads[f"lstm.weight_ih_l{layer}"] += dw_ih
+        grads[f"lstm.weight_hh_l{layer}"] += dw_hh
+        grads[f"lstm.bias_ih_l{layer}"] += db_ih
+        grads[f"lstm.bias_hh_l{layer}"] += db_hh
+    return dhs
+
+
 def lstm_forward_backward(params, x, want_grads=True):
     """Whole model: stacked LSTM over packed sequences, two linear heads, combined loss.
 
@@ -147,15 +173,9 @@ def lstm_forward_backward(params, x, want_grads=True):
     features = np.zeros((B, H))
     caches = []
     for b in range(B):
-        layer_input = x[b, :LSTM_LENGTHS[b]]
-        seq_caches = []
-        for layer in range(LSTM_LAYERS):
-            layer_input, cache = lstm_layer_forward(
-                layer_input, params[f"lstm.weight_ih_l{layer}"], params[f"lstm.weight_hh_l{layer}"],
-                params[f"lstm.bias_ih_l{layer}"], params[f"lstm.bias_hh_l{layer}"])
-            seq_caches.append(cache)
+        hs, seq_caches = stacked_forward(params, x[b, :LSTM_LENGTHS[b]])
         caches.append(seq_caches)
-        features[b] = layer_input[-1]   # top layer's h at step lengths[b] - 1
+        features[b] = hs[-1]   # top layer's h at step lengths[b] - 1
         churn_logit[b] = params["churn_head.weight"][0] @ features[b] + params["churn_head.bias"][0]
         clv_pred[b] = params["clv_head.weight"][0] @ features[b] + params["clv_head.bias"][0]
 
@@ -182,19 +202,9 @@ def lstm_forward_backward(params, x, want_grads=True):
     grads["clv_head.bias"][0] = d_clv.sum()
     dx = np.zeros_like(x)   # padded steps keep their zero gradient
     for b in range(B):
-        steps = LSTM_LENGTHS[b]
         # Only the last real step of the top layer feeds the heads.
-        dhs = np.zeros((steps, H))
-        dhs[-1] = d_logit[b] * params["churn_head.weight"][0] + d_clv[b] * params["clv_head.weight"][0]
-        for layer in reversed(range(LSTM_LAYERS)):
-            dhs, dw_ih, dw_hh, db_ih, db_hh = lstm_layer_backward(
-                dhs, caches[b][layer], params[f"lstm.weight_ih_l{layer}"],
-                params[f"lstm.weight_hh_l{layer}"])
-            grads[f"lstm.weight_ih_l{layer}"] += dw_ih
-            grads[f"lstm.weight_hh_l{layer}"] += dw_hh
-            grads[f"lstm.bias_ih_l{layer}"] += db_ih
-            grads[f"lstm.bias_hh_l{layer}"] += db_hh
-        dx[b, :steps] = dhs
+        d_last = d_logit[b] * params["churn_head.weight"][0] + d_clv[b] * params["clv_head.weight"][0]
+        dx[b, :LSTM_LENGTHS[b]] = stacked_backward(params, caches[b], d_last, LSTM_LENGTHS[b], grads)
     return outputs, grads, dx
 
 
@@ -293,13 +303,7 @@ def heads_forward_backward(params, x, want_grads=True):
     pre_activation = np.zeros((B, CUSTOMER_UNITS))
     caches = []
     for b in range(B):
-        layer_input = x[b, :LSTM_LENGTHS[b]]
-        seq_caches = []
-        for layer in range(LSTM_LAYERS):
-            layer_input, cache = lstm_layer_forward(
-                layer_input, params[f"lstm.weight_ih_l{layer}"], params[f"lstm.weight_hh_l{layer}"],
-                params[f"lstm.bias_ih_l{layer}"], params[f"lstm.bias_hh_l{layer}"])
-            seq_caches.append(cache)
+        layer_input, seq_caches = stacked_forward(params, x[b, :LSTM_LENGTHS[b]])
         caches.append(seq_caches)
         summaries[b] = customer_inputs(x[b], LSTM_LENGTHS[b])
         pre_activation[b] = params["customer_dense.weight"] @ summaries[b] + params["customer_dense.bias"]
@@ -356,17 +360,7 @@ def heads_forward_backward(params, x, want_grads=True):
         steps = LSTM_LENGTHS[b]
         dx[b, steps - 1] += d_summaries[b, :I]
         dx[b, :steps] += d_summaries[b, I:2 * I] / steps
-        dhs = np.zeros((steps, H))
-        dhs[-1] = d_features[b, :H]
-        for layer in reversed(range(LSTM_LAYERS)):
-            dhs, dw_ih, dw_hh, db_ih, db_hh = lstm_layer_backward(
-                dhs, caches[b][layer], params[f"lstm.weight_ih_l{layer}"],
-                params[f"lstm.weight_hh_l{layer}"])
-            grads[f"lstm.weight_ih_l{layer}"] += dw_ih
-            grads[f"lstm.weight_hh_l{layer}"] += dw_hh
-            grads[f"lstm.bias_ih_l{layer}"] += db_ih
-            grads[f"lstm.bias_hh_l{layer}"] += db_hh
-        dx[b, :steps] += dhs
+        dx[b, :steps] += stacked_backward(params, caches[b], d_features[b, :H], steps, grads)
     return outputs, grads, dx
 
 

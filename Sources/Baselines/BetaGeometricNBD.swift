@@ -46,25 +46,7 @@ public struct BGNBDParameters: Codable, Equatable, Sendable {
             [0, -log(rateGuess), 0, log(3)],
             [log(0.3), log(0.3 / rateGuess), log(0.5), log(10)],
         ]
-        var best: MinimizationResult?
-        for start in starts {
-            var result = minimizeBFGS(from: start, gradientTolerance: 1e-9, objective: likelihood.negativeMean)
-            // A fresh start from the optimum discards an inverse-Hessian approximation that may
-            // have degraded over a long run.
-            result = minimizeBFGS(from: result.point, gradientTolerance: 1e-9, objective: likelihood.negativeMean)
-            if result.value.isFinite, result.value < best?.value ?? .infinity { best = result }
-        }
-        guard let best else {
-            throw BaselineError("BG/NBD: the likelihood could not be evaluated at any starting point")
-        }
-        let names = ["r", "alpha", "a", "b"]
-        if let runaway = best.point.indices.first(where: { abs(best.point[$0]) > 25 }) {
-            throw BaselineError("BG/NBD: no interior maximum: \(names[runaway]) ran off to \(exp(best.point[runaway])); the data cannot identify it")
-        }
-        guard best.largestGradient < 1e-6 else {
-            throw BaselineError("BG/NBD: the fit did not converge (largest gradient \(best.largestGradient) after \(best.iterations) iterations)")
-        }
-        let p = best.point.map(exp)
+        let p = try fitLogParameters(model: "BG/NBD", names: ["r", "alpha", "a", "b"], starts: starts, objective: likelihood.negativeMean)
         return BGNBDParameters(r: p[0], alpha: p[1] / likelihood.timeScale, a: p[2], b: p[3])
     }
 

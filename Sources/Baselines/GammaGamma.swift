@@ -34,23 +34,7 @@ public struct GammaGammaParameters: Codable, Equatable, Sendable {
             [log(2), log(3), log(2)],
             [log(10), log(5), log(2.5)],
         ]
-        var best: MinimizationResult?
-        for start in starts {
-            var result = minimizeBFGS(from: start, gradientTolerance: 1e-9, objective: likelihood.negativeMean)
-            result = minimizeBFGS(from: result.point, gradientTolerance: 1e-9, objective: likelihood.negativeMean)
-            if result.value.isFinite, result.value < best?.value ?? .infinity { best = result }
-        }
-        guard let best else {
-            throw BaselineError("Gamma-Gamma: the likelihood could not be evaluated at any starting point")
-        }
-        let names = ["p", "q", "v"]
-        if let runaway = best.point.indices.first(where: { abs(best.point[$0]) > 25 }) {
-            throw BaselineError("Gamma-Gamma: no interior maximum: \(names[runaway]) ran off to \(exp(best.point[runaway])); the data cannot identify it")
-        }
-        guard best.largestGradient < 1e-6 else {
-            throw BaselineError("Gamma-Gamma: the fit did not converge (largest gradient \(best.largestGradient) after \(best.iterations) iterations)")
-        }
-        let p = best.point.map(exp)
+        let p = try fitLogParameters(model: "Gamma-Gamma", names: ["p", "q", "v"], starts: starts, objective: likelihood.negativeMean)
         return GammaGammaParameters(p: p[0], q: p[1], v: p[2] * likelihood.spendScale)
     }
 

@@ -173,3 +173,30 @@ private func bfgsUpdate(_ h: inout [Double], s: [Double], y: [Double], sy: Doubl
         }
     }
 }
+
+/// The maximum-likelihood fit of a model with positive parameters, optimised in log space:
+/// BFGS from every start (each restarted once from its optimum, which discards an
+/// inverse-Hessian approximation that may have degraded over a long run), the best optimum kept.
+/// Returns the parameters (exponentiated); throws naming `model` and the parameter when the
+/// likelihood cannot be evaluated, a parameter runs off to 0 or infinity (the data cannot
+/// identify it), or the optimum is not a stationary point.
+func fitLogParameters(
+    model: String, names: [String], starts: [[Double]], objective: ([Double], inout [Double]) -> Double
+) throws -> [Double] {
+    var best: MinimizationResult?
+    for start in starts {
+        var result = minimizeBFGS(from: start, gradientTolerance: 1e-9, objective: objective)
+        result = minimizeBFGS(from: result.point, gradientTolerance: 1e-9, objective: objective)
+        if result.value.isFinite, result.value < best?.value ?? .infinity { best = result }
+    }
+    guard let best else {
+        throw BaselineError("\(model): the likelihood could not be evaluated at any starting point")
+    }
+    if let runaway = best.point.indices.first(where: { abs(best.point[$0]) > 25 }) {
+        throw BaselineError("\(model): no interior maximum: \(names[runaway]) ran off to \(exp(best.point[runaway])); the data cannot identify it")
+    }
+    guard best.largestGradient < 1e-6 else {
+        throw BaselineError("\(model): the fit did not converge (largest gradient \(best.largestGradient) after \(best.iterations) iterations)")
+    }
+    return best.point.map(exp)
+}

@@ -168,26 +168,9 @@ public final class GraphSAGEModel: @unchecked Sendable {
         let classes = configuration.classes
         let lastLayer = configuration.layers - 1
         let rows = workspace.outputs[lastLayer].count / classes
-        let gradient = workspace.outputGradients[lastLayer].pointer
-        let logitsPointer = workspace.outputs[lastLayer].pointer
-        var weightSum: Float = 0
-        var total: Float = 0
-        for row in 0..<rows {
-            let label = Int(labels[row])
-            precondition(label >= 0 && label < classes, "label \(label) of row \(row) is outside 0..<\(classes)")
-            let weight = configuration.classWeights?[label] ?? 1
-            let z = logitsPointer + row &* classes
-            let g = gradient + row &* classes
-            g.update(from: z, count: classes)
-            let logSum = softmaxRow(g, classes)
-            total += weight * (logSum - z[label])
-            g[label] -= 1
-            for column in 0..<classes { g[column] *= weight }
-            weightSum += weight
-        }
-        let scale = weightSum > 0 ? 1 / weightSum : 0
-        for index in 0..<rows &* classes { gradient[index] *= scale }
-        return total * scale
+        return weightedCrossEntropy(
+            logits: workspace.outputs[lastLayer].pointer, gradient: workspace.outputGradients[lastLayer].pointer,
+            rows: rows, classes: classes, stride: classes, labels: labels, weights: configuration.classWeights)
     }
 
     // MARK: - Backward
@@ -261,6 +244,37 @@ public final class GraphSAGEModel: @unchecked Sendable {
         backward(blocks: blocks)
         return value
     }
+}
+
+/// Weighted mean softmax cross-entropy of `rows` rows of logits, PyTorch's definition
+/// (Σ w[y]·nll / Σ w[y], all weights 1 when `weights` is nil), and `scale` times its gradient
+/// with respect to the logits, written into `gradient`. Row r's logits start at r·`stride` in
+/// both buffers, so the classes can be a slice of a wider row.
+func weightedCrossEntropy(
+    logits: UnsafePointer<Float>, gradient: UnsafeMutablePointer<Float>, rows: Int, classes: Int, stride: Int,
+    labels: UnsafePointer<Int32>, weights: [Float]?, scale: Float = 1
+) -> Float {
+    var weightSum: Float = 0
+    var total: Float = 0
+    for row in 0..<rows {
+        let label = Int(labels[row])
+        precondition(label >= 0 && label < classes, "label \(label) of row \(row) is outside 0..<\(classes)")
+        let weight = weights?[label] ?? 1
+        let z = logits + row &* stride
+        let g = gradient + row &* stride
+        g.update(from: z, count: classes)
+        let logSum = softmaxRow(g, classes)
+        total += weight * (logSum - z[label])
+        g[label] -= 1
+        for column in 0..<classes { g[column] *= weight }
+        weightSum += weight
+    }
+    let normaliser = weightSum > 0 ? 1 / weightSum : 0
+    for row in 0..<rows {
+        let g = gradient + row &* stride
+        for column in 0..<classes { g[column] *= scale * normaliser }
+    }
+    return total * normaliser
 }
 
 /// Replaces a row of logits by its softmax; returns log Σ exp (for the cross-entropy).

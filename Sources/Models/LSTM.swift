@@ -440,30 +440,10 @@ public final class LSTMModel: @unchecked Sendable {
     /// Weighted stage cross-entropy of the last `forward`; writes μ·d(loss)/d(stage logits).
     private func stageLoss(_ batch: SequenceBatch) -> Float {
         guard let stages = batch.stages else { preconditionFailure("a model with a stage head needs stage labels") }
-        let width = heads.width, classes = heads.stageCount
-        let outputs = workspace.headOutputs.pointer
-        let headGradients = workspace.headGradients.pointer
-        var total: Float = 0
-        var weightSum: Float = 0
-        for b in 0..<batch.batchSize {
-            let label = Int(stages[b])
-            precondition(label >= 0 && label < classes, "stage \(label) of row \(b) is outside 0..<\(classes)")
-            let weight = configuration.stageClassWeights?[label] ?? 1
-            let logits = outputs + b &* width + heads.stageColumn
-            let gradient = headGradients + b &* width + heads.stageColumn
-            gradient.update(from: logits, count: classes)
-            let logSum = softmaxRow(gradient, classes)
-            total += weight * (logSum - logits[label])
-            gradient[label] -= 1
-            for column in 0..<classes { gradient[column] *= weight }
-            weightSum += weight
-        }
-        let scale = weightSum > 0 ? 1 / weightSum : 0
-        for b in 0..<batch.batchSize {
-            let gradient = headGradients + b &* width + heads.stageColumn
-            for column in 0..<classes { gradient[column] *= configuration.stageWeight * scale }
-        }
-        return total * scale
+        return weightedCrossEntropy(
+            logits: workspace.headOutputs.pointer + heads.stageColumn, gradient: workspace.headGradients.pointer + heads.stageColumn,
+            rows: batch.batchSize, classes: heads.stageCount, stride: heads.width, labels: stages,
+            weights: configuration.stageClassWeights, scale: configuration.stageWeight)
     }
 
     // MARK: - Backward
