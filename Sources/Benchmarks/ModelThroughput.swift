@@ -56,8 +56,10 @@ public struct LSTMThroughput {
 
     public func run() -> Result {
         BLAS.setThreadCount(1)
+        // The heads a default training run ships: churn, ZILN and four stages.
         let model = LSTMModel(
-            configuration: LSTMConfiguration(inputSize: inputSize, hiddenSize: hiddenSize, layers: layers, dropout: 0.2),
+            configuration: LSTMConfiguration(
+                inputSize: inputSize, hiddenSize: hiddenSize, layers: layers, dropout: 0.2, clvLoss: .ziln, stageCount: 4),
             seed: 1)
         let adam = AdamOptimizer(parameterCount: model.parameters.layout.totalCount)
         var random = SeededRandom(seed: 2, purpose: .synthesis)
@@ -65,8 +67,11 @@ public struct LSTMThroughput {
         // Realistic mixed lengths: customers joined at different times.
         let lengths = (0..<batchSize).map { _ in Int32(steps / 2 + random.nextIndex(below: steps - steps / 2 + 1)) }
         let labels = (0..<batchSize).map { _ in Float(random.nextIndex(below: 2)) }
-        let spend = (0..<batchSize).map { _ in random.nextFloat(in: 0, 100) }
-        return SequenceBatch.withLabelled(features: features, lengths: lengths, churnLabels: labels, spend: spend, steps: steps) { batch in
+        // Churned customers spend nothing, as in the data, so the ZILN sees both of its parts.
+        let spend = labels.map { $0 > 0.5 ? 0 : random.nextFloat(in: 1, 100) }
+        let stages = (0..<batchSize).map { _ in Int32(random.nextIndex(below: 4)) }
+        return SequenceBatch.withLabelled(features: features, lengths: lengths, churnLabels: labels, spend: spend, stages: stages,
+                                          steps: steps) { batch in
             var forward = 0.0, backward = 0.0, optimizer = 0.0
             func step(_ index: Int) {
                 var masks = SeededRandom(seed: 3, purpose: .dropout, step: index)

@@ -21,12 +21,15 @@ struct AllocationTests {
         #expect(kept.count == 1)
     }
 
-    @Test("an LSTM step with its optimizer update allocates nothing after the first")
-    func lstmStep() {
+    @Test("an LSTM step with its optimizer update allocates nothing after the first, for every head layout",
+          arguments: [(CLVLoss.logMSE, 0, 0), (CLVLoss.ziln, 4, 0), (CLVLoss.ziln, 4, 8)])
+    func lstmStep(clvLoss: CLVLoss, stages: Int, customerUnits: Int) {
         // One OpenBLAS thread per rank, as training runs: OpenBLAS's threaded GEMM allocates its
         // job array on every call.
         BLAS.setThreadCount(1)
-        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: 16, layers: 2)
+        let configuration = LSTMConfiguration(
+            inputSize: 8, hiddenSize: 16, layers: 2, clvLoss: clvLoss, stageCount: stages,
+            stageClassWeights: stages > 0 ? [1, 2, 0.5, 1.5] : nil, customerHidden: customerUnits)
         let model = LSTMModel(configuration: configuration, seed: 3)
         let optimizer = AdamOptimizer(parameterCount: model.parameters.values.count)
         let batch = 32, steps = 12
@@ -35,8 +38,10 @@ struct AllocationTests {
         let lengths = (0..<batch).map { Int32(1 + $0 % steps) }
         let churn = (0..<batch).map { Float($0 % 2) }
         let spend = (0..<batch).map { Float($0) }
+        let stageLabels = (0..<batch).map { Int32($0 % 4) }
         func step() {
-            SequenceBatch.withLabelled(features: features, lengths: lengths, churnLabels: churn, spend: spend, steps: steps) { batch in
+            SequenceBatch.withLabelled(features: features, lengths: lengths, churnLabels: churn, spend: spend,
+                                       stages: stageLabels, steps: steps) { batch in
                 model.parameters.zeroGradients()
                 _ = model.trainingStep(batch, random: &random)
                 _ = clipGlobalNorm(model.parameters.gradients, maxNorm: 1)
