@@ -288,8 +288,10 @@ public enum TrainingJob {
     }
 
     static func describe(_ summary: TrainingSummary, configuration: TrainingConfiguration) -> String {
-        func format(_ metrics: [String: Double], _ prefix: String, _ keys: [String]) -> String {
-            keys.compactMap { key in metrics[prefix + key].map { String(format: "%@ %.4f", prefix + key, $0) } }.joined(separator: "  ")
+        // Full metric names, as scripts grep them; the baselines' lines drop their long prefixes.
+        func format(_ metrics: [String: Double], _ prefix: String, _ keys: [String], named: Bool = true) -> String {
+            keys.compactMap { key in metrics[prefix + key].map { String(format: "%@ %.4f", named ? prefix + key : key, $0) } }
+                .joined(separator: "  ")
         }
         let keys = configuration.model == .lstm
             ? ["auc", "log_loss", "f1", "brier", "clv_rmse", "spend_spearman", "spend_gini", "stage_accuracy", "stage_macro_f1",
@@ -310,8 +312,8 @@ public enum TrainingJob {
         if summary.baselines != nil {
             let baselineKeys = ["auc", "log_loss", "clv_rmse", "spend_spearman", "spend_gini"]
             for (name, label) in [("bgnbd", "BG/NBD+GG"), ("logistic", "logistic floor")] {
-                text += "\n  \(label) (same customers): validation " + format(summary.lastValidation, "val_\(name)_", baselineKeys)
-                    + " | test " + format(summary.test, "test_\(name)_", baselineKeys)
+                text += "\n  \(label) (same customers): validation " + format(summary.lastValidation, "val_\(name)_", baselineKeys, named: false)
+                    + " | test " + format(summary.test, "test_\(name)_", baselineKeys, named: false)
                 if let low = summary.test["test_auc_minus_\(name)_ci_low"], let high = summary.test["test_auc_minus_\(name)_ci_high"] {
                     text += String(format: "  (LSTM AUC minus it, 95%% CI %+.4f to %+.4f", low, high)
                     if let low = summary.test["test_clv_rmse_minus_\(name)_ci_low"], let high = summary.test["test_clv_rmse_minus_\(name)_ci_high"] {
