@@ -58,7 +58,7 @@ func modelDescription(_ kind: ModelKind) -> String {
 
 /// A metric value as the report prints it: counts whole, everything else to four decimals.
 public func formatMetric(_ key: String, _ value: Double) -> String {
-    if key.hasSuffix("customers") || key.contains("confusion") || key == "epoch" || key == "step" {
+    if key.hasSuffix("customers") || key.contains("confusion") || key == "epoch" || key == "step" || key.contains("evaluated_") {
         return formatCount(Int(value.rounded()))
     }
     return String(format: "%.4f", value)
@@ -83,7 +83,7 @@ public func renderReport(_ inputs: ReportInputs) -> String {
     var body = "<header>\n<h1>Training report: \(escapeXML(names))</h1>\n"
     body += "<p class=\"sources\">Every number below is read or computed from these files: "
     var sources = inputs.runs.flatMap { run in
-        [TrainingRun.metricsLogName, TrainingRun.predictionsName, "latest", run.checkpointName + "/manifest.json"]
+        [TrainingRun.metricsLogName, TrainingRun.predictionsName, run.pointerName, run.checkpointName + "/manifest.json"]
             .map { run.directory.appendingPathComponent($0).path }
     }
     if let path = inputs.scoresPath { sources.append(path) }
@@ -124,7 +124,7 @@ func runCard(_ run: TrainingRun) -> String {
     html += "<h2>\(escapeXML(manifest.runName))</h2>\n<table class=\"facts\" id=\"\(id)-facts\">\n"
     let facts: [(String, String, String)] = [
         ("model", "model", modelDescription(manifest.modelKind)),
-        ("step", "checkpoint step", "\(formatCount(manifest.step)) (\(run.checkpointName), epoch \(manifest.epoch))"),
+        ("step", "checkpoint step", "\(formatCount(manifest.step)) (\(run.checkpointName), epoch \(manifest.epoch)), named by \(run.pointerName)"),
         ("world-size", "world size", "\(manifest.worldSize) rank\(manifest.worldSize == 1 ? "" : "s")"),
         ("created", "created", manifest.createdAt),
         ("epochs", "epochs logged", formatCount(run.log.epochs.count)),

@@ -48,8 +48,11 @@ public enum TestPredictions: Sendable, Equatable {
 /// metrics log and the test predictions.
 public struct TrainingRun: Sendable {
     public var directory: URL
-    /// Name of the checkpoint directory `latest` points at (`step-000123`).
+    /// Name of the checkpoint directory the report describes (`step-000123`): the one `best`
+    /// names (the model the test metrics are of), else `latest`'s.
     public var checkpointName: String
+    /// The pointer file `checkpointName` came from: `best` or `latest`.
+    public var pointerName: String
     public var manifest: CheckpointManifest
     public var log: MetricsLog
     public var predictions: TestPredictions
@@ -65,7 +68,7 @@ public struct TrainingRun: Sendable {
         guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw ReportError(file: directory.path, "is not a run directory")
         }
-        let (checkpointName, manifest) = try readLatestManifest(directory)
+        let (pointerName, checkpointName, manifest) = try readServedManifest(directory)
         let log = try MetricsLog.read(directory.appendingPathComponent(metricsLogName))
         let stageNames = try readStageNames(manifest, source: directory.appendingPathComponent(checkpointName)
             .appendingPathComponent(CheckpointManifest.fileName).path)
@@ -76,14 +79,16 @@ public struct TrainingRun: Sendable {
             throw ReportError(file: predictionsURL.path, "does not exist (training writes it after the test evaluation; a run from an older build has none: train it again)")
         }
         let predictions = try readPredictions(predictionsURL, model: manifest.modelKind, stageNames: stageNames)
-        return TrainingRun(directory: directory, checkpointName: checkpointName, manifest: manifest, log: log,
+        return TrainingRun(directory: directory, checkpointName: checkpointName, pointerName: pointerName, manifest: manifest, log: log,
                            predictions: predictions, stageNames: stageNames)
     }
 
-    /// Follows `latest` to a checkpoint and decodes its manifest (without reading the tensors:
-    /// the report needs none of them).
-    static func readLatestManifest(_ directory: URL) throws(ReportError) -> (String, CheckpointManifest) {
-        let pointer = directory.appendingPathComponent(CheckpointStore.latestFileName)
+    /// Follows `best` (else `latest`) to a checkpoint and decodes its manifest (without reading
+    /// the tensors: the report needs none of them).
+    static func readServedManifest(_ directory: URL) throws(ReportError) -> (String, String, CheckpointManifest) {
+        let pointerName = FileManager.default.fileExists(atPath: directory.appendingPathComponent(CheckpointStore.bestFileName).path)
+            ? CheckpointStore.bestFileName : CheckpointStore.latestFileName
+        let pointer = directory.appendingPathComponent(pointerName)
         let name = try readText(pointer).trimmingCharacters(in: .whitespacesAndNewlines)
         guard CheckpointStore.step(directoryName: name) != nil else {
             throw ReportError(file: pointer.path, line: 1, "should name a checkpoint directory like step-000123, found \"\(name.prefix(80))\"")
@@ -93,10 +98,10 @@ public struct TrainingRun: Sendable {
         do {
             data = try Data(contentsOf: manifestURL)
         } catch {
-            throw ReportError(file: manifestURL.path, "cannot be read (latest names \(name))")
+            throw ReportError(file: manifestURL.path, "cannot be read (\(pointerName) names \(name))")
         }
         do {
-            return (name, try CheckpointManifest(jsonData: data, source: manifestURL.path))
+            return (pointerName, name, try CheckpointManifest(jsonData: data, source: manifestURL.path))
         } catch {
             throw ReportError(file: manifestURL.path, "\(error)".replacingOccurrences(of: "checkpoint: invalid manifest \(manifestURL.path): ", with: ""))
         }

@@ -1,3 +1,4 @@
+import Checkpoints
 import Foundation
 import Testing
 @testable import Reporting
@@ -73,5 +74,24 @@ import Testing
         // The predictions' spend feeds the decile chart and the Gini line.
         #expect(svgElement(html, id: "spend-deciles") != nil && svgElement(html, id: "churn-gain") != nil)
         #expect(html.contains("id=\"spend-gini\""))
+    }
+
+    @Test("a run with a best step is described by it: the one its test metrics are of")
+    func cardDescribesTheBestStep() throws {
+        let root = try TemporaryDirectory()
+        let run = try makeRun(in: root.url, name: "lstm-run", model: .lstm, metricsLines: lstmMetricsLines,
+                              predictionsCSV: churnCSV(handChurnRows), step: 40, epoch: 4)
+        let best = CheckpointStore.directoryName(step: 20)
+        try FileManager.default.createDirectory(at: run.appendingPathComponent(best), withIntermediateDirectories: true)
+        let manifest = CheckpointManifest(
+            runName: "lstm-run", step: 20, epoch: 2, programVersion: "test", worldSize: 3, modelKind: .lstm,
+            featureSpec: .object(["stageNames": .array([.string("churned"), .string("active")])]),
+            datasetFingerprint: "0123456789abcdef", randomState: 7, metrics: ["val_auc": 0.71])
+        try manifest.jsonData().write(to: run.appendingPathComponent(best).appendingPathComponent("manifest.json"))
+        let html = renderReport(try ReportInputs.load(run: run, gnnRun: nil, scores: nil))
+        #expect(elementText(html, containing: "data-fact=\"step\"") == "40 (step-000040, epoch 4), named by latest")
+        try "\(best)\n".write(to: run.appendingPathComponent("best"), atomically: true, encoding: .utf8)
+        let withBest = renderReport(try ReportInputs.load(run: run, gnnRun: nil, scores: nil))
+        #expect(elementText(withBest, containing: "data-fact=\"step\"") == "20 (step-000020, epoch 2), named by best")
     }
 }
