@@ -83,8 +83,11 @@ struct VerifiedCheckpoint {
         guard stored.kind.rawValue == kind.rawValue else {
             throw ScoringError.incompatible(path: path, reason: "its architecture describes a \(stored.kind.rawValue) model, the manifest a \(kind.rawValue) one")
         }
-        guard stored.hiddenSize >= 1, stored.layers >= 1, stored.inputSize >= 1, stored.stageCount >= 0 else {
-            throw ScoringError.incompatible(path: path, reason: "its architecture has invalid sizes (hidden \(stored.hiddenSize), layers \(stored.layers), inputs \(stored.inputSize), stages \(stored.stageCount))")
+        // Bounded so that a damaged manifest is refused here instead of sizing buffers from it.
+        guard (1...4096).contains(stored.hiddenSize), (1...16).contains(stored.layers), (1...4096).contains(stored.inputSize),
+              (0...64).contains(stored.stageCount), (0...4096).contains(stored.customerHidden),
+              (1...64).contains(stored.classCount) else {
+            throw ScoringError.incompatible(path: path, reason: "its architecture has sizes outside what this program scores (hidden \(stored.hiddenSize) of 1...4096, layers \(stored.layers) of 1...16, inputs \(stored.inputSize) of 1...4096, stages \(stored.stageCount) of 0...64, customer units \(stored.customerHidden) of 0...4096, classes \(stored.classCount) of 1...64)")
         }
         do {
             dataset = try reencode(manifest.featureSpec, as: DatasetManifest.self)

@@ -138,6 +138,18 @@ struct BatchScoringTests {
         } catch let error as ScoringError {
             #expect(error.description.contains("lstm.weight_ih_l0"))
         }
+        // A damaged manifest asking for a billion hidden units is refused before anything is sized from it.
+        var huge = fixture.architecture()
+        huge.hiddenSize = 1_000_000_000
+        try fixture.saveCheckpoint(step: 3, seed: 3, configurationOverride: [
+            "architecture": try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(huge)),
+        ])
+        do {
+            _ = try ScoringModel.load(root: fixture.root, run: "test", step: 3)
+            Issue.record("a checkpoint with a billion hidden units was accepted")
+        } catch let error as ScoringError {
+            #expect(error.description.contains("outside what this program scores"))
+        }
     }
 }
 
