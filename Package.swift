@@ -109,7 +109,7 @@ let package = Package(
         .executableTarget(
             name: "clm-score",
             dependencies: [
-                "Scoring", "ScoringService", "CustomerData", "Tensors", "EventFileArguments",
+                "Scoring", "ScoringService", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -29,6 +29,11 @@ public enum CheckpointError: Error, Equatable, Sendable, CustomStringConvertible
     case fileSystem(FileSystemError)
     /// The checkpoint was saved and `latest` moved, but removing old steps failed.
     case retentionFailed(saved: String, reason: String)
+    case invalidSigningKey(path: String, reason: String)
+    /// A signature was required and the checkpoint has none.
+    case unsigned(directory: String)
+    /// The checkpoint's signature was not made with this key over this manifest.
+    case badSignature(path: String)
 
     public var description: String {
         switch self {
@@ -68,6 +73,12 @@ public enum CheckpointError: Error, Equatable, Sendable, CustomStringConvertible
             return "checkpoint: \(directory) has no \(name) in its manifest"
         case .fileSystem(let error):
             return "checkpoint: \(error)"
+        case .invalidSigningKey(let path, let reason):
+            return "checkpoint: signing key \(path) \(reason)"
+        case .unsigned(let directory):
+            return "checkpoint: \(directory) is not signed (no \(CheckpointSigningKey.signatureFileName)), and a signature is required"
+        case .badSignature(let path):
+            return "checkpoint: \(path) is not a signature of this manifest with this key: the checkpoint was changed, or signed with another key"
         case .retentionFailed(let saved, let reason):
             return "checkpoint: \(saved) was saved, but removing old checkpoints failed: \(reason)"
         }

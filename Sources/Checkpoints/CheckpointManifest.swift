@@ -221,6 +221,7 @@ extension CheckpointManifest: Codable {
 func checkCheckpointFileName(_ name: String) throws(CheckpointError) {
     if name.isEmpty { throw .invalidFileName(name, reason: "is empty") }
     if name == CheckpointManifest.fileName { throw .invalidFileName(name, reason: "is reserved for the manifest") }
+    if name == CheckpointSigningKey.signatureFileName { throw .invalidFileName(name, reason: "is reserved for the signature") }
     if name.contains("/") || name.contains("\0") { throw .invalidFileName(name, reason: "must be a single path component") }
     // Hidden names are skipped when a directory is listed (NFS keeps .nfs* files there).
     if name.hasPrefix(".") { throw .invalidFileName(name, reason: "must not start with '.'") }

@@ -35,6 +35,8 @@ public struct CheckpointStore: Sendable {
     public let run: String
     /// How many of the newest step directories retention keeps (plus `latest` and `best`).
     public let keep: Int
+    /// When set, every saved checkpoint is signed (`CheckpointSigningKey`).
+    public var signingKey: CheckpointSigningKey?
 
     public var runDirectory: URL { root.appendingPathComponent(run, isDirectory: true) }
 
@@ -111,6 +113,10 @@ public struct CheckpointStore: Sendable {
         do throws(FileSystemError) {
             for name in files.keys.sorted() {
                 try DurableIO.writeNewFile(files[name]!, to: temporary.appendingPathComponent(name))
+            }
+            if let signingKey {
+                try DurableIO.writeNewFile(Data((signingKey.signature(of: manifestData) + "\n").utf8),
+                                           to: temporary.appendingPathComponent(CheckpointSigningKey.signatureFileName))
             }
             // The manifest goes last: its presence marks the directory as complete.
             try DurableIO.writeNewFile(manifestData, to: temporary.appendingPathComponent(CheckpointManifest.fileName))
@@ -271,7 +277,9 @@ public struct CheckpointStore: Sendable {
         }
         // Hidden names are skipped: NFS parks deleted-but-open files as .nfsXXXX in the directory.
         let present = try io(DurableIO.listDirectory(directory))
-        for name in present.sorted() where !name.hasPrefix(".") && name != CheckpointManifest.fileName && manifest.files[name] == nil {
+        // The signature signs the manifest, so the manifest cannot list it.
+        for name in present.sorted() where !name.hasPrefix(".") && name != CheckpointManifest.fileName
+            && name != CheckpointSigningKey.signatureFileName && manifest.files[name] == nil {
             throw .unlistedFile(path: directory.appendingPathComponent(name).path)
         }
         return LoadedCheckpoint(directory: directory, manifest: manifest, files: contents)

@@ -84,15 +84,20 @@ enum DurableIO {
     }
 
     /// Reads a whole regular file.
+    ///
+    /// Opened non-blocking: a FIFO (or a device) put where a checkpoint file belongs would
+    /// otherwise block `open` until a writer appears, before the regular-file check below could
+    /// refuse it, and wedge whatever is loading (the service's reload). Reads of a regular file
+    /// ignore the flag.
     static func readFile(_ url: URL) throws(FileSystemError) -> [UInt8] {
         let path = url.path
-        let fd = retryingOnInterrupt { open(path, O_RDONLY | O_CLOEXEC) }
+        let fd = retryingOnInterrupt { open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
         guard fd >= 0 else { throw FileSystemError(operation: "open", path: path, code: errno) }
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw FileSystemError(operation: "fstat", path: path, code: errno) }
         guard (info.st_mode & S_IFMT) == S_IFREG else {
-            throw FileSystemError(operation: "read", path: path, code: EISDIR)
+            throw FileSystemError(operation: "read (not a regular file)", path: path, code: EINVAL)
         }
         var result: [UInt8] = []
         result.reserveCapacity(Int(info.st_size))

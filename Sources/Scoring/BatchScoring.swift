@@ -135,6 +135,9 @@ public enum BatchScoring {
                 let score = scorer.decide(
                     customerID: input.customerID(index), churn: churn[index], spend: spend[index],
                     historyPeriods: Int(lengths[index]), rules: rules, highValueLine: line, modelStage: modelStage)
+                if let problem = score.nonFiniteScore {
+                    throw ScoringError.invalidInput("customer \(score.customerID): \(problem); nothing was written")
+                }
                 actionCounts[score.action, default: 0] += 1
                 try writer.write(format == .csv ? csvRow(score) : jsonLine(score, stageNames: model.dataset.stageNames) + "\n")
             }

@@ -1,3 +1,4 @@
+import Checkpoints
 import CustomerData
 import Foundation
 import Models
@@ -14,13 +15,13 @@ public struct GraphScoringModel: Sendable {
     public let graphStatistics: DatasetManifest.Graph
     public let weights: [String: [Float]]
 
-    public static func load(directory: URL) throws -> GraphScoringModel {
-        try GraphScoringModel(VerifiedCheckpoint.load(directory: directory, kind: .gnn))
+    public static func load(directory: URL, verifyKey: CheckpointSigningKey? = nil) throws -> GraphScoringModel {
+        try GraphScoringModel(VerifiedCheckpoint.load(directory: directory, kind: .gnn, verifyKey: verifyKey))
     }
 
     /// Loads the step `best` names in `<root>/<run>` (`latest` when none is marked), or `step`.
-    public static func load(root: URL, run: String, step: Int? = nil) throws -> GraphScoringModel {
-        try GraphScoringModel(VerifiedCheckpoint.load(root: root, run: run, step: step, kind: .gnn))
+    public static func load(root: URL, run: String, step: Int? = nil, verifyKey: CheckpointSigningKey? = nil) throws -> GraphScoringModel {
+        try GraphScoringModel(VerifiedCheckpoint.load(root: root, run: run, step: step, kind: .gnn, verifyKey: verifyKey))
     }
 
     init(_ checkpoint: VerifiedCheckpoint) throws {

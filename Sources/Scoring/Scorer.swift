@@ -21,6 +21,17 @@ public struct CustomerScore: Sendable, Equatable {
     public var stageSource: String
 }
 
+extension CustomerScore {
+    /// What is not finite in this score, or nil. Numbers are printed with six decimals and a
+    /// NaN would print as 0: a score that is not a number must be an error, never a value.
+    public var nonFiniteScore: String? {
+        guard churnProbability.isFinite, expectedSpend.isFinite, stageProbabilities.allSatisfy(\.isFinite) else {
+            return "the model gave a score that is not a finite number (churn \(churnProbability), expected spend \(expectedSpend), stage probabilities \(stageProbabilities))"
+        }
+        return nil
+    }
+}
+
 /// Scores customers with one loaded model; safe to call from many threads at once.
 ///
 /// The inference weights are built once and shared read-only; each concurrent call checks a

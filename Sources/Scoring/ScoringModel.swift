@@ -47,21 +47,24 @@ struct VerifiedCheckpoint {
     let info: CheckpointInfo
     var path: String { loaded.directory.path }
 
-    static func load(directory: URL, kind: ModelKind) throws -> VerifiedCheckpoint {
+    /// Loads and verifies `directory`; with `verifyKey`, also refuses it unless that key signed it.
+    static func load(directory: URL, kind: ModelKind, verifyKey: CheckpointSigningKey? = nil) throws -> VerifiedCheckpoint {
+        let loaded: LoadedCheckpoint
         do {
-            return try VerifiedCheckpoint(CheckpointStore.load(directory: directory, requiring: [ScoringModel.modelFile]), kind: kind)
-        } catch let error as ScoringError {
-            throw error
+            loaded = try CheckpointStore.load(directory: directory, requiring: [ScoringModel.modelFile])
+            if let verifyKey { try CheckpointStore.verifySignature(of: loaded, key: verifyKey) }
         } catch {
             throw ScoringError.checkpoint("cannot load checkpoint \(directory.path): \(error)")
         }
+        return try VerifiedCheckpoint(loaded, kind: kind)
     }
 
-    static func load(root: URL, run: String, step: Int?, kind: ModelKind) throws -> VerifiedCheckpoint {
+    static func load(root: URL, run: String, step: Int?, kind: ModelKind, verifyKey: CheckpointSigningKey? = nil) throws -> VerifiedCheckpoint {
         let loaded: LoadedCheckpoint
         do {
             let store = try CheckpointStore(root: root, run: run)
             loaded = try store.load(step: step ?? store.servingStep(), requiring: [ScoringModel.modelFile])
+            if let verifyKey { try CheckpointStore.verifySignature(of: loaded, key: verifyKey) }
         } catch {
             throw ScoringError.checkpoint("cannot load run '\(run)' in \(root.path): \(error)")
         }
@@ -94,6 +97,29 @@ struct VerifiedCheckpoint {
         } catch {
             throw ScoringError.incompatible(path: path, reason: "its manifest has no usable dataset manifest (feature spec and normalisation): \(error)")
         }
+        // The dataset manifest carries a fingerprint of its own contents, and the checkpoint names
+        // that fingerprint: an edited window, normalisation or stage list shows as a mismatch.
+        guard dataset.computeFingerprint() == dataset.fingerprint else {
+            throw ScoringError.incompatible(path: path, reason: "its dataset manifest (feature spec, normalisation, stages) does not match its fingerprint \(dataset.fingerprint): it was edited or damaged")
+        }
+        guard manifest.datasetFingerprint == dataset.fingerprint else {
+            throw ScoringError.incompatible(path: path, reason: "it records dataset \(manifest.datasetFingerprint) but carries the manifest of dataset \(dataset.fingerprint)")
+        }
+        // The window sizes every buffer and divides every day: refuse what the importer would.
+        do {
+            try dataset.spec.validate()
+        } catch {
+            throw ScoringError.incompatible(path: path, reason: "its feature spec is out of range: \(error)")
+        }
+        guard dataset.spec.periodDays <= 3660 else {
+            throw ScoringError.incompatible(path: path, reason: "its feature spec has periodDays \(dataset.spec.periodDays), above the 3660 this program scores")
+        }
+        guard stored.historyLength == dataset.spec.historyPeriods else {
+            throw ScoringError.incompatible(path: path, reason: "history length \(stored.historyLength) differs from the dataset's \(dataset.spec.historyPeriods) periods")
+        }
+        guard dataset.stageNames.count == stored.classCount else {
+            throw ScoringError.incompatible(path: path, reason: "it names \(dataset.stageNames.count) stages \(dataset.stageNames) for a model of \(stored.classCount) classes")
+        }
         self.loaded = loaded
         info = CheckpointInfo(
             run: manifest.runName, step: manifest.step, epoch: manifest.epoch, path: path,
@@ -112,6 +138,12 @@ struct VerifiedCheckpoint {
             tensors = try loaded.safeTensors(ScoringModel.modelFile)
         } catch {
             throw ScoringError.incompatible(path: path, reason: "\(ScoringModel.modelFile): \(error)")
+        }
+        // A tensor the architecture does not use means the manifest describes another model
+        // (one layer fewer, no stage head): scoring with part of the weights would be wrong.
+        let expected = Set(layout.slices.map(\.name))
+        if let extra = tensors.names.sorted().first(where: { !expected.contains($0) }) {
+            throw ScoringError.incompatible(path: path, reason: "\(ScoringModel.modelFile) holds tensor \(extra), which the architecture in the manifest does not have")
         }
         var weights: [String: [Float]] = [:]
         for slice in layout.slices {
@@ -147,13 +179,13 @@ public struct ScoringModel: Sendable {
     public let weights: [String: [Float]]
 
     /// Loads the checkpoint in `directory`, verifying every file's size and SHA-256.
-    public static func load(directory: URL) throws -> ScoringModel {
-        try ScoringModel(VerifiedCheckpoint.load(directory: directory, kind: .lstm))
+    public static func load(directory: URL, verifyKey: CheckpointSigningKey? = nil) throws -> ScoringModel {
+        try ScoringModel(VerifiedCheckpoint.load(directory: directory, kind: .lstm, verifyKey: verifyKey))
     }
 
     /// Loads the step `best` names in `<root>/<run>` (`latest` when none is marked), or `step`.
-    public static func load(root: URL, run: String, step: Int? = nil) throws -> ScoringModel {
-        try ScoringModel(VerifiedCheckpoint.load(root: root, run: run, step: step, kind: .lstm))
+    public static func load(root: URL, run: String, step: Int? = nil, verifyKey: CheckpointSigningKey? = nil) throws -> ScoringModel {
+        try ScoringModel(VerifiedCheckpoint.load(root: root, run: run, step: step, kind: .lstm, verifyKey: verifyKey))
     }
 
     init(_ checkpoint: VerifiedCheckpoint) throws {
@@ -164,19 +196,50 @@ public struct ScoringModel: Sendable {
         guard stored.inputSize == customerFeatureNames.count, dataset.featureNames == customerFeatureNames else {
             throw ScoringError.incompatible(path: path, reason: "the model reads \(stored.inputSize) features \(dataset.featureNames), this program computes \(customerFeatureNames)")
         }
-        guard stored.historyLength == dataset.spec.historyPeriods else {
-            throw ScoringError.incompatible(path: path, reason: "history length \(stored.historyLength) differs from the dataset's \(dataset.spec.historyPeriods) periods")
-        }
         guard dataset.normalisation.mean.count == stored.inputSize, dataset.normalisation.std.count == stored.inputSize,
-              (dataset.normalisation.mean + dataset.normalisation.std).allSatisfy(\.isFinite),
-              dataset.normalisation.std.allSatisfy({ $0 > 0 }) else {
-            throw ScoringError.incompatible(path: path, reason: "the normalisation statistics are missing, non-finite or have a zero deviation")
+              dataset.normalisation.mean.allSatisfy({ $0.isFinite && abs($0) < 1e9 }),
+              dataset.normalisation.std.allSatisfy({ $0.isFinite && $0 > 1e-9 && $0 < 1e9 }) else {
+            throw ScoringError.incompatible(path: path, reason: "the normalisation statistics are missing, non-finite, vanishing or out of range (means \(dataset.normalisation.mean), deviations \(dataset.normalisation.std))")
         }
         let configuration = stored.lstmConfiguration
         weights = try checkpoint.weights(layout: LSTMModel(configuration: configuration, seed: 0).parameters.layout)
         self.configuration = configuration
         self.dataset = dataset
         info = checkpoint.info
+        if let problem = probeOutputs() {
+            throw ScoringError.incompatible(path: path, reason: problem)
+        }
+    }
+
+    /// Why the model's outputs are unusable, or nil: a forward over a few probe customers (all
+    /// features 0, +3 and −3 standard deviations, at the full length and at one period) must give
+    /// finite churn probabilities, expected spends and stage probabilities. Weights that are
+    /// finite can still overflow (a recurrent weight of 10³⁸ turns the gates into NaN); without
+    /// this, such a checkpoint would be served and its scores printed as 0.
+    func probeOutputs() -> String? {
+        let steps = historyLength, width = featureCount
+        let probes: [(value: Float, length: Int32)] = [(0, Int32(steps)), (3, Int32(steps)), (-3, Int32(steps)), (3, 1), (-3, 1)]
+        var features = [Float](repeating: 0, count: probes.count * steps * width)
+        for (index, probe) in probes.enumerated() {
+            for position in 0..<Int(probe.length) * width { features[(index * steps) * width + position] = probe.value }
+        }
+        let heads = configuration.heads
+        var outputs = [Float](repeating: .nan, count: probes.count * heads.width)
+        InferenceLSTM(configuration: configuration, weights: weights).forward(
+            features: features, lengths: probes.map(\.length), batch: probes.count, steps: steps,
+            workspace: InferenceWorkspace(), outputs: &outputs)
+        var stages = [Float](repeating: 0, count: max(heads.stageCount, 1))
+        for index in probes.indices {
+            let (churn, spend) = outputs.withUnsafeBufferPointer { rows -> (Float, Float) in
+                let row = rows.baseAddress! + index * heads.width
+                stages.withUnsafeMutableBufferPointer { heads.stageProbabilities(row, into: $0.baseAddress!) }
+                return (heads.churnProbability(row), heads.expectedSpend(row))
+            }
+            guard churn.isFinite, spend.isFinite, stages.allSatisfy(\.isFinite) else {
+                return "its forward pass is not finite on a probe customer (features \(probes[index].value), \(probes[index].length) periods): churn \(churn), expected spend \(spend), stage probabilities \(stages)"
+            }
+        }
+        return nil
     }
 
     public var historyLength: Int { dataset.spec.historyPeriods }

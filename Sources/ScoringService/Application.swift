@@ -14,12 +14,18 @@ public struct ServiceConfiguration: Sendable {
     public var checkpoints: URL
     public var run: String
     public var pollInterval: Duration = .seconds(2)
+    /// A connection that sends nothing for this long is closed: an idle keep-alive, a request
+    /// stopped half-way through its header or body, and one whose oversize body was refused
+    /// (the server stops reading it, so only this notices the client has gone).
+    public var idleTimeout: Duration = .seconds(10)
     public var limits = RequestLimits()
     public var rules = ScoringRules()
     /// Stages from a GraphSAGE run joined to a reference graph; nil keeps the stage rule.
     public var graphSource: GraphSource? = nil
     /// The graph model already loaded from `graphSource`, if the caller loaded it up front.
     public var initialGraph: ServedGraphModel? = nil
+    /// When set, unsigned checkpoints and those signed with another key are refused.
+    public var verifyKey: CheckpointSigningKey? = nil
 
     public init(checkpoints: URL, run: String) {
         self.checkpoints = checkpoints
@@ -41,6 +47,7 @@ public struct ServiceConfiguration: Sendable {
             throw ScoringError.invalidInput("--token must be non-empty and contain no whitespace")
         }
         guard pollInterval > .zero else { throw ScoringError.invalidInput("--poll-seconds must be positive") }
+        guard idleTimeout > .zero else { throw ScoringError.invalidInput("--idle-timeout-seconds must be positive") }
         try rules.validate()
     }
 }
@@ -77,10 +84,13 @@ public func buildApplication(
     let metrics = ServiceMetrics()
     let scorer = CheckpointScorer(
         root: configuration.checkpoints, run: configuration.run, rules: configuration.rules,
-        graphSource: configuration.graphSource, initialGraph: configuration.initialGraph, metrics: metrics, logger: logger)
+        graphSource: configuration.graphSource, initialGraph: configuration.initialGraph, verifyKey: configuration.verifyKey,
+        metrics: metrics, logger: logger)
     let router = buildRouter(scorer: scorer, metrics: metrics, limits: configuration.limits, token: configuration.token, logger: logger)
     let application = Application(
         router: router,
+        server: .http1(configuration: .init(idleTimeout: .nanoseconds(
+            configuration.idleTimeout.components.seconds * 1_000_000_000 + configuration.idleTimeout.components.attoseconds / 1_000_000_000))),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "clm-score"),
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger)

@@ -49,8 +49,8 @@ public struct GraphSource: Sendable {
     }
 
     /// Verifies step `step` (nil: `best`, else `latest`) of the run and builds its reference graph.
-    public func load(root: URL, step: Int? = nil) throws -> ServedGraphModel {
-        let model = try GraphScoringModel.load(root: root, run: run, step: step)
+    public func load(root: URL, step: Int? = nil, verifyKey: CheckpointSigningKey? = nil) throws -> ServedGraphModel {
+        let model = try GraphScoringModel.load(root: root, run: run, step: step, verifyKey: verifyKey)
         let reference = try ReferenceGraph.load(events: events, options: options, asOf: asOf, model: model)
         return ServedGraphModel(scorer: GraphStageScorer(model: model), reference: reference)
     }
@@ -88,6 +88,8 @@ public final class CheckpointScorer: Scorer {
     public let rules: ScoringRules
     /// Gives stages when set; otherwise they come from the stage rule.
     public let graphSource: GraphSource?
+    /// When set, only checkpoints this key signed are served (graph ones too).
+    public let verifyKey: CheckpointSigningKey?
     private let served = Mutex<ServedModel?>(nil)
     private let servedGraph: Mutex<ServedGraphModel?>
     /// The steps last tried, good or bad, so a refused checkpoint is not reloaded every poll.
@@ -99,8 +101,10 @@ public final class CheckpointScorer: Scorer {
     /// `initialGraph` is a graph model already loaded from `graphSource` (the command line loads
     /// it first, so that a wrong path stops the start instead of serving rule stages).
     public init(root: URL, run: String, rules: ScoringRules, graphSource: GraphSource? = nil,
-                initialGraph: ServedGraphModel? = nil, metrics: ServiceMetrics? = nil, logger: Logger) {
+                initialGraph: ServedGraphModel? = nil, verifyKey: CheckpointSigningKey? = nil,
+                metrics: ServiceMetrics? = nil, logger: Logger) {
         self.root = root
+        self.verifyKey = verifyKey
         self.run = run
         self.rules = rules
         self.graphSource = graphSource
@@ -148,7 +152,7 @@ public final class CheckpointScorer: Scorer {
     private func loadMovedModel() -> ScoringModel? {
         guard let latest = movedStep(run: run, last: lastAttempted) else { return nil }
         do {
-            let model = try ScoringModel.load(root: root, run: run, step: latest)
+            let model = try ScoringModel.load(root: root, run: run, step: latest, verifyKey: verifyKey)
             if let current = currentModel, current.featureCount != model.featureCount {
                 throw ScoringError.incompatible(path: model.info.path, reason: "it reads \(model.featureCount) features, the served model \(current.featureCount)")
             }
@@ -163,7 +167,7 @@ public final class CheckpointScorer: Scorer {
     private func reloadGraphIfChanged() -> Bool {
         guard let graphSource, let latest = movedStep(run: graphSource.run, last: lastGraphAttempted) else { return false }
         do {
-            let next = try graphSource.load(root: root, step: latest)
+            let next = try graphSource.load(root: root, step: latest, verifyKey: verifyKey)
             if let lstm = served.withLock({ $0?.scorer.model }), let reason = next.scorer.model.incompatibility(with: lstm) {
                 throw ScoringError.incompatible(path: next.scorer.model.info.path, reason: reason)
             }
@@ -287,6 +291,9 @@ extension ServedModel {
             return scorer.decide(customerID: id, churn: churn[index], spend: spend[index],
                                  historyPeriods: Int(lengths[index]), rules: rules, highValueLine: summary.highValueLine,
                                  modelStage: modelStage)
+        }
+        if let bad = scores.first(where: { $0.nonFiniteScore != nil }) {
+            throw ClientError(422, "customer \(bad.customerID): \(bad.nonFiniteScore!); its features are outside what the model can score")
         }
         return ScoreResult(model: summary.info, asOfDay: asOf, stageNames: summary.stageNames, scores: scores)
     }

@@ -15,19 +15,22 @@ final class CheckpointIO {
     let configuration: TrainingConfiguration
     let spec: JobSpec
     let dataset: CustomerDataset?
+    let signingKey: CheckpointSigningKey?
     private var storeInstance: CheckpointStore?
 
-    init(configuration: TrainingConfiguration, spec: JobSpec, dataset: CustomerDataset?) {
+    init(configuration: TrainingConfiguration, spec: JobSpec, dataset: CustomerDataset?, signingKey: CheckpointSigningKey? = nil) {
         self.configuration = configuration
         self.spec = spec
         self.dataset = dataset
+        self.signingKey = signingKey
     }
 
     private func store() throws -> CheckpointStore {
         if let storeInstance { return storeInstance }
-        let store = try CheckpointStore(
+        var store = try CheckpointStore(
             root: URL(fileURLWithPath: configuration.checkpoints), run: configuration.run,
             keep: configuration.keepCheckpoints)
+        store.signingKey = signingKey
         storeInstance = store
         return store
     }

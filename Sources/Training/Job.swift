@@ -1,3 +1,4 @@
+import Checkpoints
 import Collectives
 import CustomerData
 import Foundation
@@ -53,12 +54,16 @@ public struct JobRequest: Sendable {
     public var resume: String?
     /// Stop after this many optimizer steps (for kill-and-resume tests); nil runs to the end.
     public var stopAfterSteps: Int?
+    /// A key file: every checkpoint the run writes is signed with it (`CheckpointSigningKey`).
+    public var signingKeyPath: String?
 
-    public init(configurationPath: String, overrides: [String] = [], resume: String? = nil, stopAfterSteps: Int? = nil) {
+    public init(configurationPath: String, overrides: [String] = [], resume: String? = nil, stopAfterSteps: Int? = nil,
+                signingKeyPath: String? = nil) {
         self.configurationPath = configurationPath
         self.overrides = overrides
         self.resume = resume
         self.stopAfterSteps = stopAfterSteps
+        self.signingKeyPath = signingKeyPath
     }
 }
 
@@ -70,7 +75,10 @@ public enum TrainingJob {
         precondition(world.rank == 0, "the coordinator must be rank 0; start it first on the mpirun line")
         let spec: JobSpec
         let dataset: CustomerDataset
+        let signingKey: CheckpointSigningKey?
         do {
+            // The key is read before anything trains: a wrong path fails at once, not at the first checkpoint.
+            signingKey = try request.signingKeyPath.map(CheckpointSigningKey.load(path:))
             let configuration = try TrainingConfiguration.load(yamlFile: request.configurationPath, overrides: request.overrides)
             dataset = try CustomerDataset.open(at: URL(fileURLWithPath: configuration.data))
             spec = try makeSpec(configuration, dataset: dataset, request: request)
@@ -81,7 +89,7 @@ public enum TrainingJob {
         }
         let encoded = String(decoding: try JSONEncoder().encode(spec), as: UTF8.self)
         _ = try world.broadcast(string: encoded, root: 0)
-        return try run(spec, dataset: dataset, world: world)
+        return try run(spec, dataset: dataset, world: world, signingKey: signingKey)
     }
 
     /// Every other rank: receives the job from the coordinator and trains its shard.
@@ -133,7 +141,8 @@ public enum TrainingJob {
             majorityStage: majorityStage)
     }
 
-    static func run(_ spec: JobSpec, dataset: CustomerDataset?, world: any Communicator) throws -> TrainingSummary {
+    static func run(_ spec: JobSpec, dataset: CustomerDataset?, world: any Communicator,
+                    signingKey: CheckpointSigningKey? = nil) throws -> TrainingSummary {
         let configuration = spec.configuration
         BLAS.setThreadCount(1)
         (world as? MPICommunicator)?.watchdogTimeout = .milliseconds(Int64(configuration.watchdogSeconds * 1000))
@@ -174,7 +183,7 @@ public enum TrainingJob {
         let validationShard = try shard(validationCounts, plans?.1)
         let testShard = try shard(testCounts, plans?.2)
 
-        let store = CheckpointIO(configuration: configuration, spec: spec, dataset: dataset)
+        let store = CheckpointIO(configuration: configuration, spec: spec, dataset: dataset, signingKey: signingKey)
         if spec.resume == nil {
             try onCoordinator(world, what: "prepare the checkpoint directory") { try store.prepare(resumedStep: nil) }
         }

@@ -25,6 +25,9 @@ struct Coordinator: ParsableCommand {
     @Option(help: "Continue from a checkpoint: 'latest', a step number, or a checkpoint directory.")
     var resume: String?
 
+    @Option(help: "Sign every checkpoint with this key file (at least 32 bytes; clm-score --verify-key-file checks it).")
+    var signingKeyFile: String?
+
     @Option(help: .hidden) var stopAfterSteps: Int?
 
     func run() throws {
@@ -36,7 +39,8 @@ struct Coordinator: ParsableCommand {
         let world = try MPICommunicator(watchdogTimeout: .seconds(300))
         do {
             _ = try TrainingJob.coordinate(
-                JobRequest(configurationPath: config, overrides: all, resume: resume, stopAfterSteps: stopAfterSteps),
+                JobRequest(configurationPath: config, overrides: all, resume: resume, stopAfterSteps: stopAfterSteps,
+                           signingKeyPath: signingKeyFile),
                 world: world)
             try world.shutdown()
         } catch {

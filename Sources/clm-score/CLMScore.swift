@@ -1,4 +1,5 @@
 import ArgumentParser
+import Checkpoints
 import CustomerData
 import EventFileArguments
 import Foundation
@@ -42,13 +43,23 @@ struct CheckpointOptions: ParsableArguments {
     @Option(help: "YAML or JSON file of action and stage rule thresholds (see docs/scoring.md).") var rules: String?
     @Option(help: "A GraphSAGE run in --checkpoints whose best checkpoint gives the stages (instead of the LSTM's stage head or the rule).") var gnnRun: String?
     @Option(help: "A GraphSAGE checkpoint directory to give the stages, instead of --gnn-run.") var gnnCheckpoint: String?
+    @Option(help: "Refuse checkpoints this key (the training run's --signing-key-file) did not sign.") var verifyKeyFile: String?
+
+    func verifyKey() throws -> CheckpointSigningKey? {
+        do {
+            return try verifyKeyFile.map(CheckpointSigningKey.load(path:))
+        } catch {
+            throw ScoringError.invalidInput("--verify-key-file: \(error)")
+        }
+    }
 
     func load() throws -> ScoringModel {
+        let key = try verifyKey()
         switch (checkpoint, run) {
-        case let (path?, nil): return try ScoringModel.load(directory: URL(fileURLWithPath: path))
+        case let (path?, nil): return try ScoringModel.load(directory: URL(fileURLWithPath: path), verifyKey: key)
         case let (nil, run?):
             guard let checkpoints else { throw ScoringError.invalidInput("--run needs --checkpoints DIR") }
-            return try ScoringModel.load(root: URL(fileURLWithPath: checkpoints), run: run)
+            return try ScoringModel.load(root: URL(fileURLWithPath: checkpoints), run: run, verifyKey: key)
         case (.some, .some): throw ScoringError.invalidInput("give --run or --checkpoint, not both")
         case (nil, nil): throw ScoringError.invalidInput("name the model: --checkpoints DIR --run NAME, or --checkpoint PATH")
         }
@@ -59,10 +70,10 @@ struct CheckpointOptions: ParsableArguments {
         let graph: GraphScoringModel
         switch (gnnCheckpoint, gnnRun) {
         case (nil, nil): return nil
-        case let (path?, nil): graph = try GraphScoringModel.load(directory: URL(fileURLWithPath: path))
+        case let (path?, nil): graph = try GraphScoringModel.load(directory: URL(fileURLWithPath: path), verifyKey: try verifyKey())
         case let (nil, run?):
             guard let checkpoints else { throw ScoringError.invalidInput("--gnn-run needs --checkpoints DIR") }
-            graph = try GraphScoringModel.load(root: URL(fileURLWithPath: checkpoints), run: run)
+            graph = try GraphScoringModel.load(root: URL(fileURLWithPath: checkpoints), run: run, verifyKey: try verifyKey())
         case (.some, .some): throw ScoringError.invalidInput("give --gnn-run or --gnn-checkpoint, not both")
         }
         if let reason = graph.incompatibility(with: lstm) { throw ScoringError.incompatible(path: graph.info.path, reason: reason) }
@@ -123,8 +134,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Run name; its `best` (else `latest`) is polled and hot-reloaded.") var run: String
     @Option(help: "Address to bind; anything but loopback requires --token.") var host: String = "127.0.0.1"
     @Option(help: "Port (0 picks a free one and prints it).") var port: Int = 8080
-    @Option(help: "Bearer token required on /v1/* and /metrics.") var token: String?
+    @Option(help: "Bearer token required on /v1/* and /metrics (visible in `ps`; prefer --token-file or CLM_SCORE_TOKEN).") var token: String?
+    @Option(help: "A file holding the bearer token (one line).") var tokenFile: String?
+    @Option(help: "Refuse checkpoints this key (the training run's --signing-key-file) did not sign.") var verifyKeyFile: String?
     @Option(help: "Seconds between polls of `best` / `latest`.") var pollSeconds: Double = 2
+    @Option(help: "Close a connection that sends nothing for this many seconds (idle keep-alive, a stalled header or body).")
+    var idleTimeoutSeconds: Double = 10
     @Option(help: "Most customers per request.") var maxCustomers: Int = 1000
     @Option(help: "Largest request body in bytes.") var maxBodyBytes: Int = 1 << 20
     @Option(help: "YAML or JSON file of action and stage rule thresholds.") var rules: String?
@@ -132,6 +147,21 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Event file of the population request customers join (the graph's other customers and products).") var graphEvents: String?
     @Option(help: "Layout of --graph-events: canonical, cdnow or instacart.") var graphPreset: String = "canonical"
     @Option(help: "Build the reference graph as of this day. Default: the --graph-events file's last event day.") var graphAsOf: String?
+
+    /// The bearer token from --token, --token-file or the CLM_SCORE_TOKEN variable (one at most):
+    /// the command line shows in `ps` to every user of the machine, a file or the environment do not.
+    func resolvedToken() throws -> String? {
+        let environment = ProcessInfo.processInfo.environment["CLM_SCORE_TOKEN"]
+        let given = [token != nil, tokenFile != nil, environment != nil].filter { $0 }.count
+        guard given <= 1 else { throw ScoringError.invalidInput("give the token one way: --token, --token-file or CLM_SCORE_TOKEN") }
+        if let tokenFile {
+            guard let data = FileManager.default.contents(atPath: tokenFile) else {
+                throw ScoringError.io(path: tokenFile, reason: "cannot read the token file")
+            }
+            return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)
+        }
+        return token ?? environment
+    }
 
     /// Where the graph model comes from, when --gnn-run asks for one.
     func graphSource() throws -> GraphSource? {
@@ -149,14 +179,23 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         try await reporting {
             var configuration = ServiceConfiguration(checkpoints: URL(fileURLWithPath: checkpoints), run: run)
+            do {
+                configuration.verifyKey = try verifyKeyFile.map(CheckpointSigningKey.load(path:))
+            } catch {
+                throw ScoringError.invalidInput("--verify-key-file: \(error)")
+            }
             configuration.graphSource = try graphSource()
             // Loaded here first: a wrong run or file stops the start with its error.
-            configuration.initialGraph = try configuration.graphSource?.load(root: configuration.checkpoints)
+            configuration.initialGraph = try configuration.graphSource?.load(root: configuration.checkpoints, verifyKey: configuration.verifyKey)
             configuration.host = host
             configuration.port = port
-            configuration.token = token
+            configuration.token = try resolvedToken()
             guard pollSeconds > 0 && pollSeconds.isFinite else { throw ScoringError.invalidInput("--poll-seconds must be positive") }
             configuration.pollInterval = .milliseconds(Int64(pollSeconds * 1000))
+            guard idleTimeoutSeconds > 0 && idleTimeoutSeconds.isFinite && idleTimeoutSeconds <= 86_400 else {
+                throw ScoringError.invalidInput("--idle-timeout-seconds must be in (0, 86400], got \(idleTimeoutSeconds)")
+            }
+            configuration.idleTimeout = .milliseconds(Int64(idleTimeoutSeconds * 1000))
             guard maxCustomers >= 1, maxBodyBytes >= 1024 else {
                 throw ScoringError.invalidInput("--max-customers must be at least 1 and --max-body-bytes at least 1024")
             }

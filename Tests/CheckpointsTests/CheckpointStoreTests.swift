@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Testing
 @testable import Checkpoints
 
@@ -17,7 +18,11 @@ func checkpointFiles(step: Int) throws -> [String: Data] {
 
 struct StoreFixture {
     let temporary: TemporaryDirectory
-    let store: CheckpointStore
+    var store: CheckpointStore
+    var signingKey: CheckpointSigningKey? {
+        get { store.signingKey }
+        set { store.signingKey = newValue }
+    }
 
     init(keep: Int = 3) throws {
         temporary = try TemporaryDirectory()
@@ -165,6 +170,38 @@ struct StoreFixture {
 
         try Data("garbage".utf8).write(to: latest)
         #expect(throws: CheckpointError.invalidPointer(path: latest.path, content: "garbage")) { try fixture.store.latestStep() }
+    }
+
+    @Test("a FIFO where a checkpoint file or the latest pointer belongs is refused at once, not waited on")
+    func fifosAreRefusedWithoutBlocking() throws {
+        let fixture = try StoreFixture()
+        let step = try fixture.save(1)
+        let model = step.appendingPathComponent("model.safetensors")
+        let latest = fixture.store.runDirectory.appendingPathComponent("latest")
+        for target in [model, latest] {
+            let original = try Data(contentsOf: target)
+            try FileManager.default.removeItem(at: target)
+            #expect(mkfifo(target.path, 0o644) == 0)
+            // Without a writer, a blocking open of a FIFO never returns: load on another thread
+            // and give it a deadline, so a regression fails this test instead of hanging it.
+            let finished = DispatchSemaphore(value: 0)
+            let outcome = Mutex<Result<Void, any Error>?>(nil)
+            let store = fixture.store
+            Thread.detachNewThread {
+                let result = Result<Void, any Error> { _ = try store.load(step: nil) }
+                outcome.withLock { $0 = result }
+                finished.signal()
+            }
+            #expect(finished.wait(timeout: .now() + 10) == .success, "loading with a FIFO at \(target.lastPathComponent) blocked")
+            let result = outcome.withLock { $0 }
+            if case .success = result { Issue.record("a FIFO at \(target.lastPathComponent) was accepted") }
+            if case .failure(let error) = result {
+                #expect("\(error)".contains("not a regular file"), "\(error)")
+            }
+            try FileManager.default.removeItem(at: target)
+            try original.write(to: target)
+        }
+        #expect(try fixture.store.load().manifest.step == 1)
     }
 
     @Test func emptyRunHasNoCheckpoint() throws {

@@ -38,6 +38,21 @@ struct BatchScoringTests {
         #expect(!FileManager.default.fileExists(atPath: fixture.directory.path(".tmp-scores.csv-\(getpid())")))
     }
 
+    @Test("with a verify key, only checkpoints that key signed are scored")
+    func signedCheckpointsOnly() throws {
+        let fixture = try ScoringFixture(customers: 30)
+        let key = try CheckpointSigningKey(bytes: Array(repeating: 3, count: 32))
+        let other = try CheckpointSigningKey(bytes: Array(repeating: 4, count: 32))
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        #expect(throws: ScoringError.self) { try ScoringModel.load(root: fixture.root, run: "test", verifyKey: key) }
+        try fixture.saveCheckpoint(step: 2, seed: 1, signingKey: other)
+        #expect(throws: ScoringError.self) { try ScoringModel.load(root: fixture.root, run: "test", verifyKey: key) }
+        try fixture.saveCheckpoint(step: 3, seed: 1, signingKey: key)
+        #expect(try ScoringModel.load(root: fixture.root, run: "test", verifyKey: key).info.step == 3)
+        // Without a key, signed and unsigned checkpoints load alike.
+        #expect(try ScoringModel.load(root: fixture.root, run: "test", step: 1).info.step == 1)
+    }
+
     @Test("a stage head gives every customer a model stage (its argmax), unless the rules ask for the rule")
     func stageHeadGivesStages() throws {
         let fixture = try ScoringFixture(customers: 120)

@@ -1,6 +1,9 @@
 import Checkpoints
 import CustomerData
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import Scoring
 import ScoringService
@@ -252,6 +255,58 @@ struct ServiceTests {
         await service.stop()
     }
 
+    @Test("hot reload refuses untrusted manifests and overflowing weights; the served model keeps answering")
+    func hotReloadRefusesOutOfRangeCheckpoints() async throws {
+        let fixture = try ScoringFixture(customers: 40)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        var configuration = configuration(fixture)
+        // The test drives the poll itself (reloadIfChanged), so the watcher stays out of the way.
+        configuration.pollInterval = .seconds(3600)
+        let service = try await RunningService(configuration)
+        let body = featuresBody([("a", 6)])
+        func servedStep() async throws -> Int {
+            let reply = try await service.send("POST", "/v1/score", body: body)
+            #expect(reply.status == 200, "\(reply.text)")
+            return ((try service.json(reply))["model"] as! [String: Any])["step"] as! Int
+        }
+        #expect(try await servedStep() == 1)
+
+        var architecture = fixture.architecture()
+        architecture.layers = 1
+        let oneLayer: JSONValue = ["architecture": try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(architecture))]
+        var hugeHidden = fixture.architecture()
+        hugeHidden.hiddenSize = 1_000_000_000
+        let huge: JSONValue = ["architecture": try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(hugeHidden))]
+        let bad: [(String, (Int) throws -> Void)] = [
+            ("periodDays 0", { step in try fixture.saveCheckpoint(step: step, seed: 2) { $0.spec.periodDays = 0 } }),
+            ("historyPeriods -1", { step in try fixture.saveCheckpoint(step: step, seed: 2) { $0.spec.historyPeriods = -1 } }),
+            ("historyPeriods 100000", { step in try fixture.saveCheckpoint(step: step, seed: 2) { $0.spec.historyPeriods = 100_000 } }),
+            ("five stage names for four classes", { step in try fixture.saveCheckpoint(step: step, seed: 2) { $0.stageNames.append("extra") } }),
+            ("a vanishing deviation", { step in try fixture.saveCheckpoint(step: step, seed: 2) { $0.normalisation.std[0] = 1e-30 } }),
+            ("a normalisation mean edited under its fingerprint", { step in
+                try fixture.saveCheckpoint(step: step, seed: 2, fingerprintStale: true) { $0.normalisation.mean[0] += 0.5 }
+            }),
+            ("a manifest of one layer over two layers' tensors", { step in try fixture.saveCheckpoint(step: step, seed: 2, configurationOverride: oneLayer) }),
+            ("a billion hidden units", { step in try fixture.saveCheckpoint(step: step, seed: 2, configurationOverride: huge) }),
+            ("a recurrent weight of 3.4e38", { step in
+                try fixture.saveCheckpoint(step: step, seed: 2, changeWeights: { model in
+                    model.parameters.value(model.parameters.layout.slice(named: "lstm.weight_hh_l0")!)[0] = 3.4e38
+                })
+            }),
+        ]
+        for (index, (name, save)) in bad.enumerated() {
+            try save(2 + index)
+            #expect(service.scorer.reloadIfChanged() == false, "\(name) was loaded")
+            #expect(try await servedStep() == 1, "after \(name)")
+        }
+        let metrics = try await service.send("GET", "/metrics")
+        #expect(metrics.text.contains("clm_model_reloads_refused_total \(bad.count)"), "\(metrics.text)")
+        try fixture.saveCheckpoint(step: 100, seed: 3)
+        #expect(service.scorer.reloadIfChanged())
+        #expect(try await servedStep() == 100)
+        await service.stop()
+    }
+
     @Test("parallel requests are all answered, each with its own customer's scores")
     func concurrency() async throws {
         let fixture = try ScoringFixture(customers: 40)
@@ -280,6 +335,126 @@ struct ServiceTests {
             #expect(status == 200)
             #expect(abs(churn - expected[length]!) < 1e-6, "length \(length)")
         }
+        await service.stop()
+    }
+}
+
+/// A raw TCP connection to the service, for what a well-behaved HTTP client never does: stop
+/// half-way, or never read the answer.
+final class RawConnection: @unchecked Sendable {
+    let fd: Int32
+
+    init(port: Int) throws {
+        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard fd >= 0, connected == 0 else { throw ClientError(0, "cannot connect to 127.0.0.1:\(port): errno \(errno)") }
+    }
+
+    deinit { close(fd) }
+
+    func send(_ bytes: [UInt8]) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = bytes[offset...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL)) }
+            if written <= 0 { return }
+            offset += written
+        }
+    }
+
+    /// Sends until the socket buffers are full (the server has stopped reading), then closes the
+    /// sending side, as a client that gave up half-way through an upload does.
+    func floodThenStopSending() {
+        let chunk = [UInt8](repeating: UInt8(ascii: " "), count: 65_536)
+        while true {
+            let written = chunk.withUnsafeBytes { Glibc.send(fd, $0.baseAddress!, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            if written <= 0 { break }
+        }
+        shutdown(fd, Int32(SHUT_WR))
+    }
+
+    /// Reads until the server closes the connection or `seconds` pass; returns what arrived and
+    /// whether the server closed it. The blocking reads run on a thread of their own: on the
+    /// cooperative pool (two threads here) they would starve the server's own request tasks.
+    func readUntilClosed(seconds: Int) async -> (text: String, closed: Bool) {
+        await withCheckedContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(returning: self.blockingRead(seconds: seconds)) }
+        }
+    }
+
+    private func blockingRead(seconds: Int) -> (text: String, closed: Bool) {
+        var timeout = timeval(tv_sec: seconds, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var received: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while ContinuousClock.now < deadline {
+            let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if count == 0 { return (String(decoding: received, as: UTF8.self), true) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                // ECONNRESET is a close too; a time-out is not.
+                return (String(decoding: received, as: UTF8.self), errno == ECONNRESET)
+            }
+            received += buffer[0..<count]
+        }
+        return (String(decoding: received, as: UTF8.self), false)
+    }
+}
+
+@Suite("Scoring service: connections")
+struct ServiceConnectionTests {
+    func service(_ fixture: ScoringFixture) async throws -> RunningService {
+        var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
+        configuration.idleTimeout = .milliseconds(500)
+        configuration.limits.maxBodyBytes = 64 * 1024
+        return try await RunningService(configuration)
+    }
+
+    @Test("idle, half-sent headers and stalled bodies are closed after the idle timeout")
+    func stalledConnectionsAreClosed() async throws {
+        let fixture = try ScoringFixture(customers: 20)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        let service = try await service(fixture)
+        let idle = try RawConnection(port: service.port)
+        let halfHeader = try RawConnection(port: service.port)
+        halfHeader.send(Array("POST /v1/score HTTP/1.1\r\nHost: x\r\n".utf8))
+        let halfBody = try RawConnection(port: service.port)
+        halfBody.send(Array("POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"cust".utf8))
+        for (name, connection) in [("idle", idle), ("half a header", halfHeader), ("half a body", halfBody)] {
+            #expect(await connection.readUntilClosed(seconds: 8).closed, "\(name): still open")
+        }
+        await service.stop()
+    }
+
+    @Test("an oversize upload gets 413 and its connection is closed even when the client never finishes it")
+    func oversizeUploadDoesNotHoldTheSocket() async throws {
+        let fixture = try ScoringFixture(customers: 20)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        let service = try await service(fixture)
+        let connection = try RawConnection(port: service.port)
+        let length = 3 << 20
+        connection.send(Array("POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: \(length)\r\n\r\n".utf8))
+        // Past the 64 KiB limit, but not so far that the send blocks on full socket buffers: a
+        // client stuck in send never reads the 413 before the close resets the connection.
+        connection.send([UInt8](repeating: UInt8(ascii: " "), count: 96 * 1024))
+        let (text, closed) = await connection.readUntilClosed(seconds: 8)
+        #expect(text.hasPrefix("HTTP/1.1 413"), "\(text.prefix(200))")
+        #expect(closed, "the server kept the refused upload's socket open")
+        // A client that sends megabytes past the limit fills the socket buffers, because the server
+        // stops reading after the limit; without an idle timeout the server never saw it leave.
+        let flooding = try RawConnection(port: service.port)
+        flooding.send(Array("POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: \(64 << 20)\r\n\r\n".utf8))
+        flooding.floodThenStopSending()
+        #expect(await flooding.readUntilClosed(seconds: 8).closed, "the server kept a flooding upload's socket open")
+        // And the service still answers.
+        let health = try await service.send("GET", "/healthz")
+        #expect(health.status == 200)
         await service.stop()
     }
 }

@@ -69,8 +69,13 @@ final class ScoringFixture: @unchecked Sendable {
 
     /// Saves `model` as step `step` of the run (moving `latest`), the way training writes checkpoints.
     @discardableResult
-    func saveCheckpoint(step: Int, seed: UInt64, configurationOverride: JSONValue? = nil, heads: ModelArchitecture? = nil) throws -> URL {
+    func saveCheckpoint(
+        step: Int, seed: UInt64, configurationOverride: JSONValue? = nil, heads: ModelArchitecture? = nil,
+        fingerprintStale: Bool = false, signingKey: CheckpointSigningKey? = nil,
+        changeDataset: (inout DatasetManifest) -> Void = { _ in }, changeWeights: (LSTMModel) -> Void = { _ in }
+    ) throws -> URL {
         let model = model(seed: seed, heads: heads)
+        changeWeights(model)
         var writer = SafeTensorsWriter(metadata: ["format": "pt", "model": "lstm"])
         for slice in model.parameters.layout.slices {
             try writer.add(slice.name, shape: slice.shape,
@@ -80,11 +85,19 @@ final class ScoringFixture: @unchecked Sendable {
         let configuration: JSONValue = try configurationOverride ?? [
             "architecture": JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(architecture)),
         ]
-        let featureSpec = try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(dataset.manifest))
+        var datasetManifest = dataset.manifest
+        changeDataset(&datasetManifest)
+        if !fingerprintStale {
+            // A consistent but bad manifest: what a buggy writer (not a bit flip) would produce.
+            datasetManifest.fingerprint = datasetManifest.computeFingerprint()
+        }
+        let featureSpec = try JSONDecoder().decode(JSONValue.self, from: JSONEncoder().encode(datasetManifest))
         let manifest = CheckpointManifest(
             runName: store.run, step: step, epoch: 1, programVersion: "test", worldSize: 1, modelKind: .lstm,
-            configuration: configuration, featureSpec: featureSpec, datasetFingerprint: dataset.manifest.fingerprint,
+            configuration: configuration, featureSpec: featureSpec, datasetFingerprint: datasetManifest.fingerprint,
             randomState: seed, metrics: ["val_auc": 0.5])
+        var store = self.store
+        store.signingKey = signingKey
         return try store.save(step: step, files: ["model.safetensors": Data(try writer.serialized())], manifest: manifest)
     }
 

@@ -116,6 +116,28 @@ struct RunOutcomeTests {
         #expect(!strong.contains { $0.contains("logistic floor") })
     }
 
+    @Test("a run given a signing key signs every checkpoint, and scoring with the key accepts them")
+    func signedRun() throws {
+        let job = try Job(epochs: 1)
+        defer { try? FileManager.default.removeItem(at: job.directory) }
+        let keyPath = job.directory.appendingPathComponent("signing.key").path
+        try Data((0..<32).map { UInt8($0) }).write(to: URL(fileURLWithPath: keyPath))
+        _ = try TrainingJob.coordinate(
+            JobRequest(configurationPath: job.configurationPath, signingKeyPath: keyPath), world: SingleProcessCommunicator())
+        let key = try CheckpointSigningKey.load(path: keyPath)
+        let store = try job.store
+        for step in try store.steps() {
+            try CheckpointStore.verifySignature(of: store.load(step: step), key: key)
+        }
+        #expect(try ScoringModel.load(root: store.root, run: "outcome", verifyKey: key).info.step == store.bestStep())
+        // A missing key file stops the job before it trains.
+        #expect(throws: CheckpointError.self) {
+            try TrainingJob.coordinate(
+                JobRequest(configurationPath: job.configurationPath, overrides: ["run=other"], signingKeyPath: keyPath + ".missing"),
+                world: SingleProcessCommunicator())
+        }
+    }
+
     @Test("a run shorter than min_steps is lengthened, and patience cannot stop it before them")
     func minimumStepsLengthenShortRuns() throws {
         let job = try Job(epochs: 1)
