@@ -447,6 +447,7 @@ final class CSVEventSource {
         let customer = fieldBytes(line, customerColumn, scratch: &customerScratch)
         guard customer.count > 0 else { throw RowError.reject("empty \(name(ofColumn: customerColumn))") }
         guard isValidUTF8(customer) else { throw RowError.reject("invalid UTF-8 in \(name(ofColumn: customerColumn))") }
+        if let problem = IdentifierRules.problem(customer) { throw RowError.reject("\(name(ofColumn: customerColumn)) \(problem)") }
 
         let tp = line + fieldStart[timeColumn], tn = fieldEnd[timeColumn] - fieldStart[timeColumn]
         if timeFormat == .auto, let resolved = TimeFormat.resolve(tp, tn) { timeFormat = resolved }
@@ -475,6 +476,7 @@ final class CSVEventSource {
         if productColumn >= 0 {
             product = fieldBytes(line, productColumn, scratch: &productScratch)
             guard isValidUTF8(product) else { throw RowError.reject("invalid UTF-8 in \(name(ofColumn: productColumn))") }
+            if let problem = IdentifierRules.problem(product) { throw RowError.reject("\(name(ofColumn: productColumn)) \(problem)") }
         }
         var orderHash: UInt64 = 0
         if orderColumn >= 0 {
@@ -498,6 +500,32 @@ final class CSVEventSource {
 
 /// Calls `body(line, count, lineNumber)` for every line, reading the file in 4 MiB chunks.
 /// A UTF-8 byte order mark at the start and a `\r` before each `\n` are removed.
+/// What an identifier (customer or product id) may be, in an event file and in a scoring
+/// request alike: at most 256 bytes, no control characters (a NUL or an escape sequence in an id
+/// ends up in output files and logs).
+public enum IdentifierRules {
+    public static let maximumBytes = 256
+
+    /// Why `bytes` cannot be an identifier, or nil.
+    @inline(__always)
+    public static func problem(_ bytes: UnsafeRawBufferPointer) -> String? {
+        guard bytes.count <= maximumBytes else { return "is \(bytes.count) bytes long; the limit is \(maximumBytes)" }
+        for byte in bytes where byte < 0x20 || byte == 0x7F {
+            return "holds the control character 0x\(String(byte, radix: 16)); identifiers are printable text"
+        }
+        return nil
+    }
+
+    public static func problem(_ text: String) -> String? {
+        var copy = text
+        return copy.withUTF8 { problem(UnsafeRawBufferPointer($0)) }
+    }
+}
+
+/// The longest line an event file may have: far beyond any real row, far below what a binary
+/// file or one without line breaks would make the reader hold.
+let maximumLineBytes = 8 << 20
+
 func forEachLine(path: String, _ body: (UnsafePointer<UInt8>, Int, Int) throws -> Void, bytesRead: (Int) -> Void) throws {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw DataError.io(path: path, operation: "open", message: systemMessage()) }
@@ -512,12 +540,16 @@ func forEachLine(path: String, _ body: (UnsafePointer<UInt8>, Int, Int) throws -
     var eof = false
     while !eof {
         if filled == capacity {
-            // One line longer than the buffer: grow rather than cut it.
-            let bigger = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity * 2)
+            // One line fills the whole buffer. Growing without bound made a 2 GiB file with no
+            // line break cost 4 GB of memory before it failed anyway; no event row is this long.
+            guard capacity < maximumLineBytes else {
+                throw DataError.lineTooLong(path: path, line: lineNumber + 1, limit: maximumLineBytes)
+            }
+            let bigger = UnsafeMutablePointer<UInt8>.allocate(capacity: min(capacity * 2, maximumLineBytes))
             bigger.update(from: buffer, count: filled)
             buffer.deallocate()
             buffer = bigger
-            capacity *= 2
+            capacity = min(capacity * 2, maximumLineBytes)
         }
         let n = read(fd, buffer + filled, capacity - filled)
         if n < 0 {

@@ -15,6 +15,8 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
     case noCustomers(path: String, reason: String)
     /// A dataset file is missing, has the wrong size, or its contents do not match the manifest.
     case damagedDataset(file: String, reason: String)
+    /// A line too long to be an event: the file is not the text it should be (or not this layout).
+    case lineTooLong(path: String, line: Int, limit: Int)
 
     public var description: String {
         switch self {
@@ -31,6 +33,8 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
             return "rejected \(rejected) of \(rows) rows (\(formatPercent(fraction))), more than --max-reject-fraction \(limit); no dataset was written; the rejected rows and reasons are in \(rejectsPath)"
         case let .noCustomers(path, reason):
             return "\(path): \(reason)"
+        case let .lineTooLong(path, line, limit):
+            return "\(path): line \(line) is longer than \(limit) bytes; an event row is a few hundred at most, so this is not a text event file of the expected layout (binary data, or a file with no line breaks)"
         case let .damagedDataset(file, reason):
             return "damaged dataset: \(file): \(reason)"
         }

@@ -19,7 +19,7 @@ public struct RequestLimits: Sendable, Equatable {
     public var maxBodyBytes = 1 << 20
     public var maxCustomers = 1000
     public var maxEventsPerCustomer = 10_000
-    public var maxIdentifierBytes = 256
+    public var maxIdentifierBytes = IdentifierRules.maximumBytes
 
     public init() {}
 }
@@ -162,10 +162,13 @@ public struct ScoreRequest: Sendable, Equatable {
         let amount = try finiteNumber(amountValue, at: "\(at).amount")
         // The importer's limit: larger values could overflow its fixed-point sums.
         guard abs(amount) <= 1e11 else { throw ClientError(400, "\(at).amount: \(amount) is beyond the ±1e11 accepted") }
+        // The importer's rule too: the model never saw a negative amount in training.
+        guard amount >= 0 else { throw ClientError(400, "\(at).amount: \(amount) is negative (returns are not supported)") }
         var quantity = 1.0
         if let quantityValue = members["quantity"] {
             quantity = try finiteNumber(quantityValue, at: "\(at).quantity")
             guard abs(quantity) <= 1e11 else { throw ClientError(400, "\(at).quantity: \(quantity) is beyond the ±1e11 accepted") }
+            guard quantity >= 0 else { throw ClientError(400, "\(at).quantity: \(quantity) is negative") }
         }
         let product = try identifier(members["product_id"], at: "\(at).product_id", required: false, limits: limits)
         let order = try identifier(members["order_id"], at: "\(at).order_id", required: false, limits: limits)
@@ -183,17 +186,16 @@ public struct ScoreRequest: Sendable, Equatable {
             if required { throw ClientError(400, "\(at): is required") }
             return nil
         }
-        let text: String
-        switch value {
-        case let .string(string): text = string
-        // Numeric ids are common in exports; take them as their decimal text.
-        case let .number(number) where number == number.rounded() && abs(number) < 1e15: text = String(Int64(number))
-        default: throw ClientError(400, "\(at): expected a string")
+        // Only strings: a number has no one text form ("00001" in the data is 1 in JSON), and the
+        // importer reads ids as the text they are.
+        guard case let .string(text) = value else {
+            throw ClientError(400, "\(at): expected a string (send numeric ids as text, exactly as in the data)")
         }
         guard !text.isEmpty || !required else { throw ClientError(400, "\(at): must not be empty") }
         guard text.utf8.count <= limits.maxIdentifierBytes else {
             throw ClientError(400, "\(at): \(text.utf8.count) bytes, the limit is \(limits.maxIdentifierBytes)")
         }
+        if let problem = IdentifierRules.problem(text) { throw ClientError(400, "\(at): \(problem)") }
         return text
     }
 

@@ -167,6 +167,11 @@ struct ServiceTests {
             ("{\"customers\":[{\"customer_id\":\"a\",\"features\":[[1,2,3,4,5,6,7,8]],\"length\":2}]}", 400, "length"),
             ("{\"customers\":[{\"customer_id\":\"a\"}]}", 400, "needs \\\"events\\\""),
             ("{\"customers\":[{\"customer_id\":7.5,\"events\":[{\"day\":5,\"amount\":1}]}]}", 400, "customer_id: expected a string"),
+            // The importer's rules: no negative amounts or quantities, ids as printable text.
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":-3}]}]}", 400, "amount: -3.0 is negative"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":3,\"quantity\":-1}]}]}", 400, "quantity: -1.0 is negative"),
+            ("{\"customers\":[{\"customer_id\":17,\"events\":[{\"day\":5,\"amount\":1}]}]}", 400, "send numeric ids as text"),
+            ("{\"customers\":[{\"customer_id\":\"a\\u0000b\",\"events\":[{\"day\":5,\"amount\":1}]}]}", 400, "control character 0x0"),
             (featuresBody([("a", 1), ("a", 2)]), 400, "more than once"),
             (featuresBody((0..<6).map { ("c\($0)", 1) }), 413, "limit is 5"),
             ("{\"as_of\":2,\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1}]}]}", 422, "no purchase on or before"),
