@@ -135,6 +135,9 @@ struct ServiceMiddleware: RouterMiddleware {
             do {
                 response = try await next(request, context)
             } catch let error as ClientError {
+                if error.status == ClientError.clientClosedRequest {
+                    logger.info("request \(request.method) \(path): \(error.message)")
+                }
                 response = jsonResponse(.init(code: error.status), "{\"error\":\(jsonString(error.message))}")
             } catch let error as HTTPError {
                 let message = error.body ?? error.status.reasonPhrase
@@ -186,6 +189,9 @@ struct ScoreController<S: Scorer> {
             body = try await request.body.collect(upTo: limits.maxBodyBytes)
         } catch let error as any HTTPResponseError where error.status == .contentTooLarge {
             throw ClientError(413, "the body is larger than \(limits.maxBodyBytes) bytes")
+        } catch {
+            // The body could not be read: the client went away mid-upload. Not a server error.
+            throw ClientError(ClientError.clientClosedRequest, "the client closed the connection before sending the whole body (\(error))")
         }
         let parsed = try ScoreRequest.parse(Data(body.readableBytesView), limits: limits, model: model)
         let result = try scorer.score(parsed)

@@ -7,6 +7,9 @@ import Scoring
 public struct ClientError: Error, Equatable, Sendable {
     public var status: Int
     public var message: String
+    /// nginx's status for a client that disconnected before its request was read: counted
+    /// apart from the server's own failures (500) in `/metrics`.
+    public static let clientClosedRequest = 499
 
     public init(_ status: Int = 400, _ message: String) {
         self.status = status

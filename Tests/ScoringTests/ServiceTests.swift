@@ -462,4 +462,22 @@ struct ServiceConnectionTests {
         #expect(health.status == 200)
         await service.stop()
     }
+
+    @Test("a client that disconnects mid-body is counted as 499, not as a server error")
+    func disconnectIsNotAServerError() async throws {
+        let fixture = try ScoringFixture(customers: 20)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        let service = try await service(fixture)
+        do {
+            let connection = try RawConnection(port: service.port)
+            connection.send(Array("POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"customers\":[".utf8))
+        }   // closed here, 986 bytes short
+        let deadline = ContinuousClock.now + .seconds(5)
+        while service.metrics.requestCount(route: "/v1/score", status: 499) == 0 && ContinuousClock.now < deadline {
+            await Task.yield()
+        }
+        #expect(service.metrics.requestCount(route: "/v1/score", status: 499) == 1)
+        #expect(service.metrics.requestCount(route: "/v1/score", status: 500) == 0)
+        await service.stop()
+    }
 }
