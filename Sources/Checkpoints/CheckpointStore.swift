@@ -322,7 +322,7 @@ public struct CheckpointStore: Sendable {
         return step
     }
 
-    static func sha256Hex(_ bytes: some DataProtocol) -> String {
+    public static func sha256Hex(_ bytes: some DataProtocol) -> String {
         let hexDigits = Array("0123456789abcdef".utf8)
         var text: [UInt8] = []
         for byte in SHA256.hash(data: bytes) {
