@@ -31,4 +31,16 @@ public enum BLAS {
             alpha, a, blasint(lda), b, blasint(ldb),
             beta, c, blasint(ldc))
     }
+
+    /// `y = alpha · A · x + beta · y` with A m×n row-major (row stride `lda`) and x, y read and
+    /// written every `incx` / `incy` elements: a column of a feature-major buffer.
+    @inline(__always)
+    public static func gemv(
+        m: Int, n: Int, alpha: Float = 1, a: UnsafePointer<Float>, lda: Int,
+        x: UnsafePointer<Float>, incx: Int, beta: Float = 0, y: UnsafeMutablePointer<Float>, incy: Int
+    ) {
+        guard m > 0 && n > 0 else { return }
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, blasint(m), blasint(n), alpha, a, blasint(lda),
+                    x, blasint(incx), beta, y, blasint(incy))
+    }
 }
