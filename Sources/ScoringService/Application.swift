@@ -32,6 +32,20 @@ public struct ServiceConfiguration: Sendable {
         self.run = run
     }
 
+    /// The bearer token from a flag, a file or the environment, at most one of them: the command
+    /// line shows in `ps` to every user of the machine, a file or the environment do not.
+    public static func resolveToken(flag: String?, file: String?, environment: String?) throws -> String? {
+        let given = [flag != nil, file != nil, environment != nil].filter { $0 }.count
+        guard given <= 1 else { throw ScoringError.invalidInput("give the token one way: --token, --token-file or CLM_SCORE_TOKEN") }
+        if let file {
+            guard let data = FileManager.default.contents(atPath: file) else {
+                throw ScoringError.io(path: file, reason: "cannot read the token file")
+            }
+            return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)
+        }
+        return flag ?? environment
+    }
+
     /// Loopback addresses, where running without a token is safe.
     public var isLoopback: Bool {
         host == "localhost" || host == "::1" || host.hasPrefix("127.")

@@ -148,21 +148,6 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Layout of --graph-events: canonical, cdnow or instacart.") var graphPreset: String = "canonical"
     @Option(help: "Build the reference graph as of this day. Default: the --graph-events file's last event day.") var graphAsOf: String?
 
-    /// The bearer token from --token, --token-file or the CLM_SCORE_TOKEN variable (one at most):
-    /// the command line shows in `ps` to every user of the machine, a file or the environment do not.
-    func resolvedToken() throws -> String? {
-        let environment = ProcessInfo.processInfo.environment["CLM_SCORE_TOKEN"]
-        let given = [token != nil, tokenFile != nil, environment != nil].filter { $0 }.count
-        guard given <= 1 else { throw ScoringError.invalidInput("give the token one way: --token, --token-file or CLM_SCORE_TOKEN") }
-        if let tokenFile {
-            guard let data = FileManager.default.contents(atPath: tokenFile) else {
-                throw ScoringError.io(path: tokenFile, reason: "cannot read the token file")
-            }
-            return String(decoding: data, as: UTF8.self).trimmingCharacters(in: .newlines)
-        }
-        return token ?? environment
-    }
-
     /// Where the graph model comes from, when --gnn-run asks for one.
     func graphSource() throws -> GraphSource? {
         guard let gnnRun else {
@@ -189,7 +174,8 @@ struct Serve: AsyncParsableCommand {
             configuration.initialGraph = try configuration.graphSource?.load(root: configuration.checkpoints, verifyKey: configuration.verifyKey)
             configuration.host = host
             configuration.port = port
-            configuration.token = try resolvedToken()
+            configuration.token = try ServiceConfiguration.resolveToken(
+                flag: token, file: tokenFile, environment: ProcessInfo.processInfo.environment["CLM_SCORE_TOKEN"])
             guard pollSeconds > 0 && pollSeconds.isFinite else { throw ScoringError.invalidInput("--poll-seconds must be positive") }
             configuration.pollInterval = .milliseconds(Int64(pollSeconds * 1000))
             guard idleTimeoutSeconds > 0 && idleTimeoutSeconds.isFinite && idleTimeoutSeconds <= 86_400 else {

@@ -194,6 +194,19 @@ struct ServiceTests {
         await service.stop()
     }
 
+    @Test("the token comes from one of flag, file or environment; a file's newline is not part of it")
+    func tokenSources() throws {
+        let fixture = try ScoringFixture(customers: 10)
+        let file = fixture.directory.path("token")
+        try "from-file\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(try ServiceConfiguration.resolveToken(flag: nil, file: file, environment: nil) == "from-file")
+        #expect(try ServiceConfiguration.resolveToken(flag: nil, file: nil, environment: "from-env") == "from-env")
+        #expect(try ServiceConfiguration.resolveToken(flag: "flag", file: nil, environment: nil) == "flag")
+        #expect(try ServiceConfiguration.resolveToken(flag: nil, file: nil, environment: nil) == nil)
+        #expect(throws: ScoringError.self) { try ServiceConfiguration.resolveToken(flag: "a", file: nil, environment: "b") }
+        #expect(throws: ScoringError.self) { try ServiceConfiguration.resolveToken(flag: nil, file: file + ".missing", environment: nil) }
+    }
+
     @Test("a bearer token guards the API but not the probes")
     func token() async throws {
         let fixture = try ScoringFixture(customers: 40)
