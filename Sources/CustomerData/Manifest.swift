@@ -78,9 +78,9 @@ public struct DatasetManifest: Codable, Sendable, Equatable {
                   productFeatureMean.count == 3, productFeatureStd.count == 3 else {
                 return "the graph statistics have \(customerFeatureMean.count) customer and \(productFeatureMean.count) product columns, not 5 and 3"
             }
-            guard (customerFeatureStd + productFeatureStd).allSatisfy({ $0.isFinite && $0 > 0 }),
-                  (customerFeatureMean + productFeatureMean).allSatisfy(\.isFinite) else {
-                return "the graph statistics hold non-finite values or a zero deviation"
+            guard (customerFeatureStd + productFeatureStd).allSatisfy({ $0.isFinite && $0 > 1e-9 && $0 < 1e9 }),
+                  (customerFeatureMean + productFeatureMean).allSatisfy({ $0.isFinite && abs($0) < 1e9 }) else {
+                return "the graph statistics hold non-finite or out-of-range values, or a vanishing deviation"
             }
             return nil
         }
