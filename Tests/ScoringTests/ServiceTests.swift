@@ -376,6 +376,12 @@ final class RawConnection: @unchecked Sendable {
 
     deinit { close(fd) }
 
+    /// The head of a `POST /v1/score` announcing `length` body bytes.
+    static func scoreHead(length: Int, close: Bool = false) -> [UInt8] {
+        Array(("POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + (close ? "Connection: close\r\n" : "") + "Content-Length: \(length)\r\n\r\n").utf8)
+    }
+
     func send(_ bytes: [UInt8]) {
         var offset = 0
         while offset < bytes.count {
@@ -427,7 +433,10 @@ final class RawConnection: @unchecked Sendable {
 
 @Suite("Scoring service: connections")
 struct ServiceConnectionTests {
-    func service(_ fixture: ScoringFixture) async throws -> RunningService {
+    /// A service over a fresh one-checkpoint fixture, with a short idle timeout and body limit.
+    func service() async throws -> RunningService {
+        let fixture = try ScoringFixture(customers: 20)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
         var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
         configuration.idleTimeout = .milliseconds(500)
         configuration.limits.maxBodyBytes = 64 * 1024
@@ -436,14 +445,12 @@ struct ServiceConnectionTests {
 
     @Test("idle, half-sent headers and stalled bodies are closed after the idle timeout")
     func stalledConnectionsAreClosed() async throws {
-        let fixture = try ScoringFixture(customers: 20)
-        try fixture.saveCheckpoint(step: 1, seed: 1)
-        let service = try await service(fixture)
+        let service = try await service()
         let idle = try RawConnection(port: service.port)
         let halfHeader = try RawConnection(port: service.port)
         halfHeader.send(Array("POST /v1/score HTTP/1.1\r\nHost: x\r\n".utf8))
         let halfBody = try RawConnection(port: service.port)
-        halfBody.send(Array("POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"cust".utf8))
+        halfBody.send(RawConnection.scoreHead(length: 1000) + Array("{\"cust".utf8))
         for (name, connection) in [("idle", idle), ("half a header", halfHeader), ("half a body", halfBody)] {
             #expect(await connection.readUntilClosed(seconds: 8).closed, "\(name): still open")
         }
@@ -452,12 +459,9 @@ struct ServiceConnectionTests {
 
     @Test("an oversize upload gets 413 and its connection is closed even when the client never finishes it")
     func oversizeUploadDoesNotHoldTheSocket() async throws {
-        let fixture = try ScoringFixture(customers: 20)
-        try fixture.saveCheckpoint(step: 1, seed: 1)
-        let service = try await service(fixture)
+        let service = try await service()
         let connection = try RawConnection(port: service.port)
-        let length = 3 << 20
-        connection.send(Array("POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: \(length)\r\n\r\n".utf8))
+        connection.send(RawConnection.scoreHead(length: 3 << 20, close: true))
         // Past the 64 KiB limit, but not so far that the send blocks on full socket buffers: a
         // client stuck in send never reads the 413 before the close resets the connection.
         connection.send([UInt8](repeating: UInt8(ascii: " "), count: 96 * 1024))
@@ -467,7 +471,7 @@ struct ServiceConnectionTests {
         // A client that sends megabytes past the limit fills the socket buffers, because the server
         // stops reading after the limit; without an idle timeout the server never saw it leave.
         let flooding = try RawConnection(port: service.port)
-        flooding.send(Array("POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: \(64 << 20)\r\n\r\n".utf8))
+        flooding.send(RawConnection.scoreHead(length: 64 << 20, close: true))
         flooding.floodThenStopSending()
         #expect(await flooding.readUntilClosed(seconds: 8).closed, "the server kept a flooding upload's socket open")
         // And the service still answers.
@@ -478,12 +482,10 @@ struct ServiceConnectionTests {
 
     @Test("a client that disconnects mid-body is counted as 499, not as a server error")
     func disconnectIsNotAServerError() async throws {
-        let fixture = try ScoringFixture(customers: 20)
-        try fixture.saveCheckpoint(step: 1, seed: 1)
-        let service = try await service(fixture)
+        let service = try await service()
         do {
             let connection = try RawConnection(port: service.port)
-            connection.send(Array("POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"customers\":[".utf8))
+            connection.send(RawConnection.scoreHead(length: 1000) + Array("{\"customers\":[".utf8))
         }   // closed here, 986 bytes short
         let deadline = ContinuousClock.now + .seconds(5)
         while service.metrics.requestCount(route: "/v1/score", status: 499) == 0 && ContinuousClock.now < deadline {
