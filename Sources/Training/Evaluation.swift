@@ -30,17 +30,36 @@ func evaluate(
         let metrics = try JSONDecoder().decode([String: Double].self, from: Data(encoded.utf8))
         return EvaluatedSplit(metrics: metrics, lstmRows: world.rank == 0 ? table : nil)
     case .gnn:
-        return EvaluatedSplit(
-            metrics: try evaluateStages(predictions, shard: shard, classCount: classCount, majorityStage: majorityStage,
-                                        prefix: prefix, world: world),
-            lstmRows: nil)
+        let metrics = try evaluateStages(predictions, shard: shard, classCount: classCount, majorityStage: majorityStage,
+                                         prefix: prefix, world: world)
+        var rows = [Float](repeating: 0, count: shard.count * 3)
+        for index in 0..<shard.count {
+            let probabilities = predictions.stageProbabilities[index * classCount..<(index + 1) * classCount]
+            rows[3 * index] = Float(shard.datasetRows[index])
+            rows[3 * index + 1] = Float(shard.stages[index])
+            rows[3 * index + 2] = Float(probabilities.indices.max { probabilities[$0] < probabilities[$1] }! - index * classCount)
+        }
+        let gathered = try gatherToCoordinator(rows, world: world)
+        return EvaluatedSplit(metrics: metrics, lstmRows: nil,
+                              stageRows: world.rank == 0 ? StageEvaluationRows(values: gathered) : nil)
     }
 }
 
-/// A split's merged metrics; on rank 0 of an LSTM run also every customer's row.
+/// Rank 0's (dataset row, true stage, predicted stage) of every evaluated customer, for
+/// comparisons that need the customers themselves (bootstrap intervals, paired differences).
+struct StageEvaluationRows: Sendable {
+    let values: [Float]
+    var count: Int { values.count / 3 }
+    var datasetRows: [Int] { stride(from: 0, to: values.count, by: 3).map { Int(values[$0]) } }
+    var truth: [Int] { stride(from: 1, to: values.count, by: 3).map { Int(values[$0]) } }
+    var predicted: [Int] { stride(from: 2, to: values.count, by: 3).map { Int(values[$0]) } }
+}
+
+/// A split's merged metrics; on rank 0 also every customer's row.
 struct EvaluatedSplit {
     var metrics: [String: Double]
     var lstmRows: LSTMEvaluationRows?
+    var stageRows: StageEvaluationRows? = nil
 }
 
 /// Every rank's `rows` concatenated in rank order on rank 0; empty elsewhere.

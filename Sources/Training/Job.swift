@@ -198,6 +198,19 @@ public enum TrainingJob {
                 + "\(spec.validationCount) validation, \(spec.testCount) test; \(task.parameters.layout.totalCount) parameters"
                 + (restored.map { ", resuming at epoch \($0.progress.epoch + 1) step \($0.progress.stepInEpoch)" } ?? ""))
         }
+        // The graph model is judged against itself without the graph: the same network, data,
+        // seed and training budget with every neighbour input zero, trained first, so the
+        // model's test record can carry both on the same customers.
+        var ablation: TrainingSummary? = nil
+        if configuration.model == .gnn && configuration.gnn.ablation && spec.stopAfterSteps == nil {
+            if world.rank == 0 { reporter.line("training the no-graph ablation first (the same network and budget, every neighbour input zero)") }
+            let ablationTrainer = DataParallelTrainer(
+                configuration: configuration, world: world, task: try makeTask(spec, dataset: dataset, emptyGraph: true),
+                trainShard: trainShard, validationShard: validationShard, testShard: testShard, classCount: spec.classCount,
+                reporter: try ProgressReporter(enabled: false, metricsLog: nil), saveCheckpoint: nil)
+            ablationTrainer.majorityStage = spec.majorityStage
+            ablation = try ablationTrainer.run(resumingFrom: nil)
+        }
         let trainer = DataParallelTrainer(
             configuration: configuration, world: world, task: task, trainShard: trainShard,
             validationShard: validationShard, testShard: testShard, classCount: spec.classCount, reporter: reporter,
@@ -206,6 +219,13 @@ public enum TrainingJob {
         trainer.majorityStage = spec.majorityStage
         if world.rank == 0 {
             trainer.loadParameters = { try store.parameters(step: $0) }
+            if let ablation, let ablationValidation = ablation.validationStageRows, let ablationTest = ablation.testStageRows {
+                trainer.stageComparison = { validation, test in
+                    try StageComparison.metrics(
+                        validation: validation, test: test, ablationValidation: ablationValidation, ablationTest: ablationTest,
+                        majorityStage: spec.majorityStage, classCount: spec.classCount)
+                }
+            }
             if configuration.model == .lstm, let dataset {
                 let summaryFile = trainer.runDirectory?.appendingPathComponent("baseline_summary.csv")
                 trainer.baselines = {
@@ -218,7 +238,9 @@ public enum TrainingJob {
         return summary
     }
 
-    static func makeTask(_ spec: JobSpec, dataset: CustomerDataset?) throws -> TrainingTask {
+    /// The model `spec` describes; with `emptyGraph`, the GraphSAGE sees no neighbours (every
+    /// aggregate is zero), which is the no-graph ablation.
+    static func makeTask(_ spec: JobSpec, dataset: CustomerDataset?, emptyGraph: Bool = false) throws -> TrainingTask {
         let configuration = spec.configuration
         switch configuration.model {
         case .lstm:
@@ -240,7 +262,8 @@ public enum TrainingJob {
                     inputSize: spec.nodeFeatureWidth, hiddenSize: configuration.gnn.hidden, classes: spec.classCount,
                     layers: configuration.gnn.layers, dropout: configuration.gnn.dropout, classWeights: spec.classWeights),
                 seed: configuration.seed)
-            return GNNTask(model: model, graph: graph, fanouts: configuration.gnn.fanouts,
+            let sampled = emptyGraph ? CSRGraph(offsets: [Int](repeating: 0, count: graph.nodeCount + 1), neighbours: []) : graph
+            return GNNTask(model: model, graph: sampled, fanouts: configuration.gnn.fanouts,
                            nodeFeatures: dataset.nodeFeatures.baseAddress!, featureWidth: dataset.nodeFeatureWidth,
                            batchCapacity: configuration.batchSize, seed: configuration.seed)
         }
@@ -305,7 +328,7 @@ public enum TrainingJob {
         let keys = configuration.model == .lstm
             ? ["auc", "log_loss", "f1", "brier", "clv_rmse", "spend_spearman", "spend_gini", "stage_accuracy", "stage_macro_f1",
                "stage_majority_accuracy", "stage_majority_macro_f1"]
-            : ["accuracy", "macro_f1", "loss", "majority_accuracy", "majority_macro_f1"]
+            : ["accuracy", "macro_f1", "loss", "nograph_accuracy", "nograph_macro_f1", "majority_accuracy", "majority_macro_f1"]
         let evaluated = summary.evaluatedBest
             ? "best checkpoint, epoch \(summary.evaluatedEpoch) step \(summary.evaluatedStep)"
             : "last model, step \(summary.evaluatedStep) (no validation chose a best)"
@@ -317,6 +340,12 @@ public enum TrainingJob {
             + "\n  test:       " + format(summary.test, "test_", keys)
         if let low = summary.test["test_auc_ci_low"], let high = summary.test["test_auc_ci_high"] {
             text += String(format: "  (AUC 95%% CI %.4f–%.4f)", low, high)
+        }
+        for (name, label) in [("macro_f1", "macro-F1"), ("nograph_macro_f1", "no-graph macro-F1"),
+                              ("majority_macro_f1", "majority macro-F1"), ("macro_f1_minus_nograph", "macro-F1 minus no-graph")] {
+            guard let low = summary.test["test_\(name)_ci_low"], let high = summary.test["test_\(name)_ci_high"] else { continue }
+            let format = name.contains("minus") ? "\n  %@ 95%% CI %+.4f to %+.4f" : "\n  %@ 95%% CI %.4f–%.4f"
+            text += String(format: format, "test " + label, low, high)
         }
         if summary.baselines != nil {
             let baselineKeys = ["auc", "log_loss", "clv_rmse", "spend_spearman", "spend_gini"]

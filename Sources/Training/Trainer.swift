@@ -68,6 +68,9 @@ public struct TrainingSummary: Sendable {
     /// LSTM: the baselines fitted at the end, and what the summary must warn about.
     public var baselines: BaselineReport? = nil
     public var warnings: [String] = []
+    /// GNN, rank 0: every evaluated customer's true and predicted stage.
+    var validationStageRows: StageEvaluationRows? = nil
+    var testStageRows: StageEvaluationRows? = nil
 }
 
 /// The data-parallel loop every rank runs: same steps, fused gradient all-reduce, same update.
@@ -92,6 +95,9 @@ public final class DataParallelTrainer {
     var majorityStage = 0
     /// Rank 0: reads the parameters of a saved step, for a best model saved before a resume.
     var loadParameters: ((Int) throws -> [Float])?
+    /// Rank 0, GNN: metrics comparing this model with others on the same customers (the
+    /// no-graph ablation, intervals), merged into the final validation and test metrics.
+    var stageComparison: ((_ validation: StageEvaluationRows, _ test: StageEvaluationRows) throws -> [String: Double])?
     /// Rank 0, LSTM: the baselines' metrics on the same validation and test customers.
     var baselines: ((_ validation: LSTMEvaluationRows, _ test: LSTMEvaluationRows) throws -> BaselineReport)?
 
@@ -297,6 +303,13 @@ public final class DataParallelTrainer {
             }
         case .gnn:
             try writeStagePredictions(testPredictions, shard: testShard, classCount: classCount, to: predictionsFile, world: world)
+            summary.validationStageRows = validation.stageRows
+            summary.testStageRows = test.stageRows
+            if let stageComparison, let validationRows = validation.stageRows, let testRows = test.stageRows {
+                for (key, value) in try stageComparison(validationRows, testRows) {
+                    if key.hasPrefix("val_") { summary.lastValidation[key] = value } else { summary.test[key] = value }
+                }
+            }
         }
         var record = summary.test
         for (key, value) in summary.lastValidation { record[key] = value }

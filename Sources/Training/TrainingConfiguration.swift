@@ -74,9 +74,12 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         public var fanouts = [10, 5]
         /// Weigh classes by inverse frequency in the training split.
         public var balanceClasses = true
+        /// Also train the no-graph ablation (every neighbour input zero, the same budget) and
+        /// report it beside the model, with bootstrap intervals.
+        public var ablation = true
 
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case hidden, layers, dropout, fanouts
+            case hidden, layers, dropout, fanouts, ablation
             case balanceClasses = "balance_classes"
         }
 
@@ -90,6 +93,7 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
             dropout = try container.decodeIfPresent(Float.self, forKey: .dropout) ?? defaults.dropout
             fanouts = try container.decodeIfPresent([Int].self, forKey: .fanouts) ?? defaults.fanouts
             balanceClasses = try container.decodeIfPresent(Bool.self, forKey: .balanceClasses) ?? defaults.balanceClasses
+            ablation = try container.decodeIfPresent(Bool.self, forKey: .ablation) ?? defaults.ablation
         }
     }
 

@@ -138,6 +138,47 @@ struct RunOutcomeTests {
         }
     }
 
+    @Test("a graph run reports its no-graph ablation and the majority class with intervals, and the ablation leaves the model alone")
+    func graphRunReportsItsAblation() throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("clm-gnn-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let events = directory.appendingPathComponent("events.csv").path
+        _ = try generateSyntheticEvents(options: SyntheticOptions(customers: 400, products: 40, seed: 23), to: events)
+        var options = ImportOptions()
+        options.format.mapping.product = .name("product_id")
+        let data = directory.appendingPathComponent("data").path
+        _ = try Importer.run(input: events, output: data, options: options)
+        let configuration = directory.appendingPathComponent("gnn.yaml").path
+        try """
+            model: gnn
+            data: \(data)
+            checkpoints: \(directory.appendingPathComponent("checkpoints").path)
+            run: with-ablation
+            epochs: 2
+            min_steps: 0
+            batch_size: 32
+            gnn:
+              hidden: 8
+              fanouts: [5, 3]
+            """.write(toFile: configuration, atomically: true, encoding: .utf8)
+        let withAblation = try TrainingJob.coordinate(JobRequest(configurationPath: configuration), world: SingleProcessCommunicator())
+        for name in ["macro_f1", "accuracy", "nograph_macro_f1", "majority_macro_f1"] {
+            let low = try #require(withAblation.test["test_\(name)_ci_low"], "\(name)")
+            let high = try #require(withAblation.test["test_\(name)_ci_high"], "\(name)")
+            let point = try #require(withAblation.test["test_" + name], "\(name)")
+            #expect(low <= point && point <= high, "\(name): \(point) outside \(low)...\(high)")
+        }
+        #expect(withAblation.test["test_macro_f1_minus_nograph_ci_low"] != nil)
+        #expect(withAblation.lastValidation["val_nograph_macro_f1"] != nil)
+        let without = try TrainingJob.coordinate(
+            JobRequest(configurationPath: configuration, overrides: ["run=without-ablation", "gnn.ablation=false"]),
+            world: SingleProcessCommunicator())
+        #expect(without.test["test_nograph_macro_f1"] == nil)
+        #expect(without.parameterChecksum == withAblation.parameterChecksum, "training the ablation changed the model")
+        #expect(without.test["test_macro_f1"] == withAblation.test["test_macro_f1"])
+    }
+
     @Test("a run shorter than min_steps is lengthened, and patience cannot stop it before them")
     func minimumStepsLengthenShortRuns() throws {
         let job = try Job(epochs: 1)
