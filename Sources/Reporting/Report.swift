@@ -95,6 +95,7 @@ public func renderReport(_ inputs: ReportInputs) -> String {
     body += baselineSection(inputs.lstmRun)
     body += lstmStageSection(inputs.lstmRun)
     body += stageSection(inputs.graphRun)
+    body += graphEvidenceSection(inputs.graphRun)
     body += scoresSection(inputs)
     body += "<footer>Made by clm-report. Charts are SVG drawn into this file; it needs no network and no script.</footer>\n"
 
@@ -305,6 +306,36 @@ func baselineSection(_ run: TrainingRun?) -> String {
     if !run.log.testWarnings.isEmpty {
         html += "<div class=\"warnings\" id=\"warnings\"><strong>Warnings the run logged:</strong>\n<ul>\n"
             + run.log.testWarnings.map { "<li>\(escapeXML($0))</li>" }.joined(separator: "\n") + "\n</ul>\n</div>\n"
+    }
+    return html + "</section>\n"
+}
+
+/// The graph model next to its no-graph ablation and the majority class, with intervals.
+func graphEvidenceSection(_ run: TrainingRun?) -> String {
+    guard let run, run.manifest.modelKind == .gnn else { return "" }
+    let test = run.log.test
+    var html = "<section id=\"graph-evidence\">\n<h2>Does the graph help? The model, without the graph, and the majority class (test split)</h2>\n"
+    guard test["test_nograph_macro_f1"] != nil else {
+        return html + "<p class=\"note\" id=\"graph-evidence-missing\">The run trained no ablation (<code>gnn.ablation: false</code>, or a run from before it existed).</p>\n</section>\n"
+    }
+    func cell(_ key: String) -> String {
+        guard let value = test["test_" + key] else { return "<td class=\"number\">—</td>" }
+        var text = String(format: "%.4f", value)
+        if let low = test["test_\(key)_ci_low"], let high = test["test_\(key)_ci_high"] {
+            text += String(format: " (%.4f–%.4f)", low, high)
+        }
+        return "<td class=\"number\" data-metric=\"\(key)\" data-value=\"\(value)\">\(text)</td>"
+    }
+    html += "<table class=\"metrics\" id=\"graph-evidence-table\">\n<thead><tr><th>test metric (95% CI)</th><th>GraphSAGE</th><th>no graph</th><th>majority class</th></tr></thead>\n<tbody>\n"
+    for (key, label) in [("macro_f1", "macro-F1"), ("accuracy", "accuracy")] {
+        html += "<tr><td>\(label)</td>" + cell(key) + cell("nograph_" + key) + cell("majority_" + key) + "</tr>\n"
+    }
+    html += "</tbody>\n</table>\n"
+    if let low = test["test_macro_f1_minus_nograph_ci_low"], let high = test["test_macro_f1_minus_nograph_ci_high"] {
+        let verdict = low > 0 ? "the graph helps: the interval is above zero"
+            : high < 0 ? "the graph hurts: the interval is below zero" : "no evidence either way: the interval spans zero"
+        html += "<p id=\"graph-verdict\">Macro-F1 of the model minus the no-graph ablation on the same customers, paired 95% bootstrap interval: "
+            + String(format: "%+.4f to %+.4f", low, high) + " — \(verdict).</p>\n"
     }
     return html + "</section>\n"
 }
