@@ -93,34 +93,32 @@ public struct ScoringThroughput {
         return features.withUnsafeBufferPointer { xs in
             lengths.withUnsafeBufferPointer { ls in
                 outputs.withUnsafeMutableBufferPointer { headsOut in
-                    do {
-                        var next = 0
-                        func batch() -> Int {
-                            let n = min(batchSize, poolSize - next)
-                            network.forward(
-                                features: xs.baseAddress! + next * steps * inputSize, lengths: ls.baseAddress! + next,
-                                batch: n, steps: steps, workspace: workspace,
-                                outputs: headsOut.baseAddress!)
-                            next = next + n == poolSize ? 0 : next + n
-                            return n
-                        }
-                        // Grows the workspace and warms the caches.
-                        for _ in 0..<4 { _ = batch() }
-                        // Rounds of a quarter second, and their median: a neighbour on the host
-                        // slowing a round down moves the mean but not the median.
-                        var rates: [Double] = []
-                        let start = now()
-                        while now() - start < minimumSeconds || rates.count < 3 {
-                            var customers = 0
-                            let roundStart = now()
-                            while now() - roundStart < 0.25 || customers < 4 * batchSize { customers += batch() }
-                            rates.append(Double(customers) / (now() - roundStart))
-                        }
-                        let perSecond = rates.sorted()[rates.count / 2]
-                        let flopsPerCustomer = meanLength * flopsPerStep + 2 * 2 * Double(hiddenSize)
-                        return Result(customersPerSecond: perSecond, meanLength: meanLength,
-                                      usefulGflops: perSecond * flopsPerCustomer / 1e9)
+                    var next = 0
+                    func batch() -> Int {
+                        let n = min(batchSize, poolSize - next)
+                        network.forward(
+                            features: xs.baseAddress! + next * steps * inputSize, lengths: ls.baseAddress! + next,
+                            batch: n, steps: steps, workspace: workspace,
+                            outputs: headsOut.baseAddress!)
+                        next = next + n == poolSize ? 0 : next + n
+                        return n
                     }
+                    // Grows the workspace and warms the caches.
+                    for _ in 0..<4 { _ = batch() }
+                    // Rounds of a quarter second, and their median: a neighbour on the host
+                    // slowing a round down moves the mean but not the median.
+                    var rates: [Double] = []
+                    let start = now()
+                    while now() - start < minimumSeconds || rates.count < 3 {
+                        var customers = 0
+                        let roundStart = now()
+                        while now() - roundStart < 0.25 || customers < 4 * batchSize { customers += batch() }
+                        rates.append(Double(customers) / (now() - roundStart))
+                    }
+                    let perSecond = rates.sorted()[rates.count / 2]
+                    let flopsPerCustomer = meanLength * flopsPerStep + 2 * 2 * Double(hiddenSize)
+                    return Result(customersPerSecond: perSecond, meanLength: meanLength,
+                                  usefulGflops: perSecond * flopsPerCustomer / 1e9)
                 }
             }
         }
