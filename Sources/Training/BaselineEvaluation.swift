@@ -73,16 +73,18 @@ enum BaselineEvaluation {
         let horizonPeriods = Double(dataset.manifest.spec.horizonDays) / Double(dataset.manifest.spec.periodDays)
         let train = dataset.indices(in: .train)
         let history = HistorySummaries(dataset: dataset)
+        // Every customer is in one of the three splits, so each summary is needed once anyway.
+        let allSummaries = (0..<dataset.customerCount).map { history.summary($0) }
         if let summaryFile {
             var text = "dataset_row,split,frequency,recency,T,monetary_value\n"
             for customer in 0..<dataset.customerCount {
-                let summary = history.summary(customer)
+                let summary = allSummaries[customer]
                 text += "\(customer),\(dataset.split[customer]),\(Int(summary.frequency)),\(Int(summary.recency)),\(Int(summary.age)),\(summary.monetaryValue)\n"
             }
             try writeFileAtomically(Data(text.utf8), to: summaryFile)
         }
 
-        let summaries = train.map { history.summary($0) }
+        let summaries = train.map { allSummaries[$0] }
         var report = BaselineReport()
         // A baseline that cannot be fitted on this data is reported as such; it must not cost
         // the run its own test metrics.
@@ -117,7 +119,7 @@ enum BaselineEvaluation {
         for (rows, prefix) in [(validation, "val_"), (test, "test_")] {
             let customers = rows.datasetRows
             let labels = rows.churnLabels, spend = rows.spend
-            let customerSummaries = customers.map { history.summary($0) }
+            let customerSummaries = customers.map { allSummaries[$0] }
             var metrics: [String: Double] = [:]
             func keep(_ computed: [String: Double?], _ keys: [String]? = nil) {
                 for (key, value) in computed {

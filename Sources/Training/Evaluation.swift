@@ -32,27 +32,38 @@ func evaluate(
     case .gnn:
         let metrics = try evaluateStages(predictions, shard: shard, classCount: classCount, majorityStage: majorityStage,
                                          prefix: prefix, world: world)
-        var rows = [Float](repeating: 0, count: shard.count * 3)
-        for index in 0..<shard.count {
-            let probabilities = predictions.stageProbabilities[index * classCount..<(index + 1) * classCount]
-            rows[3 * index] = Float(shard.datasetRows[index])
-            rows[3 * index + 1] = Float(shard.stages[index])
-            rows[3 * index + 2] = Float(probabilities.indices.max { probabilities[$0] < probabilities[$1] }! - index * classCount)
-        }
-        let gathered = try gatherToCoordinator(rows, world: world)
+        let gathered = try gatherToCoordinator(
+            StageEvaluationRows.pack(predictions, shard: shard, classCount: classCount), world: world)
         return EvaluatedSplit(metrics: metrics, lstmRows: nil,
-                              stageRows: world.rank == 0 ? StageEvaluationRows(values: gathered) : nil)
+                              stageRows: world.rank == 0 ? StageEvaluationRows(values: gathered, classCount: classCount) : nil)
     }
 }
 
-/// Rank 0's (dataset row, true stage, predicted stage) of every evaluated customer, for
-/// comparisons that need the customers themselves (bootstrap intervals, paired differences).
+/// Rank 0's rows of every evaluated customer of the graph model: dataset row, true stage,
+/// predicted stage, then one probability per stage. They feed the comparisons that need the
+/// customers themselves (bootstrap intervals, paired differences) and the predictions file.
 struct StageEvaluationRows: Sendable {
     let values: [Float]
-    var count: Int { values.count / 3 }
-    var datasetRows: [Int] { stride(from: 0, to: values.count, by: 3).map { Int(values[$0]) } }
-    var truth: [Int] { stride(from: 1, to: values.count, by: 3).map { Int(values[$0]) } }
-    var predicted: [Int] { stride(from: 2, to: values.count, by: 3).map { Int(values[$0]) } }
+    let classCount: Int
+    var width: Int { 3 + classCount }
+    var count: Int { values.count / width }
+    var datasetRows: [Int] { stride(from: 0, to: values.count, by: width).map { Int(values[$0]) } }
+    var truth: [Int] { stride(from: 1, to: values.count, by: width).map { Int(values[$0]) } }
+    var predicted: [Int] { stride(from: 2, to: values.count, by: width).map { Int(values[$0]) } }
+
+    static func pack(_ predictions: Predictions, shard: LocalShard, classCount: Int) -> [Float] {
+        let width = 3 + classCount
+        var rows = [Float](repeating: 0, count: shard.count * width)
+        for index in 0..<shard.count {
+            let base = index * width
+            let probabilities = predictions.stageProbabilities[index * classCount..<(index + 1) * classCount]
+            rows[base] = Float(shard.datasetRows[index])
+            rows[base + 1] = Float(shard.stages[index])
+            rows[base + 2] = Float(probabilities.indices.max { probabilities[$0] < probabilities[$1] }! - index * classCount)
+            for (offset, probability) in probabilities.enumerated() { rows[base + 3 + offset] = probability }
+        }
+        return rows
+    }
 }
 
 /// A split's merged metrics; on rank 0 also every customer's row.
@@ -267,25 +278,11 @@ private func formatValue(_ value: Float) -> String {
     value == value.rounded() && abs(value) < 1e7 ? "\(Int(value))" : "\(value)"
 }
 
-/// Gathers every rank's GNN test predictions on rank 0 and writes them as CSV (atomically).
-func writeStagePredictions(
-    _ predictions: Predictions, shard: LocalShard, classCount: Int, to url: URL?, world: any Communicator
-) throws {
-    let width = 3 + classCount
-    var rows = [Float](repeating: 0, count: shard.count * width)
-    for index in 0..<shard.count {
-        let base = index * width
-        rows[base] = Float(shard.datasetRows[index])
-        let probabilities = predictions.stageProbabilities[index * classCount..<(index + 1) * classCount]
-        rows[base + 1] = Float(shard.stages[index])
-        rows[base + 2] = Float(probabilities.indices.max { probabilities[$0] < probabilities[$1] }! - index * classCount)
-        for (offset, probability) in probabilities.enumerated() { rows[base + 3 + offset] = probability }
-    }
-    let gathered = try gatherToCoordinator(rows, world: world)
-    guard world.rank == 0, let url else { return }
-    var text = "dataset_row,stage,predicted_stage" + (0..<classCount).map { ",p_stage_\($0)" }.joined() + "\n"
-    for row in stride(from: 0, to: gathered.count, by: width) {
-        text += (0..<width).map { formatValue(gathered[row + $0]) }.joined(separator: ",") + "\n"
+/// Writes rank 0's gathered GNN test rows as CSV (atomically).
+func writeStagePredictions(_ rows: StageEvaluationRows, to url: URL) throws {
+    var text = "dataset_row,stage,predicted_stage" + (0..<rows.classCount).map { ",p_stage_\($0)" }.joined() + "\n"
+    for row in stride(from: 0, to: rows.values.count, by: rows.width) {
+        text += (0..<rows.width).map { formatValue(rows.values[row + $0]) }.joined(separator: ",") + "\n"
     }
     try writeFileAtomically(Data(text.utf8), to: url)
 }

@@ -302,7 +302,7 @@ public final class DataParallelTrainer {
                 }
             }
         case .gnn:
-            try writeStagePredictions(testPredictions, shard: testShard, classCount: classCount, to: predictionsFile, world: world)
+            if let rows = test.stageRows, let predictionsFile { try writeStagePredictions(rows, to: predictionsFile) }
             summary.validationStageRows = validation.stageRows
             summary.testStageRows = test.stageRows
             if let stageComparison, let validationRows = validation.stageRows, let testRows = test.stageRows {

@@ -53,8 +53,7 @@ struct CheckpointOptions: ParsableArguments {
         }
     }
 
-    func load() throws -> ScoringModel {
-        let key = try verifyKey()
+    func load(verifyKey key: CheckpointSigningKey?) throws -> ScoringModel {
         switch (checkpoint, run) {
         case let (path?, nil): return try ScoringModel.load(directory: URL(fileURLWithPath: path), verifyKey: key)
         case let (nil, run?):
@@ -66,14 +65,14 @@ struct CheckpointOptions: ParsableArguments {
     }
 
     /// The graph model named by --gnn-run or --gnn-checkpoint, checked against the LSTM's stages.
-    func loadGraph(compatibleWith lstm: ScoringModel) throws -> GraphScoringModel? {
+    func loadGraph(compatibleWith lstm: ScoringModel, verifyKey key: CheckpointSigningKey?) throws -> GraphScoringModel? {
         let graph: GraphScoringModel
         switch (gnnCheckpoint, gnnRun) {
         case (nil, nil): return nil
-        case let (path?, nil): graph = try GraphScoringModel.load(directory: URL(fileURLWithPath: path), verifyKey: try verifyKey())
+        case let (path?, nil): graph = try GraphScoringModel.load(directory: URL(fileURLWithPath: path), verifyKey: key)
         case let (nil, run?):
             guard let checkpoints else { throw ScoringError.invalidInput("--gnn-run needs --checkpoints DIR") }
-            graph = try GraphScoringModel.load(root: URL(fileURLWithPath: checkpoints), run: run, verifyKey: try verifyKey())
+            graph = try GraphScoringModel.load(root: URL(fileURLWithPath: checkpoints), run: run, verifyKey: key)
         case (.some, .some): throw ScoringError.invalidInput("give --gnn-run or --gnn-checkpoint, not both")
         }
         if let reason = graph.incompatibility(with: lstm) { throw ScoringError.incompatible(path: graph.info.path, reason: reason) }
@@ -97,8 +96,9 @@ struct Batch: AsyncParsableCommand {
         try await reporting {
             let options = try eventFile.options()
             let rules = try model.loadRules()
-            let loaded = try model.load()
-            let graph = try model.loadGraph(compatibleWith: loaded)
+            let key = try model.verifyKey()
+            let loaded = try model.load(verifyKey: key)
+            let graph = try model.loadGraph(compatibleWith: loaded, verifyKey: key)
             let day = try asOf.map(parseCutoff)
             let summary = try BatchScoring.run(
                 scorer: LSTMScorer(model: loaded), events: events, options: options, asOf: day, rules: rules,
