@@ -78,9 +78,19 @@ public final class NeighbourSampler: @unchecked Sendable {
     }
 
     public func sample(seeds: [Int32], random: inout SeededRandom) -> Sample {
+        // The per-node loop works on buffer pointers of locals moved out of `self`: touching a
+        // class's stored arrays inside it paid a dynamic exclusivity check and a bounds check
+        // per neighbour, about a fifth of the sampler's time.
+        var localIndex = self.localIndex
+        self.localIndex = []
+        defer { self.localIndex = localIndex }
+        var chosen = self.chosen
+        self.chosen = []
+        defer { self.chosen = chosen }
         let hops = fanouts.count
         for hop in 0..<hops {
             let slot = hops - 1 - hop
+            let fanout = fanouts[hop]
             // Moved out while refilled, so the buffer is uniquely owned and grows in place.
             var sources = hopSources[hop]
             hopSources[hop] = []
@@ -99,25 +109,41 @@ public final class NeighbourSampler: @unchecked Sendable {
                 sources.append(contentsOf: hopSources[hop - 1])
                 destinationCount = hopSources[hop - 1].count
             }
-            for position in 0..<destinationCount { localIndex[Int(sources[position])] = Int32(position) }
-            offsets.append(0)
-            for position in 0..<destinationCount {
-                let node = Int(sources[position])
-                let start = graph.offsets[node]
-                chooseSlots(degree: graph.offsets[node + 1] - start, fanout: fanouts[hop], random: &random)
-                for index in 0..<chosen.count {
-                    let neighbour = graph.neighbours[start + chosen[index]]
-                    var local = localIndex[Int(neighbour)]
-                    if local < 0 {
-                        local = Int32(sources.count)
-                        localIndex[Int(neighbour)] = local
-                        sources.append(neighbour)
+            // Every destination adds at most `fanout` edges and as many new sources, so the
+            // appends below never reallocate mid-loop.
+            sources.reserveCapacity(destinationCount &* (fanout &+ 1))
+            neighbours.reserveCapacity(destinationCount &* fanout)
+            offsets.reserveCapacity(destinationCount &+ 1)
+            if chosen.count < fanout { chosen = [Int](repeating: 0, count: fanout) }
+            localIndex.withUnsafeMutableBufferPointer { local in
+                chosen.withUnsafeMutableBufferPointer { chosen in
+                    graph.offsets.withUnsafeBufferPointer { graphOffsets in
+                        graph.neighbours.withUnsafeBufferPointer { graphNeighbours in
+                            for position in 0..<destinationCount { local[Int(sources[position])] = Int32(position) }
+                            offsets.append(0)
+                            for position in 0..<destinationCount {
+                                let node = Int(sources[position])
+                                let start = graphOffsets[node]
+                                let count = Self.chooseSlots(
+                                    degree: graphOffsets[node &+ 1] &- start, fanout: fanout,
+                                    into: chosen.baseAddress!, random: &random)
+                                for index in 0..<count {
+                                    let neighbour = Int(graphNeighbours[start &+ chosen[index]])
+                                    var position = local[neighbour]
+                                    if position < 0 {
+                                        position = Int32(truncatingIfNeeded: sources.count)
+                                        local[neighbour] = position
+                                        sources.append(Int32(truncatingIfNeeded: neighbour))
+                                    }
+                                    neighbours.append(position)
+                                }
+                                offsets.append(Int32(truncatingIfNeeded: neighbours.count))
+                            }
+                            for index in 0..<sources.count { local[Int(sources[index])] = -1 }
+                        }
                     }
-                    neighbours.append(local)
                 }
-                offsets.append(Int32(neighbours.count))
             }
-            for index in 0..<sources.count { localIndex[Int(sources[index])] = -1 }
             blocks[slot].sourceCount = sources.count
             blocks[slot].destinationCount = destinationCount
             blocks[slot].offsets = offsets
@@ -127,23 +153,25 @@ public final class NeighbourSampler: @unchecked Sendable {
         return Sample(blocks: blocks, inputNodes: hopSources[hops - 1])
     }
 
-    /// Fills `chosen` with min(fanout, degree) distinct slots in 0..<degree (Floyd's algorithm
-    /// when sampling, so the cost is O(fanout) however large the degree).
-    ///
-    /// Plain index loops rather than `append(contentsOf:)` and `contains`: unspecialised, as in
-    /// debug builds, those generic calls allocate on every call of this per-node function.
-    private func chooseSlots(degree: Int, fanout: Int, random: inout SeededRandom) {
-        chosen.removeAll(keepingCapacity: true)
+    /// Writes min(fanout, degree) distinct slots in 0..<degree to `chosen` and returns how many
+    /// (Floyd's algorithm when sampling, so the cost is O(fanout) however large the degree).
+    @inline(__always)
+    private static func chooseSlots(
+        degree: Int, fanout: Int, into chosen: UnsafeMutablePointer<Int>, random: inout SeededRandom
+    ) -> Int {
         if degree <= fanout {
-            for slot in 0..<degree { chosen.append(slot) }
-            return
+            for slot in 0..<degree { chosen[slot] = slot }
+            return degree
         }
-        for upper in (degree - fanout)..<degree {
-            let candidate = random.nextIndex(below: upper + 1)
+        var count = 0
+        for upper in (degree &- fanout)..<degree {
+            let candidate = random.nextIndex(below: upper &+ 1)
             var taken = false
-            for index in 0..<chosen.count where chosen[index] == candidate { taken = true }
-            chosen.append(taken ? upper : candidate)
+            for index in 0..<count where chosen[index] == candidate { taken = true }
+            chosen[count] = taken ? upper : candidate
+            count &+= 1
         }
+        return count
     }
 }
 
@@ -151,7 +179,13 @@ public final class NeighbourSampler: @unchecked Sendable {
 public func gatherRows(
     _ features: UnsafePointer<Float>, width: Int, nodes: [Int32], into: UnsafeMutablePointer<Float>
 ) {
-    for row in 0..<nodes.count {
-        (into + row &* width).update(from: features + Int(nodes[row]) &* width, count: width)
+    // A plain loop rather than `update(from:count:)`: rows are a few dozen bytes, and a
+    // memmove call per row cost more than the copy itself.
+    nodes.withUnsafeBufferPointer { nodes in
+        for row in 0..<nodes.count {
+            let source = features + Int(nodes[row]) &* width
+            let target = into + row &* width
+            for column in 0..<width { target[column] = source[column] }
+        }
     }
 }

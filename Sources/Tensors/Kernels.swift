@@ -71,7 +71,18 @@ public enum Kernels {
     public static func reluBackward(
         _ gradient: UnsafeMutablePointer<Float>, output: UnsafePointer<Float>, count: Int
     ) {
-        for index in 0..<count where output[index] <= 0 { gradient[index] = 0 }
+        // Eight lanes with a mask: about half the outputs are zero, and the scalar loop, which
+        // the compiler kept as a branch, mispredicted half the time (a fifth of GraphSAGE's step).
+        let vectorCount = count / 8
+        let outputs = UnsafeRawPointer(output), gradients = UnsafeMutableRawPointer(gradient)
+        for vector in 0..<vectorCount {
+            let byteOffset = vector &* 32
+            var lanes = gradients.loadUnaligned(fromByteOffset: byteOffset, as: SIMD8<Float>.self)
+            let active = outputs.loadUnaligned(fromByteOffset: byteOffset, as: SIMD8<Float>.self)
+            lanes.replace(with: 0, where: active .<= 0)
+            gradients.storeBytes(of: lanes, toByteOffset: byteOffset, as: SIMD8<Float>.self)
+        }
+        for index in vectorCount &* 8..<count where output[index] <= 0 { gradient[index] = 0 }
     }
 
     /// Derivative of the sigmoid from its output s: s(1 - s).

@@ -54,12 +54,19 @@ struct Models: ParsableCommand {
         commandName: "models",
         abstract: "Training throughput of the LSTM and GraphSAGE on one thread, next to cblas_sgemm's rate.")
 
+    enum Model: String, ExpressibleByArgument, CaseIterable { case all, lstm, graphsage }
+
     @Option(help: "Seconds to time each model.") var seconds = 3.0
+    @Option(help: "Which model to time (all, lstm, graphsage), e.g. to profile one alone.") var model = Model.all
 
     func run() throws {
         let sgemm = measureSgemm()
         print(String(format: "cblas_sgemm 512x512x512, 1 thread: %.1f GFLOP/s", sgemm / 1e9))
+        if model != .graphsage { timeLSTM(sgemm: sgemm) }
+        if model != .lstm { timeGraphSAGE() }
+    }
 
+    private func timeLSTM(sgemm: Double) {
         var lstm = LSTMThroughput()
         lstm.minimumSeconds = seconds
         let lstmResult = lstm.run()
@@ -70,7 +77,9 @@ struct Models: ParsableCommand {
         print(String(
             format: "  time: forward %.0f%%, loss and backward %.0f%%, Adam %.0f%%",
             100 * lstmResult.forwardShare, 100 * lstmResult.backwardShare, 100 * lstmResult.optimizerShare))
+    }
 
+    private func timeGraphSAGE() {
         var sage = GraphSAGEThroughput()
         sage.minimumSeconds = seconds
         let sageResult = sage.run()

@@ -132,6 +132,18 @@ import Tensors
         }
     }
 
+    @Test("reluBackward zeroes the gradient exactly where the output is not positive, tails included",
+          arguments: [0, 1, 7, 8, 9, 23, 64])
+    func reluBackwardMatchesItsDefinition(count: Int) {
+        var random = SeededRandom(seed: 9, purpose: .synthesis)
+        // Outputs are ReLU outputs: about half exactly zero, as in a trained layer.
+        let output = (0..<count).map { _ in max(random.nextFloat(in: -1, 1), 0) }
+        let original = (0..<count).map { _ in random.nextFloat(in: -1, 1) }
+        var gradient = original
+        Kernels.reluBackward(&gradient, output: output, count: count)
+        #expect(gradient == zip(original, output).map { $1 > 0 ? $0 : 0 })
+    }
+
     @Test func activationsAreStableAtTheExtremes() {
         #expect(Kernels.sigmoid(-100) >= 0 && Kernels.sigmoid(-100) < 1e-30)
         #expect(Kernels.sigmoid(100) == 1)
