@@ -3,6 +3,7 @@ import Glibc
 #else
 import Darwin
 #endif
+import CPrefetch
 
 /// One validated event as the importer hands it on: pointers into the reader's buffer, valid
 /// only for the duration of the call.
@@ -64,8 +65,13 @@ struct PeriodEntry {
 }
 
 /// The counters of one customer, one fixed-size record per customer in one contiguous buffer
-/// (28 bytes). Spend sums keep their low 32 bits here, like `PeriodEntry`.
+/// (40 bytes). Spend sums keep their low 32 bits here, like `PeriodEntry`. Everything an event
+/// reads about its customer sits in this record, so that in a date-ordered file, where the
+/// customer of the next row is anyone's, a row costs one miss here rather than one per array.
 struct CustomerState {
+    /// Hash of the customer's last order id (0 before any), to see whether a row opens a
+    /// new transaction: lines of one order arrive together.
+    var lastOrder: UInt64 = 0
     var firstDay: Int32 = .max
     /// Last purchase day before the history window (.min for none).
     var preLastDay: Int32 = .min
@@ -75,6 +81,10 @@ struct CustomerState {
     var horizonSpend: UInt32 = 0
     /// First entry of the customer's list of active periods in `periodEntries`, -1 for none.
     var periodHead: Int32 = -1
+    /// The newest period in that list (-1 for none): a row of a newer period, which in a
+    /// date-ordered file is nearly every row that opens a period, adds its entry without
+    /// walking the list.
+    var newestPeriod: Int16 = -1
 }
 
 /// Which narrow counter a carry belongs to (the high byte of a carry key).
@@ -103,10 +113,12 @@ func floorDiv(_ a: Int, _ b: Int) -> Int {
     return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q
 }
 
-/// Per-customer aggregates of a stream of events: exactly what features, labels and the graph
-/// need, so memory grows with customers (and customer–product pairs), not with events.
+/// Per-customer aggregates of the customers of one partition (all of them when the import is
+/// not partitioned): exactly what features, labels and the graph need, so memory grows with
+/// customers (and customer–product pairs), not with events. `CustomerAggregates` routes events
+/// here and reads the results back under global customer indices.
 ///
-/// Per customer (`CustomerState`, 28 bytes): first purchase day and last one before the
+/// Per customer (`CustomerState`, 40 bytes): first purchase day and last one before the
 /// history window, totals before the window, horizon totals, and the head of a short list of
 /// the window's periods in which the customer bought something (`PeriodEntry`, 8 bytes each,
 /// plus 4 for items when the input has real quantities: a customer active in 3 of 39 periods
@@ -118,7 +130,7 @@ func floorDiv(_ a: Int, _ b: Int) -> Int {
 /// them every stored byte, do not depend on the order of the rows. The stored counters are
 /// narrow; whatever overflows them goes into a sparse carry table, so every sum equals the
 /// 64-bit one exactly while typical data never touches the table.
-final class CustomerAggregates: EventSink {
+final class CustomerShard {
     let spec: FeatureSpec
     let periods: Int
     let periodDays: Int
@@ -126,16 +138,12 @@ final class CustomerAggregates: EventSink {
     let windowStart: Int
     let horizonEnd: Int
 
-    let customers = ByteInterner()
-    let products = ByteInterner()
+    let customers: ByteInterner
 
     // Touched once or more per event: unchecked exclusivity keeps the runtime's access
     // tracking (a third of the parse time when checked) out of the loop. Single-threaded use only.
-    @exclusivity(unchecked) var states = GrowableBuffer<CustomerState>(capacity: 1 << 12, fill: CustomerState())
-    /// Hash of each customer's last order id; allocated only once an event has an order id
-    /// (until then every event is its own transaction and all of them would be 0).
-    @exclusivity(unchecked) var lastOrder: GrowableBuffer<UInt64>?
-    @exclusivity(unchecked) var periodEntries = GrowableBuffer<PeriodEntry>(capacity: 1 << 16, fill: PeriodEntry())
+    @exclusivity(unchecked) var states: GrowableBuffer<CustomerState>
+    @exclusivity(unchecked) var periodEntries: GrowableBuffer<PeriodEntry>
     /// Items of each period entry (low 32 bits), parallel to `periodEntries`; nil while every
     /// entry's items equal its transactions (every event so far had quantity 1 and opened a
     /// transaction, as in files without quantity and order columns).
@@ -143,20 +151,26 @@ final class CustomerAggregates: EventSink {
     private let oneItem = FixedPoint.from(1)
     /// High parts of narrow counters that overflowed, by `CarryKind` << 56 | index.
     @exclusivity(unchecked) private var carries: [UInt64: UInt64] = [:]
-    let pairs = PairCounter()
+    let pairs: PairCounter
 
     @exclusivity(unchecked) private(set) var eventsInHistory = 0
     @exclusivity(unchecked) private(set) var eventsInHorizon = 0
     @exclusivity(unchecked) private(set) var eventsAfterHorizon = 0
     @exclusivity(unchecked) private var lastCustomer: Int32 = -1
+    @exclusivity(unchecked) private var lastCustomerHash: UInt64 = 0
 
     private let scratchTransactions: UnsafeMutablePointer<Int64>
     private let scratchItems: UnsafeMutablePointer<Int64>
     private let scratchSpend: UnsafeMutablePointer<Int64>
 
-    init(spec: FeatureSpec) {
+    /// `expectedCustomers` sizes the first allocations; buffers grow as needed.
+    init(spec: FeatureSpec, expectedCustomers: Int = 1 << 12) {
         precondition(spec.historyPeriods <= Int(PeriodEntry.periodMask) + 1, "a period index must fit 14 bits")
         self.spec = spec
+        customers = ByteInterner(expectedIDs: expectedCustomers)
+        states = GrowableBuffer(capacity: expectedCustomers, fill: CustomerState())
+        periodEntries = GrowableBuffer(capacity: expectedCustomers * 16, fill: PeriodEntry())
+        pairs = PairCounter(expectedPairs: expectedCustomers * 4)
         scratchTransactions = .allocate(capacity: spec.historyPeriods)
         scratchItems = .allocate(capacity: spec.historyPeriods)
         scratchSpend = .allocate(capacity: spec.historyPeriods)
@@ -168,7 +182,7 @@ final class CustomerAggregates: EventSink {
     }
 
     deinit {
-        states.free(); lastOrder?.free(); periodEntries.free(); periodItems?.free()
+        states.free(); periodEntries.free(); periodItems?.free()
         scratchTransactions.deallocate(); scratchItems.deallocate(); scratchSpend.deallocate()
     }
 
@@ -253,6 +267,7 @@ final class CustomerAggregates: EventSink {
         if periodItems != nil { _ = periodItems!.grow(by: periodEntries.count - periodItems!.count) }
         let e = periodEntries.count - 1
         s.pointee.periodHead = Int32(e)
+        s.pointee.newestPeriod = max(s.pointee.newestPeriod, Int16(period))
         return e
     }
 
@@ -272,51 +287,79 @@ final class CustomerAggregates: EventSink {
     // MARK: Aggregation
 
     @inline(__always)
-    private func customerIndex(_ id: UnsafeRawBufferPointer) -> Int {
-        let n = id.count
-        let p = id.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!
-        // Event files are usually grouped by customer: compare with the previous one first.
-        if lastCustomer >= 0 {
+    private func customerIndex(_ p: UnsafeRawPointer, _ n: Int, hash: UInt64) -> Int {
+        // Event files are usually grouped by customer: compare with the previous one first
+        // (its hash, then its bytes, so that another customer costs no read of the arena).
+        if lastCustomer >= 0 && hash == lastCustomerHash {
             let previous = customers.bytes(Int(lastCustomer))
             if previous.count == n && (n == 0 || memcmpBytes(previous.baseAddress!, p, n)) { return Int(lastCustomer) }
         }
-        let index = customers.intern(p, n)
+        let index = customers.intern(p, n, hash: hash)
         lastCustomer = index
-        if Int(index) == states.count {
-            _ = states.grow(by: 1)
-            if lastOrder != nil { _ = lastOrder!.grow(by: 1) }
-        }
+        lastCustomerHash = hash
+        if Int(index) == states.count { _ = states.grow(by: 1) }
         return Int(index)
     }
 
-    /// Whether event `orderHash` of customer `c` opens a transaction: lines of one order
+    /// Whether event `orderHash` of customer `s` opens a transaction: lines of one order
     /// arrive together, so only the first of them does.
     @inline(__always)
-    private func opensTransaction(_ c: Int, _ orderHash: UInt64) -> Bool {
-        if lastOrder == nil {
-            if orderHash == 0 { return true }
-            var buffer = GrowableBuffer<UInt64>(capacity: states.capacity, fill: 0)
-            _ = buffer.grow(by: states.count)
-            lastOrder = buffer
-        }
-        let previous = lastOrder![c]
-        lastOrder![c] = orderHash
+    private func opensTransaction(_ s: UnsafeMutablePointer<CustomerState>, _ orderHash: UInt64) -> Bool {
+        let previous = s.pointee.lastOrder
+        s.pointee.lastOrder = orderHash
         return orderHash == 0 || orderHash != previous
     }
 
-    func consume(_ event: RawEvent) {
-        let c = customerIndex(event.customer)
-        let day = event.day
+    /// Adds one event of a customer of this shard. `customer` and `length` are the id's bytes,
+    /// `hash` their `hashIdentifier`; `amount` and `quantity` are fixed point; `product` is the
+    /// product's global index, or -1 for none.
+    @inline(__always)
+    func consume(
+        customer: UnsafeRawPointer, length: Int, hash: UInt64, day: Int, amount: Int64, quantity: Int64,
+        product: Int32, orderHash: UInt64
+    ) {
+        add(customerIndex(customer, length, hash: hash), day: day, amount: amount, quantity: quantity,
+            product: product, orderHash: orderHash)
+    }
+
+    /// Adds `count` queued events of this shard's customers, in their file order, with the
+    /// same result as `consume` on each. Two passes, each asking for the memory of the event
+    /// `lookahead` places ahead while it works on this one: first every id is looked up (the
+    /// index replaces the event's hash), then every event is added. In a date-ordered file
+    /// each of those is a cache miss; overlapped this way they cost a fraction of one each.
+    func consumeQueued(_ events: UnsafeMutablePointer<PendingEvent>, count: Int, idBytes: UnsafeRawPointer) {
+        let lookahead = 16
+        for index in 0..<count {
+            if index &+ lookahead < count { customers.prefetchSlot(hash: events[index &+ lookahead].hash) }
+            let event = events[index]
+            events[index].hash = UInt64(customerIndex(idBytes + Int(event.idOffset), Int(event.idLength), hash: event.hash))
+        }
+        for index in 0..<count {
+            if index &+ lookahead < count {
+                let ahead = events[index &+ lookahead]
+                clm_prefetch_write(states.pointer + Int(ahead.hash))
+                if ahead.product >= 0 && Int(ahead.day) <= cutoff {
+                    pairs.prefetch(customer: Int32(truncatingIfNeeded: ahead.hash), product: ahead.product)
+                }
+            }
+            let event = events[index]
+            add(Int(event.hash), day: Int(event.day), amount: event.amount, quantity: event.quantity,
+                product: event.product, orderHash: event.orderHash)
+        }
+    }
+
+    @inline(__always)
+    private func add(_ c: Int, day: Int, amount: Int64, quantity: Int64, product: Int32, orderHash: UInt64) {
         if day > horizonEnd {
             eventsAfterHorizon += 1
             return
         }
-        let newTransaction = opensTransaction(c, event.orderHash)
         let s = states.pointer + c
+        let newTransaction = opensTransaction(s, orderHash)
         if day > cutoff {
             eventsInHorizon += 1
             if newTransaction { s.pointee.horizonTransactions += 1 }
-            addWide(&s.pointee.horizonSpend, FixedPoint.from(event.amount), .horizonSpend, c)
+            addWide(&s.pointee.horizonSpend, amount, .horizonSpend, c)
             return
         }
         eventsInHistory += 1
@@ -324,14 +367,13 @@ final class CustomerAggregates: EventSink {
         if day32 < s.pointee.firstDay { s.pointee.firstDay = day32 }
         if day < windowStart {
             if newTransaction { s.pointee.preTransactions += 1 }
-            addWide(&s.pointee.preSpend, FixedPoint.from(event.amount), .preSpend, c)
+            addWide(&s.pointee.preSpend, amount, .preSpend, c)
             if day32 > s.pointee.preLastDay { s.pointee.preLastDay = day32 }
         } else {
             // The newest period sits at the head, so time-ordered rows find theirs at once.
             let period = UInt16(truncatingIfNeeded: (day - windowStart) / periodDays)
-            let quantity = FixedPoint.from(event.quantity)
             if periodItems == nil && (quantity != oneItem || !newTransaction) { materialiseItems() }
-            var e = findEntry(s.pointee.periodHead, period)
+            var e = Int16(period) > s.pointee.newestPeriod ? -1 : findEntry(s.pointee.periodHead, period)
             if e < 0 { e = addEntry(s, period) }
             let p = periodEntries.pointer + e
             if newTransaction {
@@ -343,21 +385,15 @@ final class CustomerAggregates: EventSink {
                 }
             }
             if let items = periodItems { addWide(&items.pointer[e], quantity, .periodItems, e) }
-            addWide(&p.pointee.spend, FixedPoint.from(event.amount), .periodSpend, e)
+            addWide(&p.pointee.spend, amount, .periodSpend, e)
         }
-        if event.product.count > 0 {
-            let product = products.intern(event.product.baseAddress!, event.product.count)
-            pairs.add(customer: Int32(c), product: product)
-        }
+        if product >= 0 { pairs.add(customer: Int32(c), product: product) }
     }
 
     /// Frees what only adding events needs (the id lookup tables, order hashes and spare
     /// capacity); call once the last event is in.
     func finishAdding() {
         customers.dropLookup()
-        products.dropLookup()
-        lastOrder?.free()
-        lastOrder = nil
         lastCustomer = -1
         states.shrinkToFit()
         periodEntries.shrinkToFit()
@@ -438,14 +474,6 @@ final class CustomerAggregates: EventSink {
         return floorDiv(cutoff - Int(states[c].preLastDay), periodDays)
     }
 
-    /// Indices of customers with history, in dataset order (shorter ids first, then bytewise).
-    func datasetOrder() -> [Int32] {
-        var order: [Int32] = []
-        order.reserveCapacity(customerCount)
-        for c in 0..<customerCount where hasHistory(c) { order.append(Int32(c)) }
-        order.sort { customers.precedes(Int($0), Int($1)) }
-        return order
-    }
 }
 
 /// Counts purchases per (customer, product) pair: the edge weights of the bipartite graph.
@@ -456,8 +484,10 @@ final class PairCounter {
     @exclusivity(unchecked) private(set) var count = 0
     private static let empty = UInt64.max
 
-    init() {
-        mask = (1 << 12) - 1
+    init(expectedPairs: Int = 1 << 11) {
+        var size = 16
+        while size * 3 < expectedPairs * 4 { size *= 2 }
+        mask = size - 1
         keys = .allocate(capacity: mask + 1)
         keys.initialize(repeating: Self.empty, count: mask + 1)
         values = .allocate(capacity: mask + 1)
@@ -479,6 +509,15 @@ final class PairCounter {
         let customerHash = ((key >> 32) &* 0x9E37_79B9_7F4A_7C15) >> 16
         let productHash = ((key & 0xFFFF_FFFF) &* 0xBF58_476D_1CE4_E5B9) >> 58
         return Int(truncatingIfNeeded: customerHash &+ productHash)
+    }
+
+    /// Asks for the slot `add` will look at first.
+    @inline(__always)
+    func prefetch(customer: Int32, product: Int32) {
+        let key = UInt64(UInt32(bitPattern: customer)) << 32 | UInt64(UInt32(bitPattern: product))
+        let slot = Self.home(key) & mask
+        clm_prefetch_write(keys + slot)
+        clm_prefetch_write(values + slot)
     }
 
     @inline(__always)

@@ -58,7 +58,7 @@ func writeDataset(
     var split = [UInt8](repeating: 0, count: n)
     var splitSizes = [0, 0, 0]
     for (position, c) in order.enumerated() {
-        split[position] = splitAssignment(customerID: aggregates.customers.bytes(Int(c)), seed: splitOptions.seed,
+        split[position] = splitAssignment(customerID: aggregates.customerID(Int(c)), seed: splitOptions.seed,
                                           trainFraction: splitOptions.trainFraction, validationFraction: splitOptions.validationFraction)
         splitSizes[Int(split[position])] += 1
     }
@@ -92,7 +92,7 @@ func writeDataset(
         let length = aggregates.rawFeatures(customer, into: scratch)
         normalisation.apply(scratch, length: length, width: width)
         try featuresFile.write(UnsafeBufferPointer(start: scratch, count: periods * width))
-        try idsFile.write(aggregates.customers.bytes(customer))
+        try idsFile.write(aggregates.customerID(customer))
         try newline.withUnsafeBytes { try idsFile.write($0) }
         try lengthsFile.write(value: Int32(length))
         let purchases = aggregates.horizonTransactions(customer)
@@ -196,7 +196,7 @@ func buildCustomerProductGraph(
 
     // Counting sort by customer, then each customer's list sorted by product.
     var degree = [Int](repeating: 0, count: nodes + 1)
-    aggregates.pairs.forEach { c, p, _ in
+    aggregates.forEachPair { c, p, _ in
         degree[Int(customerPosition[Int(c)]) + 1] += 1
         degree[customerCount + Int(productPosition[Int(p)]) + 1] += 1
     }
@@ -206,7 +206,7 @@ func buildCustomerProductGraph(
     var neighbours = [Int32](repeating: 0, count: edgeCount)
     var weights = [Float](repeating: 0, count: edgeCount)
     var cursor = offsets
-    aggregates.pairs.forEach { c, p, count in
+    aggregates.forEachPair { c, p, count in
         let u = Int(customerPosition[Int(c)])
         let slot = cursor[u]
         neighbours[slot] = Int32(customerCount) + productPosition[Int(p)]
@@ -214,7 +214,7 @@ func buildCustomerProductGraph(
         cursor[u] += 1
     }
     // Everything below reads the customer half of the CSR; the pair table is no longer needed.
-    aggregates.pairs.release()
+    aggregates.releasePairs()
     for u in 0..<customerCount {
         let range = offsets[u]..<offsets[u + 1]
         if range.count > 1 {

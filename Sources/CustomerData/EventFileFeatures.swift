@@ -105,7 +105,7 @@ public final class EventFileFeatures {
         var window = trainedSpec
         window.cutoffDay = day
         window.horizonDays = 0
-        let aggregates = CustomerAggregates(spec: window)
+        let aggregates = CustomerAggregates(spec: window, partitions: CustomerAggregates.partitions(forInputBytes: fileSize(path) ?? 0))
         let stats = try source.run(sink: aggregates, rejects: nil)
         guard stats.imported > 0 else {
             throw DataError.noCustomers(path: path, reason: "none of its \(stats.rows) rows is a valid purchase")
@@ -124,7 +124,7 @@ public final class EventFileFeatures {
     public var historyLength: Int { spec.historyPeriods }
     public var featureCount: Int { customerFeatureNames.count }
 
-    public func customerID(_ index: Int) -> String { aggregates.customers.string(Int(order[index])) }
+    public func customerID(_ index: Int) -> String { aggregates.customerIDString(Int(order[index])) }
 
     /// The customer–product graph of purchases up to `asOfDay`, its customers in this file's
     /// order (customer node i is `customerID(i)`), its node features z-scored with a trained

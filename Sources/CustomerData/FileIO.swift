@@ -109,6 +109,12 @@ func fileExists(_ path: String) -> Bool {
     return stat(path, &info) == 0
 }
 
+/// Size in bytes of the file at `path`, nil when it cannot be stat'ed.
+func fileSize(_ path: String) -> Int? {
+    var info = stat()
+    return stat(path, &info) == 0 ? Int(info.st_size) : nil
+}
+
 func isDirectory(_ path: String) -> Bool {
     var info = stat()
     return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR

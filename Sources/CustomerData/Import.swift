@@ -35,6 +35,12 @@ public struct ImportOptions: Sendable {
     public var split = SplitOptions()
     public var maxRejectFraction = 0.01
     public var buildGraph = true
+    /// Partitions of the customer aggregation (a power of two); nil picks one from the input's
+    /// size (`CustomerAggregates.partitions(forInputBytes:)`). Any value gives the same dataset.
+    public var partitions: Int?
+    /// Events queued before the partitions are aggregated (tests make it small so that a small
+    /// file goes through many rounds).
+    var aggregationChunkEvents = 1 << 20
 
     public init() {}
 
@@ -163,7 +169,11 @@ public enum Importer {
         defer { if !keepTemporary { removeFlatDirectory(temporary) } }
 
         let rejects = try RejectsWriter(path: temporary + "/rejects.csv")
-        let aggregates = CustomerAggregates(spec: spec)
+        let partitions = options.partitions ?? CustomerAggregates.partitions(forInputBytes: fileSize(input) ?? 0)
+        guard partitions >= 1 && partitions <= 1 << 16 && partitions & (partitions - 1) == 0 else {
+            throw DataError.invalidOption("partitions must be a power of two from 1 to 65536, got \(partitions)")
+        }
+        let aggregates = CustomerAggregates(spec: spec, partitions: partitions, chunkEvents: options.aggregationChunkEvents)
         let stats = try source.run(sink: aggregates, rejects: rejects)
         try rejects.close()
 

@@ -58,7 +58,7 @@ public func scoringFeatures<Events: Sequence<CustomerEvent>>(
             lengths[position] = Int32(length)
         }
     }
-    return FeatureSequences(customerIDs: order.map { aggregates.customers.string(Int($0)) }, historyLength: periods,
+    return FeatureSequences(customerIDs: order.map { aggregates.customerIDString(Int($0)) }, historyLength: periods,
                             featureCount: width, features: features, lengths: lengths)
 }
 
@@ -71,7 +71,7 @@ public func scoringGraph<Events: Sequence<CustomerEvent>>(
     guard aggregates.products.count > 0 else { return nil }
     let order = aggregates.datasetOrder()
     let graph = buildCustomerProductGraph(aggregates: aggregates, order: order, statistics: statistics).0
-    return (graph, order.map { aggregates.customers.string(Int($0)) })
+    return (graph, order.map { aggregates.customerIDString(Int($0)) })
 }
 
 /// Per-customer aggregates of `events` in `spec`'s window moved to end on `asOf`.

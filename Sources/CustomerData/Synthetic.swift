@@ -119,6 +119,76 @@ public func generateSyntheticEvents(options: SyntheticOptions, to path: String) 
                             seconds: monotonicSeconds() - started)
 }
 
+/// Writes an order export as shops produce it: rows in date order with customers interleaved,
+/// the realistic worst case for an importer that aggregates per customer (the benchmark input,
+/// not a learnable data set).
+///
+/// `rows` lines over `spanDays` days from `startDay`; each order is 1...`maxLinesPerOrder` lines
+/// on one day for one customer drawn uniformly from `customers`, with products skewed toward
+/// low ids (u²) and lognormal line amounts. With one line per order no two neighbouring rows
+/// share a customer, the hardest case for locality. Streams with constant memory.
+public func generateDateOrderedEvents(
+    rows: Int, customers: Int, products: Int, seed: UInt64, maxLinesPerOrder: Int = 1, to path: String,
+    startDay: Int = ByteParsing.daysFromCivil(year: 2020, month: 1, day: 1), spanDays: Int = 731
+) throws -> SyntheticSummary {
+    guard rows >= 1, customers >= 1, products >= 1, spanDays >= 1, maxLinesPerOrder >= 1 else {
+        throw DataError.invalidOption("synth --date-ordered needs at least one row, customer, product, day and line per order")
+    }
+    let started = monotonicSeconds()
+    let temporary = path + ".tmp-\(getpid())"
+    let writer = try HashingFileWriter(path: temporary, name: lastPathComponent(path))
+    var removeTemporary = true
+    defer { if removeTemporary { unlink(temporary) } }
+    try writer.write("customer_id,timestamp,amount,quantity,product_id,order_id\n")
+    var random = SeededRandom(seed: seed, purpose: .synthesis)
+    var line = [UInt8]()
+    line.reserveCapacity(1 << 20)
+    var written = 0, orders = 0
+    var seen = [Bool](repeating: false, count: customers)
+    var distinctCustomers = 0
+    while written < rows {
+        let day = startDay + written * spanDays / rows
+        let customer = random.nextIndex(below: customers)
+        if !seen[customer] { seen[customer] = true; distinctCustomers += 1 }
+        orders += 1
+        let lines = min(1 + random.nextIndex(below: maxLinesPerOrder), rows - written)
+        for _ in 0..<lines {
+            let u = Double(random.nextUnitFloat())
+            let product = min(products - 1, Int(u * u * Double(products)))
+            let cents = max(1, Int((exp(2.5 + 0.8 * normalSample(random: &random)) * 100).rounded()))
+            appendInt(&line, customer + 1)
+            line.append(44)
+            appendISODate(&line, day)
+            line.append(44)
+            appendInt(&line, cents / 100)
+            line.append(46)
+            line.append(UInt8(48 + (cents % 100) / 10))
+            line.append(UInt8(48 + cents % 10))
+            line.append(44)
+            appendInt(&line, random.nextUnitFloat() < 0.2 ? 2 : 1)
+            line.append(44)
+            line.append(80) // "P"
+            appendInt(&line, product + 1)
+            line.append(44)
+            line.append(79) // "O"
+            appendInt(&line, orders)
+            line.append(10)
+            written += 1
+        }
+        if line.count >= 1 << 20 - 256 {
+            try line.withUnsafeBytes { try writer.write($0) }
+            line.removeAll(keepingCapacity: true)
+        }
+    }
+    try line.withUnsafeBytes { try writer.write($0) }
+    let file = try writer.close(dtype: "text", shape: [])
+    try renameItem(temporary, path)
+    removeTemporary = false
+    try fsyncDirectory(parentDirectory(path))
+    return SyntheticSummary(customers: distinctCustomers, rows: written, orders: orders, bytes: file.bytes,
+                            seconds: monotonicSeconds() - started)
+}
+
 @inline(__always)
 private func appendInt(_ out: inout [UInt8], _ value: Int) {
     if value < 10 {

@@ -129,10 +129,17 @@ struct Synth: ParsableCommand {
     @Option(help: "Number of products.") var products: Int = 1_000
     @Option(help: "Seed.") var seed: UInt64 = 1
     @Option(help: "Output CSV path.") var out: String
+    @Flag(help: "Write an order export instead: rows in date order, customers drawn uniformly per order (the import benchmark's input, not learnable).")
+    var dateOrdered = false
+    @Option(help: "Rows of the date-ordered export.") var rows: Int = 10_000_000
+    @Option(help: "Most lines per order in the date-ordered export (each order draws 1...N).") var maxLinesPerOrder: Int = 1
 
     func run() throws {
         try runReporting {
-            let summary = try generateSyntheticEvents(options: SyntheticOptions(customers: customers, products: products, seed: seed), to: out)
+            let summary = dateOrdered
+                ? try generateDateOrderedEvents(
+                    rows: rows, customers: customers, products: products, seed: seed, maxLinesPerOrder: maxLinesPerOrder, to: out)
+                : try generateSyntheticEvents(options: SyntheticOptions(customers: customers, products: products, seed: seed), to: out)
             print("wrote \(out): \(formatCount(summary.customers)) customers, \(formatCount(summary.orders)) orders, \(formatCount(summary.rows)) rows, \(formatFixed(Double(summary.bytes) / 1_048_576, 1)) MiB in \(formatFixed(summary.seconds, 1)) s; peak memory \(formatFixed(Double(peakResidentBytes()) / 1_048_576, 1)) MiB")
         }
     }

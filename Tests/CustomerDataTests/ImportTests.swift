@@ -231,6 +231,30 @@ private func importCanonical(bytes: [UInt8], _ scratch: Scratch, maxReject: Doub
     #expect(a.manifest.fingerprint == b.manifest.fingerprint)
 }
 
+@Test("any number of partitions and rounds gives the one-pass dataset, byte for byte",
+      arguments: [(2, 47), (16, 999), (256, 333), (1, 1 << 20)])
+func partitionedAggregationGivesTheSameDataset(partitions: Int, chunkEvents: Int) throws {
+    let scratch = Scratch()
+    defer { scratch.cleanup() }
+    // A date-ordered export (customers interleaved, orders of up to 3 lines, quantities of 2).
+    let input = scratch.path + "/dated.csv"
+    _ = try generateDateOrderedEvents(rows: 6_000, customers: 700, products: 90, seed: 3, maxLinesPerOrder: 3, to: input)
+    var options = ImportOptions()
+    options.maxRejectFraction = 0
+    options.cutoffDay = try parseCutoff("2021-06-30")
+    // The last rows fall in the horizon, so that the last round's rows reach the labels.
+    options.horizonDays = 200
+    options.partitions = 1
+    let reference = try Importer.run(input: input, output: scratch.path + "/reference", options: options)
+    #expect(reference.manifest.graph != nil && reference.manifest.counts.customers > 600)
+    options.partitions = partitions
+    options.aggregationChunkEvents = chunkEvents
+    let partitioned = try Importer.run(input: input, output: scratch.path + "/partitioned", options: options)
+    #expect(partitioned.manifest.files.map { [$0.name, $0.contentHash] } == reference.manifest.files.map { [$0.name, $0.contentHash] })
+    #expect(partitioned.manifest.fingerprint == reference.manifest.fingerprint)
+    #expect(partitioned.manifest.counts == reference.manifest.counts)
+}
+
 @Test func columnMappingReadsOtherLayouts() throws {
     let scratch = Scratch()
     defer { scratch.cleanup() }
@@ -289,6 +313,11 @@ private func importCanonical(bytes: [UInt8], _ scratch: Scratch, maxReject: Doub
     let (s1, d1) = try importFile(scratch.file("grouped.csv", grouped), into: scratch, options, name: "g")
     let (s2, _) = try importFile(scratch.file("interleaved.csv", interleaved), into: scratch, options, name: "i")
     #expect(s1.manifest.files.map { [$0.name, $0.contentHash] } == s2.manifest.files.map { [$0.name, $0.contentHash] })
+    // Partitioned, in rounds of 1,000 events: carries and links cross round boundaries.
+    options.partitions = 4
+    options.aggregationChunkEvents = 1_000
+    let (s3, _) = try importFile(scratch.path + "/interleaved.csv", into: scratch, options, name: "p")
+    #expect(s1.manifest.files.map { [$0.name, $0.contentHash] } == s3.manifest.files.map { [$0.name, $0.contentHash] })
 
     #expect(try d1.customerIDs() == ["A", "B", "H"])
     // A: one row per period 0..3 plus two in period 3; horizon 28, 30, 35 (three purchases).
