@@ -159,9 +159,6 @@ final class CustomerShard {
     @exclusivity(unchecked) private var lastCustomer: Int32 = -1
     @exclusivity(unchecked) private var lastCustomerHash: UInt64 = 0
 
-    private let scratchTransactions: UnsafeMutablePointer<Int64>
-    private let scratchItems: UnsafeMutablePointer<Int64>
-    private let scratchSpend: UnsafeMutablePointer<Int64>
 
     /// `expectedCustomers` sizes the first allocations; buffers grow as needed.
     init(spec: FeatureSpec, expectedCustomers: Int = 1 << 12) {
@@ -171,9 +168,6 @@ final class CustomerShard {
         states = GrowableBuffer(capacity: expectedCustomers, fill: CustomerState())
         periodEntries = GrowableBuffer(capacity: expectedCustomers * 16, fill: PeriodEntry())
         pairs = PairCounter(expectedPairs: expectedCustomers * 4)
-        scratchTransactions = .allocate(capacity: spec.historyPeriods)
-        scratchItems = .allocate(capacity: spec.historyPeriods)
-        scratchSpend = .allocate(capacity: spec.historyPeriods)
         periods = spec.historyPeriods
         periodDays = spec.periodDays
         cutoff = spec.cutoffDay
@@ -183,7 +177,6 @@ final class CustomerShard {
 
     deinit {
         states.free(); periodEntries.free(); periodItems?.free()
-        scratchTransactions.deallocate(); scratchItems.deallocate(); scratchSpend.deallocate()
     }
 
     var customerCount: Int { customers.count }
@@ -406,8 +399,15 @@ final class CustomerShard {
     func hasHistory(_ c: Int) -> Bool { states[c].firstDay != .max }
 
     /// Writes customer `c`'s raw (unnormalised) feature sequence into `out` [T, F], zero-padded,
-    /// and returns its length.
+    /// and returns its length. Safe to call from several threads at once once adding is over:
+    /// its scratch lives on the caller's stack.
     func rawFeatures(_ c: Int, into out: UnsafeMutablePointer<Float>) -> Int {
+        withUnsafeTemporaryAllocation(of: Int64.self, capacity: 3 * periods) { scratch in
+            rawFeatures(c, into: out, scratch: scratch.baseAddress!)
+        }
+    }
+
+    private func rawFeatures(_ c: Int, into out: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Int64>) -> Int {
         let width = customerFeatureNames.count
         let state = states[c]
         out.update(repeating: 0, count: periods * width)
@@ -416,35 +416,42 @@ final class CustomerShard {
         var lastPeriod = state.preLastDay == .min ? Int.min : floorDiv(Int(state.preLastDay) - windowStart, periodDays)
         var cumulativeTransactions = Double(state.preTransactions)
         var cumulativeSpend = FixedPoint.value(preSpend(c))
-        scratchTransactions.update(repeating: 0, count: periods)
-        scratchItems.update(repeating: 0, count: periods)
-        scratchSpend.update(repeating: 0, count: periods)
+        let periodTransactions = scratch, periodItems = scratch + periods, periodSpend = scratch + 2 * periods
+        scratch.update(repeating: 0, count: 3 * periods)
         forEachEntry(c) { e in
             let period = periodEntries[e].period
             let totals = entryTotals(e)
-            scratchTransactions[period] = totals.transactions
-            scratchItems[period] = totals.items
-            scratchSpend[period] = totals.spend
+            periodTransactions[period] = totals.transactions
+            periodItems[period] = totals.items
+            periodSpend[period] = totals.spend
         }
+        // The cumulative features change only in active periods: their logarithms are computed
+        // there and carried through the quiet ones (libm's log1p was a tenth of an import).
+        var logTransactions = Float(log1p(cumulativeTransactions))
+        var logMeanSpend = cumulativeTransactions > 0 ? Float(log1p(max(0, cumulativeSpend / cumulativeTransactions))) : 0
         for k in start..<periods {
-            let transactions = Double(scratchTransactions[k])
-            let items = FixedPoint.value(scratchItems[k])
-            let spend = FixedPoint.value(scratchSpend[k])
+            let transactions = Double(periodTransactions[k])
+            let items = FixedPoint.value(periodItems[k])
+            let spend = FixedPoint.value(periodSpend[k])
             let active = transactions > 0 || items > 0 || spend > 0
-            if active { lastPeriod = k }
-            cumulativeTransactions += transactions
-            cumulativeSpend += spend
             let row = out + (k - start) * width
-            row[0] = Float(transactions)
-            row[1] = Float(items)
-            row[2] = Float(log1p(max(spend, 0)))
-            row[3] = active ? 1 : 0
+            if active {
+                lastPeriod = k
+                cumulativeTransactions += transactions
+                cumulativeSpend += spend
+                logTransactions = Float(log1p(cumulativeTransactions))
+                logMeanSpend = cumulativeTransactions > 0 ? Float(log1p(max(0, cumulativeSpend / cumulativeTransactions))) : 0
+                row[0] = Float(transactions)
+                row[1] = Float(items)
+                row[2] = Float(log1p(max(spend, 0)))
+                row[3] = 1
+            }
             row[4] = Float(k - firstPeriod)
             // lastPeriod is set by now: the first purchase is either before the window or in
             // period `start` itself.
             row[5] = Float(k - lastPeriod)
-            row[6] = Float(log1p(cumulativeTransactions))
-            row[7] = cumulativeTransactions > 0 ? Float(log1p(max(0, cumulativeSpend / cumulativeTransactions))) : 0
+            row[6] = logTransactions
+            row[7] = logMeanSpend
         }
         return periods - start
     }

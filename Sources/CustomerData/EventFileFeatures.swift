@@ -68,7 +68,11 @@ public struct EventFileOptions: Sendable {
 /// a batch's [B, T, F] features exist only while the caller scores them. The window, periods and
 /// normalisation are those of a trained dataset, so the values equal what training saw for
 /// the same events and day.
-public final class EventFileFeatures {
+///
+/// `fill` and `customerID` only read the sealed aggregates, so several threads may call them at
+/// once (batch scoring does); `customerProductGraph` consumes the purchase pairs and belongs to
+/// one thread.
+public final class EventFileFeatures: @unchecked Sendable {
     /// The training spec with the history window moved to end on `asOfDay`.
     public let spec: FeatureSpec
     public let asOfDay: Int

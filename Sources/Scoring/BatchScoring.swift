@@ -1,6 +1,7 @@
 import Checkpoints
 import CustomerData
 import Foundation
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -35,8 +36,11 @@ public struct BatchSummary: Sendable {
     public var readSeconds: Double
     /// Feature computation and forward passes only.
     public var scoreSeconds: Double
-    /// The forward passes alone.
+    /// The forward passes alone: their time summed over the threads and divided by `threads`,
+    /// the wall time they take when the threads run them side by side.
     public var modelSeconds: Double
+    /// Threads that scored.
+    public var threads: Int
     public var writeSeconds: Double
     /// Building the customer–product graph and the GraphSAGE forward; zero without a graph model.
     public var graphSeconds: Double
@@ -48,6 +52,12 @@ public struct BatchSummary: Sendable {
     public var modelCustomersPerSecond: Double { modelSeconds > 0 ? Double(customers) / modelSeconds : 0 }
 }
 
+/// An output array's base address shared by threads that write disjoint ranges of it.
+private struct SharedOutput<Element>: @unchecked Sendable {
+    let pointer: UnsafeMutablePointer<Element>
+    init(_ pointer: UnsafeMutablePointer<Element>) { self.pointer = pointer }
+}
+
 /// Scores every customer of an event file and writes one row per customer.
 public enum BatchScoring {
     /// Reads `events`, scores in batches of `batchSize` and writes `output` atomically; with a
@@ -57,11 +67,16 @@ public enum BatchScoring {
     /// three numbers per customer (churn, spend, length); the high-value line (top fraction by
     /// expected spend) needs every customer's spend before the first action can be written.
     /// The graph model adds the customer–product graph and one [nodes, hidden] activation per layer.
+    ///
+    /// `threads` score batches in parallel. Batches are the same fixed ranges of customers
+    /// whatever the thread count, and each customer's forward pass depends only on its own
+    /// batch, so the output is byte for byte the same as with one thread.
     public static func run(
         scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
-        output: String, batchSize: Int = 256, graph: GraphStageScorer? = nil
+        output: String, batchSize: Int = 256, threads: Int = 1, graph: GraphStageScorer? = nil
     ) throws -> BatchSummary {
         guard batchSize >= 1 else { throw ScoringError.invalidInput("--batch-size must be at least 1, got \(batchSize)") }
+        guard threads >= 1 else { throw ScoringError.invalidInput("--threads must be at least 1, got \(threads)") }
         let format = try ScoreFileFormat(path: output)
         let model = scorer.model
         let clock = ContinuousClock()
@@ -84,24 +99,34 @@ public enum BatchScoring {
         var lstmStages = [Float](repeating: 0, count: count * headStages)
         var lengths = [Int32](repeating: 0, count: count)
         let rowSize = model.historyLength * model.featureCount
-        var modelDuration = Duration.zero
-        var block = [Float](repeating: 0, count: min(batchSize, max(count, 1)) * rowSize)
-        block.withUnsafeMutableBufferPointer { features in
-            lengths.withUnsafeMutableBufferPointer { lengthsOut in
-                churn.withUnsafeMutableBufferPointer { churnOut in
-                    spend.withUnsafeMutableBufferPointer { spendOut in
-                        lstmStages.withUnsafeMutableBufferPointer { stagesOut in
-                            var start = 0
-                            while start < count {
+        let batches = (count + batchSize - 1) / batchSize
+        let workers = max(1, min(threads, batches))
+        let modelDuration = Mutex(Duration.zero)
+        lengths.withUnsafeMutableBufferPointer { lengthsOut in
+            churn.withUnsafeMutableBufferPointer { churnOut in
+                spend.withUnsafeMutableBufferPointer { spendOut in
+                    lstmStages.withUnsafeMutableBufferPointer { stagesOut in
+                        // Pointers, not the arrays: workers write disjoint ranges of them.
+                        let lengths = SharedOutput(lengthsOut.baseAddress!), churn = SharedOutput(churnOut.baseAddress!)
+                        let spend = SharedOutput(spendOut.baseAddress!)
+                        let stages = headStages > 0 ? SharedOutput(stagesOut.baseAddress!) : nil
+                        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+                            let features = UnsafeMutablePointer<Float>.allocate(capacity: min(batchSize, max(count, 1)) * rowSize)
+                            defer { features.deallocate() }
+                            var forward = Duration.zero
+                            // Interleaved batches: a worker's share stays balanced when the
+                            // customers' lengths vary along the file.
+                            for batch in stride(from: worker, to: batches, by: workers) {
+                                let start = batch * batchSize
                                 let n = min(batchSize, count - start)
-                                input.fill(start..<start + n, features: features.baseAddress!, lengths: lengthsOut.baseAddress! + start)
+                                input.fill(start..<start + n, features: features, lengths: lengths.pointer + start)
                                 let modelStarted = clock.now
-                                defer { modelDuration += clock.now - modelStarted }
-                                scorer.score(features: features.baseAddress!, lengths: lengthsOut.baseAddress! + start, count: n,
-                                             churn: churnOut.baseAddress! + start, spend: spendOut.baseAddress! + start,
-                                             stages: headStages > 0 ? stagesOut.baseAddress! + start * headStages : nil)
-                                start += n
+                                scorer.score(features: features, lengths: lengths.pointer + start, count: n,
+                                             churn: churn.pointer + start, spend: spend.pointer + start,
+                                             stages: stages.map { $0.pointer + start * headStages })
+                                forward += clock.now - modelStarted
                             }
+                            modelDuration.withLock { $0 += forward }
                         }
                     }
                 }
@@ -150,7 +175,8 @@ public enum BatchScoring {
             checkpoint: model.info, asOfDay: input.asOfDay, customers: count,
             customersWithoutHistory: input.customersWithoutHistory, rowsRead: input.stats.rows,
             rowsRejected: input.stats.rejected, highValueLine: line, readSeconds: readSeconds,
-            scoreSeconds: scoreSeconds, modelSeconds: seconds(modelDuration), writeSeconds: seconds(clock.now - started),
+            scoreSeconds: scoreSeconds, modelSeconds: seconds(modelDuration.withLock { $0 }) / Double(workers),
+            threads: workers, writeSeconds: seconds(clock.now - started),
             graphSeconds: graphSeconds, customersWithGraphStage: stages?.rows.filter { $0 >= 0 }.count ?? 0,
             actionCounts: actionCounts)
     }

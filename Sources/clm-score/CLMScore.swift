@@ -18,8 +18,8 @@ struct CLMScore: AsyncParsableCommand {
 
 /// Prints a library error as one line on stderr and exits non-zero.
 func reporting<T>(_ body: () async throws -> T) async throws -> T {
-    // Parallelism comes from requests (serve) or is one core by design (batch); OpenBLAS's own
-    // threads spin in sched_yield between small GEMMs and take the cores from request threads.
+    // Parallelism comes from requests (serve) or from batch's own threads (--threads); OpenBLAS's
+    // own threads spin in sched_yield between small GEMMs and take the cores from those threads.
     BLAS.setThreadCount(1)
     do {
         return try await body()
@@ -90,6 +90,8 @@ struct Batch: AsyncParsableCommand {
     @Option(help: "Score as of this day: YYYY-MM-DD, YYYYMMDD or a day number. Default: the file's last event day.") var asOf: String?
     @Option(help: "Output file; .csv or .jsonl picks the format. Written atomically.") var out: String
     @Option(help: "Customers per forward pass (256 keeps a step's gates in L2 cache).") var batchSize: Int = 256
+    @Option(help: "Threads scoring batches in parallel (default: every core). The output is the same for any count.")
+    var threads: Int = ProcessInfo.processInfo.activeProcessorCount
     @OptionGroup var eventFile: EventFileArguments
 
     func run() async throws {
@@ -102,7 +104,7 @@ struct Batch: AsyncParsableCommand {
             let day = try asOf.map(parseCutoff)
             let summary = try BatchScoring.run(
                 scorer: LSTMScorer(model: loaded), events: events, options: options, asOf: day, rules: rules,
-                output: out, batchSize: batchSize, graph: graph.map(GraphStageScorer.init(model:)))
+                output: out, batchSize: batchSize, threads: threads, graph: graph.map(GraphStageScorer.init(model:)))
             let c = summary.checkpoint
             print("model     run \(c.run) step \(c.step) (\(c.path))")
             if rules.stageRule {
@@ -118,8 +120,10 @@ struct Batch: AsyncParsableCommand {
             }
             print("as of     \(ByteParsing.isoDate(summary.asOfDay)) (day \(summary.asOfDay)); \(summary.rowsRead) rows read, \(summary.rowsRejected) rejected")
             print("customers \(summary.customers) scored, \(summary.customersWithoutHistory) left out (no purchase by the as-of day)")
-            print(String(format: "speed     %.0f customers/s scoring (features + LSTM, %.2f s), %.0f customers/s LSTM alone; read %.2f s, write %.2f s",
-                         summary.customersPerSecond, summary.scoreSeconds, summary.modelCustomersPerSecond, summary.readSeconds, summary.writeSeconds))
+            print(String(format: "speed     %.0f customers/s scoring (features + LSTM, %.2f s on %d thread%@), %.0f customers/s LSTM alone; read %.2f s, write %.2f s",
+                         summary.customersPerSecond, summary.scoreSeconds, summary.threads, summary.threads == 1 ? "" : "s",
+                         summary.modelCustomersPerSecond,
+                         summary.readSeconds, summary.writeSeconds))
             print(String(format: "high value expected spend >= %.2f", summary.highValueLine))
             print("actions   " + summary.actionCounts.sorted(by: { $0.key < $1.key }).map { "\($0.key) \($0.value)" }.joined(separator: ", "))
             print("wrote     \(out)")

@@ -82,6 +82,22 @@ struct BatchScoringTests {
         #expect(try readScoreCSV(out).allSatisfy { $0["stage_source"] == "rule" })
     }
 
+    @Test("any number of threads writes the same bytes as one", arguments: [2, 3, 8])
+    func threadsGiveTheSameOutput(threads: Int) throws {
+        let fixture = try ScoringFixture(customers: 150)
+        try fixture.saveCheckpoint(step: 1, seed: 4)
+        let scorer = LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test"))
+        let one = fixture.directory.path("one.csv"), many = fixture.directory.path("many.csv")
+        // Batches of 7: many of them, and a short last one (the forward's small-batch path).
+        let a = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                     rules: ScoringRules(), output: one, batchSize: 7, threads: 1)
+        let b = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                     rules: ScoringRules(), output: many, batchSize: 7, threads: threads)
+        #expect(a.customers > 100 && a.customers % 7 != 0)
+        #expect(b.threads == threads)
+        #expect(try Data(contentsOf: URL(fileURLWithPath: one)) == Data(contentsOf: URL(fileURLWithPath: many)))
+    }
+
     @Test("JSON Lines output carries the same scores as CSV, and the default as-of day is the last event's")
     func jsonLinesAndDefaultDay() throws {
         let fixture = try ScoringFixture(customers: 120)
