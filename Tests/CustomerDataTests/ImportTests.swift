@@ -255,6 +255,27 @@ func partitionedAggregationGivesTheSameDataset(partitions: Int, chunkEvents: Int
     #expect(partitioned.manifest.counts == reference.manifest.counts)
 }
 
+@Test("customers are in dataset order, shorter ids first and then bytewise, across the 7- and 8-byte boundary",
+      arguments: [1, 8])
+func datasetOrderIsByLengthThenBytes(partitions: Int) throws {
+    let scratch = Scratch()
+    defer { scratch.cleanup() }
+    let ids = ["9", "10", "a", "Zz", "1234567", "1234568", "12345678", "12345670", "abcdefgh", "abcdefghij", "é", "ü1",
+               "0000000", "00000000", "999999999999"]
+    var random = SeededRandom(seed: 5, purpose: .shuffle)
+    var rows = ids.flatMap { id in (1...3).map { day in "\(id),\(day),1.5" } }
+    random.shuffle(&rows)
+    var options = dayOptions(cutoff: 10)
+    options.partitions = partitions
+    options.aggregationChunkEvents = 7
+    let (_, data) = try importFile(scratch.file("ids.csv", "customer_id,timestamp,amount\n" + rows.joined(separator: "\n") + "\n"),
+                                   into: scratch, options)
+    let expected = ids.sorted { a, b in
+        a.utf8.count != b.utf8.count ? a.utf8.count < b.utf8.count : Array(a.utf8).lexicographicallyPrecedes(Array(b.utf8))
+    }
+    #expect(try data.customerIDs() == expected)
+}
+
 @Test func columnMappingReadsOtherLayouts() throws {
     let scratch = Scratch()
     defer { scratch.cleanup() }
