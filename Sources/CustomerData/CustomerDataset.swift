@@ -33,10 +33,12 @@ public final class CustomerDataset: @unchecked Sendable {
     public let nodeFeatureWidth: Int
 
     private let mappings: [MappedFile]
+    /// features.f32 opened for `readFeatures`.
+    private let featuresDescriptor: Int32
 
     public enum SplitPart: UInt8, Sendable, CaseIterable { case train = 0, validation = 1, test = 2 }
 
-    private init(directory: URL, manifest: DatasetManifest, mapped: [String: MappedFile], graph: CSRGraph?) {
+    private init(directory: URL, manifest: DatasetManifest, mapped: [String: MappedFile], graph: CSRGraph?, featuresFile: Int32) {
         self.directory = directory
         self.manifest = manifest
         customerCount = manifest.counts.customers
@@ -52,7 +54,10 @@ public final class CustomerDataset: @unchecked Sendable {
         nodeFeatures = mapped["node_features.f32"]?.buffer(as: Float.self) ?? UnsafeBufferPointer(start: nil, count: 0)
         nodeFeatureWidth = manifest.graph?.nodeFeatureNames.count ?? 0
         mappings = Array(mapped.values)
+        featuresDescriptor = featuresFile
     }
+
+    deinit { _ = close(featuresDescriptor) }
 
     /// The [T, F] feature rows of customer `index`.
     public func features(of index: Int) -> UnsafeBufferPointer<Float> {
@@ -79,8 +84,38 @@ public final class CustomerDataset: @unchecked Sendable {
         return ids
     }
 
-    /// Opens and verifies the dataset in `directory`.
-    public static func open(at directory: URL, verifyContents: Bool = true) throws -> CustomerDataset {
+    /// Drops the pages read so far from this process's resident set (`MappedFile.releaseResidentPages`):
+    /// the arrays stay readable. A caller that streams through the features calls it now and then
+    /// to keep its memory bounded by what it holds, not by what it has read.
+    public func releaseResidentPages() {
+        for mapping in mappings { mapping.releaseResidentPages() }
+    }
+
+    /// Copies customer `index`'s [T, F] feature rows into `destination` with `pread`, leaving
+    /// the mapping untouched: a caller that reads every customer once in a shuffled order (the
+    /// coordinator sending shards) keeps a resident set of what it holds, where reading through
+    /// the mapping kept every page it touched, 64 KiB per row with the kernel's fault-around.
+    public func readFeatures(of index: Int, into destination: UnsafeMutablePointer<Float>) throws {
+        precondition(index >= 0 && index < customerCount)
+        let bytes = historyLength * featureCount * MemoryLayout<Float>.stride
+        let path = directory.appendingPathComponent("features.f32").path
+        var done = 0
+        while done < bytes {
+            let read = pread(featuresDescriptor, UnsafeMutableRawPointer(destination) + done, bytes - done,
+                             off_t(index * bytes + done))
+            if read < 0 && errno == EINTR { continue }
+            guard read > 0 else {
+                throw DataError.io(path: path, operation: "read customer \(index)'s features",
+                                  message: read == 0 ? "unexpected end of file" : systemMessage())
+            }
+            done += read
+        }
+    }
+
+    /// Opens and verifies the dataset in `directory`. `loadGraph` false leaves the customer–product
+    /// graph, which only the graph model reads, on disk (`graph` is then nil): at 1M customers
+    /// its arrays are 150 MB of heap.
+    public static func open(at directory: URL, verifyContents: Bool = true, loadGraph: Bool = true) throws -> CustomerDataset {
         guard 1.littleEndian == 1 else { throw DataError.damagedDataset(file: directory.path, reason: "datasets are little-endian and this machine is not") }
         let manifestPath = directory.appendingPathComponent("manifest.json").path
         let manifestData: Data
@@ -133,7 +168,7 @@ public final class CustomerDataset: @unchecked Sendable {
                 throw DataError.damagedDataset(file: path, reason: "expected \(count) \(dtype) values (\(count * elementSize) bytes), found \(entry.bytes) bytes of \(entry.dtype)")
             }
             if verifyContents {
-                let actual = ContentHasher.hex(ContentHasher.hash(file.bytes))
+                let actual = ContentHasher.hex(file.contentHash())
                 guard actual == entry.contentHash else {
                     throw DataError.damagedDataset(file: path, reason: "content hash \(actual) does not match the manifest's \(entry.contentHash)")
                 }
@@ -143,7 +178,7 @@ public final class CustomerDataset: @unchecked Sendable {
 
         try checkValues(mapped, manifest: manifest, directory: directory)
         var graph: CSRGraph?
-        if let g = manifest.graph {
+        if loadGraph, let g = manifest.graph {
             let offsets = mapped["graph_offsets.i64"]!.buffer(as: Int64.self)
             let neighbours = mapped["graph_neighbours.i32"]!.buffer(as: Int32.self)
             let nodes = g.customerNodes + g.productNodes
@@ -160,7 +195,10 @@ public final class CustomerDataset: @unchecked Sendable {
             graph = CSRGraph(offsets: offsets.map { Int($0) }, neighbours: Array(neighbours),
                              weights: Array(mapped["graph_weights.f32"]!.buffer(as: Float.self)))
         }
-        return CustomerDataset(directory: directory, manifest: manifest, mapped: mapped, graph: graph)
+        let featuresPath = directory.appendingPathComponent("features.f32").path
+        let featuresFile = Glibc.open(featuresPath, O_RDONLY | O_CLOEXEC)
+        guard featuresFile >= 0 else { throw DataError.io(path: featuresPath, operation: "open", message: systemMessage()) }
+        return CustomerDataset(directory: directory, manifest: manifest, mapped: mapped, graph: graph, featuresFile: featuresFile)
     }
 
     private static func checkValues(_ mapped: [String: MappedFile], manifest: DatasetManifest, directory: URL) throws {

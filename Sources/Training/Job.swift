@@ -80,7 +80,7 @@ public enum TrainingJob {
             // The key is read before anything trains: a wrong path fails at once, not at the first checkpoint.
             signingKey = try request.signingKeyPath.map(CheckpointSigningKey.load(path:))
             let configuration = try TrainingConfiguration.load(yamlFile: request.configurationPath, overrides: request.overrides)
-            dataset = try CustomerDataset.open(at: URL(fileURLWithPath: configuration.data))
+            dataset = try CustomerDataset.open(at: URL(fileURLWithPath: configuration.data), loadGraph: configuration.model == .gnn)
             spec = try makeSpec(configuration, dataset: dataset, request: request)
         } catch {
             // Tell the workers there is no job (an empty spec) so they exit instead of waiting.
@@ -173,7 +173,8 @@ public enum TrainingJob {
                 customerCount: dataset.customerCount, steps: dataset.historyLength, featureCount: sequenceFeatures,
                 features: dataset.features.baseAddress!, lengths: dataset.lengths.baseAddress!,
                 churn: dataset.churn.baseAddress!, spend: dataset.spend.baseAddress!,
-                stages: dataset.stage.baseAddress!, splits: dataset.split.baseAddress!)
+                stages: dataset.stage.baseAddress!, splits: dataset.split.baseAddress!,
+                readFeatures: { try dataset.readFeatures(of: $0, into: $1) })
             table = view
             plans = (ShardPlan.balanced(view.rows(inSplit: 0), ranks: ranks, seed: configuration.seed),
                      ShardPlan.exact(view.rows(inSplit: 1), ranks: ranks),

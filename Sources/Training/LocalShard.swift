@@ -57,10 +57,16 @@ public struct CustomerTable {
     public let spend: UnsafePointer<Float>
     public let stages: UnsafePointer<Int32>
     public let splits: UnsafePointer<UInt8>
+    /// Copies a customer's [T, F] rows into a buffer when set, instead of reading `features`:
+    /// the coordinator reads them from the file, so that sending every customer's row once does
+    /// not leave the whole features file in its resident set.
+    public let readFeatures: ((_ row: Int, _ into: UnsafeMutablePointer<Float>) throws -> Void)?
 
     public init(customerCount: Int, steps: Int, featureCount: Int, features: UnsafePointer<Float>,
                 lengths: UnsafePointer<Int32>, churn: UnsafePointer<Float>, spend: UnsafePointer<Float>,
-                stages: UnsafePointer<Int32>, splits: UnsafePointer<UInt8>) {
+                stages: UnsafePointer<Int32>, splits: UnsafePointer<UInt8>,
+                readFeatures: ((_ row: Int, _ into: UnsafeMutablePointer<Float>) throws -> Void)? = nil) {
+        self.readFeatures = readFeatures
         self.customerCount = customerCount
         self.steps = steps
         self.featureCount = featureCount
@@ -77,9 +83,13 @@ public struct CustomerTable {
         (0..<customerCount).filter { splits[$0] == split }.map { Int32($0) }
     }
 
-    func pack(row: Int32, into destination: UnsafeMutablePointer<Float>) {
+    func pack(row: Int32, into destination: UnsafeMutablePointer<Float>) throws {
         let sequence = steps * featureCount
-        destination.update(from: features + Int(row) * sequence, count: sequence)
+        if let readFeatures, sequence > 0 {
+            try readFeatures(Int(row), destination)
+        } else {
+            destination.update(from: features + Int(row) * sequence, count: sequence)
+        }
         destination[sequence] = Float(lengths[Int(row)])
         destination[sequence + 1] = churn[Int(row)]
         destination[sequence + 2] = spend[Int(row)]
@@ -114,7 +124,7 @@ public func distributeShards(
             var offset = 0
             for rank in 0..<world.size {
                 for index in 0..<chunkCounts[rank] {
-                    table.pack(row: plan.rows[rank][start + index], into: send.baseAddress! + offset)
+                    try table.pack(row: plan.rows[rank][start + index], into: send.baseAddress! + offset)
                     offset += width
                 }
             }
