@@ -5,7 +5,8 @@
 #   - one process without mpirun equals -np 1 under mpirun;
 #   - resuming on another world size works;
 #   - kill -9 of a worker ends the job with an error in bounded time, and `latest` still loads;
-#   - the graph model trains and reports stage metrics.
+#   - the trained model, scored by the real clm-score, gives training's test scores;
+#   - the graph model trains and beats the majority class on test macro-F1.
 # Prints "training-e2e: N passed, M failed" and exits non-zero on any failure.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -15,6 +16,7 @@ build=${CLM_BUILD:-debug}
 swift build -c "$build" --product clm-data >/dev/null
 swift build -c "$build" --product clm-coordinator >/dev/null
 swift build -c "$build" --product clm-worker >/dev/null
+swift build -c "$build" --product clm-score >/dev/null
 bin="$(swift build -c "$build" --show-bin-path)"
 work=$(mktemp -d)
 trap '[ -n "${CLM_KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
@@ -75,6 +77,34 @@ else
     fail "test predictions missing or incomplete ($predictions)"
 fi
 
+echo "== the trained model scored by the real clm-score"
+# As of the dataset's cut-off the scorer computes the very features training stored, so its
+# churn probabilities for the test customers must be the ones training wrote for them.
+cutoff=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["cutoffDate"])' "$work/data/manifest.json")
+if "$bin/clm-score" batch --checkpoints "$work/checkpoints" --run straight --events "$work/events.csv" \
+        --product-col product_id --as-of "$cutoff" --out "$work/scores.csv" >"$work/score.log" 2>&1 \
+    && python3 - "$work/scores.csv" "$predictions" "$work/data/customer_ids.txt" <<'PY'
+import csv, math, sys
+scores = {row["customer_id"]: row for row in csv.DictReader(open(sys.argv[1]))}
+ids = open(sys.argv[3]).read().split("\n")
+worst, compared = 0.0, 0
+for row in csv.DictReader(open(sys.argv[2])):
+    scored = scores[ids[int(row["dataset_row"])]]
+    worst = max(worst, abs(float(scored["churn_probability"]) - float(row["churn_probability"])))
+    compared += 1
+actions = {row["action"] for row in scores.values()}
+ok = compared > 0 and worst < 1e-5 and len(scores) == len(ids) - 1 and actions <= {
+    "retention_offer", "winback_email", "upsell", "onboarding", "nurture"}
+print(f"{len(scores)} customers scored; {compared} test customers compared, worst churn difference {worst:.2e}; actions {sorted(actions)}")
+sys.exit(0 if ok else 1)
+PY
+then
+    pass "clm-score batch gives training's test scores for the trained checkpoint"
+else
+    tail -n 20 "$work/score.log"
+    fail "train -> score end to end"
+fi
+
 echo "== stopped after 13 steps, resumed from latest (step 10), 2 ranks"
 if job 2 --run resumed --stop-after-steps 13 >"$work/stopped.log" 2>&1 \
     && job 2 --run resumed --resume latest >"$work/resumed.log" 2>&1; then
@@ -105,8 +135,16 @@ fi
 echo "== resume on a different world size (2 -> 3 ranks)"
 cp -r "$work/checkpoints/resumed" "$work/checkpoints/regrown"
 rm -f "$work/checkpoints/regrown/metrics.jsonl"
-if job 3 --run regrown --resume 10 --epochs 3 >"$work/regrown.log" 2>&1 && grep -q "^done: " "$work/regrown.log"; then
-    pass "resumed a 2-rank checkpoint on 3 ranks"
+# Finishing is not enough: every epoch's training loss must be finite and the last below the first.
+if job 3 --run regrown --resume 10 --epochs 3 >"$work/regrown.log" 2>&1 && grep -q "^done: " "$work/regrown.log" \
+    && python3 - "$work/checkpoints/regrown/metrics.jsonl" <<'PY'
+import json, math, sys
+losses = [r["train_loss"] for r in map(json.loads, open(sys.argv[1])) if "train_loss" in r]
+print(f"train_loss by epoch after the resume: {losses}")
+sys.exit(0 if len(losses) >= 2 and all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] else 1)
+PY
+then
+    pass "resumed a 2-rank checkpoint on 3 ranks; its loss is finite and fell"
 else
     tail -n 20 "$work/regrown.log"
     fail "resume on another world size"
@@ -125,11 +163,11 @@ fi
 echo "== kill -9 of a worker mid-run"
 job 3 --run killed --epochs 200 >"$work/killed.log" 2>&1 &
 launcher=$!
+# Poll for the first checkpoint (with a deadline): from then on the job is mid-run.
 for _ in $(seq 1 300); do
     [ -f "$work/checkpoints/killed/latest" ] && break
     sleep 0.2
 done
-sleep 1
 victim=$(pgrep -f "$bin/clm-worker" | head -1 || true)
 start=$(date +%s)
 if [ -n "$victim" ]; then kill -9 "$victim"; fi
@@ -153,10 +191,19 @@ fi
 echo "== graph model, 2 ranks"
 sed -e 's/^model: lstm/model: gnn/' -e 's/^run: straight/run: graph/' "$work/lstm.yaml" >"$work/gnn.yaml"
 printf 'gnn:\n  hidden: 8\n  layers: 2\n  fanouts: [5, 3]\n' >>"$work/gnn.yaml"
+# The graph model must beat always answering the majority stage on test macro-F1.
 if clm_mpirun_local 1 "$bin/clm-coordinator" --config "$work/gnn.yaml" : -np 1 "$bin/clm-worker" >"$work/gnn.log" 2>&1 \
-    && grep -q "test_macro_f1" "$work/gnn.log"; then
-    grep -E "^(done|  validation|  test)" "$work/gnn.log"
-    pass "graph model trained on 2 ranks"
+    && grep -E "^(done|  validation|  test)" "$work/gnn.log" \
+    && python3 - "$work/gnn.log" <<'PY'
+import re, sys
+test = next(line for line in open(sys.argv[1]) if line.startswith("  test:"))
+value = lambda name: float(re.search(r"\b" + name + r" ([0-9.]+)", test).group(1))
+model, majority = value("test_macro_f1"), value("test_majority_macro_f1")
+print(f"test macro-F1 {model:.4f} against the majority's {majority:.4f}")
+sys.exit(0 if model > majority else 1)
+PY
+then
+    pass "graph model trained on 2 ranks, above the majority class"
 else
     tail -n 20 "$work/gnn.log"
     fail "graph model"

@@ -27,8 +27,9 @@ print(checks.summaryLine)
 do {
     let failuresEverywhere = try world.allreduce(value: Int64(checks.failed), op: .sum)
     let passesEverywhere = try world.allreduce(value: Int64(checks.passed), op: .sum)
+    let skipsEverywhere = try world.allreduce(value: Int64(checks.skipped), op: .sum)
     if world.rank == 0 {
-        print("multirank world size=\(world.size): \(passesEverywhere) passed, \(failuresEverywhere) failed")
+        print("multirank world size=\(world.size): \(passesEverywhere) passed, \(failuresEverywhere) failed, \(skipsEverywhere) skipped")
     }
     try world.shutdown()
 } catch {

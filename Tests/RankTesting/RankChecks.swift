@@ -9,7 +9,11 @@ public final class RankChecks {
     public let size: Int
     public private(set) var passed = 0
     public private(set) var failed = 0
+    /// Checks that could not run at this world size (a one-rank job cannot disagree with
+    /// itself): counted apart, so that they never pass for free.
+    public private(set) var skipped = 0
     private var currentCheck = ""
+    private var currentSkipped = false
 
     public init(rank: Int, size: Int) {
         self.rank = rank
@@ -19,13 +23,24 @@ public final class RankChecks {
     /// Runs one named check; a thrown error counts as a failure of that check.
     public func check(_ name: String, _ body: () throws -> Void) {
         currentCheck = name
+        currentSkipped = false
         let failuresBefore = failed
         do {
             try body()
         } catch {
             fail("threw \(error)")
         }
-        if failed == failuresBefore { passed += 1 }
+        if currentSkipped {
+            skipped += 1
+        } else if failed == failuresBefore {
+            passed += 1
+        }
+    }
+
+    /// Marks the running check as skipped; the caller returns from its body right after.
+    public func skip(_ reason: String) {
+        currentSkipped = true
+        print("SKIP rank \(rank)/\(size) [\(currentCheck)]: \(reason)")
     }
 
     public func expect(_ condition: Bool, _ message: @autoclosure () -> String, line: Int = #line) {
@@ -66,6 +81,6 @@ public final class RankChecks {
     }
 
     public var summaryLine: String {
-        "multirank rank=\(rank) size=\(size): \(passed) passed, \(failed) failed"
+        "multirank rank=\(rank) size=\(size): \(passed) passed, \(failed) failed, \(skipped) skipped"
     }
 }
