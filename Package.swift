@@ -124,14 +124,14 @@ let package = Package(
 
         // MARK: Tests
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
-        .testTarget(name: "MetricsTests", dependencies: ["ModelMetrics"]),
-        .testTarget(name: "CheckpointsTests", dependencies: ["Checkpoints"]),
+        .testTarget(name: "MetricsTests", dependencies: ["TestSupport", "ModelMetrics"]),
+        .testTarget(name: "CheckpointsTests", dependencies: ["TestSupport", "Checkpoints"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Scoring", "Models", "CustomerData", "Checkpoints"]),
-        .testTarget(name: "BaselinesTests", dependencies: ["Baselines"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "ReportingTests", dependencies: ["Reporting", "ModelMetrics", "Checkpoints"]),
+        .testTarget(name: "BaselinesTests", dependencies: ["TestSupport", "Baselines"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "ReportingTests", dependencies: ["TestSupport", "Reporting", "ModelMetrics", "Checkpoints"]),
         .testTarget(
             name: "ScoringTests",
-            dependencies: ["Scoring", "ScoringService", "Models", "CustomerData", "Checkpoints", "Tensors"]
+            dependencies: ["TestSupport", "Scoring", "ScoringService", "Models", "CustomerData", "Checkpoints", "Tensors"]
         ),
         .testTarget(
             name: "CustomerDataTests",
@@ -148,6 +148,7 @@ let package = Package(
         // Runs under mpirun at several world sizes; scripts/test.sh launches it and checks that
         // every rank reported.
         .target(name: "RankTesting", dependencies: ["Collectives"], path: "Tests/RankTesting"),
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .executableTarget(
             name: "clm-multirank-tests",
             dependencies: ["Collectives", "RankTesting"],

@@ -76,7 +76,7 @@ final class CheckpointIO {
         let manifest = CheckpointManifest(
             runName: configuration.run, step: request.progress.globalStep, epoch: request.progress.epoch,
             programVersion: programVersion, worldSize: request.progress.worldSize,
-            modelKind: configuration.model == .lstm ? .lstm : .gnn,
+            modelKind: configuration.model,
             configuration: try jsonValue(CheckpointModelInfo(spec: spec)),
             featureSpec: try jsonValue(dataset?.manifest),
             datasetFingerprint: spec.datasetFingerprint, randomState: configuration.seed,
@@ -113,7 +113,7 @@ final class CheckpointIO {
             loaded = try CheckpointStore.load(directory: URL(fileURLWithPath: resume), requiring: required)
         }
         let manifest = loaded.manifest
-        guard manifest.modelKind.rawValue == configuration.model.rawValue else {
+        guard manifest.modelKind == configuration.model else {
             throw AgreementError(message: "checkpoint \(loaded.directory.path) holds a \(manifest.modelKind.rawValue) model, "
                 + "the configuration trains \(configuration.model.rawValue)")
         }

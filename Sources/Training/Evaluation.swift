@@ -12,7 +12,7 @@ import Tensors
 /// broadcasts them, so every rank ends with the same numbers; rank 0 keeps the rows for the
 /// test predictions file and the baselines.
 func evaluate(
-    _ predictions: Predictions, shard: LocalShard, model: TrainingConfiguration.ModelKind,
+    _ predictions: Predictions, shard: LocalShard, model: ModelKind,
     classCount: Int, lstm: TrainingConfiguration.LSTMSettings, majorityStage: Int, prefix: String, world: any Communicator
 ) throws -> EvaluatedSplit {
     switch model {

@@ -1,3 +1,4 @@
+import Checkpoints
 import Foundation
 import Models
 import Yams
@@ -5,7 +6,6 @@ import Yams
 /// Everything a training job needs to know, read by the coordinator from a YAML file (keys in
 /// snake_case, documented in cluster/README.md) and broadcast to every rank as JSON.
 public struct TrainingConfiguration: Codable, Sendable, Equatable {
-    public enum ModelKind: String, Codable, Sendable { case lstm, gnn }
     /// How the learning rate grows with the number of ranks (the global batch grows with it).
     public enum LearningRateScaling: String, Codable, Sendable { case none, linear, sqrt }
 

@@ -1,6 +1,7 @@
 import Baselines
 import Foundation
 import Testing
+import TestSupport
 
 /// The numbers scripts/lifetimes_reference.py --make-fixture wrote with lifetimes 0.11.3.
 struct LifetimesReference: Decodable {
@@ -198,30 +199,13 @@ func expectRelativelyClose(
     }
 }
 
-/// A deterministic generator (SplitMix64), so the test data are the same everywhere.
-struct SplitMix64 {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    /// Uniform in (0, 1).
-    mutating func uniform() -> Double { (Double(next() >> 11) + 0.5) / 9_007_199_254_740_992 }
-
-    mutating func normal() -> Double { sqrt(-2 * log(uniform())) * cos(2 * .pi * uniform()) }
-}
 
 @Suite struct LogisticRegressionTests {
     @Test func separableDataIsClassifiedCorrectlyWithFiniteCoefficients() throws {
         // Labelled by the side of the line x₀ + 0.5 x₁ = 1, with a margin. Column 2 is constant,
         // at a value whose mean over 200 rows rounds to something else, so its deviations are
         // rounding noise rather than exactly 0.
-        var random = SplitMix64(state: 3)
+        var random = SplitMix64(seed: 3)
         var features: [Double] = []
         var labels: [Bool] = []
         var sides: [Double] = []
@@ -250,7 +234,7 @@ struct SplitMix64 {
     }
 
     @Test func nonSeparableFitMatchesGradientDescent() throws {
-        var random = SplitMix64(state: 11)
+        var random = SplitMix64(seed: 11)
         let n = 400, width = 3, l2 = 0.01
         var features: [Double] = []
         var labels: [Bool] = []

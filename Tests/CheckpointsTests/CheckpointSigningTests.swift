@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Checkpoints
+import TestSupport
 
 @Suite("Signed checkpoints")
 struct CheckpointSigningTests {

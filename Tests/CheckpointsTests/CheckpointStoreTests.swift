@@ -2,6 +2,7 @@ import Foundation
 import Synchronization
 import Testing
 @testable import Checkpoints
+import TestSupport
 
 /// Model and optimizer files as the trainer would write them, varying with `step`.
 func checkpointFiles(step: Int) throws -> [String: Data] {

@@ -1,23 +1,8 @@
 import Foundation
 import Testing
 @testable import Checkpoints
+import TestSupport
 
-/// SplitMix64 (Steele, Lea and Flood): tiny, seedable, good enough to drive a fuzzer.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-
-    mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8(truncatingIfNeeded: next()) } }
-}
 
 /// Random valid files and mutations of them, checked against the reader's contract.
 @Suite struct SafeTensorsFuzzTests {
@@ -125,7 +110,7 @@ struct SplitMix64: RandomNumberGenerator {
     }
 
     @Test func unmutatedRandomFilesRoundTrip() throws {
-        var random = SplitMix64(state: 0xC0FFEE)
+        var random = SplitMix64(seed: 0xC0FFEE)
         for _ in 0..<500 {
             let bytes = try Self.validFile(&random)
             let file = try SafeTensorsFile(bytes: bytes)
@@ -141,7 +126,7 @@ struct SplitMix64: RandomNumberGenerator {
 
     @Test(arguments: [1 as UInt64, 2, 3, 4])
     func mutatedFilesAreAcceptedOrRejectedCleanly(seed: UInt64) throws {
-        var random = SplitMix64(state: seed &* 0x5851_F42D_4C95_7F2D)
+        var random = SplitMix64(seed: seed &* 0x5851_F42D_4C95_7F2D)
         let deadline = ContinuousClock.now + .seconds(20)
         var accepted = 0
         var rejected = 0

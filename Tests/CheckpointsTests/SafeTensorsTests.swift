@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Checkpoints
+import TestSupport
 
 /// A file made of a length prefix, `header` verbatim and `buffer`, for hand-built bad inputs.
 func rawFile(_ header: String, buffer: [UInt8] = [], declaredLength: UInt64? = nil) -> [UInt8] {

@@ -1,5 +1,6 @@
 import Testing
 import ModelMetrics
+import TestSupport
 
 @Suite struct BinaryClassificationStateTests {
     static let probabilities = [0.9, 0.5, 0.4, 0.2, 0.7]

@@ -1,5 +1,6 @@
 import Testing
 import ModelMetrics
+import TestSupport
 
 @Suite struct MulticlassStateTests {
     static let truth = [0, 0, 1, 1, 2, 2]

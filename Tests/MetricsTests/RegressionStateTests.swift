@@ -1,5 +1,6 @@
 import Testing
 import ModelMetrics
+import TestSupport
 
 @Suite struct RegressionStateTests {
     @Test func errorsByHand() {

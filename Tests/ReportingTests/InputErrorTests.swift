@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 @testable import Reporting
+import TestSupport
 
 /// Each malformed input is refused with the file and, where one is to blame, the line.
 @Suite struct InputErrorTests {

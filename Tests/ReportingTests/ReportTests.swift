@@ -5,6 +5,7 @@ import FoundationXML
 #endif
 import Testing
 @testable import Reporting
+import TestSupport
 
 /// AUC by counting every (churned, retained) pair, ties as a half: slow, obvious, independent
 /// of the code under test.

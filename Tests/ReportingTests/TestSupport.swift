@@ -3,20 +3,6 @@ import Foundation
 import Testing
 @testable import Reporting
 
-/// A fresh directory under the system temporary directory, removed when the value is released.
-final class TemporaryDirectory {
-    let url: URL
-
-    init() throws {
-        url = FileManager.default.temporaryDirectory
-            .appendingPathComponent("reporting-tests-\(UUID().uuidString)", isDirectory: true)
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: false)
-    }
-
-    deinit {
-        try? FileManager.default.removeItem(at: url)
-    }
-}
 
 /// A hand-made LSTM test row: (dataset row, churned, probability, spend, expected spend).
 typealias ChurnRow = (row: Int, label: Int, probability: Double, spend: Double, expected: Double)

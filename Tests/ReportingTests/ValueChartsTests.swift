@@ -2,6 +2,7 @@ import Checkpoints
 import Foundation
 import Testing
 @testable import Reporting
+import TestSupport
 
 /// The charts and tables that put the model's value next to its baselines: spend deciles,
 /// cumulative gain, the baseline table with its intervals and warnings, the stage head's matrix.

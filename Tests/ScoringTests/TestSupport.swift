@@ -5,20 +5,8 @@ import Models
 import Scoring
 import Tensors
 import Testing
+import TestSupport
 
-/// A fresh directory under the system temporary directory, removed when the value is released.
-final class TemporaryDirectory: @unchecked Sendable {
-    let url: URL
-
-    init() throws {
-        url = FileManager.default.temporaryDirectory.appendingPathComponent("scoring-tests-\(UUID().uuidString)", isDirectory: true)
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: false)
-    }
-
-    deinit { try? FileManager.default.removeItem(at: url) }
-
-    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
-}
 
 /// A small synthetic event file, its imported dataset and a checkpoint store with LSTM
 /// checkpoints made from freshly initialised models (no training, no MPI).
