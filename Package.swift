@@ -67,7 +67,7 @@ let package = Package(
         .target(
             name: "ScoringService",
             dependencies: [
-                "Scoring",
+                "Scoring", "Checkpoints", "CustomerData",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -112,6 +112,7 @@ let package = Package(
             dependencies: [
                 "Scoring", "ScoringService", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .executableTarget(

@@ -61,15 +61,16 @@ public struct ImportOptions: Sendable {
     }
 }
 
-/// Parses a `--cutoff` value: `YYYY-MM-DD`, `YYYYMMDD` or a (relative) day number.
-public func parseCutoff(_ text: String) throws -> Int {
+/// Parses a day given on the command line (`--cutoff`, `--as-of`, `--graph-as-of`):
+/// `YYYY-MM-DD`, `YYYYMMDD` or a (relative) day number. `option` names the flag in the error.
+public func parseDay(_ text: String, option: String = "--cutoff") throws -> Int {
     var copy = text
     let day: Int? = copy.withUTF8 { buffer in
         guard let base = buffer.baseAddress else { return nil }
         return ByteParsing.parseISO(base, buffer.count) ?? ByteParsing.parseCompactDate(base, buffer.count)
             ?? ByteParsing.parseInt(base, buffer.count).map { Int($0) }
     }
-    guard let day else { throw DataError.invalidOption("--cutoff '\(text)' is not a date (YYYY-MM-DD or YYYYMMDD) or a day number") }
+    guard let day else { throw DataError.invalidOption("\(option) '\(text)' is not a date (YYYY-MM-DD or YYYYMMDD) or a day number") }
     return day
 }
 

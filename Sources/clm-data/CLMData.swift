@@ -56,7 +56,7 @@ struct Import: ParsableCommand {
             var options = ImportOptions()
             options.preset = parsed.preset
             options.format = parsed.format
-            options.cutoffDay = try cutoff.map(parseCutoff)
+            options.cutoffDay = try cutoff.map { try parseDay($0, option: "--cutoff") }
             options.horizonDays = horizon
             options.periodDays = period
             options.historyPeriods = history

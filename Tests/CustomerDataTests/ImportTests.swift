@@ -241,7 +241,7 @@ func partitionedAggregationGivesTheSameDataset(partitions: Int, chunkEvents: Int
     _ = try generateDateOrderedEvents(rows: 6_000, customers: 700, products: 90, seed: 3, maxLinesPerOrder: 3, to: input)
     var options = ImportOptions()
     options.maxRejectFraction = 0
-    options.cutoffDay = try parseCutoff("2021-06-30")
+    options.cutoffDay = try parseDay("2021-06-30")
     // The last rows fall in the horizon, so that the last round's rows reach the labels.
     options.horizonDays = 200
     options.partitions = 1
@@ -283,7 +283,7 @@ func datasetOrderIsByLengthThenBytes(partitions: Int) throws {
     var options = ImportOptions()
     options.format = CSVFormat(delimiter: 9, timeFormat: .iso,
                                mapping: ColumnMapping(customer: .name("who"), time: .name("WHEN"), amount: .name("value"), product: .name("sku")))
-    options.cutoffDay = try parseCutoff("1997-01-31")
+    options.cutoffDay = try parseDay("1997-01-31")
     options.maxRejectFraction = 1
     let (summary, data) = try importFile(scratch.file("e.tsv", tsv), into: scratch, options)
     // The YYYYMMDD value is not ISO: rejected with the format named.
@@ -297,7 +297,7 @@ func datasetOrderIsByLengthThenBytes(partitions: Int) throws {
     var headerless = ImportOptions()
     headerless.format = CSVFormat(whitespace: true, header: .absent, timeFormat: .unix,
                                   mapping: ColumnMapping(customer: .index(0), time: .index(1), amount: .index(2)))
-    headerless.cutoffDay = try parseCutoff("19970110")
+    headerless.cutoffDay = try parseDay("19970110")
     headerless.maxRejectFraction = 0
     let (s2, d2) = try importFile(scratch.file("e.txt", ws), into: scratch, headerless, name: "ws")
     #expect(s2.stats.imported == 2 && s2.manifest.source.timeFormat == "unix")

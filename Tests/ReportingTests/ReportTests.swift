@@ -41,9 +41,9 @@ func pairCountAUC(_ rows: [ChurnRow]) -> Double {
             try """
                 customer_id,churn_probability,expected_spend,history_periods,stage,p_churned,action,stage_source
                 "a,1",0.9,1,3,\(stageNames[0]),0.9,winback_email,rule
-                b2,0.2,90,10,\(stageNames[2]),0.1,upsell,model
-                c3,0.3,20,10,\(stageNames[1]),0.3,nurture,model
-                d4,0.1,95,12,\(stageNames[2]),0.1,upsell,model
+                b2,0.2,90,10,\(stageNames[2]),0.1,upsell,gnn
+                c3,0.3,20,10,\(stageNames[1]),0.3,nurture,lstm
+                d4,0.1,95,12,\(stageNames[2]),0.1,upsell,gnn
 
                 """.write(to: scores, atomically: true, encoding: .utf8)
             let inputs = try ReportInputs.load(run: lstm, gnnRun: gnn, scores: scores)

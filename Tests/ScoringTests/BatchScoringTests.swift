@@ -203,7 +203,7 @@ struct RulesTests {
     func stages() {
         let churned = rules.ruleStage(churnProbability: 0.8, expectedSpend: 500, highValueLine: 100)
         #expect(churned.index == 0)
-        #expect(churned.probabilities == [0.8, 0, 0, 0.19999999999999996])
+        #expect(churned.probabilities == [0.8, 0, 0, 1 - 0.8])
         #expect(rules.ruleStage(churnProbability: 0.1, expectedSpend: 100, highValueLine: 100).index == 3)
         #expect(rules.ruleStage(churnProbability: 0.1, expectedSpend: 25, highValueLine: 100).index == 2)
         #expect(rules.ruleStage(churnProbability: 0.1, expectedSpend: 24.9, highValueLine: 100).index == 1)
