@@ -8,6 +8,15 @@ public protocol Communicator: AnyObject, Sendable {
     var rank: Int { get }
     var size: Int { get }
 
+    /// How long a collective may stay outstanding before the job is aborted naming the ranks
+    /// that did not arrive; nil when nothing watches (a single process has no one to wait for).
+    /// Every rank should set the same value.
+    var watchdogTimeout: Duration? { get set }
+
+    /// The same ranks without the per-call agreement check, for collectives whose arguments agree
+    /// by construction (the gradient all-reduce, checked once by fingerprint).
+    func withoutAgreementCheck() -> any Communicator
+
     /// Reduces `buffer` across all ranks in place; every rank receives the result.
     func allreduce<T: CollectiveScalar>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOperation) throws
     /// Reduces `source` across all ranks into `destination` (same count on every rank).

@@ -70,7 +70,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
 
     /// A communicator for the same ranks and watchdog that skips the agreement check: for the
     /// gradient all-reduce, whose arguments agree by construction (checked once by fingerprint).
-    public func withoutAgreementCheck() -> MPICommunicator {
+    public func withoutAgreementCheck() -> any Communicator {
         MPICommunicator(sibling: self)
     }
 

@@ -8,6 +8,14 @@ public final class SingleProcessCommunicator: Communicator, @unchecked Sendable 
 
     public init() {}
 
+    /// Nothing waits on other ranks here, so there is nothing to time out.
+    public var watchdogTimeout: Duration? {
+        get { nil }
+        set {}
+    }
+
+    public func withoutAgreementCheck() -> any Communicator { self }
+
     public func allreduce<T: CollectiveScalar>(_ buffer: UnsafeMutableBufferPointer<T>, op: ReduceOperation) throws {}
 
     public func allreduce<T: CollectiveScalar>(

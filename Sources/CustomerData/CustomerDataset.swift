@@ -118,6 +118,13 @@ public final class CustomerDataset: @unchecked Sendable {
     public static func open(at directory: URL, verifyContents: Bool = true, loadGraph: Bool = true) throws -> CustomerDataset {
         guard 1.littleEndian == 1 else { throw DataError.damagedDataset(file: directory.path, reason: "datasets are little-endian and this machine is not") }
         let manifestPath = directory.appendingPathComponent("manifest.json").path
+        // A wrong --data path is not damage: say that nothing is there.
+        guard isDirectory(directory.path) else {
+            throw DataError.notADataset(path: directory.path, reason: fileExists(directory.path) ? "it is a file, not a directory" : "the directory does not exist")
+        }
+        guard fileExists(manifestPath) else {
+            throw DataError.notADataset(path: directory.path, reason: "the directory has no manifest.json")
+        }
         let manifestData: Data
         do {
             manifestData = try Data(contentsOf: URL(fileURLWithPath: manifestPath))

@@ -17,6 +17,8 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
     case damagedDataset(file: String, reason: String)
     /// A line too long to be an event: the file is not the text it should be (or not this layout).
     case lineTooLong(path: String, line: Int, limit: Int)
+    /// The path given as a dataset holds none: it does not exist, or it has no manifest.json.
+    case notADataset(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -37,6 +39,8 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
             return "\(path): line \(line) is longer than \(limit) bytes; an event row is a few hundred at most, so this is not a text event file of the expected layout (binary data, or a file with no line breaks)"
         case let .damagedDataset(file, reason):
             return "damaged dataset: \(file): \(reason)"
+        case let .notADataset(path, reason):
+            return "no dataset at \(path): \(reason); import one with `clm-data import --input EVENTS --out \(path)`"
         }
     }
 }

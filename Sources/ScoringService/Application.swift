@@ -119,9 +119,24 @@ public func runService(configuration: ServiceConfiguration, logger: Logger,
                        onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
     let (application, scorer, _) = try buildApplication(configuration: configuration, logger: logger, onServerRunning: onServerRunning)
     scorer.reloadIfChanged()
+    if scorer.currentModel == nil {
+        // A misspelt run would otherwise look like a slow one: say what is awaited, and what exists.
+        logger.warning("\(waitingMessage(root: configuration.checkpoints, run: configuration.run))")
+    }
     let watcher = Task { await scorer.watch(every: configuration.pollInterval) }
     defer { watcher.cancel() }
     try await application.runService()
+}
+
+/// What the service waits for when the run has no checkpoint it can serve yet, with the runs
+/// that do exist under the root, so a misspelt `--run` shows at once.
+public func waitingMessage(root: URL, run: String) -> String {
+    let directory = root.appendingPathComponent(run).path
+    let runs = ((try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? [])
+        .filter { FileManager.default.fileExists(atPath: root.appendingPathComponent($0).appendingPathComponent("latest").path) }
+        .sorted()
+    let existing = runs.isEmpty ? "no run under \(root.path) has a checkpoint yet" : "runs with checkpoints under \(root.path): \(runs.joined(separator: ", "))"
+    return "no checkpoint of run '\(run)' to serve yet (\(directory)); answering 503 until its first one appears; \(existing)"
 }
 
 /// A JSON response with a body already serialised.

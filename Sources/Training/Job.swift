@@ -145,7 +145,7 @@ public enum TrainingJob {
                     signingKey: CheckpointSigningKey? = nil) throws -> TrainingSummary {
         let configuration = spec.configuration
         BLAS.setThreadCount(1)
-        (world as? MPICommunicator)?.watchdogTimeout = .milliseconds(Int64(configuration.watchdogSeconds * 1000))
+        world.watchdogTimeout = .milliseconds(Int64(configuration.watchdogSeconds * 1000))
         let task = try makeTask(spec, dataset: dataset)
         try checkAgreement(
             JobFingerprint(configuration: try configuration.canonicalJSON(),

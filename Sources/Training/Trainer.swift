@@ -107,7 +107,7 @@ public final class DataParallelTrainer {
          stopAfterSteps: Int? = nil) {
         self.configuration = configuration
         self.world = world
-        gradientWorld = (world as? MPICommunicator)?.withoutAgreementCheck() ?? world
+        gradientWorld = world.withoutAgreementCheck()
         self.task = task
         self.trainShard = trainShard
         self.validationShard = validationShard
@@ -233,6 +233,8 @@ public final class DataParallelTrainer {
             var metrics: [String: Double] = [
                 "epoch": Double(epoch + 1), "step": Double(progress.globalStep),
                 "train_loss": lossTotals[0] / max(lossTotals[1], 1),
+                // A resumed epoch's loss covers only the steps run since the resume; the count says so.
+                "train_loss_steps": Double(lossCount),
                 "samples_per_second": Double(samples) / max(epochSeconds, 1e-9),
                 "allreduce_share": allreduceSeconds / max(epochSeconds, 1e-9),
                 "learning_rate": Double(schedule.rate(at: max(progress.globalStep - 1, 0))),
@@ -418,7 +420,10 @@ public final class DataParallelTrainer {
     private func describeEpoch(_ metrics: [String: Double]) -> String {
         let keys = ["train_loss", "val_loss", "val_auc", "val_f1", "val_brier", "val_clv_rmse", "val_spend_spearman",
                     "val_stage_macro_f1", "val_accuracy", "val_macro_f1"]
-        let parts = keys.compactMap { key in metrics[key].map { String(format: "%@ %.4f", key, $0) } }
+        var parts = keys.compactMap { key in metrics[key].map { String(format: "%@ %.4f", key, $0) } }
+        if let steps = metrics["train_loss_steps"], Int(steps) < stepsPerEpoch, !parts.isEmpty {
+            parts[0] += " (the \(Int(steps)) of \(stepsPerEpoch) steps run since the resume)"
+        }
         return "epoch \(Int(metrics["epoch"] ?? 0)): " + parts.joined(separator: "  ")
             + String(format: "  %.0f samples/s, all-reduce %.1f%% of the time",
                      metrics["samples_per_second"] ?? 0, 100 * (metrics["allreduce_share"] ?? 0))

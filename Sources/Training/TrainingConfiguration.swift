@@ -268,10 +268,12 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         if loaded != nil && !(loaded is [String: Any]) {
             throw ConfigurationError.malformed(source: source, reason: "the top level must be a mapping of keys to values")
         }
+        // The file's keys first, then each override's, so an error names where the key came from.
+        try checkKeys(tree, section: "", source: source)
         for override in overrides {
             try applyOverride(override, to: &tree)
         }
-        try checkKeys(tree, section: "", source: source)
+        try checkKeys(tree, section: "", source: "\(source) with --set")
         let configuration: TrainingConfiguration
         do {
             let normalised = try Yams.dump(object: tree)
@@ -309,6 +311,21 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         // The value is parsed as YAML, so numbers, booleans and lists keep their types.
         let value = (try? Yams.load(yaml: rawValue)).flatMap { $0 } ?? rawValue
         let parts = key.split(separator: ".").map(String.init)
+        let source = "--set \(override)"
+        if let section = parts.first, parts.count <= 2 {
+            let allowed = knownKeys[""] ?? []
+            guard allowed.contains(section) else {
+                throw ConfigurationError.unknownKey(key: section, source: source, known: allowed.sorted().joined(separator: ", "))
+            }
+            if parts.count == 2 {
+                guard let sectionKeys = knownKeys[section] else {
+                    throw ConfigurationError.invalidValue(key: key, message: "'\(section)' is a single value, not a section (\(source))")
+                }
+                guard sectionKeys.contains(parts[1]) else {
+                    throw ConfigurationError.unknownKey(key: key, source: source, known: sectionKeys.sorted().joined(separator: ", "))
+                }
+            }
+        }
         switch parts.count {
         case 1:
             tree[parts[0]] = value

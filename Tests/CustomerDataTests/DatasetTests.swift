@@ -161,6 +161,21 @@ private func expectRefusal(_ path: String, naming file: String, sourceLocation: 
     }
 }
 
+@Test("a path with no dataset is called that, not damage")
+func aMissingDatasetIsNotCalledDamaged() throws {
+    let scratch = Scratch()
+    defer { scratch.cleanup() }
+    let nowhere = scratch.path + "/no-such-dataset"
+    #expect(throws: DataError.notADataset(path: nowhere, reason: "the directory does not exist")) {
+        try CustomerDataset.open(at: URL(fileURLWithPath: nowhere))
+    }
+    let empty = scratch.path + "/empty"
+    try FileManager.default.createDirectory(atPath: empty, withIntermediateDirectories: false)
+    let error = #expect(throws: DataError.self) { try CustomerDataset.open(at: URL(fileURLWithPath: empty)) }
+    #expect(error?.description.contains("no dataset at \(empty): the directory has no manifest.json") == true, "\(String(describing: error))")
+    #expect(error?.description.contains("damaged") == false)
+}
+
 @Test func damagedDatasetsAreRefusedNamingTheFile() throws {
     let scratch = Scratch()
     defer { scratch.cleanup() }

@@ -7,6 +7,7 @@ import Glibc
 import Logging
 import Scoring
 import ScoringService
+import TestSupport
 import Testing
 
 /// A running service on a free loopback port, stopped by `stop()`.
@@ -495,4 +496,17 @@ struct ServiceConnectionTests {
         #expect(service.metrics.requestCount(route: "/v1/score", status: 500) == 0)
         await service.stop()
     }
+}
+
+@Test("a service started on a run with no checkpoint says what it waits for and which runs exist")
+func waitingForARunNamesItAndTheRunsThatExist() throws {
+    let root = try TemporaryDirectory(prefix: "waiting")
+    for (run, hasCheckpoint) in [("cdnow-lstm", true), ("empty", false)] {
+        try FileManager.default.createDirectory(at: root.url.appendingPathComponent(run), withIntermediateDirectories: false)
+        if hasCheckpoint { try "step-000001\n".write(toFile: root.path("\(run)/latest"), atomically: true, encoding: .utf8) }
+    }
+    let message = waitingMessage(root: root.url, run: "cdnow-lstn")
+    #expect(message.contains("no checkpoint of run 'cdnow-lstn' to serve yet (\(root.path("cdnow-lstn")))"), "\(message)")
+    #expect(message.contains("runs with checkpoints under \(root.url.path): cdnow-lstm"), "\(message)")
+    #expect(!message.contains("empty"), "\(message)")
 }

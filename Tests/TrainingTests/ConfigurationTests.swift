@@ -21,6 +21,16 @@ import Testing
             try TrainingConfiguration.parse(yaml: "data: d\nlstm:\n  hiden: 3\n")
         }
         #expect(nested?.description.contains("unknown key 'lstm.hiden'") == true)
+        // A misspelt --set is blamed on the flag, not on the file it overrides.
+        let fromFlag = #expect(throws: ConfigurationError.self) {
+            try TrainingConfiguration.parse(yaml: "data: d\n", source: "cluster/lstm.yaml", overrides: ["lstm.hiden=32"])
+        }
+        #expect(fromFlag?.description.contains("--set lstm.hiden=32: unknown key 'lstm.hiden'") == true, "\(String(describing: fromFlag))")
+        #expect(fromFlag?.description.contains("cluster/lstm.yaml") == false)
+        let topLevel = #expect(throws: ConfigurationError.self) {
+            try TrainingConfiguration.parse(yaml: "data: d\n", source: "cluster/lstm.yaml", overrides: ["epochz=3"])
+        }
+        #expect(topLevel?.description.contains("--set epochz=3: unknown key 'epochz'") == true, "\(String(describing: topLevel))")
     }
 
     @Test func overridesReplaceFileValuesWithTheirYAMLTypes() throws {
