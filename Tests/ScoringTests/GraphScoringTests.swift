@@ -25,7 +25,7 @@ extension ScoringFixture {
 
     /// Saves a GraphSAGE checkpoint as step `step` of run `test-gnn`, as training writes one.
     @discardableResult
-    func saveGraphCheckpoint(step: Int, seed: UInt64) throws -> URL {
+    func saveGraphCheckpoint(step: Int, seed: UInt64, into target: CheckpointStore? = nil) throws -> URL {
         let model = graphModel(seed: seed)
         var writer = SafeTensorsWriter(metadata: ["format": "pt", "model": "gnn"])
         for slice in model.parameters.layout.slices {
@@ -44,7 +44,7 @@ extension ScoringFixture {
             runName: "test-gnn", step: step, epoch: 1, programVersion: "test", worldSize: 1, modelKind: .gnn,
             configuration: configuration, featureSpec: featureSpec, datasetFingerprint: dataset.manifest.fingerprint,
             randomState: seed, metrics: ["val_accuracy": 0.25])
-        return try CheckpointStore(root: root, run: "test-gnn", keep: 10)
+        return try (target ?? CheckpointStore(root: root, run: "test-gnn", keep: 10))
             .save(step: step, files: ["model.safetensors": Data(try writer.serialized())], manifest: manifest)
     }
 }
@@ -222,19 +222,13 @@ struct GraphServiceTests {
             return (model["stage_model"] as? [String: Any])?["step"] as? Int
         }
         try fixture.saveGraphCheckpoint(step: 7, seed: 10)
-        var step: Int?
-        for _ in 0..<50 where step != 7 {
-            try await Task.sleep(for: .milliseconds(100))
-            step = try await stageModelStep()
-        }
-        #expect(step == 7)
-        let damaged = try fixture.saveGraphCheckpoint(step: 8, seed: 11).appendingPathComponent("model.safetensors")
-        var bytes = try Data(contentsOf: damaged)
-        bytes[bytes.count / 2] ^= 0xFF
-        try bytes.write(to: damaged)
-        try await Task.sleep(for: .milliseconds(600))
+        #expect(try await eventually { try await stageModelStep() == 7 })
+        // Step 8 is damaged before latest names it.
+        try stageDamagedCheckpoint(step: 8, root: fixture.root, run: "test-gnn") { try fixture.saveGraphCheckpoint(step: 8, seed: 11, into: $0) }
+        #expect(try await eventually {
+            try await service.send("GET", "/metrics").text.contains("clm_model_reloads_refused_total 1")
+        })
         #expect(try await stageModelStep() == 7)
-        #expect(try await service.send("GET", "/metrics").text.contains("clm_model_reloads_refused_total 1"))
         let again = try service.json(try await service.send("POST", "/v1/score", body: "{\"as_of\":\(cutoff),\"customers\":[\(items[0])]}"))
         #expect((again["scores"] as! [[String: Any]])[0]["stage_source"] as? String == "gnn")
         await service.stop()

@@ -128,12 +128,7 @@ struct ServiceTests {
         #expect(try await service.send("GET", "/readyz").status == 503)
         #expect(try await service.send("POST", "/v1/score", body: featuresBody([("a", 3)])).status == 503)
         try fixture.saveCheckpoint(step: 1, seed: 1)
-        var ready = false
-        for _ in 0..<50 where !ready {
-            try await Task.sleep(for: .milliseconds(100))
-            ready = try await service.send("GET", "/readyz").status == 200
-        }
-        #expect(ready)
+        #expect(try await eventually { try await service.send("GET", "/readyz").status == 200 })
         await service.stop()
     }
 
@@ -240,11 +235,7 @@ struct ServiceTests {
                     (object["scores"] as! [[String: Any]])[0]["churn_probability"] as! Double)
         }
         func waitForStep(_ step: Int) async throws -> Bool {
-            for _ in 0..<50 {
-                if try await served().step == step { return true }
-                try await Task.sleep(for: .milliseconds(100))
-            }
-            return false
+            try await eventually { try await served().step == step }
         }
         let first = try await served()
         #expect(first.step == 1)
@@ -254,13 +245,11 @@ struct ServiceTests {
         let second = try await served()
         #expect(second.churn != first.churn)
 
-        // Step 3 is damaged after saving: latest moves to it, its digest no longer matches.
-        let damaged = try fixture.saveCheckpoint(step: 3, seed: 3)
-        let file = damaged.appendingPathComponent("model.safetensors")
-        var bytes = try Data(contentsOf: file)
-        bytes[bytes.count / 2] ^= 0xFF
-        try bytes.write(to: file)
-        try await Task.sleep(for: .milliseconds(600))
+        // Step 3 is damaged before latest names it: its digest no longer matches.
+        try stageDamagedCheckpoint(step: 3, root: fixture.root, run: "test") { try fixture.saveCheckpoint(step: 3, seed: 3, into: $0) }
+        #expect(try await eventually {
+            try await service.send("GET", "/metrics").text.contains("clm_model_reloads_refused_total 1")
+        })
         let after = try await served()
         #expect(after.step == 2)
         #expect(after.churn == second.churn)

@@ -59,7 +59,7 @@ final class ScoringFixture: @unchecked Sendable {
     @discardableResult
     func saveCheckpoint(
         step: Int, seed: UInt64, configurationOverride: JSONValue? = nil, heads: ModelArchitecture? = nil,
-        fingerprintStale: Bool = false, signingKey: CheckpointSigningKey? = nil,
+        fingerprintStale: Bool = false, signingKey: CheckpointSigningKey? = nil, into target: CheckpointStore? = nil,
         changeDataset: (inout DatasetManifest) -> Void = { _ in }, changeWeights: (LSTMModel) -> Void = { _ in }
     ) throws -> URL {
         let model = model(seed: seed, heads: heads)
@@ -84,7 +84,7 @@ final class ScoringFixture: @unchecked Sendable {
             runName: store.run, step: step, epoch: 1, programVersion: "test", worldSize: 1, modelKind: .lstm,
             configuration: configuration, featureSpec: featureSpec, datasetFingerprint: datasetManifest.fingerprint,
             randomState: seed, metrics: ["val_auc": 0.5])
-        var store = self.store
+        var store = target ?? self.store
         store.signingKey = signingKey
         return try store.save(step: step, files: ["model.safetensors": Data(try writer.serialized())], manifest: manifest)
     }
@@ -130,5 +130,38 @@ func readScoreCSV(_ path: String, sourceLocation: SourceLocation = #_sourceLocat
         let fields = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         #expect(fields.count == header.count, "row \(line)", sourceLocation: sourceLocation)
         return Dictionary(uniqueKeysWithValues: zip(header, fields))
+    }
+}
+
+/// Polls `condition` until it holds or `deadline` passes; true when it held. For waiting on
+/// what a service's watcher does in its own time: the wait ends with the event, not a guess.
+func eventually(within deadline: Duration = .seconds(10), _ condition: () async throws -> Bool) async throws -> Bool {
+    let clock = ContinuousClock()
+    let end = clock.now + deadline
+    while clock.now < end {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    return try await condition()
+}
+
+/// Puts a damaged copy of a checkpoint into `run`'s directory under `root`, then points
+/// `latest` at it. The checkpoint is saved (by `save`, into a staging store) and damaged before
+/// `latest` names it, so a watcher can only ever see the damaged bytes; damaging it after
+/// saving let a fast watcher load the intact step first.
+func stageDamagedCheckpoint(step: Int, root: URL, run: String, save: (CheckpointStore) throws -> URL) throws {
+    let staging = try TemporaryDirectory(prefix: "staging")
+    let saved = try save(try CheckpointStore(root: staging.url, run: run, keep: 10))
+    let file = saved.appendingPathComponent("model.safetensors")
+    var bytes = try Data(contentsOf: file)
+    bytes[bytes.count / 2] ^= 0xFF
+    try bytes.write(to: file)
+    let runDirectory = root.appendingPathComponent(run)
+    try FileManager.default.moveItem(at: saved, to: runDirectory.appendingPathComponent(saved.lastPathComponent))
+    let pointer = runDirectory.appendingPathComponent(".latest-staging")
+    try Data("\(saved.lastPathComponent)\n".utf8).write(to: pointer)
+    // rename(2) replaces the pointer in one step, as CheckpointStore moves it.
+    guard rename(pointer.path, runDirectory.appendingPathComponent(CheckpointStore.latestFileName).path) == 0 else {
+        throw CocoaError(.fileWriteUnknown)
     }
 }
