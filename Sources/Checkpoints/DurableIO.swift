@@ -32,6 +32,74 @@ public func writeFileAtomically(_ bytes: some ContiguousBytes, to url: URL) thro
     try DurableIO.writeAtomically(bytes, to: url)
 }
 
+/// A file written piece by piece under a temporary name in its directory and renamed into
+/// place only by `commit` (after fsync, then the directory's fsync), so a reader sees the old
+/// file or the whole new one: `writeFileAtomically` for output too large to hold at once.
+/// `abandon` (or releasing it uncommitted) removes the temporary file.
+public final class AtomicFileWriter {
+    public let url: URL
+    public let temporary: URL
+    private var file: UnsafeMutablePointer<FILE>?
+
+    public init(url: URL) throws(FileSystemError) {
+        self.url = url
+        temporary = url.deletingLastPathComponent().appendingPathComponent(".tmp-\(url.lastPathComponent)-\(DurableIO.randomSuffix())")
+        let fd = DurableIO.retryingOnInterrupt { open(temporary.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644) }
+        guard fd >= 0, let file = fdopen(fd, "w") else { throw FileSystemError(operation: "create", path: temporary.path, code: errno) }
+        self.file = file
+        // A large stdio buffer: output rows are short and many.
+        setvbuf(file, nil, _IOFBF, 1 << 20)
+    }
+
+    deinit { abandon() }
+
+    public func write(_ text: String) throws(FileSystemError) {
+        var text = text
+        let ok = text.withUTF8 { bytes in fwrite(bytes.baseAddress, 1, bytes.count, file) == bytes.count }
+        if !ok { throw FileSystemError(operation: "write", path: temporary.path, code: errno) }
+    }
+
+    public func write(_ bytes: UnsafeRawBufferPointer) throws(FileSystemError) {
+        guard bytes.count > 0 else { return }
+        if fwrite(bytes.baseAddress, 1, bytes.count, file) != bytes.count {
+            throw FileSystemError(operation: "write", path: temporary.path, code: errno)
+        }
+    }
+
+    /// Flushes, fsyncs and renames the file into place; nothing to do when already committed.
+    public func commit() throws(FileSystemError) {
+        guard let file else { return }
+        self.file = nil
+        if fflush(file) != 0 || DurableIO.retryingOnInterrupt({ fsync(fileno(file)) }) != 0 {
+            let failure = FileSystemError(operation: "flush", path: temporary.path, code: errno)
+            fclose(file)
+            unlink(temporary.path)
+            throw failure
+        }
+        // close can report a deferred write error (NFS does this), so its result counts too.
+        if fclose(file) != 0 {
+            let failure = FileSystemError(operation: "close", path: temporary.path, code: errno)
+            unlink(temporary.path)
+            throw failure
+        }
+        do throws(FileSystemError) {
+            try DurableIO.rename(temporary, to: url)
+        } catch {
+            unlink(temporary.path)
+            throw error
+        }
+        try DurableIO.syncDirectory(url.deletingLastPathComponent())
+    }
+
+    /// Drops the unfinished file.
+    public func abandon() {
+        guard let file else { return }
+        fclose(file)
+        self.file = nil
+        unlink(temporary.path)
+    }
+}
+
 /// Durable file operations built on POSIX calls, so every failure keeps its `errno`.
 ///
 /// Foundation's `Data.write(options: .atomic)` renames but never fsyncs, which on a crash can
@@ -206,7 +274,7 @@ enum DurableIO {
         return String(repeating: "0", count: 16 - hex.count) + hex
     }
 
-    private static func retryingOnInterrupt(_ call: () -> Int32) -> Int32 {
+    static func retryingOnInterrupt(_ call: () -> Int32) -> Int32 {
         while true {
             let result = call()
             if result >= 0 || errno != EINTR { return result }

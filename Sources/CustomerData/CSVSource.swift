@@ -112,24 +112,12 @@ final class RejectsWriter {
         // Keep the file readable for huge garbage lines; the line number finds the rest.
         let shown = UnsafeRawBufferPointer(rebasing: content.prefix(1000))
         let text = String(decoding: shown, as: UTF8.self)
-        try writer.write("\(line),\(csvQuoted(reason)),\(csvQuoted(text))\n")
+        try writer.write("\(line),\(csvField(reason, alwaysQuoted: true)),\(csvField(text, alwaysQuoted: true))\n")
     }
 
     func close() throws { _ = try writer.close(dtype: "text", shape: []) }
 }
 
-func csvQuoted(_ text: String) -> String {
-    "\"" + text.replacingAll("\"", with: "\"\"") + "\""
-}
-
-extension String {
-    func replacingAll(_ target: Character, with replacement: String) -> String {
-        var out = ""
-        out.reserveCapacity(count)
-        for ch in self { if ch == target { out += replacement } else { out.append(ch) } }
-        return out
-    }
-}
 
 /// Why a row was rejected.
 enum RowError: Error {

@@ -451,24 +451,18 @@ let stylesheet = """
     .note-text { font-size: 12px; fill: #666; }
     """
 
-/// Writes `html` to `url` through a temporary file in the same directory and a rename, so a
-/// reader (or a browser reloading) never sees half a report.
+/// Writes `html` to `url` durably and atomically (`writeFileAtomically`: temporary file,
+/// fsync, rename, directory fsync), so a reader (or a browser reloading) never sees half a
+/// report, and a crash never leaves a renamed file whose bytes did not reach the disk.
 public func writeReport(_ html: String, to url: URL) throws(ReportError) {
     let directory = url.deletingLastPathComponent()
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
         throw ReportError(file: url.path, "cannot be written: \(directory.path) is not a directory")
     }
-    let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())")
     do {
-        try Data(html.utf8).write(to: temporary)
+        try writeFileAtomically(Data(html.utf8), to: url)
     } catch {
-        try? FileManager.default.removeItem(at: temporary)
-        throw ReportError(file: temporary.path, "cannot be written (\(error.localizedDescription))")
-    }
-    guard rename(temporary.path, url.path) == 0 else {
-        let reason = String(cString: strerror(errno))
-        try? FileManager.default.removeItem(at: temporary)
-        throw ReportError(file: url.path, "cannot replace it with \(temporary.lastPathComponent): \(reason)")
+        throw ReportError(file: url.path, "cannot be written (\(error))")
     }
 }

@@ -142,7 +142,12 @@ public enum BatchScoring {
         started = clock.now
         let line = rules.highValueLine(spends: spend)
         var actionCounts: [String: Int] = [:]
-        let writer = try AtomicTextFile(path: output)
+        let writer: AtomicFileWriter
+        do {
+            writer = try AtomicFileWriter(url: URL(fileURLWithPath: output))
+        } catch {
+            throw ScoringError.io(path: output, reason: "cannot create the output: \(error)")
+        }
         do {
             if format == .csv {
                 let stageColumns = model.dataset.stageNames.map { "p_\($0)" }.joined(separator: ",")
@@ -167,6 +172,9 @@ public enum BatchScoring {
                 try writer.write(format == .csv ? csvRow(score) : jsonLine(score, stageNames: model.dataset.stageNames) + "\n")
             }
             try writer.commit()
+        } catch let error as FileSystemError {
+            writer.abandon()
+            throw ScoringError.io(path: output, reason: "\(error); nothing was written")
         } catch {
             writer.abandon()
             throw error
@@ -249,64 +257,6 @@ func formatNumber(_ value: Double) -> String {
     return text
 }
 
-func csvField(_ text: String) -> String {
-    guard text.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return text }
-    return "\"" + text.replacingOccurrences(of: "\"", with: "\"\"") + "\""
-}
-
 func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
-}
-
-/// A text file written under a temporary name in the same directory and renamed into place
-/// only when complete, so a reader never sees half a score file.
-final class AtomicTextFile {
-    let path: String
-    let temporary: String
-    private var file: UnsafeMutablePointer<FILE>?
-
-    init(path: String) throws {
-        self.path = path
-        let slash = path.lastIndex(of: "/")
-        let directory = slash.map { String(path[..<$0]) } ?? "."
-        let name = slash.map { String(path[path.index(after: $0)...]) } ?? path
-        temporary = (directory.isEmpty ? "" : directory + "/") + ".tmp-\(name)-\(getpid())"
-        guard let file = fopen(temporary, "w") else {
-            throw ScoringError.io(path: temporary, reason: "cannot create: \(String(cString: strerror(errno)))")
-        }
-        self.file = file
-        // A large stdio buffer: rows are short and many.
-        setvbuf(file, nil, _IOFBF, 1 << 20)
-    }
-
-    func write(_ text: String) throws {
-        var text = text
-        let ok = text.withUTF8 { bytes in fwrite(bytes.baseAddress, 1, bytes.count, file) == bytes.count }
-        if !ok { throw ScoringError.io(path: temporary, reason: "write failed: \(String(cString: strerror(errno)))") }
-    }
-
-    func commit() throws {
-        guard let file else { return }
-        self.file = nil
-        if fflush(file) != 0 || fsync(fileno(file)) != 0 {
-            let reason = String(cString: strerror(errno))
-            fclose(file)
-            unlink(temporary)
-            throw ScoringError.io(path: temporary, reason: "flush failed: \(reason)")
-        }
-        fclose(file)
-        guard rename(temporary, path) == 0 else {
-            let reason = String(cString: strerror(errno))
-            unlink(temporary)
-            throw ScoringError.io(path: path, reason: "cannot move the finished file into place: \(reason)")
-        }
-    }
-
-    func abandon() {
-        if let file { fclose(file) }
-        file = nil
-        unlink(temporary)
-    }
-
-    deinit { if file != nil { abandon() } }
 }

@@ -35,7 +35,8 @@ struct BatchScoringTests {
         // The scores are not all alike, or the comparison above would prove little.
         let churns = rows.map { Double($0["churn_probability"]!)! }
         #expect(churns.max()! - churns.min()! > 0.05)
-        #expect(!FileManager.default.fileExists(atPath: fixture.directory.path(".tmp-scores.csv-\(getpid())")))
+        // The temporary file was renamed into place: nothing half-written is left beside it.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: fixture.directory.url.path).allSatisfy { !$0.hasPrefix(".tmp-") })
     }
 
     @Test("with a verify key, only checkpoints that key signed are scored")
