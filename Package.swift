@@ -132,7 +132,7 @@ let package = Package(
         .testTarget(name: "ReportingTests", dependencies: ["TestSupport", "Reporting", "ModelMetrics", "Checkpoints"]),
         .testTarget(
             name: "ScoringTests",
-            dependencies: ["TestSupport", "Scoring", "ScoringService", "Models", "CustomerData", "Checkpoints", "Tensors"]
+            dependencies: ["TestSupport", "Scoring", "ScoringService", "Models", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments"]
         ),
         .testTarget(
             name: "CustomerDataTests",

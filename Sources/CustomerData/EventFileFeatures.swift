@@ -14,19 +14,13 @@ public struct EventFileOptions: Sendable {
         self.format = format
     }
 
-    /// Builds the options from command-line spellings; a mapping option with a non-canonical
-    /// preset, an unknown preset or time format, or an unusable delimiter is refused by name.
+    /// Builds the options from command-line values; a mapping option with a non-canonical
+    /// preset, or an unusable delimiter, is refused by name.
     public init(
-        preset: String, timeFormat: String = "auto", delimiter: String = ",", whitespace: Bool = false,
+        preset parsedPreset: Preset, timeFormat parsedTimeFormat: TimeFormat = .auto, delimiter: String = ",", whitespace: Bool = false,
         noHeader: Bool = false, customerCol: String? = nil, timeCol: String? = nil, amountCol: String? = nil,
         quantityCol: String? = nil, productCol: String? = nil, orderCol: String? = nil, eventTypeCol: String? = nil
     ) throws {
-        guard let parsedPreset = Preset(rawValue: preset) else {
-            throw DataError.invalidOption("--preset must be one of \(Preset.allCases.map(\.rawValue).joined(separator: ", ")), got '\(preset)'")
-        }
-        guard let parsedTimeFormat = TimeFormat(rawValue: timeFormat) else {
-            throw DataError.invalidOption("--time-format must be one of \(TimeFormat.allCases.map(\.rawValue).joined(separator: ", ")), got '\(timeFormat)'")
-        }
         let delimiterByte: UInt8
         if delimiter == "tab" || delimiter == "\\t" {
             delimiterByte = 9

@@ -4,10 +4,10 @@ import CustomerData
 /// The event-file flags of `clm-data import` and `clm-score batch`, declared once so both tools
 /// spell and explain them alike; `EventFileOptions` decides what they mean.
 public struct EventFileArguments: ParsableArguments {
-    @Option(help: "Input layout: canonical, cdnow or instacart.") public var preset: String = "canonical"
+    @Option(help: "Input layout.") public var preset: Preset = .canonical
     @Option(help: "Customer id column (header name, or 1-based position).") public var customerCol: String?
     @Option(help: "Time column (name or position).") public var timeCol: String?
-    @Option(help: "Time format: iso, yyyymmdd, unix, days or auto.") public var timeFormat: String = "auto"
+    @Option(help: "Time format (auto picks it from the first rows).") public var timeFormat: TimeFormat = .auto
     @Option(help: "Amount (spend) column (name or position).") public var amountCol: String?
     @Option(help: "Quantity column (name or position); default 1 per row.") public var quantityCol: String?
     @Option(help: "Product id column (name or position): the customer-product graph's edges.") public var productCol: String?
@@ -27,3 +27,7 @@ public struct EventFileArguments: ParsableArguments {
             productCol: productCol, orderCol: orderCol, eventTypeCol: eventTypeCol)
     }
 }
+
+// Enums as arguments: `--help` lists their values, and a misspelt one fails while parsing.
+extension Preset: ExpressibleByArgument {}
+extension TimeFormat: ExpressibleByArgument {}

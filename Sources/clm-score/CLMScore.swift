@@ -149,7 +149,7 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "YAML or JSON file of action and stage rule thresholds.") var rules: String?
     @Option(help: "A GraphSAGE run in --checkpoints whose best checkpoint gives stages (followed like --run; needs --graph-events).") var gnnRun: String?
     @Option(help: "Event file of the population request customers join (the graph's other customers and products).") var graphEvents: String?
-    @Option(help: "Layout of --graph-events: canonical, cdnow or instacart.") var graphPreset: String = "canonical"
+    @Option(help: "Layout of --graph-events.") var graphPreset: Preset = .canonical
     @Option(help: "Build the reference graph as of this day. Default: the --graph-events file's last event day.") var graphAsOf: String?
 
     /// Where the graph model comes from, when --gnn-run asks for one.

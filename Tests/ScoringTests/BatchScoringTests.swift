@@ -1,5 +1,6 @@
 import Checkpoints
 import CustomerData
+import EventFileArguments
 import Foundation
 import Models
 @testable import Scoring
@@ -141,8 +142,11 @@ struct BatchScoringTests {
         } catch let error as ScoringError {
             #expect(error.description.contains("missing.csv"))
         }
-        #expect(throws: DataError.self) { try EventFileOptions(preset: "cdnow", customerCol: "x") }
-        #expect(throws: DataError.self) { try EventFileOptions(preset: "nope") }
+        #expect(throws: DataError.self) { try EventFileOptions(preset: .cdnow, customerCol: "x") }
+        // Presets and time formats are enums to the argument parser: a misspelt one fails there.
+        #expect(throws: (any Error).self) { try EventFileArguments.parse(["--preset", "nope"]) }
+        #expect(throws: (any Error).self) { try EventFileArguments.parse(["--time-format", "yyyy"]) }
+        #expect(try EventFileArguments.parse(["--preset", "cdnow"]).options().preset == .cdnow)
         #expect(!FileManager.default.fileExists(atPath: fixture.directory.path("s.csv")))
     }
 
