@@ -72,6 +72,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The client side of the service: a small loopback HTTP client and the load generator.
+        .target(name: "ScoringLoad"),
         // Reads a finished run's files only: no MPI, so a report can be made anywhere.
         .target(name: "Reporting", dependencies: ["ModelMetrics", "Checkpoints"]),
         .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData", "Scoring"]),
@@ -110,7 +112,7 @@ let package = Package(
         .executableTarget(
             name: "clm-score",
             dependencies: [
-                "Scoring", "ScoringService", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
+                "Scoring", "ScoringService", "ScoringLoad", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -132,7 +134,7 @@ let package = Package(
         .testTarget(name: "ReportingTests", dependencies: ["TestSupport", "Reporting", "ModelMetrics", "Checkpoints"]),
         .testTarget(
             name: "ScoringTests",
-            dependencies: ["TestSupport", "Scoring", "ScoringService", "Models", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments"]
+            dependencies: ["TestSupport", "Scoring", "ScoringService", "ScoringLoad", "Models", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments"]
         ),
         .testTarget(
             name: "CustomerDataTests",

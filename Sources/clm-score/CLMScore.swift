@@ -5,6 +5,7 @@ import EventFileArguments
 import Foundation
 import Logging
 import Scoring
+import ScoringLoad
 import ScoringService
 import Tensors
 
@@ -28,6 +29,9 @@ func reporting<T>(_ body: () async throws -> T) async throws -> T {
         throw ExitCode.failure
     } catch let error as ClientError {
         FileHandle.standardError.write(Data("clm-score: error: \(error.message)\n".utf8))
+        throw ExitCode.failure
+    } catch let error as LoadTestError {
+        FileHandle.standardError.write(Data("clm-score: error: \(error.description)\n".utf8))
         throw ExitCode.failure
     }
 }

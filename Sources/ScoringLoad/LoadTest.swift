@@ -1,6 +1,12 @@
 import Foundation
 import Synchronization
 
+/// A load test that cannot run as asked.
+public struct LoadTestError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
 /// What a load test measured.
 public struct LoadTestReport: Sendable {
     public var sent: Int
@@ -35,10 +41,10 @@ public enum LoadTest {
         headers: [String: String] = [:]
     ) throws -> LoadTestReport {
         guard host == "localhost" || host.hasPrefix("127.") else {
-            throw ClientError(400, "the load test only targets loopback addresses (127.0.0.0/8), got \(host)")
+            throw LoadTestError("the load test only targets loopback addresses (127.0.0.0/8), got \(host)")
         }
         guard rate > 0, rate <= 100_000, seconds > 0, seconds <= 600, connections >= 1, connections <= 64 else {
-            throw ClientError(400, "rate must be in (0, 100000], seconds in (0, 600], connections in 1...64")
+            throw LoadTestError("rate must be in (0, 100000], seconds in (0, 600], connections in 1...64")
         }
         let total = Int(rate * seconds)
         let interval = 1 / rate
