@@ -172,11 +172,19 @@ public final class LSTMModel: @unchecked Sendable {
         }
         let headInput = configuration.headInputSize
         let churnWeight = layout.add("churn_head.weight", shape: [1, headInput])
-        layout.add("clv_head.weight", shape: [heads.clvWidth, headInput])
-        if heads.stageCount > 0 { layout.add("stage_head.weight", shape: [heads.stageCount, headInput]) }
+        let clvWeight = layout.add("clv_head.weight", shape: [heads.clvWidth, headInput])
+        let stageWeight = heads.stageCount > 0 ? layout.add("stage_head.weight", shape: [heads.stageCount, headInput]) : nil
         let churnBias = layout.add("churn_head.bias", shape: [1])
-        layout.add("clv_head.bias", shape: [heads.clvWidth])
-        if heads.stageCount > 0 { layout.add("stage_head.bias", shape: [heads.stageCount]) }
+        let clvBias = layout.add("clv_head.bias", shape: [heads.clvWidth])
+        let stageBias = heads.stageCount > 0 ? layout.add("stage_head.bias", shape: [heads.stageCount]) : nil
+        // The heads run as one [K, H] GEMM and one [K] bias only because each head's rows follow
+        // the previous head's in the flat layout: a reordering above must fail here, not
+        // silently read one head's weights as another's.
+        precondition(clvWeight.offset == churnWeight.offset + churnWeight.count
+                     && (stageWeight.map { $0.offset == clvWeight.offset + clvWeight.count } ?? true),
+                     "head weights must be adjacent in the layout")
+        precondition(clvBias.offset == churnBias.offset + 1 && (stageBias.map { $0.offset == clvBias.offset + clvBias.count } ?? true),
+                     "head biases must be adjacent in the layout")
         headWeight = ParameterSlice(name: "heads.weight", shape: [heads.width, headInput], offset: churnWeight.offset)
         headBias = ParameterSlice(name: "heads.bias", shape: [heads.width], offset: churnBias.offset)
         if let weights = configuration.stageClassWeights { precondition(weights.count == heads.stageCount, "one weight per stage") }
