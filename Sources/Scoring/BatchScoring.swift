@@ -154,17 +154,13 @@ public enum BatchScoring {
                 try writer.write("customer_id,churn_probability,expected_spend,history_periods,stage,\(stageColumns),action,stage_source\n")
             }
             for index in 0..<count {
-                // The graph model where it covers the customer, else the LSTM's stage head.
-                var modelStage = stages.flatMap { stages -> LSTMScorer.ModelStage? in
+                let graphStage = stages.flatMap { stages -> ArraySlice<Float>? in
                     let row = Int(stages.rows[index])
-                    return row < 0 ? nil : .init(probabilities: stages.probabilities[row * classes ..< (row + 1) * classes], source: "gnn")
+                    return row < 0 ? nil : stages.probabilities[row * classes ..< (row + 1) * classes]
                 }
-                if modelStage == nil && headStages > 0 {
-                    modelStage = .init(probabilities: lstmStages[index * headStages ..< (index + 1) * headStages], source: "lstm")
-                }
-                let score = scorer.decide(
-                    customerID: input.customerID(index), churn: churn[index], spend: spend[index],
-                    historyPeriods: Int(lengths[index]), rules: rules, highValueLine: line, modelStage: modelStage)
+                let score = scorer.customerScore(
+                    input.customerID(index), index: index, churn: churn, spend: spend, lengths: lengths, headStages: lstmStages,
+                    graphStage: graphStage, rules: rules, highValueLine: line)
                 if let problem = score.nonFiniteScore {
                     throw ScoringError.invalidInput("customer \(score.customerID): \(problem); nothing was written")
                 }

@@ -109,6 +109,23 @@ public final class LSTMScorer: Sendable {
             stageSource: source)
     }
 
+    /// Customer `index`'s score from the forward's outputs, as batch scoring and the service
+    /// both give it: the stage from the graph model where it covers the customer
+    /// (`graphStage`), else from the LSTM's stage head (row `index` of `headStages`), else from
+    /// the stage rule; then the action.
+    public func customerScore(
+        _ customerID: String, index: Int, churn: [Float], spend: [Float], lengths: [Int32], headStages: [Float],
+        graphStage: ArraySlice<Float>?, rules: ScoringRules, highValueLine: Double
+    ) -> CustomerScore {
+        var modelStage = graphStage.map { ModelStage(probabilities: $0, source: "gnn") }
+        let width = stageCount
+        if modelStage == nil && width > 0 {
+            modelStage = ModelStage(probabilities: headStages[index * width ..< (index + 1) * width], source: "lstm")
+        }
+        return decide(customerID: customerID, churn: churn[index], spend: spend[index], historyPeriods: Int(lengths[index]),
+                      rules: rules, highValueLine: highValueLine, modelStage: modelStage)
+    }
+
     /// The high-value line the service uses when the rules give no amount: the training
     /// dataset's mean horizon spend (a single request has no population to rank against).
     public func serviceHighValueLine(_ rules: ScoringRules) -> Double {

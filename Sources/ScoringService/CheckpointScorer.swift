@@ -281,16 +281,9 @@ extension ServedModel {
         let classes = summary.stageNames.count
         let scores = (0..<count).map { index in
             let id = request.customers[index].id
-            // The graph model where it covers the customer, else the LSTM's stage head.
-            var modelStage = stages.flatMap { stages in
-                stages.rows[id].map { LSTMScorer.ModelStage(probabilities: stages.probabilities[$0 * classes..<($0 + 1) * classes], source: "gnn") }
-            }
-            if modelStage == nil && headStages > 0 {
-                modelStage = .init(probabilities: lstmStages[index * headStages..<(index + 1) * headStages], source: "lstm")
-            }
-            return scorer.decide(customerID: id, churn: churn[index], spend: spend[index],
-                                 historyPeriods: Int(lengths[index]), rules: rules, highValueLine: summary.highValueLine,
-                                 modelStage: modelStage)
+            let graphStage = stages.flatMap { stages in stages.rows[id].map { stages.probabilities[$0 * classes..<($0 + 1) * classes] } }
+            return scorer.customerScore(id, index: index, churn: churn, spend: spend, lengths: lengths, headStages: lstmStages,
+                                        graphStage: graphStage, rules: rules, highValueLine: summary.highValueLine)
         }
         if let bad = scores.first(where: { $0.nonFiniteScore != nil }) {
             throw ClientError(422, "customer \(bad.customerID): \(bad.nonFiniteScore!); its features are outside what the model can score")
