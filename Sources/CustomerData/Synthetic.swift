@@ -46,76 +46,53 @@ public func generateSyntheticEvents(options: SyntheticOptions, to path: String) 
         throw DataError.invalidOption("synth needs at least one customer, product, community and day")
     }
     let started = monotonicSeconds()
-    let temporary = path + ".tmp-\(getpid())"
-    let writer = try HashingFileWriter(path: temporary, name: lastPathComponent(path))
-    var removeTemporary = true
-    defer { if removeTemporary { unlink(temporary) } }
-    try writer.write("customer_id,timestamp,amount,quantity,product_id,order_id\n")
-
     let communities = min(options.communities, options.products)
     let base = SeededRandom(seed: options.seed, purpose: .synthesis)
-    var line = [UInt8]()
-    line.reserveCapacity(1 << 16)
     var rows = 0, orders = 0
-    for customer in 0..<options.customers {
-        var random = base.split(customer)
-        let community = random.nextIndex(below: communities)
-        let level = communities > 1 ? Double(community) / Double(communities - 1) : 0.5
-        // Higher communities buy more often and stay longer.
-        let rate = gammaSample(shape: 2, scale: 1.0 / 60, random: &random) * (0.5 + 1.5 * level)
-        let dropOut = min(0.9, (0.03 + 0.25 * (1 - level)) * Double(random.nextFloat(in: 0.5, 1.5)))
-        let spendMean = 3.0 + 0.5 * normalSample(random: &random)
-        var day = Double(random.nextIndex(below: max(1, options.spanDays * 7 / 10)))
-        let communityStart = community * options.products / communities
-        let communitySize = max(1, (community + 1) * options.products / communities - communityStart)
-        var orderIndex = 0
-        line.removeAll(keepingCapacity: true)
-        while Int(day) < options.spanDays && orderIndex < 1000 {
-            orderIndex += 1
-            let orderValue = exp(spendMean + 0.4 * normalSample(random: &random))
-            let lines = 1 + random.nextIndex(below: 3)
-            let cents = max(1, Int((orderValue * 100 / Double(lines)).rounded()))
-            for _ in 0..<lines {
-                let product: Int
-                if random.nextUnitFloat() < 0.85 {
-                    // Squaring a uniform makes a few products of each community popular.
-                    let u = Double(random.nextUnitFloat())
-                    product = communityStart + min(communitySize - 1, Int(u * u * Double(communitySize)))
-                } else {
-                    product = random.nextIndex(below: options.products)
+    let bytes = try writeEventCSV(to: path) { line, flush in
+        for customer in 0..<options.customers {
+            var random = base.split(customer)
+            let community = random.nextIndex(below: communities)
+            let level = communities > 1 ? Double(community) / Double(communities - 1) : 0.5
+            // Higher communities buy more often and stay longer.
+            let rate = gammaSample(shape: 2, scale: 1.0 / 60, random: &random) * (0.5 + 1.5 * level)
+            let dropOut = min(0.9, (0.03 + 0.25 * (1 - level)) * Double(random.nextFloat(in: 0.5, 1.5)))
+            let spendMean = 3.0 + 0.5 * normalSample(random: &random)
+            var day = Double(random.nextIndex(below: max(1, options.spanDays * 7 / 10)))
+            let communityStart = community * options.products / communities
+            let communitySize = max(1, (community + 1) * options.products / communities - communityStart)
+            var orderIndex = 0
+            while Int(day) < options.spanDays && orderIndex < 1000 {
+                orderIndex += 1
+                let orderValue = exp(spendMean + 0.4 * normalSample(random: &random))
+                let lines = 1 + random.nextIndex(below: 3)
+                let cents = max(1, Int((orderValue * 100 / Double(lines)).rounded()))
+                for _ in 0..<lines {
+                    let product: Int
+                    if random.nextUnitFloat() < 0.85 {
+                        // Squaring a uniform makes a few products of each community popular.
+                        let u = Double(random.nextUnitFloat())
+                        product = communityStart + min(communitySize - 1, Int(u * u * Double(communitySize)))
+                    } else {
+                        product = random.nextIndex(below: options.products)
+                    }
+                    let quantity = random.nextUnitFloat() < 0.2 ? 2 : 1
+                    appendEventFields(&line, customer: customer, day: options.startDay + Int(day), cents: cents,
+                                      quantity: quantity, product: product)
+                    appendInt(&line, customer + 1)
+                    line.append(45)
+                    appendInt(&line, orderIndex)
+                    line.append(10)
+                    rows += 1
                 }
-                let quantity = random.nextUnitFloat() < 0.2 ? 2 : 1
-                appendInt(&line, customer + 1)
-                line.append(44)
-                appendISODate(&line, options.startDay + Int(day))
-                line.append(44)
-                appendInt(&line, cents / 100)
-                line.append(46)
-                line.append(UInt8(48 + (cents % 100) / 10))
-                line.append(UInt8(48 + cents % 10))
-                line.append(44)
-                appendInt(&line, quantity)
-                line.append(44)
-                line.append(80) // "P"
-                appendInt(&line, product + 1)
-                line.append(44)
-                appendInt(&line, customer + 1)
-                line.append(45)
-                appendInt(&line, orderIndex)
-                line.append(10)
-                rows += 1
+                if random.nextUnitFloat() < Float(dropOut) { break }
+                day += max(1, (-log(1 - Double(random.nextUnitFloat())) / rate).rounded(.up))
             }
-            if random.nextUnitFloat() < Float(dropOut) { break }
-            day += max(1, (-log(1 - Double(random.nextUnitFloat())) / rate).rounded(.up))
+            orders += orderIndex
+            if line.count >= 1 << 16 { try flush(&line) }
         }
-        orders += orderIndex
-        try line.withUnsafeBytes { try writer.write($0) }
     }
-    let file = try writer.close(dtype: "text", shape: [])
-    try renameItem(temporary, path)
-    removeTemporary = false
-    try fsyncDirectory(parentDirectory(path))
-    return SyntheticSummary(customers: options.customers, rows: rows, orders: orders, bytes: file.bytes,
+    return SyntheticSummary(customers: options.customers, rows: rows, orders: orders, bytes: bytes,
                             seconds: monotonicSeconds() - started)
 }
 
@@ -135,58 +112,77 @@ public func generateDateOrderedEvents(
         throw DataError.invalidOption("synth --date-ordered needs at least one row, customer, product, day and line per order")
     }
     let started = monotonicSeconds()
+    var random = SeededRandom(seed: seed, purpose: .synthesis)
+    var written = 0, orders = 0
+    var seen = [Bool](repeating: false, count: customers)
+    var distinctCustomers = 0
+    let bytes = try writeEventCSV(to: path) { line, flush in
+        while written < rows {
+            let day = startDay + written * spanDays / rows
+            let customer = random.nextIndex(below: customers)
+            if !seen[customer] { seen[customer] = true; distinctCustomers += 1 }
+            orders += 1
+            let lines = min(1 + random.nextIndex(below: maxLinesPerOrder), rows - written)
+            for _ in 0..<lines {
+                let u = Double(random.nextUnitFloat())
+                let product = min(products - 1, Int(u * u * Double(products)))
+                let cents = max(1, Int((exp(2.5 + 0.8 * normalSample(random: &random)) * 100).rounded()))
+                appendEventFields(&line, customer: customer, day: day, cents: cents,
+                                  quantity: random.nextUnitFloat() < 0.2 ? 2 : 1, product: product)
+                line.append(79) // "O"
+                appendInt(&line, orders)
+                line.append(10)
+                written += 1
+            }
+            if line.count >= 1 << 20 - 256 { try flush(&line) }
+        }
+    }
+    return SyntheticSummary(customers: distinctCustomers, rows: written, orders: orders, bytes: bytes,
+                            seconds: monotonicSeconds() - started)
+}
+
+/// Writes a canonical event CSV at `path` through a temporary file: `body` appends rows to a
+/// line buffer and calls `flush` when it wants them written; the file is renamed into place
+/// (and its directory fsynced) only when `body` returns. Returns the file's size.
+private func writeEventCSV(to path: String, _ body: (inout [UInt8], _ flush: (inout [UInt8]) throws -> Void) throws -> Void) throws -> Int {
     let temporary = path + ".tmp-\(getpid())"
     let writer = try HashingFileWriter(path: temporary, name: lastPathComponent(path))
     var removeTemporary = true
     defer { if removeTemporary { unlink(temporary) } }
     try writer.write("customer_id,timestamp,amount,quantity,product_id,order_id\n")
-    var random = SeededRandom(seed: seed, purpose: .synthesis)
     var line = [UInt8]()
     line.reserveCapacity(1 << 20)
-    var written = 0, orders = 0
-    var seen = [Bool](repeating: false, count: customers)
-    var distinctCustomers = 0
-    while written < rows {
-        let day = startDay + written * spanDays / rows
-        let customer = random.nextIndex(below: customers)
-        if !seen[customer] { seen[customer] = true; distinctCustomers += 1 }
-        orders += 1
-        let lines = min(1 + random.nextIndex(below: maxLinesPerOrder), rows - written)
-        for _ in 0..<lines {
-            let u = Double(random.nextUnitFloat())
-            let product = min(products - 1, Int(u * u * Double(products)))
-            let cents = max(1, Int((exp(2.5 + 0.8 * normalSample(random: &random)) * 100).rounded()))
-            appendInt(&line, customer + 1)
-            line.append(44)
-            appendISODate(&line, day)
-            line.append(44)
-            appendInt(&line, cents / 100)
-            line.append(46)
-            line.append(UInt8(48 + (cents % 100) / 10))
-            line.append(UInt8(48 + cents % 10))
-            line.append(44)
-            appendInt(&line, random.nextUnitFloat() < 0.2 ? 2 : 1)
-            line.append(44)
-            line.append(80) // "P"
-            appendInt(&line, product + 1)
-            line.append(44)
-            line.append(79) // "O"
-            appendInt(&line, orders)
-            line.append(10)
-            written += 1
-        }
-        if line.count >= 1 << 20 - 256 {
-            try line.withUnsafeBytes { try writer.write($0) }
-            line.removeAll(keepingCapacity: true)
-        }
+    func flush(_ line: inout [UInt8]) throws {
+        try line.withUnsafeBytes { try writer.write($0) }
+        line.removeAll(keepingCapacity: true)
     }
-    try line.withUnsafeBytes { try writer.write($0) }
+    try body(&line, flush)
+    try flush(&line)
     let file = try writer.close(dtype: "text", shape: [])
     try renameItem(temporary, path)
     removeTemporary = false
     try fsyncDirectory(parentDirectory(path))
-    return SyntheticSummary(customers: distinctCustomers, rows: written, orders: orders, bytes: file.bytes,
-                            seconds: monotonicSeconds() - started)
+    return file.bytes
+}
+
+/// Appends `customer,YYYY-MM-DD,amount,quantity,Pproduct,` (ids 1-based); the caller appends
+/// the order id and the line break.
+@inline(__always)
+private func appendEventFields(_ line: inout [UInt8], customer: Int, day: Int, cents: Int, quantity: Int, product: Int) {
+    appendInt(&line, customer + 1)
+    line.append(44)
+    appendISODate(&line, day)
+    line.append(44)
+    appendInt(&line, cents / 100)
+    line.append(46)
+    line.append(UInt8(48 + (cents % 100) / 10))
+    line.append(UInt8(48 + cents % 10))
+    line.append(44)
+    appendInt(&line, quantity)
+    line.append(44)
+    line.append(80) // "P"
+    appendInt(&line, product + 1)
+    line.append(44)
 }
 
 @inline(__always)
