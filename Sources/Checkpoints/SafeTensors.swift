@@ -141,9 +141,9 @@ public struct SafeTensorsFile: Sendable {
         if let bad = firstInvalidUTF8Offset(bytes, range: headerRange) {
             throw .headerNotUTF8(headerOffset: bad - 8)
         }
-        let header: HeaderJSON
+        let header: StrictJSON
         do {
-            header = try HeaderJSONParser.parse(bytes, range: headerRange)
+            header = try StrictJSONParser.parse(bytes, range: headerRange)
         } catch {
             throw .invalidJSON(headerOffset: error.offset, reason: error.reason)
         }
@@ -175,7 +175,7 @@ public struct SafeTensorsFile: Sendable {
         self.indexByName = Dictionary(uniqueKeysWithValues: infos.enumerated().map { ($1.name, $0) })
     }
 
-    private static func parseMetadata(_ value: HeaderJSON) throws(SafeTensorsError) -> [String: String] {
+    private static func parseMetadata(_ value: StrictJSON) throws(SafeTensorsError) -> [String: String] {
         guard case .object(let entries) = value else {
             throw .invalidMetadata(reason: "must be an object of strings, found \(value.kindName)")
         }
@@ -189,13 +189,13 @@ public struct SafeTensorsFile: Sendable {
         return result
     }
 
-    private static func parseTensor(name: String, _ value: HeaderJSON) throws(SafeTensorsError) -> SafeTensorInfo {
+    private static func parseTensor(name: String, _ value: StrictJSON) throws(SafeTensorsError) -> SafeTensorInfo {
         guard case .object(let fields) = value else {
             throw .invalidTensorEntry(tensor: name, reason: "entry must be an object, found \(value.kindName)")
         }
-        var dtypeValue: HeaderJSON?
-        var shapeValue: HeaderJSON?
-        var offsetsValue: HeaderJSON?
+        var dtypeValue: StrictJSON?
+        var shapeValue: StrictJSON?
+        var offsetsValue: StrictJSON?
         for (key, field) in fields {
             switch key {
             case "dtype": dtypeValue = field

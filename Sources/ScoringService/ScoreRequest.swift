@@ -67,7 +67,7 @@ public struct ScoreRequest: Sendable, Equatable {
     /// Unknown fields are refused rather than ignored: a misspelt `"ammount"` silently
     /// scoring zero spend is worse than an error.
     public static func parse(_ body: Data, limits: RequestLimits, model: ModelSummary) throws(ClientError) -> ScoreRequest {
-        let root = try JSONParser.parse(body)
+        let root = try RequestJSON.parse(body)
         guard case let .object(members) = root else { throw ClientError(400, "the body must be a JSON object with a \"customers\" array") }
         try checkKeys(members, allowed: ["customers", "as_of"], at: "body")
         var asOf: Int? = nil

@@ -116,6 +116,20 @@ struct RouterTests {
         }
     }
 
+    @Test("a body that is not UTF-8 is refused naming the byte")
+    func invalidUTF8() async throws {
+        let (app, _) = application(StubScorer())
+        let bytes: [UInt8] = Array("{\"customers\":[{\"customer_id\":\"".utf8) + [0xC3, 0x28] + Array("\"}]}".utf8)
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/v1/score", method: .post, headers: [.contentType: "application/json"],
+                                     body: ByteBuffer(bytes: bytes)) { response in
+                #expect(response.status == .badRequest)
+                let error = try json(response.body)["error"] as? String
+                #expect(error == "malformed JSON at byte 30: not valid UTF-8", "\(String(describing: error))")
+            }
+        }
+    }
+
     @Test("without a model: readyz, model and score say 503; what the scorer refuses keeps its status")
     func unavailableAndRefused() async throws {
         let (idle, _) = application(StubScorer(loaded: false))

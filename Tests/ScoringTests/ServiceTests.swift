@@ -143,10 +143,10 @@ struct ServiceTests {
         let service = try await RunningService(configuration)
         let history = fixture.dataset.historyLength
         let cases: [(body: String, status: Int, mentions: String)] = [
-            ("{\"customers\":[{", 400, "malformed JSON at byte 15: expected a quoted field name"),
-            ("{\"customers\":[1,]}", 400, "malformed JSON at byte 16: unexpected character ']'"),
-            ("{\"customers\":[{\"customer_id\":\"a\",\"customer_id\":\"b\"}]}", 400, "appears twice"),
-            (String(repeating: "[", count: 100) + String(repeating: "]", count: 100), 400, "nested deeper"),
+            ("{\"customers\":[{", 400, "malformed JSON at byte 15: expected a string key, found the end of the input"),
+            ("{\"customers\":[1,]}", 400, "malformed JSON at byte 16: expected a value, found character ']'"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"customer_id\":\"b\"}]}", 400, "malformed JSON at byte 33: duplicate key \\\"customer_id\\\""),
+            (String(repeating: "[", count: 100) + String(repeating: "]", count: 100), 400, "nesting deeper than 32 levels"),
             ("{\"customers\":[{\"customer_id\":\"a\\q\"}]}", 400, "invalid escape"),
             ("[]", 400, "JSON object"),
             ("{\"customers\":{}}", 400, "customers: expected an array"),

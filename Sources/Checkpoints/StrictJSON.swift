@@ -1,16 +1,17 @@
-/// A parsed JSON value as the safetensors header needs it.
+/// A parsed JSON value, as strict readers need it: the safetensors header and the service's
+/// request bodies both go through `StrictJSONParser`.
 ///
 /// Numbers keep their literal text so that offsets up to 2^64 are read exactly (a `Double` would
 /// round them), and objects keep their key order so errors can name the first bad entry.
-indirect enum HeaderJSON {
-    case object([(key: String, value: HeaderJSON)])
-    case array([HeaderJSON])
+public indirect enum StrictJSON: Sendable {
+    case object([(key: String, value: StrictJSON)])
+    case array([StrictJSON])
     case string(String)
     case number(String)
     case bool(Bool)
     case null
 
-    var kindName: String {
+    public var kindName: String {
         switch self {
         case .object: "an object"
         case .array: "an array"
@@ -51,22 +52,23 @@ extension IntegerLiteral {
     }
 }
 
-/// Where and why header parsing stopped.
-struct HeaderJSONError: Error {
-    /// Byte offset inside the header.
-    let offset: Int
-    let reason: String
+/// Where and why parsing stopped.
+public struct StrictJSONError: Error, Sendable {
+    /// Byte offset from the start of the parsed range.
+    public let offset: Int
+    public let reason: String
 }
 
-/// A strict JSON parser over UTF-8 bytes (RFC 8259), with a nesting limit.
+/// A strict JSON parser over UTF-8 bytes (RFC 8259), with a nesting limit and errors that
+/// name the byte.
 ///
-/// Foundation's parser accepts duplicate keys (keeping one silently) and converts numbers to
-/// floating point; in a header that decides which bytes a tensor owns, both would hide a
-/// malformed file, so the header gets this parser instead.
-struct HeaderJSONParser {
-    /// The header is at most three levels deep; anything far deeper is hostile input and must not
-    /// be allowed to exhaust the stack.
-    static let maximumDepth = 64
+/// Foundation's parser accepts duplicate keys (keeping one silently), converts numbers to
+/// floating point, and answers any syntax error with "not valid JSON"; in a header that
+/// decides which bytes a tensor owns the first two would hide a malformed file, and a client
+/// fixing a request needs the position. The bytes must already be valid UTF-8
+/// (`firstInvalidUTF8Offset`).
+public struct StrictJSONParser {
+    private let maximumDepth: Int
 
     private let bytes: [UInt8]
     private let end: Int
@@ -74,9 +76,11 @@ struct HeaderJSONParser {
     private var position: Int
     private var depth = 0
 
-    /// Parses `bytes[range]` as one JSON value followed only by whitespace.
-    static func parse(_ bytes: [UInt8], range: Range<Int>) throws(HeaderJSONError) -> HeaderJSON {
-        var parser = HeaderJSONParser(bytes: bytes, end: range.upperBound, base: range.lowerBound, position: range.lowerBound)
+    /// Parses `bytes[range]` as one JSON value followed only by whitespace. Containers nested
+    /// deeper than `maximumDepth` are refused: hostile input must not exhaust the stack.
+    public static func parse(_ bytes: [UInt8], range: Range<Int>, maximumDepth: Int = 64) throws(StrictJSONError) -> StrictJSON {
+        var parser = StrictJSONParser(bytes: bytes, end: range.upperBound, base: range.lowerBound, position: range.lowerBound,
+                                      maximumDepth: maximumDepth)
         parser.skipWhitespace()
         let value = try parser.parseValue()
         parser.skipWhitespace()
@@ -86,19 +90,20 @@ struct HeaderJSONParser {
         return value
     }
 
-    private init(bytes: [UInt8], end: Int, base: Int, position: Int) {
+    private init(bytes: [UInt8], end: Int, base: Int, position: Int, maximumDepth: Int) {
         self.bytes = bytes
         self.end = end
         self.base = base
         self.position = position
+        self.maximumDepth = maximumDepth
     }
 
-    private func failure(_ reason: String, at offset: Int? = nil) -> HeaderJSONError {
-        HeaderJSONError(offset: (offset ?? position) - base, reason: reason)
+    private func failure(_ reason: String, at offset: Int? = nil) -> StrictJSONError {
+        StrictJSONError(offset: (offset ?? position) - base, reason: reason)
     }
 
     private func describeCurrent() -> String {
-        guard position < end else { return "end of header" }
+        guard position < end else { return "the end of the input" }
         let byte = bytes[position]
         if byte >= 0x21 && byte < 0x7F { return "character '\(Character(Unicode.Scalar(byte)))'" }
         return "byte 0x\(String(byte, radix: 16))"
@@ -113,8 +118,8 @@ struct HeaderJSONParser {
         }
     }
 
-    private mutating func parseValue() throws(HeaderJSONError) -> HeaderJSON {
-        guard position < end else { throw failure("expected a value, found the end of the header") }
+    private mutating func parseValue() throws(StrictJSONError) -> StrictJSON {
+        guard position < end else { throw failure("expected a value, found the end of the input") }
         switch bytes[position] {
         case UInt8(ascii: "{"): return try parseObject()
         case UInt8(ascii: "["): return try parseArray()
@@ -127,17 +132,17 @@ struct HeaderJSONParser {
         }
     }
 
-    private mutating func enterContainer() throws(HeaderJSONError) {
+    private mutating func enterContainer() throws(StrictJSONError) {
         depth += 1
-        if depth > Self.maximumDepth {
-            throw failure("nesting deeper than \(Self.maximumDepth) levels")
+        if depth > maximumDepth {
+            throw failure("nesting deeper than \(maximumDepth) levels")
         }
     }
 
-    private mutating func parseObject() throws(HeaderJSONError) -> HeaderJSON {
+    private mutating func parseObject() throws(StrictJSONError) -> StrictJSON {
         try enterContainer()
         position += 1
-        var members: [(key: String, value: HeaderJSON)] = []
+        var members: [(key: String, value: StrictJSON)] = []
         var seen = Set<String>()
         skipWhitespace()
         if position < end && bytes[position] == UInt8(ascii: "}") {
@@ -177,10 +182,10 @@ struct HeaderJSONParser {
         }
     }
 
-    private mutating func parseArray() throws(HeaderJSONError) -> HeaderJSON {
+    private mutating func parseArray() throws(StrictJSONError) -> StrictJSON {
         try enterContainer()
         position += 1
-        var elements: [HeaderJSON] = []
+        var elements: [StrictJSON] = []
         skipWhitespace()
         if position < end && bytes[position] == UInt8(ascii: "]") {
             position += 1
@@ -205,7 +210,7 @@ struct HeaderJSONParser {
         }
     }
 
-    private mutating func expectWord(_ word: StaticString) throws(HeaderJSONError) {
+    private mutating func expectWord(_ word: StaticString) throws(StrictJSONError) {
         let count = word.utf8CodeUnitCount
         let matches = position + count <= end && word.withUTF8Buffer { expected in
             expected.indices.allSatisfy { bytes[position + $0] == expected[$0] }
@@ -214,7 +219,7 @@ struct HeaderJSONParser {
         position += count
     }
 
-    private mutating func parseNumber() throws(HeaderJSONError) -> String {
+    private mutating func parseNumber() throws(StrictJSONError) -> String {
         let start = position
         func isDigit(_ index: Int) -> Bool {
             index < end && bytes[index] >= UInt8(ascii: "0") && bytes[index] <= UInt8(ascii: "9")
@@ -244,7 +249,7 @@ struct HeaderJSONParser {
     }
 
     /// Parses a string literal; the bytes are already known to be valid UTF-8.
-    private mutating func parseString() throws(HeaderJSONError) -> String {
+    private mutating func parseString() throws(StrictJSONError) -> String {
         let start = position
         position += 1
         var scalars = String.UnicodeScalarView()
@@ -307,7 +312,7 @@ struct HeaderJSONParser {
         }
     }
 
-    private mutating func parseHexQuad() throws(HeaderJSONError) -> UInt16 {
+    private mutating func parseHexQuad() throws(StrictJSONError) -> UInt16 {
         guard position + 4 <= end else { throw failure("truncated \\u escape") }
         var value: UInt16 = 0
         for _ in 0..<4 {
@@ -329,7 +334,7 @@ struct HeaderJSONParser {
 /// The offset of the first byte that is not part of a valid UTF-8 sequence, or nil when all are.
 ///
 /// Rejects overlong forms, encoded surrogates and values above U+10FFFF, as RFC 3629 requires.
-func firstInvalidUTF8Offset(_ bytes: [UInt8], range: Range<Int>) -> Int? {
+public func firstInvalidUTF8Offset(_ bytes: [UInt8], range: Range<Int>) -> Int? {
     var index = range.lowerBound
     let end = range.upperBound
     while index < end {
