@@ -77,6 +77,11 @@ let package = Package(
         // Reads a finished run's files only: no MPI, so a report can be made anywhere.
         .target(name: "Reporting", dependencies: ["ModelMetrics", "Checkpoints"]),
         .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData", "Scoring"]),
+        // The tools' one error wrapper.
+        .target(
+            name: "ToolSupport",
+            dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         // The event-file flags the data and scoring tools share.
         .target(
             name: "EventFileArguments",
@@ -95,7 +100,7 @@ let package = Package(
         .executableTarget(
             name: "clm-data",
             dependencies: [
-                "CustomerData", "EventFileArguments",
+                "CustomerData", "EventFileArguments", "ToolSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -112,7 +117,7 @@ let package = Package(
         .executableTarget(
             name: "clm-score",
             dependencies: [
-                "Scoring", "ScoringService", "ScoringLoad", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
+                "Scoring", "ScoringService", "ScoringLoad", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments", "ToolSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -120,7 +125,7 @@ let package = Package(
         .executableTarget(
             name: "clm-report",
             dependencies: [
-                "Reporting",
+                "Reporting", "ToolSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

@@ -1,6 +1,7 @@
 import ArgumentParser
 import CustomerData
 import EventFileArguments
+import ToolSupport
 import Foundation
 
 @main
@@ -11,14 +12,10 @@ struct CLMData: ParsableCommand {
         subcommands: [Import.self, Inspect.self, Synth.self])
 }
 
-/// Turns a library error into ArgumentParser's clean exit with the message on stderr.
+extension DataError: UserFacingError {}
+
 func runReporting(_ body: () throws -> Void) throws {
-    do {
-        try body()
-    } catch let error as DataError {
-        FileHandle.standardError.write(Data("clm-data: error: \(error.description)\n".utf8))
-        throw ExitCode.failure
-    }
+    try reportingUserErrors(tool: "clm-data", body)
 }
 
 func formatCount(_ value: Int) -> String {

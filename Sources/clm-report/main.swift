@@ -1,6 +1,9 @@
 import ArgumentParser
 import Foundation
 import Reporting
+import ToolSupport
+
+extension ReportError: UserFacingError {}
 
 @main
 struct CLMReport: ParsableCommand {
@@ -14,17 +17,13 @@ struct CLMReport: ParsableCommand {
     @Option(help: "The HTML file to write (replaced atomically).") var out: String = "report.html"
 
     func run() throws {
-        do {
+        try reportingUserErrors(tool: "clm-report") {
             let inputs = try ReportInputs.load(
                 run: URL(fileURLWithPath: runDirectory), gnnRun: gnnRun.map { URL(fileURLWithPath: $0) },
                 scores: scores.map { URL(fileURLWithPath: $0) })
             let url = URL(fileURLWithPath: out)
             try writeReport(renderReport(inputs), to: url)
             print("wrote \(url.path)")
-        } catch {
-            // Every call above throws ReportError (typed throws), so `error` is one.
-            FileHandle.standardError.write(Data("clm-report: error: \(error.description)\n".utf8))
-            throw ExitCode.failure
         }
     }
 }

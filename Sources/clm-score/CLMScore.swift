@@ -8,6 +8,7 @@ import Scoring
 import ScoringLoad
 import ScoringService
 import Tensors
+import ToolSupport
 
 @main
 struct CLMScore: AsyncParsableCommand {
@@ -17,23 +18,15 @@ struct CLMScore: AsyncParsableCommand {
         subcommands: [Batch.self, Serve.self, LoadTestCommand.self])
 }
 
-/// Prints a library error as one line on stderr and exits non-zero.
+extension ScoringError: UserFacingError {}
+extension DataError: UserFacingError {}
+extension ClientError: UserFacingError {
+    public var description: String { message }
+}
+extension LoadTestError: UserFacingError {}
+
 func reporting<T>(_ body: () async throws -> T) async throws -> T {
-    do {
-        return try await body()
-    } catch let error as ScoringError {
-        FileHandle.standardError.write(Data("clm-score: error: \(error.description)\n".utf8))
-        throw ExitCode.failure
-    } catch let error as DataError {
-        FileHandle.standardError.write(Data("clm-score: error: \(error.description)\n".utf8))
-        throw ExitCode.failure
-    } catch let error as ClientError {
-        FileHandle.standardError.write(Data("clm-score: error: \(error.message)\n".utf8))
-        throw ExitCode.failure
-    } catch let error as LoadTestError {
-        FileHandle.standardError.write(Data("clm-score: error: \(error.description)\n".utf8))
-        throw ExitCode.failure
-    }
+    try await reportingUserErrors(tool: "clm-score", body)
 }
 
 /// Options naming the checkpoint to score with.
