@@ -67,6 +67,19 @@ public struct JobRequest: Sendable {
     }
 }
 
+/// The job ended before any rank trained: the coordinator could not read its configuration,
+/// key or dataset (`reason`, on rank 0), and told the workers (`reason` nil there).
+///
+/// Nothing is outstanding between the ranks then, so every rank can leave through
+/// `MPI_Finalize` with a failure status instead of `MPI_Abort`: when several ranks aborted at
+/// once, mpirun received their abort messages from processes it was already killing and
+/// printed `ORTE_ERROR_LOG: Data unpack would read past end of buffer` and "N more processes
+/// have sent help message" after the coordinator's own line.
+public struct JobDidNotStart: Error, CustomStringConvertible {
+    public let reason: (any Error)?
+    public var description: String { reason.map { "\($0)" } ?? "the coordinator could not start the job" }
+}
+
 /// The training job, as run by the coordinator (rank 0) and the workers (every other rank).
 public enum TrainingJob {
     /// Rank 0: reads the configuration and the dataset, tells the workers, trains its own shard,
@@ -85,7 +98,7 @@ public enum TrainingJob {
         } catch {
             // Tell the workers there is no job (an empty spec) so they exit instead of waiting.
             _ = try? world.broadcast(string: "", root: 0)
-            throw error
+            throw JobDidNotStart(reason: error)
         }
         let encoded = String(decoding: try JSONEncoder().encode(spec), as: UTF8.self)
         _ = try world.broadcast(string: encoded, root: 0)
@@ -95,9 +108,7 @@ public enum TrainingJob {
     /// Every other rank: receives the job from the coordinator and trains its shard.
     public static func work(world: any Communicator) throws {
         let encoded = try world.broadcast(string: "", root: 0)
-        guard !encoded.isEmpty else {
-            throw AgreementError(message: "the coordinator could not start the job (its error is above); worker \(world.rank) exits")
-        }
+        guard !encoded.isEmpty else { throw JobDidNotStart(reason: nil) }
         let spec = try JSONDecoder().decode(JobSpec.self, from: Data(encoded.utf8))
         var dataset: CustomerDataset? = nil
         if spec.configuration.model == .gnn {

@@ -43,6 +43,11 @@ struct Coordinator: ParsableCommand {
                            signingKeyPath: signingKeyFile),
                 world: world)
             try world.shutdown()
+        } catch let error as JobDidNotStart {
+            // Nothing started, so nothing waits: leave cleanly, with the reason as the last word.
+            FileHandle.standardError.write(Data("clm-coordinator: error: \(error)\n".utf8))
+            try? world.shutdown()
+            throw ExitCode.failure
         } catch {
             // One rank's failure must end every rank, not leave them waiting in a collective.
             world.abort("training failed: \(error)", code: 1)

@@ -13,6 +13,10 @@ do {
 do {
     try TrainingJob.work(world: world)
     try world.shutdown()
+} catch is JobDidNotStart {
+    // The coordinator says why; a worker only leaves, without aborting (see JobDidNotStart).
+    try? world.shutdown()
+    exit(1)
 } catch {
     world.abort("training failed: \(error)", code: 1)
 }

@@ -130,12 +130,13 @@ struct RunOutcomeTests {
             try CheckpointStore.verifySignature(of: store.load(step: step), key: key)
         }
         #expect(try ScoringModel.load(root: store.root, run: "outcome", verifyKey: key).info.step == store.bestStep())
-        // A missing key file stops the job before it trains.
-        #expect(throws: CheckpointError.self) {
+        // A missing key file stops the job before it trains, with the key's error as the reason.
+        let notStarted = #expect(throws: JobDidNotStart.self) {
             try TrainingJob.coordinate(
                 JobRequest(configurationPath: job.configurationPath, overrides: ["run=other"], signingKeyPath: keyPath + ".missing"),
                 world: SingleProcessCommunicator())
         }
+        #expect(notStarted?.reason is CheckpointError, "\(String(describing: notStarted))")
     }
 
     @Test("a graph run reports its no-graph ablation and the majority class with intervals, and the ablation leaves the model alone")
