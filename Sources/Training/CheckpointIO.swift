@@ -85,6 +85,41 @@ final class CheckpointIO {
         if request.isBest { try store.markBest(step: request.progress.globalStep) }
     }
 
+    /// The newest checkpoint that verifies, walking back from the step `latest` names (from the
+    /// newest step when `latest` itself is unreadable). Each step skipped is said with its reason
+    /// and moved aside as `damaged-step-NNNNNN`, where retention leaves it for inspection and
+    /// resuming cannot pick it again. Only damage is skipped this way; a checkpoint of another
+    /// model or dataset still stops the job when loaded.
+    func newestValid(requiring required: Set<String>) throws -> LoadedCheckpoint {
+        let store = try store()
+        var steps = try store.steps()
+        let newest = (try? store.latestStep()) ?? nil
+        if let newest { steps = steps.filter { $0 <= newest } }
+        var skipped: [String] = []
+        for step in steps.reversed() {
+            do {
+                let loaded = try store.load(step: step, requiring: required)
+                if !skipped.isEmpty {
+                    report("--resume latest-valid: resuming from step \(step); skipped " + skipped.joined(separator: "; "))
+                }
+                return loaded
+            } catch {
+                let aside = store.runDirectory.appendingPathComponent("damaged-" + store.directory(step: step).lastPathComponent)
+                try? FileManager.default.removeItem(at: aside)
+                try FileManager.default.moveItem(at: store.directory(step: step), to: aside)
+                skipped.append("step \(step) (\(error); moved to \(aside.path))")
+            }
+        }
+        throw AgreementError(message: "--resume latest-valid: no checkpoint of run '\(configuration.run)' in \(configuration.checkpoints) verifies"
+            + (skipped.isEmpty ? " (there is none)" : "; skipped " + skipped.joined(separator: "; ")))
+    }
+
+    /// A line for the person running the job, before the progress reporter exists.
+    private func report(_ line: String) {
+        print(line)
+        fflush(nil)
+    }
+
     /// The parameters of saved step `step`, verified, without touching the run's other steps.
     func parameters(step: Int) throws -> [Float] {
         let loaded = try store().load(step: step, requiring: ["model.safetensors"])
@@ -101,12 +136,15 @@ final class CheckpointIO {
         return parameters
     }
 
-    /// Reads and verifies the checkpoint named by `resume` ("latest", a step, or a directory).
+    /// Reads and verifies the checkpoint named by `resume`: "latest", "latest-valid" (the newest
+    /// step that verifies, see `newestValid`), a step, or a directory.
     func load(_ resume: String, parameterCount: Int) throws -> RestoredState {
         let loaded: LoadedCheckpoint
         let required: Set<String> = ["model.safetensors", "optimizer.safetensors", "training.json"]
         if resume == "latest" {
             loaded = try store().load(step: nil, requiring: required)
+        } else if resume == "latest-valid" {
+            loaded = try newestValid(requiring: required)
         } else if let step = Int(resume) {
             loaded = try store().load(step: step, requiring: required)
         } else {

@@ -22,7 +22,7 @@ struct Coordinator: ParsableCommand {
     @Option(help: "Shorthand for --set data=DIR.") var data: String?
     @Option(help: "Shorthand for --set checkpoints=DIR.") var checkpoints: String?
 
-    @Option(help: "Continue from a checkpoint: 'latest', a step number, or a checkpoint directory.")
+    @Option(help: "Continue from a checkpoint: 'latest' (refused, naming the file, when it is damaged), 'latest-valid' (the newest step that verifies; damaged newer ones are skipped, said and moved aside), a step number, or a checkpoint directory.")
     var resume: String?
 
     @Option(help: "Sign every checkpoint with this key file (at least 32 bytes; clm-score --verify-key-file checks it).")

@@ -116,6 +116,36 @@ struct RunOutcomeTests {
         #expect(!strong.contains { $0.contains("logistic floor") })
     }
 
+    @Test("--resume latest refuses a damaged newest checkpoint naming the file; latest-valid resumes from the newest that verifies")
+    func resumeFallsBackToTheLastGoodStep() throws {
+        let job = try Job(epochs: 2)
+        defer { try? FileManager.default.removeItem(at: job.directory) }
+        _ = try job.run()
+        let store = try job.store
+        let newest = try #require(try store.latestStep())
+        let older = try #require(try store.steps().filter { $0 < newest }.last)
+        let model = store.directory(step: newest).appendingPathComponent("model.safetensors")
+        var bytes = try Data(contentsOf: model)
+        bytes[bytes.count / 2] ^= 0xFF
+        try bytes.write(to: model)
+        func resume(_ from: String) throws -> TrainingSummary {
+            try TrainingJob.coordinate(JobRequest(configurationPath: job.configurationPath, overrides: ["epochs=3"], resume: from),
+                                       world: SingleProcessCommunicator())
+        }
+
+        let refusal = #expect(throws: (any Error).self) { try resume("latest") }
+        #expect("\(String(describing: refusal))".contains("model.safetensors"), "\(String(describing: refusal))")
+
+        let summary = try resume("latest-valid")
+        // Resumed from the older step: the damaged one was moved aside, not trained over.
+        let aside = store.runDirectory.appendingPathComponent("damaged-" + store.directory(step: newest).lastPathComponent)
+        #expect(FileManager.default.fileExists(atPath: aside.appendingPathComponent("model.safetensors").path))
+        #expect(summary.epochsRun == 2, "epochs 2 and 3 after resuming from the end of epoch 1 (step \(older))")
+        let final = try #require(try store.latestStep())
+        #expect(final > newest)
+        _ = try store.load(step: final, requiring: ["model.safetensors"])
+    }
+
     @Test("a run given a signing key signs every checkpoint, and scoring with the key accepts them")
     func signedRun() throws {
         let job = try Job(epochs: 1)
