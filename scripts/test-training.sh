@@ -6,6 +6,8 @@
 #   - resuming on another world size works;
 #   - kill -9 of a worker ends the job with an error in bounded time, and `latest` still loads;
 #   - the trained model, scored by the real clm-score, gives training's test scores;
+#   - a supervised job (train.sh --max-restarts) comes back by itself after kill -9 of a worker,
+#     and stops at once on a bad configuration;
 #   - the graph model trains and beats the majority class on test macro-F1.
 # Prints "training-e2e: N passed, M failed" and exits non-zero on any failure.
 set -euo pipefail
@@ -186,6 +188,41 @@ if job 2 --run killed --resume latest --epochs 1 >"$work/afterkill.log" 2>&1 && 
 else
     tail -n 20 "$work/afterkill.log"
     fail "latest checkpoint after the kill"
+fi
+
+echo "== supervised run (train.sh --max-restarts): a worker killed mid-run, the job comes back by itself"
+CLM_BIN="$bin" scripts/train.sh --np 2 --config "$work/lstm.yaml" --run supervised --epochs 60 --max-restarts 2 \
+    >"$work/supervised.log" 2>&1 &
+launcher=$!
+# Poll for the first checkpoint (with a deadline): from then on the job is mid-run.
+for _ in $(seq 1 300); do
+    [ -f "$work/checkpoints/supervised/latest" ] && break
+    sleep 0.2
+done
+victim=$(pgrep -x clm-worker | head -1 || true)
+if [ -n "$victim" ]; then kill -9 "$victim"; fi
+status=0
+wait "$launcher" || status=$?
+if [ -n "$victim" ] && [ "$status" -eq 0 ] && grep -q "^== supervisor: attempt 1 failed" "$work/supervised.log" \
+    && grep -q "restarting from the newest valid checkpoint" "$work/supervised.log" \
+    && grep -q "resuming at epoch" "$work/supervised.log" && grep -q "^== supervisor: attempt 2 finished the job" "$work/supervised.log"; then
+    grep "^== supervisor" "$work/supervised.log"
+    pass "the supervised job restarted from its newest checkpoint after kill -9 and finished with status 0"
+else
+    grep "^== supervisor" "$work/supervised.log" || tail -n 20 "$work/supervised.log"
+    fail "supervised restart: victim '${victim}', status $status"
+fi
+
+echo "== supervised run: what a restart cannot fix stops at once"
+status=0
+CLM_BIN="$bin" scripts/train.sh --np 2 --config "$work/lstm.yaml" --run unfixable --max-restarts 3 --set lstm.hiden=3 \
+    >"$work/unfixable.log" 2>&1 || status=$?
+if [ "$status" -ne 0 ] && grep -q "a restart cannot fix it: the job could not start: --set lstm.hiden=3: unknown key" "$work/unfixable.log" \
+    && ! grep -q "attempt 2" "$work/unfixable.log"; then
+    pass "a bad configuration ended the supervised job after one attempt, with its reason"
+else
+    tail -n 10 "$work/unfixable.log"
+    fail "supervised job with a bad configuration: status $status"
 fi
 
 echo "== graph model, 2 ranks"

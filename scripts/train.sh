@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
 # Launches a training job: the coordinator as rank 0 and N-1 workers, as one MPI job.
 #
-#   scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile hostfiles/F [--iface IFACE]] [coordinator flags...]
+#   scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile hostfiles/F [--iface IFACE]]
+#                    [--max-restarts N] [coordinator flags...]
+#
+# --max-restarts N supervises the job: when it fails for a reason a restart can fix (a rank
+# died, a watchdog fired, a host stopped answering), it is launched again from the newest
+# checkpoint that verifies (--resume latest-valid), at most N times, each attempt logged with
+# its cause, the step it resumed from and the time lost. It stops at once on what a restart
+# cannot fix (a bad configuration, dataset or key, ranks that disagree, a run that exists, the
+# same divergence twice) and on Ctrl-C. A clean finish exits 0.
 #
 # Coordinator flags (e.g. --epochs 3, --resume latest, --set lstm.hidden=32) are passed through.
 # On one machine ranks may outnumber cores (--oversubscribe); with a hostfile they may not.
@@ -24,9 +32,11 @@ config=""
 hostfile=""
 iface=""
 passthrough=()
+max_restarts=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --np) ranks=$2; shift 2 ;;
+        --max-restarts) max_restarts=$2; shift 2 ;;
         --config) config=$2; shift 2 ;;
         --hostfile) hostfile=$2; shift 2 ;;
         --iface) iface=$2; shift 2 ;;
@@ -39,6 +49,7 @@ usage="usage: scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile F [
 [ "$ranks" -ge 1 ] || { echo "--np must be at least 1" >&2; exit 64; }
 [ -z "$hostfile" ] || [ -f "$hostfile" ] || { echo "hostfile $hostfile does not exist" >&2; exit 66; }
 [ -z "$iface" ] || [ -n "$hostfile" ] || { echo "--iface only applies with --hostfile (one machine needs no network)" >&2; exit 64; }
+[ -z "$max_restarts" ] || [[ "$max_restarts" =~ ^[0-9]+$ ]] || { echo "--max-restarts needs a whole number, got '$max_restarts'" >&2; exit 64; }
 
 if [ -n "${CLM_BIN:-}" ]; then
     bin=$(cd "$CLM_BIN" && pwd)
@@ -123,9 +134,92 @@ if [ -n "$hostfile" ]; then
 else
     launch+=(--oversubscribe)
 fi
-launch+=(-np 1 "$bin/clm-coordinator" --config "$config" "${passthrough[@]}")
-if [ "$ranks" -gt 1 ]; then
-    launch+=(: -np $((ranks - 1)) "$bin/clm-worker")
+job() {  # job [coordinator flags...]: the mpirun command line
+    local line=("${launch[@]}" -np 1 "$bin/clm-coordinator" --config "$config" "$@")
+    if [ "$ranks" -gt 1 ]; then line+=(: -np $((ranks - 1)) "$bin/clm-worker"); fi
+    printf '%s\0' "${line[@]}"
+}
+if [ -z "$max_restarts" ]; then
+    mapfile -d '' command < <(job "${passthrough[@]}")
+    echo "+ ${command[*]}"
+    exec "${command[@]}"
 fi
-echo "+ ${launch[*]}"
-exec "${launch[@]}"
+
+# --- supervised --------------------------------------------------------------------------
+# The run's directory, to date the newest checkpoint: the flags win over the file, as in the job.
+run_name=$(awk -F': *' '/^run:/ { print $2; exit }' "$config")
+checkpoint_root=$(awk -F': *' '/^checkpoints:/ { print $2; exit }' "$config")
+for ((k = 0; k < ${#passthrough[@]}; k++)); do
+    value=${passthrough[k + 1]:-}
+    case "${passthrough[k]}" in
+        --run) run_name=$value ;;
+        --checkpoints) checkpoint_root=$value ;;
+        --set) case "$value" in run=*) run_name=${value#run=} ;; checkpoints=*) checkpoint_root=${value#checkpoints=} ;; esac ;;
+    esac
+done
+latest_pointer="$checkpoint_root/$run_name/latest"
+# The flags without any --resume: a restart chooses its own.
+fresh_flags=()
+for ((k = 0; k < ${#passthrough[@]}; k++)); do
+    if [ "${passthrough[k]}" = "--resume" ]; then k=$((k + 1)); continue; fi
+    fresh_flags+=("${passthrough[k]}")
+done
+
+stopping=""
+trap 'stopping=yes' INT TERM
+attempt_log=$(mktemp)
+trap 'rm -f "$attempt_log"' EXIT
+flags=("${passthrough[@]}")
+diverged_at=""
+attempt=1
+while true; do
+    mapfile -d '' command < <(job "${flags[@]}")
+    echo "== supervisor: attempt $attempt of at most $((max_restarts + 1)): ${command[*]}"
+    started=$(date +%s)
+    set +e
+    # In the foreground with its own output teed: Ctrl-C reaches mpirun directly.
+    "${command[@]}" 2>&1 | tee "$attempt_log"
+    status=${PIPESTATUS[0]}
+    set -e
+    ended=$(date +%s)
+    if [ "$status" -eq 0 ]; then
+        echo "== supervisor: attempt $attempt finished the job"
+        exit 0
+    fi
+    if [ -n "$stopping" ]; then
+        echo "== supervisor: stopped by a signal during attempt $attempt; not restarting"
+        exit 130
+    fi
+    # What a restart cannot fix ends the supervision with the job's own reason.
+    reason=""
+    if grep -q "^clm-coordinator: error: " "$attempt_log"; then
+        reason="the job could not start: $(grep -m1 "^clm-coordinator: error: " "$attempt_log" | sed 's/^clm-coordinator: error: //')"
+    elif line=$(grep -m1 -E "ranks disagree before the first step|already has checkpoints|damaged dataset|no dataset at" "$attempt_log"); then
+        reason="$line"
+    elif line=$(grep -m1 -oE "parameters diverged at step [0-9]+" "$attempt_log"); then
+        step=${line##* }
+        if [ "$step" = "$diverged_at" ]; then
+            reason="the parameters diverged at step $step twice: a restart repeats it"
+        fi
+        diverged_at=$step
+    fi
+    if [ -n "$reason" ]; then
+        echo "== supervisor: attempt $attempt failed (status $status) and a restart cannot fix it: $reason" >&2
+        exit "$status"
+    fi
+    cause=$(grep -m1 -oE "ranks that did not arrive: [^;]*|parameters diverged at step [0-9]+|exited on signal [0-9]+[^.]*|lost communication with a remote daemon|training failed: [^\n]{0,160}" "$attempt_log" || true)
+    if [ "$attempt" -gt "$max_restarts" ]; then
+        echo "== supervisor: attempt $attempt failed (status $status${cause:+: $cause}); no restarts left of $max_restarts" >&2
+        exit "$status"
+    fi
+    lost="since the attempt began $((ended - started)) s"
+    if [ -f "$latest_pointer" ]; then
+        saved=$(stat -c %Y "$latest_pointer")
+        lost="$((ended - (saved > started ? saved : started))) s of work after its newest checkpoint ($(tr -d '\n' <"$latest_pointer"))"
+        flags=("${fresh_flags[@]}" --resume latest-valid)
+    else
+        flags=("${fresh_flags[@]}")
+    fi
+    echo "== supervisor: attempt $attempt failed (status $status${cause:+: $cause}); lost $lost; restarting from the newest valid checkpoint"
+    attempt=$((attempt + 1))
+done
