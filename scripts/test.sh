@@ -115,15 +115,17 @@ else
     total_failed=$((total_failed + 1))
 fi
 
-# Several hosts need root for network namespaces; elsewhere say so rather than pass silently.
-# CLM_NO_SKIPS=1 (set by .ci/run: CI runs as root with network namespaces) makes a skip a failure.
-skipped_multihost() {
-    echo "SKIPPED multi-host test: $1"
+# Several hosts need root for network namespaces, Slurm needs root for its daemons; elsewhere
+# say so rather than pass silently. CLM_NO_SKIPS=1 (set by .ci/run: CI runs as root with network
+# namespaces and apt) makes a skip a failure.
+skipped() {
+    echo "SKIPPED $1: $2"
     if [ "${CLM_NO_SKIPS:-0}" = 1 ]; then
         echo "CLM_NO_SKIPS=1: a skipped test fails the run"
         total_failed=$((total_failed + 1))
     fi
 }
+skipped_multihost() { skipped "multi-host test" "$1"; }
 echo "== multi-host job on network namespaces (scripts/netns-cluster.sh)"
 if [ "$(id -u)" -ne 0 ]; then
     skipped_multihost "it needs root to create network namespaces (run scripts/test.sh as root to include it)"
@@ -140,6 +142,17 @@ else
     else
         total_failed=$((total_failed + 1))
     fi
+fi
+
+echo "== Slurm for real: one-node controller and node daemon (scripts/slurm-test.sh)"
+status=0
+CLM_BUILD="${CLM_BUILD:-debug}" timeout 900 scripts/slurm-test.sh || status=$?
+if [ "$status" -eq 0 ]; then
+    total_passed=$((total_passed + 1))
+elif [ "$status" -eq 77 ]; then
+    skipped "Slurm test" "reason above"
+else
+    total_failed=$((total_failed + 1))
 fi
 
 echo
