@@ -57,9 +57,9 @@ final class CustomerAggregates: EventSink {
     /// Partition of each global customer index.
     @exclusivity(unchecked) private var partitionOfCustomer: [UInt16] = []
 
-    /// Partitions for an input of `bytes`: one per 8 MiB, up to 256. Measured on a 385 MiB
-    /// date-ordered file, 16 to 128 partitions with a 1M-event chunk ran alike (5.1–6.1M
-    /// events/s, noisy), 256 and more slower; a small file gains nothing from queueing.
+    /// Partitions for an input of `bytes`: one per 8 MiB, up to 256. On a 385 MiB date-ordered
+    /// file (one run each, noisy) 16 to 128 partitions with 1M-row rounds gave 5.1–6.1M
+    /// events/s and 256 to 2,048 gave 3.5–5.1M; a small file gains nothing from queueing.
     static func partitions(forInputBytes bytes: Int) -> Int {
         var partitions = 1
         while partitions < 256 && partitions << 23 < bytes { partitions *= 2 }
