@@ -144,7 +144,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CustomerDataTests",
-            dependencies: ["CustomerData", "Tensors"],
+            dependencies: ["TestSupport", "CustomerData", "Tensors"],
             resources: [.copy("Samples")]
         ),
         // Counts the heap allocations of a thread, so tests can hold hot paths to none.

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 @testable import CustomerData
 
@@ -8,13 +9,7 @@ struct ImportSafetyTests {
     static let events = "customer_id,timestamp,amount\na,1,5\nb,2,7\na,9,3\nc,12,4\n"
 
     /// A process id that was alive and is not any more.
-    func deadPid() throws -> pid_t {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/true")
-        try process.run()
-        process.waitUntilExit()
-        return process.processIdentifier
-    }
+    func deadPid() throws -> pid_t { try deadProcessID() }
 
     @Test("when the second rename of a swap fails, the old dataset is put back at its path")
     func failedSwapRestoresTheOldDataset() throws {

@@ -2,6 +2,7 @@ import Foundation
 import Models
 import Scoring
 import ScoringService
+import TestSupport
 import Testing
 
 @Suite("Interoperability", .serialized)
@@ -13,13 +14,7 @@ struct InteropTests {
     /// installs python3-numpy for it).
     static func pythonWithNumPy() -> String {
         for candidate in [which("python3"), "/usr/bin/python3"].compactMap({ $0 }) {
-            let probe = Process()
-            probe.executableURL = URL(fileURLWithPath: candidate)
-            probe.arguments = ["-c", "import numpy"]
-            probe.standardError = FileHandle.nullDevice
-            guard (try? probe.run()) != nil else { continue }
-            probe.waitUntilExit()
-            if probe.terminationStatus == 0 { return candidate }
+            if let probe = try? runChild(candidate, ["-c", "import numpy"]), probe.status == 0 { return candidate }
         }
         return "/usr/bin/python3"
     }
@@ -47,18 +42,9 @@ struct InteropTests {
 
         let input = fixture.directory.path("request.json")
         try body.write(toFile: input, atomically: true, encoding: .utf8)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.pythonWithNumPy())
-        process.arguments = [Self.script, checkpoint.path, input]
-        let output = Pipe(), errors = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        let errorText = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "score_reference.py failed: \(errorText)")
-        let reference = String(decoding: data, as: UTF8.self).split(separator: "\n").map {
+        let child = try runChild(Self.pythonWithNumPy(), [Self.script, checkpoint.path, input])
+        #expect(child.status == 0, "score_reference.py failed: \(child.errors)")
+        let reference = child.output.split(separator: "\n").map {
             try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any]
         }
         #expect(reference.count == served.count)
