@@ -34,3 +34,8 @@ clm_mpirun_local() {
     shift
     mpirun --oversubscribe --bind-to none -np "$ranks" "$@"
 }
+
+# pass / fail for the end-to-end test scripts: one line each, counted in $passed and $failed
+# (each script sets both to 0 and ends with "<name>: $passed passed, $failed failed").
+pass() { echo "ok: $1"; passed=$((passed + 1)); }
+fail() { echo "FAILED: $1"; failed=$((failed + 1)); }

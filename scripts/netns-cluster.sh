@@ -60,8 +60,6 @@ trap 'exit 130' INT TERM
 
 passed=0
 failed=0
-pass() { echo "ok: $1"; passed=$((passed + 1)); }
-fail() { echo "FAILED: $1"; failed=$((failed + 1)); }
 
 # --- the virtual cluster --------------------------------------------------------------------
 # Root without CAP_NET_ADMIN (an unprivileged container) cannot build the cluster: skip, not fail.

@@ -48,8 +48,6 @@ trap 'exit 130' INT TERM
 
 passed=0
 failed=0
-pass() { echo "ok: $1"; passed=$((passed + 1)); }
-fail() { echo "FAILED: $1"; failed=$((failed + 1)); }
 
 # --- munge and Slurm, one node -------------------------------------------------------------
 host=$(hostname -s)

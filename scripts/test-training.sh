@@ -27,8 +27,6 @@ export CLM_PROGRESS=plain
 
 passed=0
 failed=0
-pass() { echo "ok: $1"; passed=$((passed + 1)); }
-fail() { echo "FAILED: $1"; failed=$((failed + 1)); }
 
 "$bin/clm-data" synth --customers 1500 --products 200 --seed 3 --out "$work/events.csv" >/dev/null
 "$bin/clm-data" import --input "$work/events.csv" --product-col product_id --out "$work/data" >/dev/null
