@@ -159,9 +159,10 @@ final class ByteInterner {
         return word
     }
 
-    /// The slot's meta word without the index, for an id of `n` bytes with hash `h`.
+    /// The slot's meta word without the index, for an id of `n` bytes with hash `h`. Lengths
+    /// from 65,535 up share one value; their matches compare the stored length too.
     @inline(__always)
-    private static func key(_ h: UInt64, _ n: Int) -> UInt64 { (h >> 32) << 48 | UInt64(n) << 32 }
+    private static func key(_ h: UInt64, _ n: Int) -> UInt64 { (h >> 32) << 48 | UInt64(min(n, 0xFFFF)) << 32 }
 
     /// Asks for the slot where a lookup of an id with hash `h` starts.
     @inline(__always)
@@ -179,7 +180,6 @@ final class ByteInterner {
     /// hashes each id once, to pick its partition).
     @inline(__always)
     func intern(_ p: UnsafeRawPointer, _ n: Int, hash h: UInt64) -> Int32 {
-        precondition(n <= 0xFFFF, "an id of \(n) bytes; ids are at most 65,535 bytes")
         let slots = self.slots!
         let key = Self.key(h, n)
         let prefix = Self.prefix(p, n)
@@ -189,7 +189,9 @@ final class ByteInterner {
             if entry.meta == 0 { break }
             if entry.meta & 0xFFFF_FFFF_0000_0000 == key && entry.prefix == prefix {
                 let i = Int(truncatingIfNeeded: entry.meta & 0xFFFF_FFFF) - 1
-                if n <= 8 || memcmpBytes(arena.pointer + start(i) + 8, p + 8, n - 8) { return Int32(i) }
+                if n <= 8 || ((n < 0xFFFF || length(i) == n) && memcmpBytes(arena.pointer + start(i) + 8, p + 8, n - 8)) {
+                    return Int32(i)
+                }
             }
             slot = (slot + 1) & mask
         }

@@ -70,3 +70,20 @@ func withBytes<T>(_ text: String, _ body: (UnsafePointer<UInt8>, Int) -> T) -> T
     #expect(bytes.withUnsafeBytes { ContentHasher.hash(UnsafeRawBufferPointer(rebasing: $0[..<999])) } != whole)
     #expect((bytes + [0]).withUnsafeBytes { ContentHasher.hash($0) } != whole)
 }
+
+@Test("the id table finds every id again, short or long, across rehashes and lengths past 65,535 bytes")
+func byteInternerFindsEveryIDAgain() {
+    let interner = ByteInterner(expectedIDs: 16)
+    // Short ids (matched from the slot's inline prefix) through several table doublings, ids that
+    // share their first 8 bytes, and long ids whose lengths the slot cannot hold exactly.
+    var ids: [[UInt8]] = (0..<5_000).map { Array("c\($0)".utf8) }
+    ids += (0..<50).map { Array("same-prefix-\($0)".utf8) }
+    let long = [UInt8](repeating: 65, count: 65_535)
+    ids += [long, long + [66], long + [66, 67], [UInt8](repeating: 65, count: 70_000)]
+    let indices = ids.map { id in id.withUnsafeBytes { interner.intern($0.baseAddress!, $0.count) } }
+    #expect(indices == (0..<Int32(ids.count)).map { $0 }, "every distinct id gets the next index")
+    let again = ids.map { id in id.withUnsafeBytes { interner.intern($0.baseAddress!, $0.count) } }
+    #expect(again == indices, "interning an id again finds it")
+    #expect(interner.count == ids.count)
+    #expect(Array(interner.bytes(Int(indices[5_051]))) == long + [66])
+}
