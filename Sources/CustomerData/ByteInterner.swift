@@ -244,15 +244,14 @@ final class ByteInterner {
 
     /// Whether id `a` sorts before id `b`: shorter ids first, then bytewise, so unpadded
     /// integer ids come out in numeric order and the order never depends on the input's.
-    func precedes(_ a: Int, _ b: Int) -> Bool {
-        let la = length(a)
-        let lb = length(b)
-        if la != lb { return la < lb }
-        let pa = arena.pointer + start(a)
-        let pb = arena.pointer + start(b)
-        for k in 0..<la where pa[k] != pb[k] { return pa[k] < pb[k] }
-        return false
-    }
+    func precedes(_ a: Int, _ b: Int) -> Bool { identifierPrecedes(bytes(a), bytes(b)) }
+}
+
+/// The order of ids in datasets: shorter first, then bytewise.
+func identifierPrecedes(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+    if a.count != b.count { return a.count < b.count }
+    for k in 0..<a.count where a[k] != b[k] { return a[k] < b[k] }
+    return false
 }
 
 @inline(__always)

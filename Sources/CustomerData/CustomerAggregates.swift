@@ -247,7 +247,7 @@ final class CustomerAggregates: EventSink {
         }
         keyed.sort { a, b in
             if a.key != b.key { return a.key < b.key }
-            return a.key == .max && precedes(Int(a.customer), Int(b.customer))
+            return a.key == .max && identifierPrecedes(customerID(Int(a.customer)), customerID(Int(b.customer)))
         }
         return keyed.map(\.customer)
     }
@@ -258,13 +258,6 @@ final class CustomerAggregates: EventSink {
         var key = UInt64(id.count) << 56
         for (position, byte) in id.enumerated() { key |= UInt64(byte) << UInt64(48 - 8 * position) }
         return key
-    }
-
-    private func precedes(_ a: Int, _ b: Int) -> Bool {
-        let x = customerID(a), y = customerID(b)
-        if x.count != y.count { return x.count < y.count }
-        for k in 0..<x.count where x[k] != y[k] { return x[k] < y[k] }
-        return false
     }
 
     /// Every customer–product pair with its purchase count, under global customer indices, in
