@@ -41,6 +41,17 @@ func compareGradients(
     return mismatches
 }
 
+/// `compareGradients` over every slice of `parameters`, each against its analytic gradient.
+func compareParameterGradients(_ parameters: ParameterStore, step: Float = 1e-2, loss: () -> Float) -> [GradientMismatch] {
+    var mismatches: [GradientMismatch] = []
+    for slice in parameters.layout.slices {
+        mismatches += compareGradients(
+            name: slice.name, values: parameters.value(slice),
+            analytic: parameters.gradientArray(slice.name)!, step: step, loss: loss)
+    }
+    return mismatches
+}
+
 @Suite struct GradientCheckTests {
     @Test func lstmGradientsMatchFiniteDifferencesWithPaddingAndDropout() {
         let (batchSize, steps, inputSize) = (3, 5, 3)
@@ -78,12 +89,7 @@ func compareGradients(
                         var featureGradients = [Float](repeating: 0, count: xs.count)
                         featureGradients.withUnsafeMutableBufferPointer { model.backward(batch, featureGradients: $0.baseAddress!) }
 
-                        var mismatches: [GradientMismatch] = []
-                        for slice in model.parameters.layout.slices {
-                            mismatches += compareGradients(
-                                name: slice.name, values: model.parameters.value(slice),
-                                analytic: model.parameters.gradientArray(slice.name)!, loss: loss)
-                        }
+                        var mismatches = compareParameterGradients(model.parameters, loss: loss)
                         for b in 0..<batchSize {
                             for t in 0..<steps {
                                 for i in 0..<inputSize {
@@ -159,12 +165,7 @@ func compareGradients(
                 #expect(value.isFinite && value > 0)
                 var featureGradients = [Float](repeating: 0, count: xs.count)
                 featureGradients.withUnsafeMutableBufferPointer { model.backward(batch, featureGradients: $0.baseAddress!) }
-                var mismatches: [GradientMismatch] = []
-                for slice in model.parameters.layout.slices {
-                    mismatches += compareGradients(
-                        name: slice.name, values: model.parameters.value(slice),
-                        analytic: model.parameters.gradientArray(slice.name)!, loss: loss)
-                }
+                var mismatches = compareParameterGradients(model.parameters, loss: loss)
                 mismatches += compareGradients(name: "x", values: xs.baseAddress!, analytic: featureGradients, loss: loss)
                 #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, first: \(mismatches.prefix(5))")
             }
@@ -227,12 +228,7 @@ func compareGradients(
                 // derivative, so the steps here are small (2e-3; noise floor ~8e-5, still under
                 // the tolerance). With this seed no step crosses a kink; a crossing shows up as
                 // an analytic 0 against a numeric non-zero, which is how h=1e-2 failed here.
-                var mismatches: [GradientMismatch] = []
-                for slice in model.parameters.layout.slices {
-                    mismatches += compareGradients(
-                        name: slice.name, values: model.parameters.value(slice),
-                        analytic: model.parameters.gradientArray(slice.name)!, step: 2e-3, loss: loss)
-                }
+                var mismatches = compareParameterGradients(model.parameters, step: 2e-3, loss: loss)
                 mismatches += compareGradients(
                     name: "x", values: xs.baseAddress!, analytic: featureGradients, step: 2e-3, loss: loss)
                 #expect(mismatches.isEmpty, "\(mismatches.count) mismatches, first: \(mismatches.prefix(5))")
