@@ -253,6 +253,7 @@ func formatNumber(_ value: Double) -> String {
     return text
 }
 
-func seconds(_ duration: Duration) -> Double {
+/// A duration in seconds, for timings and metrics.
+public func seconds(_ duration: Duration) -> Double {
     Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
 }

@@ -193,10 +193,6 @@ struct ServiceMiddleware: RouterMiddleware {
     }
 }
 
-func seconds(_ duration: Duration) -> Double {
-    Double(duration.components.seconds) + Double(duration.components.attoseconds) * 1e-18
-}
-
 /// `POST /v1/score` and `GET /v1/model`.
 struct ScoreController<S: Scorer> {
     let scorer: S
