@@ -39,3 +39,14 @@ clm_mpirun_local() {
 # (each script sets both to 0 and ends with "<name>: $passed passed, $failed failed").
 pass() { echo "ok: $1"; passed=$((passed + 1)); }
 fail() { echo "FAILED: $1"; failed=$((failed + 1)); }
+
+# Waits until FILE exists, polling every 0.2 s for at most SECONDS (default 60); a deadline,
+# never a guess. Used to wait for a run's first checkpoint, after which the job is mid-run.
+clm_wait_for_file() {
+    local file=$1 tries=$(( ${2:-60} * 5 ))
+    for _ in $(seq 1 "$tries"); do
+        [ -f "$file" ] && return 0
+        sleep 0.2
+    done
+    return 1
+}

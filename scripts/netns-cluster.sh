@@ -242,11 +242,8 @@ fi
 echo "== a host cut off mid-run (link down), then resume from latest"
 cluster --run cut --epochs 500 >"$work/cut.log" 2>&1 &
 launcher=$!
-# Poll for the first checkpoint (with a deadline): from then on the job is mid-run.
-for _ in $(seq 1 300); do
-    [ -f "$shared/checkpoints/cut/latest" ] && break
-    sleep 0.2
-done
+# The run's first checkpoint: from then on the job is mid-run.
+clm_wait_for_file "$shared/checkpoints/cut/latest" 60 || true
 ip link set "clmv${id}2" down
 start=$(date +%s)
 status=0

@@ -151,11 +151,8 @@ echo "== scancel mid-run leaves a latest checkpoint that verifies"
 sed -e 's/^run: slurm/run: cancelled/' -e 's/^epochs: 2/epochs: 500/' "$work/lstm.yaml" >"$work/long.yaml"
 job=$(sbatch --parsable --nodes=1 --ntasks=2 --ntasks-per-node=2 --time=10 --output="$work/cancelled.out" \
     cluster/slurm/train.sbatch "$work/long.yaml")
-# Poll for the first checkpoint (with a deadline): from then on the job is mid-run.
-for _ in $(seq 1 600); do
-    [ -f "$work/checkpoints/cancelled/latest" ] && break
-    sleep 0.2
-done
+# The run's first checkpoint: from then on the job is mid-run.
+clm_wait_for_file "$work/checkpoints/cancelled/latest" 120 || true
 scancel "$job"
 gone=""
 for _ in $(seq 1 300); do

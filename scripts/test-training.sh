@@ -169,11 +169,8 @@ fi
 echo "== kill -9 of a worker mid-run"
 job 3 --run killed --epochs 200 >"$work/killed.log" 2>&1 &
 launcher=$!
-# Poll for the first checkpoint (with a deadline): from then on the job is mid-run.
-for _ in $(seq 1 300); do
-    [ -f "$work/checkpoints/killed/latest" ] && break
-    sleep 0.2
-done
+# The run's first checkpoint: from then on the job is mid-run.
+clm_wait_for_file "$work/checkpoints/killed/latest" 60 || true
 victim=$(pgrep -f "$bin/clm-worker" | head -1 || true)
 start=$(date +%s)
 if [ -n "$victim" ]; then kill -9 "$victim"; fi
@@ -198,11 +195,8 @@ echo "== supervised run (train.sh --max-restarts): a worker killed mid-run, the 
 CLM_BIN="$bin" scripts/train.sh --np 2 --config "$work/lstm.yaml" --run supervised --epochs 60 --max-restarts 2 \
     >"$work/supervised.log" 2>&1 &
 launcher=$!
-# Poll for the first checkpoint (with a deadline): from then on the job is mid-run.
-for _ in $(seq 1 300); do
-    [ -f "$work/checkpoints/supervised/latest" ] && break
-    sleep 0.2
-done
+# The run's first checkpoint: from then on the job is mid-run.
+clm_wait_for_file "$work/checkpoints/supervised/latest" 60 || true
 victim=$(ranks_of "$launcher" clm-worker | head -1)
 if [ -n "$victim" ]; then kill -9 "$victim"; fi
 status=0
@@ -233,10 +227,8 @@ for trial in $(seq 1 20); do
     CLM_BIN="$bin" scripts/train.sh --np 3 --config "$work/trials.yaml" --run "trial$trial" --max-restarts 3 \
         >"$work/trial$trial.log" 2>&1 &
     launcher=$!
-    for _ in $(seq 1 300); do
-        [ -f "$work/checkpoints/trial$trial/latest" ] && break
-        sleep 0.2
-    done
+    # The run's first checkpoint: from then on the job is mid-run.
+    clm_wait_for_file "$work/checkpoints/trial$trial/latest" 60 || true
     sleep "$((RANDOM % 16 / 10)).$((RANDOM % 10))"
     if [ $((RANDOM % 3)) -eq 0 ]; then
         victim=$(ranks_of "$launcher" clm-coordinator | head -1)
