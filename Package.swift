@@ -51,6 +51,7 @@ let package = Package(
         .target(name: "ModelMetrics", path: "Sources/Metrics"),
         .target(name: "CPrefetch"),
         .target(name: "CustomerData", dependencies: ["Tensors", "CPrefetch"]),
+        .target(name: "ParallelImport", dependencies: ["CustomerData", "Collectives"]),
         // BG/NBD, Gamma-Gamma and a logistic regression: the classical yardsticks every LSTM run
         // is reported next to. Pure Swift on Foundation.
         .target(name: "Baselines"),
@@ -100,7 +101,7 @@ let package = Package(
         .executableTarget(
             name: "clm-data",
             dependencies: [
-                "CustomerData", "EventFileArguments", "ToolSupport",
+                "CustomerData", "ParallelImport", "Collectives", "EventFileArguments", "ToolSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -160,7 +161,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .executableTarget(
             name: "clm-multirank-tests",
-            dependencies: ["Collectives", "RankTesting"],
+            dependencies: ["Collectives", "CustomerData", "ParallelImport", "RankTesting"],
             path: "Tests/MultiRank"
         ),
         .executableTarget(

@@ -4,7 +4,7 @@ import Synchronization
 
 /// The collectives the watchdog can name in its report.
 public enum CollectiveKind: Int, Sendable, CustomStringConvertible {
-    case none = 0, allreduce, allreduceWait, broadcast, scatterv, gatherv, allgather, allgatherv, barrier
+    case none = 0, allreduce, allreduceWait, broadcast, scatterv, gatherv, allgather, allgatherv, barrier, alltoallv
 
     public var description: String {
         switch self {
@@ -17,6 +17,7 @@ public enum CollectiveKind: Int, Sendable, CustomStringConvertible {
         case .allgather: return "allgather"
         case .allgatherv: return "allgatherv"
         case .barrier: return "barrier"
+        case .alltoallv: return "alltoallv"
         }
     }
 }

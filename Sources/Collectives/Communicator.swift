@@ -48,6 +48,14 @@ public protocol Communicator: AnyObject, Sendable {
     func allgatherv<T: CollectiveScalar>(
         _ source: UnsafeBufferPointer<T>, into destination: UnsafeMutableBufferPointer<T>, counts: [Int]
     ) throws
+    /// Sends `sendCounts[r]` consecutive elements of `source` to rank `r` and receives
+    /// `receiveCounts[r]` from each rank `r` into `destination`, in rank order. The tables differ
+    /// per rank: `receiveCounts[r]` here must equal rank `r`'s `sendCounts[rank]` (exchange them
+    /// with `allgather` first).
+    func alltoallv<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>, sendCounts: [Int], into destination: UnsafeMutableBufferPointer<T>,
+        receiveCounts: [Int]
+    ) throws
     func barrier() throws
 }
 

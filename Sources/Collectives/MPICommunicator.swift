@@ -245,6 +245,26 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         }
     }
 
+    public func alltoallv<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>, sendCounts: [Int], into destination: UnsafeMutableBufferPointer<T>,
+        receiveCounts: [Int]
+    ) throws {
+        let name = "MPI_Alltoallv"
+        let sendTotal = try CollectiveArguments.validateCounts(sendCounts, size: size, operation: name, rank: rank)
+        let receiveTotal = try CollectiveArguments.validateCounts(receiveCounts, size: size, operation: name, rank: rank)
+        try CollectiveArguments.requireCapacity(source.count, atLeast: sendTotal, what: "source", operation: name, rank: rank)
+        try CollectiveArguments.requireCapacity(
+            destination.count, atLeast: receiveTotal, what: "destination", operation: name, rank: rank)
+        let (sendCounts32, sendDisplacements) = try vectorLayout(sendCounts, total: sendTotal, name)
+        let (receiveCounts32, receiveDisplacements) = try vectorLayout(receiveCounts, total: receiveTotal, name)
+        // The count tables legitimately differ between ranks; only the element type must agree.
+        try guarded(.alltoallv, name, CallSignature(T.self, count: 0)) {
+            MPI_Alltoallv(
+                source.baseAddress, sendCounts32, sendDisplacements, T.mpiDatatype,
+                destination.baseAddress, receiveCounts32, receiveDisplacements, T.mpiDatatype, comm)
+        }
+    }
+
     public func barrier() throws {
         try guarded(.barrier, "MPI_Barrier", CallSignature()) { MPI_Barrier(comm) }
     }

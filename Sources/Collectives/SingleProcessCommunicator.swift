@@ -67,6 +67,20 @@ public final class SingleProcessCommunicator: Communicator, @unchecked Sendable 
         try gatherAll(source, into: destination, counts: counts, operation: "allgatherv")
     }
 
+    public func alltoallv<T: CollectiveScalar>(
+        _ source: UnsafeBufferPointer<T>, sendCounts: [Int], into destination: UnsafeMutableBufferPointer<T>,
+        receiveCounts: [Int]
+    ) throws {
+        _ = try CollectiveArguments.validateCounts(receiveCounts, size: size, operation: "alltoallv", rank: rank)
+        guard receiveCounts[0] == sendCounts.first else {
+            throw CollectiveError(
+                operation: "alltoallv", rank: rank, kind: .invalidArgument,
+                message: "this rank sends \(sendCounts.first ?? -1) elements to itself but expects \(receiveCounts[0])")
+        }
+        try gatherAll(UnsafeBufferPointer(rebasing: source.prefix(receiveCounts[0])), into: destination,
+                      counts: receiveCounts, operation: "alltoallv")
+    }
+
     public func barrier() throws {}
 
     private func gatherAll<T>(

@@ -95,8 +95,32 @@ public struct ReadStats: Sendable, Equatable, Codable {
     public init() {}
 }
 
+/// What the start of an event file settles for all of its rows (`CSVEventSource.probeLayout`).
+struct CSVLayout: Sendable, Equatable {
+    /// Byte offset of the header line, nil without one.
+    var headerOffset: Int?
+    /// Fields of every row (-1 when the file has no data row).
+    var expectedFields: Int
+    var timeFormat: TimeFormat
+    /// Byte offset of the row that resolved an automatic time format (`Int.max` when none did).
+    var timeResolvedAt: Int
+}
+
+/// Receives rejected rows.
+protocol RejectSink: AnyObject {
+    func add(line: Int, reason: String, content: UnsafeRawBufferPointer) throws
+}
+
+/// A rejects-file line without its line number: `,reason,content\n`.
+func rejectLineTail(reason: String, content: UnsafeRawBufferPointer) -> String {
+    // Keep the file readable for huge garbage lines; the line number finds the rest.
+    let shown = UnsafeRawBufferPointer(rebasing: content.prefix(1000))
+    let text = String(decoding: shown, as: UTF8.self)
+    return ",\(csvField(reason, alwaysQuoted: true)),\(csvField(text, alwaysQuoted: true))\n"
+}
+
 /// Writes rejected rows with their line number and reason to a CSV file.
-final class RejectsWriter {
+final class RejectsWriter: RejectSink {
     let path: String
     private let writer: HashingFileWriter
     private(set) var count = 0
@@ -108,11 +132,13 @@ final class RejectsWriter {
     }
 
     func add(line: Int, reason: String, content: UnsafeRawBufferPointer) throws {
+        try add(line: line, tail: rejectLineTail(reason: reason, content: content))
+    }
+
+    /// Adds a line formatted by `rejectLineTail`.
+    func add(line: Int, tail: String) throws {
         count += 1
-        // Keep the file readable for huge garbage lines; the line number finds the rest.
-        let shown = UnsafeRawBufferPointer(rebasing: content.prefix(1000))
-        let text = String(decoding: shown, as: UTF8.self)
-        try writer.write("\(line),\(csvField(reason, alwaysQuoted: true)),\(csvField(text, alwaysQuoted: true))\n")
+        try writer.write("\(line)" + tail)
     }
 
     func close() throws { _ = try writer.close(dtype: "text", shape: []) }
@@ -167,7 +193,7 @@ final class CSVEventSource {
 
     /// Reads the whole file once. `rejects` receives every rejected row; pass nil for a
     /// preliminary pass whose rejects the real pass will report.
-    func run<Sink: EventSink>(sink: Sink, rejects: RejectsWriter?) throws -> ReadStats {
+    func run<Sink: EventSink>(sink: Sink, rejects: RejectSink?) throws -> ReadStats {
         var stats = ReadStats()
         let started = monotonicSeconds()
         timeFormat = format.timeFormat
@@ -200,6 +226,79 @@ final class CSVEventSource {
         stats.seconds = monotonicSeconds() - started
         stats.timeFormat = timeFormat
         return stats
+    }
+
+    /// Reads the start of the file as one pass would, up to the first row that fixes the row
+    /// width and the time format, and leaves the columns resolved; `run(range:…)` needs it.
+    func probeLayout() throws -> CSVLayout {
+        timeFormat = format.timeFormat
+        expectedFields = -1
+        var headerHandled = format.header == .absent
+        if format.header == .absent { try resolveColumns(header: nil) }
+        var stats = ReadStats()
+        var headerOffset: Int?
+        var resolvedAt = Int.max
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw DataError.io(path: path, operation: "open", message: systemMessage()) }
+        defer { _ = close(fd) }
+        struct Settled: Error {}
+        let discard = LastDayTracker()
+        do {
+            try forEachLine(fd: fd, path: path, range: 0..<Int.max) { line, count, _, offset in
+                if count == 0 || isBlank(line, count) { return }
+                if !headerHandled {
+                    headerHandled = true
+                    if try takeHeader(line, count, stats: &stats) {
+                        headerOffset = offset
+                        return
+                    }
+                }
+                do { _ = try parseRow(line, count, sink: discard) } catch RowError.reject(_) {}
+                if timeFormat != .auto {
+                    resolvedAt = format.timeFormat == .auto ? offset : 0
+                    throw Settled()
+                }
+            }
+        } catch is Settled {}
+        guard headerHandled else { throw DataError.emptyFile(path: path) }
+        return CSVLayout(headerOffset: headerOffset, expectedFields: expectedFields, timeFormat: timeFormat,
+                         timeResolvedAt: resolvedAt)
+    }
+
+    /// Reads the lines that start in `range` (aligned to line starts) of the open file `fd`
+    /// after `probeLayout()`, treating each row exactly as one pass over the whole file does.
+    /// Reject line numbers count from 1 at the range's start; returns the lines read.
+    func run<Sink: EventSink>(
+        fd: Int32, range: Range<Int>, layout: CSVLayout, sink: Sink, rejects: RejectSink?
+    ) throws -> (stats: ReadStats, lines: Int) {
+        var stats = ReadStats()
+        let started = monotonicSeconds()
+        // Before the row that resolved it, one pass still reads with the format unresolved.
+        timeFormat = range.lowerBound <= layout.timeResolvedAt ? format.timeFormat : layout.timeFormat
+        expectedFields = layout.expectedFields
+        var lines = 0
+        stats.bytes = try forEachLine(fd: fd, path: path, range: range) { line, count, lineNumber, offset in
+            lines = lineNumber
+            if count == 0 || isBlank(line, count) {
+                stats.blankLines += 1
+                return
+            }
+            if offset == layout.headerOffset {
+                stats.headerLines = 1
+                return
+            }
+            stats.rows += 1
+            do {
+                let imported = try parseRow(line, count, sink: sink)
+                if imported { stats.imported += 1 } else { stats.skippedNonPurchase += 1 }
+            } catch RowError.reject(let reason) {
+                stats.rejected += 1
+                try rejects?.add(line: lineNumber, reason: reason, content: UnsafeRawBufferPointer(start: line, count: count))
+            }
+        }
+        stats.seconds = monotonicSeconds() - started
+        stats.timeFormat = layout.timeFormat
+        return (stats, lines)
     }
 
     /// Handles the first non-blank line; returns true when it was a header.
@@ -486,8 +585,6 @@ final class CSVEventSource {
     }
 }
 
-/// Calls `body(line, count, lineNumber)` for every line, reading the file in 4 MiB chunks.
-/// A UTF-8 byte order mark at the start and a `\r` before each `\n` are removed.
 /// What an identifier (customer or product id) may be, in an event file and in a scoring
 /// request alike: at most 256 bytes, no control characters (a NUL or an escape sequence in an id
 /// ends up in output files and logs).
@@ -514,18 +611,37 @@ public enum IdentifierRules {
 /// file or one without line breaks would make the reader hold.
 let maximumLineBytes = 8 << 20
 
+/// Calls `body(line, count, lineNumber)` for every line of the file at `path`.
 func forEachLine(path: String, _ body: (UnsafePointer<UInt8>, Int, Int) throws -> Void, bytesRead: (Int) -> Void) throws {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw DataError.io(path: path, operation: "open", message: systemMessage()) }
     defer { _ = close(fd) }
+    let total = try forEachLine(fd: fd, path: path, range: 0..<Int.max) { line, count, number, _ in
+        try body(line, count, number)
+    }
+    bytesRead(total)
+}
+
+/// Calls `body(line, count, lineNumber, lineStart)` for every line that starts in `range` of
+/// the open file `fd`, reading in 4 MiB chunks, and returns the bytes read. Line numbers count
+/// from 1 at the range's start; `lineStart` is the line's byte offset in the file. A UTF-8 byte
+/// order mark at offset 0 and a `\r` before each `\n` are removed. The range must start at a
+/// line start (see `lineStart(atOrAfter:)`), so that its lines are whole.
+@discardableResult
+func forEachLine(
+    fd: Int32, path: String, range: Range<Int>,
+    _ body: (UnsafePointer<UInt8>, Int, Int, Int) throws -> Void
+) throws -> Int {
     var capacity = 4 << 20
     var buffer = UnsafeMutablePointer<UInt8>.allocate(capacity: capacity)
     defer { buffer.deallocate() }
     var filled = 0
     var lineNumber = 0
     var total = 0
-    var atStart = true
-    var eof = false
+    /// File offset of buffer[0].
+    var bufferStart = range.lowerBound
+    var atStart = range.lowerBound == 0
+    var eof = range.isEmpty
     while !eof {
         if filled == capacity {
             // One line fills the whole buffer. Growing without bound made a 2 GiB file with no
@@ -539,7 +655,8 @@ func forEachLine(path: String, _ body: (UnsafePointer<UInt8>, Int, Int) throws -
             buffer = bigger
             capacity = min(capacity * 2, maximumLineBytes)
         }
-        let n = read(fd, buffer + filled, capacity - filled)
+        let wanted = min(capacity - filled, range.upperBound - (bufferStart + filled))
+        let n = wanted > 0 ? pread(fd, buffer + filled, wanted, off_t(bufferStart + filled)) : 0
         if n < 0 {
             if errno == EINTR { continue }
             throw DataError.io(path: path, operation: "read", message: systemMessage())
@@ -559,7 +676,7 @@ func forEachLine(path: String, _ body: (UnsafePointer<UInt8>, Int, Int) throws -
                 lineNumber += 1
                 var length = remaining
                 if length > 0 && buffer[position + length - 1] == 13 { length -= 1 }
-                try body(buffer + position, length, lineNumber)
+                try body(buffer + position, length, lineNumber, bufferStart + position)
                 position = filled
                 break
             }
@@ -567,14 +684,35 @@ func forEachLine(path: String, _ body: (UnsafePointer<UInt8>, Int, Int) throws -
             var length = newline - position
             if length > 0 && buffer[newline - 1] == 13 { length -= 1 }
             lineNumber += 1
-            try body(buffer + position, length, lineNumber)
+            try body(buffer + position, length, lineNumber, bufferStart + position)
             position = newline + 1
         }
         if position < filled && position > 0 {
             (buffer).update(from: buffer + position, count: filled - position)
         }
         filled -= position
+        bufferStart += position
         if atStart && eof { atStart = false }
     }
-    bytesRead(total)
+    return total
+}
+
+/// The offset of the first line that starts at or after `offset` in `fd` (the file size when
+/// none does): where a byte range handed to one rank may begin so that it holds whole lines.
+func lineStart(atOrAfter offset: Int, fd: Int32, path: String, fileSize: Int) throws -> Int {
+    guard offset > 0 else { return 0 }
+    guard offset < fileSize else { return fileSize }
+    var chunk = [UInt8](repeating: 0, count: 64 << 10)
+    var position = offset - 1
+    while position < fileSize {
+        let n = chunk.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, off_t(position)) }
+        if n < 0 {
+            if errno == EINTR { continue }
+            throw DataError.io(path: path, operation: "read", message: systemMessage())
+        }
+        if n == 0 { break }
+        if let newline = chunk[0..<n].firstIndex(of: 10) { return position + newline + 1 }
+        position += n
+    }
+    return fileSize
 }

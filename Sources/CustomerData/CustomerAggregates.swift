@@ -132,6 +132,38 @@ final class CustomerAggregates: EventSink {
         if queuedEvents >= chunkEvents { aggregateQueued() }
     }
 
+    /// Adds `count` events parsed elsewhere (another rank's `EventRouter`), in their file
+    /// order: hashed, amounts in fixed point, products as indices of `products`, each id at
+    /// `idBytes + idOffset`. The same aggregates as `consume` on the rows they came from.
+    func consumeRouted(_ events: UnsafePointer<PendingEvent>, count: Int, idBytes: UnsafeRawPointer) {
+        precondition(!sealed, "events added after finishAdding")
+        for index in 0..<count {
+            let event = events[index]
+            let id = idBytes + Int(event.idOffset)
+            let n = Int(event.idLength)
+            if shards.count == 1 {
+                shards[0].consume(customer: id, length: n, hash: event.hash, day: Int(event.day), amount: event.amount,
+                                  quantity: event.quantity, product: event.product, orderHash: event.orderHash)
+                continue
+            }
+            let queue = queues + Int(truncatingIfNeeded: event.hash >> partitionShift)
+            let offset = queue.pointee.idBytes.grow(by: n)
+            if n > 0 { UnsafeMutableRawPointer(queue.pointee.idBytes.pointer + offset).copyMemory(from: id, byteCount: n) }
+            var queued = event
+            queued.idOffset = UInt32(offset)
+            queue.pointee.events.append(queued)
+            queuedEvents += 1
+            if queuedEvents >= chunkEvents { aggregateQueued() }
+        }
+        lastPartition = -1
+    }
+
+    /// Aggregates the queued events now rather than when the queues fill (after a batch of
+    /// routed events, whose buffers the caller is about to free).
+    func aggregatePending() {
+        if queuedEvents > 0 { aggregateQueued() }
+    }
+
     /// Runs every queued event through its partition's shard, a partition at a time.
     private func aggregateQueued() {
         for partition in 0..<shards.count {

@@ -39,6 +39,228 @@ public struct SplitOptions: Sendable, Equatable {
     }
 }
 
+/// What a dataset's manifest reports about the events behind it, summed over every partition
+/// (or rank) that aggregated them.
+struct AggregateCounts: Sendable {
+    var eventsInHistory = 0
+    var eventsInHorizon = 0
+    var eventsAfterHorizon = 0
+    /// Customers with any event, with or without history.
+    var customersSeen = 0
+
+    init(eventsInHistory: Int = 0, eventsInHorizon: Int = 0, eventsAfterHorizon: Int = 0, customersSeen: Int = 0) {
+        self.eventsInHistory = eventsInHistory
+        self.eventsInHorizon = eventsInHorizon
+        self.eventsAfterHorizon = eventsAfterHorizon
+        self.customersSeen = customersSeen
+    }
+
+    init(_ aggregates: CustomerAggregates) {
+        self.init(eventsInHistory: aggregates.eventsInHistory, eventsInHorizon: aggregates.eventsInHorizon,
+                  eventsAfterHorizon: aggregates.eventsAfterHorizon, customersSeen: aggregates.customerCount)
+    }
+}
+
+/// One customer's outputs as the dataset writer takes them: this fixed header, then the raw
+/// (unnormalised) feature sequence [T, F], zero-padded. A flat byte layout, so that records
+/// computed on the rank that owns a customer travel to the writing rank as they are.
+struct CustomerRecordHeader {
+    var length: Int32
+    var horizonTransactions: Int32
+    var horizonSpend: Int64
+    var historyTransactions: Double
+    var historySpend: Double
+    var recencyPeriods: Int32
+    var tenurePeriods: Int32
+
+    /// Bytes of one whole record for `spec`.
+    static func recordBytes(_ spec: FeatureSpec) -> Int {
+        MemoryLayout<CustomerRecordHeader>.stride + spec.historyPeriods * customerFeatureNames.count * MemoryLayout<Float>.stride
+    }
+}
+
+extension CustomerAggregates {
+    /// Writes customer `c`'s record (`CustomerRecordHeader` then raw features) at `record`.
+    func writeRecord(_ c: Int, into record: UnsafeMutableRawPointer) {
+        let features = (record + MemoryLayout<CustomerRecordHeader>.stride).assumingMemoryBound(to: Float.self)
+        let length = rawFeatures(c, into: features)
+        let totals = historyTotals(c)
+        record.storeBytes(of: CustomerRecordHeader(
+            length: Int32(length), horizonTransactions: Int32(clamping: horizonTransactions(c)), horizonSpend: horizonSpend(c),
+            historyTransactions: totals.transactions, historySpend: totals.spend,
+            recencyPeriods: Int32(clamping: recencyPeriods(c)), tenurePeriods: Int32(clamping: tenurePeriods(c))),
+            as: CustomerRecordHeader.self)
+    }
+}
+
+/// The per-customer inputs of the graph's customer node features, in dataset order.
+struct GraphCustomerTotals {
+    var transactions: [Double] = []
+    var spend: [Double] = []
+    var recencyPeriods: [Int32] = []
+    var tenurePeriods: [Int32] = []
+
+    mutating func reserve(_ n: Int) {
+        transactions.reserveCapacity(n); spend.reserveCapacity(n)
+        recencyPeriods.reserveCapacity(n); tenurePeriods.reserveCapacity(n)
+    }
+}
+
+/// Writes the per-customer files of a dataset from customer records handed over in dataset
+/// order; where they were computed (this process, or the ranks that own the customers) does
+/// not change a byte.
+///
+/// Each record's raw features are computed once: they go to `features.f32` as they arrive
+/// while the normalisation is fitted, and `finish` normalises the file in place.
+final class DatasetAssembler {
+    let spec: FeatureSpec
+    let splitOptions: SplitOptions
+    let directory: String
+    private let width = customerFeatureNames.count
+    private let rawFeatures: HashingFileWriter
+    private let idsFile, lengthsFile, churnFile, spendFile, stageFile: HashingFileWriter
+    private var split: [UInt8] = []
+    private var lengths: [UInt16] = []
+    private(set) var splitSizes = [0, 0, 0]
+    private var trainingFit: NormalisationFitter
+    private var allFit: NormalisationFitter
+    private(set) var stageCounts = [0, 0, 0, 0]
+    private var churned = 0
+    private var totalSpend = 0.0
+    private(set) var graphTotals = GraphCustomerTotals()
+    private let keepGraphTotals: Bool
+
+    init(spec: FeatureSpec, split: SplitOptions, directory: String, expectedCustomers: Int, keepGraphTotals: Bool) throws {
+        self.spec = spec
+        splitOptions = split
+        self.directory = directory
+        self.keepGraphTotals = keepGraphTotals
+        rawFeatures = try HashingFileWriter(path: directory + "/features.f32", name: "features.f32", hashing: false)
+        idsFile = try HashingFileWriter(path: directory + "/customer_ids.txt", name: "customer_ids.txt")
+        lengthsFile = try HashingFileWriter(path: directory + "/lengths.i32", name: "lengths.i32")
+        churnFile = try HashingFileWriter(path: directory + "/churn.f32", name: "churn.f32")
+        spendFile = try HashingFileWriter(path: directory + "/spend.f32", name: "spend.f32")
+        stageFile = try HashingFileWriter(path: directory + "/stage.i32", name: "stage.i32")
+        trainingFit = NormalisationFitter(width: customerFeatureNames.count)
+        allFit = NormalisationFitter(width: customerFeatureNames.count)
+        self.split.reserveCapacity(expectedCustomers)
+        lengths.reserveCapacity(expectedCustomers)
+        if keepGraphTotals { graphTotals.reserve(expectedCustomers) }
+    }
+
+    var customerCount: Int { split.count }
+
+    /// Adds the next customer in dataset order: its id and its record (see `CustomerRecordHeader`).
+    func add(id: UnsafeRawBufferPointer, record: UnsafeRawPointer) throws {
+        let header = record.loadUnaligned(as: CustomerRecordHeader.self)
+        let features = (record + MemoryLayout<CustomerRecordHeader>.stride).assumingMemoryBound(to: Float.self)
+        let length = Int(header.length)
+        let assigned = splitAssignment(customerID: id, seed: splitOptions.seed, trainFraction: splitOptions.trainFraction,
+                                       validationFraction: splitOptions.validationFraction)
+        split.append(assigned)
+        splitSizes[Int(assigned)] += 1
+        lengths.append(UInt16(length))
+        // Statistics come from training customers only, so validation and test stay unseen;
+        // a split without training customers falls back to all of them (see `finish`).
+        if assigned == 0 { trainingFit.add(features, length: length, width: width) }
+        allFit.add(features, length: length, width: width)
+        try rawFeatures.write(UnsafeBufferPointer(start: features, count: spec.historyPeriods * width))
+
+        try idsFile.write(id)
+        try idsFile.write(value: UInt8(10))
+        try lengthsFile.write(value: Int32(length))
+        let purchases = Int(header.horizonTransactions)
+        try churnFile.write(value: Float(purchases == 0 ? 1 : 0))
+        churned += purchases == 0 ? 1 : 0
+        let horizonSpend = FixedPoint.value(header.horizonSpend)
+        try spendFile.write(value: Float(horizonSpend))
+        totalSpend += horizonSpend
+        let stage = spec.stage(forPurchases: purchases)
+        try stageFile.write(value: stage)
+        stageCounts[Int(stage)] += 1
+        if keepGraphTotals {
+            graphTotals.transactions.append(header.historyTransactions)
+            graphTotals.spend.append(header.historySpend)
+            graphTotals.recencyPeriods.append(header.recencyPeriods)
+            graphTotals.tenurePeriods.append(header.tenurePeriods)
+        }
+    }
+
+    /// Normalises `features.f32` in place and closes every file; returns their manifest
+    /// entries, the normalisation, and whether it was fitted on all customers.
+    func finish() throws -> (files: [DatasetFile], normalisation: FeatureNormalisation, fittedOnAll: Bool) {
+        let n = customerCount
+        let fitOnAll = splitSizes[0] == 0
+        let normalisation = (fitOnAll ? allFit : trainingFit).result()
+        _ = try rawFeatures.close(dtype: "f32", shape: [])
+        var files = [try normaliseInPlace(normalisation)]
+        files.append(try idsFile.close(dtype: "text", shape: [n]))
+        files.append(try lengthsFile.close(dtype: "i32", shape: [n]))
+        files.append(try churnFile.close(dtype: "f32", shape: [n]))
+        files.append(try spendFile.close(dtype: "f32", shape: [n]))
+        files.append(try stageFile.close(dtype: "i32", shape: [n]))
+        files.append(try writeArray(split, directory, "split.u8", "u8", [n]))
+        return (files, normalisation, fitOnAll)
+    }
+
+    var labels: DatasetManifest.Labels {
+        let n = Double(max(customerCount, 1))
+        return .init(churnRate: Double(churned) / n, stageCounts: stageCounts, meanHorizonSpend: totalSpend / n)
+    }
+
+    /// Rewrites the raw rows of `features.f32` normalised, a block of rows at a time, hashing
+    /// what it writes.
+    private func normaliseInPlace(_ normalisation: FeatureNormalisation) throws -> DatasetFile {
+        let path = directory + "/features.f32"
+        let fd = open(path, O_RDWR | O_CLOEXEC)
+        guard fd >= 0 else { throw DataError.io(path: path, operation: "open", message: systemMessage()) }
+        defer { _ = close(fd) }
+        let rowFloats = spec.historyPeriods * width
+        let rowsPerBlock = max(1, (4 << 20) / (rowFloats * 4))
+        let block = UnsafeMutablePointer<Float>.allocate(capacity: rowsPerBlock * rowFloats)
+        defer { block.deallocate() }
+        var hasher = ContentHasher()
+        var row = 0
+        while row < customerCount {
+            let rows = min(rowsPerBlock, customerCount - row)
+            let bytes = rows * rowFloats * 4
+            let offset = off_t(row * rowFloats * 4)
+            try readFully(fd, path, UnsafeMutableRawPointer(block), bytes, at: offset)
+            for k in 0..<rows {
+                normalisation.apply(block + k * rowFloats, length: Int(lengths[row + k]), width: width)
+            }
+            let raw = UnsafeRawBufferPointer(start: block, count: bytes)
+            hasher.update(raw)
+            try writeFully(fd, path, raw, at: offset)
+            row += rows
+        }
+        guard fsync(fd) == 0 else { throw DataError.io(path: path, operation: "fsync", message: systemMessage()) }
+        return DatasetFile(name: "features.f32", bytes: customerCount * rowFloats * 4,
+                           contentHash: ContentHasher.hex(hasher.finalize()), dtype: "f32",
+                           shape: [customerCount, spec.historyPeriods, width])
+    }
+}
+
+private func readFully(_ fd: Int32, _ path: String, _ base: UnsafeMutableRawPointer, _ count: Int, at offset: off_t) throws {
+    var done = 0
+    while done < count {
+        let n = pread(fd, base + done, count - done, offset + off_t(done))
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { throw DataError.io(path: path, operation: "read", message: n == 0 ? "file ended early" : systemMessage()) }
+        done += n
+    }
+}
+
+private func writeFully(_ fd: Int32, _ path: String, _ bytes: UnsafeRawBufferPointer, at offset: off_t) throws {
+    var done = 0
+    while done < bytes.count {
+        let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, offset + off_t(done))
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { throw DataError.io(path: path, operation: "write", message: systemMessage()) }
+        done += n
+    }
+}
+
 /// Turns aggregates into the files of a dataset inside `directory` (which must exist and be
 /// empty apart from rejects.csv) and returns the manifest it wrote.
 func writeDataset(
@@ -48,91 +270,60 @@ func writeDataset(
     let spec = aggregates.spec
     aggregates.finishAdding()
     let order = aggregates.datasetOrder()
-    let n = order.count
-    let periods = spec.historyPeriods
-    let width = customerFeatureNames.count
-    guard n > 0 else {
-        throw DataError.noCustomers(path: source.input, reason: "no customer has a purchase on or before the cut-off \(describeDay(spec.cutoffDay, calendar: source.calendarDays)); nothing to write (check --cutoff and --time-format)")
-    }
-
-    var split = [UInt8](repeating: 0, count: n)
-    var splitSizes = [0, 0, 0]
-    for (position, c) in order.enumerated() {
-        split[position] = splitAssignment(customerID: aggregates.customerID(Int(c)), seed: splitOptions.seed,
-                                          trainFraction: splitOptions.trainFraction, validationFraction: splitOptions.validationFraction)
-        splitSizes[Int(split[position])] += 1
-    }
-
-    // Statistics come from training customers only, so validation and test stay unseen.
-    let scratch = UnsafeMutablePointer<Float>.allocate(capacity: periods * width)
-    defer { scratch.deallocate() }
-    var fitter = NormalisationFitter(width: width)
-    let fitOnAll = splitSizes[0] == 0
-    for (position, c) in order.enumerated() where fitOnAll || split[position] == 0 {
-        let length = aggregates.rawFeatures(Int(c), into: scratch)
-        fitter.add(scratch, length: length, width: width)
-    }
-    let normalisation = fitter.result()
-
-    // Per-customer outputs are streamed in dataset order, like the features: nothing of size
-    // N × 39 × 8 (or even N) is held beyond the aggregates themselves.
-    var files: [DatasetFile] = []
-    let featuresFile = try HashingFileWriter(path: directory + "/features.f32", name: "features.f32")
-    let idsFile = try HashingFileWriter(path: directory + "/customer_ids.txt", name: "customer_ids.txt")
-    let lengthsFile = try HashingFileWriter(path: directory + "/lengths.i32", name: "lengths.i32")
-    let churnFile = try HashingFileWriter(path: directory + "/churn.f32", name: "churn.f32")
-    let spendFile = try HashingFileWriter(path: directory + "/spend.f32", name: "spend.f32")
-    let stageFile = try HashingFileWriter(path: directory + "/stage.i32", name: "stage.i32")
-    var stageCounts = [0, 0, 0, 0]
-    var churned = 0
-    var totalSpend = 0.0
-    let newline: [UInt8] = [10]
+    guard !order.isEmpty else { throw noHistory(spec: spec, source: source) }
+    let withGraph = buildGraph && aggregates.products.count > 0
+    let assembler = try DatasetAssembler(spec: spec, split: splitOptions, directory: directory,
+                                         expectedCustomers: order.count, keepGraphTotals: withGraph)
+    let record = UnsafeMutableRawPointer.allocate(byteCount: CustomerRecordHeader.recordBytes(spec), alignment: 16)
+    defer { record.deallocate() }
     for c in order {
-        let customer = Int(c)
-        let length = aggregates.rawFeatures(customer, into: scratch)
-        normalisation.apply(scratch, length: length, width: width)
-        try featuresFile.write(UnsafeBufferPointer(start: scratch, count: periods * width))
-        try idsFile.write(aggregates.customerID(customer))
-        try newline.withUnsafeBytes { try idsFile.write($0) }
-        try lengthsFile.write(value: Int32(length))
-        let purchases = aggregates.horizonTransactions(customer)
-        try churnFile.write(value: Float(purchases == 0 ? 1 : 0))
-        churned += purchases == 0 ? 1 : 0
-        let horizonSpend = FixedPoint.value(aggregates.horizonSpend(customer))
-        try spendFile.write(value: Float(horizonSpend))
-        totalSpend += horizonSpend
-        let stage = spec.stage(forPurchases: purchases)
-        try stageFile.write(value: stage)
-        stageCounts[Int(stage)] += 1
+        aggregates.writeRecord(Int(c), into: record)
+        try assembler.add(id: aggregates.customerID(Int(c)), record: record)
     }
-    files.append(try featuresFile.close(dtype: "f32", shape: [n, periods, width]))
-    files.append(try idsFile.close(dtype: "text", shape: [n]))
-    files.append(try lengthsFile.close(dtype: "i32", shape: [n]))
-    files.append(try churnFile.close(dtype: "f32", shape: [n]))
-    files.append(try spendFile.close(dtype: "f32", shape: [n]))
-    files.append(try stageFile.close(dtype: "i32", shape: [n]))
-    files.append(try writeArray(split, directory, "split.u8", "u8", [n]))
-
+    var graph: CustomerProductGraph?
     var graphInfo: DatasetManifest.Graph?
-    if buildGraph && aggregates.products.count > 0 {
-        let (graph, info) = buildCustomerProductGraph(aggregates: aggregates, order: order, statistics: nil)
-        graphInfo = info
+    if withGraph {
+        var position = [Int32](repeating: -1, count: aggregates.customerCount)
+        for (p, c) in order.enumerated() { position[Int(c)] = Int32(p) }
+        (graph, graphInfo) = buildCustomerProductGraph(
+            customerCount: order.count, products: aggregates.products,
+            forEachPair: { body in aggregates.forEachPair { c, p, count in body(position[Int(c)], p, count) } },
+            releasePairs: aggregates.releasePairs, totals: assembler.graphTotals, statistics: nil)
+    }
+    return try finishDataset(assembler: assembler, graph: graph, graphInfo: graphInfo, counts: AggregateCounts(aggregates),
+                             stats: stats, source: source)
+}
+
+func noHistory(spec: FeatureSpec, source: DatasetManifest.Source) -> DataError {
+    DataError.noCustomers(path: source.input, reason: "no customer has a purchase on or before the cut-off \(describeDay(spec.cutoffDay, calendar: source.calendarDays)); nothing to write (check --cutoff and --time-format)")
+}
+
+/// Closes the per-customer files, writes the graph's and the manifest, and returns the manifest.
+func finishDataset(
+    assembler: DatasetAssembler, graph: CustomerProductGraph?, graphInfo: DatasetManifest.Graph?, counts: AggregateCounts,
+    stats: ReadStats, source: DatasetManifest.Source
+) throws -> DatasetManifest {
+    let spec = assembler.spec
+    let directory = assembler.directory
+    let n = assembler.customerCount
+    var (files, normalisation, fitOnAll) = try assembler.finish()
+    if let graph {
         let nodes = graph.csr.nodeCount
         files.append(try writeArray(graph.csr.offsets.map { Int64($0) }, directory, "graph_offsets.i64", "i64", [nodes + 1]))
         files.append(try writeArray(graph.csr.neighbours, directory, "graph_neighbours.i32", "i32", [graph.csr.edgeCount]))
         files.append(try writeArray(graph.csr.weights, directory, "graph_weights.f32", "f32", [graph.csr.edgeCount]))
         files.append(try writeArray(graph.nodeFeatures, directory, "node_features.f32", "f32", [nodes, nodeFeatureNames.count]))
     }
-
+    let splitOptions = assembler.splitOptions
     let calendar = source.calendarDays
     var manifest = DatasetManifest(
         formatVersion: DatasetManifest.currentFormatVersion,
         source: source,
         counts: .init(rows: stats.rows, imported: stats.imported, rejected: stats.rejected,
                       skippedNonPurchase: stats.skippedNonPurchase, blankLines: stats.blankLines, headerLines: stats.headerLines,
-                      eventsInHistory: aggregates.eventsInHistory, eventsInHorizon: aggregates.eventsInHorizon,
-                      eventsAfterHorizon: aggregates.eventsAfterHorizon, customersSeen: aggregates.customerCount,
-                      customers: n, customersWithoutHistory: aggregates.customerCount - n, products: graphInfo?.productNodes ?? 0),
+                      eventsInHistory: counts.eventsInHistory, eventsInHorizon: counts.eventsInHorizon,
+                      eventsAfterHorizon: counts.eventsAfterHorizon, customersSeen: counts.customersSeen,
+                      customers: n, customersWithoutHistory: counts.customersSeen - n, products: graphInfo?.productNodes ?? 0),
         spec: spec,
         cutoffDate: calendar ? ByteParsing.isoDate(spec.cutoffDay) : nil,
         historyStartDate: calendar ? ByteParsing.isoDate(spec.windowStartDay) : nil,
@@ -140,10 +331,10 @@ func writeDataset(
         featureNames: customerFeatureNames,
         normalisation: normalisation,
         stageNames: FeatureSpec.stageNames,
-        labels: .init(churnRate: Double(churned) / Double(n), stageCounts: stageCounts, meanHorizonSpend: totalSpend / Double(n)),
+        labels: assembler.labels,
         split: .init(seed: splitOptions.seed, fractions: [splitOptions.trainFraction, splitOptions.validationFraction,
                                                           1 - splitOptions.trainFraction - splitOptions.validationFraction],
-                     sizes: splitSizes, statisticsFittedOnAllCustomers: fitOnAll),
+                     sizes: assembler.splitSizes, statisticsFittedOnAllCustomers: fitOnAll),
         graph: graphInfo,
         files: files,
         fingerprint: "")
@@ -184,11 +375,34 @@ public struct CustomerProductGraph: Sendable {
 func buildCustomerProductGraph(
     aggregates: CustomerAggregates, order: [Int32], statistics: DatasetManifest.Graph?
 ) -> (CustomerProductGraph, DatasetManifest.Graph) {
-    let customerCount = order.count
-    var customerPosition = [Int32](repeating: -1, count: aggregates.customerCount)
-    for (position, c) in order.enumerated() { customerPosition[Int(c)] = Int32(position) }
-    var productOrder = (0..<Int32(aggregates.products.count)).map { $0 }
-    productOrder.sort { aggregates.products.precedes(Int($0), Int($1)) }
+    var position = [Int32](repeating: -1, count: aggregates.customerCount)
+    var totals = GraphCustomerTotals()
+    totals.reserve(order.count)
+    for (p, c) in order.enumerated() {
+        let customer = Int(c)
+        position[customer] = Int32(p)
+        let history = aggregates.historyTotals(customer)
+        totals.transactions.append(history.transactions)
+        totals.spend.append(history.spend)
+        totals.recencyPeriods.append(Int32(clamping: aggregates.recencyPeriods(customer)))
+        totals.tenurePeriods.append(Int32(clamping: aggregates.tenurePeriods(customer)))
+    }
+    return buildCustomerProductGraph(
+        customerCount: order.count, products: aggregates.products,
+        forEachPair: { body in aggregates.forEachPair { c, p, count in body(position[Int(c)], p, count) } },
+        releasePairs: aggregates.releasePairs, totals: totals, statistics: statistics)
+}
+
+/// The graph from its parts: `forEachPair` calls its argument with every customer–product pair
+/// (customer as dataset position, product as an index of `products`, purchase count), in any
+/// order; `releasePairs` frees them once read; `totals` holds the customers' history totals.
+func buildCustomerProductGraph(
+    customerCount: Int, products: ByteInterner,
+    forEachPair: ((_ position: Int32, _ product: Int32, _ count: Int32) -> Void) -> Void,
+    releasePairs: () -> Void, totals: GraphCustomerTotals, statistics: DatasetManifest.Graph?
+) -> (CustomerProductGraph, DatasetManifest.Graph) {
+    var productOrder = (0..<Int32(products.count)).map { $0 }
+    productOrder.sort { products.precedes(Int($0), Int($1)) }
     let productCount = productOrder.count
     var productPosition = [Int32](repeating: -1, count: productCount)
     for (position, p) in productOrder.enumerated() { productPosition[Int(p)] = Int32(position) }
@@ -196,8 +410,8 @@ func buildCustomerProductGraph(
 
     // Counting sort by customer, then each customer's list sorted by product.
     var degree = [Int](repeating: 0, count: nodes + 1)
-    aggregates.forEachPair { c, p, _ in
-        degree[Int(customerPosition[Int(c)]) + 1] += 1
+    forEachPair { u, p, _ in
+        degree[Int(u) + 1] += 1
         degree[customerCount + Int(productPosition[Int(p)]) + 1] += 1
     }
     for v in 0..<nodes { degree[v + 1] += degree[v] }
@@ -206,15 +420,14 @@ func buildCustomerProductGraph(
     var neighbours = [Int32](repeating: 0, count: edgeCount)
     var weights = [Float](repeating: 0, count: edgeCount)
     var cursor = offsets
-    aggregates.forEachPair { c, p, count in
-        let u = Int(customerPosition[Int(c)])
-        let slot = cursor[u]
+    forEachPair { u, p, count in
+        let slot = cursor[Int(u)]
         neighbours[slot] = Int32(customerCount) + productPosition[Int(p)]
         weights[slot] = Float(count)
-        cursor[u] += 1
+        cursor[Int(u)] += 1
     }
-    // Everything below reads the customer half of the CSR; the pair table is no longer needed.
-    aggregates.releasePairs()
+    // Everything below reads the customer half of the CSR; the pairs are no longer needed.
+    releasePairs()
     for u in 0..<customerCount {
         let range = offsets[u]..<offsets[u + 1]
         if range.count > 1 {
@@ -235,14 +448,12 @@ func buildCustomerProductGraph(
 
     let width = nodeFeatureNames.count
     var features = [Float](repeating: 0, count: nodes * width)
-    for (position, c) in order.enumerated() {
-        let customer = Int(c)
-        let totals = aggregates.historyTotals(customer)
+    for position in 0..<customerCount {
         let row = position * width
-        features[row + 0] = Float(log1p(totals.transactions))
-        features[row + 1] = Float(log1p(max(0, totals.spend)))
-        features[row + 2] = Float(aggregates.recencyPeriods(customer))
-        features[row + 3] = Float(aggregates.tenurePeriods(customer))
+        features[row + 0] = Float(log1p(totals.transactions[position]))
+        features[row + 1] = Float(log1p(max(0, totals.spend[position])))
+        features[row + 2] = Float(totals.recencyPeriods[position])
+        features[row + 3] = Float(totals.tenurePeriods[position])
         features[row + 4] = Float(log1p(Double(csr.degree(of: position))))
         features[row + 5] = 0
     }
@@ -267,7 +478,7 @@ func buildCustomerProductGraph(
         nodeFeatureNames: nodeFeatureNames,
         customerFeatureMean: customerStats.mean, customerFeatureStd: customerStats.std,
         productFeatureMean: productStats.mean, productFeatureStd: productStats.std)
-    let productIDs = productOrder.map { aggregates.products.string(Int($0)) }
+    let productIDs = productOrder.map { products.string(Int($0)) }
     return (CustomerProductGraph(csr: csr, nodeFeatures: features, customerNodes: customerCount, productIDs: productIDs), info)
 }
 

@@ -17,9 +17,13 @@ final class HashingFileWriter {
     private var hasher = ContentHasher()
     private(set) var bytesWritten = 0
 
-    init(path: String, name: String) throws {
+    private let hashing: Bool
+
+    /// `hashing` false skips the content hash, for a file that is rewritten before it counts.
+    init(path: String, name: String, hashing: Bool = true) throws {
         self.path = path
         self.name = name
+        self.hashing = hashing
         fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw DataError.io(path: path, operation: "create", message: systemMessage()) }
         buffer = .allocate(byteCount: capacity, alignment: 64)
@@ -32,7 +36,7 @@ final class HashingFileWriter {
 
     func write(_ bytes: UnsafeRawBufferPointer) throws {
         guard bytes.count > 0 else { return }
-        hasher.update(bytes)
+        if hashing { hasher.update(bytes) }
         bytesWritten += bytes.count
         if used + bytes.count > capacity { try flush() }
         if bytes.count >= capacity {

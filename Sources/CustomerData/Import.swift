@@ -41,6 +41,10 @@ public struct ImportOptions: Sendable {
     /// Events queued before the partitions are aggregated (tests make it small so that a small
     /// file goes through many rounds).
     var aggregationChunkEvents = 1 << 20
+    /// Bytes of the file each rank parses per round of a multi-rank import before the events
+    /// are exchanged; it bounds the memory a round needs. Any value gives the same dataset (tests
+    /// make it small so that a small file goes through many rounds).
+    public var roundBytesPerRank = 16 << 20
 
     public init() {}
 
@@ -85,6 +89,8 @@ public struct ImportSummary: Sendable {
     public var parseSeconds: Double
     public var passes: Int
     public var peakResidentBytes: Int
+    /// Peak resident bytes of each rank of a multi-rank import (empty for one process).
+    public var rankPeakResidentBytes: [Int] = []
 
     /// Rows per second of the final parsing pass (which also aggregates).
     public var eventsPerSecond: Double { parseSeconds > 0 ? Double(stats.rows) / parseSeconds : 0 }
@@ -113,24 +119,8 @@ public enum Importer {
     /// written except the rejects file, moved to `<output>.rejects.csv`.
     public static func run(input: String, output: String, options: ImportOptions) throws -> ImportSummary {
         let started = monotonicSeconds()
-        try options.split.validate()
-        guard options.maxRejectFraction >= 0 && options.maxRejectFraction <= 1 else {
-            throw DataError.invalidOption("--max-reject-fraction must be between 0 and 1, got \(options.maxRejectFraction)")
-        }
-        if fileExists(output) && !(isDirectory(output) && fileExists(output + "/manifest.json")) {
-            throw DataError.invalidOption("\(output) exists and is not a dataset directory; refusing to replace it")
-        }
-        guard fileExists(input) else { throw DataError.io(path: input, operation: "open", message: "No such file or directory") }
-
-        let source: EventSourceKind
-        var amountMeaning = "spend in the input's currency"
-        switch options.preset {
-        case .canonical: source = .csv(CSVEventSource(path: input, format: options.format))
-        case .cdnow: source = .csv(CSVEventSource(path: input, format: Preset.cdnowFormat))
-        case .instacart:
-            source = .instacart(InstacartSource(path: input))
-            amountMeaning = "items (one per order line): the data has no prices"
-        }
+        try validate(input: input, output: output, options: options)
+        let (source, amountMeaning) = eventSource(input: input, options: options)
 
         let window = options.resolvedWindow()
         var passes = 1
@@ -142,15 +132,67 @@ public enum Importer {
             let tracker = LastDayTracker()
             _ = try source.run(sink: tracker, rejects: nil)
             passes = 2
-            guard tracker.lastDay != .min else {
-                throw DataError.noCustomers(path: input, reason: "no row could be imported, so no cut-off can be derived; see the rejects of a run with --cutoff")
-            }
-            cutoff = tracker.lastDay - window.horizon
+            cutoff = try derivedCutoff(lastDay: tracker.lastDay, horizon: window.horizon, input: input)
         }
         let spec = FeatureSpec(periodDays: window.period, historyPeriods: window.history, cutoffDay: cutoff,
                                horizonDays: window.horizon, stageThresholds: options.stageThresholds)
         try spec.validate()
 
+        let temporary = try makeTemporaryDirectory(for: output)
+        var keepTemporary = false
+        defer { if !keepTemporary { removeFlatDirectory(temporary) } }
+
+        let rejects = try RejectsWriter(path: temporary + "/rejects.csv")
+        let partitions = try options.resolvedPartitions(inputBytes: fileSize(input) ?? 0)
+        let aggregates = CustomerAggregates(spec: spec, partitions: partitions, chunkEvents: options.aggregationChunkEvents)
+        let stats = try source.run(sink: aggregates, rejects: rejects)
+        try rejects.close()
+        try checkRejects(stats, options: options, temporary: temporary, output: output, input: input)
+
+        let manifest = try writeDataset(aggregates: aggregates, stats: stats,
+                                        source: sourceInfo(input: input, options: options, stats: stats, amountMeaning: amountMeaning),
+                                        split: options.split, buildGraph: options.buildGraph, directory: temporary)
+        try publish(temporary, as: output)
+        keepTemporary = true
+
+        return ImportSummary(
+            manifest: manifest, stats: stats, outputPath: output, rejectsPath: output + "/rejects.csv",
+            seconds: monotonicSeconds() - started, parseSeconds: stats.seconds, passes: passes,
+            peakResidentBytes: peakResidentBytes())
+    }
+
+    /// Checks what can be checked before reading a row.
+    static func validate(input: String, output: String, options: ImportOptions) throws {
+        try options.split.validate()
+        guard options.maxRejectFraction >= 0 && options.maxRejectFraction <= 1 else {
+            throw DataError.invalidOption("--max-reject-fraction must be between 0 and 1, got \(options.maxRejectFraction)")
+        }
+        if fileExists(output) && !(isDirectory(output) && fileExists(output + "/manifest.json")) {
+            throw DataError.invalidOption("\(output) exists and is not a dataset directory; refusing to replace it")
+        }
+        guard fileExists(input) else { throw DataError.io(path: input, operation: "open", message: "No such file or directory") }
+    }
+
+    /// The reader for the preset, and what its amounts mean.
+    static func eventSource(input: String, options: ImportOptions) -> (EventSourceKind, String) {
+        switch options.preset {
+        case .canonical: return (.csv(CSVEventSource(path: input, format: options.format)), "spend in the input's currency")
+        case .cdnow: return (.csv(CSVEventSource(path: input, format: Preset.cdnowFormat)), "spend in the input's currency")
+        case .instacart:
+            return (.instacart(InstacartSource(path: input)), "items (one per order line): the data has no prices")
+        }
+    }
+
+    static func derivedCutoff(lastDay: Int, horizon: Int, input: String) throws -> Int {
+        guard lastDay != .min else {
+            throw DataError.noCustomers(path: input, reason: "no row could be imported, so no cut-off can be derived; see the rejects of a run with --cutoff")
+        }
+        return lastDay - horizon
+    }
+
+    /// Creates the empty sibling directory `output.tmp-PID` (and any missing parents of
+    /// `output`) in which a dataset is assembled, after removing leftovers of killed imports.
+    static func makeTemporaryDirectory(for output: String) throws -> String {
         removeStaleLeftovers(of: output)
         let temporary = output + ".tmp-\(getpid())"
         // A new dataset may live in folders that do not exist yet (runs/demo/data/cdnow).
@@ -166,44 +208,45 @@ public enum Importer {
         guard mkdir(temporary, 0o755) == 0 else {
             throw DataError.io(path: temporary, operation: "mkdir", message: systemMessage())
         }
-        var keepTemporary = false
-        defer { if !keepTemporary { removeFlatDirectory(temporary) } }
+        return temporary
+    }
 
-        let rejects = try RejectsWriter(path: temporary + "/rejects.csv")
-        let partitions = options.partitions ?? CustomerAggregates.partitions(forInputBytes: fileSize(input) ?? 0)
+    /// Throws when nothing usable was read or too many rows were rejected; then only the
+    /// rejects file is kept, beside the output as `<output>.rejects.csv`.
+    /// `temporary` is nil on ranks that write nothing.
+    static func checkRejects(_ stats: ReadStats, options: ImportOptions, temporary: String?, output: String, input: String) throws {
+        let rejectedShare = stats.rows > 0 ? Double(stats.rejected) / Double(stats.rows) : 0
+        guard stats.rows == 0 || stats.imported == 0 || rejectedShare > options.maxRejectFraction else { return }
+        let kept = output + ".rejects.csv"
+        if stats.rejected > 0, let temporary { try renameItem(temporary + "/rejects.csv", kept) }
+        if stats.rows == 0 { throw DataError.noCustomers(path: input, reason: "the file has a header but no event rows") }
+        if stats.imported == 0 && rejectedShare <= options.maxRejectFraction {
+            throw DataError.noCustomers(path: input, reason: "no purchase events (all \(stats.skippedNonPurchase) rows have a non-purchase event_type)")
+        }
+        throw DataError.tooManyRejects(rejected: stats.rejected, rows: stats.rows, limit: options.maxRejectFraction, rejectsPath: kept)
+    }
+
+    static func sourceInfo(input: String, options: ImportOptions, stats: ReadStats, amountMeaning: String) -> DatasetManifest.Source {
+        DatasetManifest.Source(
+            preset: options.preset.rawValue, input: lastPathComponent(input), timeFormat: stats.timeFormat.rawValue,
+            calendarDays: stats.timeFormat.isCalendar, amountMeaning: amountMeaning)
+    }
+
+    /// Makes the finished dataset in `temporary` durable and moves it to `output`.
+    static func publish(_ temporary: String, as output: String) throws {
+        try fsyncDirectory(temporary)
+        try swapIntoPlace(temporary, output)
+        try fsyncDirectory(parentDirectory(output))
+    }
+}
+
+extension ImportOptions {
+    func resolvedPartitions(inputBytes: Int) throws -> Int {
+        let partitions = partitions ?? CustomerAggregates.partitions(forInputBytes: inputBytes)
         guard partitions >= 1 && partitions <= 1 << 16 && partitions & (partitions - 1) == 0 else {
             throw DataError.invalidOption("partitions must be a power of two from 1 to 65536, got \(partitions)")
         }
-        let aggregates = CustomerAggregates(spec: spec, partitions: partitions, chunkEvents: options.aggregationChunkEvents)
-        let stats = try source.run(sink: aggregates, rejects: rejects)
-        try rejects.close()
-
-        let rejectedShare = stats.rows > 0 ? Double(stats.rejected) / Double(stats.rows) : 0
-        if stats.rows == 0 || stats.imported == 0 || rejectedShare > options.maxRejectFraction {
-            let kept = output + ".rejects.csv"
-            if stats.rejected > 0 { try renameItem(temporary + "/rejects.csv", kept) }
-            if stats.rows == 0 { throw DataError.noCustomers(path: input, reason: "the file has a header but no event rows") }
-            if stats.imported == 0 && rejectedShare <= options.maxRejectFraction {
-                throw DataError.noCustomers(path: input, reason: "no purchase events (all \(stats.skippedNonPurchase) rows have a non-purchase event_type)")
-            }
-            throw DataError.tooManyRejects(rejected: stats.rejected, rows: stats.rows, limit: options.maxRejectFraction, rejectsPath: kept)
-        }
-
-        let sourceInfo = DatasetManifest.Source(
-            preset: options.preset.rawValue, input: lastPathComponent(input), timeFormat: stats.timeFormat.rawValue,
-            calendarDays: stats.timeFormat.isCalendar, amountMeaning: amountMeaning)
-        let manifest = try writeDataset(aggregates: aggregates, stats: stats, source: sourceInfo, split: options.split,
-                                        buildGraph: options.buildGraph, directory: temporary)
-        try fsyncDirectory(temporary)
-
-        try swapIntoPlace(temporary, output)
-        keepTemporary = true
-        try fsyncDirectory(parentDirectory(output))
-
-        return ImportSummary(
-            manifest: manifest, stats: stats, outputPath: output, rejectsPath: output + "/rejects.csv",
-            seconds: monotonicSeconds() - started, parseSeconds: stats.seconds, passes: passes,
-            peakResidentBytes: peakResidentBytes())
+        return partitions
     }
 }
 

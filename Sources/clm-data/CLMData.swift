@@ -1,5 +1,7 @@
 import ArgumentParser
+import Collectives
 import CustomerData
+import ParallelImport
 import EventFileArguments
 import ToolSupport
 import Foundation
@@ -62,8 +64,35 @@ struct Import: ParsableCommand {
             options.split = SplitOptions(seed: seed, trainFraction: trainFraction, validationFraction: validationFraction)
             options.maxRejectFraction = maxRejectFraction
             options.buildGraph = !noGraph
+            if ParallelImporter.launchedAcrossRanks {
+                try importAcrossRanks(options)
+                return
+            }
             let summary = try Importer.run(input: input, output: out, options: options)
             print(describe(summary))
+        }
+    }
+
+    /// Under mpirun: every rank parses and aggregates a share, rank 0 writes and reports. A
+    /// failure the ranks agreed on ends every rank with status 1 (rank 0 says why, and a rank
+    /// that failed alone says so too); anything else aborts the job.
+    private func importAcrossRanks(_ options: ImportOptions) throws {
+        let world = try MPICommunicator(watchdogTimeout: .seconds(600))
+        do {
+            if let summary = try ParallelImporter.run(input: input, output: out, options: options, world: world) {
+                print(describe(summary))
+            }
+            try world.shutdown()
+        } catch let failure as PeerImportFailure {
+            if world.rank == 0 { FileHandle.standardError.write(Data("clm-data: error: \(failure)\n".utf8)) }
+            try? world.shutdown()
+            Foundation.exit(1)
+        } catch let error as DataError {
+            FileHandle.standardError.write(Data("clm-data: error\(world.rank == 0 ? "" : " on rank \(world.rank)"): \(error)\n".utf8))
+            try? world.shutdown()
+            Foundation.exit(1)
+        } catch {
+            world.abort("clm-data: import failed on rank \(world.rank): \(error)", code: 1)
         }
     }
 }
@@ -88,7 +117,12 @@ func describe(_ summary: ImportSummary) -> String {
     lines.append("  split            train \(formatCount(m.split.sizes[0])), validation \(formatCount(m.split.sizes[1])), test \(formatCount(m.split.sizes[2])) (seed \(m.split.seed))")
     let mb = Double(s.bytes) / 1_048_576
     lines.append("  speed            \(formatCount(Int(summary.eventsPerSecond))) events/s, \(formatFixed(mb / max(summary.parseSeconds, 1e-9), 0)) MiB/s parsing \(formatFixed(mb, 1)) MiB (\(summary.passes) pass\(summary.passes > 1 ? "es" : "")); total \(formatFixed(summary.seconds, 2)) s")
-    lines.append("  peak memory      \(formatFixed(Double(summary.peakResidentBytes) / 1_048_576, 1)) MiB resident")
+    if summary.rankPeakResidentBytes.count > 1 {
+        let perRank = summary.rankPeakResidentBytes.map { formatFixed(Double($0) / 1_048_576, 1) }
+        lines.append("  peak memory      \(perRank.joined(separator: ", ")) MiB resident on ranks 0-\(perRank.count - 1)")
+    } else {
+        lines.append("  peak memory      \(formatFixed(Double(summary.peakResidentBytes) / 1_048_576, 1)) MiB resident")
+    }
     lines.append("  fingerprint      \(m.fingerprint)")
     return lines.joined(separator: "\n")
 }

@@ -74,6 +74,23 @@ func runCollectiveChecks(_ world: MPICommunicator, _ checks: RankChecks) {
         checks.expectElementsEqual(gradient, expected, "averaged values")
     }
 
+    checks.check("alltoallv: rank r sends r + d + 1 values to rank d") {
+        // Value r * 1000 + d * 100 + k, so a misplaced segment shows where it came from.
+        let sendCounts = (0..<size).map { rank + $0 + 1 }
+        var source: [Int64] = []
+        for d in 0..<size { for k in 0..<sendCounts[d] { source.append(Int64(rank * 1000 + d * 100 + k)) } }
+        let receiveCounts = (0..<size).map { $0 + rank + 1 }
+        var received = [Int64](repeating: -1, count: receiveCounts.reduce(0, +))
+        try source.withUnsafeBufferPointer { send in
+            try received.withUnsafeMutableBufferPointer {
+                try world.alltoallv(send, sendCounts: sendCounts, into: $0, receiveCounts: receiveCounts)
+            }
+        }
+        var expected: [Int64] = []
+        for r in 0..<size { for k in 0..<receiveCounts[r] { expected.append(Int64(r * 1000 + rank * 100 + k)) } }
+        checks.expectElementsEqual(received, expected, "received segments")
+    }
+
     checks.check("broadcast from every root") {
         for root in 0..<size {
             var buffer = rank == root ? (0..<777).map { Int64(root * 1000 + $0) } : [Int64](repeating: -1, count: 777)

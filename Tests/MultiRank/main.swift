@@ -22,6 +22,7 @@ do {
 
 let checks = RankChecks(rank: world.rank, size: world.size)
 runCollectiveChecks(world, checks)
+runImportChecks(world, checks)
 
 print(checks.summaryLine)
 do {

@@ -1,0 +1,637 @@
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
+
+/// The collectives a multi-rank import needs, on bytes, with rank 0 as the root. CustomerData
+/// states them here so that it does not link MPI; `ParallelImport` adapts a `Communicator`.
+/// Every rank must make the same calls in the same order; counts are in bytes.
+package protocol RankExchange: AnyObject {
+    var rank: Int { get }
+    var size: Int { get }
+    /// Every rank's `values` (the same count on each), concatenated in rank order.
+    func allgather(_ values: [Int64]) throws -> [Int64]
+    func allreduceSum(_ values: [Int64]) throws -> [Int64]
+    func allreduceMax(_ values: [Int64]) throws -> [Int64]
+    func broadcast(_ values: inout [Int64]) throws
+    func allgatherv(_ bytes: UnsafeRawBufferPointer, counts: [Int], into destination: UnsafeMutableRawBufferPointer) throws
+    func alltoallv(_ bytes: UnsafeRawBufferPointer, sendCounts: [Int], into destination: UnsafeMutableRawBufferPointer,
+                   receiveCounts: [Int]) throws
+    /// `destination` is written on rank 0 only.
+    func gatherv(_ bytes: UnsafeRawBufferPointer, counts: [Int], into destination: UnsafeMutableRawBufferPointer?) throws
+    /// `source` is read on rank 0 only.
+    func scatterv(_ source: UnsafeRawBufferPointer?, counts: [Int], into destination: UnsafeMutableRawBufferPointer) throws
+}
+
+/// Why a multi-rank import stopped on this rank because another rank failed (or failed
+/// beside rank 0, which reports for the job).
+package struct PeerImportFailure: Error, CustomStringConvertible {
+    package var ranks: [Int]
+    package var step: String
+    package var description: String {
+        "rank\(ranks.count == 1 ? "" : "s") \(ranks.map(String.init).joined(separator: ", ")) failed while \(step) (see \(ranks.count == 1 ? "its" : "their") message); nothing was written"
+    }
+}
+
+/// The rank that owns a customer, from its id hash. The hash's low bits place the id in the
+/// interner and its top bits pick the partition, so the owner comes from a remix of all of
+/// them: each rank's customers still spread evenly over both.
+@inline(__always)
+func ownerRank(hash: UInt64, ranks: Int) -> Int {
+    var h = hash ^ (hash >> 31)
+    h = h &* 0xBF58_476D_1CE4_E5B9
+    return Int(truncatingIfNeeded: (h >> 32) % UInt64(ranks))
+}
+
+/// Parsed events sorted by the rank that owns their customer, as the `PendingEvent`s and id
+/// bytes that `CustomerAggregates.consumeRouted` takes. Products are interned here, in this
+/// rank's file order, and renumbered to the job-wide index before the events leave.
+final class EventRouter: EventSink {
+    let cutoff: Int
+    let ranks: Int
+    let localProducts = ByteInterner()
+    /// Job-wide product index of each local one, for those already announced.
+    private(set) var globalProduct: [Int32] = []
+    private(set) var events: [GrowableBuffer<PendingEvent>]
+    private(set) var idBytes: [GrowableBuffer<UInt8>]
+
+    init(cutoff: Int, ranks: Int) {
+        self.cutoff = cutoff
+        self.ranks = ranks
+        let empty = PendingEvent(hash: 0, orderHash: 0, amount: 0, quantity: 0, idOffset: 0, idLength: 0, day: 0, product: 0)
+        events = (0..<ranks).map { _ in GrowableBuffer(capacity: 1 << 12, fill: empty) }
+        idBytes = (0..<ranks).map { _ in GrowableBuffer(capacity: 1 << 16, fill: 0) }
+    }
+
+    deinit {
+        for r in 0..<ranks {
+            events[r].free()
+            idBytes[r].free()
+        }
+    }
+
+    func consume(_ event: RawEvent) {
+        let n = event.customer.count
+        let id = event.customer.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!
+        let hash = hashIdentifier(id, n)
+        let owner = ownerRank(hash: hash, ranks: ranks)
+        var product: Int32 = -1
+        // As CustomerAggregates.consume: products of history events only.
+        if event.day <= cutoff && event.product.count > 0 {
+            product = localProducts.intern(event.product.baseAddress!, event.product.count)
+        }
+        let offset = idBytes[owner].grow(by: n)
+        if n > 0 { UnsafeMutableRawPointer(idBytes[owner].pointer + offset).copyMemory(from: id, byteCount: n) }
+        events[owner].append(PendingEvent(
+            hash: hash, orderHash: event.orderHash, amount: FixedPoint.from(event.amount),
+            quantity: FixedPoint.from(event.quantity), idOffset: UInt32(offset), idLength: UInt32(n),
+            day: Int32(clamping: event.day), product: product))
+    }
+
+    /// Local products not yet announced to the other ranks.
+    var unannouncedProducts: Range<Int> { globalProduct.count..<localProducts.count }
+
+    /// Records the job-wide indices of the products just announced and renumbers the queued
+    /// events' products with them.
+    func announced(_ indices: [Int32]) {
+        globalProduct += indices
+        for r in 0..<ranks {
+            let queued = events[r].pointer
+            for e in 0..<events[r].count where queued[e].product >= 0 {
+                queued[e].product = globalProduct[Int(queued[e].product)]
+            }
+        }
+    }
+
+    func removeAll() {
+        for r in 0..<ranks {
+            events[r].removeAll()
+            idBytes[r].removeAll()
+        }
+    }
+}
+
+/// Rejected rows of one rank, held until their line numbers in the whole file are known.
+final class RejectsCollector: RejectSink {
+    private(set) var lines: [Int] = []
+    private(set) var tails: [String] = []
+    private var firstUnnumbered = 0
+
+    func add(line: Int, reason: String, content: UnsafeRawBufferPointer) throws {
+        lines.append(line)
+        tails.append(rejectLineTail(reason: reason, content: content))
+    }
+
+    /// Adds `offset` to the line numbers of the rows added since the last call.
+    func number(from offset: Int) {
+        for k in firstUnnumbered..<lines.count { lines[k] += offset }
+        firstUnnumbered = lines.count
+    }
+
+    /// `line` (8 bytes), tail length (8 bytes), tail bytes; per reject.
+    func serialised() -> [UInt8] {
+        var bytes: [UInt8] = []
+        for (line, tail) in zip(lines, tails) {
+            withUnsafeBytes(of: Int64(line)) { bytes += $0 }
+            let utf8 = Array(tail.utf8)
+            withUnsafeBytes(of: Int64(utf8.count)) { bytes += $0 }
+            bytes += utf8
+        }
+        return bytes
+    }
+
+    static func deserialise(_ bytes: UnsafeRawBufferPointer) -> [(line: Int, tail: String)] {
+        var result: [(Int, String)] = []
+        var position = 0
+        while position < bytes.count {
+            let line = bytes.loadUnaligned(fromByteOffset: position, as: Int64.self)
+            let length = Int(bytes.loadUnaligned(fromByteOffset: position + 8, as: Int64.self))
+            let tail = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[(position + 16)..<(position + 16 + length)]), as: UTF8.self)
+            result.append((Int(line), tail))
+            position += 16 + length
+        }
+        return result
+    }
+}
+
+extension RankExchange {
+    /// Runs `body` on every rank and has the ranks agree on the outcome, so that all of them
+    /// stop together: the rank that failed rethrows its error, the others name it.
+    func agreeing<T>(_ step: String, _ body: () throws -> T) throws -> T {
+        var result: Result<T, Error>
+        do { result = .success(try body()) } catch { result = .failure(error) }
+        let failed: Int64
+        if case .failure = result { failed = 1 } else { failed = 0 }
+        let flags = try allgather([failed])
+        let failedRanks = flags.indices.filter { flags[$0] != 0 }
+        switch result {
+        case .failure(let error):
+            // Rank 0 reports for the job; a rank that failed beside it stays quiet.
+            if rank != 0 && failedRanks.contains(0) { throw PeerImportFailure(ranks: failedRanks, step: step) }
+            throw error
+        case .success(let value):
+            guard failedRanks.isEmpty else { throw PeerImportFailure(ranks: failedRanks, step: step) }
+            return value
+        }
+    }
+
+    /// Runs a check that every rank makes on the same values, so that all fail together; only
+    /// rank 0 reports it, the others stop quietly.
+    func onEveryRank<T>(_ step: String, _ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch where rank != 0 {
+            throw PeerImportFailure(ranks: [0], step: step)
+        }
+    }
+
+    /// Gathers variable-length byte strings onto rank 0 (empty elsewhere) with each rank's count.
+    func gatherBytes(_ bytes: UnsafeRawBufferPointer) throws -> (bytes: [UInt8], counts: [Int]) {
+        let counts = try allgather([Int64(bytes.count)]).map { Int($0) }
+        var gathered = [UInt8](repeating: 0, count: rank == 0 ? counts.reduce(0, +) : 0)
+        try gathered.withUnsafeMutableBytes { destination in
+            try gatherv(bytes, counts: counts, into: rank == 0 ? destination : nil)
+        }
+        return (gathered, counts)
+    }
+}
+
+/// Byte offsets where each rank's share of each round starts, so that every rank's ranges
+/// hold whole lines and round k covers the file's k-th stripe in rank order: the events reach
+/// their owners in file order, which keeps per-customer results (and transaction counting,
+/// which compares consecutive order ids) exactly those of one pass.
+struct StripePlan {
+    let fileSize: Int
+    let ranks: Int
+    let bytesPerRank: Int
+    var rounds: Int { max(1, (fileSize + ranks * bytesPerRank - 1) / (ranks * bytesPerRank)) }
+
+    func range(round: Int, rank: Int, fd: Int32, path: String) throws -> Range<Int> {
+        let stripe = round * ranks * bytesPerRank
+        let lower = try lineStart(atOrAfter: min(fileSize, stripe + rank * bytesPerRank), fd: fd, path: path, fileSize: fileSize)
+        let upper = try lineStart(atOrAfter: min(fileSize, stripe + (rank + 1) * bytesPerRank), fd: fd, path: path, fileSize: fileSize)
+        return lower..<max(lower, upper)
+    }
+}
+
+extension Importer {
+    /// Imports `input` into `output` with every rank of `exchange` parsing its share of the
+    /// file and aggregating the customers it owns; rank 0 writes the dataset, byte for byte
+    /// the one a one-process `run` writes (same fingerprint). Returns the summary on rank 0,
+    /// nil on the others. The input must be readable at the same path on every rank; only
+    /// rank 0 writes.
+    package static func run(input: String, output: String, options: ImportOptions, exchange: RankExchange) throws -> ImportSummary? {
+        let started = monotonicSeconds()
+        let rank = exchange.rank, ranks = exchange.size
+        let format: CSVFormat = try exchange.onEveryRank("checking the options") {
+            guard ranks <= Int(UInt16.max) else { throw DataError.invalidOption("an import runs on at most 65,535 ranks, not \(ranks)") }
+            switch options.preset {
+            case .canonical: return options.format
+            case .cdnow: return Preset.cdnowFormat
+            case .instacart:
+                throw DataError.invalidOption("--preset instacart rebuilds each customer's timeline from the whole file in one process; run it without mpirun")
+            }
+        }
+        let source = CSVEventSource(path: input, format: format)
+        let (fd, fileBytes, layout): (Int32, Int, CSVLayout) = try exchange.agreeing("opening \(input)") {
+            try validate(input: input, output: output, options: options)
+            let layout = try source.probeLayout()
+            let fd = open(input, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { throw DataError.io(path: input, operation: "open", message: systemMessage()) }
+            return (fd, fileSize(input) ?? 0, layout)
+        }
+        defer { _ = close(fd) }
+        // Ranks that see different files (a stale copy on one host) would write nonsense.
+        let sizes = try exchange.allgather([Int64(fileBytes)])
+        try exchange.onEveryRank("comparing the input's size") {
+            guard Set(sizes).count == 1 else { throw DataError.invalidOption("\(input) has different sizes on the ranks (\(sizes.map(String.init).joined(separator: ", ")) bytes); every rank must read the same file") }
+        }
+        let plan = StripePlan(fileSize: fileBytes, ranks: ranks, bytesPerRank: max(1, options.roundBytesPerRank))
+
+        let window = options.resolvedWindow()
+        var passes = 1
+        let cutoff: Int
+        if let given = window.cutoff {
+            cutoff = given
+        } else {
+            let tracker = LastDayTracker()
+            try exchange.agreeing("finding the last event day") {
+                for round in 0..<plan.rounds {
+                    let range = try plan.range(round: round, rank: rank, fd: fd, path: input)
+                    _ = try source.run(fd: fd, range: range, layout: layout, sink: tracker, rejects: nil)
+                }
+            }
+            passes = 2
+            let lastDay = try exchange.allreduceMax([Int64(tracker.lastDay)])[0]
+            cutoff = try exchange.onEveryRank("deriving the cut-off") {
+                try derivedCutoff(lastDay: Int(lastDay), horizon: window.horizon, input: input)
+            }
+        }
+        let spec = FeatureSpec(periodDays: window.period, historyPeriods: window.history, cutoffDay: cutoff,
+                               horizonDays: window.horizon, stageThresholds: options.stageThresholds)
+        try exchange.onEveryRank("checking the window") { try spec.validate() }
+
+        let temporary: String? = try exchange.agreeing("creating the output directory") {
+            rank == 0 ? try makeTemporaryDirectory(for: output) : nil
+        }
+        var keepTemporary = false
+        defer { if let temporary, !keepTemporary { removeFlatDirectory(temporary) } }
+
+        // Parse, route, aggregate: one round per stripe.
+        let parseStarted = monotonicSeconds()
+        let partitions = try options.resolvedPartitions(inputBytes: fileBytes / ranks)
+        let aggregates = CustomerAggregates(spec: spec, partitions: partitions, chunkEvents: options.aggregationChunkEvents)
+        let router = EventRouter(cutoff: cutoff, ranks: ranks)
+        let rejects = RejectsCollector()
+        var stats = ReadStats()
+        var linesBefore = 0
+        for round in 0..<plan.rounds {
+            let lines = try exchange.agreeing("reading \(input)") { () -> Int in
+                let range = try plan.range(round: round, rank: rank, fd: fd, path: input)
+                let (roundStats, lines) = try source.run(fd: fd, range: range, layout: layout, sink: router, rejects: rejects)
+                stats.add(roundStats)
+                return lines
+            }
+            let lineCounts = try exchange.allgather([Int64(lines)])
+            rejects.number(from: linesBefore + lineCounts[..<rank].reduce(0) { $0 + Int($1) })
+            linesBefore += lineCounts.reduce(0) { $0 + Int($1) }
+            try announceProducts(router: router, into: aggregates.products, exchange: exchange)
+            try exchangeEvents(router: router, into: aggregates, exchange: exchange)
+        }
+        aggregates.finishAdding()
+        let parseSeconds = monotonicSeconds() - parseStarted
+
+        let totals = try exchange.allreduceSum([
+            stats.rows, stats.imported, stats.rejected, stats.skippedNonPurchase, stats.blankLines, stats.headerLines,
+            aggregates.eventsInHistory, aggregates.eventsInHorizon, aggregates.eventsAfterHorizon, aggregates.customerCount,
+        ].map { Int64($0) }).map { Int($0) }
+        stats = ReadStats()
+        (stats.rows, stats.imported, stats.rejected, stats.skippedNonPurchase, stats.blankLines, stats.headerLines) =
+            (totals[0], totals[1], totals[2], totals[3], totals[4], totals[5])
+        stats.bytes = fileBytes
+        stats.timeFormat = layout.timeFormat
+        stats.seconds = parseSeconds
+        let counts = AggregateCounts(eventsInHistory: totals[6], eventsInHorizon: totals[7], eventsAfterHorizon: totals[8],
+                                     customersSeen: totals[9])
+        try exchange.onEveryRank("counting the rows") {
+            if stats.rows == 0 && stats.headerLines == 0 && stats.blankLines == 0 { throw DataError.emptyFile(path: input) }
+        }
+
+        let gatheredRejects = try rejects.serialised().withUnsafeBytes { try exchange.gatherBytes($0) }
+        try exchange.agreeing("writing the rejected rows") {
+            guard let temporary else { return }
+            let writer = try RejectsWriter(path: temporary + "/rejects.csv")
+            var all = gatheredRejects.bytes.withUnsafeBytes { RejectsCollector.deserialise($0) }
+            all.sort { $0.line < $1.line }
+            for reject in all { try writer.add(line: reject.line, tail: reject.tail) }
+            try writer.close()
+        }
+        // Every rank reaches the same verdict from the same totals; rank 0 keeps the rejects.
+        try exchange.onEveryRank("checking the rejected rows") {
+            try checkRejects(stats, options: options, temporary: temporary, output: output, input: input)
+        }
+
+        let datasetSource = sourceInfo(input: input, options: options, stats: stats,
+                                       amountMeaning: "spend in the input's currency")
+        let manifest = try writeAcrossRanks(aggregates: aggregates, counts: counts, stats: stats, source: datasetSource,
+                                            options: options, temporary: temporary, exchange: exchange)
+        try exchange.agreeing("moving the dataset into place") {
+            if let temporary { try publish(temporary, as: output) }
+        }
+        keepTemporary = true
+        let peaks = try exchange.allgather([Int64(peakResidentBytes())]).map { Int($0) }
+        guard rank == 0, let manifest else { return nil }
+        var summary = ImportSummary(
+            manifest: manifest, stats: stats, outputPath: output, rejectsPath: output + "/rejects.csv",
+            seconds: monotonicSeconds() - started, parseSeconds: parseSeconds, passes: passes,
+            peakResidentBytes: peaks.max() ?? 0)
+        summary.rankPeakResidentBytes = peaks
+        return summary
+    }
+
+    /// Announces this round's new products of every rank, in rank order, so that every rank
+    /// interns the same products at the same indices into `products`; the router renumbers its
+    /// queued events to those indices. (The index order never reaches a dataset: the graph
+    /// orders products by id.)
+    private static func announceProducts(router: EventRouter, into products: ByteInterner, exchange: RankExchange) throws {
+        var packed: [UInt8] = []
+        for p in router.unannouncedProducts {
+            let bytes = router.localProducts.bytes(p)
+            withUnsafeBytes(of: UInt32(bytes.count)) { packed += $0 }
+            packed += bytes
+        }
+        let counts = try exchange.allgather([Int64(packed.count)]).map { Int($0) }
+        guard counts.contains(where: { $0 > 0 }) else {
+            router.announced([])
+            return
+        }
+        var all = [UInt8](repeating: 0, count: counts.reduce(0, +))
+        try packed.withUnsafeBytes { source in
+            try all.withUnsafeMutableBytes { try exchange.allgatherv(source, counts: counts, into: $0) }
+        }
+        var mine: [Int32] = []
+        try all.withUnsafeBytes { bytes in
+            var position = 0
+            for sender in 0..<exchange.size {
+                let end = position + counts[sender]
+                while position < end {
+                    let length = Int(bytes.loadUnaligned(fromByteOffset: position, as: UInt32.self))
+                    guard position + 4 + length <= end else {
+                        throw DataError.invalidOption("rank \(sender) announced a malformed product list")
+                    }
+                    let index = products.intern(bytes.baseAddress! + position + 4, length)
+                    if sender == exchange.rank { mine.append(index) }
+                    position += 4 + length
+                }
+            }
+        }
+        router.announced(mine)
+    }
+
+    /// Sends each queued event to the rank that owns its customer and aggregates what arrives,
+    /// sender by sender in rank order (which is file order within the round).
+    private static func exchangeEvents(router: EventRouter, into aggregates: CustomerAggregates, exchange: RankExchange) throws {
+        let ranks = exchange.size
+        let stride = MemoryLayout<PendingEvent>.stride
+        var mine = [Int64](repeating: 0, count: 2 * ranks)
+        for r in 0..<ranks {
+            mine[r] = Int64(router.events[r].count * stride)
+            mine[ranks + r] = Int64(router.idBytes[r].count)
+        }
+        let table = try exchange.allgather(mine)
+        let me = exchange.rank
+        let sendEventBytes = (0..<ranks).map { Int(mine[$0]) }
+        let sendIDBytes = (0..<ranks).map { Int(mine[ranks + $0]) }
+        let receiveEventBytes = (0..<ranks).map { Int(table[$0 * 2 * ranks + me]) }
+        let receiveIDBytes = (0..<ranks).map { Int(table[$0 * 2 * ranks + ranks + me]) }
+
+        let sendEvents = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, sendEventBytes.reduce(0, +)), alignment: 16)
+        let sendIDs = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, sendIDBytes.reduce(0, +)), alignment: 16)
+        let receivedEvents = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, receiveEventBytes.reduce(0, +)), alignment: 16)
+        let receivedIDs = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, receiveIDBytes.reduce(0, +)), alignment: 16)
+        defer { sendEvents.deallocate(); sendIDs.deallocate(); receivedEvents.deallocate(); receivedIDs.deallocate() }
+        var eventOffset = 0, idOffset = 0
+        for r in 0..<ranks {
+            if sendEventBytes[r] > 0 {
+                (sendEvents.baseAddress! + eventOffset).copyMemory(from: router.events[r].pointer, byteCount: sendEventBytes[r])
+            }
+            if sendIDBytes[r] > 0 {
+                (sendIDs.baseAddress! + idOffset).copyMemory(from: router.idBytes[r].pointer, byteCount: sendIDBytes[r])
+            }
+            eventOffset += sendEventBytes[r]
+            idOffset += sendIDBytes[r]
+        }
+        router.removeAll()
+        try exchange.alltoallv(UnsafeRawBufferPointer(rebasing: sendEvents[..<eventOffset]), sendCounts: sendEventBytes,
+                               into: receivedEvents, receiveCounts: receiveEventBytes)
+        try exchange.alltoallv(UnsafeRawBufferPointer(rebasing: sendIDs[..<idOffset]), sendCounts: sendIDBytes,
+                               into: receivedIDs, receiveCounts: receiveIDBytes)
+        // Each sender's id offsets count from the start of its own segment.
+        let events = receivedEvents.baseAddress!.assumingMemoryBound(to: PendingEvent.self)
+        var first = 0, idBase = 0
+        for sender in 0..<ranks {
+            let count = receiveEventBytes[sender] / stride
+            aggregates.consumeRouted(events + first, count: count, idBytes: UnsafeRawPointer(receivedIDs.baseAddress! + idBase))
+            first += count
+            idBase += receiveIDBytes[sender]
+        }
+        aggregates.aggregatePending()
+    }
+
+    /// The writing half: the ranks agree on the dataset order (rank 0 merges every rank's
+    /// sorted ids), stream their customers' records to rank 0 in that order a block at a time,
+    /// and send their customer–product pairs for the graph. Returns the manifest on rank 0.
+    private static func writeAcrossRanks(
+        aggregates: CustomerAggregates, counts: AggregateCounts, stats: ReadStats, source: DatasetManifest.Source,
+        options: ImportOptions, temporary: String?, exchange: RankExchange
+    ) throws -> DatasetManifest? {
+        let rank = exchange.rank, ranks = exchange.size
+        let spec = aggregates.spec
+        let localOrder = aggregates.datasetOrder()
+        var idLengths: [UInt32] = []
+        var idBytes: [UInt8] = []
+        idLengths.reserveCapacity(localOrder.count)
+        for c in localOrder {
+            let id = aggregates.customerID(Int(c))
+            idLengths.append(UInt32(id.count))
+            idBytes += id
+        }
+        let gatheredLengths = try idLengths.withUnsafeBytes { try exchange.gatherBytes($0) }
+        let gatheredIDs = try idBytes.withUnsafeBytes { try exchange.gatherBytes($0) }
+        idBytes = []
+        let customersPerRank = gatheredLengths.counts.map { $0 / 4 }
+        let n = customersPerRank.reduce(0, +)
+        try exchange.onEveryRank("counting the customers") {
+            guard n > 0 else { throw noHistory(spec: spec, source: source) }
+        }
+
+        // Rank 0: the merge. ids[k] of rank r is customer k of r's local dataset order.
+        var owner: [UInt16] = []
+        var idStart: [[Int]] = []
+        if rank == 0 {
+            idStart = (0..<ranks).map { _ in [] }
+            gatheredLengths.bytes.withUnsafeBytes { lengths in
+                var lengthIndex = 0, byteOffset = 0
+                for r in 0..<ranks {
+                    idStart[r].reserveCapacity(customersPerRank[r] + 1)
+                    for _ in 0..<customersPerRank[r] {
+                        idStart[r].append(byteOffset)
+                        byteOffset += Int(lengths.loadUnaligned(fromByteOffset: lengthIndex * 4, as: UInt32.self))
+                        lengthIndex += 1
+                    }
+                    idStart[r].append(byteOffset)
+                }
+            }
+            owner = gatheredIDs.bytes.withUnsafeBytes { ids in
+                mergeOwners(ids: ids, idStart: idStart, customersPerRank: customersPerRank)
+            }
+        }
+
+        let withGraph = options.buildGraph && aggregates.products.count > 0
+        let assembler: DatasetAssembler? = try exchange.agreeing("creating the dataset files") {
+            guard let temporary else { return nil }
+            return try DatasetAssembler(spec: spec, split: options.split, directory: temporary, expectedCustomers: n,
+                                        keepGraphTotals: withGraph)
+        }
+
+        // Records, a block of dataset positions at a time: rank 0 says how many each rank sends.
+        let recordBytes = CustomerRecordHeader.recordBytes(spec)
+        let block = 4096
+        let outgoing = UnsafeMutableRawPointer.allocate(byteCount: block * recordBytes, alignment: 16)
+        defer { outgoing.deallocate() }
+        var incoming = [UInt8](repeating: 0, count: rank == 0 ? block * recordBytes : 0)
+        var sent = 0
+        var taken = [Int](repeating: 0, count: ranks)
+        var start = 0
+        while start < n {
+            let end = min(n, start + block)
+            var take = [Int64](repeating: 0, count: ranks)
+            if rank == 0 { for position in start..<end { take[Int(owner[position])] += 1 } }
+            try exchange.broadcast(&take)
+            let mineNow = Int(take[rank])
+            for k in 0..<mineNow { aggregates.writeRecord(Int(localOrder[sent + k]), into: outgoing + k * recordBytes) }
+            sent += mineNow
+            let byteCounts = take.map { Int($0) * recordBytes }
+            try incoming.withUnsafeMutableBytes { destination in
+                try exchange.gatherv(UnsafeRawBufferPointer(start: outgoing, count: mineNow * recordBytes), counts: byteCounts,
+                                     into: rank == 0 ? destination : nil)
+            }
+            try exchange.agreeing("writing the customer files") {
+                guard let assembler else { return }
+                var segment = [Int](repeating: 0, count: ranks)
+                for r in 1..<max(1, ranks) { segment[r] = segment[r - 1] + byteCounts[r - 1] }
+                var used = [Int](repeating: 0, count: ranks)
+                try incoming.withUnsafeBytes { records in
+                    try gatheredIDs.bytes.withUnsafeBytes { ids in
+                        for position in start..<end {
+                            let r = Int(owner[position])
+                            let k = taken[r] + used[r]
+                            let id = UnsafeRawBufferPointer(rebasing: ids[idStart[r][k]..<idStart[r][k + 1]])
+                            try assembler.add(id: id, record: records.baseAddress! + segment[r] + used[r] * recordBytes)
+                            used[r] += 1
+                        }
+                    }
+                }
+                for r in 0..<ranks { taken[r] += used[r] }
+            }
+            start = end
+        }
+
+        var graph: CustomerProductGraph?
+        var graphInfo: DatasetManifest.Graph?
+        if withGraph {
+            // Every rank learns where its customers landed, then sends its pairs by position.
+            var positionCounts = customersPerRank.map { $0 * 4 }
+            var positionsByRank = [Int32](repeating: 0, count: rank == 0 ? n : 0)
+            if rank == 0 {
+                var next = [Int](repeating: 0, count: ranks)
+                var base = [Int](repeating: 0, count: ranks)
+                for r in 1..<max(1, ranks) { base[r] = base[r - 1] + customersPerRank[r - 1] }
+                for position in 0..<n {
+                    let r = Int(owner[position])
+                    positionsByRank[base[r] + next[r]] = Int32(position)
+                    next[r] += 1
+                }
+            }
+            var myPositions = [Int32](repeating: 0, count: localOrder.count)
+            try positionsByRank.withUnsafeBytes { source in
+                try myPositions.withUnsafeMutableBytes { try exchange.scatterv(rank == 0 ? source : nil, counts: positionCounts, into: $0) }
+            }
+            positionsByRank = []
+            positionCounts = []
+            var position = [Int32](repeating: -1, count: aggregates.customerCount)
+            for (k, c) in localOrder.enumerated() { position[Int(c)] = myPositions[k] }
+            myPositions = []
+            var pairCount = 0
+            aggregates.forEachPair { _, _, _ in pairCount += 1 }
+            var pairs: [Int32] = []
+            pairs.reserveCapacity(3 * pairCount)
+            aggregates.forEachPair { c, p, count in
+                pairs.append(position[Int(c)])
+                pairs.append(p)
+                pairs.append(count)
+            }
+            aggregates.releasePairs()
+            position = []
+            var gatheredPairs = try pairs.withUnsafeBytes { try exchange.gatherBytes($0) }
+            pairs = []
+            if let assembler {
+                (graph, graphInfo) = gatheredPairs.bytes.withUnsafeBytes { raw in
+                    let triples = raw.bindMemory(to: Int32.self)
+                    return buildCustomerProductGraph(
+                        customerCount: n, products: aggregates.products,
+                        forEachPair: { body in
+                            var k = 0
+                            while k + 2 < triples.count {
+                                body(triples[k], triples[k + 1], triples[k + 2])
+                                k += 3
+                            }
+                        },
+                        releasePairs: {}, totals: assembler.graphTotals, statistics: nil)
+                }
+                gatheredPairs.bytes = []
+            }
+        }
+        return try exchange.agreeing("writing the dataset") {
+            guard let assembler else { return nil }
+            return try finishDataset(assembler: assembler, graph: graph, graphInfo: graphInfo, counts: counts,
+                                     stats: stats, source: source)
+        }
+    }
+
+    /// For each dataset position, the rank whose next customer comes there: a merge of every
+    /// rank's ids, each list already in dataset order.
+    private static func mergeOwners(ids: UnsafeRawBufferPointer, idStart: [[Int]], customersPerRank: [Int]) -> [UInt16] {
+        let ranks = customersPerRank.count
+        var owner: [UInt16] = []
+        owner.reserveCapacity(customersPerRank.reduce(0, +))
+        var next = [Int](repeating: 0, count: ranks)
+        func id(_ r: Int, _ k: Int) -> UnsafeRawBufferPointer {
+            UnsafeRawBufferPointer(rebasing: ids[idStart[r][k]..<idStart[r][k + 1]])
+        }
+        while true {
+            var best = -1
+            for r in 0..<ranks where next[r] < customersPerRank[r] {
+                if best < 0 || identifierPrecedes(id(r, next[r]), id(best, next[best])) { best = r }
+            }
+            guard best >= 0 else { break }
+            owner.append(UInt16(best))
+            next[best] += 1
+        }
+        return owner
+    }
+}
+
+extension ReadStats {
+    mutating func add(_ other: ReadStats) {
+        rows += other.rows
+        imported += other.imported
+        rejected += other.rejected
+        skippedNonPurchase += other.skippedNonPurchase
+        blankLines += other.blankLines
+        headerLines += other.headerLines
+        bytes += other.bytes
+        seconds += other.seconds
+    }
+}

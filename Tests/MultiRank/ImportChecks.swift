@@ -1,0 +1,154 @@
+import Collectives
+import CustomerData
+import Foundation
+import ParallelImport
+import RankTesting
+
+// `clm-data import` under mpirun must write, at any rank count, the dataset one process writes:
+// every file byte for byte and the same fingerprint. The inputs are made to hit what a split
+// of the file can get wrong: orders of several lines (transactions are counted by comparing
+// consecutive order ids), rejected rows whose line numbers must be those of the whole file,
+// blank lines, a byte order mark and a header, and rounds so small (4 KiB per rank) that
+// customers, orders and products cross many round and rank boundaries.
+
+func runImportChecks(_ world: MPICommunicator, _ checks: RankChecks) {
+    let rank = world.rank
+    let directory: String
+    do {
+        directory = try world.broadcast(string: rank == 0 ? makeScratchDirectory() : "", root: 0)
+    } catch {
+        checks.check("import scratch directory") { throw error }
+        return
+    }
+    defer {
+        try? world.barrier()
+        if rank == 0 { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    checks.check("parallel import equals one process: date-ordered multi-line orders, rejects, BOM") {
+        let input = directory + "/orders.csv"
+        if rank == 0 { try writeOrdersWithFlaws(to: input) }
+        try world.barrier()
+        var options = ImportOptions()
+        options.cutoffDay = try parseDay("2021-06-30")
+        options.horizonDays = 91
+        options.maxRejectFraction = 0.05
+        options.roundBytesPerRank = 4096
+        try compareWithOneProcess(input: input, name: "orders", options: options, world: world, checks: checks)
+    }
+
+    checks.check("parallel import equals one process: CDNOW layout, cut-off derived from the data") {
+        let input = directory + "/cdnow.txt"
+        if rank == 0 { try writeCDNOWStyle(to: input) }
+        try world.barrier()
+        // The cdnow preset has a fixed cut-off; its layout as a custom format derives one.
+        var options = ImportOptions()
+        options.format = Preset.cdnowFormat
+        options.horizonDays = 120
+        options.historyPeriods = 20
+        options.roundBytesPerRank = 2048
+        try compareWithOneProcess(input: input, name: "cdnow", options: options, world: world, checks: checks)
+    }
+
+    checks.check("too many rejects stop every rank: no dataset, the rejects kept beside it") {
+        let input = directory + "/bad.csv"
+        if rank == 0 { try writeOrdersWithFlaws(to: input, badEvery: 7) }
+        try world.barrier()
+        var options = ImportOptions()
+        options.cutoffDay = try parseDay("2021-06-30")
+        options.horizonDays = 91
+        options.roundBytesPerRank = 4096
+        let output = directory + "/bad-parallel"
+        do {
+            _ = try ParallelImporter.run(input: input, output: output, options: options, world: world)
+            checks.expect(false, "the import succeeded with a seventh of its rows rejected")
+        } catch let error as DataError {
+            guard case .tooManyRejects(let rejected, let rows, _, _) = error else {
+                checks.expect(false, "rank 0 expected tooManyRejects, got \(error)")
+                return
+            }
+            checks.expect(rank == 0, "only rank 0 reports the rejects (rank \(rank) threw \(error))")
+            checks.expect(rejected > 0 && rejected < rows, "rejected \(rejected) of \(rows)")
+        } catch is PeerImportFailure {
+            checks.expect(rank != 0, "rank 0 must report the reason itself")
+        }
+        try world.barrier()
+        if rank == 0 {
+            checks.expect(!FileManager.default.fileExists(atPath: output), "no dataset was written")
+            let kept = (try? String(contentsOfFile: output + ".rejects.csv", encoding: .utf8)) ?? ""
+            checks.expect(kept.hasPrefix("line,reason,content\n") && kept.split(separator: "\n").count > 100,
+                          "the rejects file is kept beside the output")
+        }
+    }
+}
+
+/// Imports `input` in one process (rank 0) and across the world, and compares every file.
+private func compareWithOneProcess(input: String, name: String, options: ImportOptions, world: MPICommunicator, checks: RankChecks) throws {
+    let directory = (input as NSString).deletingLastPathComponent
+    let single = directory + "/\(name)-single", parallel = directory + "/\(name)-parallel"
+    let reference = world.rank == 0 ? try Importer.run(input: input, output: single, options: options) : nil
+    let summary = try ParallelImporter.run(input: input, output: parallel, options: options, world: world)
+    guard world.rank == 0 else {
+        checks.expect(summary == nil, "only rank 0 returns a summary")
+        return
+    }
+    guard let reference, let summary else {
+        checks.expect(false, "rank 0 returned no summary")
+        return
+    }
+    checks.expectEqual(summary.manifest.fingerprint, reference.manifest.fingerprint, "fingerprint")
+    checks.expectEqual(summary.stats.rows, reference.stats.rows, "rows")
+    checks.expect(reference.stats.rejected > 0 || name == "cdnow", "the input has rejected rows (\(reference.stats.rejected))")
+    checks.expectEqual(summary.rankPeakResidentBytes.count, world.size, "peak memory reported per rank")
+    let files = try FileManager.default.contentsOfDirectory(atPath: single).sorted()
+    checks.expectEqual(try FileManager.default.contentsOfDirectory(atPath: parallel).sorted(), files, "file names")
+    // CDNOW has no products, so no graph.
+    checks.expect(files.contains("rejects.csv") && (name == "cdnow") != files.contains("graph_neighbours.i32"),
+                  "rejects and (with products) the graph written: \(files)")
+    for file in files {
+        let a = try Data(contentsOf: URL(fileURLWithPath: single + "/" + file))
+        let b = try Data(contentsOf: URL(fileURLWithPath: parallel + "/" + file))
+        checks.expect(a == b, "\(file) differs (\(a.count) vs \(b.count) bytes)")
+    }
+}
+
+private func makeScratchDirectory() throws -> String {
+    let path = NSTemporaryDirectory() + "clm-import-checks-\(getpid())"
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+/// A date-ordered export of 20,000 lines in orders of up to 4 lines, with a BOM, blank lines
+/// and, every `badEvery` lines, a row that must be rejected.
+private func writeOrdersWithFlaws(to path: String, badEvery: Int = 997) throws {
+    let clean = path + ".clean"
+    _ = try generateDateOrderedEvents(rows: 20_000, customers: 900, products: 250, seed: 11, maxLinesPerOrder: 4, to: clean,
+                                      startDay: ByteParsing.daysFromCivil(year: 2020, month: 1, day: 1), spanDays: 600)
+    let lines = try String(contentsOfFile: clean, encoding: .utf8).split(separator: "\n", omittingEmptySubsequences: false)
+    var out = "\u{FEFF}"
+    for (k, line) in lines.enumerated() {
+        out += line + "\n"
+        if k > 0 && k % badEvery == 0 { out += k % 2 == 0 ? "c\(k),not-a-date,1.0,1,P1,X\(k)\n" : "c\(k),2020-05-01,-3,1,P1,Y\(k)\n" }
+        if k % 1500 == 0 { out += "\n" }
+    }
+    try out.write(toFile: path, atomically: true, encoding: .utf8)
+    try FileManager.default.removeItem(atPath: clean)
+}
+
+/// CDNOW's layout (id, YYYYMMDD, CDs, dollars; whitespace-separated, no header), customers
+/// interleaved in date order, a few unparsable lines.
+private func writeCDNOWStyle(to path: String) throws {
+    var state: UInt64 = 0x9E37_79B9
+    func next(_ bound: Int) -> Int {
+        state = state &* 6364136223846793005 &+ 1442695040888963407
+        return Int((state >> 33) % UInt64(bound))
+    }
+    var out = ""
+    let start = ByteParsing.daysFromCivil(year: 1997, month: 1, day: 1)
+    for k in 0..<12_000 {
+        let day = ByteParsing.isoDate(start + k * 540 / 12_000).replacingOccurrences(of: "-", with: "")
+        out += "  \(next(700) + 1) \(day) \(next(3) + 1) \(Double(next(9000)) / 100)\n"
+        if k % 2000 == 1999 { out += "garbage line here\n" }
+    }
+    try out.write(toFile: path, atomically: true, encoding: .utf8)
+}
