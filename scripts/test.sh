@@ -115,6 +115,13 @@ else
     total_failed=$((total_failed + 1))
 fi
 
+echo "== import across ranks end to end (scripts/test-import.sh)"
+if scripts/test-import.sh; then
+    total_passed=$((total_passed + 1))
+else
+    total_failed=$((total_failed + 1))
+fi
+
 # Several hosts need root for network namespaces, Slurm needs root for its daemons; elsewhere
 # say so rather than pass silently. CLM_NO_SKIPS=1 (set by .ci/run: CI runs as root with network
 # namespaces and apt) makes a skip a failure.
