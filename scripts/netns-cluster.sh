@@ -6,7 +6,9 @@
 #   - the pre-flight refuses an unreachable host and a host without the binaries, naming them;
 #   - the job refuses to train when one host does not see the shared checkpoint root;
 #   - a host cut off mid-run (link down) ends the job with a message within the watchdog limit
-#     plus a margin, and the latest checkpoint still resumes.
+#     plus a margin, and the latest checkpoint still resumes;
+#   - under the supervisor (--max-restarts, --min-ranks 2), a host lost for good is left out on
+#     the restart and the job finishes by itself on the other two hosts, saying so.
 # Needs root, iproute2 and util-linux (unshare). Binaries come from CLM_BIN or a release build.
 # Prints "netns-cluster: N passed, M failed"; exits 77 when it cannot run here.
 set -euo pipefail
@@ -279,6 +281,33 @@ else
     tail -n 20 "$work/resume.log"
     fail "resume after the cut from $step"
 fi
+
+echo "== supervised: a host lost for good; the job finishes on the other two"
+cluster --run shrink --epochs 40 --max-restarts 2 --min-ranks 2 >"$work/shrink.log" 2>&1 &
+launcher=$!
+clm_wait_for_file "$shared/checkpoints/shrink/latest" 60 || true
+ip link set "clmv${id}2" down
+status=0
+# Detection (watchdog, keepalives), one probe time-out for the lost host, then the rest on two.
+( sleep 240; kill -9 "$launcher" 2>/dev/null ) &
+guard=$!
+wait "$launcher" || status=$?
+pkill -P "$guard" 2>/dev/null || true
+kill "$guard" 2>/dev/null || true
+wait "$guard" 2>/dev/null || true
+launcher="" guard=""
+grep -E "^== supervisor|^resuming" "$work/shrink.log" || true
+if [ "$status" -eq 0 ] && grep -q "^== supervisor: leaving out ${hosts[2]} (no answer or no binaries); continuing on 2 of 3 ranks" "$work/shrink.log" \
+    && grep -q "^resuming on 2 ranks from a checkpoint saved on 3" "$work/shrink.log" \
+    && grep -q "^== supervisor: attempt 2 finished the job" "$work/shrink.log"; then
+    pass "the supervised job left out ${hosts[2]} and finished on 2 hosts by itself"
+else
+    tail -n 25 "$work/shrink.log"
+    fail "supervised job with a host lost for good: status $status"
+fi
+pids=$(ip netns pids "${namespaces[2]}" || true)
+[ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
+ip link set "clmv${id}2" up
 
 echo "netns-cluster: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -8,7 +8,7 @@
 #   - the trained model, scored by the real clm-score, gives training's test scores;
 #   - a supervised job (train.sh --max-restarts) comes back by itself after kill -9 of a worker,
 #     twenty runs with a random rank killed at a random moment all finish bit-identical to an
-#     uninterrupted run, and a bad configuration stops at once;
+#     uninterrupted run, and a bad configuration and Ctrl-C stop it at once;
 #   - the graph model trains and beats the majority class on test macro-F1.
 # Prints "training-e2e: N passed, M failed" and exits non-zero on any failure.
 set -euo pipefail
@@ -273,6 +273,33 @@ if [ "$status" -ne 0 ] && grep -q "a restart cannot fix it: the job could not st
 else
     tail -n 10 "$work/unfixable.log"
     fail "supervised job with a bad configuration: status $status"
+fi
+
+echo "== supervised run: Ctrl-C stops everything and does not restart"
+# With job control on, the supervisor gets a process group of its own, as a terminal's job does,
+# and SIGINT is not ignored in it (a plain `&` would make bash ignore it); Ctrl-C is SIGINT to
+# that whole group.
+set -m
+CLM_BIN="$bin" scripts/train.sh --np 2 --config "$work/lstm.yaml" --run interrupted --epochs 400 --max-restarts 3 \
+    >"$work/interrupted.log" 2>&1 &
+launcher=$!
+set +m
+clm_wait_for_file "$work/checkpoints/interrupted/latest" 60 || true
+kill -INT -- "-$launcher" 2>/dev/null || true
+status=0
+wait "$launcher" || status=$?
+left=""
+for _ in $(seq 1 100); do
+    left=$(pgrep -f -- "--run interrupted" || true)
+    [ -z "$left" ] && break
+    sleep 0.1
+done
+if [ "$status" -eq 130 ] && grep -q "^== supervisor: stopped by a signal during attempt 1; not restarting" "$work/interrupted.log" \
+    && ! grep -q "attempt 2" "$work/interrupted.log" && [ -z "$left" ]; then
+    pass "Ctrl-C ended the supervised job (status 130) without a restart, and no rank is left"
+else
+    tail -n 10 "$work/interrupted.log"
+    fail "Ctrl-C of a supervised job: status $status, left '$left'"
 fi
 
 echo "== graph model, 2 ranks"

@@ -2,7 +2,7 @@
 # Launches a training job: the coordinator as rank 0 and N-1 workers, as one MPI job.
 #
 #   scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile hostfiles/F [--iface IFACE]]
-#                    [--max-restarts N] [coordinator flags...]
+#                    [--max-restarts N [--min-ranks M]] [coordinator flags...]
 #
 # --max-restarts N supervises the job: when it fails for a reason a restart can fix (a rank
 # died, a watchdog fired, a host stopped answering), it is launched again from the newest
@@ -10,6 +10,13 @@
 # its cause, the step it resumed from and the time lost. It stops at once on what a restart
 # cannot fix (a bad configuration, dataset or key, ranks that disagree, a run that exists, the
 # same divergence twice) and on Ctrl-C. A clean finish exits 0.
+#
+# With a hostfile, every restart first asks each host of the hostfile, one by one, whether it
+# answers and has the binaries; hosts that do not are left out of that attempt and the job
+# continues on the ranks the remaining hosts' slots hold, down to --min-ranks M (default 1;
+# below it the supervisor stops and names the hosts). A resume on fewer ranks starts the saved
+# epoch over from its first step, and says so. A host that answers again is used again on the
+# next restart.
 #
 # Coordinator flags (e.g. --epochs 3, --resume latest, --set lstm.hidden=32) are passed through.
 # On one machine ranks may outnumber cores (--oversubscribe); with a hostfile they may not.
@@ -33,10 +40,12 @@ hostfile=""
 iface=""
 passthrough=()
 max_restarts=""
+min_ranks=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --np) ranks=$2; shift 2 ;;
         --max-restarts) max_restarts=$2; shift 2 ;;
+        --min-ranks) min_ranks=$2; shift 2 ;;
         --config) config=$2; shift 2 ;;
         --hostfile) hostfile=$2; shift 2 ;;
         --iface) iface=$2; shift 2 ;;
@@ -50,6 +59,8 @@ usage="usage: scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile F [
 [ -z "$hostfile" ] || [ -f "$hostfile" ] || { echo "hostfile $hostfile does not exist" >&2; exit 66; }
 [ -z "$iface" ] || [ -n "$hostfile" ] || { echo "--iface only applies with --hostfile (one machine needs no network)" >&2; exit 64; }
 [ -z "$max_restarts" ] || [[ "$max_restarts" =~ ^[0-9]+$ ]] || { echo "--max-restarts needs a whole number, got '$max_restarts'" >&2; exit 64; }
+[[ "$min_ranks" =~ ^[0-9]+$ ]] && [ "$min_ranks" -ge 1 ] && [ "$min_ranks" -le "$ranks" ] \
+    || { echo "--min-ranks needs a whole number from 1 to --np ($ranks), got '$min_ranks'" >&2; exit 64; }
 
 if [ -n "${CLM_BIN:-}" ]; then
     bin=$(cd "$CLM_BIN" && pwd)
@@ -113,6 +124,31 @@ preflight() {
     echo "pre-flight: every host is reachable and has the binaries"
 }
 
+# Restarts: asks each host of the hostfile alone whether it answers and has the binaries, and
+# writes the lines of the hosts that do to $active_hostfile; sets $available_ranks to their
+# slots (1 where a line gives none, capped at --np) and $left_out to the others.
+active_hostfile=""
+probe_hosts() {
+    local limit=${CLM_PREFLIGHT_TIMEOUT:-30} host slots answer
+    local probe='if test -x "$1" && test -x "$2"; then echo clm-probe-ok; fi'
+    [ -n "$active_hostfile" ] || active_hostfile=$(mktemp)
+    : >"$active_hostfile"
+    available_ranks=0
+    left_out=()
+    while read -r host rest; do
+        # </dev/null: mpirun would otherwise read the rest of the host list.
+        answer=$(timeout "$limit" mpirun "${common[@]}" --host "$host" -np 1 sh -c "$probe" sh "$bin/clm-coordinator" "$bin/clm-worker" </dev/null 2>/dev/null || true)
+        if [ "$answer" = clm-probe-ok ]; then
+            echo "$host $rest" >>"$active_hostfile"
+            slots=$(grep -oE "slots=[0-9]+" <<<"$rest" | cut -d= -f2 || true)
+            available_ranks=$((available_ranks + ${slots:-1}))
+        else
+            left_out+=("$host")
+        fi
+    done < <(awk '!/^[[:space:]]*(#|$)/ && !seen[$1]++' "$hostfile")
+    [ "$available_ranks" -le "$ranks" ] || available_ranks=$ranks
+}
+
 # All-reduce algorithm: OpenMPI's own choice (coll tuned's decision rules). At the LSTM's
 # 127 KiB gradient on 2 ranks, forcing each algorithm in turn (coll_tuned_allreduce_algorithm
 # 1-6, clm-bench allreduce, twice) found none that beat the default in both rounds (default
@@ -134,9 +170,10 @@ if [ -n "$hostfile" ]; then
 else
     launch+=(--oversubscribe)
 fi
-job() {  # job [coordinator flags...]: the mpirun command line
+job_ranks=$ranks
+job() {  # job [coordinator flags...]: the mpirun command line (on $job_ranks ranks)
     local line=("${launch[@]}" -np 1 "$bin/clm-coordinator" --config "$config" "$@")
-    if [ "$ranks" -gt 1 ]; then line+=(: -np $((ranks - 1)) "$bin/clm-worker"); fi
+    if [ "$job_ranks" -gt 1 ]; then line+=(: -np $((job_ranks - 1)) "$bin/clm-worker"); fi
     printf '%s\0' "${line[@]}"
 }
 if [ -z "$max_restarts" ]; then
@@ -168,7 +205,7 @@ done
 stopping=""
 trap 'stopping=yes' INT TERM
 attempt_log=$(mktemp)
-trap 'rm -f "$attempt_log"' EXIT
+trap 'rm -f "$attempt_log" ${active_hostfile:+"$active_hostfile"}' EXIT
 flags=("${passthrough[@]}")
 diverged_at=""
 attempt=1
@@ -222,4 +259,20 @@ while true; do
     fi
     echo "== supervisor: attempt $attempt failed (status $status${cause:+: $cause}); lost $lost; restarting from the newest valid checkpoint"
     attempt=$((attempt + 1))
+    if [ -n "$hostfile" ]; then
+        probe_hosts
+        if [ "$available_ranks" -lt "$min_ranks" ]; then
+            echo "== supervisor: only $available_ranks rank(s) fit on the hosts that answer (${left_out[*]} did not), fewer than --min-ranks $min_ranks; stopping" >&2
+            exit "$status"
+        fi
+        if [ ${#left_out[@]} -gt 0 ]; then
+            echo "== supervisor: leaving out ${left_out[*]} (no answer or no binaries); continuing on $available_ranks of $ranks ranks"
+        elif [ "$job_ranks" -lt "$ranks" ]; then
+            echo "== supervisor: every host answers again; back to $ranks ranks"
+        fi
+        job_ranks=$available_ranks
+        for ((k = 0; k < ${#launch[@]}; k++)); do
+            [ "${launch[k]}" = "--hostfile" ] && launch[k + 1]=$active_hostfile
+        done
+    fi
 done

@@ -151,6 +151,7 @@ public final class DataParallelTrainer {
             if restored.progress.worldSize != world.size {
                 // Step indices name different customers on another world size: start the
                 // saved epoch's remainder over from its first step.
+                reporter.line("resuming on \(world.size) ranks from a checkpoint saved on \(restored.progress.worldSize): epoch \(restored.progress.epoch + 1) starts over from its first step (step indices name other customers on another world size)")
                 progress.stepInEpoch = 0
                 progress.worldSize = world.size
             }
