@@ -3,7 +3,9 @@
 # munge when missing, starts munged, slurmctld and slurmd with a generated one-node
 # configuration under a temporary directory, and checks that
 #   - a 2-task job trains and checkpoints, and its latest checkpoint resumes;
-#   - scancel in the middle of a run leaves a latest checkpoint that verifies and resumes.
+#   - scancel in the middle of a run leaves a latest checkpoint that verifies and resumes;
+#   - with CLM_MAX_RESTARTS, a worker killed mid-run is restarted inside the same allocation and
+#     the job completes.
 # It stops the daemons it started, by their pids, and removes what it wrote. Exits 77 (skip)
 # where it cannot run: not root, or no package manager to install Slurm with.
 # Prints "slurm: N passed, M failed" and exits non-zero on any failure.
@@ -166,6 +168,30 @@ if [ -n "$gone" ] && [ -f "$work/checkpoints/cancelled/latest" ] && resumes canc
 else
     tail -n 10 "$work/cancelled.out" "$work/resume-cancelled.log" 2>/dev/null || true
     fail "scancel: job gone '$gone'"
+fi
+
+echo "== CLM_MAX_RESTARTS=2: a worker killed mid-run, the job restarts inside its allocation"
+sed -e 's/^run: slurm/run: supervised/' -e 's/^epochs: 2/epochs: 40/' "$work/lstm.yaml" >"$work/supervised.yaml"
+job=$(CLM_MAX_RESTARTS=2 sbatch --parsable --nodes=1 --ntasks=2 --ntasks-per-node=2 --time=10 \
+    --output="$work/supervised.out" cluster/slurm/train.sbatch "$work/supervised.yaml")
+clm_wait_for_file "$work/checkpoints/supervised/latest" 120 || true
+victim=$(pgrep -x clm-worker | head -1 || true)
+[ -n "$victim" ] && kill -9 "$victim"
+state=""
+for _ in $(seq 1 1500); do
+    if [ -z "$(squeue -h -j "$job" 2>/dev/null)" ]; then
+        state=$(scontrol show job "$job" 2>/dev/null | grep -o "JobState=[A-Z]*" | cut -d= -f2 || true)
+        break
+    fi
+    sleep 0.2
+done
+grep "^== supervisor" "$work/supervised.out" || true
+if [ -n "$victim" ] && [ "$state" = COMPLETED ] && grep -q "^== supervisor: attempt 1 failed" "$work/supervised.out" \
+    && grep -q "^== supervisor: attempt 2 finished the job" "$work/supervised.out" && grep -q "^done: " "$work/supervised.out"; then
+    pass "job $job restarted inside its allocation after kill -9 of a worker and completed"
+else
+    tail -n 15 "$work/supervised.out" 2>/dev/null || true
+    fail "supervised Slurm job: victim '$victim', state '$state'"
 fi
 
 echo "slurm: $passed passed, $failed failed"

@@ -3,6 +3,11 @@
 #
 #   scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile hostfiles/F [--iface IFACE]]
 #                    [--max-restarts N [--min-ranks M]] [coordinator flags...]
+#   scripts/train.sh --slurm [--np N] --config F [--iface IFACE] [--max-restarts N] [flags...]
+#
+# --slurm runs inside a Slurm allocation (cluster/slurm/train.sbatch calls it so): mpirun takes
+# the nodes and slots from Slurm, one rank per task (--np defaults to SLURM_NTASKS), ranks bound
+# to cores, and a supervised restart runs again on the same allocation.
 #
 # --max-restarts N supervises the job: when it fails for a reason a restart can fix (a rank
 # died, a watchdog fired, a host stopped answering), it is launched again from the newest
@@ -41,23 +46,31 @@ iface=""
 passthrough=()
 max_restarts=""
 min_ranks=1
+slurm=""
+np_given=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --np) ranks=$2; shift 2 ;;
+        --np) ranks=$2; np_given=yes; shift 2 ;;
         --max-restarts) max_restarts=$2; shift 2 ;;
         --min-ranks) min_ranks=$2; shift 2 ;;
         --config) config=$2; shift 2 ;;
         --hostfile) hostfile=$2; shift 2 ;;
         --iface) iface=$2; shift 2 ;;
+        --slurm) slurm=yes; shift ;;
         *) passthrough+=("$1"); shift ;;
     esac
 done
+if [ -n "$slurm" ]; then
+    [ -n "${SLURM_NTASKS:-}" ] || { echo "--slurm runs inside a Slurm allocation (sbatch or salloc): no SLURM_NTASKS here" >&2; exit 64; }
+    [ -z "$hostfile" ] || { echo "--slurm takes the hosts from the allocation: drop --hostfile" >&2; exit 64; }
+    [ -n "$np_given" ] || ranks=$SLURM_NTASKS
+fi
 usage="usage: scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile F [--iface IFACE]] [flags]"
 [ -n "$config" ] || { echo "$usage" >&2; exit 64; }
 [ -f "$config" ] || { echo "configuration $config does not exist" >&2; exit 66; }
 [ "$ranks" -ge 1 ] || { echo "--np must be at least 1" >&2; exit 64; }
 [ -z "$hostfile" ] || [ -f "$hostfile" ] || { echo "hostfile $hostfile does not exist" >&2; exit 66; }
-[ -z "$iface" ] || [ -n "$hostfile" ] || { echo "--iface only applies with --hostfile (one machine needs no network)" >&2; exit 64; }
+[ -z "$iface" ] || [ -n "$hostfile$slurm" ] || { echo "--iface only applies with --hostfile or --slurm (one machine needs no network)" >&2; exit 64; }
 [ -z "$max_restarts" ] || [[ "$max_restarts" =~ ^[0-9]+$ ]] || { echo "--max-restarts needs a whole number, got '$max_restarts'" >&2; exit 64; }
 [[ "$min_ranks" =~ ^[0-9]+$ ]] && [ "$min_ranks" -ge 1 ] && [ "$min_ranks" -le "$ranks" ] \
     || { echo "--min-ranks needs a whole number from 1 to --np ($ranks), got '$min_ranks'" >&2; exit 64; }
@@ -71,7 +84,8 @@ else
 fi
 
 # Settings shared by the pre-flight and the job, so the checks travel the same way the job will.
-common=(--bind-to none)
+# In an allocation each task has its core; elsewhere ranks may share cores with anything.
+if [ -n "$slurm" ]; then common=(--bind-to core --map-by core); else common=(--bind-to none); fi
 if [ -n "$iface" ]; then
     # Both the data transport (btl) and Open MPI's own control channel (oob) would otherwise try
     # every interface, including docker bridges and ones other hosts cannot route to, and hang.
@@ -155,8 +169,8 @@ probe_hosts() {
 # 3.35 / 3.84 GB/s bus bandwidth; recursive doubling 3.72 / 3.08, ring 4.09 / 1.23, segmented
 # ring 3.33 / 3.37, Rabenseifner 3.88 / 3.35), so none is forced.
 launch=(mpirun "${common[@]}")
-if [ -n "$hostfile" ]; then
-    preflight
+if [ -n "$hostfile$slurm" ]; then
+    [ -n "$slurm" ] || preflight
     # When a host dies or its network goes down, mpirun ends the job only once its control
     # connection to that host's daemon fails. Keepalive probes notice that after ~11 s, but only
     # while the connection is idle: once the watchdog's abort has queued data for the lost host,
@@ -166,7 +180,7 @@ if [ -n "$hostfile" ]; then
     if [ -z "${OMPI_MCA_oob_tcp_keepalive_time:-}" ]; then
         launch+=(--mca oob_tcp_keepalive_time 5 --mca oob_tcp_keepalive_intvl 2 --mca oob_tcp_keepalive_probes 3)
     fi
-    launch+=(--hostfile "$hostfile")
+    [ -n "$slurm" ] || launch+=(--hostfile "$hostfile")
 else
     launch+=(--oversubscribe)
 fi
