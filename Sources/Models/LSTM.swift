@@ -462,9 +462,11 @@ public final class LSTMModel: @unchecked Sendable {
     /// `gradientsReady` is called as soon as a part of the flat gradient buffer is final (the top
     /// layer and the heads first, then each layer below), so a data-parallel caller can start
     /// all-reducing it while the layers below are still running backward.
+    /// `parameterGradients` false skips the weight and bias gradients (half of the GEMMs), for a
+    /// caller that only wants `featureGradients`.
     public func backward(
         _ batch: SequenceBatch, featureGradients: UnsafeMutablePointer<Float>? = nil,
-        gradientsReady: ((Range<Int>) -> Void)? = nil
+        parameterGradients: Bool = true, gradientsReady: ((Range<Int>) -> Void)? = nil
     ) {
         let hidden = configuration.hiddenSize
         let gatesWidth = 4 * hidden
@@ -479,11 +481,13 @@ public final class LSTMModel: @unchecked Sendable {
         let width = heads.width
         let headInputSize = configuration.headInputSize
         let headInput = customerWeight == nil ? UnsafePointer(final) : UnsafePointer(workspace.headInputs.pointer)
-        BLAS.gemm(
-            transposeA: true, m: width, n: headInputSize, k: batchSize,
-            a: headGradients, lda: width, b: headInput, ldb: headInputSize, beta: 1,
-            c: parameters.gradient(headWeight), ldc: headInputSize)
-        Kernels.accumulateColumnSums(headGradients, rows: batchSize, columns: width, into: parameters.gradient(headBias))
+        if parameterGradients {
+            BLAS.gemm(
+                transposeA: true, m: width, n: headInputSize, k: batchSize,
+                a: headGradients, lda: width, b: headInput, ldb: headInputSize, beta: 1,
+                c: parameters.gradient(headWeight), ldc: headInputSize)
+            Kernels.accumulateColumnSums(headGradients, rows: batchSize, columns: width, into: parameters.gradient(headBias))
+        }
         let outputGradients = workspace.outputGradients.pointer
         outputGradients.update(repeating: 0, count: rows &* hidden)
         let lastStepGradients = outputGradients + (steps - 1) &* batchSize &* hidden
@@ -503,11 +507,13 @@ public final class LSTMModel: @unchecked Sendable {
                 }
             }
             let inputs = CustomerInputs.width(featureCount: configuration.inputSize)
-            BLAS.gemm(
-                transposeA: true, m: units, n: inputs, k: batchSize,
-                a: denseGradients, lda: units, b: workspace.customerInputs.pointer, ldb: inputs, beta: 1,
-                c: parameters.gradient(customerWeight), ldc: inputs)
-            Kernels.accumulateColumnSums(denseGradients, rows: batchSize, columns: units, into: parameters.gradient(customerBias))
+            if parameterGradients {
+                BLAS.gemm(
+                    transposeA: true, m: units, n: inputs, k: batchSize,
+                    a: denseGradients, lda: units, b: workspace.customerInputs.pointer, ldb: inputs, beta: 1,
+                    c: parameters.gradient(customerWeight), ldc: inputs)
+                Kernels.accumulateColumnSums(denseGradients, rows: batchSize, columns: units, into: parameters.gradient(customerBias))
+            }
         } else {
             BLAS.gemm(
                 m: batchSize, n: hidden, k: width, a: headGradients, lda: width,
@@ -570,22 +576,24 @@ public final class LSTMModel: @unchecked Sendable {
 
             // Weight and bias gradients over all steps at once.
             let x = workspace.layerInputs[layer].pointer
-            BLAS.gemm(
-                transposeA: true, m: gatesWidth, n: slices.inputSize, k: rows,
-                a: gateGradients, lda: gatesWidth, b: x, ldb: slices.inputSize, beta: 1,
-                c: parameters.gradient(slices.inputWeight), ldc: slices.inputSize)
-            if steps > 1 {
+            if parameterGradients {
                 BLAS.gemm(
-                    transposeA: true, m: gatesWidth, n: hidden, k: rows - batchSize,
-                    a: gateGradients + batchSize &* gatesWidth, lda: gatesWidth, b: outputs, ldb: hidden,
-                    beta: 1, c: parameters.gradient(slices.hiddenWeight), ldc: hidden)
+                    transposeA: true, m: gatesWidth, n: slices.inputSize, k: rows,
+                    a: gateGradients, lda: gatesWidth, b: x, ldb: slices.inputSize, beta: 1,
+                    c: parameters.gradient(slices.inputWeight), ldc: slices.inputSize)
+                if steps > 1 {
+                    BLAS.gemm(
+                        transposeA: true, m: gatesWidth, n: hidden, k: rows - batchSize,
+                        a: gateGradients + batchSize &* gatesWidth, lda: gatesWidth, b: outputs, ldb: hidden,
+                        beta: 1, c: parameters.gradient(slices.hiddenWeight), ldc: hidden)
+                }
+                // Both biases enter the gates alike, so they share one column sum.
+                let biasGradient = workspace.biasGradient.pointer
+                biasGradient.update(repeating: 0, count: gatesWidth)
+                Kernels.accumulateColumnSums(gateGradients, rows: rows, columns: gatesWidth, into: biasGradient)
+                Kernels.axpy(1, biasGradient, parameters.gradient(slices.inputBias), count: gatesWidth)
+                Kernels.axpy(1, biasGradient, parameters.gradient(slices.hiddenBias), count: gatesWidth)
             }
-            // Both biases enter the gates alike, so they share one column sum.
-            let biasGradient = workspace.biasGradient.pointer
-            biasGradient.update(repeating: 0, count: gatesWidth)
-            Kernels.accumulateColumnSums(gateGradients, rows: rows, columns: gatesWidth, into: biasGradient)
-            Kernels.axpy(1, biasGradient, parameters.gradient(slices.inputBias), count: gatesWidth)
-            Kernels.axpy(1, biasGradient, parameters.gradient(slices.hiddenBias), count: gatesWidth)
             if let gradientsReady {
                 // Layers are laid out bottom-up with the heads last, so everything from this
                 // layer's first slice to the end of the buffer is now final; report the new part.
@@ -630,6 +638,23 @@ public final class LSTMModel: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// d(target)/d(features) for the batch of the last `forward` (no loss needed): for each
+    /// customer b, `outputGradient(b, outputs, gradient)` writes the target's derivative with
+    /// respect to each of the row's `heads.width` head outputs; the features' gradients come back
+    /// in the batch's [batch, steps, input] layout (zero past each length). The forward state is
+    /// left as it was, so several targets can follow one forward. Parameter gradients are not
+    /// touched.
+    public func featureGradients(
+        _ batch: SequenceBatch, into gradients: UnsafeMutablePointer<Float>,
+        outputGradient: (_ customer: Int, _ outputs: UnsafePointer<Float>, _ gradient: UnsafeMutablePointer<Float>) -> Void
+    ) {
+        let width = heads.width
+        let outputs = workspace.headOutputs.pointer, headGradients = workspace.headGradients.pointer
+        headGradients.update(repeating: 0, count: batch.batchSize &* width)
+        for b in 0..<batch.batchSize { outputGradient(b, outputs + b &* width, headGradients + b &* width) }
+        backward(batch, featureGradients: gradients, parameterGradients: false)
     }
 
     /// Forward, loss and backward of one training batch; gradients are added to, not replaced.

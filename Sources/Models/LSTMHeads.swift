@@ -46,6 +46,28 @@ public struct LSTMHeadLayout: Sendable, Equatable {
     @inline(__always)
     public static func sigma(raw: Float) -> Float { max(Kernels.softplus(raw), minimumSigma) }
 
+    /// d(expected spend)/d(head outputs) into `gradient` (the CLV columns; the others are left
+    /// alone): the derivative of `expectedSpend`, zero where its caps or floors hold.
+    @inline(__always)
+    public func expectedSpendGradient(_ row: UnsafePointer<Float>, into gradient: UnsafeMutablePointer<Float>) {
+        let clv = row + clvColumn, out = gradient + clvColumn
+        switch clvLoss {
+        case .logMSE:
+            out[0] = clv[0] > 0 && clv[0] < Self.maximumLogSpend ? expf(clv[0]) : 0
+        case .ziln:
+            let softplus = Kernels.softplus(clv[2])
+            let sigma = max(softplus, Self.minimumSigma)
+            let exponent = clv[1] + 0.5 * sigma * sigma
+            let p = Kernels.sigmoid(clv[0])
+            let spend = p * expf(min(exponent, Self.maximumLogSpend))
+            let uncapped: Float = exponent < Self.maximumLogSpend ? 1 : 0
+            out[0] = spend * (1 - p)
+            out[1] = spend * uncapped
+            // dσ/d(raw) is softplus' derivative, the sigmoid, above the floor.
+            out[2] = softplus > Self.minimumSigma ? spend * uncapped * sigma * Kernels.sigmoid(clv[2]) : 0
+        }
+    }
+
     /// Expected spend over the horizon: p·exp(μ + σ²/2) for ZILN, max(expm1(ŷ), 0) for log MSE.
     @inline(__always)
     public func expectedSpend(_ row: UnsafePointer<Float>) -> Float {

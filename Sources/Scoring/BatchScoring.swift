@@ -47,9 +47,40 @@ public struct BatchSummary: Sendable {
     /// Customers whose stage came from the graph model (the others' from the stage rule).
     public var customersWithGraphStage: Int
     public var actionCounts: [String: Int]
+    /// With `--explain`: the integrated-gradients passes alone (their time summed over the
+    /// threads, divided by `threads`), and the largest completeness error seen.
+    public var explainSeconds: Double = 0
+    public var explanation: ExplanationSettings?
+    public var worstCompleteness: CompletenessError?
+    /// Stability index of every feature, input and score of the scored customers against the
+    /// checkpoint's training reference; empty when the checkpoint has none.
+    public var drift: [DriftIndex] = []
 
     public var customersPerSecond: Double { scoreSeconds > 0 ? Double(customers) / scoreSeconds : 0 }
     public var modelCustomersPerSecond: Double { modelSeconds > 0 ? Double(customers) / modelSeconds : 0 }
+}
+
+/// How `--explain` explains.
+public struct ExplanationSettings: Sendable {
+    public var steps: Int
+    public var baseline: ExplanationBaseline
+
+    public init(steps: Int = 16, baseline: ExplanationBaseline = .zeros) {
+        self.steps = steps
+        self.baseline = baseline
+    }
+}
+
+/// How far a customer's attributions are from adding up to its score change, relative to the
+/// change (absolute below 1e-3, where a relative error means nothing).
+public struct CompletenessError: Sendable {
+    public var customerID: String
+    public var target: String
+    public var error: Double
+
+    static func of(attributions: [Double], change: Double) -> Double {
+        abs(attributions.reduce(0, +) - change) / max(abs(change), 1e-3)
+    }
 }
 
 /// An output array's base address shared by threads that write disjoint ranges of it.
@@ -73,8 +104,12 @@ public enum BatchScoring {
     /// batch, so the output is byte for byte the same as with one thread.
     public static func run(
         scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
-        output: String, batchSize: Int = 256, threads: Int = 1, graph: GraphStageScorer? = nil
+        output: String, batchSize: Int = 256, threads: Int = 1, graph: GraphStageScorer? = nil,
+        explain: ExplanationSettings? = nil
     ) throws -> BatchSummary {
+        if let explain, explain.steps < 1 || explain.steps > 1024 {
+            throw ScoringError.invalidInput("--explain-steps must be from 1 to 1024, got \(explain.steps)")
+        }
         guard batchSize >= 1 else { throw ScoringError.invalidInput("--batch-size must be at least 1, got \(batchSize)") }
         guard threads >= 1 else { throw ScoringError.invalidInput("--threads must be at least 1, got \(threads)") }
         let format = try ScoreFileFormat(path: output)
@@ -102,6 +137,16 @@ public enum BatchScoring {
         let batches = (count + batchSize - 1) / batchSize
         let workers = max(1, min(threads, batches))
         let modelDuration = Mutex(Duration.zero)
+        let explainDuration = Mutex(Duration.zero)
+        let drift = Mutex(model.drift.map { DriftCounter(reference: $0) })
+        // Explanations by customer index; each worker fills its batches' entries.
+        let explanations = Mutex([Explanation?](repeating: nil, count: explain == nil ? 0 : count))
+        let historyLength = model.historyLength, featureCount = model.featureCount
+        let tenureMeans: [Float] = explain?.baseline == .tenureMean
+            ? Explainer.tenureMeans(count: count, historyLength: historyLength, featureCount: featureCount) { range, features, lengths in
+                input.fill(range, features: features, lengths: lengths)
+            }
+            : []
         lengths.withUnsafeMutableBufferPointer { lengthsOut in
             churn.withUnsafeMutableBufferPointer { churnOut in
                 spend.withUnsafeMutableBufferPointer { spendOut in
@@ -113,7 +158,10 @@ public enum BatchScoring {
                         DispatchQueue.concurrentPerform(iterations: workers) { worker in
                             let features = UnsafeMutablePointer<Float>.allocate(capacity: min(batchSize, max(count, 1)) * rowSize)
                             defer { features.deallocate() }
-                            var forward = Duration.zero
+                            let explainer = explain.map { Explainer(model: model, steps: $0.steps) }
+                            var baselines = [Float](repeating: 0, count: tenureMeans.isEmpty ? 0 : min(batchSize, max(count, 1)) * rowSize)
+                            var forward = Duration.zero, explaining = Duration.zero
+                            var counter = model.drift.map { DriftCounter(reference: $0) }
                             // Interleaved batches: a worker's share stays balanced when the
                             // customers' lengths vary along the file.
                             for batch in stride(from: worker, to: batches, by: workers) {
@@ -125,8 +173,33 @@ public enum BatchScoring {
                                              churn: churn.pointer + start, spend: spend.pointer + start,
                                              stages: stages.map { $0.pointer + start * headStages })
                                 forward += clock.now - modelStarted
+                                if counter != nil {
+                                    for b in start..<start + n {
+                                        counter!.add(sequence: features + (b - start) * rowSize, length: Int(lengths.pointer[b]),
+                                                     churn: churn.pointer[b], spend: spend.pointer[b])
+                                    }
+                                }
+                                guard let explainer else { continue }
+                                let explainStarted = clock.now
+                                let explained = baselines.withUnsafeMutableBufferPointer { baseline -> [Explanation] in
+                                    if tenureMeans.isEmpty {
+                                        return explainer.explain(features: features, lengths: lengths.pointer + start, count: n)
+                                    }
+                                    for b in 0..<n {
+                                        let length = Int(lengths.pointer[start + b])
+                                        for i in 0..<rowSize { baseline[b * rowSize + i] = tenureMeans[length * rowSize + i] }
+                                    }
+                                    return explainer.explain(features: features, lengths: lengths.pointer + start, count: n,
+                                                             baselines: UnsafePointer(baseline.baseAddress!))
+                                }
+                                explanations.withLock { list in
+                                    for (k, explanation) in explained.enumerated() { list[start + k] = explanation }
+                                }
+                                explaining += clock.now - explainStarted
                             }
                             modelDuration.withLock { $0 += forward }
+                            explainDuration.withLock { $0 += explaining }
+                            if let counter { drift.withLock { $0!.merge(counter) } }
                         }
                     }
                 }
@@ -138,6 +211,17 @@ public enum BatchScoring {
         let stages = try graph.map { try graphStages($0, input: input, events: events, options: options) }
         let graphSeconds = graph == nil ? 0 : seconds(clock.now - started)
         let classes = model.dataset.stageNames.count
+
+        let explained = explanations.withLock { $0 }
+        var worst: CompletenessError?
+        for (index, explanation) in explained.enumerated() {
+            guard let explanation else { continue }
+            for (target, groups, change) in [("churn logit", explanation.churnGroups, explanation.churnLogitChange),
+                                             ("expected spend", explanation.spendGroups, explanation.spendChange)] {
+                let error = CompletenessError.of(attributions: groups, change: change)
+                if error > worst?.error ?? -1 { worst = CompletenessError(customerID: input.customerID(index), target: target, error: error) }
+            }
+        }
 
         started = clock.now
         let line = rules.highValueLine(spends: spend)
@@ -151,7 +235,8 @@ public enum BatchScoring {
         do {
             if format == .csv {
                 let stageColumns = model.dataset.stageNames.map { "p_\($0)" }.joined(separator: ",")
-                try writer.write("customer_id,churn_probability,expected_spend,history_periods,stage,\(stageColumns),action,stage_source\n")
+                let reasonColumns = explain == nil ? "" : ",churn_reason_1,churn_reason_2,churn_reason_3,spend_reason_1,spend_reason_2,spend_reason_3"
+                try writer.write("customer_id,churn_probability,expected_spend,history_periods,stage,\(stageColumns),action,stage_source\(reasonColumns)\n")
             }
             for index in 0..<count {
                 let graphStage = stages.flatMap { stages -> ArraySlice<Float>? in
@@ -165,7 +250,9 @@ public enum BatchScoring {
                     throw ScoringError.invalidInput("customer \(score.customerID): \(problem); nothing was written")
                 }
                 actionCounts[score.action, default: 0] += 1
-                try writer.write(format == .csv ? csvRow(score) : jsonLine(score, stageNames: model.dataset.stageNames) + "\n")
+                let reasons = explained.isEmpty ? nil : explained[index]
+                try writer.write(format == .csv ? csvRow(score, reasons: reasons)
+                                                : jsonLine(score, stageNames: model.dataset.stageNames, reasons: reasons) + "\n")
             }
             try writer.commit()
         } catch let error as FileSystemError {
@@ -175,7 +262,7 @@ public enum BatchScoring {
             writer.abandon()
             throw error
         }
-        return BatchSummary(
+        var summary = BatchSummary(
             checkpoint: model.info, asOfDay: input.asOfDay, customers: count,
             customersWithoutHistory: input.customersWithoutHistory, rowsRead: input.stats.rows,
             rowsRejected: input.stats.rejected, highValueLine: line, readSeconds: readSeconds,
@@ -183,6 +270,11 @@ public enum BatchScoring {
             threads: workers, writeSeconds: seconds(clock.now - started),
             graphSeconds: graphSeconds, customersWithGraphStage: stages?.rows.filter { $0 >= 0 }.count ?? 0,
             actionCounts: actionCounts)
+        summary.explanation = explain
+        summary.explainSeconds = seconds(explainDuration.withLock { $0 }) / Double(workers)
+        summary.worstCompleteness = worst
+        summary.drift = drift.withLock { $0?.stabilityIndices() ?? [] }
+        return summary
     }
 
     /// The graph model's stage probabilities for the customers of `input`: `rows[i]` is the
@@ -212,24 +304,40 @@ public enum BatchScoring {
         }
     }
 
-    static func csvRow(_ score: CustomerScore) -> String {
+    static func csvRow(_ score: CustomerScore, reasons: Explanation? = nil) -> String {
         var row = csvField(score.customerID)
         row += ",\(formatNumber(score.churnProbability)),\(formatNumber(score.expectedSpend)),\(score.historyPeriods),\(score.stage)"
         for p in score.stageProbabilities { row += ",\(formatNumber(p))" }
-        row += ",\(score.action),\(score.stageSource)\n"
-        return row
+        row += ",\(score.action),\(score.stageSource)"
+        if let reasons {
+            for list in [reasons.churn, reasons.spend] {
+                for k in 0..<3 { row += "," + (k < list.count ? csvField(list[k].code) : "") }
+            }
+        }
+        return row + "\n"
+    }
+
+    /// `"reasons":{"churn":[…],"spend":[…]}`, each reason with its code, group and contribution.
+    public static func reasonsJSON(_ reasons: Explanation) -> String {
+        func list(_ codes: [ReasonCode]) -> String {
+            "[" + codes.map {
+                "{\"code\":\(jsonString($0.code)),\"group\":\(jsonString($0.group)),\"contribution\":\(formatNumber($0.contribution))}"
+            }.joined(separator: ",") + "]"
+        }
+        return "\"reasons\":{\"churn\":\(list(reasons.churn)),\"spend\":\(list(reasons.spend))}"
     }
 
     /// One score as a JSON object, the same fields the service returns.
-    public static func jsonLine(_ score: CustomerScore, stageNames: [String]) -> String {
+    public static func jsonLine(_ score: CustomerScore, stageNames: [String], reasons: Explanation? = nil) -> String {
         var text = "{\"customer_id\":\(jsonString(score.customerID)),\"churn_probability\":\(formatNumber(score.churnProbability))"
         text += ",\"expected_spend\":\(formatNumber(score.expectedSpend)),\"history_periods\":\(score.historyPeriods)"
         text += ",\"stage\":\(jsonString(score.stage)),\"stage_probabilities\":{"
         for (k, name) in stageNames.enumerated() where k < score.stageProbabilities.count {
             text += (k > 0 ? "," : "") + "\(jsonString(name)):\(formatNumber(score.stageProbabilities[k]))"
         }
-        text += "},\"action\":\(jsonString(score.action)),\"stage_source\":\(jsonString(score.stageSource))}"
-        return text
+        text += "},\"action\":\(jsonString(score.action)),\"stage_source\":\(jsonString(score.stageSource))"
+        if let reasons { text += "," + reasonsJSON(reasons) }
+        return text + "}"
     }
 }
 

@@ -177,6 +177,9 @@ public struct ScoringModel: Sendable {
     /// The training dataset's manifest: feature spec, normalisation statistics, stage names.
     public let dataset: DatasetManifest
     public let weights: [String: [Float]]
+    /// What training saw (`drift.json`), for the stability indices of scored customers; nil for
+    /// checkpoints written before it existed.
+    public let drift: DriftReference?
 
     /// Loads the checkpoint in `directory`, verifying every file's size and SHA-256.
     public static func load(directory: URL, verifyKey: CheckpointSigningKey? = nil) throws -> ScoringModel {
@@ -206,6 +209,21 @@ public struct ScoringModel: Sendable {
         self.configuration = configuration
         self.dataset = dataset
         info = checkpoint.info
+        if let data = checkpoint.loaded.files[DriftReference.fileName] {
+            let reference: DriftReference
+            do {
+                reference = try JSONDecoder().decode(DriftReference.self, from: data)
+            } catch {
+                throw ScoringError.incompatible(path: path, reason: "\(DriftReference.fileName) is not a drift reference: \(error)")
+            }
+            guard reference.features.map(\.name) == dataset.featureNames, reference.scores.count == 2, reference.inputs.count == 1,
+                  (reference.features + reference.inputs + reference.scores).allSatisfy({ $0.fractions.count == $0.edges.count + 1 }) else {
+                throw ScoringError.incompatible(path: path, reason: "\(DriftReference.fileName) does not describe this model's features, input and scores")
+            }
+            drift = reference
+        } else {
+            drift = nil
+        }
         if let problem = probeOutputs() {
             throw ScoringError.incompatible(path: path, reason: problem)
         }

@@ -26,6 +26,10 @@ public struct ServiceConfiguration: Sendable {
     public var initialGraph: ServedGraphModel? = nil
     /// When set, unsigned checkpoints and those signed with another key are refused.
     public var verifyKey: CheckpointSigningKey? = nil
+    /// A stability index of the recently scored customers above this is logged as a warning.
+    public var psiThreshold = 0.2
+    /// Customers per drift window; the indices cover the current window and the one before.
+    public var driftWindow = 5_000
 
     public init(checkpoints: URL, run: String) {
         self.checkpoints = checkpoints
@@ -99,7 +103,7 @@ public func buildApplication(
     let scorer = CheckpointScorer(
         root: configuration.checkpoints, run: configuration.run, rules: configuration.rules,
         graphSource: configuration.graphSource, initialGraph: configuration.initialGraph, verifyKey: configuration.verifyKey,
-        metrics: metrics, logger: logger)
+        metrics: metrics, logger: logger, driftMonitor: DriftMonitor(threshold: configuration.psiThreshold, window: configuration.driftWindow))
     let router = buildRouter(scorer: scorer, metrics: metrics, limits: configuration.limits, token: configuration.token, logger: logger)
     let application = Application(
         router: router,
@@ -224,7 +228,7 @@ struct ScoreController<S: Scorer> {
         text += ",\"as_of\":\(jsonString(ByteParsing.isoDate(result.asOfDay))),\"scores\":["
         for (index, score) in result.scores.enumerated() {
             if index > 0 { text += "," }
-            text += BatchScoring.jsonLine(score, stageNames: result.stageNames)
+            text += BatchScoring.jsonLine(score, stageNames: result.stageNames, reasons: result.explanations?[index])
         }
         text += "]}"
         return jsonResponse(.ok, text)

@@ -11,6 +11,61 @@ public struct ScoreResult: Sendable, Equatable {
     public var asOfDay: Int
     public var stageNames: [String]
     public var scores: [CustomerScore]
+    /// Reason codes per score, when the request asked for them.
+    public var explanations: [Explanation]? = nil
+    /// The request's customers counted in the model's drift bins (nil without a reference).
+    public var drift: DriftCounter? = nil
+}
+
+/// Rolling stability indices of what the service scores, against the served model's training
+/// reference: counts over the current window of customers and the one before it (so the
+/// indices always cover between one and two windows of recent traffic), restarted when another
+/// checkpoint is served. An index crossing the threshold is logged once, when it crosses, and
+/// only once the windows hold `minimumCustomers`, below which an index is mostly noise.
+public final class DriftMonitor: Sendable {
+    public let threshold: Double
+    public let window: Int
+    public let minimumCustomers = 100
+    private struct State {
+        var step: Int?
+        var current: DriftCounter?
+        var previous: DriftCounter?
+        var above: Set<String> = []
+    }
+    private let state = Mutex(State())
+
+    public init(threshold: Double = 0.2, window: Int = 5_000) {
+        self.threshold = threshold
+        self.window = max(1, window)
+    }
+
+    /// Adds a request's counts; returns the current indices, the customers they cover, and the
+    /// names of indices that have just crossed the threshold.
+    func record(_ counts: DriftCounter, step: Int) -> (indices: [DriftIndex], customers: Int, crossed: [DriftIndex]) {
+        state.withLock { state in
+            if state.step != step || state.current?.reference != counts.reference {
+                state = State(step: step, current: DriftCounter(reference: counts.reference))
+            }
+            state.current!.merge(counts)
+            if state.current!.customers >= window {
+                state.previous = state.current
+                state.current!.reset()
+            }
+            var recent = state.current!
+            if let previous = state.previous { recent.merge(previous) }
+            let indices = recent.stabilityIndices()
+            var crossed: [DriftIndex] = []
+            for index in indices {
+                let key = "\(index.kind.rawValue):\(index.name)"
+                if index.psi > threshold && recent.customers >= minimumCustomers {
+                    if state.above.insert(key).inserted { crossed.append(index) }
+                } else if index.psi <= threshold {
+                    state.above.remove(key)
+                }
+            }
+            return (indices, recent.customers, crossed)
+        }
+    }
 }
 
 /// The scoring face the HTTP controller talks to; tests substitute one with known outputs.
@@ -97,12 +152,14 @@ public final class CheckpointScorer: Scorer {
     private let lastGraphAttempted: Mutex<Int?>
     private let metrics: ServiceMetrics?
     private let logger: Logger
+    private let driftMonitor: DriftMonitor
 
     /// `initialGraph` is a graph model already loaded from `graphSource` (the command line loads
     /// it first, so that a wrong path stops the start instead of serving rule stages).
     public init(root: URL, run: String, rules: ScoringRules, graphSource: GraphSource? = nil,
                 initialGraph: ServedGraphModel? = nil, verifyKey: CheckpointSigningKey? = nil,
-                metrics: ServiceMetrics? = nil, logger: Logger) {
+                metrics: ServiceMetrics? = nil, logger: Logger, driftMonitor: DriftMonitor = DriftMonitor()) {
+        self.driftMonitor = driftMonitor
         self.root = root
         self.verifyKey = verifyKey
         self.run = run
@@ -215,6 +272,13 @@ public final class CheckpointScorer: Scorer {
         guard let model = served.withLock({ $0 }) else { throw ClientError(503, "no model is loaded yet") }
         let result = try model.score(request)
         metrics?.recordScored(customers: result.scores.count)
+        if let counts = result.drift {
+            let (indices, customers, crossed) = driftMonitor.record(counts, step: result.model.step)
+            metrics?.recordDrift(indices, customers: customers)
+            for index in crossed {
+                logger.warning("drift: \(index.kind.rawValue) \(index.name) has a population stability index of \(String(format: "%.3f", index.psi)) over the last \(customers) scored customers, above \(driftMonitor.threshold), against the training customers of step \(result.model.step)")
+            }
+        }
         return result
     }
 }
@@ -288,7 +352,25 @@ extension ServedModel {
         if let bad = scores.first(where: { $0.nonFiniteScore != nil }) {
             throw ClientError(422, "customer \(bad.customerID): \(bad.nonFiniteScore!); its features are outside what the model can score")
         }
-        return ScoreResult(model: summary.info, asOfDay: asOf, stageNames: summary.stageNames, scores: scores)
+        var result = ScoreResult(model: summary.info, asOfDay: asOf, stageNames: summary.stageNames, scores: scores)
+        if let reference = scorer.model.drift {
+            var counts = DriftCounter(reference: reference)
+            features.withUnsafeBufferPointer { f in
+                for index in 0..<count {
+                    counts.add(sequence: f.baseAddress! + index * rowSize, length: Int(lengths[index]), churn: churn[index], spend: spend[index])
+                }
+            }
+            result.drift = counts
+        }
+        if request.explain {
+            // From the zeros baseline: a request has no population to average over.
+            result.explanations = features.withUnsafeBufferPointer { f in
+                lengths.withUnsafeBufferPointer { l in
+                    Explainer(model: scorer.model).explain(features: f.baseAddress!, lengths: l.baseAddress!, count: count)
+                }
+            }
+        }
+        return result
     }
 
     /// Stage probabilities of the event customers who bought a product: they join the

@@ -56,10 +56,13 @@ public struct ScoreRequest: Sendable, Equatable {
     public var customers: [Customer]
     /// The day features are computed as of; nil means today (UTC).
     public var asOfDay: Int?
+    /// `"explain": true`: add reason codes to every score.
+    public var explain: Bool
 
-    public init(customers: [Customer], asOfDay: Int? = nil) {
+    public init(customers: [Customer], asOfDay: Int? = nil, explain: Bool = false) {
         self.customers = customers
         self.asOfDay = asOfDay
+        self.explain = explain
     }
 
     /// Parses and checks a body, naming the first thing wrong and where it is.
@@ -69,7 +72,12 @@ public struct ScoreRequest: Sendable, Equatable {
     public static func parse(_ body: Data, limits: RequestLimits, model: ModelSummary) throws(ClientError) -> ScoreRequest {
         let root = try RequestJSON.parse(body)
         guard case let .object(members) = root else { throw ClientError(400, "the body must be a JSON object with a \"customers\" array") }
-        try checkKeys(members, allowed: ["customers", "as_of"], at: "body")
+        try checkKeys(members, allowed: ["customers", "as_of", "explain"], at: "body")
+        var explain = false
+        if let value = members["explain"] {
+            guard case let .bool(flag) = value else { throw ClientError(400, "explain: expected true or false") }
+            explain = flag
+        }
         var asOf: Int? = nil
         if let value = members["as_of"], value != .null { asOf = try day(value, at: "as_of") }
         guard let customersValue = members["customers"] else { throw ClientError(400, "body: \"customers\" is required") }
@@ -89,7 +97,7 @@ public struct ScoreRequest: Sendable, Equatable {
             }
             customers.append(customer)
         }
-        return ScoreRequest(customers: customers, asOfDay: asOf)
+        return ScoreRequest(customers: customers, asOfDay: asOf, explain: explain)
     }
 
     private static func parseCustomer(_ value: JSONValue, at: String, limits: RequestLimits, model: ModelSummary) throws(ClientError) -> Customer {

@@ -1,3 +1,4 @@
+import CustomerData
 import Foundation
 import Synchronization
 
@@ -18,6 +19,8 @@ public final class ServiceMetrics: Sendable {
         var reloads = 0
         var refusedReloads = 0
         var modelStep: Int? = nil
+        var drift: [DriftIndex] = []
+        var driftCustomers = 0
     }
 
     private struct RequestKey: Hashable, Comparable {
@@ -54,6 +57,14 @@ public final class ServiceMetrics: Sendable {
 
     public func recordRefusedReload() { state.withLock { $0.refusedReloads += 1 } }
 
+    /// The latest stability indices of recent traffic against the served model's reference.
+    public func recordDrift(_ indices: [DriftIndex], customers: Int) {
+        state.withLock {
+            $0.drift = indices
+            $0.driftCustomers = customers
+        }
+    }
+
     /// The number of requests seen for a route and status (for tests and the load test).
     public func requestCount(route: String, status: Int) -> Int {
         state.withLock { $0.requests[RequestKey(route: route, status: status)] ?? 0 }
@@ -86,6 +97,20 @@ public final class ServiceMetrics: Sendable {
         out += "clm_model_reloads_refused_total \(snapshot.refusedReloads)\n"
         out += "# HELP clm_model_step Training step of the checkpoint being served; -1 before the first load.\n# TYPE clm_model_step gauge\n"
         out += "clm_model_step \(snapshot.modelStep ?? -1)\n"
+        if !snapshot.drift.isEmpty {
+            out += "# HELP clm_drift_customers Recently scored customers the stability indices cover.\n# TYPE clm_drift_customers gauge\n"
+            out += "clm_drift_customers \(snapshot.driftCustomers)\n"
+            for (kind, metric, label, help) in [
+                (DriftIndex.Kind.feature, "clm_feature_psi", "feature", "Population stability index of a sequence feature (all valid periods) against the training customers."),
+                (.input, "clm_input_psi", "input", "Population stability index of a customer-level input against the training customers."),
+                (.score, "clm_score_psi", "score", "Population stability index of a score against the training customers."),
+            ] {
+                out += "# HELP \(metric) \(help)\n# TYPE \(metric) gauge\n"
+                for index in snapshot.drift where index.kind == kind {
+                    out += "\(metric){\(label)=\"\(index.name)\"} \(String(format: "%.6f", index.psi))\n"
+                }
+            }
+        }
         return out
     }
 }

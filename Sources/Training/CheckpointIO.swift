@@ -2,6 +2,7 @@ import Checkpoints
 import CustomerData
 import Foundation
 import Models
+import Tensors
 
 /// Rank 0's link between the training loop and the checkpoint store: what goes into a checkpoint
 /// and how a run resumes from one.
@@ -17,6 +18,8 @@ final class CheckpointIO {
     let dataset: CustomerDataset?
     let signingKey: CheckpointSigningKey?
     private var storeInstance: CheckpointStore?
+    private var driftFeatures: (features: [BinnedDistribution], inputs: [BinnedDistribution])?
+    private var driftModel: LSTMModel?
 
     init(configuration: TrainingConfiguration, spec: JobSpec, dataset: CustomerDataset?, signingKey: CheckpointSigningKey? = nil) {
         self.configuration = configuration
@@ -68,11 +71,14 @@ final class CheckpointIO {
         try optimizer.add("step", shape: [1], int64s: [Int64(request.optimizer.step)])
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        let files: [String: Data] = [
+        var files: [String: Data] = [
             "model.safetensors": Data(try model.serialized()),
             "optimizer.safetensors": Data(try optimizer.serialized()),
             "training.json": try encoder.encode(request.progress),
         ]
+        if let reference = try driftReference(request.parameters) {
+            files[DriftReference.fileName] = try encoder.encode(reference)
+        }
         let manifest = CheckpointManifest(
             runName: configuration.run, step: request.progress.globalStep, epoch: request.progress.epoch,
             programVersion: programVersion, worldSize: request.progress.worldSize,
@@ -83,6 +89,31 @@ final class CheckpointIO {
             metrics: request.metrics, files: [:])
         try store.save(step: request.progress.globalStep, files: files, manifest: manifest)
         if request.isBest { try store.markBest(step: request.progress.globalStep) }
+    }
+
+    /// What scoring compares scored customers with (LSTM runs): the training customers' feature
+    /// and history-length bins, computed once, and the scores of this checkpoint's weights on up
+    /// to `scoreSample` training customers, evenly spaced.
+    private func driftReference(_ parameters: ParameterStore, scoreSample: Int = 2_000) throws -> DriftReference? {
+        guard configuration.model == .lstm, let dataset else { return nil }
+        let train = dataset.indices(in: .train)
+        guard !train.isEmpty else { return nil }
+        if driftFeatures == nil { driftFeatures = try DriftReference.features(of: dataset, customers: train) }
+        // An instance of its own: the training model's workspace belongs to the training step.
+        let model = driftModel ?? LSTMModel(configuration: spec.architecture.lstmConfiguration, seed: 0)
+        driftModel = model
+        model.parameters.values.pointer.update(from: parameters.values.pointer, count: parameters.layout.totalCount)
+        var random = SeededRandom(seed: 0, purpose: .dropout)
+        return try DriftReference.make(dataset: dataset, customers: train, features: driftFeatures!, scoreSample: scoreSample) {
+            features, lengths, count, churn, spend in
+            model.forward(SequenceBatch(features: features, lengths: lengths, batchSize: count, steps: dataset.historyLength),
+                          training: false, random: &random)
+            let heads = model.heads, rows = model.headOutputs.baseAddress!
+            for k in 0..<count {
+                churn[k] = heads.churnProbability(rows + k * heads.width)
+                spend[k] = heads.expectedSpend(rows + k * heads.width)
+            }
+        }
     }
 
     /// The newest checkpoint that verifies, walking back from the step `latest` names (from the

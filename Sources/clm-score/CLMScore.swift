@@ -86,6 +86,14 @@ struct Batch: AsyncParsableCommand {
     @Option(help: "Customers per forward pass (256 keeps a step's gates in L2 cache).") var batchSize: Int = 256
     @Option(help: "Threads scoring batches in parallel (default: every core). The output is the same for any count.")
     var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Flag(help: "Add three reasons per customer for its churn and its expected spend (integrated gradients; see docs/scoring.md). Several times slower.")
+    var explain = false
+    @Option(help: "Integrated-gradients steps per customer with --explain (more: attributions add up more exactly, slower).")
+    var explainSteps: Int = 16
+    @Option(help: "What --explain compares a customer with: zeros (every feature at its training mean) or tenure-mean (the scored customers of the same history length, on average).")
+    var explainBaseline: ExplanationBaseline = .zeros
+    @Option(help: "Also write the stability indices (drift against the training customers) to this JSON file, for clm-report --drift.")
+    var driftOut: String?
     @OptionGroup var eventFile: EventFileArguments
 
     func run() async throws {
@@ -101,7 +109,8 @@ struct Batch: AsyncParsableCommand {
             let day = try asOf.map { try parseDay($0, option: "--as-of") }
             let summary = try BatchScoring.run(
                 scorer: LSTMScorer(model: loaded), events: events, options: options, asOf: day, rules: rules,
-                output: out, batchSize: batchSize, threads: threads, graph: graph.map(GraphStageScorer.init(model:)))
+                output: out, batchSize: batchSize, threads: threads, graph: graph.map(GraphStageScorer.init(model:)),
+                explain: explain ? ExplanationSettings(steps: explainSteps, baseline: explainBaseline) : nil)
             let c = summary.checkpoint
             print("model     run \(c.run) step \(c.step) (\(c.path))")
             if rules.stageRule {
@@ -121,7 +130,27 @@ struct Batch: AsyncParsableCommand {
                          summary.customersPerSecond, summary.scoreSeconds, summary.threads, summary.threads == 1 ? "" : "s",
                          summary.modelCustomersPerSecond,
                          summary.readSeconds, summary.writeSeconds))
+            if let settings = summary.explanation {
+                print(String(format: "reasons   integrated gradients, %d steps from the %@ baseline: %.2f s on %d thread%@ (%.0f customers/s); attributions add up to the score change within %.2g%% (worst: %@, %@)",
+                             settings.steps, settings.baseline.rawValue, summary.explainSeconds, summary.threads, summary.threads == 1 ? "" : "s",
+                             Double(summary.customers) / max(summary.explainSeconds, 1e-9), (summary.worstCompleteness?.error ?? 0) * 100,
+                             summary.worstCompleteness?.customerID ?? "-", summary.worstCompleteness?.target ?? "-"))
+            }
             print(String(format: "high value expected spend >= %.2f", summary.highValueLine))
+            if summary.drift.isEmpty {
+                print("drift     the checkpoint has no training reference (drift.json): retrain to get stability indices")
+            } else {
+                let shifted = summary.drift.filter { $0.psi > 0.2 }
+                print("drift     population stability index against the training customers (> 0.2: large shift): "
+                      + (shifted.isEmpty ? "none above 0.2" : shifted.map { "\($0.name) \(String(format: "%.3f", $0.psi))" }.joined(separator: ", ")))
+                for index in summary.drift {
+                    print(String(format: "          %-8@ %-34@ %6.3f  %@", index.kind.rawValue, index.name, index.psi, index.verdict))
+                }
+            }
+            if let driftOut {
+                try writeDriftReport(summary, to: driftOut)
+                print("wrote     \(driftOut) (stability indices)")
+            }
             print("actions   " + summary.actionCounts.sorted(by: { $0.key < $1.key }).map { "\($0.key) \($0.value)" }.joined(separator: ", "))
             print("wrote     \(out)")
         }
@@ -142,6 +171,10 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Close a connection that sends nothing for this many seconds (idle keep-alive, a stalled header or body).")
     var idleTimeoutSeconds: Double = 10
     @Option(help: "Most customers per request.") var maxCustomers: Int = 1000
+    @Option(help: "Log a warning when a feature's, input's or score's stability index over recent traffic passes this (0.2: a large shift).")
+    var psiThreshold: Double = 0.2
+    @Option(help: "Customers per drift window; /metrics' clm_*_psi gauges cover the current window and the one before.")
+    var driftWindow: Int = 5000
     @Option(help: "Largest request body in bytes.") var maxBodyBytes: Int = 1 << 20
     @Option(help: "YAML or JSON file of action and stage rule thresholds.") var rules: String?
     @Option(help: "A GraphSAGE run in --checkpoints whose best checkpoint gives stages (followed like --run; needs --graph-events).") var gnnRun: String?
@@ -192,6 +225,11 @@ struct Serve: AsyncParsableCommand {
             configuration.limits.maxCustomers = maxCustomers
             configuration.limits.maxBodyBytes = maxBodyBytes
             configuration.rules = try rules.map(ScoringRules.load(path:)) ?? ScoringRules()
+            guard psiThreshold > 0, driftWindow >= 1 else {
+                throw ScoringError.invalidInput("--psi-threshold must be above 0 and --drift-window at least 1")
+            }
+            configuration.psiThreshold = psiThreshold
+            configuration.driftWindow = driftWindow
             var logger = Logger(label: "clm-score")
             logger.logLevel = .info
             try await runService(configuration: configuration, logger: logger) { port in
@@ -232,4 +270,16 @@ struct LoadTestCommand: AsyncParsableCommand {
             print(report.summary)
         }
     }
+}
+
+extension ExplanationBaseline: ExpressibleByArgument {}
+
+/// The batch's stability indices as JSON, written atomically: what `clm-report --drift` reads.
+func writeDriftReport(_ summary: BatchSummary, to path: String) throws {
+    var text = "{\"run\":\(jsonString(summary.checkpoint.run)),\"step\":\(summary.checkpoint.step),\"customers\":\(summary.customers),\"indices\":["
+    text += summary.drift.map {
+        "{\"kind\":\(jsonString($0.kind.rawValue)),\"name\":\(jsonString($0.name)),\"psi\":\(String(format: "%.6f", $0.psi))}"
+    }.joined(separator: ",")
+    text += "]}\n"
+    try writeFileAtomically(Data(text.utf8), to: URL(fileURLWithPath: path))
 }

@@ -122,6 +122,90 @@ struct ServiceTests {
         await service.stop()
     }
 
+    @Test("\"explain\": true adds three churn and three spend reasons to each score; without it none")
+    func explainedScores() async throws {
+        let fixture = try ScoringFixture(customers: 60)
+        try fixture.saveCheckpoint(step: 2, seed: 9)
+        let service = try await RunningService(configuration(fixture))
+        let body = featuresBody([("a", 6), ("b", 2)])
+        let plain = try service.json(try await service.send("POST", "/v1/score", body: body))["scores"] as! [[String: Any]]
+        #expect(plain.allSatisfy { $0["reasons"] == nil })
+        let explainedBody = String(body.dropLast()) + ",\"explain\":true}"
+        let reply = try await service.send("POST", "/v1/score", body: explainedBody)
+        #expect(reply.status == 200, "\(reply.text)")
+        let scores = try service.json(reply)["scores"] as! [[String: Any]]
+        #expect(scores.count == 2)
+        for (score, plainScore) in zip(scores, plain) {
+            // Explaining does not change the scores.
+            #expect(score["churn_probability"] as? Double == plainScore["churn_probability"] as? Double)
+            let reasons = try #require(score["reasons"] as? [String: Any], "\(score)")
+            for target in ["churn", "spend"] {
+                let list = try #require(reasons[target] as? [[String: Any]])
+                #expect((1...3).contains(list.count), "\(target): \(list)")
+                let magnitudes = list.map { abs($0["contribution"] as! Double) }
+                #expect(magnitudes == magnitudes.sorted(by: >), "largest first: \(magnitudes)")
+                for reason in list {
+                    let code = try #require(reason["code"] as? String)
+                    #expect(code.contains("=") && (code.hasSuffix("(+)") || code.hasSuffix("(-)")), "\(code)")
+                    #expect(Explainer.groupNames.contains(reason["group"] as? String ?? ""))
+                }
+            }
+        }
+        let bad = try await service.send("POST", "/v1/score", body: String(body.dropLast()) + ",\"explain\":\"yes\"}")
+        #expect(bad.status == 400 && bad.text.contains("explain: expected true or false"), "\(bad.text)")
+        await service.stop()
+    }
+
+    @Test("/metrics' stability gauges stay low for the training population and rise for a shifted feature only")
+    func driftGauges() async throws {
+        let fixture = try ScoringFixture(customers: 300)
+        try fixture.saveCheckpoint(step: 4, seed: 3, withDriftReference: true)
+        let service = try await RunningService(configuration(fixture))
+        let dataset = fixture.dataset
+        let width = dataset.featureCount, spendFeature = dataset.manifest.featureNames.firstIndex(of: "log1p_spend")!
+        // Customers as normalised feature rows, the training ones first, then with spend moved up 1.5 standard deviations.
+        func body(_ customers: Range<Int>, shift: Float, prefix: String) -> String {
+            let items = customers.map { index -> String in
+                let length = Int(dataset.lengths[index])
+                let row = dataset.features(of: index)
+                let rows = (0..<length).map { t in
+                    "[" + (0..<width).map { f in String(row[t * width + f] + (f == spendFeature ? shift : 0)) }.joined(separator: ",") + "]"
+                }
+                return "{\"customer_id\":\"\(prefix)\(index)\",\"features\":[\(rows.joined(separator: ","))],\"length\":\(length)}"
+            }
+            return "{\"customers\":[\(items.joined(separator: ","))]}"
+        }
+        func gauges() async throws -> [String: Double] {
+            let text = try await service.send("GET", "/metrics").text
+            var values: [String: Double] = [:]
+            for line in text.split(separator: "\n") where line.hasPrefix("clm_feature_psi{") || line.hasPrefix("clm_score_psi{") {
+                let parts = line.split(separator: " ")
+                values[String(parts[0])] = Double(parts[1])
+            }
+            return values
+        }
+        let train = dataset.indices(in: .train)
+        let first = try await service.send("POST", "/v1/score", body: body(train[0]..<train[0] + 1, shift: 0, prefix: "warm"))
+        #expect(first.status == 200, "\(first.text)")
+        let customers = dataset.customerCount
+        #expect(customers >= 200, "enough customers for stable indices: \(customers)")
+        #expect(try await service.send("POST", "/v1/score", body: body(0..<customers, shift: 0, prefix: "a")).status == 200)
+        let before = try await gauges()
+        let spendKey = "clm_feature_psi{feature=\"log1p_spend\"}"
+        #expect(before.count == 10, "8 features and 2 scores: \(before.keys.sorted())")
+        #expect(before.filter { $0.key.hasPrefix("clm_feature_psi") }.allSatisfy { $0.value < 0.1 }, "the training population is stable: \(before)")
+        for chunk in stride(from: 0, to: customers, by: 100) {
+            let range = chunk..<min(customers, chunk + 100)
+            #expect(try await service.send("POST", "/v1/score", body: body(range, shift: 1.5, prefix: "s")).status == 200)
+        }
+        let after = try await gauges()
+        #expect((after[spendKey] ?? 0) > 0.2 && (after[spendKey] ?? 0) > (before[spendKey] ?? 1), "shifted spend: \(before[spendKey] ?? -1) -> \(after[spendKey] ?? -1)")
+        for (key, value) in after where key.hasPrefix("clm_feature_psi") && key != spendKey {
+            #expect(value < 0.1, "\(key) did not shift but reads \(value)")
+        }
+        await service.stop()
+    }
+
     @Test("readyz is 503 until a checkpoint appears, then the watcher loads it")
     func readiness() async throws {
         let fixture = try ScoringFixture(customers: 40)

@@ -60,7 +60,8 @@ final class ScoringFixture: @unchecked Sendable {
     func saveCheckpoint(
         step: Int, seed: UInt64, configurationOverride: JSONValue? = nil, heads: ModelArchitecture? = nil,
         fingerprintStale: Bool = false, signingKey: CheckpointSigningKey? = nil, into target: CheckpointStore? = nil,
-        changeDataset: (inout DatasetManifest) -> Void = { _ in }, changeWeights: (LSTMModel) -> Void = { _ in }
+        changeDataset: (inout DatasetManifest) -> Void = { _ in }, changeWeights: (LSTMModel) -> Void = { _ in },
+        withDriftReference: Bool = false
     ) throws -> URL {
         let model = model(seed: seed, heads: heads)
         changeWeights(model)
@@ -86,7 +87,25 @@ final class ScoringFixture: @unchecked Sendable {
             randomState: seed, metrics: ["val_auc": 0.5])
         var store = target ?? self.store
         store.signingKey = signingKey
-        return try store.save(step: step, files: ["model.safetensors": Data(try writer.serialized())], manifest: manifest)
+        var files = ["model.safetensors": Data(try writer.serialized())]
+        if withDriftReference {
+            // As training writes it: the training customers' bins and this model's scores.
+            let train = dataset.indices(in: .train)
+            var random = SeededRandom(seed: 0, purpose: .dropout)
+            let reference = try DriftReference.make(
+                dataset: dataset, customers: train, features: try DriftReference.features(of: dataset, customers: train)
+            ) { features, lengths, count, churn, spend in
+                model.forward(SequenceBatch(features: features, lengths: lengths, batchSize: count, steps: dataset.historyLength),
+                              training: false, random: &random)
+                let rows = model.headOutputs.baseAddress!
+                for k in 0..<count {
+                    churn[k] = model.heads.churnProbability(rows + k * model.heads.width)
+                    spend[k] = model.heads.expectedSpend(rows + k * model.heads.width)
+                }
+            }
+            files[DriftReference.fileName] = try JSONEncoder().encode(reference)
+        }
+        return try store.save(step: step, files: files, manifest: manifest)
     }
 
     /// Churn probabilities and expected spends straight from a model forward on the stored dataset.

@@ -90,6 +90,49 @@ struct RunOutcomeTests {
         #expect(last.weights != model.weights)
     }
 
+    @Test("each checkpoint carries a drift reference; scoring events exported in cents instead of dollars flags the two spend features and no other")
+    func driftFlagsShiftedFeaturesOnly() throws {
+        let job = try Job(epochs: 2)
+        defer { try? FileManager.default.removeItem(at: job.directory) }
+        _ = try job.run()
+        let model = try ScoringModel.load(root: try job.store.root, run: "outcome")
+        let reference = try #require(model.drift)
+        #expect(reference.features.map(\.name) == customerFeatureNames && reference.scores.map(\.name) == DriftReference.scoreNames)
+        #expect(reference.features.allSatisfy { abs($0.fractions.reduce(0, +) - 1) < 1e-9 })
+
+        // The same events, and a copy exported in cents: every amount times 100.
+        let events = job.directory.appendingPathComponent("events.csv").path
+        let lines = try String(contentsOfFile: events, encoding: .utf8).split(separator: "\n")
+        let amount = try #require(lines[0].split(separator: ",").firstIndex(of: "amount"))
+        var shiftedText = String(lines[0]) + "\n"
+        for line in lines.dropFirst() {
+            var fields = line.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+            fields[amount] = String(100 * Double(fields[amount])!)
+            shiftedText += fields.joined(separator: ",") + "\n"
+        }
+        let shiftedEvents = job.directory.appendingPathComponent("shifted.csv").path
+        try shiftedText.write(toFile: shiftedEvents, atomically: true, encoding: .utf8)
+
+        let asOf = job.dataset.manifest.spec.cutoffDay
+        func drift(_ path: String) throws -> [String: Double] {
+            let summary = try BatchScoring.run(
+                scorer: LSTMScorer(model: model), events: path, options: EventFileOptions(), asOf: asOf, rules: ScoringRules(),
+                output: job.directory.appendingPathComponent("scores-\(UUID().uuidString).csv").path)
+            return Dictionary(uniqueKeysWithValues: summary.drift.filter { $0.kind == .feature }.map { ($0.name, $0.psi) })
+        }
+        let original = try drift(events), shifted = try drift(shiftedEvents)
+        #expect(original.count == customerFeatureNames.count)
+        #expect(original.values.allSatisfy { $0 < 0.1 }, "the training events are stable: \(original)")
+        let spendFeatures: Set = ["log1p_spend", "log1p_mean_spend_per_transaction"]
+        for (name, psi) in shifted {
+            if spendFeatures.contains(name) {
+                #expect(psi > 0.2, "\(name) shifted but reads \(psi)")
+            } else {
+                #expect(psi < 0.1 && abs(psi - original[name]!) < 1e-12, "\(name) did not shift but reads \(psi) (was \(original[name]!))")
+            }
+        }
+    }
+
     @Test("every LSTM run ends with the baselines on the same customers, and warns where the model loses")
     func baselinesAreReported() throws {
         let job = try Job(epochs: 1)
