@@ -53,18 +53,30 @@ func calibrationChart(id: String, title: String, bins: [CalibrationBin]) -> Stri
 /// Horizontal bars of counts with the count and share written at each bar's end.
 func barChart(id: String, title: String, axisLabel: String, items: [(String, Int)], color: String) -> String {
     let total = max(items.reduce(0) { $0 + $1.1 }, 1)
+    return valueBarChart(id: id, title: title, axisLabel: axisLabel, items: items.map { ($0.0, Double($0.1)) }, color: color,
+                         dataAttribute: ("data-count", { String(Int($0)) })) { value in
+        "\(formatCount(Int(value))) (\(String(format: "%.1f", 100 * value / Double(total)))%)"
+    }
+}
+
+/// Horizontal bars of non-negative values, each written at its bar's end by `label`.
+/// Each bar's group carries its value in `dataAttribute` (name, formatter) for tests and tools.
+func valueBarChart(id: String, title: String, axisLabel: String, items: [(String, Double)], color: String,
+                   dataAttribute: (name: String, format: (Double) -> String) = ("data-value", { String($0) }),
+                   label: (Double) -> String) -> String {
     let rowHeight = 30.0
-    let labelWidth = min(190.0, 24 + Double(items.map { $0.0.count }.max() ?? 4) * 7)
+    let labelWidth = min(250.0, 24 + Double(items.map { $0.0.count }.max() ?? 4) * 7)
     let width = 560.0, top = 40.0, right = 110.0
     let height = top + Double(items.count) * rowHeight + 46
     let plotWidth = width - labelWidth - right
-    let largest = Double(items.map { $0.1 }.max() ?? 1)
-    let axis = Axis.linear(axisLabel, values: [0, largest], includeZero: true)
+    let largest = items.map { $0.1 }.max() ?? 1
+    let axis = Axis.linear(axisLabel, values: [0, largest > 0 ? largest : 1], includeZero: true)
     func x(_ value: Double) -> Double { labelWidth + value / axis.upper * plotWidth }
     var svg = "<svg id=\"\(escapeXML(id))\" class=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 \(Int(width)) \(Int(height))\" "
         + "width=\"\(Int(width))\" height=\"\(Int(height))\" role=\"img\" aria-labelledby=\"\(escapeXML(id))-title\">\n"
     svg += "<title id=\"\(escapeXML(id))-title\">\(escapeXML(title))</title>\n"
-    svg += "<text class=\"chart-title\" x=\"\(px(labelWidth))\" y=\"22\">\(escapeXML(title))</text>\n"
+    // Long bar labels push the plot right; the title then starts at the left edge so it fits.
+    svg += "<text class=\"chart-title\" x=\"\(px(labelWidth > 150 ? 20 : labelWidth))\" y=\"22\">\(escapeXML(title))</text>\n"
     let bottom = top + Double(items.count) * rowHeight
     svg += "<g class=\"axis x-axis\">\n"
     for tick in axis.ticks {
@@ -74,11 +86,10 @@ func barChart(id: String, title: String, axisLabel: String, items: [(String, Int
     svg += "<text class=\"axis-label\" x=\"\(px(labelWidth + plotWidth / 2))\" y=\"\(px(bottom + 36))\" text-anchor=\"middle\">\(escapeXML(axisLabel))</text>\n</g>\n"
     for (index, item) in items.enumerated() {
         let y = top + Double(index) * rowHeight
-        let share = 100 * Double(item.1) / Double(total)
-        svg += "<g class=\"bar\" data-label=\"\(escapeXML(item.0))\" data-count=\"\(item.1)\">"
+        svg += "<g class=\"bar\" data-label=\"\(escapeXML(item.0))\" \(dataAttribute.name)=\"\(dataAttribute.format(item.1))\">"
         svg += "<text class=\"bar-label\" x=\"\(px(labelWidth - 8))\" y=\"\(px(y + rowHeight / 2 + 4))\" text-anchor=\"end\">\(escapeXML(item.0))</text>"
-        svg += "<rect x=\"\(px(labelWidth))\" y=\"\(px(y + 5))\" width=\"\(px(x(Double(item.1)) - labelWidth))\" height=\"\(px(rowHeight - 10))\" fill=\"\(color)\"/>"
-        svg += "<text class=\"bar-value\" x=\"\(px(x(Double(item.1)) + 6))\" y=\"\(px(y + rowHeight / 2 + 4))\">\(formatCount(item.1)) (\(String(format: "%.1f", share))%)</text></g>\n"
+        svg += "<rect x=\"\(px(labelWidth))\" y=\"\(px(y + 5))\" width=\"\(px(x(item.1) - labelWidth))\" height=\"\(px(rowHeight - 10))\" fill=\"\(color)\"/>"
+        svg += "<text class=\"bar-value\" x=\"\(px(x(item.1) + 6))\" y=\"\(px(y + rowHeight / 2 + 4))\">\(escapeXML(label(item.1)))</text></g>\n"
     }
     svg += "<line class=\"axis-line\" x1=\"\(px(labelWidth))\" y1=\"\(px(top))\" x2=\"\(px(labelWidth))\" y2=\"\(px(bottom))\"/>\n"
     return svg + "</svg>\n"

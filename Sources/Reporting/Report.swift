@@ -10,16 +10,22 @@ public struct ReportInputs: Sendable {
     public var scores: ScoreDistribution?
     /// The scores file's path, shown as the source of its charts.
     public var scoresPath: String?
+    /// A batch-scoring summary: drift and, when explained, the attributions.
+    public var summary: ScoringSummary?
+    public var summaryPath: String?
 
-    public init(run: TrainingRun, gnnRun: TrainingRun? = nil, scores: ScoreDistribution? = nil, scoresPath: String? = nil) {
+    public init(run: TrainingRun, gnnRun: TrainingRun? = nil, scores: ScoreDistribution? = nil, scoresPath: String? = nil,
+                summary: ScoringSummary? = nil, summaryPath: String? = nil) {
         self.run = run
         self.gnnRun = gnnRun
         self.scores = scores
         self.scoresPath = scoresPath
+        self.summary = summary
+        self.summaryPath = summaryPath
     }
 
     /// Loads every input, checking that the second run really is a graph model.
-    public static func load(run: URL, gnnRun: URL?, scores: URL?) throws(ReportError) -> ReportInputs {
+    public static func load(run: URL, gnnRun: URL?, scores: URL?, summary: URL? = nil) throws(ReportError) -> ReportInputs {
         let first = try TrainingRun.load(directory: run)
         var second: TrainingRun? = nil
         if let gnnRun {
@@ -35,7 +41,9 @@ public struct ReportInputs: Sendable {
         let stageOrder = second?.stageNames ?? first.stageNames
         var distribution: ScoreDistribution? = nil
         if let scores { distribution = try ScoreDistribution.read(scores, stageOrder: stageOrder) }
-        return ReportInputs(run: first, gnnRun: second, scores: distribution, scoresPath: scores?.path)
+        let scoring = try summary.map { url throws(ReportError) in try ScoringSummary.read(url) }
+        return ReportInputs(run: first, gnnRun: second, scores: distribution, scoresPath: scores?.path,
+                            summary: scoring, summaryPath: summary?.path)
     }
 
     var runs: [TrainingRun] { [run] + (gnnRun.map { [$0] } ?? []) }
@@ -87,6 +95,7 @@ public func renderReport(_ inputs: ReportInputs) -> String {
             .map { run.directory.appendingPathComponent($0).path }
     }
     if let path = inputs.scoresPath { sources.append(path) }
+    if let path = inputs.summaryPath { sources.append(path) }
     body += sources.map { "<code>\(escapeXML($0))</code>" }.joined(separator: ", ") + ".</p>\n</header>\n"
 
     body += "<section id=\"runs\" class=\"cards\">\n" + inputs.runs.map(runCard).joined() + "</section>\n"
@@ -97,6 +106,8 @@ public func renderReport(_ inputs: ReportInputs) -> String {
     body += stageSection(inputs.graphRun)
     body += graphEvidenceSection(inputs.graphRun)
     body += scoresSection(inputs)
+    body += reasonsSection(inputs)
+    body += driftSection(inputs)
     body += "<footer>Made by clm-report. Charts are SVG drawn into this file; it needs no network and no script.</footer>\n"
 
     return """
@@ -406,6 +417,56 @@ func scoresSection(_ inputs: ReportInputs) -> String {
     return html + "</div>\n</section>\n"
 }
 
+/// Which inputs drive the scores: mean absolute attribution per reason group, and the first
+/// churn reason of the customers of each action.
+func reasonsSection(_ inputs: ReportInputs) -> String {
+    var html = "<section id=\"reasons\">\n<h2>Why customers got their scores: reason codes</h2>\n"
+    guard let summary = inputs.summary, let explanation = summary.explanation else {
+        return html + "<p class=\"note\" id=\"reasons-missing\">No explained scoring summary was given (<code>clm-score batch --explain --summary-out summary.json</code>, then <code>--summary summary.json</code>), so the attribution charts are not shown.</p>\n</section>\n"
+    }
+    html += "<p>Integrated gradients over the \(formatCount(summary.customers)) customers scored with step \(summary.step) of run <code>\(escapeXML(summary.run))</code>, "
+        + "\(explanation.steps) points from the \(escapeXML(explanation.baseline)) baseline; every customer's attributions add up to its score change within "
+        + "\(String(format: "%.2g", explanation.worstCompletenessError * 100))%. A group is one input over the customer's last 4 periods or over the periods before them.</p>\n<div class=\"grid\">\n"
+    for (target, title, id, color) in [("churn_logit", "Mean |attribution| to the churn logit", "attribution-churn", palette[0]),
+                                      ("expected_spend", "Mean |attribution| to the expected spend", "attribution-spend", palette[2])] {
+        let groups = (explanation.meanAbsoluteAttribution[target] ?? [:]).sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }
+        html += figure(valueBarChart(id: id, title: title, axisLabel: target == "churn_logit" ? "logit" : "spend",
+                                     items: Array(groups.prefix(8)).map { ($0.key, $0.value) }, color: color) { String(format: "%.3g", $0) },
+                       caption: nil)
+    }
+    html += "</div>\n"
+    if let reasons = inputs.scores?.firstReasons, !reasons.isEmpty {
+        html += "<table class=\"metrics\" id=\"reasons-by-action\">\n<tr><th>action</th><th>customers</th><th>most common first churn reasons (share of the action's customers)</th></tr>\n"
+        for (action, count) in inputs.scores!.actions {
+            let top = (reasons[action] ?? []).prefix(3).map { "\(escapeXML($0.0)) \(String(format: "%.0f", 100 * Double($0.1) / Double(max(count, 1))))%" }
+            html += "<tr><td>\(escapeXML(action))</td><td>\(formatCount(count))</td><td>\(top.joined(separator: "; "))</td></tr>\n"
+        }
+        html += "</table>\n"
+    } else {
+        html += "<p class=\"note\" id=\"reasons-by-action-missing\">The scores file has no reason columns (score with <code>--explain</code>), so reasons per action are not shown.</p>\n"
+    }
+    return html + "</section>\n"
+}
+
+/// Population stability index of every input and score of the scored customers against the
+/// training customers.
+func driftSection(_ inputs: ReportInputs) -> String {
+    var html = "<section id=\"drift\">\n<h2>Drift: scored customers against the training customers</h2>\n"
+    guard let summary = inputs.summary, !summary.drift.isEmpty else {
+        return html + "<p class=\"note\" id=\"drift-missing\">No scoring summary with stability indices was given (<code>clm-score batch --summary-out summary.json</code> with a checkpoint that has <code>drift.json</code>, then <code>--summary summary.json</code>).</p>\n</section>\n"
+    }
+    let large = summary.drift.filter { $0.psi > 0.2 }
+    html += "<p>Population stability index (PSI) over decile bins of the training customers; below 0.1 is stable, 0.1–0.2 a moderate shift, above 0.2 a large one. "
+        + (large.isEmpty ? "Nothing shifted much." : "<strong>\(large.count) shifted a lot: \(large.map { escapeXML($0.name) }.joined(separator: ", ")).</strong>") + "</p>\n"
+    html += "<table class=\"metrics\" id=\"drift-table\">\n<tr><th>kind</th><th>name</th><th>PSI</th><th>reading</th></tr>\n"
+    for index in summary.drift {
+        let reading = index.psi < 0.1 ? "stable" : index.psi <= 0.2 ? "moderate shift" : "large shift"
+        html += "<tr\(index.psi > 0.2 ? " class=\"worse\"" : "")><td>\(escapeXML(index.kind))</td><td>\(escapeXML(index.name))</td>"
+            + "<td>\(String(format: "%.3f", index.psi))</td><td>\(reading)</td></tr>\n"
+    }
+    return html + "</table>\n</section>\n"
+}
+
 func figure(_ svg: String, caption: String?, escaped: Bool = false) -> String {
     var html = "<figure>\n" + svg
     if let caption { html += "<figcaption>\(escaped ? caption : escapeXML(caption))</figcaption>\n" }
@@ -431,7 +492,7 @@ let stylesheet = """
     figure { margin: 0; background: #fff; border: 1px solid #dde1e6; border-radius: 6px; padding: 8px; }
     figcaption { padding: 4px 6px 2px; }
     .auc { font-size: 14px; }
-    td.worse { color: #a32020; font-weight: 600; }
+    td.worse, tr.worse td { color: #a32020; font-weight: 600; }
     .warnings { background: #fff4f2; border: 1px solid #e3a79c; border-radius: 6px; padding: 8px 14px; color: #7a1a0d; font-size: 13px; }
     svg.chart { display: block; max-width: 100%; height: auto; font-family: inherit; }
     .chart-title { font-size: 14px; font-weight: 600; fill: #1a1a1a; }

@@ -200,9 +200,14 @@ public struct ScoreDistribution: Sendable, Equatable {
     /// (action, customers), most frequent first.
     public var actions: [(String, Int)]
     public var customers: Int
+    /// With reason columns (`clm-score batch --explain`): per action, the customers' first churn
+    /// reason without its value (`recency_weeks (+)`), most frequent first.
+    public var firstReasons: [String: [(String, Int)]] = [:]
 
     public static func == (a: ScoreDistribution, b: ScoreDistribution) -> Bool {
         a.customers == b.customers && a.stages.elementsEqual(b.stages) { $0 == $1 } && a.actions.elementsEqual(b.actions) { $0 == $1 }
+            && a.firstReasons.keys.sorted() == b.firstReasons.keys.sorted()
+            && a.firstReasons.allSatisfy { key, value in b.firstReasons[key]!.elementsEqual(value) { $0 == $1 } }
     }
 
     /// Counts the `stage` and `action` columns of a scores file (found by header name; the other
@@ -223,9 +228,56 @@ public struct ScoreDistribution: Sendable, Equatable {
         }
         if table.rows.isEmpty { throw ReportError(file: url.path, "has a header but no customers") }
         let ordered = stageOrder + firstSeen.filter { !stageOrder.contains($0) }
-        return ScoreDistribution(
-            stages: ordered.map { ($0, stageCounts[$0] ?? 0) },
-            actions: actionCounts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map { ($0.key, $0.value) },
-            customers: table.rows.count)
+        func mostFrequentFirst(_ counts: [String: Int]) -> [(String, Int)] {
+            counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map { ($0.key, $0.value) }
+        }
+        var distribution = ScoreDistribution(
+            stages: ordered.map { ($0, stageCounts[$0] ?? 0) }, actions: mostFrequentFirst(actionCounts), customers: table.rows.count)
+        if let reason = try? table.column("churn_reason_1") {
+            var counts: [String: [String: Int]] = [:]
+            for row in table.rows {
+                let code = row.fields[reason]
+                // `recency_weeks=14 (+)` → `recency_weeks (+)`: the reason, not the customer's value.
+                let name = code.split(separator: "=").first.map(String.init) ?? code
+                let sign = code.hasSuffix("(+)") ? " (+)" : code.hasSuffix("(-)") ? " (-)" : ""
+                counts[row.fields[action].trimmingCharacters(in: .whitespaces), default: [:]][name.isEmpty ? "(none)" : name + sign, default: 0] += 1
+            }
+            distribution.firstReasons = counts.mapValues(mostFrequentFirst)
+        }
+        return distribution
+    }
+}
+
+/// What `clm-score batch --summary-out` wrote: stability indices against the training
+/// customers and, with `--explain`, the mean absolute attribution of each reason group.
+public struct ScoringSummary: Sendable, Equatable, Decodable {
+    public struct Index: Sendable, Equatable, Decodable {
+        public var kind: String
+        public var name: String
+        public var psi: Double
+    }
+    public struct Explanation: Sendable, Equatable, Decodable {
+        public var steps: Int
+        public var baseline: String
+        public var worstCompletenessError: Double
+        /// Target (`churn_logit`, `expected_spend`) → group → mean |attribution|.
+        public var meanAbsoluteAttribution: [String: [String: Double]]
+    }
+    public var run: String
+    public var step: Int
+    public var customers: Int
+    public var drift: [Index]
+    public var explanation: Explanation?
+
+    public static func read(_ url: URL) throws(ReportError) -> ScoringSummary {
+        let data: Data
+        do { data = try Data(contentsOf: url) } catch { throw ReportError(file: url.path, "cannot read: \(error.localizedDescription)") }
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        do {
+            return try decoder.decode(ScoringSummary.self, from: data)
+        } catch {
+            throw ReportError(file: url.path, "is not a clm-score batch summary (--summary-out): \(error)")
+        }
     }
 }

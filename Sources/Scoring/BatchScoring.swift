@@ -55,6 +55,9 @@ public struct BatchSummary: Sendable {
     /// Stability index of every feature, input and score of the scored customers against the
     /// checkpoint's training reference; empty when the checkpoint has none.
     public var drift: [DriftIndex] = []
+    /// With `--explain`: the mean absolute attribution of each group (`Explainer.groupNames`)
+    /// over the scored customers, for the churn logit and for the expected spend.
+    public var meanAbsoluteAttribution: (churn: [Double], spend: [Double])?
 
     public var customersPerSecond: Double { scoreSeconds > 0 ? Double(customers) / scoreSeconds : 0 }
     public var modelCustomersPerSecond: Double { modelSeconds > 0 ? Double(customers) / modelSeconds : 0 }
@@ -65,7 +68,7 @@ public struct ExplanationSettings: Sendable {
     public var steps: Int
     public var baseline: ExplanationBaseline
 
-    public init(steps: Int = 16, baseline: ExplanationBaseline = .zeros) {
+    public init(steps: Int = 32, baseline: ExplanationBaseline = .zeros) {
         self.steps = steps
         self.baseline = baseline
     }
@@ -213,6 +216,17 @@ public enum BatchScoring {
         let classes = model.dataset.stageNames.count
 
         let explained = explanations.withLock { $0 }
+        var meanAbsolute: (churn: [Double], spend: [Double])?
+        if explain != nil && count > 0 {
+            var churnSums = [Double](repeating: 0, count: Explainer.groupNames.count), spendSums = churnSums
+            for explanation in explained.compactMap({ $0 }) {
+                for k in churnSums.indices {
+                    churnSums[k] += abs(explanation.churnGroups[k])
+                    spendSums[k] += abs(explanation.spendGroups[k])
+                }
+            }
+            meanAbsolute = (churnSums.map { $0 / Double(count) }, spendSums.map { $0 / Double(count) })
+        }
         var worst: CompletenessError?
         for (index, explanation) in explained.enumerated() {
             guard let explanation else { continue }
@@ -274,6 +288,7 @@ public enum BatchScoring {
         summary.explainSeconds = seconds(explainDuration.withLock { $0 }) / Double(workers)
         summary.worstCompleteness = worst
         summary.drift = drift.withLock { $0?.stabilityIndices() ?? [] }
+        summary.meanAbsoluteAttribution = meanAbsolute
         return summary
     }
 

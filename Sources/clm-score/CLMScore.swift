@@ -89,11 +89,11 @@ struct Batch: AsyncParsableCommand {
     @Flag(help: "Add three reasons per customer for its churn and its expected spend (integrated gradients; see docs/scoring.md). Several times slower.")
     var explain = false
     @Option(help: "Integrated-gradients steps per customer with --explain (more: attributions add up more exactly, slower).")
-    var explainSteps: Int = 16
+    var explainSteps: Int = 32
     @Option(help: "What --explain compares a customer with: zeros (every feature at its training mean) or tenure-mean (the scored customers of the same history length, on average).")
     var explainBaseline: ExplanationBaseline = .zeros
-    @Option(help: "Also write the stability indices (drift against the training customers) to this JSON file, for clm-report --drift.")
-    var driftOut: String?
+    @Option(help: "Also write the run's summary as JSON (stability indices against the training customers; with --explain, mean attribution per reason group), for clm-report --summary.")
+    var summaryOut: String?
     @OptionGroup var eventFile: EventFileArguments
 
     func run() async throws {
@@ -144,12 +144,14 @@ struct Batch: AsyncParsableCommand {
                 print("drift     population stability index against the training customers (> 0.2: large shift): "
                       + (shifted.isEmpty ? "none above 0.2" : shifted.map { "\($0.name) \(String(format: "%.3f", $0.psi))" }.joined(separator: ", ")))
                 for index in summary.drift {
-                    print(String(format: "          %-8@ %-34@ %6.3f  %@", index.kind.rawValue, index.name, index.psi, index.verdict))
+                    let label = index.kind.rawValue.padding(toLength: 8, withPad: " ", startingAt: 0)
+                        + index.name.padding(toLength: 34, withPad: " ", startingAt: 0)
+                    print("          " + label + String(format: "%6.3f  ", index.psi) + index.verdict)
                 }
             }
-            if let driftOut {
-                try writeDriftReport(summary, to: driftOut)
-                print("wrote     \(driftOut) (stability indices)")
+            if let summaryOut {
+                try writeSummary(summary, to: summaryOut)
+                print("wrote     \(summaryOut) (summary)")
             }
             print("actions   " + summary.actionCounts.sorted(by: { $0.key < $1.key }).map { "\($0.key) \($0.value)" }.joined(separator: ", "))
             print("wrote     \(out)")
@@ -274,12 +276,21 @@ struct LoadTestCommand: AsyncParsableCommand {
 
 extension ExplanationBaseline: ExpressibleByArgument {}
 
-/// The batch's stability indices as JSON, written atomically: what `clm-report --drift` reads.
-func writeDriftReport(_ summary: BatchSummary, to path: String) throws {
-    var text = "{\"run\":\(jsonString(summary.checkpoint.run)),\"step\":\(summary.checkpoint.step),\"customers\":\(summary.customers),\"indices\":["
-    text += summary.drift.map {
-        "{\"kind\":\(jsonString($0.kind.rawValue)),\"name\":\(jsonString($0.name)),\"psi\":\(String(format: "%.6f", $0.psi))}"
-    }.joined(separator: ",")
-    text += "]}\n"
+/// The batch's summary as JSON, written atomically: what `clm-report --summary` reads.
+func writeSummary(_ summary: BatchSummary, to path: String) throws {
+    func number(_ value: Double) -> String { value.isFinite ? String(format: "%.6g", value) : "null" }
+    var text = "{\"run\":\(jsonString(summary.checkpoint.run)),\"step\":\(summary.checkpoint.step),\"customers\":\(summary.customers)"
+    text += ",\"drift\":[" + summary.drift.map {
+        "{\"kind\":\(jsonString($0.kind.rawValue)),\"name\":\(jsonString($0.name)),\"psi\":\(number($0.psi))}"
+    }.joined(separator: ",") + "]"
+    if let attribution = summary.meanAbsoluteAttribution, let settings = summary.explanation {
+        func groups(_ values: [Double]) -> String {
+            "{" + zip(Explainer.groupNames, values).map { "\(jsonString($0)):\(number($1))" }.joined(separator: ",") + "}"
+        }
+        text += ",\"explanation\":{\"steps\":\(settings.steps),\"baseline\":\(jsonString(settings.baseline.rawValue))"
+        text += ",\"worst_completeness_error\":\(number(summary.worstCompleteness?.error ?? 0))"
+        text += ",\"mean_absolute_attribution\":{\"churn_logit\":\(groups(attribution.churn)),\"expected_spend\":\(groups(attribution.spend))}}"
+    }
+    text += "}\n"
     try writeFileAtomically(Data(text.utf8), to: URL(fileURLWithPath: path))
 }

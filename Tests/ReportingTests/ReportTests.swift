@@ -231,6 +231,61 @@ func pairCountAUC(_ rows: [ChurnRow]) -> Double {
         #expect(svgElement(html, id: "roc") != nil)
     }
 
+    /// A scores file with reason columns and a summary as `clm-score batch --explain --summary-out` write them.
+    @Test func reasonsAndDriftComeFromTheSummaryAndTheReasonColumns() throws {
+        let fixture = try Fixture()
+        let scores = fixture.root.url.appendingPathComponent("explained.csv")
+        try """
+            customer_id,stage,action,churn_reason_1,churn_reason_2
+            a,churned,winback_email,recency_weeks=14 (+),tenure_weeks=30 (-)
+            b,churned,winback_email,recency_weeks=20 (+),spend_last4=3.00 (-)
+            c,churned,winback_email,"cumulative_transactions=2 (-)",
+            d,loyal,upsell,cumulative_transactions=9 (-),recency_weeks=1 (-)
+
+            """.write(to: scores, atomically: true, encoding: .utf8)
+        let summary = fixture.root.url.appendingPathComponent("summary.json")
+        try """
+            {"run":"lstm-run","step":12,"customers":4,
+             "drift":[{"kind":"feature","name":"transactions","psi":0.01},{"kind":"feature","name":"periods_since_last_purchase","psi":0.75},
+                      {"kind":"score","name":"churn_probability","psi":0.15}],
+             "explanation":{"steps":32,"baseline":"zeros","worst_completeness_error":0.0025,
+               "mean_absolute_attribution":{"churn_logit":{"recency:last4":1.5,"tenure:earlier":0.25,"spend:last4":0.75},
+                                            "expected_spend":{"recency:last4":4,"mean_order_value:last4":9}}}}
+            """.write(to: summary, atomically: true, encoding: .utf8)
+        let html = renderReport(try ReportInputs.load(run: fixture.lstm, gnnRun: nil, scores: scores, summary: summary))
+        let churn = try #require(svgElement(html, id: "attribution-churn"))
+        #expect(attributeValues("data-label", in: churn) == ["recency:last4", "spend:last4", "tenure:earlier"], "largest first")
+        #expect(attributeValues("data-value", in: churn) == ["1.5", "0.75", "0.25"])
+        let spend = try #require(svgElement(html, id: "attribution-spend"))
+        #expect(attributeValues("data-label", in: spend) == ["mean_order_value:last4", "recency:last4"])
+        #expect(html.contains("within 0.25%"))
+        // First reasons per action, without the customers' values.
+        #expect(html.contains("<td>winback_email</td><td>3</td><td>recency_weeks (+) 67%; cumulative_transactions (-) 33%</td>"))
+        #expect(html.contains("<td>upsell</td><td>1</td><td>cumulative_transactions (-) 100%</td>"))
+        // Drift: every index, the large one marked and named.
+        #expect(html.contains("<tr class=\"worse\"><td>feature</td><td>periods_since_last_purchase</td><td>0.750</td><td>large shift</td></tr>"))
+        #expect(html.contains("<td>score</td><td>churn_probability</td><td>0.150</td><td>moderate shift</td>"))
+        #expect(html.contains("1 shifted a lot: periods_since_last_purchase."))
+        #expect(!html.contains("id=\"reasons-missing\"") && !html.contains("id=\"drift-missing\""))
+
+        // Without a summary, both sections say what to pass.
+        let plain = renderReport(try ReportInputs.load(run: fixture.lstm, gnnRun: nil, scores: fixture.scores))
+        #expect(plain.contains("id=\"reasons-missing\"") && plain.contains("id=\"drift-missing\""))
+        #expect(svgElement(plain, id: "attribution-churn") == nil)
+    }
+
+    @Test func aSummaryThatIsNotOneIsRefusedByName() throws {
+        let fixture = try Fixture()
+        let summary = fixture.root.url.appendingPathComponent("not-a-summary.json")
+        try "{\"drift\": 3}".write(to: summary, atomically: true, encoding: .utf8)
+        #expect(throws: ReportError.self) { try ReportInputs.load(run: fixture.lstm, gnnRun: nil, scores: nil, summary: summary) }
+        do {
+            _ = try ReportInputs.load(run: fixture.lstm, gnnRun: nil, scores: nil, summary: summary)
+        } catch {
+            #expect("\(error)".contains("not-a-summary.json") && "\(error)".contains("is not a clm-score batch summary"))
+        }
+    }
+
     @Test func spendScatterIsSampledDeterministically() throws {
         let root = try TemporaryDirectory()
         let rows: [ChurnRow] = (0..<2600).map { index -> ChurnRow in
