@@ -241,6 +241,19 @@ else
     fail "unshared checkpoint root: status $status"
 fi
 
+# Waits for the background job $launcher and sets $status; a guard kills it after $1 seconds in
+# case mpirun hangs, so that the check after it fails instead of the whole test stalling.
+wait_for_launcher() {
+    status=0
+    ( sleep "$1"; kill -9 "$launcher" 2>/dev/null ) &
+    guard=$!
+    wait "$launcher" || status=$?
+    pkill -P "$guard" 2>/dev/null || true
+    kill "$guard" 2>/dev/null || true
+    wait "$guard" 2>/dev/null || true
+    launcher="" guard=""
+}
+
 echo "== a host cut off mid-run (link down), then resume from latest"
 cluster --run cut --epochs 500 >"$work/cut.log" 2>&1 &
 launcher=$!
@@ -248,17 +261,9 @@ launcher=$!
 clm_wait_for_file "$shared/checkpoints/cut/latest" 60 || true
 ip link set "clmv${id}2" down
 start=$(date +%s)
-status=0
 limit=$((watchdog + 20))
-# A guard in case mpirun hangs: the check below then fails instead of the whole test stalling.
-( sleep "$limit"; kill -9 "$launcher" 2>/dev/null ) &
-guard=$!
-wait "$launcher" || status=$?
+wait_for_launcher "$limit"
 elapsed=$(( $(date +%s) - start ))
-pkill -P "$guard" 2>/dev/null || true
-kill "$guard" 2>/dev/null || true
-wait "$guard" 2>/dev/null || true
-launcher="" guard=""
 grep -E "collective watchdog|did not arrive|ORTE has lost|Remote daemon|aborting" "$work/cut.log" | head -5 || true
 if [ "$status" -ne 0 ] && [ "$status" -ne 137 ] && [ "$elapsed" -le "$limit" ] \
     && grep -qE "Remote daemon: .* on node ${hosts[2]}\$|ranks that did not arrive: 2 " "$work/cut.log"; then
@@ -287,15 +292,8 @@ cluster --run shrink --epochs 40 --max-restarts 2 --min-ranks 2 >"$work/shrink.l
 launcher=$!
 clm_wait_for_file "$shared/checkpoints/shrink/latest" 60 || true
 ip link set "clmv${id}2" down
-status=0
 # Detection (watchdog, keepalives), one probe time-out for the lost host, then the rest on two.
-( sleep 240; kill -9 "$launcher" 2>/dev/null ) &
-guard=$!
-wait "$launcher" || status=$?
-pkill -P "$guard" 2>/dev/null || true
-kill "$guard" 2>/dev/null || true
-wait "$guard" 2>/dev/null || true
-launcher="" guard=""
+wait_for_launcher 240
 grep -E "^== supervisor|^resuming" "$work/shrink.log" || true
 if [ "$status" -eq 0 ] && grep -q "^== supervisor: leaving out ${hosts[2]} (no answer or no binaries); continuing on 2 of 3 ranks" "$work/shrink.log" \
     && grep -q "^resuming on 2 ranks from a checkpoint saved on 3" "$work/shrink.log" \

@@ -210,14 +210,7 @@ final class CSVEventSource {
                 headerHandled = true
                 if try takeHeader(line, count, stats: &stats) { return }
             }
-            stats.rows += 1
-            do {
-                let imported = try parseRow(line, count, sink: sink)
-                if imported { stats.imported += 1 } else { stats.skippedNonPurchase += 1 }
-            } catch RowError.reject(let reason) {
-                stats.rejected += 1
-                try rejects?.add(line: lineNumber, reason: reason, content: UnsafeRawBufferPointer(start: line, count: count))
-            }
+            try takeRow(line, count, lineNumber, stats: &stats, sink: sink, rejects: rejects)
         } bytesRead: { stats.bytes = $0 }
 
         if !headerHandled || (stats.rows == 0 && stats.headerLines == 0 && stats.blankLines == 0) {
@@ -287,18 +280,26 @@ final class CSVEventSource {
                 stats.headerLines = 1
                 return
             }
-            stats.rows += 1
-            do {
-                let imported = try parseRow(line, count, sink: sink)
-                if imported { stats.imported += 1 } else { stats.skippedNonPurchase += 1 }
-            } catch RowError.reject(let reason) {
-                stats.rejected += 1
-                try rejects?.add(line: lineNumber, reason: reason, content: UnsafeRawBufferPointer(start: line, count: count))
-            }
+            try takeRow(line, count, lineNumber, stats: &stats, sink: sink, rejects: rejects)
         }
         stats.seconds = monotonicSeconds() - started
         stats.timeFormat = layout.timeFormat
         return (stats, lines)
+    }
+
+    /// Counts one data row as imported, skipped or rejected (with its reason, to `rejects`).
+    @inline(__always)
+    private func takeRow<Sink: EventSink>(
+        _ line: UnsafePointer<UInt8>, _ count: Int, _ lineNumber: Int, stats: inout ReadStats, sink: Sink, rejects: RejectSink?
+    ) throws {
+        stats.rows += 1
+        do {
+            let imported = try parseRow(line, count, sink: sink)
+            if imported { stats.imported += 1 } else { stats.skippedNonPurchase += 1 }
+        } catch RowError.reject(let reason) {
+            stats.rejected += 1
+            try rejects?.add(line: lineNumber, reason: reason, content: UnsafeRawBufferPointer(start: line, count: count))
+        }
     }
 
     /// Handles the first non-blank line; returns true when it was a header.

@@ -158,8 +158,8 @@ final class CustomerAggregates: EventSink {
         lastPartition = -1
     }
 
-    /// Aggregates the queued events now rather than when the queues fill (after a batch of
-    /// routed events, whose buffers the caller is about to free).
+    /// Aggregates the queued events now rather than when the queues fill: after each round of
+    /// routed events, so that the queues never hold more than a round's worth.
     func aggregatePending() {
         if queuedEvents > 0 { aggregateQueued() }
     }

@@ -9,7 +9,8 @@ import Tensors
 ///
 /// A checkpoint holds `model.safetensors` (PyTorch / PyG names, loadable with `load_state_dict`),
 /// `optimizer.safetensors` (Adam's moments over the flat layout and its step), `training.json`
-/// (epoch, step and early-stopping state) and `manifest.json` (configuration, the dataset's
+/// (epoch, step and early-stopping state), for LSTM runs `drift.json` (the training customers'
+/// input and score distributions, for drift at scoring) and `manifest.json` (configuration, the dataset's
 /// manifest with its feature spec and normalisation statistics, metrics, fingerprint, world size,
 /// program version and SHA-256 of every file).
 final class CheckpointIO {

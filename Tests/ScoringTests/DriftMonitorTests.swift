@@ -12,12 +12,13 @@ struct DriftMonitorTests {
         scores: [BinnedDistribution(name: "churn_probability", edges: [0.5], fractions: [0.5, 0.5]),
                  BinnedDistribution(name: "expected_spend", edges: [10], fractions: [0.5, 0.5])])
 
-    /// `customers` customers of one period each, feature value `value`, half of each score bin.
+    /// `customers` customers of 1 to 4 periods, feature value `value` in each, half of each
+    /// score bin.
     static func counts(_ customers: Int, value: Float) -> DriftCounter {
         var counter = DriftCounter(reference: reference)
-        var row = [value]
+        let row = [Float](repeating: value, count: 4)
         for k in 0..<customers {
-            counter.add(sequence: &row, length: 1 + k % 4, churn: k % 2 == 0 ? 0.2 : 0.8, spend: k % 2 == 0 ? 5 : 20)
+            counter.add(sequence: row, length: 1 + k % 4, churn: k % 2 == 0 ? 0.2 : 0.8, spend: k % 2 == 0 ? 5 : 20)
         }
         return counter
     }
