@@ -541,11 +541,7 @@ struct ServiceConnectionTests {
         // client stuck in send never reads the 413 before the close resets the connection.
         connection.send([UInt8](repeating: UInt8(ascii: " "), count: 96 * 1024))
         let (text, closed) = await connection.readUntilClosed(seconds: 8)
-        // The server closes with the client's unread bytes in its buffer, which resets the
-        // connection; a client slower to read than the reset (a loaded machine: it failed once in
-        // a full parallel run) loses the response. The server's own count says it answered 413.
-        #expect(text.hasPrefix("HTTP/1.1 413") || (text.isEmpty && service.metrics.requestCount(route: "/v1/score", status: 413) == 1),
-                "\(text.prefix(200))")
+        #expect(text.hasPrefix("HTTP/1.1 413"), "\(text.prefix(200))")
         #expect(closed, "the server kept the refused upload's socket open")
         // A client that sends megabytes past the limit fills the socket buffers, because the server
         // stops reading after the limit; without an idle timeout the server never saw it leave.
