@@ -393,6 +393,19 @@ final class CustomerShard {
         periodItems?.shrinkToFit()
     }
 
+    /// Frees every per-customer record and id, keeping the pair table and the counts: once a
+    /// dataset's customer files are written only the graph still reads this shard.
+    func releaseCustomerRecords() {
+        states.free()
+        periodEntries.free()
+        periodItems?.free()
+        states = GrowableBuffer(capacity: 1, fill: CustomerState())
+        periodEntries = GrowableBuffer(capacity: 1, fill: PeriodEntry())
+        periodItems = nil
+        carries = [:]
+        customers.releaseBytes()
+    }
+
     // MARK: Reading
 
     /// Whether customer `c` bought anything up to the cut-off (and so belongs in the dataset).

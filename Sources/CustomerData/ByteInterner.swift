@@ -232,6 +232,16 @@ final class ByteInterner {
         ends.shrinkToFit()
     }
 
+    /// Frees the ids' bytes too; only `count` is left. For an interner whose ids have all been
+    /// written out (a dataset's customers, before its graph is built).
+    func releaseBytes() {
+        dropLookup()
+        arena.free()
+        ends.free()
+        arena = GrowableBuffer(capacity: 1, fill: 0)
+        ends = GrowableBuffer(capacity: 1, fill: 0)
+    }
+
     /// The bytes of id `index`, valid until the next `intern`.
     @inline(__always)
     func bytes(_ index: Int) -> UnsafeRawBufferPointer {

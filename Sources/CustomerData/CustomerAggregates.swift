@@ -56,6 +56,7 @@ final class CustomerAggregates: EventSink {
     @exclusivity(unchecked) private var bases: [Int] = []
     /// Partition of each global customer index.
     @exclusivity(unchecked) private var partitionOfCustomer: [UInt16] = []
+    @exclusivity(unchecked) private var customerRecordsReleased = false
 
     /// Partitions for an input of `bytes`: one per 8 MiB, up to 256. On a 385 MiB date-ordered
     /// file (one run each, noisy) 16 to 128 partitions with 1M-row rounds gave 5.1–6.1M
@@ -207,7 +208,7 @@ final class CustomerAggregates: EventSink {
     /// The shard of global customer `c` and its index there.
     @inline(__always)
     private func locate(_ c: Int) -> (shard: CustomerShard, local: Int) {
-        precondition(sealed, "aggregates are read before finishAdding")
+        precondition(sealed && !customerRecordsReleased, "aggregates are read before finishAdding or after releaseCustomerRecords")
         let partition = Int(partitionOfCustomer[c])
         return (shards[partition], c - bases[partition])
     }
@@ -300,6 +301,16 @@ final class CustomerAggregates: EventSink {
             let base = Int32(bases[partition])
             shards[partition].pairs.forEach { c, p, count in body(base + c, p, count) }
         }
+    }
+
+    /// Frees every customer's record and id (not the pair tables, nor the counts): the customer
+    /// files are written, and the graph, built next, reads only pairs. Reading a customer after
+    /// this is a programming error.
+    func releaseCustomerRecords() {
+        finishAdding()
+        customerRecordsReleased = true
+        partitionOfCustomer = []
+        for shard in shards { shard.releaseCustomerRecords() }
     }
 
     /// Frees the pair tables; `forEachPair` sees nothing afterwards.

@@ -280,6 +280,11 @@ func writeDataset(
         aggregates.writeRecord(Int(c), into: record)
         try assembler.add(id: aggregates.customerID(Int(c)), record: record)
     }
+    let counts = AggregateCounts(aggregates)
+    // Only the graph reads the aggregates from here on, and only their pairs: freeing the
+    // customer records first lowered the peak (the graph's arrays come on top of them) from 581
+    // to 523 MiB on the 10M-row date-ordered benchmark file.
+    aggregates.releaseCustomerRecords()
     var graph: CustomerProductGraph?
     var graphInfo: DatasetManifest.Graph?
     if withGraph {
@@ -290,7 +295,7 @@ func writeDataset(
             forEachPair: { body in aggregates.forEachPair { c, p, count in body(position[Int(c)], p, count) } },
             releasePairs: aggregates.releasePairs, totals: assembler.graphTotals, statistics: nil)
     }
-    return try finishDataset(assembler: assembler, graph: graph, graphInfo: graphInfo, counts: AggregateCounts(aggregates),
+    return try finishDataset(assembler: assembler, graph: graph, graphInfo: graphInfo, counts: counts,
                              stats: stats, source: source)
 }
 

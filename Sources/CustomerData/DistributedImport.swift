@@ -538,6 +538,8 @@ extension Importer {
             start = end
         }
 
+        // Every rank's records are out: only the pairs are read from here on.
+        aggregates.releaseCustomerRecords()
         var graph: CustomerProductGraph?
         var graphInfo: DatasetManifest.Graph?
         if withGraph {
