@@ -254,6 +254,15 @@ wait_for_launcher() {
     launcher="" guard=""
 }
 
+# Ends what is left on host c and brings its link back. Ranks stranded on a cut-off host never
+# hear of the abort; a real node would be rebooted.
+reconnect_third_host() {
+    local pids
+    pids=$(ip netns pids "${namespaces[2]}" || true)
+    [ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
+    ip link set "clmv${id}2" up
+}
+
 echo "== a host cut off mid-run (link down), then resume from latest"
 cluster --run cut --epochs 500 >"$work/cut.log" 2>&1 &
 launcher=$!
@@ -272,10 +281,7 @@ else
     tail -n 20 "$work/cut.log"
     fail "cut-off host: status $status after ${elapsed}s"
 fi
-# Ranks stranded on the cut-off host never hear of the abort; a real node would be rebooted.
-pids=$(ip netns pids "${namespaces[2]}" || true)
-[ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
-ip link set "clmv${id}2" up
+reconnect_third_host
 step=$(tr -d '\n' <"$shared/checkpoints/cut/latest" 2>/dev/null || echo none)
 saved=$(grep -o '"globalStep" *: *[0-9]*' "$shared/checkpoints/cut/$step/training.json" 2>/dev/null | grep -o '[0-9]*$' || echo 0)
 # A few steps past the checkpoint prove it loads on every rank; the 500 epochs need not run.
@@ -303,9 +309,7 @@ else
     tail -n 25 "$work/shrink.log"
     fail "supervised job with a host lost for good: status $status"
 fi
-pids=$(ip netns pids "${namespaces[2]}" || true)
-[ -n "$pids" ] && kill -9 $pids 2>/dev/null || true
-ip link set "clmv${id}2" up
+reconnect_third_host
 
 echo "netns-cluster: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

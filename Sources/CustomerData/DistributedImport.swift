@@ -181,6 +181,9 @@ extension RankExchange {
     func onEveryRank<T>(_ step: String, _ body: () throws -> T) throws -> T {
         do {
             return try body()
+        } catch let failure as PeerImportFailure {
+            // A step inside that the ranks agreed on already names who failed.
+            throw failure
         } catch where rank != 0 {
             throw PeerImportFailure(ranks: [0], step: step)
         }
@@ -249,28 +252,20 @@ extension Importer {
         }
         let plan = StripePlan(fileSize: fileBytes, ranks: ranks, bytesPerRank: max(1, options.roundBytesPerRank))
 
-        let window = options.resolvedWindow()
-        var passes = 1
-        let cutoff: Int
-        if let given = window.cutoff {
-            cutoff = given
-        } else {
-            let tracker = LastDayTracker()
-            try exchange.agreeing("finding the last event day") {
-                for round in 0..<plan.rounds {
-                    let range = try plan.range(round: round, rank: rank, fd: fd, path: input)
-                    _ = try source.run(fd: fd, range: range, layout: layout, sink: tracker, rejects: nil)
+        // Every rank reaches the same cut-off (the last day is reduced) and the same verdict on it.
+        let (spec, passes) = try exchange.onEveryRank("deriving the window") {
+            try options.featureSpec(input: input) {
+                let tracker = LastDayTracker()
+                try exchange.agreeing("finding the last event day") {
+                    for round in 0..<plan.rounds {
+                        let range = try plan.range(round: round, rank: rank, fd: fd, path: input)
+                        _ = try source.run(fd: fd, range: range, layout: layout, sink: tracker, rejects: nil)
+                    }
                 }
-            }
-            passes = 2
-            let lastDay = try exchange.allreduceMax([Int64(tracker.lastDay)])[0]
-            cutoff = try exchange.onEveryRank("deriving the cut-off") {
-                try derivedCutoff(lastDay: Int(lastDay), horizon: window.horizon, input: input)
+                return Int(try exchange.allreduceMax([Int64(tracker.lastDay)])[0])
             }
         }
-        let spec = FeatureSpec(periodDays: window.period, historyPeriods: window.history, cutoffDay: cutoff,
-                               horizonDays: window.horizon, stageThresholds: options.stageThresholds)
-        try exchange.onEveryRank("checking the window") { try spec.validate() }
+        let cutoff = spec.cutoffDay
 
         let temporary: String? = try exchange.agreeing("creating the output directory") {
             rank == 0 ? try makeTemporaryDirectory(for: output) : nil

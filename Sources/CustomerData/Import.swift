@@ -122,21 +122,11 @@ public enum Importer {
         try validate(input: input, output: output, options: options)
         let (source, amountMeaning) = eventSource(input: input, options: options)
 
-        let window = options.resolvedWindow()
-        var passes = 1
-        let cutoff: Int
-        if let given = window.cutoff {
-            cutoff = given
-        } else {
-            // Without a cut-off, a first pass finds the last day so that the horizon fits.
+        let (spec, passes) = try options.featureSpec(input: input) {
             let tracker = LastDayTracker()
             _ = try source.run(sink: tracker, rejects: nil)
-            passes = 2
-            cutoff = try derivedCutoff(lastDay: tracker.lastDay, horizon: window.horizon, input: input)
+            return tracker.lastDay
         }
-        let spec = FeatureSpec(periodDays: window.period, historyPeriods: window.history, cutoffDay: cutoff,
-                               horizonDays: window.horizon, stageThresholds: options.stageThresholds)
-        try spec.validate()
 
         let temporary = try makeTemporaryDirectory(for: output)
         var keepTemporary = false
@@ -241,6 +231,25 @@ public enum Importer {
 }
 
 extension ImportOptions {
+    /// The feature spec of an import of `input` and the passes it reads the file: with no
+    /// cut-off, `lastDay` (a first pass over the events) finds the last event day so that the
+    /// horizon fits before it.
+    func featureSpec(input: String, lastDay: () throws -> Int) throws -> (spec: FeatureSpec, passes: Int) {
+        let window = resolvedWindow()
+        var passes = 1
+        let cutoff: Int
+        if let given = window.cutoff {
+            cutoff = given
+        } else {
+            passes = 2
+            cutoff = try Importer.derivedCutoff(lastDay: try lastDay(), horizon: window.horizon, input: input)
+        }
+        let spec = FeatureSpec(periodDays: window.period, historyPeriods: window.history, cutoffDay: cutoff,
+                               horizonDays: window.horizon, stageThresholds: stageThresholds)
+        try spec.validate()
+        return (spec, passes)
+    }
+
     func resolvedPartitions(inputBytes: Int) throws -> Int {
         let partitions = partitions ?? CustomerAggregates.partitions(forInputBytes: inputBytes)
         guard partitions >= 1 && partitions <= 1 << 16 && partitions & (partitions - 1) == 0 else {
