@@ -20,6 +20,7 @@ let package = Package(
         .executable(name: "clm-coordinator", targets: ["clm-coordinator"]),
         .executable(name: "clm-worker", targets: ["clm-worker"]),
         .executable(name: "clm-score", targets: ["clm-score"]),
+        .executable(name: "clm-score-mpi", targets: ["clm-score-mpi"]),
         .executable(name: "clm-report", targets: ["clm-report"]),
     ],
     dependencies: [
@@ -51,7 +52,7 @@ let package = Package(
         .target(name: "ModelMetrics", path: "Sources/Metrics"),
         .target(name: "CPrefetch"),
         .target(name: "CustomerData", dependencies: ["Tensors", "CPrefetch"]),
-        .target(name: "ParallelImport", dependencies: ["CustomerData", "Collectives"]),
+        .target(name: "RankExchangeMPI", dependencies: ["CustomerData", "Collectives", "ToolSupport"]),
         // BG/NBD, Gamma-Gamma and a logistic regression: the classical yardsticks every LSTM run
         // is reported next to. Pure Swift on Foundation.
         .target(name: "Baselines"),
@@ -83,6 +84,14 @@ let package = Package(
             name: "ToolSupport",
             dependencies: [.product(name: "ArgumentParser", package: "swift-argument-parser")]
         ),
+        // The batch scoring flags and report that clm-score batch and clm-score-mpi share.
+        .target(
+            name: "BatchScoringArguments",
+            dependencies: [
+                "Scoring", "Checkpoints", "CustomerData", "EventFileArguments", "Tensors",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         // The event-file flags the data and scoring tools share.
         .target(
             name: "EventFileArguments",
@@ -101,7 +110,7 @@ let package = Package(
         .executableTarget(
             name: "clm-data",
             dependencies: [
-                "CustomerData", "ParallelImport", "Collectives", "EventFileArguments", "ToolSupport",
+                "CustomerData", "RankExchangeMPI", "Collectives", "EventFileArguments", "ToolSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -119,8 +128,17 @@ let package = Package(
             name: "clm-score",
             dependencies: [
                 "Scoring", "ScoringService", "ScoringLoad", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments", "ToolSupport",
+                "BatchScoringArguments",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Batch scoring under mpirun. A separate binary, so that clm-score never links MPI.
+        .executableTarget(
+            name: "clm-score-mpi",
+            dependencies: [
+                "Scoring", "BatchScoringArguments", "RankExchangeMPI", "CustomerData", "ToolSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .executableTarget(
@@ -140,7 +158,7 @@ let package = Package(
         .testTarget(name: "ReportingTests", dependencies: ["TestSupport", "Reporting", "ModelMetrics", "Checkpoints"]),
         .testTarget(
             name: "ScoringTests",
-            dependencies: ["TestSupport", "Scoring", "ScoringService", "ScoringLoad", "Models", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
+            dependencies: ["TestSupport", "ScoringTestSupport", "Scoring", "ScoringService", "ScoringLoad", "Models", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
                            .product(name: "HummingbirdTesting", package: "hummingbird")]
         ),
         .testTarget(
@@ -159,9 +177,16 @@ let package = Package(
         // every rank reported.
         .target(name: "RankTesting", dependencies: ["Collectives"], path: "Tests/RankTesting"),
         .target(name: "TestSupport", path: "Tests/TestSupport"),
+        // A synthetic dataset with untrained LSTM checkpoints, for the scoring tests and the
+        // multi-rank scoring check.
+        .target(
+            name: "ScoringTestSupport",
+            dependencies: ["TestSupport", "Scoring", "Models", "Checkpoints", "CustomerData", "Tensors"],
+            path: "Tests/ScoringTestSupport"
+        ),
         .executableTarget(
             name: "clm-multirank-tests",
-            dependencies: ["Collectives", "CustomerData", "ParallelImport", "RankTesting"],
+            dependencies: ["Collectives", "CustomerData", "RankExchangeMPI", "RankTesting", "Scoring", "ScoringTestSupport", "TestSupport"],
             path: "Tests/MultiRank"
         ),
         .executableTarget(

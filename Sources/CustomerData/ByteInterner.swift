@@ -258,7 +258,7 @@ final class ByteInterner {
 }
 
 /// The order of ids in datasets: shorter first, then bytewise.
-func identifierPrecedes(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+package func identifierPrecedes(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
     if a.count != b.count { return a.count < b.count }
     for k in 0..<a.count where a[k] != b[k] { return a[k] < b[k] }
     return false

@@ -5,7 +5,7 @@ import Darwin
 #endif
 
 /// The collectives a multi-rank import needs, on bytes, with rank 0 as the root. CustomerData
-/// states them here so that it does not link MPI; `ParallelImport` adapts a `Communicator`.
+/// states them here so that it does not link MPI; `RankExchangeMPI` adapts a `Communicator`.
 /// Every rank must make the same calls in the same order; counts are in bytes.
 package protocol RankExchange: AnyObject {
     var rank: Int { get }
@@ -24,11 +24,15 @@ package protocol RankExchange: AnyObject {
     func scatterv(_ source: UnsafeRawBufferPointer?, counts: [Int], into destination: UnsafeMutableRawBufferPointer) throws
 }
 
-/// Why a multi-rank import stopped on this rank because another rank failed (or failed
-/// beside rank 0, which reports for the job).
-package struct PeerImportFailure: Error, CustomStringConvertible {
+/// Why a multi-rank step (an import, a batch scoring) stopped on this rank because another
+/// rank failed (or failed beside rank 0, which reports for the job).
+package struct PeerRankFailure: Error, CustomStringConvertible {
     package var ranks: [Int]
     package var step: String
+    package init(ranks: [Int], step: String) {
+        self.ranks = ranks
+        self.step = step
+    }
     package var description: String {
         "rank\(ranks.count == 1 ? "" : "s") \(ranks.map(String.init).joined(separator: ", ")) failed while \(step) (see \(ranks.count == 1 ? "its" : "their") message); nothing was written"
     }
@@ -158,7 +162,7 @@ final class RejectsCollector: RejectSink {
 extension RankExchange {
     /// Runs `body` on every rank and has the ranks agree on the outcome, so that all of them
     /// stop together: the rank that failed rethrows its error, the others name it.
-    func agreeing<T>(_ step: String, _ body: () throws -> T) throws -> T {
+    package func agreeing<T>(_ step: String, _ body: () throws -> T) throws -> T {
         var result: Result<T, Error>
         do { result = .success(try body()) } catch { result = .failure(error) }
         let failed: Int64
@@ -168,29 +172,29 @@ extension RankExchange {
         switch result {
         case .failure(let error):
             // Rank 0 reports for the job; a rank that failed beside it stays quiet.
-            if rank != 0 && failedRanks.contains(0) { throw PeerImportFailure(ranks: failedRanks, step: step) }
+            if rank != 0 && failedRanks.contains(0) { throw PeerRankFailure(ranks: failedRanks, step: step) }
             throw error
         case .success(let value):
-            guard failedRanks.isEmpty else { throw PeerImportFailure(ranks: failedRanks, step: step) }
+            guard failedRanks.isEmpty else { throw PeerRankFailure(ranks: failedRanks, step: step) }
             return value
         }
     }
 
     /// Runs a check that every rank makes on the same values, so that all fail together; only
     /// rank 0 reports it, the others stop quietly.
-    func onEveryRank<T>(_ step: String, _ body: () throws -> T) throws -> T {
+    package func onEveryRank<T>(_ step: String, _ body: () throws -> T) throws -> T {
         do {
             return try body()
-        } catch let failure as PeerImportFailure {
+        } catch let failure as PeerRankFailure {
             // A step inside that the ranks agreed on already names who failed.
             throw failure
         } catch where rank != 0 {
-            throw PeerImportFailure(ranks: [0], step: step)
+            throw PeerRankFailure(ranks: [0], step: step)
         }
     }
 
     /// Gathers variable-length byte strings onto rank 0 (empty elsewhere) with each rank's count.
-    func gatherBytes(_ bytes: UnsafeRawBufferPointer) throws -> (bytes: [UInt8], counts: [Int]) {
+    package func gatherBytes(_ bytes: UnsafeRawBufferPointer) throws -> (bytes: [UInt8], counts: [Int]) {
         let counts = try allgather([Int64(bytes.count)]).map { Int($0) }
         var gathered = [UInt8](repeating: 0, count: rank == 0 ? counts.reduce(0, +) : 0)
         try gathered.withUnsafeMutableBytes { destination in
@@ -236,37 +240,15 @@ extension Importer {
                 throw DataError.invalidOption("--preset instacart rebuilds each customer's timeline from the whole file in one process; run it without mpirun")
             }
         }
-        let source = CSVEventSource(path: input, format: format)
-        let (fd, fileBytes, layout): (Int32, Int, CSVLayout) = try exchange.agreeing("opening \(input)") {
+        let file = try StripedEventFile(path: input, format: format, bytesPerRank: options.roundBytesPerRank, exchange: exchange) {
             try validate(input: input, output: output, options: options)
-            let layout = try source.probeLayout()
-            let fd = open(input, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw DataError.io(path: input, operation: "open", message: systemMessage()) }
-            return (fd, fileSize(input) ?? 0, layout)
         }
-        defer { _ = close(fd) }
-        // Ranks that see different files (a stale copy on one host) would write nonsense.
-        let sizes = try exchange.allgather([Int64(fileBytes)])
-        try exchange.onEveryRank("comparing the input's size") {
-            guard Set(sizes).count == 1 else { throw DataError.invalidOption("\(input) has different sizes on the ranks (\(sizes.map(String.init).joined(separator: ", ")) bytes); every rank must read the same file") }
-        }
-        let plan = StripePlan(fileSize: fileBytes, ranks: ranks, bytesPerRank: max(1, options.roundBytesPerRank))
+        let fileBytes = file.fileBytes
 
         // Every rank reaches the same cut-off (the last day is reduced) and the same verdict on it.
         let (spec, passes) = try exchange.onEveryRank("deriving the window") {
-            try options.featureSpec(input: input) {
-                let tracker = LastDayTracker()
-                try exchange.agreeing("finding the last event day") {
-                    for round in 0..<plan.rounds {
-                        let range = try plan.range(round: round, rank: rank, fd: fd, path: input)
-                        _ = try source.run(fd: fd, range: range, layout: layout, sink: tracker, rejects: nil)
-                    }
-                }
-                return Int(try exchange.allreduceMax([Int64(tracker.lastDay)])[0])
-            }
+            try options.featureSpec(input: input) { try file.lastEventDay(exchange: exchange) }
         }
-        let cutoff = spec.cutoffDay
-
         let temporary: String? = try exchange.agreeing("creating the output directory") {
             rank == 0 ? try makeTemporaryDirectory(for: output) : nil
         }
@@ -277,24 +259,8 @@ extension Importer {
         let parseStarted = monotonicSeconds()
         let partitions = try options.resolvedPartitions(inputBytes: fileBytes / ranks)
         let aggregates = CustomerAggregates(spec: spec, partitions: partitions, chunkEvents: options.aggregationChunkEvents)
-        let router = EventRouter(cutoff: cutoff, ranks: ranks)
         let rejects = RejectsCollector()
-        var stats = ReadStats()
-        var linesBefore = 0
-        for round in 0..<plan.rounds {
-            let lines = try exchange.agreeing("reading \(input)") { () -> Int in
-                let range = try plan.range(round: round, rank: rank, fd: fd, path: input)
-                let (roundStats, lines) = try source.run(fd: fd, range: range, layout: layout, sink: router, rejects: rejects)
-                stats.add(roundStats)
-                return lines
-            }
-            let lineCounts = try exchange.allgather([Int64(lines)])
-            rejects.number(from: linesBefore + lineCounts[..<rank].reduce(0) { $0 + Int($1) })
-            linesBefore += lineCounts.reduce(0) { $0 + Int($1) }
-            try announceProducts(router: router, into: aggregates.products, exchange: exchange)
-            try exchangeEvents(router: router, into: aggregates, exchange: exchange)
-        }
-        aggregates.finishAdding()
+        var stats = try file.aggregateOwnedCustomers(into: aggregates, rejects: rejects, exchange: exchange)
         let parseSeconds = monotonicSeconds() - parseStarted
 
         let totals = try exchange.allreduceSum([
@@ -305,7 +271,7 @@ extension Importer {
         (stats.rows, stats.imported, stats.rejected, stats.skippedNonPurchase, stats.blankLines, stats.headerLines) =
             (totals[0], totals[1], totals[2], totals[3], totals[4], totals[5])
         stats.bytes = fileBytes
-        stats.timeFormat = layout.timeFormat
+        stats.timeFormat = file.layout.timeFormat
         stats.seconds = parseSeconds
         let counts = AggregateCounts(eventsInHistory: totals[6], eventsInHorizon: totals[7], eventsAfterHorizon: totals[8],
                                      customersSeen: totals[9])
@@ -349,7 +315,7 @@ extension Importer {
     /// interns the same products at the same indices into `products`; the router renumbers its
     /// queued events to those indices. (The index order never reaches a dataset: the graph
     /// orders products by id.)
-    private static func announceProducts(router: EventRouter, into products: ByteInterner, exchange: RankExchange) throws {
+    static func announceProducts(router: EventRouter, into products: ByteInterner, exchange: RankExchange) throws {
         var packed: [UInt8] = []
         for p in router.unannouncedProducts {
             let bytes = router.localProducts.bytes(p)
@@ -386,7 +352,7 @@ extension Importer {
 
     /// Sends each queued event to the rank that owns its customer and aggregates what arrives,
     /// sender by sender in rank order (which is file order within the round).
-    private static func exchangeEvents(router: EventRouter, into aggregates: CustomerAggregates, exchange: RankExchange) throws {
+    static func exchangeEvents(router: EventRouter, into aggregates: CustomerAggregates, exchange: RankExchange) throws {
         let ranks = exchange.size
         let stride = MemoryLayout<PendingEvent>.stride
         var mine = [Int64](repeating: 0, count: 2 * ranks)

@@ -198,6 +198,21 @@ public struct DriftCounter: Sendable, Equatable {
 
     public mutating func reset() { self = DriftCounter(reference: reference) }
 
+    /// Every bin count, features then inputs then scores, and the customer count last: what
+    /// ranks sum to count a population scored in parts.
+    public var flattenedCounts: [Int] { features.flatMap { $0 } + inputs.flatMap { $0 } + scores.flatMap { $0 } + [customers] }
+
+    /// Replaces the counts with `counts` in `flattenedCounts`' layout.
+    public mutating func setCounts(_ counts: [Int]) {
+        precondition(counts.count == flattenedCounts.count, "drift counts from a counter of another reference")
+        var next = counts.makeIterator()
+        for f in features.indices { for k in features[f].indices { features[f][k] = next.next()! } }
+        for i in inputs.indices { for k in inputs[i].indices { inputs[i][k] = next.next()! } }
+        for s in scores.indices { for k in scores[s].indices { scores[s][k] = next.next()! } }
+        customers = next.next()!
+    }
+
+
     /// (kind, name, PSI) for every feature, input and score, in the reference's order.
     public func stabilityIndices() -> [DriftIndex] {
         var result: [DriftIndex] = []

@@ -72,7 +72,7 @@ public final class EventFileFeatures: @unchecked Sendable {
     public let asOfDay: Int
     public let stats: ReadStats
     /// Customers seen only after `asOfDay`; they have nothing to score and are left out.
-    public let customersWithoutHistory: Int
+    public private(set) var customersWithoutHistory: Int
     private let normalisation: FeatureNormalisation
     private let aggregates: CustomerAggregates
     private let order: [Int32]
@@ -82,12 +82,10 @@ public final class EventFileFeatures: @unchecked Sendable {
     ///
     /// Rows the importer would reject are skipped and counted in `stats.rejected`; a file with
     /// no importable row is refused.
-    public init(path: String, options: EventFileOptions, asOf: Int?, trainedSpec: FeatureSpec,
-                normalisation: FeatureNormalisation) throws {
+    public convenience init(path: String, options: EventFileOptions, asOf: Int?, trainedSpec: FeatureSpec,
+                            normalisation: FeatureNormalisation) throws {
         guard fileExists(path) else { throw DataError.io(path: path, operation: "open", message: "No such file or directory") }
-        guard normalisation.mean.count == customerFeatureNames.count, normalisation.std.count == customerFeatureNames.count else {
-            throw DataError.invalidOption("the normalisation statistics have \(normalisation.mean.count) features, this program computes \(customerFeatureNames.count)")
-        }
+        try Self.check(normalisation)
         let source = options.source(path: path)
         let day: Int
         if let asOf {
@@ -95,26 +93,83 @@ public final class EventFileFeatures: @unchecked Sendable {
         } else {
             let tracker = LastDayTracker()
             _ = try source.run(sink: tracker, rejects: nil)
-            guard tracker.lastDay != .min else {
-                throw DataError.noCustomers(path: path, reason: "no row could be read as a purchase, so there is no last event day")
-            }
+            guard tracker.lastDay != .min else { throw Self.noLastDay(path) }
             day = tracker.lastDay
         }
-        var window = trainedSpec
-        window.cutoffDay = day
-        window.horizonDays = 0
+        let window = Self.window(trainedSpec, endingOn: day)
         let aggregates = CustomerAggregates(spec: window, partitions: CustomerAggregates.partitions(forInputBytes: fileSize(path) ?? 0))
         let stats = try source.run(sink: aggregates, rejects: nil)
         guard stats.imported > 0 else {
             throw DataError.noCustomers(path: path, reason: "none of its \(stats.rows) rows is a valid purchase")
         }
-        self.spec = window
-        self.asOfDay = day
+        self.init(aggregates: aggregates, stats: stats, normalisation: normalisation)
+    }
+
+    /// The same features across the ranks of `exchange`: every rank parses a stripe of `path`
+    /// at a time and keeps the customers it owns (a hash of the id picks the rank), so each
+    /// rank's instance holds only its own customers, in dataset order; merging the ranks' lists
+    /// by id gives one process's order. `stats` and `customersWithoutHistory` are job totals.
+    /// The file must be readable at the same path on every rank.
+    package convenience init(path: String, options: EventFileOptions, asOf: Int?, trainedSpec: FeatureSpec,
+                             normalisation: FeatureNormalisation, roundBytesPerRank: Int = 16 << 20,
+                             exchange: RankExchange) throws {
+        let format: CSVFormat = try exchange.onEveryRank("checking the options") {
+            try Self.check(normalisation)
+            switch options.preset {
+            case .canonical: return options.format
+            case .cdnow: return Preset.cdnowFormat
+            case .instacart:
+                throw DataError.invalidOption("--preset instacart rebuilds each customer's timeline from the whole file in one process; score it without mpirun")
+            }
+        }
+        let file = try StripedEventFile(path: path, format: format, bytesPerRank: roundBytesPerRank, exchange: exchange) {
+            guard fileExists(path) else { throw DataError.io(path: path, operation: "open", message: "No such file or directory") }
+        }
+        let day = try asOf ?? file.lastEventDay(exchange: exchange)
+        try exchange.onEveryRank("finding the last event day") {
+            guard day != .min else { throw Self.noLastDay(path) }
+        }
+        let window = Self.window(trainedSpec, endingOn: day)
+        let aggregates = CustomerAggregates(
+            spec: window, partitions: CustomerAggregates.partitions(forInputBytes: file.fileBytes / exchange.size))
+        var stats = try file.aggregateOwnedCustomers(into: aggregates, rejects: nil, exchange: exchange)
+        let totals = try exchange.allreduceSum([stats.rows, stats.imported, stats.rejected].map { Int64($0) })
+        (stats.rows, stats.imported, stats.rejected) = (Int(totals[0]), Int(totals[1]), Int(totals[2]))
+        try exchange.onEveryRank("counting the purchases") {
+            guard stats.imported > 0 else {
+                throw DataError.noCustomers(path: path, reason: "none of its \(stats.rows) rows is a valid purchase")
+            }
+        }
+        self.init(aggregates: aggregates, stats: stats, normalisation: normalisation)
+        customersWithoutHistory = Int(try exchange.allreduceSum([Int64(customersWithoutHistory)])[0])
+    }
+
+    private init(aggregates: CustomerAggregates, stats: ReadStats, normalisation: FeatureNormalisation) {
+        spec = aggregates.spec
+        asOfDay = aggregates.spec.cutoffDay
         self.stats = stats
         self.normalisation = normalisation
         self.aggregates = aggregates
         order = aggregates.datasetOrder()
         customersWithoutHistory = aggregates.customerCount - order.count
+    }
+
+    private static func check(_ normalisation: FeatureNormalisation) throws {
+        guard normalisation.mean.count == customerFeatureNames.count, normalisation.std.count == customerFeatureNames.count else {
+            throw DataError.invalidOption("the normalisation statistics have \(normalisation.mean.count) features, this program computes \(customerFeatureNames.count)")
+        }
+    }
+
+    private static func noLastDay(_ path: String) -> DataError {
+        .noCustomers(path: path, reason: "no row could be read as a purchase, so there is no last event day")
+    }
+
+    /// The training spec with its history window ending on `day` and no horizon.
+    private static func window(_ trainedSpec: FeatureSpec, endingOn day: Int) -> FeatureSpec {
+        var window = trainedSpec
+        window.cutoffDay = day
+        window.horizonDays = 0
+        return window
     }
 
     /// Customers with a purchase on or before `asOfDay`.

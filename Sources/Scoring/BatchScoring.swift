@@ -39,8 +39,10 @@ public struct BatchSummary: Sendable {
     /// The forward passes alone: their time summed over the threads and divided by `threads`,
     /// the wall time they take when the threads run them side by side.
     public var modelSeconds: Double
-    /// Threads that scored.
+    /// Threads that scored (on each rank).
     public var threads: Int
+    /// Ranks that scored (mpirun); 1 in one process.
+    public var ranks = 1
     public var writeSeconds: Double
     /// Building the customer–product graph and the GraphSAGE forward; zero without a graph model.
     public var graphSeconds: Double
@@ -92,6 +94,59 @@ private struct SharedOutput<Element>: @unchecked Sendable {
     init(_ pointer: UnsafeMutablePointer<Element>) { self.pointer = pointer }
 }
 
+/// The model's outputs for every customer of an `EventFileFeatures`, by customer index.
+struct ScoredCustomers {
+    var churn: [Float]
+    var spend: [Float]
+    /// [customers, stageWidth] stage-head probabilities; empty without a stage head.
+    var lstmStages: [Float]
+    var stageWidth: Int
+    var lengths: [Int32]
+    /// With `--explain`, one per customer; empty otherwise.
+    var explanations: [Explanation?]
+    var drift: DriftCounter?
+    /// The forward passes (and explanations) alone, as the wall time the threads took side by side.
+    var modelSeconds: Double
+    var explainSeconds: Double
+    var workers: Int
+
+    /// Customer `index`'s output row and its action; a score that is not a finite number is an error.
+    func row(_ index: Int, id: String, scorer: LSTMScorer, graphStage: ArraySlice<Float>?, rules: ScoringRules,
+             highValueLine: Double, format: ScoreFileFormat) throws -> (row: String, action: String) {
+        let score = scorer.customerScore(
+            id, index: index, churn: churn, spend: spend, lengths: lengths, headStages: lstmStages,
+            graphStage: graphStage, rules: rules, highValueLine: highValueLine)
+        if let problem = score.nonFiniteScore {
+            throw ScoringError.invalidInput("customer \(score.customerID): \(problem); nothing was written")
+        }
+        let reasons = explanations.isEmpty ? nil : explanations[index]
+        let row = format == .csv ? BatchScoring.csvRow(score, reasons: reasons)
+                                 : BatchScoring.jsonLine(score, stageNames: scorer.model.dataset.stageNames, reasons: reasons) + "\n"
+        return (row, score.action)
+    }
+
+    /// With explanations: the summed absolute attribution of each group (churn logit and
+    /// expected spend), and the customer whose attributions add up worst.
+    func attributionSummary(customerID: (Int) -> String) -> (sums: (churn: [Double], spend: [Double])?, worst: CompletenessError?) {
+        guard !explanations.isEmpty else { return (nil, nil) }
+        var churnSums = [Double](repeating: 0, count: Explainer.groupNames.count), spendSums = churnSums
+        var worst: CompletenessError?
+        for (index, explanation) in explanations.enumerated() {
+            guard let explanation else { continue }
+            for k in churnSums.indices {
+                churnSums[k] += abs(explanation.churnGroups[k])
+                spendSums[k] += abs(explanation.spendGroups[k])
+            }
+            for (target, groups, change) in [("churn logit", explanation.churnGroups, explanation.churnLogitChange),
+                                             ("expected spend", explanation.spendGroups, explanation.spendChange)] {
+                let error = CompletenessError.of(attributions: groups, change: change)
+                if error > worst?.error ?? -1 { worst = CompletenessError(customerID: customerID(index), target: target, error: error) }
+            }
+        }
+        return ((churnSums, spendSums), worst)
+    }
+}
+
 /// Scores every customer of an event file and writes one row per customer.
 public enum BatchScoring {
     /// Reads `events`, scores in batches of `batchSize` and writes `output` atomically; with a
@@ -110,11 +165,7 @@ public enum BatchScoring {
         output: String, batchSize: Int = 256, threads: Int = 1, graph: GraphStageScorer? = nil,
         explain: ExplanationSettings? = nil
     ) throws -> BatchSummary {
-        if let explain, explain.steps < 1 || explain.steps > 1024 {
-            throw ScoringError.invalidInput("--explain-steps must be from 1 to 1024, got \(explain.steps)")
-        }
-        guard batchSize >= 1 else { throw ScoringError.invalidInput("--batch-size must be at least 1, got \(batchSize)") }
-        guard threads >= 1 else { throw ScoringError.invalidInput("--threads must be at least 1, got \(threads)") }
+        try checkSettings(batchSize: batchSize, threads: threads, explain: explain)
         let format = try ScoreFileFormat(path: output)
         let model = scorer.model
         let clock = ContinuousClock()
@@ -130,6 +181,99 @@ public enum BatchScoring {
         let readSeconds = seconds(clock.now - started)
 
         started = clock.now
+        let scored = scoreAll(scorer: scorer, input: input, batchSize: batchSize, threads: threads, explain: explain)
+        let scoreSeconds = seconds(clock.now - started)
+
+        started = clock.now
+        let stages = try graph.map { try graphStages($0, input: input, events: events, options: options) }
+        let graphSeconds = graph == nil ? 0 : seconds(clock.now - started)
+        let classes = model.dataset.stageNames.count
+        let count = input.customerCount
+        let attribution = scored.attributionSummary(customerID: input.customerID)
+
+        started = clock.now
+        let line = rules.highValueLine(spends: scored.spend)
+        var actionCounts: [String: Int] = [:]
+        try writeAtomically(output) { writer in
+            if let header = header(format: format, stageNames: model.dataset.stageNames, explain: explain != nil) {
+                try writer.write(header)
+            }
+            for index in 0..<count {
+                let graphStage = stages.flatMap { stages -> ArraySlice<Float>? in
+                    let row = Int(stages.rows[index])
+                    return row < 0 ? nil : stages.probabilities[row * classes ..< (row + 1) * classes]
+                }
+                let (row, action) = try scored.row(index, id: input.customerID(index), scorer: scorer, graphStage: graphStage,
+                                                   rules: rules, highValueLine: line, format: format)
+                actionCounts[action, default: 0] += 1
+                try writer.write(row)
+            }
+        }
+        var summary = BatchSummary(
+            checkpoint: model.info, asOfDay: input.asOfDay, customers: count,
+            customersWithoutHistory: input.customersWithoutHistory, rowsRead: input.stats.rows,
+            rowsRejected: input.stats.rejected, highValueLine: line, readSeconds: readSeconds,
+            scoreSeconds: scoreSeconds, modelSeconds: scored.modelSeconds,
+            threads: scored.workers, writeSeconds: seconds(clock.now - started),
+            graphSeconds: graphSeconds, customersWithGraphStage: stages?.rows.filter { $0 >= 0 }.count ?? 0,
+            actionCounts: actionCounts)
+        summary.explanation = explain
+        summary.explainSeconds = scored.explainSeconds
+        summary.worstCompleteness = attribution.worst
+        summary.drift = scored.drift?.stabilityIndices() ?? []
+        summary.meanAbsoluteAttribution = attribution.sums.map { sums in
+            (sums.churn.map { $0 / Double(count) }, sums.spend.map { $0 / Double(count) })
+        }
+        return summary
+    }
+
+    static func checkSettings(batchSize: Int, threads: Int, explain: ExplanationSettings?) throws {
+        if let explain, explain.steps < 1 || explain.steps > 1024 {
+            throw ScoringError.invalidInput("--explain-steps must be from 1 to 1024, got \(explain.steps)")
+        }
+        guard batchSize >= 1 else { throw ScoringError.invalidInput("--batch-size must be at least 1, got \(batchSize)") }
+        guard threads >= 1 else { throw ScoringError.invalidInput("--threads must be at least 1, got \(threads)") }
+    }
+
+    /// Runs `body` on an atomic writer of `output` and commits; on any failure nothing is left.
+    static func writeAtomically(_ output: String, _ body: (AtomicFileWriter) throws -> Void) throws {
+        let writer: AtomicFileWriter
+        do {
+            writer = try AtomicFileWriter(url: URL(fileURLWithPath: output))
+        } catch {
+            throw ScoringError.io(path: output, reason: "cannot create the output: \(error)")
+        }
+        do {
+            try body(writer)
+            try writer.commit()
+        } catch let error as FileSystemError {
+            writer.abandon()
+            throw ScoringError.io(path: output, reason: "\(error); nothing was written")
+        } catch {
+            writer.abandon()
+            throw error
+        }
+    }
+
+    /// The CSV header line; nil for JSON Lines.
+    static func header(format: ScoreFileFormat, stageNames: [String], explain: Bool) -> String? {
+        guard format == .csv else { return nil }
+        let stageColumns = stageNames.map { "p_\($0)" }.joined(separator: ",")
+        let reasonColumns = explain ? ",churn_reason_1,churn_reason_2,churn_reason_3,spend_reason_1,spend_reason_2,spend_reason_3" : ""
+        return "customer_id,churn_probability,expected_spend,history_periods,stage,\(stageColumns),action,stage_source\(reasonColumns)\n"
+    }
+
+    /// Runs the model (and with `explain`, the explainer) over every customer of `input` on
+    /// `threads` threads.
+    ///
+    /// Batches are the same fixed ranges of customers whatever the thread count, and each
+    /// customer's forward pass depends only on its own batch, so the results are the same
+    /// numbers with any number of threads.
+    static func scoreAll(
+        scorer: LSTMScorer, input: EventFileFeatures, batchSize: Int, threads: Int, explain: ExplanationSettings?
+    ) -> ScoredCustomers {
+        let model = scorer.model
+        let clock = ContinuousClock()
         let count = input.customerCount
         var churn = [Float](repeating: 0, count: count)
         var spend = [Float](repeating: 0, count: count)
@@ -208,88 +352,11 @@ public enum BatchScoring {
                 }
             }
         }
-        let scoreSeconds = seconds(clock.now - started)
-
-        started = clock.now
-        let stages = try graph.map { try graphStages($0, input: input, events: events, options: options) }
-        let graphSeconds = graph == nil ? 0 : seconds(clock.now - started)
-        let classes = model.dataset.stageNames.count
-
-        let explained = explanations.withLock { $0 }
-        var meanAbsolute: (churn: [Double], spend: [Double])?
-        if explain != nil && count > 0 {
-            var churnSums = [Double](repeating: 0, count: Explainer.groupNames.count), spendSums = churnSums
-            for explanation in explained.compactMap({ $0 }) {
-                for k in churnSums.indices {
-                    churnSums[k] += abs(explanation.churnGroups[k])
-                    spendSums[k] += abs(explanation.spendGroups[k])
-                }
-            }
-            meanAbsolute = (churnSums.map { $0 / Double(count) }, spendSums.map { $0 / Double(count) })
-        }
-        var worst: CompletenessError?
-        for (index, explanation) in explained.enumerated() {
-            guard let explanation else { continue }
-            for (target, groups, change) in [("churn logit", explanation.churnGroups, explanation.churnLogitChange),
-                                             ("expected spend", explanation.spendGroups, explanation.spendChange)] {
-                let error = CompletenessError.of(attributions: groups, change: change)
-                if error > worst?.error ?? -1 { worst = CompletenessError(customerID: input.customerID(index), target: target, error: error) }
-            }
-        }
-
-        started = clock.now
-        let line = rules.highValueLine(spends: spend)
-        var actionCounts: [String: Int] = [:]
-        let writer: AtomicFileWriter
-        do {
-            writer = try AtomicFileWriter(url: URL(fileURLWithPath: output))
-        } catch {
-            throw ScoringError.io(path: output, reason: "cannot create the output: \(error)")
-        }
-        do {
-            if format == .csv {
-                let stageColumns = model.dataset.stageNames.map { "p_\($0)" }.joined(separator: ",")
-                let reasonColumns = explain == nil ? "" : ",churn_reason_1,churn_reason_2,churn_reason_3,spend_reason_1,spend_reason_2,spend_reason_3"
-                try writer.write("customer_id,churn_probability,expected_spend,history_periods,stage,\(stageColumns),action,stage_source\(reasonColumns)\n")
-            }
-            for index in 0..<count {
-                let graphStage = stages.flatMap { stages -> ArraySlice<Float>? in
-                    let row = Int(stages.rows[index])
-                    return row < 0 ? nil : stages.probabilities[row * classes ..< (row + 1) * classes]
-                }
-                let score = scorer.customerScore(
-                    input.customerID(index), index: index, churn: churn, spend: spend, lengths: lengths, headStages: lstmStages,
-                    graphStage: graphStage, rules: rules, highValueLine: line)
-                if let problem = score.nonFiniteScore {
-                    throw ScoringError.invalidInput("customer \(score.customerID): \(problem); nothing was written")
-                }
-                actionCounts[score.action, default: 0] += 1
-                let reasons = explained.isEmpty ? nil : explained[index]
-                try writer.write(format == .csv ? csvRow(score, reasons: reasons)
-                                                : jsonLine(score, stageNames: model.dataset.stageNames, reasons: reasons) + "\n")
-            }
-            try writer.commit()
-        } catch let error as FileSystemError {
-            writer.abandon()
-            throw ScoringError.io(path: output, reason: "\(error); nothing was written")
-        } catch {
-            writer.abandon()
-            throw error
-        }
-        var summary = BatchSummary(
-            checkpoint: model.info, asOfDay: input.asOfDay, customers: count,
-            customersWithoutHistory: input.customersWithoutHistory, rowsRead: input.stats.rows,
-            rowsRejected: input.stats.rejected, highValueLine: line, readSeconds: readSeconds,
-            scoreSeconds: scoreSeconds, modelSeconds: seconds(modelDuration.withLock { $0 }) / Double(workers),
-            threads: workers, writeSeconds: seconds(clock.now - started),
-            graphSeconds: graphSeconds, customersWithGraphStage: stages?.rows.filter { $0 >= 0 }.count ?? 0,
-            actionCounts: actionCounts)
-        summary.explanation = explain
-        summary.explainSeconds = seconds(explainDuration.withLock { $0 }) / Double(workers)
-        summary.worstCompleteness = worst
-        summary.drift = drift.withLock { $0?.stabilityIndices() ?? [] }
-        summary.meanAbsoluteAttribution = meanAbsolute
-        return summary
+        return ScoredCustomers(
+            churn: churn, spend: spend, lstmStages: lstmStages, stageWidth: headStages, lengths: lengths,
+            explanations: explanations.withLock { $0 }, drift: drift.withLock { $0 },
+            modelSeconds: seconds(modelDuration.withLock { $0 }) / Double(workers),
+            explainSeconds: seconds(explainDuration.withLock { $0 }) / Double(workers), workers: workers)
     }
 
     /// The graph model's stage probabilities for the customers of `input`: `rows[i]` is the

@@ -112,8 +112,12 @@ public struct ScoringRules: Codable, Sendable, Equatable {
         if let highValueAmount { return highValueAmount }
         guard !spends.isEmpty else { return .infinity }
         let sorted = spends.sorted(by: >)
-        let count = max(1, Int((Double(sorted.count) * highValueTopFraction).rounded(.up)))
-        return Double(sorted[min(count, sorted.count) - 1])
+        return Double(sorted[highValueRank(of: sorted.count) - 1])
+    }
+
+    /// How many of `customers` are high value: the top fraction, at least one, at most all.
+    public func highValueRank(of customers: Int) -> Int {
+        min(customers, max(1, Int((Double(customers) * highValueTopFraction).rounded(.up))))
     }
 
     /// The next action for one customer.

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Collectives
 import CustomerData
-import ParallelImport
+import RankExchangeMPI
 import EventFileArguments
 import ToolSupport
 import Foundation
@@ -64,7 +64,7 @@ struct Import: ParsableCommand {
             options.split = SplitOptions(seed: seed, trainFraction: trainFraction, validationFraction: validationFraction)
             options.maxRejectFraction = maxRejectFraction
             options.buildGraph = !noGraph
-            if ParallelImporter.launchedAcrossRanks {
+            if launchedAcrossRanks {
                 try importAcrossRanks(options)
                 return
             }
@@ -73,26 +73,12 @@ struct Import: ParsableCommand {
         }
     }
 
-    /// Under mpirun: every rank parses and aggregates a share, rank 0 writes and reports. A
-    /// failure the ranks agreed on ends every rank with status 1 (rank 0 says why, and a rank
-    /// that failed alone says so too); anything else aborts the job.
+    /// Under mpirun: every rank parses and aggregates a share, rank 0 writes and reports.
     private func importAcrossRanks(_ options: ImportOptions) throws {
-        let world = try MPICommunicator(watchdogTimeout: .seconds(600))
-        do {
-            if let summary = try ParallelImporter.run(input: input, output: out, options: options, world: world) {
+        try runOnEveryRank(tool: "clm-data") { exchange in
+            if let summary = try Importer.run(input: input, output: out, options: options, exchange: exchange) {
                 print(describe(summary))
             }
-            try world.shutdown()
-        } catch let failure as PeerImportFailure {
-            if world.rank == 0 { FileHandle.standardError.write(Data("clm-data: error: \(failure)\n".utf8)) }
-            try? world.shutdown()
-            Foundation.exit(1)
-        } catch let error as DataError {
-            FileHandle.standardError.write(Data("clm-data: error\(world.rank == 0 ? "" : " on rank \(world.rank)"): \(error)\n".utf8))
-            try? world.shutdown()
-            Foundation.exit(1)
-        } catch {
-            world.abort("clm-data: import failed on rank \(world.rank): \(error)", code: 1)
         }
     }
 }

@@ -1,7 +1,7 @@
 import Collectives
 import CustomerData
 import Foundation
-import ParallelImport
+import RankExchangeMPI
 import RankTesting
 
 // `clm-data import` under mpirun must write, at any rank count, the dataset one process writes:
@@ -69,7 +69,7 @@ func runImportChecks(_ world: MPICommunicator, _ checks: RankChecks) {
             }
             checks.expect(rank == 0, "only rank 0 reports the rejects (rank \(rank) threw \(error))")
             checks.expect(rejected > 0 && rejected < rows, "rejected \(rejected) of \(rows)")
-        } catch is PeerImportFailure {
+        } catch is PeerRankFailure {
             checks.expect(rank != 0, "rank 0 must report the reason itself")
         }
         try world.barrier()

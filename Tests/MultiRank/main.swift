@@ -23,6 +23,7 @@ do {
 let checks = RankChecks(rank: world.rank, size: world.size)
 runCollectiveChecks(world, checks)
 runImportChecks(world, checks)
+runScoringChecks(world, checks)
 
 print(checks.summaryLine)
 do {

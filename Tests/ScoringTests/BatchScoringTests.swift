@@ -4,6 +4,7 @@ import EventFileArguments
 import Foundation
 import Models
 @testable import Scoring
+import ScoringTestSupport
 import Tensors
 import Testing
 

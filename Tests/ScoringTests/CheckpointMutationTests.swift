@@ -3,6 +3,7 @@ import CustomerData
 import Foundation
 import Models
 @testable import Scoring
+import ScoringTestSupport
 import Tensors
 import Testing
 

@@ -4,6 +4,7 @@ import Foundation
 import Models
 @testable import Scoring
 import ScoringService
+import ScoringTestSupport
 import Tensors
 import Testing
 

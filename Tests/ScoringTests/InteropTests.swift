@@ -2,6 +2,7 @@ import Foundation
 import Models
 import Scoring
 import ScoringService
+import ScoringTestSupport
 import TestSupport
 import Testing
 

@@ -6,6 +6,7 @@ import Glibc
 #endif
 import Logging
 import Scoring
+import ScoringTestSupport
 import ScoringLoad
 import ScoringService
 import TestSupport
