@@ -35,6 +35,8 @@ struct PendingQueue {
 final class CustomerAggregates: EventSink {
     let spec: FeatureSpec
     let products = ByteInterner()
+    /// Whether products and customer–product pairs are kept (see `init`).
+    let countsPairs: Bool
 
     private let shards: [CustomerShard]
     private let partitionShift: UInt64
@@ -69,10 +71,14 @@ final class CustomerAggregates: EventSink {
 
     /// `partitions` must be a power of two; 1 aggregates each event as it arrives (no queue),
     /// which suits a few customers, as in a scoring request.
-    init(spec: FeatureSpec, partitions: Int = 1, chunkEvents: Int = 1 << 20) {
+    ///
+    /// Without `countsPairs`, product ids are ignored: no products, no customer–product pairs
+    /// (the largest structure of an import), for callers that need no graph.
+    init(spec: FeatureSpec, partitions: Int = 1, chunkEvents: Int = 1 << 20, countsPairs: Bool = true) {
         precondition(partitions >= 1 && partitions <= 1 << 16 && partitions & (partitions - 1) == 0,
                      "partitions must be a power of two up to 65536")
         self.spec = spec
+        self.countsPairs = countsPairs
         self.chunkEvents = chunkEvents
         partitionShift = UInt64(64 - partitions.trailingZeroBitCount)
         shards = (0..<partitions).map { _ in
@@ -99,7 +105,7 @@ final class CustomerAggregates: EventSink {
         let id = event.customer.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!
         var product: Int32 = -1
         // As in an unpartitioned pass: products of history events only, interned in file order.
-        if event.day <= spec.cutoffDay && event.product.count > 0 {
+        if countsPairs && event.day <= spec.cutoffDay && event.product.count > 0 {
             product = products.intern(event.product.baseAddress!, event.product.count)
         }
         let amount = FixedPoint.from(event.amount)

@@ -53,6 +53,7 @@ func ownerRank(hash: UInt64, ranks: Int) -> Int {
 /// rank's file order, and renumbered to the job-wide index before the events leave.
 final class EventRouter: EventSink {
     let cutoff: Int
+    let countsPairs: Bool
     let ranks: Int
     let localProducts = ByteInterner()
     /// Job-wide product index of each local one, for those already announced.
@@ -60,8 +61,10 @@ final class EventRouter: EventSink {
     private(set) var events: [GrowableBuffer<PendingEvent>]
     private(set) var idBytes: [GrowableBuffer<UInt8>]
 
-    init(cutoff: Int, ranks: Int) {
+    /// Without `countsPairs`, product ids are dropped (as `CustomerAggregates` drops them).
+    init(cutoff: Int, ranks: Int, countsPairs: Bool = true) {
         self.cutoff = cutoff
+        self.countsPairs = countsPairs
         self.ranks = ranks
         let empty = PendingEvent(hash: 0, orderHash: 0, amount: 0, quantity: 0, idOffset: 0, idLength: 0, day: 0, product: 0)
         events = (0..<ranks).map { _ in GrowableBuffer(capacity: 1 << 12, fill: empty) }
@@ -82,7 +85,7 @@ final class EventRouter: EventSink {
         let owner = ownerRank(hash: hash, ranks: ranks)
         var product: Int32 = -1
         // As CustomerAggregates.consume: products of history events only.
-        if event.day <= cutoff && event.product.count > 0 {
+        if countsPairs && event.day <= cutoff && event.product.count > 0 {
             product = localProducts.intern(event.product.baseAddress!, event.product.count)
         }
         let offset = idBytes[owner].grow(by: n)

@@ -82,8 +82,11 @@ public final class EventFileFeatures: @unchecked Sendable {
     ///
     /// Rows the importer would reject are skipped and counted in `stats.rejected`; a file with
     /// no importable row is refused.
+    ///
+    /// `withGraph: false` ignores product ids: no customer–product graph, and a third less
+    /// memory on an order export (the pairs are the largest part of the aggregates).
     public convenience init(path: String, options: EventFileOptions, asOf: Int?, trainedSpec: FeatureSpec,
-                            normalisation: FeatureNormalisation) throws {
+                            normalisation: FeatureNormalisation, withGraph: Bool = true) throws {
         guard fileExists(path) else { throw DataError.io(path: path, operation: "open", message: "No such file or directory") }
         try Self.check(normalisation)
         let source = options.source(path: path)
@@ -97,7 +100,8 @@ public final class EventFileFeatures: @unchecked Sendable {
             day = tracker.lastDay
         }
         let window = Self.window(trainedSpec, endingOn: day)
-        let aggregates = CustomerAggregates(spec: window, partitions: CustomerAggregates.partitions(forInputBytes: fileSize(path) ?? 0))
+        let aggregates = CustomerAggregates(spec: window, partitions: CustomerAggregates.partitions(forInputBytes: fileSize(path) ?? 0),
+                                            countsPairs: withGraph)
         let stats = try source.run(sink: aggregates, rejects: nil)
         guard stats.imported > 0 else {
             throw DataError.noCustomers(path: path, reason: "none of its \(stats.rows) rows is a valid purchase")
@@ -109,7 +113,8 @@ public final class EventFileFeatures: @unchecked Sendable {
     /// at a time and keeps the customers it owns (a hash of the id picks the rank), so each
     /// rank's instance holds only its own customers, in dataset order; merging the ranks' lists
     /// by id gives one process's order. `stats` and `customersWithoutHistory` are job totals.
-    /// The file must be readable at the same path on every rank.
+    /// The file must be readable at the same path on every rank. Product ids are ignored: a
+    /// graph needs every customer in one process.
     package convenience init(path: String, options: EventFileOptions, asOf: Int?, trainedSpec: FeatureSpec,
                              normalisation: FeatureNormalisation, roundBytesPerRank: Int = 16 << 20,
                              exchange: RankExchange) throws {
@@ -131,7 +136,7 @@ public final class EventFileFeatures: @unchecked Sendable {
         }
         let window = Self.window(trainedSpec, endingOn: day)
         let aggregates = CustomerAggregates(
-            spec: window, partitions: CustomerAggregates.partitions(forInputBytes: file.fileBytes / exchange.size))
+            spec: window, partitions: CustomerAggregates.partitions(forInputBytes: file.fileBytes / exchange.size), countsPairs: false)
         var stats = try file.aggregateOwnedCustomers(into: aggregates, rejects: nil, exchange: exchange)
         let totals = try exchange.allreduceSum([stats.rows, stats.imported, stats.rejected].map { Int64($0) })
         (stats.rows, stats.imported, stats.rejected) = (Int(totals[0]), Int(totals[1]), Int(totals[2]))
@@ -183,6 +188,9 @@ public final class EventFileFeatures: @unchecked Sendable {
     /// order (customer node i is `customerID(i)`), its node features z-scored with a trained
     /// dataset's `statistics`. Built once: it consumes the purchase pairs.
     public func customerProductGraph(statistics: DatasetManifest.Graph) throws -> CustomerProductGraph {
+        guard aggregates.countsPairs else {
+            throw DataError.invalidOption("these features were read without the customer–product pairs (withGraph: false)")
+        }
         guard !graphBuilt else {
             throw DataError.invalidOption("the customer–product graph of this event file was already built")
         }

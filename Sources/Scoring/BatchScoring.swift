@@ -174,7 +174,7 @@ public enum BatchScoring {
         do {
             input = try EventFileFeatures(
                 path: events, options: options, asOf: asOf, trainedSpec: model.dataset.spec,
-                normalisation: model.dataset.normalisation)
+                normalisation: model.dataset.normalisation, withGraph: graph != nil)
         } catch let error as DataError {
             throw ScoringError.invalidInput(error.description)
         }

@@ -99,6 +99,31 @@ struct GraphScoringTests {
         #expect(throws: DataError.self) { try input.customerProductGraph(statistics: manifest.graph!) }
     }
 
+    @Test("features read without the graph's pairs equal those read with them, and the graph is refused")
+    func featuresWithoutPairs() throws {
+        let fixture = try ScoringFixture(customers: 150)
+        let manifest = fixture.dataset.manifest
+        func read(withGraph: Bool) throws -> EventFileFeatures {
+            try EventFileFeatures(path: fixture.eventsPath, options: EventFileOptions(), asOf: manifest.spec.cutoffDay,
+                                  trainedSpec: manifest.spec, normalisation: manifest.normalisation, withGraph: withGraph)
+        }
+        let with = try read(withGraph: true), without = try read(withGraph: false)
+        #expect(without.customerCount == with.customerCount && with.customerCount > 100)
+        let size = with.historyLength * with.featureCount * with.customerCount
+        var a = [Float](repeating: .nan, count: size), b = [Float](repeating: 0, count: size)
+        var lengthsA = [Int32](repeating: 0, count: with.customerCount), lengthsB = lengthsA
+        a.withUnsafeMutableBufferPointer { f in
+            lengthsA.withUnsafeMutableBufferPointer { with.fill(0..<with.customerCount, features: f.baseAddress!, lengths: $0.baseAddress!) }
+        }
+        b.withUnsafeMutableBufferPointer { f in
+            lengthsB.withUnsafeMutableBufferPointer { without.fill(0..<without.customerCount, features: f.baseAddress!, lengths: $0.baseAddress!) }
+        }
+        #expect(a == b && lengthsA == lengthsB)
+        #expect((0..<with.customerCount).allSatisfy { with.customerID($0) == without.customerID($0) })
+        #expect(throws: DataError.self) { try without.customerProductGraph(statistics: manifest.graph!) }
+        #expect((try? with.customerProductGraph(statistics: manifest.graph!)) != nil)
+    }
+
     @Test("batch stages come from the GraphSAGE checkpoint and equal a full-neighbourhood reference forward")
     func batchStagesFromGraphModel() throws {
         let fixture = try ScoringFixture(customers: 240)
