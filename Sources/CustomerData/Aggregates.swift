@@ -331,9 +331,6 @@ final class CustomerShard {
             if index &+ lookahead < count {
                 let ahead = events[index &+ lookahead]
                 clm_prefetch_write(states.pointer + Int(ahead.hash))
-                if ahead.product >= 0 && Int(ahead.day) <= cutoff {
-                    pairs.prefetch(customer: Int32(truncatingIfNeeded: ahead.hash), product: ahead.product)
-                }
             }
             let event = events[index]
             add(Int(event.hash), day: Int(event.day), amount: event.amount, quantity: event.quantity,
@@ -497,103 +494,104 @@ final class CustomerShard {
 }
 
 /// Counts purchases per (customer, product) pair: the edge weights of the bipartite graph.
+///
+/// Each purchase appends its pair to a log, a sequential write of 8 bytes, and the log is
+/// collapsed into counts once, when the pairs are first read: a counting sort by customer
+/// (customer indices are dense), then each customer's few products sorted and counted. The
+/// hash table this replaces took a cache miss per row and 16–32 bytes per pair; on a 10M-row
+/// date-ordered export it was about 40% of the parsing time and 210 MB of the 523 MiB peak.
+/// Collapsed, a pair costs 8 bytes (product and count) and a customer 4 (its offset).
 final class PairCounter {
-    @exclusivity(unchecked) private var keys: UnsafeMutablePointer<UInt64>
-    @exclusivity(unchecked) private var values: UnsafeMutablePointer<Int32>
-    @exclusivity(unchecked) private var mask: Int
-    @exclusivity(unchecked) private(set) var count = 0
-    private static let empty = UInt64.max
+    /// (customer << 32 | product) per purchase, until collapsed.
+    @exclusivity(unchecked) private var log: GrowableBuffer<UInt64>
+    @exclusivity(unchecked) private var customerLimit: Int32 = 0
+    /// After collapsing: customer c's pairs are `products[offsets[c]..<offsets[c + 1]]`, each
+    /// product once and in increasing order, with its purchases in `counts`.
+    private var offsets: [Int32] = []
+    private var products: [Int32] = []
+    private var counts: [Int32] = []
+    private var collapsed = false
 
     init(expectedPairs: Int = 1 << 11) {
-        var size = 16
-        while size * 3 < expectedPairs * 4 { size *= 2 }
-        mask = size - 1
-        keys = .allocate(capacity: mask + 1)
-        keys.initialize(repeating: Self.empty, count: mask + 1)
-        values = .allocate(capacity: mask + 1)
-        values.initialize(repeating: 0, count: mask + 1)
+        log = GrowableBuffer(capacity: expectedPairs, fill: 0)
     }
 
-    deinit {
-        keys.deallocate()
-        values.deallocate()
-    }
-
-    /// Home slot of a pair: a random base per customer plus a small offset per product.
-    ///
-    /// Rows come grouped by customer, so keeping one customer's pairs within 64 neighbouring
-    /// slots turns a cache miss per row into one per customer; across customers the bases are
-    /// still spread uniformly, which is all linear probing needs.
-    @inline(__always)
-    static func home(_ key: UInt64) -> Int {
-        let customerHash = ((key >> 32) &* 0x9E37_79B9_7F4A_7C15) >> 16
-        let productHash = ((key & 0xFFFF_FFFF) &* 0xBF58_476D_1CE4_E5B9) >> 58
-        return Int(truncatingIfNeeded: customerHash &+ productHash)
-    }
-
-    /// Asks for the slot `add` will look at first.
-    @inline(__always)
-    func prefetch(customer: Int32, product: Int32) {
-        let key = UInt64(UInt32(bitPattern: customer)) << 32 | UInt64(UInt32(bitPattern: product))
-        let slot = Self.home(key) & mask
-        clm_prefetch_write(keys + slot)
-        clm_prefetch_write(values + slot)
-    }
+    deinit { log.free() }
 
     @inline(__always)
     func add(customer: Int32, product: Int32) {
-        let key = UInt64(UInt32(bitPattern: customer)) << 32 | UInt64(UInt32(bitPattern: product))
-        var slot = Self.home(key) & mask
-        while true {
-            let k = keys[slot]
-            if k == key {
-                values[slot] &+= 1
-                return
-            }
-            if k == Self.empty { break }
-            slot = (slot + 1) & mask
-        }
-        keys[slot] = key
-        values[slot] = 1
-        count += 1
-        // Three quarters at most: the table is the largest structure of a graph import, and
-        // its doubling briefly holds the old and the new table at once.
-        if count * 4 > (mask + 1) * 3 { grow() }
+        precondition(!collapsed, "a pair added after the pairs were read")
+        log.append(UInt64(UInt32(bitPattern: customer)) << 32 | UInt64(UInt32(bitPattern: product)))
+        if customer >= customerLimit { customerLimit = customer &+ 1 }
     }
 
-    private func grow() {
-        let oldKeys = keys, oldValues = values, oldSize = mask + 1
-        mask = oldSize * 2 - 1
-        keys = .allocate(capacity: mask + 1)
-        keys.initialize(repeating: Self.empty, count: mask + 1)
-        values = .allocate(capacity: mask + 1)
-        values.initialize(repeating: 0, count: mask + 1)
-        for i in 0..<oldSize where oldKeys[i] != Self.empty {
-            var slot = Self.home(oldKeys[i]) & mask
-            while keys[slot] != Self.empty { slot = (slot + 1) & mask }
-            keys[slot] = oldKeys[i]
-            values[slot] = oldValues[i]
-        }
-        oldKeys.deallocate()
-        oldValues.deallocate()
+    /// Distinct pairs.
+    var count: Int {
+        collapse()
+        return products.count
     }
 
-    /// Frees the table; the counter is empty afterwards.
+    /// Frees the pairs; the counter is empty afterwards.
     func release() {
-        keys.deallocate()
-        values.deallocate()
-        mask = 0
-        keys = .allocate(capacity: 1)
-        keys.initialize(to: Self.empty)
-        values = .allocate(capacity: 1)
-        values.initialize(to: 0)
-        count = 0
+        collapse()
+        offsets = []
+        products = []
+        counts = []
     }
 
-    /// Every pair with its count, in no particular order.
+    /// Every pair with its count, customer by customer, products in increasing order.
     func forEach(_ body: (_ customer: Int32, _ product: Int32, _ count: Int32) -> Void) {
-        for i in 0...mask where keys[i] != Self.empty {
-            body(Int32(truncatingIfNeeded: keys[i] >> 32), Int32(truncatingIfNeeded: keys[i] & 0xFFFF_FFFF), values[i])
+        collapse()
+        guard !offsets.isEmpty else { return }
+        for customer in 0..<Int(customerLimit) {
+            for k in Int(offsets[customer])..<Int(offsets[customer + 1]) {
+                body(Int32(customer), products[k], counts[k])
+            }
         }
+    }
+
+    private func collapse() {
+        guard !collapsed else { return }
+        collapsed = true
+        let n = log.count, customers = Int(customerLimit)
+        var starts = [Int32](repeating: 0, count: customers + 1)
+        for k in 0..<n { starts[Int(log[k] >> 32) + 1] += 1 }
+        for c in 0..<customers { starts[c + 1] += starts[c] }
+        var byCustomer = [Int32](repeating: 0, count: n)
+        var cursor = starts
+        for k in 0..<n {
+            let key = log[k], c = Int(key >> 32)
+            byCustomer[Int(cursor[c])] = Int32(truncatingIfNeeded: key & 0xFFFF_FFFF)
+            cursor[c] += 1
+        }
+        log.free()
+        log = GrowableBuffer(capacity: 16, fill: 0)
+        // Each customer's products sorted (a customer has a handful) and collapsed in place.
+        var write = 0
+        var pairCounts = [Int32](repeating: 0, count: n)
+        byCustomer.withUnsafeMutableBufferPointer { products in
+            for c in 0..<customers {
+                let first = Int(starts[c]), end = Int(starts[c + 1])
+                starts[c] = Int32(write)
+                guard first < end else { continue }
+                var segment = UnsafeMutableBufferPointer(rebasing: products[first..<end])
+                segment.sort()
+                var k = first
+                while k < end {
+                    var run = k + 1
+                    while run < end && products[run] == products[k] { run += 1 }
+                    products[write] = products[k]
+                    pairCounts[write] = Int32(run - k)
+                    write += 1
+                    k = run
+                }
+            }
+        }
+        starts[customers] = Int32(write)
+        byCustomer.removeLast(n - write)
+        pairCounts.removeLast(n - write)
+        offsets = starts
+        products = byCustomer
+        counts = pairCounts
     }
 }
