@@ -540,24 +540,47 @@ extension Importer {
             }
             aggregates.releasePairs()
             position = []
-            var gatheredPairs = try pairs.withUnsafeBytes { try exchange.gatherBytes($0) }
-            pairs = []
-            if let assembler {
-                (graph, graphInfo) = gatheredPairs.bytes.withUnsafeBytes { raw in
-                    let triples = raw.bindMemory(to: Int32.self)
-                    return buildCustomerProductGraph(
-                        customerCount: n, products: aggregates.products,
-                        forEachPair: { body in
-                            var k = 0
-                            while k + 2 < triples.count {
-                                body(triples[k], triples[k + 1], triples[k + 2])
-                                k += 3
-                            }
-                        },
-                        releasePairs: {}, totals: assembler.graphTotals, statistics: nil)
+            // The pairs reach rank 0 a block per rank at a time, once for each of the graph
+            // builder's two reads (degrees, then neighbours): rank 0 holds the graph and one
+            // block per rank, never every pair, and no gather grows with the pairs (one
+            // MPI_Gatherv of them all stopped near 170M pairs, at its 2 GiB count limit).
+            let blockValues = 3 * max(1, options.pairsPerGather)
+            func streamPairs(_ body: (Int32, Int32, Int32) -> Void) throws {
+                var next = 0
+                while true {
+                    let end = min(pairs.count, next + blockValues)
+                    let gathered = try pairs[next..<end].withUnsafeBytes { try exchange.gatherBytes($0) }
+                    next = end
+                    // The counts are allgathered, so every rank leaves the loop together.
+                    if gathered.counts.allSatisfy({ $0 == 0 }) { return }
+                    gathered.bytes.withUnsafeBytes { raw in
+                        let triples = raw.bindMemory(to: Int32.self)
+                        var k = 0
+                        while k + 2 < triples.count {
+                            body(triples[k], triples[k + 1], triples[k + 2])
+                            k += 3
+                        }
+                    }
                 }
-                gatheredPairs.bytes = []
             }
+            if let assembler {
+                var failure: Error?
+                var reads = 0
+                (graph, graphInfo) = buildCustomerProductGraph(
+                    customerCount: n, products: aggregates.products,
+                    forEachPair: { body in
+                        reads += 1
+                        guard failure == nil else { return }
+                        do { try streamPairs(body) } catch { failure = error }
+                    },
+                    releasePairs: {}, totals: assembler.graphTotals, statistics: nil)
+                if let failure { throw failure }
+                precondition(reads == 2, "the other ranks stream the pairs for exactly two reads of the graph builder")
+            } else {
+                try streamPairs { _, _, _ in }
+                try streamPairs { _, _, _ in }
+            }
+            pairs = []
         }
         return try exchange.agreeing("writing the dataset") {
             guard let assembler else { return nil }

@@ -45,6 +45,9 @@ public struct ImportOptions: Sendable {
     /// are exchanged; it bounds the memory a round needs. Any value gives the same dataset (tests
     /// make it small so that a small file goes through many rounds).
     public var roundBytesPerRank = 16 << 20
+    /// Customer–product pairs each rank sends rank 0 per gather while the graph is built across
+    /// ranks; any value gives the same graph (tests make it small).
+    public var pairsPerGather = 65_536
 
     public init() {}
 

@@ -34,6 +34,7 @@ func runImportChecks(_ world: MPICommunicator, _ checks: RankChecks) {
         options.horizonDays = 91
         options.maxRejectFraction = 0.05
         options.roundBytesPerRank = 4096
+        options.pairsPerGather = 7
         try compareWithOneProcess(input: input, name: "orders", options: options, world: world, checks: checks)
     }
 
