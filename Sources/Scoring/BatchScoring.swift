@@ -168,19 +168,13 @@ public enum BatchScoring {
         try checkSettings(batchSize: batchSize, threads: threads, explain: explain)
         let format = try ScoreFileFormat(path: output)
         let model = scorer.model
+        let (input, readSeconds) = try timedRead {
+            try EventFileFeatures(path: events, options: options, asOf: asOf, trainedSpec: model.dataset.spec,
+                                  normalisation: model.dataset.normalisation, withGraph: graph != nil)
+        }
+
         let clock = ContinuousClock()
         var started = clock.now
-        let input: EventFileFeatures
-        do {
-            input = try EventFileFeatures(
-                path: events, options: options, asOf: asOf, trainedSpec: model.dataset.spec,
-                normalisation: model.dataset.normalisation, withGraph: graph != nil)
-        } catch let error as DataError {
-            throw ScoringError.invalidInput(error.description)
-        }
-        let readSeconds = seconds(clock.now - started)
-
-        started = clock.now
         let scored = scoreAll(scorer: scorer, input: input, batchSize: batchSize, threads: threads, explain: explain)
         let scoreSeconds = seconds(clock.now - started)
 
@@ -225,6 +219,18 @@ public enum BatchScoring {
             (sums.churn.map { $0 / Double(count) }, sums.spend.map { $0 / Double(count) })
         }
         return summary
+    }
+
+    /// Reads the scored customers' features, timed; the reader's errors become the scorer's.
+    static func timedRead(_ read: () throws -> EventFileFeatures) throws -> (input: EventFileFeatures, seconds: Double) {
+        let clock = ContinuousClock()
+        let started = clock.now
+        do {
+            let input = try read()
+            return (input, seconds(clock.now - started))
+        } catch let error as DataError {
+            throw ScoringError.invalidInput(error.description)
+        }
     }
 
     static func checkSettings(batchSize: Int, threads: Int, explain: ExplanationSettings?) throws {

@@ -6,8 +6,10 @@ extension BatchScoring {
     /// `run` across the ranks of `exchange` (mpirun): every rank parses a stripe of `events` at
     /// a time, keeps the customers it owns (a hash of the id picks the rank) and scores them on
     /// `threads` threads; rank 0 merges the ranks' rows by customer id into `output`. The file
-    /// is byte for byte the one a one-process `run` writes with the same model and options, and
-    /// rank 0's memory for the merge is `mergeBlock` rows per rank, whatever the population.
+    /// has the customers, order, stages and actions a one-process `run` writes; scores agree to
+    /// float32 rounding, since a customer's forward sums in an order that depends on the batch it
+    /// shares (at one rank the batches, and so the bytes, are the same). Rank 0's memory for the
+    /// merge is `mergeBlock` rows per rank, whatever the population.
     ///
     /// Returns the job's summary on rank 0 and nil elsewhere. The event file must be readable
     /// at the same path on every rank; only rank 0 writes. Stages come from the LSTM's stage
@@ -27,19 +29,14 @@ extension BatchScoring {
             }
             return try ScoreFileFormat(path: output)
         }
+        let (input, readSeconds) = try timedRead {
+            try EventFileFeatures(path: events, options: options, asOf: asOf, trainedSpec: model.dataset.spec,
+                                  normalisation: model.dataset.normalisation, roundBytesPerRank: roundBytesPerRank,
+                                  exchange: exchange)
+        }
+
         let clock = ContinuousClock()
         var started = clock.now
-        let input: EventFileFeatures
-        do {
-            input = try EventFileFeatures(
-                path: events, options: options, asOf: asOf, trainedSpec: model.dataset.spec,
-                normalisation: model.dataset.normalisation, roundBytesPerRank: roundBytesPerRank, exchange: exchange)
-        } catch let error as DataError {
-            throw ScoringError.invalidInput(error.description)
-        }
-        let readSeconds = seconds(clock.now - started)
-
-        started = clock.now
         let scored = scoreAll(scorer: scorer, input: input, batchSize: batchSize, threads: threads, explain: explain)
         let count = input.customerCount
         try exchange.agreeing("checking the scores") {
@@ -58,7 +55,8 @@ extension BatchScoring {
         if let counter = drift {
             drift!.setCounts(try exchange.allreduceSum(counter.flattenedCounts.map { Int64($0) }).map { Int($0) })
         }
-        let attribution = try jobAttribution(scored.attributionSummary(customerID: input.customerID), exchange: exchange)
+        let attribution = try jobAttribution(scored.attributionSummary(customerID: input.customerID), explaining: explain != nil,
+                                             exchange: exchange)
 
         started = clock.now
         var actionCounts: [String: Int] = [:]
@@ -126,12 +124,16 @@ extension BatchScoring {
     }
 
     /// The mean attributions and the worst completeness of the whole job: rank 0 sums every
-    /// rank's group sums in rank order and keeps the worst customer.
+    /// rank's group sums in rank order and keeps the worst customer. `explaining` must be the
+    /// same on every rank (a rank without customers has no sums but still takes part).
     static func jobAttribution(
-        _ local: (sums: (churn: [Double], spend: [Double])?, worst: CompletenessError?), exchange: RankExchange
+        _ local: (sums: (churn: [Double], spend: [Double])?, worst: CompletenessError?), explaining: Bool,
+        exchange: RankExchange
     ) throws -> (sums: (churn: [Double], spend: [Double])?, worst: CompletenessError?) {
-        guard let sums = local.sums else { return (nil, nil) }
-        let groups = sums.churn.count
+        guard explaining else { return (nil, nil) }
+        let groups = Explainer.groupNames.count
+        let none = [Double](repeating: 0, count: groups)
+        let sums = local.sums ?? (none, none)
         let everyRank = try exchange.allgather((sums.churn + sums.spend).map { Int64(bitPattern: $0.bitPattern) })
         var churn = [Double](repeating: 0, count: groups), spend = churn
         for r in 0..<exchange.size {

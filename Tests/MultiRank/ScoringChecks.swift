@@ -123,6 +123,33 @@ func runScoringChecks(_ world: MPICommunicator, _ checks: RankChecks) {
         }
     }
 
+    checks.check("ranks that own no customer still take part: two customers at any rank count, with reasons") {
+        let scorer = LSTMScorer(model: try ScoringModel.load(root: URL(fileURLWithPath: root), run: "test"))
+        let few = directory + "two-customers.csv"
+        if rank == 0 {
+            // The fixture's rows of its first two customers.
+            let lines = try String(contentsOfFile: events, encoding: .utf8).split(separator: "\n")
+            let ids = Array(Set(lines.dropFirst().prefix(40).map { $0.split(separator: ",")[0] })).sorted().prefix(2)
+            let kept = lines.dropFirst().filter { ids.contains($0.split(separator: ",")[0]) }
+            try ([String(lines[0])] + kept.map(String.init)).joined(separator: "\n").appending("\n")
+                .write(toFile: few, atomically: true, encoding: .utf8)
+        }
+        try world.barrier()
+        let settings = ExplanationSettings(steps: 4, baseline: .zeros)
+        let single = directory + "two-single.csv", ranks = directory + "two-ranks-\(world.size).csv"
+        let reference = rank == 0
+            ? try BatchScoring.run(scorer: scorer, events: few, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
+                                   output: single, explain: settings)
+            : nil
+        let summary = try BatchScoring.run(scorer: scorer, events: few, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
+                                           output: ranks, explain: settings, exchange: exchange)
+        guard rank == 0, let reference, let summary else { return }
+        checks.expectEqual(summary.customers, 2, "customers")
+        checks.expectEqual(reference.customers, 2, "customers in one process")
+        checks.expect(summary.meanAbsoluteAttribution != nil, "attributions summarised")
+        try compareScoreFiles(ranks, single, exact: world.size == 1, checks: checks)
+    }
+
     checks.check("a refused option stops every rank, rank 0 says why, and nothing is written") {
         let scorer = LSTMScorer(model: try ScoringModel.load(root: URL(fileURLWithPath: root), run: "test"))
         let output = directory + "refused-\(world.size).csv"
