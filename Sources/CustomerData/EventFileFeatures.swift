@@ -83,8 +83,8 @@ public final class EventFileFeatures: @unchecked Sendable {
     /// Rows the importer would reject are skipped and counted in `stats.rejected`; a file with
     /// no importable row is refused.
     ///
-    /// `withGraph: false` ignores product ids: no customer–product graph, and a third less
-    /// memory on an order export (the pairs are the largest part of the aggregates).
+    /// `withGraph: false` ignores product ids: no customer–product graph, and much less memory
+    /// on an order export (541 → 304 MiB for 1M customers; the pairs were the largest part).
     public convenience init(path: String, options: EventFileOptions, asOf: Int?, trainedSpec: FeatureSpec,
                             normalisation: FeatureNormalisation, withGraph: Bool = true) throws {
         guard fileExists(path) else { throw DataError.io(path: path, operation: "open", message: "No such file or directory") }

@@ -9,7 +9,7 @@ import ToolSupport
 struct CLMScoreMPI: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clm-score-mpi",
-        abstract: "clm-score batch under mpirun: every rank reads a share of the event file and scores the customers it owns; rank 0 writes one file, the same bytes as clm-score batch.",
+        abstract: "clm-score batch under mpirun: every rank reads a share of the event file and scores the customers it owns; rank 0 writes one file with clm-score batch's customers, order, stages and actions, scores equal to float rounding.",
         discussion: "Run it as `mpirun -np N clm-score-mpi --checkpoints DIR --run NAME --events FILE --out FILE`. The checkpoint and the event file must be readable at the same paths on every host; only rank 0 writes. --threads counts threads per rank. Stages come from the LSTM's stage head or the rule (--gnn-run needs clm-score batch).")
 
     @OptionGroup var batch: BatchOptions

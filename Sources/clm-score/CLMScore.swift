@@ -1,10 +1,10 @@
 import ArgumentParser
+import BatchScoringArguments
 import Checkpoints
 import CustomerData
 import EventFileArguments
 import Foundation
 import Logging
-import BatchScoringArguments
 import Scoring
 import ScoringLoad
 import ScoringService
