@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Batch scoring benchmark: one process on 1 and 2 threads against mpirun -np N clm-score-mpi
+# (1 thread per rank), alternated for R rounds in one session (timings on a shared machine
+# drift; compare within a round). Checks that every output has the same customers, order,
+# stages and actions, with scores equal to float rounding, then prints customers/s (features +
+# LSTM), the read time, wall time and peak resident memory per process.
+#   scripts/bench-scoring.sh [--np N] [--rounds R] EVENTS [clm-score batch options naming the model]
+# Default model options: --checkpoints runs/checkpoints --run cdnow-lstm.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+cd "$(clm_root)"
+
+ranks=2
+rounds=2
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --np) ranks=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        *) break ;;
+    esac
+done
+events=${1:?usage: scripts/bench-scoring.sh [--np N] [--rounds R] EVENTS [model options]}
+shift
+options=("$@")
+[ ${#options[@]} -eq 0 ] && options=(--checkpoints runs/checkpoints --run cdnow-lstm)
+swift build -c release --product clm-score >/dev/null 2>&1
+swift build -c release --product clm-score-mpi >/dev/null 2>&1
+bin="$(swift build -c release --show-bin-path)"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+report() {  # report ROUND WORKERS LOG WALL MEMORY
+    local speed read
+    speed=$(grep -o "speed *[0-9]* customers/s" "$3" | grep -o "[0-9]*" | head -1)
+    read=$(grep -o "read [0-9.]* s" "$3" | grep -o "[0-9.]*")
+    printf "%-6s %-22s %12s %8s %8s  %s\n" "$1" "$2" "$speed" "$read" "$4" "$5"
+}
+same_scores() {  # same_scores A B: same rows but for float rounding in the scores
+    python3 - "$1" "$2" <<'PY'
+import csv, sys
+a, b = csv.reader(open(sys.argv[1])), csv.reader(open(sys.argv[2]))
+header = next(a)
+if header != next(b):
+    sys.exit("different headers")
+numeric = {i for i, c in enumerate(header) if c in ("churn_probability", "expected_spend") or c.startswith("p_")}
+worst, rows = 0.0, 0
+for x, y in zip(a, b, strict=True):
+    rows += 1
+    for i, (p, q) in enumerate(zip(x, y, strict=True)):
+        if i in numeric:
+            worst = max(worst, abs(float(p) - float(q)) / max(1.0, abs(float(q))))
+        elif p != q:
+            sys.exit(f"row {rows}: {header[i]} {p} vs {q}")
+if worst > 1e-5:
+    sys.exit(f"scores differ by {worst:.1e} (relative)")
+print(f"{rows} rows: same customers, order, stages and actions; worst relative score difference {worst:.1e}")
+PY
+}
+
+printf "%-6s %-22s %12s %8s %8s  %s\n" round workers "customers/s" "read s" "wall s" "peak RSS MiB per process"
+for round in $(seq 1 "$rounds"); do
+    for threads in 1 2; do
+        start=$(date +%s.%N)
+        /usr/bin/time -f "%M" -o "$work/rss" "$bin/clm-score" batch "${options[@]}" --events "$events" \
+            --out "$work/one-$threads.csv" --threads "$threads" >"$work/one.log"
+        wall=$(echo "$(date +%s.%N) - $start" | bc)
+        report "$round" "1 process × $threads thread$([ "$threads" -gt 1 ] && echo s)" "$work/one.log" "$(printf %.1f "$wall")" "$(( $(cat "$work/rss") / 1024 ))"
+    done
+    start=$(date +%s.%N)
+    clm_mpirun_local "$ranks" /usr/bin/time -f "rss %M" "$bin/clm-score-mpi" "${options[@]}" --events "$events" \
+        --out "$work/ranks.csv" --threads 1 >"$work/ranks.log" 2>&1
+    wall=$(echo "$(date +%s.%N) - $start" | bc)
+    memory=$(grep -o "^rss [0-9]*" "$work/ranks.log" | awk '{printf "%s%d", (NR > 1 ? ", " : ""), $2 / 1024}')
+    report "$round" "$ranks ranks × 1 thread" "$work/ranks.log" "$(printf %.1f "$wall")" "$memory"
+    cmp -s "$work/one-1.csv" "$work/one-2.csv" || { echo "DIFFERENT OUTPUT: 1 and 2 threads"; exit 1; }
+done
+echo "threads: the same bytes"
+same_scores "$work/ranks.csv" "$work/one-1.csv"
