@@ -89,7 +89,7 @@ package final class CommunicatorExchange: RankExchange {
     }
 
     package func alltoallv(_ bytes: UnsafeRawBufferPointer, sendCounts: [Int], into destination: UnsafeMutableRawBufferPointer,
-                   receiveCounts: [Int]) throws {
+                           receiveCounts: [Int]) throws {
         try world.alltoallv(bytes.bindMemory(to: UInt8.self), sendCounts: sendCounts,
                             into: destination.bindMemory(to: UInt8.self), receiveCounts: receiveCounts)
     }
