@@ -10,15 +10,8 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$(clm_root)"
 
-ranks=2
-rounds=2
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --np) ranks=$2; shift 2 ;;
-        --rounds) rounds=$2; shift 2 ;;
-        *) break ;;
-    esac
-done
+clm_bench_flags "$@"
+set -- "${clm_rest[@]}"
 input=${1:?usage: scripts/bench-import.sh [--np N] [--rounds R] FILE [import options]}
 shift
 options=("$@")

@@ -10,15 +10,8 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$(clm_root)"
 
-ranks=2
-rounds=2
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --np) ranks=$2; shift 2 ;;
-        --rounds) rounds=$2; shift 2 ;;
-        *) break ;;
-    esac
-done
+clm_bench_flags "$@"
+set -- "${clm_rest[@]}"
 events=${1:?usage: scripts/bench-scoring.sh [--np N] [--rounds R] EVENTS [model options]}
 shift
 options=("$@")
@@ -62,13 +55,15 @@ for round in $(seq 1 "$rounds"); do
     for threads in 1 2; do
         start=$(date +%s.%N)
         /usr/bin/time -f "%M" -o "$work/rss" "$bin/clm-score" batch "${options[@]}" --events "$events" \
-            --out "$work/one-$threads.csv" --threads "$threads" >"$work/one.log"
+            --out "$work/one-$threads.csv" --threads "$threads" >"$work/one.log" 2>&1 \
+            || { echo "clm-score batch failed:"; tail -20 "$work/one.log"; exit 1; }
         wall=$(echo "$(date +%s.%N) - $start" | bc)
         report "$round" "1 process × $threads thread$([ "$threads" -gt 1 ] && echo s)" "$work/one.log" "$(printf %.1f "$wall")" "$(( $(cat "$work/rss") / 1024 ))"
     done
     start=$(date +%s.%N)
     clm_mpirun_local "$ranks" /usr/bin/time -f "rss %M" "$bin/clm-score-mpi" "${options[@]}" --events "$events" \
-        --out "$work/ranks.csv" --threads 1 >"$work/ranks.log" 2>&1
+        --out "$work/ranks.csv" --threads 1 >"$work/ranks.log" 2>&1 \
+        || { echo "clm-score-mpi failed:"; tail -20 "$work/ranks.log"; exit 1; }
     wall=$(echo "$(date +%s.%N) - $start" | bc)
     memory=$(grep -o "^rss [0-9]*" "$work/ranks.log" | awk '{printf "%s%d", (NR > 1 ? ", " : ""), $2 / 1024}')
     report "$round" "$ranks ranks × 1 thread" "$work/ranks.log" "$(printf %.1f "$wall")" "$memory"

@@ -50,3 +50,18 @@ clm_wait_for_file() {
     done
     return 1
 }
+
+# The benchmark scripts' shared flags: --np N (default 2) and --rounds R (default 2) into $ranks
+# and $rounds; the arguments after them are left in the array clm_rest.
+clm_bench_flags() {
+    ranks=2
+    rounds=2
+    while [ $# -gt 0 ]; do
+        case "$1" in
+            --np) ranks=$2; shift 2 ;;
+            --rounds) rounds=$2; shift 2 ;;
+            *) break ;;
+        esac
+    done
+    clm_rest=("$@")
+}
