@@ -299,6 +299,12 @@ final class CustomerAggregates: EventSink {
         return key
     }
 
+    /// Distinct customer–product pairs.
+    var pairCount: Int {
+        finishAdding()
+        return shards.reduce(0) { $0 + $1.pairs.count }
+    }
+
     /// Every customer–product pair with its purchase count, under global customer indices, in
     /// no particular order.
     func forEachPair(_ body: (_ customer: Int32, _ product: Int32, _ count: Int32) -> Void) {

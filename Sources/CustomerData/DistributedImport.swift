@@ -157,12 +157,7 @@ extension Importer {
         let rank = exchange.rank, ranks = exchange.size
         let format: CSVFormat = try exchange.onEveryRank("checking the options") {
             guard ranks <= Int(UInt16.max) else { throw DataError.invalidOption("an import runs on at most 65,535 ranks, not \(ranks)") }
-            switch options.preset {
-            case .canonical: return options.format
-            case .cdnow: return Preset.cdnowFormat
-            case .instacart:
-                throw DataError.invalidOption("--preset instacart rebuilds each customer's timeline from the whole file in one process; run it without mpirun")
-            }
+            return try options.preset.stripedFormat(custom: options.format, task: "run")
         }
         let file = try StripedEventFile(path: input, format: format, bytesPerRank: options.roundBytesPerRank, exchange: exchange) {
             try validate(input: input, output: output, options: options)
@@ -450,10 +445,8 @@ extension Importer {
             var position = [Int32](repeating: -1, count: aggregates.customerCount)
             for (k, c) in localOrder.enumerated() { position[Int(c)] = myPositions[k] }
             myPositions = []
-            var pairCount = 0
-            aggregates.forEachPair { _, _, _ in pairCount += 1 }
             var pairs: [Int32] = []
-            pairs.reserveCapacity(3 * pairCount)
+            pairs.reserveCapacity(3 * aggregates.pairCount)
             aggregates.forEachPair { c, p, count in
                 pairs.append(position[Int(c)])
                 pairs.append(p)

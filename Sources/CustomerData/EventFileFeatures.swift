@@ -120,12 +120,7 @@ public final class EventFileFeatures: @unchecked Sendable {
                              exchange: RankExchange) throws {
         let format: CSVFormat = try exchange.onEveryRank("checking the options") {
             try Self.check(normalisation)
-            switch options.preset {
-            case .canonical: return options.format
-            case .cdnow: return Preset.cdnowFormat
-            case .instacart:
-                throw DataError.invalidOption("--preset instacart rebuilds each customer's timeline from the whole file in one process; score it without mpirun")
-            }
+            return try options.preset.stripedFormat(custom: options.format, task: "score")
         }
         let file = try StripedEventFile(path: path, format: format, bytesPerRank: roundBytesPerRank, exchange: exchange) {
             guard fileExists(path) else { throw DataError.io(path: path, operation: "open", message: "No such file or directory") }

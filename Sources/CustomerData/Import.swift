@@ -19,6 +19,18 @@ public enum Preset: String, CaseIterable, Sendable {
         whitespace: true, header: .auto, timeFormat: .yyyymmdd,
         mapping: ColumnMapping(customer: .index(0), time: .index(1), amount: .index(3), quantity: .index(2)),
         detectOptionalColumns: false)
+
+    /// The CSV layout that ranks read in stripes (`custom` for the canonical preset). Instacart
+    /// has none: its reader rebuilds each customer's timeline from the whole file in one
+    /// process, so the refusal tells the user to `task` it without mpirun.
+    func stripedFormat(custom: CSVFormat, task: String) throws -> CSVFormat {
+        switch self {
+        case .canonical: return custom
+        case .cdnow: return Preset.cdnowFormat
+        case .instacart:
+            throw DataError.invalidOption("--preset instacart rebuilds each customer's timeline from the whole file in one process; \(task) it without mpirun")
+        }
+    }
 }
 
 /// Everything an import can be told.
