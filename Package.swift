@@ -46,6 +46,8 @@ let package = Package(
         // MARK: Libraries
         .target(name: "Collectives", dependencies: ["CMPI"]),
         .target(name: "Tensors", dependencies: ["CBLAS"]),
+        // The scoring LSTM's fused step for AVX2 and AVX-512, chosen at run time (see its header).
+        .target(name: "CForwardKernels"),
         .target(name: "Models", dependencies: ["Tensors"]),
         // Not "Metrics": swift-metrics (under Hummingbird) owns that module name, and SwiftPM
         // needs target names unique across the package graph.
@@ -64,7 +66,7 @@ let package = Package(
         // Scoring must not link MPI: it serves on machines without an MPI runtime.
         .target(
             name: "Scoring",
-            dependencies: ["Models", "CustomerData", "Checkpoints", "Tensors", "Yams"]
+            dependencies: ["Models", "CustomerData", "Checkpoints", "Tensors", "CForwardKernels", "Yams"]
         ),
         .target(
             name: "ScoringService",
@@ -102,7 +104,7 @@ let package = Package(
         .executableTarget(
             name: "clm-bench",
             dependencies: [
-                "Benchmarks",
+                "Benchmarks", "Scoring",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

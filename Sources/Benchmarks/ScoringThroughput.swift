@@ -19,6 +19,8 @@ public struct ScoringThroughput {
     /// rather than staying in cache.
     public var poolSize = 16384
     public var minimumSeconds = 3.0
+    /// The step version timed (lowered to what the CPU runs).
+    public var kernel = ForwardKernel.available
 
     public init() {}
 
@@ -69,7 +71,7 @@ public struct ScoringThroughput {
         for slice in model.parameters.layout.slices {
             weights[slice.name] = Array(UnsafeBufferPointer(start: model.parameters.value(slice), count: slice.count))
         }
-        let network = InferenceLSTM(configuration: configuration, weights: weights)
+        let network = InferenceLSTM(configuration: configuration, weights: weights, kernel: kernel)
         let workspace = InferenceWorkspace()
 
         var random = SeededRandom(seed: 8, purpose: .synthesis)

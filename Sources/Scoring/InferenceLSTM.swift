@@ -1,5 +1,35 @@
+import CForwardKernels
 import Models
 import Tensors
+
+/// Which version of the LSTM step `InferenceLSTM` runs. The fused kernels (C, built per
+/// instruction set and chosen at run time) compute the gate products and the cell update of a
+/// tile of customers in one pass; the portable path is Swift for baseline x86-64 (SSE2), with the
+/// gate products from OpenBLAS. All compute the same equations; results agree to float rounding
+/// (the fused kernels use FMA).
+public enum ForwardKernel: Int32, Sendable, CaseIterable, Comparable, CustomStringConvertible {
+    case portable = 0
+    case avx2 = 1
+    case avx512 = 2
+
+    /// The best this CPU runs.
+    public static let available = ForwardKernel(rawValue: clm_lstm_best_kernel()) ?? .portable
+
+    public static func < (lhs: ForwardKernel, rhs: ForwardKernel) -> Bool { lhs.rawValue < rhs.rawValue }
+
+    public var description: String {
+        switch self {
+        case .portable: "portable"
+        case .avx2: "avx2"
+        case .avx512: "avx512"
+        }
+    }
+
+    public init?(name: String) {
+        guard let kernel = Self.allCases.first(where: { $0.description == name }) else { return nil }
+        self = kernel
+    }
+}
 
 /// The LSTM forward pass for scoring only: PyTorch's equations as in `LSTMModel.forward`,
 /// arranged for throughput on one core of a baseline x86-64 (SSE2) build.
@@ -25,10 +55,15 @@ public final class InferenceLSTM: Sendable {
         /// [4H, width] row-major: W_ih | b_ih + b_hh | W_hh, scaled by `gateScale` (the
         /// candidate's rows by twice that).
         let weights: [Float]
+        /// `weights` as the fused kernels read them: by tiles of units, and transposed for a
+        /// few customers (both empty for the portable path).
+        let packed: [Float]
+        let transposed: [Float]
     }
 
     public let hiddenSize: Int
     public let inputSize: Int
+    public let kernel: ForwardKernel
     let layers: [Layer]
     /// Rows of each layer's input block: its input, the ones row, h_{t−1}.
     let blockWidths: [Int]
@@ -44,8 +79,11 @@ public final class InferenceLSTM: Sendable {
     let customerUnits: Int
 
     /// Builds the inference weights from PyTorch-named tensors (already checked for shape).
-    public init(configuration: LSTMConfiguration, weights: [String: [Float]]) {
+    /// `kernel` above what the CPU runs is lowered to `ForwardKernel.available`.
+    public init(configuration: LSTMConfiguration, weights: [String: [Float]], kernel: ForwardKernel = .available) {
         let hidden = configuration.hiddenSize
+        let kernel = min(kernel, ForwardKernel.available)
+        self.kernel = kernel
         hiddenSize = hidden
         inputSize = configuration.inputSize
         layers = (0..<configuration.layers).map { k in
@@ -64,7 +102,14 @@ public final class InferenceLSTM: Sendable {
                     combined[row * width + inputSize + 1 + column] = scale * hiddenWeight[row * hidden + column]
                 }
             }
-            return Layer(inputSize: inputSize, weights: combined)
+            var packed: [Float] = [], transposed: [Float] = []
+            if kernel != .portable {
+                packed = [Float](repeating: 0, count: clm_lstm_packed_count(kernel.rawValue, Int32(hidden), Int32(width)))
+                clm_lstm_pack(kernel.rawValue, combined, Int32(hidden), Int32(width), &packed)
+                transposed = [Float](repeating: 0, count: clm_lstm_transposed_count(Int32(hidden), Int32(width)))
+                clm_lstm_transpose(combined, Int32(hidden), Int32(width), &transposed)
+            }
+            return Layer(inputSize: inputSize, weights: combined, packed: packed, transposed: transposed)
         }
         blockWidths = layers.map { $0.inputSize + 1 + hidden }
         heads = configuration.heads
@@ -92,7 +137,7 @@ public final class InferenceLSTM: Sendable {
     ) {
         guard batch > 0 else { return }
         let hidden = hiddenSize, features0 = inputSize
-        workspace.prepare(batch: batch, steps: steps, layers: blockWidths, hidden: hidden, heads: heads.width)
+        workspace.prepare(batch: batch, steps: steps, layers: blockWidths, hidden: hidden, heads: heads.width, kernel: kernel)
         let stride = workspace.stride
         let order = workspace.order.baseAddress!
         let active = workspace.active.baseAddress!
@@ -125,6 +170,26 @@ public final class InferenceLSTM: Sendable {
                 let width = layer.inputSize + 1 + hidden
                 // h_{−1} = 0: the first step needs only the input and bias columns.
                 let depth = t == 0 ? layer.inputSize + 1 : width
+                let recurrent = inputs[l] + (layer.inputSize &+ 1) &* stride
+                let next = l < lastLayer ? inputs[l + 1] : nil
+                if kernel != .portable {
+                    let scratch = workspace.kernelScratch.pointer
+                    if count > InferenceLSTM.fusedColumnwiseLimit {
+                        layer.packed.withUnsafeBufferPointer { packed in
+                            clm_lstm_step(
+                                kernel.rawValue, packed.baseAddress!, Int32(hidden), Int32(width), Int32(depth), inputs[l], stride,
+                                recurrent, cells[l], next, Int32(count), InferenceLSTM.cellScale, InferenceLSTM.limit, scratch)
+                        }
+                    } else {
+                        layer.transposed.withUnsafeBufferPointer { transposed in
+                            clm_lstm_step_columns(
+                                kernel.rawValue, transposed.baseAddress!, Int32(hidden), Int32(width), Int32(depth), inputs[l],
+                                stride, recurrent, cells[l], next, Int32(count), InferenceLSTM.cellScale, InferenceLSTM.limit,
+                                scratch)
+                        }
+                    }
+                    continue
+                }
                 layer.weights.withUnsafeBufferPointer { w in
                     if count == 1 {
                         // One customer: a matrix-vector product, without the packing GEMM does
@@ -136,8 +201,6 @@ public final class InferenceLSTM: Sendable {
                                   b: inputs[l], ldb: stride, c: gates, ldc: stride)
                     }
                 }
-                let recurrent = inputs[l] + (layer.inputSize &+ 1) &* stride
-                let next = l < lastLayer ? inputs[l + 1] : nil
                 if count <= InferenceLSTM.columnwiseLimit {
                     for column in 0..<count {
                         InferenceLSTM.cellUpdateAcrossUnits(
@@ -275,6 +338,9 @@ extension InferenceLSTM {
     /// run across customers, so a single-customer request (the service's usual one) computed 16
     /// times the work. Measured with `clm-bench scoring --batch-sizes 1,2,4,8`.
     static let columnwiseLimit = 4
+    /// The same switch for the fused kernels, where one customer costs about what one column of a
+    /// tile costs, but streams all the weights instead of sharing them with the tile's others.
+    static let fusedColumnwiseLimit = 8
 
     /// The cell update of one customer (`column`) for every hidden unit: its gates and cells are
     /// gathered into contiguous rows of `scratch`, updated a vector of units at a time, and its
@@ -373,8 +439,9 @@ extension InferenceLSTM {
 /// Per-caller buffers of `InferenceLSTM.forward`, grown to the largest batch seen; used by one
 /// caller at a time (the scorer's pool hands it out), hence unchecked Sendable.
 public final class InferenceWorkspace: @unchecked Sendable {
-    /// Row stride of every [rows, batch] buffer: the batch rounded up to whole cache lines, so
-    /// rows start aligned and a vector read past the last column stays inside the row.
+    /// Row stride of every [rows, batch] buffer: the batch rounded up to whole fused-kernel tiles
+    /// (32 columns; whole cache lines), so rows start aligned and a vector or tile read past the
+    /// last column stays inside the row.
     private(set) var stride = 0
     /// Column (position in length order, longest first) → customer index in the batch.
     private(set) var order: UnsafeMutableBufferPointer<Int32> = .init(start: nil, count: 0)
@@ -387,6 +454,8 @@ public final class InferenceWorkspace: @unchecked Sendable {
     let heads = Tensor(shape: [1])
     /// Rows of one customer's gates, cells and hidden state for `cellUpdateAcrossUnits`.
     let columnScratch = Tensor(shape: [1])
+    /// h of one tile of customers for the fused kernel, [hidden, tile columns].
+    let kernelScratch = Tensor(shape: [1])
     /// Head outputs [batch, K] for callers that transform them (the scorer).
     private let headRows = Tensor(shape: [1])
 
@@ -411,8 +480,9 @@ public final class InferenceWorkspace: @unchecked Sendable {
         active.deallocate()
     }
 
-    func prepare(batch: Int, steps: Int, layers widths: [Int], hidden: Int, heads: Int) {
-        stride = (batch + 15) & ~15
+    func prepare(batch: Int, steps: Int, layers widths: [Int], hidden: Int, heads: Int, kernel: ForwardKernel) {
+        stride = (batch + 31) & ~31
+        assert(kernel == .portable || stride % Int(clm_lstm_tile_columns(kernel.rawValue)) == 0)
         if order.count < batch {
             order.deallocate()
             order = .allocate(capacity: batch)
@@ -428,6 +498,9 @@ public final class InferenceWorkspace: @unchecked Sendable {
             cells[l].reshape(hidden, stride)
         }
         gates.reshape(4 * hidden, stride)
+        if kernel != .portable {
+            kernelScratch.reshape(clm_lstm_scratch_count(kernel.rawValue, Int32(hidden), Int32(widths.max() ?? 0)))
+        }
         self.heads.reshape(heads, stride)
         let padded = (hidden + 15) & ~15
         if columnScratch.count < 6 * padded {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Benchmarks
 import Foundation
+import Scoring
 
 @main
 struct ClmBench: ParsableCommand {
@@ -108,8 +109,25 @@ struct ScoringForward: ParsableCommand {
     @Option(help: "Comma-separated batch sizes.") var batchSizes = "256,1024"
     @Option(help: "A dataset's lengths.i32 (e.g. data/cdnow/lengths.i32) to draw lengths from as well.")
     var lengthsFile: String?
+    @Option(help: "Comma-separated step versions to time side by side: portable, avx2, avx512 (default: every one this CPU runs).")
+    var kernels: String?
 
     func run() throws {
+        let chosenKernels: [ForwardKernel]
+        if let kernels {
+            chosenKernels = try kernels.split(separator: ",").map { name in
+                let name = name.trimmingCharacters(in: .whitespaces)
+                guard let kernel = ForwardKernel(name: name) else {
+                    throw ValidationError("--kernels: unknown '\(name)' (portable, avx2 or avx512)")
+                }
+                guard kernel <= ForwardKernel.available else {
+                    throw ValidationError("--kernels: this CPU does not run \(name) (best: \(ForwardKernel.available))")
+                }
+                return kernel
+            }
+        } else {
+            chosenKernels = ForwardKernel.allCases.filter { $0 <= ForwardKernel.available }
+        }
         let sizes = batchSizes.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !sizes.isEmpty, sizes.allSatisfy({ $0 >= 1 }) else {
             throw ValidationError("--batch-sizes needs positive integers, got '\(batchSizes)'")
@@ -129,14 +147,17 @@ struct ScoringForward: ParsableCommand {
         print(String(format: "cblas_sgemm 512x512x512, 1 thread: %.1f GFLOP/s", sgemm / 1e9))
         print("scoring forward, 1 thread (T=\(bench.steps), \(bench.inputSize) features, hidden \(bench.hiddenSize), \(bench.layers) layers); "
               + "GFLOP/s counts valid steps only")
-        print(pad("lengths", 16), pad("mean", 6), pad("batch", 6), pad("customers/s", 12), pad("GFLOP/s", 8), "of sgemm")
+        print(pad("kernel", 9), pad("lengths", 16), pad("mean", 6), pad("batch", 6), pad("customers/s", 12), pad("GFLOP/s", 8), "of sgemm")
         for distribution in distributions {
             for size in sizes {
+                for kernel in chosenKernels {
                 bench.batchSize = size
+                bench.kernel = kernel
                 let result = bench.run(lengths: distribution)
-                print(pad(distribution.description, 16), pad(String(format: "%.1f", result.meanLength), 6), pad("\(size)", 6),
+                print(pad(kernel.description, 9), pad(distribution.description, 16), pad(String(format: "%.1f", result.meanLength), 6), pad("\(size)", 6),
                       pad(String(format: "%.0f", result.customersPerSecond), 12), pad(String(format: "%.2f", result.usefulGflops), 8),
                       String(format: "%.1f%%", 100 * result.usefulGflops * 1e9 / sgemm))
+                }
             }
         }
     }
