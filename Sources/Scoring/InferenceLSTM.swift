@@ -32,7 +32,9 @@ public enum ForwardKernel: Int32, Sendable, CaseIterable, Comparable, CustomStri
 }
 
 /// The LSTM forward pass for scoring only: PyTorch's equations as in `LSTMModel.forward`,
-/// arranged for throughput on one core of a baseline x86-64 (SSE2) build.
+/// arranged for throughput on one core. Each layer's step runs a fused C kernel where the CPU
+/// has AVX2 or AVX-512 (`ForwardKernel`), else the portable path below, written for a baseline
+/// x86-64 (SSE2) build; the first two points hold for both.
 ///
 /// - Packed like `pack_padded_sequence`: each batch is ordered by length, longest first, so at
 ///   step t exactly the first `active[t]` customers are still inside their sequence. Products
