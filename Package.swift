@@ -52,8 +52,8 @@ let package = Package(
         // Not "Metrics": swift-metrics (under Hummingbird) owns that module name, and SwiftPM
         // needs target names unique across the package graph.
         .target(name: "ModelMetrics", path: "Sources/Metrics"),
-        .target(name: "CPrefetch"),
-        .target(name: "CustomerData", dependencies: ["Tensors", "CPrefetch"]),
+        .target(name: "CMemoryHints"),
+        .target(name: "CustomerData", dependencies: ["Tensors", "CMemoryHints"]),
         .target(name: "RankExchangeMPI", dependencies: ["CustomerData", "Collectives", "ToolSupport"]),
         // BG/NBD, Gamma-Gamma and a logistic regression: the classical yardsticks every LSTM run
         // is reported next to. Pure Swift on Foundation.

@@ -3,7 +3,7 @@ import Glibc
 #else
 import Darwin
 #endif
-import CPrefetch
+import CMemoryHints
 
 /// One validated event as the importer hands it on: pointers into the reader's buffer, valid
 /// only for the duration of the call.

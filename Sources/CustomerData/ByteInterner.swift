@@ -3,7 +3,7 @@ import Glibc
 #else
 import Darwin
 #endif
-import CPrefetch
+import CMemoryHints
 
 /// A growable buffer of trivial values addressed by pointer.
 ///

@@ -482,12 +482,12 @@ extension Importer {
                 var reads = 0
                 (graph, graphInfo) = buildCustomerProductGraph(
                     customerCount: n, products: aggregates.products,
-                    forEachPair: { body in
+                    forEachPair: { _, body in
                         reads += 1
                         guard failure == nil else { return }
                         do { try streamPairs(body) } catch { failure = error }
                     },
-                    releasePairs: {}, totals: assembler.graphTotals, statistics: nil)
+                    totals: assembler.graphTotals, statistics: nil)
                 if let failure { throw failure }
                 precondition(reads == 2, "the other ranks stream the pairs for exactly two reads of the graph builder")
             } else {

@@ -51,8 +51,9 @@ public struct ImportOptions: Sendable {
     /// size (`CustomerAggregates.partitions(forInputBytes:)`). Any value gives the same dataset.
     public var partitions: Int?
     /// Events queued before the partitions are aggregated (tests make it small so that a small
-    /// file goes through many rounds).
-    var aggregationChunkEvents = 1 << 20
+    /// file goes through many rounds). The queue costs about 52 bytes an event at the parse's
+    /// peak; see `CustomerAggregates.init` for the size chosen.
+    var aggregationChunkEvents = CustomerAggregates.defaultChunkEvents
     /// Bytes of the file each rank parses per round of a multi-rank import before the events
     /// are exchanged; it bounds the memory a round needs. Any value gives the same dataset (tests
     /// make it small so that a small file goes through many rounds).

@@ -1,0 +1,22 @@
+#ifndef CLM_CMEMORYHINTS_H
+#define CLM_CMEMORYHINTS_H
+
+#include <malloc.h>
+
+// Swift has no prefetch intrinsic. Aggregating a date-ordered export reads one random
+// customer record per row; asking for the records of rows a few places ahead lets those
+// cache misses overlap instead of being paid one after another.
+static inline void clm_prefetch_write(const void *address) {
+    __builtin_prefetch(address, 1, 3);
+}
+
+// Hands the heap's free pages back to the system. glibc keeps freed blocks under its
+// (adaptive, up to 32 MiB) mmap threshold in the heap, where they still count as resident;
+// after an import frees tens of MB of such blocks and before it allocates its next large
+// arrays, this is what keeps the freed memory from adding to the peak. (glibc's <malloc.h>
+// is not part of Swift's Glibc module.)
+static inline void clm_release_free_memory(void) {
+    malloc_trim(0);
+}
+
+#endif
