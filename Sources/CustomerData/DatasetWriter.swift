@@ -295,7 +295,8 @@ func writeDataset(
             forEachPair: { last, body in aggregates.forEachPair(releasing: last) { c, p, count in body(position[Int(c)], p, count) } },
             totals: assembler.graphTotals, statistics: nil)
     }
-    return try finishDataset(assembler: assembler, graph: graph, graphInfo: graphInfo, counts: counts,
+    let graphFiles = try graph.map { try writeGraphFiles($0, directory: directory) } ?? []
+    return try finishDataset(assembler: assembler, graphFiles: graphFiles, graphInfo: graphInfo, counts: counts,
                              stats: stats, source: source)
 }
 
@@ -303,22 +304,28 @@ func noHistory(spec: FeatureSpec, source: DatasetManifest.Source) -> DataError {
     DataError.noCustomers(path: source.input, reason: "no customer has a purchase on or before the cut-off \(describeDay(spec.cutoffDay, calendar: source.calendarDays)); nothing to write (check --cutoff and --time-format)")
 }
 
-/// Closes the per-customer files, writes the graph's and the manifest, and returns the manifest.
+/// The graph's four files, in the order the manifest lists them.
+func writeGraphFiles(_ graph: CustomerProductGraph, directory: String) throws -> [DatasetFile] {
+    let nodes = graph.csr.nodeCount
+    return [
+        try writeArray(graph.csr.offsets.map { Int64($0) }, directory, "graph_offsets.i64", "i64", [nodes + 1]),
+        try writeArray(graph.csr.neighbours, directory, "graph_neighbours.i32", "i32", [graph.csr.edgeCount]),
+        try writeArray(graph.csr.weights, directory, "graph_weights.f32", "f32", [graph.csr.edgeCount]),
+        try writeArray(graph.nodeFeatures, directory, "node_features.f32", "f32", [nodes, nodeFeatureNames.count]),
+    ]
+}
+
+/// Closes the per-customer files, writes the manifest (listing `graphFiles`, already written,
+/// after the customer files), and returns the manifest.
 func finishDataset(
-    assembler: DatasetAssembler, graph: CustomerProductGraph?, graphInfo: DatasetManifest.Graph?, counts: AggregateCounts,
+    assembler: DatasetAssembler, graphFiles: [DatasetFile], graphInfo: DatasetManifest.Graph?, counts: AggregateCounts,
     stats: ReadStats, source: DatasetManifest.Source
 ) throws -> DatasetManifest {
     let spec = assembler.spec
     let directory = assembler.directory
     let n = assembler.customerCount
     var (files, normalisation, fitOnAll) = try assembler.finish()
-    if let graph {
-        let nodes = graph.csr.nodeCount
-        files.append(try writeArray(graph.csr.offsets.map { Int64($0) }, directory, "graph_offsets.i64", "i64", [nodes + 1]))
-        files.append(try writeArray(graph.csr.neighbours, directory, "graph_neighbours.i32", "i32", [graph.csr.edgeCount]))
-        files.append(try writeArray(graph.csr.weights, directory, "graph_weights.f32", "f32", [graph.csr.edgeCount]))
-        files.append(try writeArray(graph.nodeFeatures, directory, "node_features.f32", "f32", [nodes, nodeFeatureNames.count]))
-    }
+    files += graphFiles
     let splitOptions = assembler.splitOptions
     let calendar = source.calendarDays
     var manifest = DatasetManifest(
@@ -351,7 +358,7 @@ func finishDataset(
     return manifest
 }
 
-private func writeArray<T: BitwiseCopyable>(_ values: [T], _ directory: String, _ name: String, _ dtype: String, _ shape: [Int]) throws -> DatasetFile {
+func writeArray<T: BitwiseCopyable>(_ values: [T], _ directory: String, _ name: String, _ dtype: String, _ shape: [Int]) throws -> DatasetFile {
     let writer = try HashingFileWriter(path: directory + "/" + name, name: name)
     try writer.write(array: values)
     return try writer.close(dtype: dtype, shape: shape)
@@ -409,11 +416,8 @@ func buildCustomerProductGraph(
     forEachPair: (_ last: Bool, _ body: (_ position: Int32, _ product: Int32, _ count: Int32) -> Void) -> Void,
     totals: GraphCustomerTotals, statistics: DatasetManifest.Graph?
 ) -> (CustomerProductGraph, DatasetManifest.Graph) {
-    var productOrder = (0..<Int32(products.count)).map { $0 }
-    productOrder.sort { products.precedes(Int($0), Int($1)) }
+    let (productOrder, productPosition) = productPositions(products)
     let productCount = productOrder.count
-    var productPosition = [Int32](repeating: -1, count: productCount)
-    for (position, p) in productOrder.enumerated() { productPosition[Int(p)] = Int32(position) }
     let nodes = customerCount + productCount
 
     // Counting sort by customer, then each customer's list sorted by product.
@@ -455,7 +459,38 @@ func buildCustomerProductGraph(
         }
     }
     let csr = CSRGraph(offsets: offsets, neighbours: neighbours, weights: weights)
+    let productPurchases = (0..<productCount).map { p in
+        var purchases = 0.0
+        for slot in offsets[customerCount + p]..<offsets[customerCount + p + 1] { purchases += Double(weights[slot]) }
+        return purchases
+    }
+    let (features, info) = graphNodeFeatures(
+        customerDegree: { csr.degree(of: $0) }, productPurchases: productPurchases,
+        productCustomers: { csr.degree(of: customerCount + $0) }, edgeCount: edgeCount, totals: totals, statistics: statistics)
+    let productIDs = productOrder.map { products.string(Int($0)) }
+    return (CustomerProductGraph(csr: csr, nodeFeatures: features, customerNodes: customerCount, productIDs: productIDs), info)
+}
 
+/// Products sorted by id (the graph's product node order): `order[k]` is the product index of
+/// node k, `position[p]` the node of product index p.
+func productPositions(_ products: ByteInterner) -> (order: [Int32], position: [Int32]) {
+    var order = (0..<Int32(products.count)).map { $0 }
+    order.sort { products.precedes(Int($0), Int($1)) }
+    var position = [Int32](repeating: -1, count: order.count)
+    for (k, p) in order.enumerated() { position[Int(p)] = Int32(k) }
+    return (order, position)
+}
+
+/// The node features, z-scored per node type, and the graph's manifest entry, from per-node
+/// totals: customers `0..<totals.transactions.count` (dataset order), then products by id.
+/// Both graph builders (in memory, and streamed by rank 0 of a multi-rank import) use it, so
+/// they write the same bytes.
+func graphNodeFeatures(
+    customerDegree: (Int) -> Int, productPurchases: [Double], productCustomers: (Int) -> Int, edgeCount: Int,
+    totals: GraphCustomerTotals, statistics: DatasetManifest.Graph?
+) -> (features: [Float], info: DatasetManifest.Graph) {
+    let customerCount = totals.transactions.count, productCount = productPurchases.count
+    let nodes = customerCount + productCount
     let width = nodeFeatureNames.count
     var features = [Float](repeating: 0, count: nodes * width)
     for position in 0..<customerCount {
@@ -464,15 +499,13 @@ func buildCustomerProductGraph(
         features[row + 1] = Float(log1p(max(0, totals.spend[position])))
         features[row + 2] = Float(totals.recencyPeriods[position])
         features[row + 3] = Float(totals.tenurePeriods[position])
-        features[row + 4] = Float(log1p(Double(csr.degree(of: position))))
+        features[row + 4] = Float(log1p(Double(customerDegree(position))))
         features[row + 5] = 0
     }
     for p in 0..<productCount {
-        let node = customerCount + p
-        var purchases = 0.0
-        for slot in offsets[node]..<offsets[node + 1] { purchases += Double(weights[slot]) }
-        let customers = Double(csr.degree(of: node))
-        let row = node * width
+        let purchases = productPurchases[p]
+        let customers = Double(productCustomers(p))
+        let row = (customerCount + p) * width
         features[row + 0] = Float(log1p(purchases))
         features[row + 1] = Float(log1p(customers))
         // Share of purchases that repeat an earlier purchase by the same customer.
@@ -488,8 +521,7 @@ func buildCustomerProductGraph(
         nodeFeatureNames: nodeFeatureNames,
         customerFeatureMean: customerStats.mean, customerFeatureStd: customerStats.std,
         productFeatureMean: productStats.mean, productFeatureStd: productStats.std)
-    let productIDs = productOrder.map { products.string(Int($0)) }
-    return (CustomerProductGraph(csr: csr, nodeFeatures: features, customerNodes: customerCount, productIDs: productIDs), info)
+    return (features, info)
 }
 
 /// Z-scores `columns` over `rows` in place (constant columns are only centred), with the

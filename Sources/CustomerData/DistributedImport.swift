@@ -420,86 +420,183 @@ extension Importer {
 
         // Every rank's records are out: only the pairs are read from here on.
         aggregates.releaseCustomerRecords()
-        var graph: CustomerProductGraph?
+        var graphFiles: [DatasetFile] = []
         var graphInfo: DatasetManifest.Graph?
         if withGraph {
-            // Every rank learns where its customers landed, then sends its pairs by position.
-            var positionCounts = customersPerRank.map { $0 * 4 }
-            var positionsByRank = [Int32](repeating: 0, count: rank == 0 ? n : 0)
-            if rank == 0 {
-                var next = [Int](repeating: 0, count: ranks)
-                var base = [Int](repeating: 0, count: ranks)
-                for r in 1..<max(1, ranks) { base[r] = base[r - 1] + customersPerRank[r - 1] }
-                for position in 0..<n {
-                    let r = Int(owner[position])
-                    positionsByRank[base[r] + next[r]] = Int32(position)
-                    next[r] += 1
-                }
-            }
-            var myPositions = [Int32](repeating: 0, count: localOrder.count)
-            try positionsByRank.withUnsafeBytes { source in
-                try myPositions.withUnsafeMutableBytes { try exchange.scatterv(rank == 0 ? source : nil, counts: positionCounts, into: $0) }
-            }
-            positionsByRank = []
-            positionCounts = []
-            var position = [Int32](repeating: -1, count: aggregates.customerCount)
-            for (k, c) in localOrder.enumerated() { position[Int(c)] = myPositions[k] }
-            myPositions = []
-            var pairs: [Int32] = []
-            pairs.reserveCapacity(3 * aggregates.pairCount)
-            aggregates.forEachPair { c, p, count in
-                pairs.append(position[Int(c)])
-                pairs.append(p)
-                pairs.append(count)
-            }
-            aggregates.releasePairs()
-            position = []
-            // The pairs reach rank 0 a block per rank at a time, once for each of the graph
-            // builder's two reads (degrees, then neighbours): rank 0 holds the graph and one
-            // block per rank, never every pair, and no gather grows with the pairs (one
-            // MPI_Gatherv of them all stopped near 170M pairs, at its 2 GiB count limit).
-            let blockValues = 3 * max(1, options.pairsPerGather)
-            func streamPairs(_ body: (Int32, Int32, Int32) -> Void) throws {
-                var next = 0
-                while true {
-                    let end = min(pairs.count, next + blockValues)
-                    let gathered = try pairs[next..<end].withUnsafeBytes { try exchange.gatherBytes($0) }
-                    next = end
-                    // The counts are allgathered, so every rank leaves the loop together.
-                    if gathered.counts.allSatisfy({ $0 == 0 }) { return }
-                    gathered.bytes.withUnsafeBytes { raw in
-                        let triples = raw.bindMemory(to: Int32.self)
-                        var k = 0
-                        while k + 2 < triples.count {
-                            body(triples[k], triples[k + 1], triples[k + 2])
-                            k += 3
-                        }
-                    }
-                }
-            }
-            if let assembler {
-                var failure: Error?
-                var reads = 0
-                (graph, graphInfo) = buildCustomerProductGraph(
-                    customerCount: n, products: aggregates.products,
-                    forEachPair: { _, body in
-                        reads += 1
-                        guard failure == nil else { return }
-                        do { try streamPairs(body) } catch { failure = error }
-                    },
-                    totals: assembler.graphTotals, statistics: nil)
-                if let failure { throw failure }
-                precondition(reads == 2, "the other ranks stream the pairs for exactly two reads of the graph builder")
-            } else {
-                try streamPairs { _, _, _ in }
-                try streamPairs { _, _, _ in }
-            }
-            pairs = []
+            (graphFiles, graphInfo) = try writeGraph(
+                aggregates: aggregates, localOrder: localOrder, customersPerRank: customersPerRank, owner: owner,
+                directory: temporary, totals: assembler?.graphTotals, pairsPerGather: options.pairsPerGather, exchange: exchange)
         }
         return try exchange.agreeing("writing the dataset") {
             guard let assembler else { return nil }
-            return try finishDataset(assembler: assembler, graph: graph, graphInfo: graphInfo, counts: counts,
+            return try finishDataset(assembler: assembler, graphFiles: graphFiles, graphInfo: graphInfo, counts: counts,
                                      stats: stats, source: source)
+        }
+    }
+
+    /// A customer–product pair held by the rank that owns the customer: a sort key of the two
+    /// node positions (customer-major for the customers' rows, product-major for the products').
+    private struct RankPair {
+        var key: UInt64
+        var count: Int32
+
+        var high: Int32 { Int32(truncatingIfNeeded: key >> 32) }
+        var low: Int32 { Int32(truncatingIfNeeded: key) }
+        static func key(_ high: Int32, _ low: Int32) -> UInt64 { UInt64(UInt32(bitPattern: high)) << 32 | UInt64(UInt32(bitPattern: low)) }
+    }
+
+    /// The graph files, written by rank 0 (`directory` and `totals` given there only) from rows
+    /// the ranks send in node order, so that no rank holds the graph: each rank sorts its own
+    /// pairs, sends its customers' rows a block of dataset positions at a time (the records'
+    /// merge order, `owner`), then its pairs of a block of products at a time, which rank 0 merges
+    /// by customer. A block of products holds at most `pairsPerGather` pairs across all ranks (or
+    /// one product), and no gather grows with the graph. Returns the files and manifest entry on
+    /// rank 0, nothing elsewhere.
+    private static func writeGraph(
+        aggregates: CustomerAggregates, localOrder: [Int32], customersPerRank: [Int], owner: [UInt16], directory: String?,
+        totals: GraphCustomerTotals?, pairsPerGather: Int, exchange: RankExchange
+    ) throws -> (files: [DatasetFile], info: DatasetManifest.Graph?) {
+        let rank = exchange.rank, ranks = exchange.size
+        let n = customersPerRank.reduce(0, +)
+        // Every rank learns where its customers landed.
+        var positionsByRank = [Int32](repeating: 0, count: rank == 0 ? n : 0)
+        if rank == 0 {
+            var next = [Int](repeating: 0, count: ranks)
+            var base = [Int](repeating: 0, count: ranks)
+            for r in 1..<max(1, ranks) { base[r] = base[r - 1] + customersPerRank[r - 1] }
+            for position in 0..<n {
+                let r = Int(owner[position])
+                positionsByRank[base[r] + next[r]] = Int32(position)
+                next[r] += 1
+            }
+        }
+        // Ascending: the local order is the dataset's.
+        var myPositions = [Int32](repeating: 0, count: localOrder.count)
+        try positionsByRank.withUnsafeBytes { source in
+            try myPositions.withUnsafeMutableBytes {
+                try exchange.scatterv(rank == 0 ? source : nil, counts: customersPerRank.map { $0 * 4 }, into: $0)
+            }
+        }
+        positionsByRank = []
+        var position = [Int32](repeating: -1, count: aggregates.customerCount)
+        for (k, c) in localOrder.enumerated() { position[Int(c)] = myPositions[k] }
+        // Every rank interned the same products at the same indices (`announceProducts`).
+        let productPosition = productPositions(aggregates.products).position
+        let productCount = productPosition.count
+        var pairs: [RankPair] = []
+        pairs.reserveCapacity(aggregates.pairCount)
+        aggregates.forEachPair(releasing: true) { c, p, count in
+            pairs.append(RankPair(key: RankPair.key(position[Int(c)], productPosition[Int(p)]), count: count))
+        }
+        position = []
+        pairs.sort { $0.key < $1.key }
+
+        let writer: StreamedGraphWriter? = try exchange.agreeing("creating the graph files") {
+            guard let directory else { return nil }
+            return try StreamedGraphWriter(directory: directory, customerCount: n, productCount: productCount)
+        }
+        var message: [Int32] = []
+        // Rank 0 adds every row of a gathered block, each rank's part read from its own cursor.
+        func addRows(_ gathered: (bytes: [UInt8], counts: [Int]), _ rows: (UnsafeBufferPointer<Int32>, inout [Int]) throws -> Void) throws {
+            try exchange.agreeing("writing the graph") {
+                guard writer != nil else { return }
+                var cursor = [Int](repeating: 0, count: ranks)
+                for r in 1..<max(1, ranks) { cursor[r] = cursor[r - 1] + gathered.counts[r - 1] / 4 }
+                try gathered.bytes.withUnsafeBytes { raw in try rows(raw.bindMemory(to: Int32.self), &cursor) }
+            }
+        }
+
+        // Customers' rows, a block of dataset positions at a time: [degree, (product, count)…]
+        // per customer, in each rank's (ascending) order.
+        let block = 4096
+        var nextPair = 0, nextCustomer = 0
+        var start = 0
+        while start < n {
+            let end = min(n, start + block)
+            var take = [Int64](repeating: 0, count: ranks)
+            if rank == 0 { for position in start..<end { take[Int(owner[position])] += 1 } }
+            try exchange.broadcast(&take)
+            message.removeAll(keepingCapacity: true)
+            for _ in 0..<Int(take[rank]) {
+                let customer = myPositions[nextCustomer]
+                nextCustomer += 1
+                let first = nextPair
+                while nextPair < pairs.count && pairs[nextPair].high == customer { nextPair += 1 }
+                message.append(Int32(nextPair - first))
+                for k in first..<nextPair {
+                    message.append(pairs[k].low)
+                    message.append(pairs[k].count)
+                }
+            }
+            let gathered = try message.withUnsafeBytes { try exchange.gatherBytes($0) }
+            try addRows(gathered) { values, cursor in
+                for position in start..<end {
+                    let r = Int(owner[position])
+                    let degree = Int(values[cursor[r]])
+                    try writer!.addRow(UnsafeBufferPointer(rebasing: values[cursor[r] + 1 ..< cursor[r] + 1 + 2 * degree]))
+                    cursor[r] += 1 + 2 * degree
+                }
+            }
+            start = end
+        }
+        myPositions = []
+
+        // Products' rows: every rank's pairs of a block of products, (product, customer, count),
+        // sorted by product then customer; rank 0 merges each product's customers.
+        for k in pairs.indices { pairs[k].key = RankPair.key(pairs[k].low, pairs[k].high) }
+        pairs.sort { $0.key < $1.key }
+        var localDegrees = [Int64](repeating: 0, count: productCount)
+        for pair in pairs { localDegrees[Int(pair.high)] += 1 }
+        let productDegrees = try exchange.allreduceSum(localDegrees)
+        localDegrees = []
+        var row: [(customer: Int32, count: Int32)] = []
+        var interleaved: [Int32] = []
+        var firstProduct = 0
+        nextPair = 0
+        while firstProduct < productCount {
+            // The same blocks on every rank, from the summed degrees.
+            var endProduct = firstProduct + 1
+            var blockPairs = productDegrees[firstProduct]
+            while endProduct < productCount && blockPairs + productDegrees[endProduct] <= Int64(max(1, pairsPerGather)) {
+                blockPairs += productDegrees[endProduct]
+                endProduct += 1
+            }
+            message.removeAll(keepingCapacity: true)
+            while nextPair < pairs.count && Int(pairs[nextPair].high) < endProduct {
+                message.append(pairs[nextPair].high)
+                message.append(pairs[nextPair].low)
+                message.append(pairs[nextPair].count)
+                nextPair += 1
+            }
+            let gathered = try message.withUnsafeBytes { try exchange.gatherBytes($0) }
+            try addRows(gathered) { values, cursor in
+                var ends = [Int](repeating: 0, count: ranks)
+                for r in 0..<ranks { ends[r] = cursor[r] + gathered.counts[r] / 4 }
+                for product in Int32(firstProduct)..<Int32(endProduct) {
+                    row.removeAll(keepingCapacity: true)
+                    for r in 0..<ranks {
+                        while cursor[r] < ends[r] && values[cursor[r]] == product {
+                            row.append((values[cursor[r] + 1], values[cursor[r] + 2]))
+                            cursor[r] += 3
+                        }
+                    }
+                    // Each rank's customers come sorted; across ranks they interleave.
+                    row.sort { $0.customer < $1.customer }
+                    interleaved.removeAll(keepingCapacity: true)
+                    for entry in row {
+                        interleaved.append(entry.customer)
+                        interleaved.append(entry.count)
+                    }
+                    try interleaved.withUnsafeBufferPointer { try writer!.addRow($0) }
+                }
+            }
+            firstProduct = endProduct
+        }
+        pairs = []
+        return try exchange.agreeing("writing the graph") {
+            guard let writer, let totals else { return ([], nil) }
+            let (files, info) = try writer.finish(totals: totals)
+            return (files, info)
         }
     }
 
