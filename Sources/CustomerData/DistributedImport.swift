@@ -329,44 +329,15 @@ extension Importer {
         let rank = exchange.rank, ranks = exchange.size
         let spec = aggregates.spec
         let localOrder = aggregates.datasetOrder()
-        var idLengths: [UInt32] = []
-        var idBytes: [UInt8] = []
-        idLengths.reserveCapacity(localOrder.count)
-        for c in localOrder {
-            let id = aggregates.customerID(Int(c))
-            idLengths.append(UInt32(id.count))
-            idBytes += id
-        }
-        let gatheredLengths = try idLengths.withUnsafeBytes { try exchange.gatherBytes($0) }
-        let gatheredIDs = try idBytes.withUnsafeBytes { try exchange.gatherBytes($0) }
-        idBytes = []
-        let customersPerRank = gatheredLengths.counts.map { $0 / 4 }
+        let customersPerRank = try exchange.allgather([Int64(localOrder.count)]).map { Int($0) }
         let n = customersPerRank.reduce(0, +)
         try exchange.onEveryRank("counting the customers") {
             guard n > 0 else { throw noHistory(spec: spec, source: source) }
         }
-
-        // Rank 0: the merge. ids[k] of rank r is customer k of r's local dataset order.
-        var owner: [UInt16] = []
-        var idStart: [[Int]] = []
-        if rank == 0 {
-            idStart = (0..<ranks).map { _ in [] }
-            gatheredLengths.bytes.withUnsafeBytes { lengths in
-                var lengthIndex = 0, byteOffset = 0
-                for r in 0..<ranks {
-                    idStart[r].reserveCapacity(customersPerRank[r] + 1)
-                    for _ in 0..<customersPerRank[r] {
-                        idStart[r].append(byteOffset)
-                        byteOffset += Int(lengths.loadUnaligned(fromByteOffset: lengthIndex * 4, as: UInt32.self))
-                        lengthIndex += 1
-                    }
-                    idStart[r].append(byteOffset)
-                }
-            }
-            owner = gatheredIDs.bytes.withUnsafeBytes { ids in
-                mergeOwners(ids: ids, idStart: idStart, customersPerRank: customersPerRank)
-            }
-        }
+        // Rank 0: the dataset order, as the rank of each position's customer.
+        let owner = try mergeOwners(
+            localIDs: { aggregates.customerID(Int(localOrder[$0])) }, customersPerRank: customersPerRank,
+            idsPerGather: options.idsPerGather, exchange: exchange)
 
         let withGraph = options.buildGraph && aggregates.products.count > 0
         let assembler: DatasetAssembler? = try exchange.agreeing("creating the dataset files") {
@@ -382,7 +353,8 @@ extension Importer {
         defer { outgoing.deallocate() }
         var incoming = [UInt8](repeating: 0, count: rank == 0 ? block * recordBytes : 0)
         var sent = 0
-        var taken = [Int](repeating: 0, count: ranks)
+        // The block's customer ids go with its records: rank 0 never holds every id.
+        var ids: [UInt8] = []
         var start = 0
         while start < n {
             let end = min(n, start + block)
@@ -390,30 +362,37 @@ extension Importer {
             if rank == 0 { for position in start..<end { take[Int(owner[position])] += 1 } }
             try exchange.broadcast(&take)
             let mineNow = Int(take[rank])
-            for k in 0..<mineNow { aggregates.writeRecord(Int(localOrder[sent + k]), into: outgoing + k * recordBytes) }
+            ids.removeAll(keepingCapacity: true)
+            for k in 0..<mineNow {
+                let c = Int(localOrder[sent + k])
+                aggregates.writeRecord(c, into: outgoing + k * recordBytes)
+                appendLengthPrefixed(aggregates.customerID(c), to: &ids)
+            }
             sent += mineNow
             let byteCounts = take.map { Int($0) * recordBytes }
             try incoming.withUnsafeMutableBytes { destination in
                 try exchange.gatherv(UnsafeRawBufferPointer(start: outgoing, count: mineNow * recordBytes), counts: byteCounts,
                                      into: rank == 0 ? destination : nil)
             }
+            let gatheredIDs = try ids.withUnsafeBytes { try exchange.gatherBytes($0) }
             try exchange.agreeing("writing the customer files") {
                 guard let assembler else { return }
-                var segment = [Int](repeating: 0, count: ranks)
-                for r in 1..<max(1, ranks) { segment[r] = segment[r - 1] + byteCounts[r - 1] }
+                var segment = [Int](repeating: 0, count: ranks), idCursor = [Int](repeating: 0, count: ranks)
+                for r in 1..<max(1, ranks) {
+                    segment[r] = segment[r - 1] + byteCounts[r - 1]
+                    idCursor[r] = idCursor[r - 1] + gatheredIDs.counts[r - 1]
+                }
                 var used = [Int](repeating: 0, count: ranks)
                 try incoming.withUnsafeBytes { records in
-                    try gatheredIDs.bytes.withUnsafeBytes { ids in
+                    try gatheredIDs.bytes.withUnsafeBytes { idBytes in
                         for position in start..<end {
                             let r = Int(owner[position])
-                            let k = taken[r] + used[r]
-                            let id = UnsafeRawBufferPointer(rebasing: ids[idStart[r][k]..<idStart[r][k + 1]])
+                            let id = readLengthPrefixed(idBytes, at: &idCursor[r])
                             try assembler.add(id: id, record: records.baseAddress! + segment[r] + used[r] * recordBytes)
                             used[r] += 1
                         }
                     }
                 }
-                for r in 0..<ranks { taken[r] += used[r] }
             }
             start = end
         }
@@ -600,27 +579,111 @@ extension Importer {
         }
     }
 
-    /// For each dataset position, the rank whose next customer comes there: a merge of every
-    /// rank's ids, each list already in dataset order.
-    private static func mergeOwners(ids: UnsafeRawBufferPointer, idStart: [[Int]], customersPerRank: [Int]) -> [UInt16] {
-        let ranks = customersPerRank.count
+    /// For each dataset position, the rank whose next customer comes there (on rank 0; empty
+    /// elsewhere): a merge of every rank's ids, each list already in dataset order. The ids
+    /// reach rank 0 `idsPerGather` at a time from a rank whenever it has used up that rank's
+    /// last block, so rank 0 holds a block per rank, not every id, and no gather grows with the
+    /// customers (one `MPI_Gatherv` of every id stopped near 2 GiB of ids, its count limit).
+    private static func mergeOwners(
+        localIDs: (Int) -> UnsafeRawBufferPointer, customersPerRank: [Int], idsPerGather: Int, exchange: RankExchange
+    ) throws -> [UInt16] {
+        let rank = exchange.rank, ranks = exchange.size
+        let blockSize = max(1, idsPerGather)
         var owner: [UInt16] = []
-        owner.reserveCapacity(customersPerRank.reduce(0, +))
-        var next = [Int](repeating: 0, count: ranks)
-        func id(_ r: Int, _ k: Int) -> UnsafeRawBufferPointer {
-            UnsafeRawBufferPointer(rebasing: ids[idStart[r][k]..<idStart[r][k + 1]])
-        }
+        if rank == 0 { owner.reserveCapacity(customersPerRank.reduce(0, +)) }
+        // Rank 0's view: each rank's current block and the id at its cursor.
+        let blocks = (0..<(rank == 0 ? ranks : 0)).map { _ in IDBlock() }
+        defer { blocks.forEach { $0.free() } }
+        var received = [Int](repeating: 0, count: ranks)
+        var sent = 0
+        var outgoing: [UInt8] = []
         while true {
-            var best = -1
-            for r in 0..<ranks where next[r] < customersPerRank[r] {
-                if best < 0 || identifierPrecedes(id(r, next[r]), id(best, next[best])) { best = r }
+            // Rank 0 asks for a block from every rank it has none of left; nothing asked ends it.
+            var asked = [Int64](repeating: 0, count: ranks)
+            if rank == 0 {
+                for r in 0..<ranks where blocks[r].left == 0 && received[r] < customersPerRank[r] { asked[r] = 1 }
             }
-            guard best >= 0 else { break }
-            owner.append(UInt16(best))
-            next[best] += 1
+            try exchange.broadcast(&asked)
+            guard asked.contains(1) else { break }
+            outgoing.removeAll(keepingCapacity: true)
+            if asked[rank] == 1 {
+                let end = min(customersPerRank[rank], sent + blockSize)
+                for k in sent..<end { appendLengthPrefixed(localIDs(k), to: &outgoing) }
+                sent = end
+            }
+            let gathered = try outgoing.withUnsafeBytes { try exchange.gatherBytes($0) }
+            guard rank == 0 else { continue }
+            gathered.bytes.withUnsafeBytes { bytes in
+                var offset = 0
+                for r in 0..<ranks {
+                    if asked[r] == 1 {
+                        let count = min(blockSize, customersPerRank[r] - received[r])
+                        blocks[r].fill(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + gathered.counts[r]]), ids: count)
+                        received[r] += count
+                    }
+                    offset += gathered.counts[r]
+                }
+            }
+            // Merge until a rank that has more ids runs out of its block.
+            while true {
+                var best = -1
+                var needsBlock = false
+                for r in 0..<ranks {
+                    if blocks[r].left == 0 {
+                        if received[r] < customersPerRank[r] { needsBlock = true }
+                        continue
+                    }
+                    if best < 0 || identifierPrecedes(blocks[r].current, blocks[best].current) { best = r }
+                }
+                guard !needsBlock, best >= 0 else { break }
+                blocks[best].advance()
+                owner.append(UInt16(best))
+            }
         }
         return owner
     }
+}
+
+/// A block of one rank's ids on rank 0 during the merge, in storage of its own so that the
+/// current id can be compared where it lies.
+private final class IDBlock {
+    private var storage = UnsafeMutableRawBufferPointer(start: nil, count: 0)
+    private var cursor = 0
+    /// Ids not yet merged, the first of them `current`.
+    private(set) var left = 0
+    private(set) var current = UnsafeRawBufferPointer(start: nil, count: 0)
+
+    func fill(_ bytes: UnsafeRawBufferPointer, ids: Int) {
+        if storage.count < bytes.count {
+            storage.deallocate()
+            storage = .allocate(byteCount: bytes.count, alignment: 8)
+        }
+        if !bytes.isEmpty { storage.copyMemory(from: bytes) }
+        cursor = 0
+        left = ids
+        if left > 0 { current = readLengthPrefixed(UnsafeRawBufferPointer(storage), at: &cursor) }
+    }
+
+    func advance() {
+        left -= 1
+        if left > 0 { current = readLengthPrefixed(UnsafeRawBufferPointer(storage), at: &cursor) }
+    }
+
+    func free() { storage.deallocate() }
+}
+
+/// Appends `id` to `bytes` as a 4-byte length and the id's bytes.
+private func appendLengthPrefixed(_ id: UnsafeRawBufferPointer, to bytes: inout [UInt8]) {
+    withUnsafeBytes(of: UInt32(id.count).littleEndian) { bytes.append(contentsOf: $0) }
+    bytes.append(contentsOf: id)
+}
+
+/// Reads an id written by `appendLengthPrefixed` at `offset`, and moves `offset` past it.
+private func readLengthPrefixed(_ bytes: UnsafeRawBufferPointer, at offset: inout Int) -> UnsafeRawBufferPointer {
+    let length = Int(UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self)))
+    let id = UnsafeRawBufferPointer(rebasing: bytes[offset + 4 ..< offset + 4 + length])
+    offset += 4 + length
+    return id
 }
 
 extension ReadStats {

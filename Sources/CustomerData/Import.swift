@@ -61,6 +61,9 @@ public struct ImportOptions: Sendable {
     /// Customer–product pairs each rank sends rank 0 per gather while the graph is built across
     /// ranks; any value gives the same graph (tests make it small).
     public var pairsPerGather = 65_536
+    /// Customer ids each rank sends rank 0 at a time while rank 0 merges them into the dataset
+    /// order; any value gives the same dataset (tests make it small).
+    public var idsPerGather = 65_536
 
     public init() {}
 

@@ -35,6 +35,7 @@ func runImportChecks(_ world: MPICommunicator, _ checks: RankChecks) {
         options.maxRejectFraction = 0.05
         options.roundBytesPerRank = 4096
         options.pairsPerGather = 7
+        options.idsPerGather = 5
         try compareWithOneProcess(input: input, name: "orders", options: options, world: world, checks: checks)
     }
 
