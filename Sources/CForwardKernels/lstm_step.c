@@ -11,7 +11,7 @@
 typedef float v16f __attribute__((ext_vector_type(16)));
 typedef int v16i __attribute__((ext_vector_type(16)));
 
-#define INLINE static inline __attribute__((always_inline))
+#define INLINE static inline __attribute__((always_inline, unused))
 
 INLINE v16f load16(const float *p) {
     v16f v;
@@ -199,6 +199,8 @@ void clm_lstm_pack(int kernel, const float *weights, int hidden, int width, floa
                 }
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+
 __attribute__((target("avx512f,fma")))
 static void step_avx512(const float *packed, int hidden, int width, int depth, const float *block, size_t stride,
                         float *recurrent, float *cell, float *next, int count, float cellScale, float limit,
@@ -252,3 +254,23 @@ int clm_lstm_best_kernel(void) {
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CLM_LSTM_KERNEL_AVX2;
     return CLM_LSTM_KERNEL_PORTABLE;
 }
+
+#else
+
+// Other architectures have no version here: `InferenceLSTM` runs its portable path, and these
+// are never called.
+void clm_lstm_step_columns(int kernel, const float *transposed, int hidden, int width, int depth,
+                           const float *block, size_t stride, float *recurrent, float *cell, float *next,
+                           int count, float cellScale, float limit, float *scratch) {
+    __builtin_trap();
+}
+
+void clm_lstm_step(int kernel, const float *packed, int hidden, int width, int depth,
+                   const float *block, size_t stride, float *recurrent, float *cell, float *next,
+                   int count, float cellScale, float limit, float *scratch) {
+    __builtin_trap();
+}
+
+int clm_lstm_best_kernel(void) { return CLM_LSTM_KERNEL_PORTABLE; }
+
+#endif

@@ -1,7 +1,9 @@
 #ifndef CLM_CMEMORYHINTS_H
 #define CLM_CMEMORYHINTS_H
 
+#if defined(__GLIBC__) || defined(__linux__)
 #include <malloc.h>
+#endif
 
 // Swift has no prefetch intrinsic. Aggregating a date-ordered export reads one random
 // customer record per row; asking for the records of rows a few places ahead lets those
@@ -16,7 +18,9 @@ static inline void clm_prefetch_write(const void *address) {
 // arrays, this is what keeps the freed memory from adding to the peak. (glibc's <malloc.h>
 // is not part of Swift's Glibc module.)
 static inline void clm_release_free_memory(void) {
+#if defined(__GLIBC__)
     malloc_trim(0);
+#endif
 }
 
 #endif
