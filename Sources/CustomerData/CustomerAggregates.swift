@@ -252,6 +252,23 @@ final class CustomerAggregates: EventSink {
         return shard.hasHistory(local)
     }
 
+    /// Asks for the memory `writeRecord` reads for customer `order[k + 16]` (its record) and
+    /// `order[k + 8]` (the newest of its period entries, found through the record asked for 8
+    /// customers earlier). In dataset order every customer's record is a cache miss, and its
+    /// entries another; a profile of the 10M-row import put 80% of the feature computation on
+    /// those two loads.
+    @inline(__always)
+    func prefetchForWriting(_ order: UnsafeBufferPointer<Int32>, at k: Int) {
+        if k &+ 16 < order.count {
+            let (shard, local) = locate(Int(order[k &+ 16]))
+            shard.prefetchRecord(local)
+        }
+        if k &+ 8 < order.count {
+            let (shard, local) = locate(Int(order[k &+ 8]))
+            shard.prefetchNewestEntry(local)
+        }
+    }
+
     func rawFeatures(_ c: Int, into out: UnsafeMutablePointer<Float>) -> Int {
         let (shard, local) = locate(c)
         return shard.rawFeatures(local, into: out)

@@ -276,9 +276,12 @@ func writeDataset(
                                          expectedCustomers: order.count, keepGraphTotals: withGraph)
     let record = UnsafeMutableRawPointer.allocate(byteCount: CustomerRecordHeader.recordBytes(spec), alignment: 16)
     defer { record.deallocate() }
-    for c in order {
-        aggregates.writeRecord(Int(c), into: record)
-        try assembler.add(id: aggregates.customerID(Int(c)), record: record)
+    try order.withUnsafeBufferPointer { order in
+        for (k, c) in order.enumerated() {
+            aggregates.prefetchForWriting(order, at: k)
+            aggregates.writeRecord(Int(c), into: record)
+            try assembler.add(id: aggregates.customerID(Int(c)), record: record)
+        }
     }
     let counts = AggregateCounts(aggregates)
     // Only the graph reads the aggregates from here on, and only their pairs: freeing the

@@ -365,6 +365,7 @@ extension Importer {
             ids.removeAll(keepingCapacity: true)
             for k in 0..<mineNow {
                 let c = Int(localOrder[sent + k])
+                localOrder.withUnsafeBufferPointer { aggregates.prefetchForWriting($0, at: sent + k) }
                 aggregates.writeRecord(c, into: outgoing + k * recordBytes)
                 appendLengthPrefixed(aggregates.customerID(c), to: &ids)
             }
