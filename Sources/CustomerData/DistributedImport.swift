@@ -358,9 +358,7 @@ extension Importer {
         var start = 0
         while start < n {
             let end = min(n, start + block)
-            var take = [Int64](repeating: 0, count: ranks)
-            if rank == 0 { for position in start..<end { take[Int(owner[position])] += 1 } }
-            try exchange.broadcast(&take)
+            let take = try customersByRank(at: start..<end, owner: owner, exchange: exchange)
             let mineNow = Int(take[rank])
             ids.removeAll(keepingCapacity: true)
             for k in 0..<mineNow {
@@ -493,9 +491,7 @@ extension Importer {
         var start = 0
         while start < n {
             let end = min(n, start + block)
-            var take = [Int64](repeating: 0, count: ranks)
-            if rank == 0 { for position in start..<end { take[Int(owner[position])] += 1 } }
-            try exchange.broadcast(&take)
+            let take = try customersByRank(at: start..<end, owner: owner, exchange: exchange)
             message.removeAll(keepingCapacity: true)
             for _ in 0..<Int(take[rank]) {
                 let customer = myPositions[nextCustomer]
@@ -578,6 +574,15 @@ extension Importer {
             let (files, info) = try writer.finish(totals: totals)
             return (files, info)
         }
+    }
+
+    /// How many of each rank's customers come at dataset `positions`: counted by rank 0 from the
+    /// merge order (`owner`, rank 0's only), then known to every rank.
+    private static func customersByRank(at positions: Range<Int>, owner: [UInt16], exchange: RankExchange) throws -> [Int64] {
+        var take = [Int64](repeating: 0, count: exchange.size)
+        if exchange.rank == 0 { for position in positions { take[Int(owner[position])] += 1 } }
+        try exchange.broadcast(&take)
+        return take
     }
 
     /// For each dataset position, the rank whose next customer comes there (on rank 0; empty

@@ -30,6 +30,17 @@ struct PackedBatchTests {
 
         var count: Int { lengths.count }
 
+        /// Runs the training model's forward on every customer (its outputs stay in `model`).
+        func forward(through model: LSTMModel) {
+            var random = SeededRandom(seed: 0, purpose: .dropout)
+            features.withUnsafeBufferPointer { xs in
+                lengths.withUnsafeBufferPointer { ls in
+                    model.forward(SequenceBatch(features: xs.baseAddress!, lengths: ls.baseAddress!, batchSize: count, steps: steps),
+                                  training: false, random: &random)
+                }
+            }
+        }
+
         /// Churn logits and CLV outputs of customers `range`, scored as one batch.
         func score(_ network: InferenceLSTM, _ range: Range<Int>, workspace: InferenceWorkspace = InferenceWorkspace())
             -> (churn: [Float], clv: [Float]) {
@@ -99,13 +110,7 @@ struct PackedBatchTests {
         let customers = Customers(count: 61, steps: steps, inputSize: configuration.inputSize,
                                   lengths: { Int32(1 + $0.nextIndex(below: steps)) }, seed: 9)
         let scores = customers.score(network, 0..<customers.count)
-        var random = SeededRandom(seed: 0, purpose: .dropout)
-        customers.features.withUnsafeBufferPointer { xs in
-            customers.lengths.withUnsafeBufferPointer { ls in
-                model.forward(SequenceBatch(features: xs.baseAddress!, lengths: ls.baseAddress!, batchSize: customers.count, steps: steps),
-                              training: false, random: &random)
-            }
-        }
+        customers.forward(through: model)
         var worst: Float = 0
         for customer in 0..<customers.count {
             worst = max(worst, abs(scores.churn[customer] - model.churnLogits[customer]),
@@ -122,13 +127,7 @@ struct PackedBatchTests {
         let steps = 11
         let customers = Customers(count: 40, steps: steps, inputSize: 8, lengths: { Int32(1 + $0.nextIndex(below: steps)) }, seed: 4)
         let scores = customers.score(network, 0..<customers.count)
-        var random = SeededRandom(seed: 0, purpose: .dropout)
-        customers.features.withUnsafeBufferPointer { xs in
-            customers.lengths.withUnsafeBufferPointer { ls in
-                model.forward(SequenceBatch(features: xs.baseAddress!, lengths: ls.baseAddress!, batchSize: customers.count, steps: steps),
-                              training: false, random: &random)
-            }
-        }
+        customers.forward(through: model)
         // The logit's own scale: with h in [−1, 1] it is at most Σ|w| + |b|, and weights ×30
         // make single logits cancel down to small values, where a relative test means nothing.
         // Gate sums of huge terms cancel too, so float rounding moves a unit near its transition
