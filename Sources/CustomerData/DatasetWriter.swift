@@ -447,22 +447,29 @@ func buildCustomerProductGraph(
     // Everything below reads the customer half of the CSR; the pairs are gone.
     for u in 0..<customerCount {
         let range = offsets[u]..<offsets[u + 1]
-        // Products by id. A customer has a handful, so an insertion sort in place: sorting a
-        // copy of each row allocated an array per customer (products are distinct in a row).
-        neighbours.withUnsafeMutableBufferPointer { n in
-            weights.withUnsafeMutableBufferPointer { w in
-                var i = range.lowerBound + 1
-                while i < range.upperBound {
-                    let neighbour = n[i], weight = w[i]
-                    var j = i
-                    while j > range.lowerBound && n[j - 1] > neighbour {
-                        n[j] = n[j - 1]
-                        w[j] = w[j - 1]
-                        j -= 1
+        // Products by id. Most customers have a handful, sorted in place by insertion: sorting
+        // a copy of every row allocated an array per customer. Long rows (a reseller's) get the
+        // library sort, whose cost does not grow with the square of the row.
+        if range.count > 32 {
+            var pairs = range.map { (neighbours[$0], weights[$0]) }
+            pairs.sort { $0.0 < $1.0 }
+            for (k, slot) in range.enumerated() { (neighbours[slot], weights[slot]) = pairs[k] }
+        } else {
+            neighbours.withUnsafeMutableBufferPointer { n in
+                weights.withUnsafeMutableBufferPointer { w in
+                    var i = range.lowerBound + 1
+                    while i < range.upperBound {
+                        let neighbour = n[i], weight = w[i]
+                        var j = i
+                        while j > range.lowerBound && n[j - 1] > neighbour {
+                            n[j] = n[j - 1]
+                            w[j] = w[j - 1]
+                            j -= 1
+                        }
+                        n[j] = neighbour
+                        w[j] = weight
+                        i += 1
                     }
-                    n[j] = neighbour
-                    w[j] = weight
-                    i += 1
                 }
             }
         }

@@ -58,8 +58,9 @@ public struct ImportOptions: Sendable {
     /// are exchanged; it bounds the memory a round needs. Any value gives the same dataset (tests
     /// make it small so that a small file goes through many rounds).
     public var roundBytesPerRank = 16 << 20
-    /// Customer–product pairs each rank sends rank 0 per gather while the graph is built across
-    /// ranks; any value gives the same graph (tests make it small).
+    /// Customer–product pairs, summed over the ranks, that rank 0 gathers per block of products
+    /// while it writes the graph's product rows in a multi-rank import (a block holds at least
+    /// one product); any value gives the same graph (tests make it small).
     public var pairsPerGather = 65_536
     /// Customer ids each rank sends rank 0 at a time while rank 0 merges them into the dataset
     /// order; any value gives the same dataset (tests make it small).

@@ -247,3 +247,32 @@ func aMissingDatasetIsNotCalledDamaged() throws {
     #expect(throws: DataError.self) { try Importer.run(input: input, output: precious, options: options) }
     #expect(try String(contentsOfFile: precious, encoding: .utf8) == "keep me")
 }
+
+@Test("every node's neighbours come sorted by id with their weights, in short rows and long ones",
+      arguments: [5, 33, 200])
+func graphRowsSortedWithTheirWeights(productsOfTheBigBuyer: Int) {
+    let products = ByteInterner()
+    // Interned in reverse id order, so every row arrives unsorted.
+    for p in (0..<productsOfTheBigBuyer).reversed() { _ = withBytesOf(String(format: "p%04d", p)) { products.intern($0, $1) } }
+    // Customer 0 bought every product, product k (by id) k + 1 times; customer 1 the last three.
+    let count = productsOfTheBigBuyer
+    var pairs: [(Int32, Int32, Int32)] = (0..<count).map { index in (0, Int32(index), Int32(count - index)) }
+    pairs += (0..<3).map { index in (1, Int32(index), 1) }
+    var totals = GraphCustomerTotals()
+    for _ in 0..<2 {
+        totals.transactions.append(1); totals.spend.append(1); totals.recencyPeriods.append(0); totals.tenurePeriods.append(1)
+    }
+    let (graph, info) = buildCustomerProductGraph(
+        customerCount: 2, products: products, forEachPair: { _, body in for (c, p, n) in pairs { body(c, p, n) } },
+        totals: totals, statistics: nil)
+    let csr = graph.csr
+    #expect(info.directedEdges == 2 * (count + 3))
+    let bigRow = csr.offsets[0]..<csr.offsets[1]
+    #expect(Array(csr.neighbours[bigRow]) == (0..<count).map { Int32(2 + $0) })
+    #expect(Array(csr.weights[bigRow]) == (0..<count).map { Float($0 + 1) })
+    // The reverse rows: product k lists customer 0, and customer 1 for the three last ids.
+    for k in 0..<count {
+        let row = csr.offsets[2 + k]..<csr.offsets[3 + k]
+        #expect(Array(csr.neighbours[row]) == (k >= count - 3 ? [0, 1] : [0]))
+    }
+}
