@@ -456,7 +456,8 @@ public final class InferenceWorkspace: @unchecked Sendable {
     let heads = Tensor(shape: [1])
     /// Rows of one customer's gates, cells and hidden state for `cellUpdateAcrossUnits`.
     let columnScratch = Tensor(shape: [1])
-    /// h of one tile of customers for the fused kernel, [hidden, tile columns].
+    /// The fused kernels' scratch: a tile's new h, [hidden, tile columns], or one customer's
+    /// inputs, gates, cells and new h (`clm_lstm_scratch_count` sizes it for both).
     let kernelScratch = Tensor(shape: [1])
     /// Head outputs [batch, K] for callers that transform them (the scorer).
     private let headRows = Tensor(shape: [1])
