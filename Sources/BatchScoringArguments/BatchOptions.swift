@@ -133,7 +133,7 @@ public struct BatchOptions: ParsableArguments {
         print("customers \(summary.customers) scored, \(summary.customersWithoutHistory) left out (no purchase by the as-of day)")
         print(String(format: "speed     %.0f customers/s scoring (features + LSTM, %.2f s on %@), %.0f customers/s LSTM alone (%@ kernel); read %.2f s, write %.2f s",
                      summary.customersPerSecond, summary.scoreSeconds, workersDescription(summary),
-                     summary.modelCustomersPerSecond, ForwardKernel.available.description,
+                     summary.modelCustomersPerSecond, ForwardKernel.chosen.description,
                      summary.readSeconds, summary.writeSeconds))
         if let settings = summary.explanation {
             print(String(format: "reasons   integrated gradients, %d steps from the %@ baseline: %.2f s on %@ (%.0f customers/s); attributions add up to the score change within %.2g%% (worst: %@, %@)",

@@ -1,4 +1,5 @@
 import CForwardKernels
+import Foundation
 import Models
 import Tensors
 
@@ -14,6 +15,19 @@ public enum ForwardKernel: Int32, Sendable, CaseIterable, Comparable, CustomStri
 
     /// The best this CPU runs.
     public static let available = ForwardKernel(rawValue: clm_lstm_best_kernel()) ?? .portable
+
+    /// What scoring runs: `available`, or less when the environment's `CLM_FORWARD_KERNEL`
+    /// (portable, avx2 or avx512) asks for less, to compare the versions in one service or to
+    /// get the portable path's scores on any CPU.
+    public static let chosen: ForwardKernel = {
+        guard let requested = ProcessInfo.processInfo.environment["CLM_FORWARD_KERNEL"] else { return available }
+        guard let kernel = ForwardKernel(name: requested) else {
+            FileHandle.standardError.write(Data(
+                "warning: CLM_FORWARD_KERNEL=\(requested) is not portable, avx2 or avx512; using \(available)\n".utf8))
+            return available
+        }
+        return min(kernel, available)
+    }()
 
     public static func < (lhs: ForwardKernel, rhs: ForwardKernel) -> Bool { lhs.rawValue < rhs.rawValue }
 
@@ -82,7 +96,7 @@ public final class InferenceLSTM: Sendable {
 
     /// Builds the inference weights from PyTorch-named tensors (already checked for shape).
     /// `kernel` above what the CPU runs is lowered to `ForwardKernel.available`.
-    public init(configuration: LSTMConfiguration, weights: [String: [Float]], kernel: ForwardKernel = .available) {
+    public init(configuration: LSTMConfiguration, weights: [String: [Float]], kernel: ForwardKernel = .chosen) {
         let hidden = configuration.hiddenSize
         let kernel = min(kernel, ForwardKernel.available)
         self.kernel = kernel
