@@ -151,12 +151,12 @@ struct ScoringForward: ParsableCommand {
         for distribution in distributions {
             for size in sizes {
                 for kernel in chosenKernels {
-                bench.batchSize = size
-                bench.kernel = kernel
-                let result = bench.run(lengths: distribution)
-                print(pad(kernel.description, 9), pad(distribution.description, 16), pad(String(format: "%.1f", result.meanLength), 6), pad("\(size)", 6),
-                      pad(String(format: "%.0f", result.customersPerSecond), 12), pad(String(format: "%.2f", result.usefulGflops), 8),
-                      String(format: "%.1f%%", 100 * result.usefulGflops * 1e9 / sgemm))
+                    bench.batchSize = size
+                    bench.kernel = kernel
+                    let result = bench.run(lengths: distribution)
+                    print(pad(kernel.description, 9), pad(distribution.description, 16), pad(String(format: "%.1f", result.meanLength), 6), pad("\(size)", 6),
+                          pad(String(format: "%.0f", result.customersPerSecond), 12), pad(String(format: "%.2f", result.usefulGflops), 8),
+                          String(format: "%.1f%%", 100 * result.usefulGflops * 1e9 / sgemm))
                 }
             }
         }
