@@ -29,27 +29,6 @@ report() {  # report ROUND WORKERS LOG WALL MEMORY
     read=$(grep -o "read [0-9.]* s" "$3" | grep -o "[0-9.]*")
     printf "%-6s %-22s %12s %8s %8s  %s\n" "$1" "$2" "$speed" "$read" "$4" "$5"
 }
-same_scores() {  # same_scores A B: same rows but for float rounding in the scores
-    python3 - "$1" "$2" <<'PY'
-import csv, sys
-a, b = csv.reader(open(sys.argv[1])), csv.reader(open(sys.argv[2]))
-header = next(a)
-if header != next(b):
-    sys.exit("different headers")
-numeric = {i for i, c in enumerate(header) if c in ("churn_probability", "expected_spend") or c.startswith("p_")}
-worst, rows = 0.0, 0
-for x, y in zip(a, b, strict=True):
-    rows += 1
-    for i, (p, q) in enumerate(zip(x, y, strict=True)):
-        if i in numeric:
-            worst = max(worst, abs(float(p) - float(q)) / max(1.0, abs(float(q))))
-        elif p != q:
-            sys.exit(f"row {rows}: {header[i]} {p} vs {q}")
-if worst > 1e-5:
-    sys.exit(f"scores differ by {worst:.1e} (relative)")
-print(f"{rows} rows: same customers, order, stages and actions; worst relative score difference {worst:.1e}")
-PY
-}
 
 printf "%-6s %-22s %12s %8s %8s  %s\n" round workers "customers/s" "read s" "wall s" "peak RSS MiB per process"
 for round in $(seq 1 "$rounds"); do
@@ -76,5 +55,5 @@ if cmp -s "$work/ranks.csv" "$work/one-1.csv"; then
     echo "ranks: the same bytes $kernel"
 else
     # Only the portable kernel's scores depend on batch composition (float rounding).
-    same_scores "$work/ranks.csv" "$work/one-1.csv"
+    clm_same_scores "$work/ranks.csv" "$work/one-1.csv"
 fi

@@ -65,3 +65,27 @@ clm_bench_flags() {
     done
     clm_rest=("$@")
 }
+
+# Two batch score CSVs with the same header and rows, ids, periods, stages and actions, and
+# scores equal to float32 rounding (1e-5 relative); prints the worst difference.
+clm_same_scores() {  # clm_same_scores A B
+    python3 - "$1" "$2" <<'PY'
+import csv, sys
+a, b = csv.reader(open(sys.argv[1])), csv.reader(open(sys.argv[2]))
+header = next(a)
+if header != next(b):
+    sys.exit("different headers")
+numeric = {i for i, c in enumerate(header) if c in ("churn_probability", "expected_spend") or c.startswith("p_")}
+worst, rows = 0.0, 0
+for x, y in zip(a, b, strict=True):
+    rows += 1
+    for i, (p, q) in enumerate(zip(x, y, strict=True)):
+        if i in numeric:
+            worst = max(worst, abs(float(p) - float(q)) / max(1.0, abs(float(q))))
+        elif p != q:
+            sys.exit(f"row {rows}: {header[i]} {p} vs {q}")
+if worst > 1e-5:
+    sys.exit(f"scores differ by {worst:.1e} (relative)")
+print(f"{rows} rows: same customers, order, stages and actions; worst relative score difference {worst:.1e}")
+PY
+}

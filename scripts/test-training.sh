@@ -135,26 +135,10 @@ else
     tail -n 5 "$work/score-np1.log"
     fail "clm-score-mpi at one rank differs from clm-score batch"
 fi
-same_to_rounding() {  # same_to_rounding A B: same rows, scores equal to float32 rounding
-    python3 - "$1" "$2" <<'PY'
-import csv, sys
-a, b = list(csv.reader(open(sys.argv[1]))), list(csv.reader(open(sys.argv[2])))
-numeric = {"churn_probability", "expected_spend"} | {c for c in b[0] if c.startswith("p_")}
-worst, other = 0.0, 0
-for x, y in zip(a[1:], b[1:]):
-    for column, p, q in zip(b[0], x, y):
-        if column in numeric:
-            worst = max(worst, abs(float(p) - float(q)) / max(1.0, abs(float(q))))
-        elif p != q:
-            other += 1
-print(f"{len(a) - 1} rows; worst relative score difference {worst:.1e}; {other} other fields differ")
-sys.exit(0 if a[0] == b[0] and len(a) == len(b) and other == 0 and worst <= 1e-5 else 1)
-PY
-}
 for ranks in 2 3; do
     if score_ranks "$ranks" "$work/scores-np$ranks.csv" --round-bytes-per-rank 4096 --merge-block 7 >"$work/score-np$ranks.log" 2>&1 \
         && grep -q "on $ranks ranks × " "$work/score-np$ranks.log" \
-        && same_to_rounding "$work/scores-np$ranks.csv" "$work/scores-threads.csv"
+        && clm_same_scores "$work/scores-np$ranks.csv" "$work/scores-threads.csv"
     then
         if grep -q "(portable kernel)" "$work/score-np$ranks.log"; then
             pass "clm-score-mpi at $ranks ranks scores clm-score batch's customers, in its order, to float rounding"
@@ -173,7 +157,7 @@ done
 if CLM_FORWARD_KERNEL=portable "$bin/clm-score" batch --checkpoints "$work/checkpoints" --run straight --events "$work/events.csv" \
         --product-col product_id --as-of "$cutoff" --out "$work/scores-portable.csv" --threads 2 >"$work/score-portable.log" 2>&1 \
     && grep -q "(portable kernel)" "$work/score-portable.log" \
-    && same_to_rounding "$work/scores-portable.csv" "$work/scores-threads.csv"; then
+    && clm_same_scores "$work/scores-portable.csv" "$work/scores-threads.csv"; then
     pass "CLM_FORWARD_KERNEL=portable scores the fused kernel's customers to float rounding, and says so"
 else
     tail -n 5 "$work/score-portable.log"

@@ -361,11 +361,13 @@ extension Importer {
             let take = try customersByRank(at: start..<end, owner: owner, exchange: exchange)
             let mineNow = Int(take[rank])
             ids.removeAll(keepingCapacity: true)
-            for k in 0..<mineNow {
-                let c = Int(localOrder[sent + k])
-                localOrder.withUnsafeBufferPointer { aggregates.prefetchForWriting($0, at: sent + k) }
-                aggregates.writeRecord(c, into: outgoing + k * recordBytes)
-                appendLengthPrefixed(aggregates.customerID(c), to: &ids)
+            localOrder.withUnsafeBufferPointer { order in
+                for k in 0..<mineNow {
+                    let c = Int(order[sent + k])
+                    aggregates.prefetchForWriting(order, at: sent + k)
+                    aggregates.writeRecord(c, into: outgoing + k * recordBytes)
+                    appendLengthPrefixed(aggregates.customerID(c), to: &ids)
+                }
             }
             sent += mineNow
             let byteCounts = take.map { Int($0) * recordBytes }
@@ -485,15 +487,15 @@ extension Importer {
         }
 
         // Customers' rows, a block of dataset positions at a time: [degree, (product, count)…]
-        // per customer, in each rank's (ascending) order.
+        // per customer, in each rank's (ascending) order. Each rank knows its positions now, so
+        // it finds its customers of the block itself.
         let block = 4096
         var nextPair = 0, nextCustomer = 0
         var start = 0
         while start < n {
             let end = min(n, start + block)
-            let take = try customersByRank(at: start..<end, owner: owner, exchange: exchange)
             message.removeAll(keepingCapacity: true)
-            for _ in 0..<Int(take[rank]) {
+            while nextCustomer < myPositions.count && Int(myPositions[nextCustomer]) < end {
                 let customer = myPositions[nextCustomer]
                 nextCustomer += 1
                 let first = nextPair
