@@ -6,12 +6,29 @@ import Tensors
 /// Decided by hashing the id with a key derived from the seed, so it depends on neither row
 /// order nor the other customers, and a customer keeps its split when data is added.
 public func splitAssignment(customerID: UnsafeRawBufferPointer, seed: UInt64, trainFraction: Double, validationFraction: Double) -> UInt8 {
-    let key = SeededRandom(seed: seed, purpose: .split).state
-    let h = hashIdentifier(customerID.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, customerID.count, seed: key)
-    let u = Double(h >> 11) * (1.0 / 9_007_199_254_740_992.0)
-    if u < trainFraction { return 0 }
-    if u < trainFraction + validationFraction { return 1 }
-    return 2
+    SplitAssigner(SplitOptions(seed: seed, trainFraction: trainFraction, validationFraction: validationFraction)).split(of: customerID)
+}
+
+/// `splitAssignment` with its key derived once, for a writer that assigns every customer.
+struct SplitAssigner {
+    let key: UInt64
+    let trainFraction: Double
+    let validationFraction: Double
+
+    init(_ options: SplitOptions) {
+        key = SeededRandom(seed: options.seed, purpose: .split).state
+        trainFraction = options.trainFraction
+        validationFraction = options.validationFraction
+    }
+
+    @inline(__always)
+    func split(of customerID: UnsafeRawBufferPointer) -> UInt8 {
+        let h = hashIdentifier(customerID.baseAddress ?? UnsafeRawPointer(bitPattern: 1)!, customerID.count, seed: key)
+        let u = Double(h >> 11) * (1.0 / 9_007_199_254_740_992.0)
+        if u < trainFraction { return 0 }
+        if u < trainFraction + validationFraction { return 1 }
+        return 2
+    }
 }
 
 /// Names of the graph node features, in storage order (the same width for both node types).
@@ -117,6 +134,7 @@ final class DatasetAssembler {
     let splitOptions: SplitOptions
     let directory: String
     private let width = customerFeatureNames.count
+    private let assigner: SplitAssigner
     private let rawFeatures: HashingFileWriter
     private let idsFile, lengthsFile, churnFile, spendFile, stageFile: HashingFileWriter
     private var split: [UInt8] = []
@@ -133,6 +151,7 @@ final class DatasetAssembler {
     init(spec: FeatureSpec, split: SplitOptions, directory: String, expectedCustomers: Int, keepGraphTotals: Bool) throws {
         self.spec = spec
         splitOptions = split
+        assigner = SplitAssigner(split)
         self.directory = directory
         self.keepGraphTotals = keepGraphTotals
         rawFeatures = try HashingFileWriter(path: directory + "/features.f32", name: "features.f32", hashing: false)
@@ -155,8 +174,7 @@ final class DatasetAssembler {
         let header = record.loadUnaligned(as: CustomerRecordHeader.self)
         let features = (record + MemoryLayout<CustomerRecordHeader>.stride).assumingMemoryBound(to: Float.self)
         let length = Int(header.length)
-        let assigned = splitAssignment(customerID: id, seed: splitOptions.seed, trainFraction: splitOptions.trainFraction,
-                                       validationFraction: splitOptions.validationFraction)
+        let assigned = assigner.split(of: id)
         split.append(assigned)
         splitSizes[Int(assigned)] += 1
         lengths.append(UInt16(length))

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Tensors
 @testable import CustomerData
 
 // Period 7, history 4, cut-off day 27: periods are days 0-6, 7-13, 14-20, 21-27; the horizon
@@ -115,6 +116,36 @@ private func expectSteps(_ data: CustomerDataset, customer: Int, _ expected: [[D
         means.append(data.manifest.normalisation.mean)
     }
     #expect(means[0] == means[1])
+}
+
+@Test func eightFeatureFastPathsGiveTheScalarLoopsBits() {
+    // The fitter and the normaliser take eight features a step in SIMD lanes; a dataset's
+    // bytes must not change for it, so both must equal the plain per-feature loops exactly.
+    var random = SeededRandom(seed: 5, purpose: .synthesis)
+    let width = 8
+    var fitter = NormalisationFitter(width: width)
+    var sums = [Double](repeating: 0, count: width), squares = sums
+    var rows: [[Float]] = []
+    for _ in 0..<200 {
+        let length = Int.random(in: 1...39, using: &random)
+        let row = (0..<length * width).map { _ in Float.random(in: -3...1_000, using: &random) }
+        row.withUnsafeBufferPointer { fitter.add($0.baseAddress!, length: length, width: width) }
+        for (k, v) in row.enumerated() {
+            sums[k % width] += Double(v)
+            squares[k % width] += Double(v) * Double(v)
+        }
+        rows.append(row)
+    }
+    #expect(fitter.sum == sums)
+    #expect(fitter.sumSquares == squares)
+    let normalisation = fitter.result()
+    for var row in rows {
+        let expected = row.enumerated().map { k, v in
+            Float((Double(v) - normalisation.mean[k % width]) / normalisation.std[k % width])
+        }
+        row.withUnsafeMutableBufferPointer { normalisation.apply($0.baseAddress!, length: $0.count / width, width: width) }
+        #expect(row.map(\.bitPattern) == expected.map(\.bitPattern))
+    }
 }
 
 @Test func scoringFeaturesReproduceStoredFeatures() throws {
