@@ -458,18 +458,11 @@ extension Importer {
             }
         }
         positionsByRank = []
-        var position = [Int32](repeating: -1, count: aggregates.customerCount)
-        for (k, c) in localOrder.enumerated() { position[Int(c)] = myPositions[k] }
         // Every rank interned the same products at the same indices (`announceProducts`).
         let productPosition = productPositions(aggregates.products).position
         let productCount = productPosition.count
-        var pairs: [RankPair] = []
-        pairs.reserveCapacity(aggregates.pairCount)
-        aggregates.forEachPair(releasing: true) { c, p, count in
-            pairs.append(RankPair(key: RankPair.key(position[Int(c)], productPosition[Int(p)]), count: count))
-        }
-        position = []
-        pairs.sort { $0.key < $1.key }
+        var pairs = try customerMajorPairs(aggregates: aggregates, localOrder: localOrder, myPositions: myPositions,
+                                           productPosition: productPosition)
 
         let writer: StreamedGraphWriter? = try exchange.agreeing("creating the graph files") {
             guard let directory else { return nil }
@@ -521,14 +514,18 @@ extension Importer {
 
         // Products' rows: every rank's pairs of a block of products, (product, customer, count),
         // sorted by product then customer; rank 0 merges each product's customers.
-        for k in pairs.indices { pairs[k].key = RankPair.key(pairs[k].low, pairs[k].high) }
-        pairs.sort { $0.key < $1.key }
-        var localDegrees = [Int64](repeating: 0, count: productCount)
-        for pair in pairs { localDegrees[Int(pair.high)] += 1 }
-        let productDegrees = try exchange.allreduceSum(localDegrees)
-        localDegrees = []
-        var row: [(customer: Int32, count: Int32)] = []
-        var interleaved: [Int32] = []
+        // A counting sort by product of the pairs' indices: walking the pairs in customer order
+        // leaves each product's customers sorted.
+        var productStarts = [Int](repeating: 0, count: productCount + 1)
+        for pair in pairs { productStarts[Int(pair.low) + 1] += 1 }
+        let productDegrees = try exchange.allreduceSum(productStarts.dropFirst().map { Int64($0) })
+        for p in 0..<productCount { productStarts[p + 1] += productStarts[p] }
+        var byProduct = [UInt32](unsafeUninitializedCapacity: pairs.count) { _, count in count = pairs.count }
+        for (k, pair) in pairs.enumerated() {
+            byProduct[productStarts[Int(pair.low)]] = UInt32(k)
+            productStarts[Int(pair.low)] += 1
+        }
+        productStarts = []
         var firstProduct = 0
         nextPair = 0
         while firstProduct < productCount {
@@ -540,14 +537,19 @@ extension Importer {
                 endProduct += 1
             }
             message.removeAll(keepingCapacity: true)
-            while nextPair < pairs.count && Int(pairs[nextPair].high) < endProduct {
-                message.append(pairs[nextPair].high)
-                message.append(pairs[nextPair].low)
-                message.append(pairs[nextPair].count)
+            while nextPair < byProduct.count && Int(pairs[Int(byProduct[nextPair])].low) < endProduct {
+                let pair = pairs[Int(byProduct[nextPair])]
+                message.append(pair.low)
+                message.append(pair.high)
+                message.append(pair.count)
                 nextPair += 1
             }
             let gathered = try message.withUnsafeBytes { try exchange.gatherBytes($0) }
             try addRows(gathered) { values, cursor in
+                // Declared here, not captured: a captured variable is checked for exclusive
+                // access at run time on every use, which cost rank 0 several percent.
+                var row: [(customer: Int32, count: Int32)] = []
+                var interleaved: [Int32] = []
                 var ends = [Int](repeating: 0, count: ranks)
                 for r in 0..<ranks { ends[r] = cursor[r] + gathered.counts[r] / 4 }
                 for product in Int32(firstProduct)..<Int32(endProduct) {
@@ -571,11 +573,60 @@ extension Importer {
             firstProduct = endProduct
         }
         pairs = []
+        byProduct = []
         return try exchange.agreeing("writing the graph") {
             guard let writer, let totals else { return ([], nil) }
             let (files, info) = try writer.finish(totals: totals)
             return (files, info)
         }
+    }
+
+    /// This rank's customer–product pairs keyed (dataset position, product node), sorted by
+    /// that key without a comparison sort: each customer's pairs go to its slots in dataset
+    /// order (counted by a first read of the pairs), and each customer's few pairs are then
+    /// sorted by product node in place. The second read frees the pairs as it goes.
+    private static func customerMajorPairs(
+        aggregates: CustomerAggregates, localOrder: [Int32], myPositions: [Int32], productPosition: [Int32]
+    ) throws -> [RankPair] {
+        var localIndex = [Int32](repeating: -1, count: aggregates.customerCount)
+        for (k, c) in localOrder.enumerated() { localIndex[Int(c)] = Int32(k) }
+        var starts = [Int](repeating: 0, count: localOrder.count + 1)
+        aggregates.forEachPair { c, _, _ in starts[Int(localIndex[Int(c)]) + 1] += 1 }
+        for k in 0..<localOrder.count { starts[k + 1] += starts[k] }
+        let total = starts[localOrder.count]
+        guard total <= Int(UInt32.max) else {
+            throw DataError.invalidOption("this rank holds \(total) customer–product pairs, more than a rank can index (4,294,967,295); run the import on more ranks")
+        }
+        // Every slot is written once below.
+        var pairs = [RankPair](unsafeUninitializedCapacity: total) { _, count in count = total }
+        pairs.withUnsafeMutableBufferPointer { pairs in
+            var cursor = starts
+            aggregates.forEachPair(releasing: true) { c, p, count in
+                let k = Int(localIndex[Int(c)])
+                pairs[cursor[k]] = RankPair(key: RankPair.key(myPositions[k], productPosition[Int(p)]), count: count)
+                cursor[k] += 1
+            }
+            for k in 0..<localOrder.count {
+                let first = starts[k], end = starts[k + 1]
+                if end - first > 32 {
+                    var long = UnsafeMutableBufferPointer(rebasing: pairs[first..<end])
+                    long.sort { $0.key < $1.key }
+                    continue
+                }
+                var i = first + 1
+                while i < end {
+                    let pair = pairs[i]
+                    var j = i
+                    while j > first && pairs[j - 1].key > pair.key {
+                        pairs[j] = pairs[j - 1]
+                        j -= 1
+                    }
+                    pairs[j] = pair
+                    i += 1
+                }
+            }
+        }
+        return pairs
     }
 
     /// How many of each rank's customers come at dataset `positions`: counted by rank 0 from the
