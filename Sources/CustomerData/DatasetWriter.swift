@@ -137,15 +137,17 @@ final class DatasetAssembler {
     private let assigner: SplitAssigner
     private let rawFeatures: HashingFileWriter
     private let idsFile, lengthsFile, churnFile, spendFile, stageFile: HashingFileWriter
-    private var split: [UInt8] = []
-    private var lengths: [UInt16] = []
-    private(set) var splitSizes = [0, 0, 0]
-    private var trainingFit: NormalisationFitter
-    private var allFit: NormalisationFitter
-    private(set) var stageCounts = [0, 0, 0, 0]
-    private var churned = 0
-    private var totalSpend = 0.0
-    private(set) var graphTotals = GraphCustomerTotals()
+    // Each touched once or more per customer: see CustomerShard for why exclusivity is
+    // unchecked.
+    @exclusivity(unchecked) private var split: [UInt8] = []
+    @exclusivity(unchecked) private var lengths: [UInt16] = []
+    @exclusivity(unchecked) private(set) var splitSizes = [0, 0, 0]
+    @exclusivity(unchecked) private var trainingFit: NormalisationFitter
+    @exclusivity(unchecked) private var allFit: NormalisationFitter
+    @exclusivity(unchecked) private(set) var stageCounts = [0, 0, 0, 0]
+    @exclusivity(unchecked) private var churned = 0
+    @exclusivity(unchecked) private var totalSpend = 0.0
+    @exclusivity(unchecked) private(set) var graphTotals = GraphCustomerTotals()
     private let keepGraphTotals: Bool
 
     init(spec: FeatureSpec, split: SplitOptions, directory: String, expectedCustomers: Int, keepGraphTotals: Bool) throws {

@@ -23,9 +23,10 @@ final class EventRouter: EventSink {
     let ranks: Int
     let localProducts = ByteInterner()
     /// Job-wide product index of each local one, for those already announced.
-    private(set) var globalProduct: [Int32] = []
-    private(set) var events: [GrowableBuffer<PendingEvent>]
-    private(set) var idBytes: [GrowableBuffer<UInt8>]
+    // Touched for every event: see CustomerShard for why exclusivity is unchecked.
+    @exclusivity(unchecked) private(set) var globalProduct: [Int32] = []
+    @exclusivity(unchecked) private(set) var events: [GrowableBuffer<PendingEvent>]
+    @exclusivity(unchecked) private(set) var idBytes: [GrowableBuffer<UInt8>]
 
     /// Without `countsPairs`, product ids are dropped (as `CustomerAggregates` drops them).
     init(cutoff: Int, ranks: Int, countsPairs: Bool = true) {

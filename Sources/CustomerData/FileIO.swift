@@ -13,9 +13,11 @@ final class HashingFileWriter {
     private var fd: Int32
     private var buffer: UnsafeMutableRawPointer
     private let capacity = 1 << 20
-    private var used = 0
-    private var hasher = ContentHasher()
-    private(set) var bytesWritten = 0
+    // Touched by every write, a few per customer: see CustomerShard for why exclusivity is
+    // unchecked.
+    @exclusivity(unchecked) private var used = 0
+    @exclusivity(unchecked) private var hasher = ContentHasher()
+    @exclusivity(unchecked) private(set) var bytesWritten = 0
 
     private let hashing: Bool
 
