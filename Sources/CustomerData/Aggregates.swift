@@ -469,12 +469,6 @@ final class CustomerShard {
     @inline(__always)
     func prefetchRecord(_ c: Int) { clm_prefetch_read(states.pointer + c) }
 
-    @inline(__always)
-    func prefetchNewestEntry(_ c: Int) {
-        let head = Int(states[c].periodHead)
-        if head >= 0 { clm_prefetch_read(periodEntries.pointer + head) }
-    }
-
     /// Total transactions and spend up to the cut-off.
     func historyTotals(_ c: Int) -> (transactions: Double, spend: Double) {
         var transactions = Int64(states[c].preTransactions)
