@@ -29,17 +29,20 @@ for round in $(seq 1 "$rounds"); do
     speed=$(grep -o "speed *[0-9,]* events/s" "$work/one.log" | grep -o "[0-9,]*" | head -1)
     total=$(grep -o "total [0-9.]* s" "$work/one.log" | grep -o "[0-9.]*")
     printf "%-6s %-9s %14s %9s  %s\n" "$round" 1 "$speed" "$total" "$(( $(cat "$work/one.rss") / 1024 ))"
-    speed_one=$speed total_one=$total
+    one_speed=${speed//,/} one_total=$total
     clm_mpirun_local "$ranks" "$clm_data" import --input "$input" --out "$work/many" "${options[@]}" >"$work/many.log"
     speed=$(grep -o "speed *[0-9,]* events/s" "$work/many.log" | grep -o "[0-9,]*" | head -1)
     total=$(grep -o "total [0-9.]* s" "$work/many.log" | grep -o "[0-9.]*")
     memory=$(grep -o "peak memory *[0-9., ]* MiB" "$work/many.log" | sed 's/peak memory *//; s/ MiB//')
     printf "%-6s %-9s %14s %9s  %s\n" "$round" "$ranks" "$speed" "$total" "$memory"
-    one_speed=${speed_one//,/} one_total=$total_one
+    pids=()
     for k in $(seq 1 "$ranks"); do
-        "$clm_data" import --input "$input" --out "$work/alone$k" "${options[@]}" >"$work/alone$k.log" &
+        "$clm_data" import --input "$input" --out "$work/alone$k" "${options[@]}" >"$work/alone$k.log" 2>&1 &
+        pids+=($!)
     done
-    wait
+    for k in "${!pids[@]}"; do
+        wait "${pids[$k]}" || { echo "a side-by-side import failed:"; cat "$work/alone$((k + 1)).log"; exit 1; }
+    done
     python3 - "$ranks" "$one_speed" "$one_total" "$work"/alone*.log <<'PY'
 import re, sys
 ranks, one_speed, one_total = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
