@@ -52,7 +52,7 @@ public struct ImportOptions: Sendable {
     public var partitions: Int?
     /// Events queued before the partitions are aggregated (tests make it small so that a small
     /// file goes through many rounds). The queue costs about 52 bytes an event at the parse's
-    /// peak; see `CustomerAggregates.init` for the size chosen.
+    /// peak; see `CustomerAggregates.defaultChunkEvents` for the size chosen.
     var aggregationChunkEvents = CustomerAggregates.defaultChunkEvents
     /// Bytes of the file each rank parses per round of a multi-rank import before the events
     /// are exchanged; it bounds the memory a round needs. Any value gives the same dataset (tests
