@@ -40,7 +40,8 @@ final class CustomerAggregates: EventSink {
     let countsPairs: Bool
 
     private let shards: [CustomerShard]
-    private let partitionShift: UInt64
+    /// An event with id hash h belongs to partition h >> partitionShift.
+    let partitionShift: UInt64
     private let chunkEvents: Int
     // Touched once per event: see CustomerShard for why exclusivity is unchecked.
     @exclusivity(unchecked) private var queues: UnsafeMutablePointer<PendingQueue>
@@ -60,6 +61,8 @@ final class CustomerAggregates: EventSink {
     /// Partition of each global customer index.
     @exclusivity(unchecked) private var partitionOfCustomer: [UInt16] = []
     @exclusivity(unchecked) private var customerRecordsReleased = false
+
+    var partitionCount: Int { shards.count }
 
     /// Partitions for an input of `bytes`: one per 8 MiB, up to 256. On a 385 MiB date-ordered
     /// file (one run each, noisy) 16 to 128 partitions with 1M-row rounds gave 5.1–6.1M
@@ -147,36 +150,19 @@ final class CustomerAggregates: EventSink {
         if queuedEvents >= chunkEvents { aggregateQueued() }
     }
 
-    /// Adds `count` events parsed elsewhere (another rank's `EventRouter`), in their file
-    /// order: hashed, amounts in fixed point, products as indices of `products`, each id at
-    /// `idBytes + idOffset`. The same aggregates as `consume` on the rows they came from.
-    func consumeRouted(_ events: UnsafePointer<PendingEvent>, count: Int, idBytes: UnsafeRawPointer) {
+    /// Aggregates `count` events of `partition` parsed elsewhere (an `EventRouter`), in their
+    /// file order: hashed, amounts in fixed point, products as indices of `products`, each id
+    /// at `idBytes + idOffset`. The same aggregates as `consume` on the rows they came from;
+    /// the events' hashes are overwritten.
+    func consumeRouted(partition: Int, _ events: UnsafeMutablePointer<PendingEvent>, count: Int, idBytes: UnsafeRawPointer) {
         precondition(!sealed, "events added after finishAdding")
-        for index in 0..<count {
-            let event = events[index]
-            let id = idBytes + Int(event.idOffset)
-            let n = Int(event.idLength)
-            if shards.count == 1 {
-                shards[0].consume(customer: id, length: n, hash: event.hash, day: Int(event.day), amount: event.amount,
-                                  quantity: event.quantity, product: event.product, orderHash: event.orderHash)
-                continue
-            }
-            let queue = queues + Int(truncatingIfNeeded: event.hash >> partitionShift)
-            let offset = queue.pointee.idBytes.grow(by: n)
-            if n > 0 { UnsafeMutableRawPointer(queue.pointee.idBytes.pointer + offset).copyMemory(from: id, byteCount: n) }
-            var queued = event
-            queued.idOffset = UInt32(offset)
-            queue.pointee.events.append(queued)
-            queuedEvents += 1
-            if queuedEvents >= chunkEvents { aggregateQueued() }
-        }
-        lastPartition = -1
+        shards[partition].consumeQueued(events, count: count, idBytes: idBytes)
     }
 
-    /// Aggregates the queued events now rather than when the queues fill: after each round of
-    /// routed events, so that the queues never hold more than a round's worth.
-    func aggregatePending() {
-        if queuedEvents > 0 { aggregateQueued() }
+    /// After a round of routed events: hands back the heap that the round's buffers leave
+    /// resident (see `aggregateQueued`).
+    func roundAggregated() {
+        clm_release_free_memory()
     }
 
     /// Runs every queued event through its partition's shard, a partition at a time.

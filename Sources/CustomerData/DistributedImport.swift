@@ -14,35 +14,48 @@ func ownerRank(hash: UInt64, ranks: Int) -> Int {
     return Int(truncatingIfNeeded: (h >> 32) % UInt64(ranks))
 }
 
-/// Parsed events sorted by the rank that owns their customer, as the `PendingEvent`s and id
-/// bytes that `CustomerAggregates.consumeRouted` takes. Products are interned here, in this
-/// rank's file order, and renumbered to the job-wide index before the events leave.
+/// Parsed events sorted by the rank that owns their customer and, within that, by the
+/// partition of the owner's `CustomerAggregates` that aggregates it, so that an owner
+/// aggregates what arrives where it lands instead of queueing it again (on 2 ranks that second
+/// queueing took an eighth of the parse). Products are interned here, in this rank's file
+/// order, and renumbered to the job-wide index before the events leave.
 final class EventRouter: EventSink {
     let cutoff: Int
     let countsPairs: Bool
     let ranks: Int
+    let partitions: Int
+    private let partitionShift: UInt64
     let localProducts = ByteInterner()
     /// Job-wide product index of each local one, for those already announced.
     // Touched for every event: see CustomerShard for why exclusivity is unchecked.
     @exclusivity(unchecked) private(set) var globalProduct: [Int32] = []
-    @exclusivity(unchecked) private(set) var events: [GrowableBuffer<PendingEvent>]
-    @exclusivity(unchecked) private(set) var idBytes: [GrowableBuffer<UInt8>]
+    /// Bucket `owner * partitions + partition`; each owner's ids in `ids[owner]`.
+    @exclusivity(unchecked) private var buckets: UnsafeMutablePointer<GrowableBuffer<PendingEvent>>
+    @exclusivity(unchecked) private var ids: UnsafeMutablePointer<GrowableBuffer<UInt8>>
 
-    /// Without `countsPairs`, product ids are dropped (as `CustomerAggregates` drops them).
-    init(cutoff: Int, ranks: Int, countsPairs: Bool = true) {
-        self.cutoff = cutoff
-        self.countsPairs = countsPairs
+    /// Routes for `aggregates` (its cut-off, partitions and whether it keeps products) on
+    /// every one of `ranks`, which all aggregate with the same partitions.
+    init(for aggregates: CustomerAggregates, ranks: Int) {
+        cutoff = aggregates.spec.cutoffDay
+        countsPairs = aggregates.countsPairs
         self.ranks = ranks
+        partitions = aggregates.partitionCount
+        partitionShift = aggregates.partitionShift
         let empty = PendingEvent(hash: 0, orderHash: 0, amount: 0, quantity: 0, idOffset: 0, idLength: 0, day: 0, product: 0)
-        events = (0..<ranks).map { _ in GrowableBuffer(capacity: 1 << 12, fill: empty) }
-        idBytes = (0..<ranks).map { _ in GrowableBuffer(capacity: 1 << 16, fill: 0) }
+        // Small to start: there are ranks × partitions buckets, and they grow to a round's share.
+        buckets = .allocate(capacity: ranks * partitions)
+        for b in 0..<ranks * partitions { (buckets + b).initialize(to: GrowableBuffer(capacity: 64, fill: empty)) }
+        ids = .allocate(capacity: ranks)
+        for r in 0..<ranks { (ids + r).initialize(to: GrowableBuffer(capacity: 1 << 12, fill: 0)) }
     }
 
     deinit {
-        for r in 0..<ranks {
-            events[r].free()
-            idBytes[r].free()
-        }
+        for b in 0..<ranks * partitions { buckets[b].free() }
+        for r in 0..<ranks { ids[r].free() }
+        buckets.deinitialize(count: ranks * partitions)
+        buckets.deallocate()
+        ids.deinitialize(count: ranks)
+        ids.deallocate()
     }
 
     func consume(_ event: RawEvent) {
@@ -55,13 +68,20 @@ final class EventRouter: EventSink {
         if countsPairs && event.day <= cutoff && event.product.count > 0 {
             product = localProducts.intern(event.product.baseAddress!, event.product.count)
         }
-        let offset = idBytes[owner].grow(by: n)
-        if n > 0 { UnsafeMutableRawPointer(idBytes[owner].pointer + offset).copyMemory(from: id, byteCount: n) }
-        events[owner].append(PendingEvent(
+        let ownerIDs = ids + owner
+        let offset = ownerIDs.pointee.grow(by: n)
+        if n > 0 { UnsafeMutableRawPointer(ownerIDs.pointee.pointer + offset).copyMemory(from: id, byteCount: n) }
+        let bucket = buckets + (owner &* partitions &+ Int(truncatingIfNeeded: hash >> partitionShift))
+        bucket.pointee.append(PendingEvent(
             hash: hash, orderHash: event.orderHash, amount: FixedPoint.from(event.amount),
             quantity: FixedPoint.from(event.quantity), idOffset: UInt32(offset), idLength: UInt32(n),
             day: Int32(clamping: event.day), product: product))
     }
+
+    /// The events queued for `owner` in its `partition`, in file order; their id offsets
+    /// count from `ids(owner)`.
+    func bucket(owner: Int, partition: Int) -> GrowableBuffer<PendingEvent> { buckets[owner * partitions + partition] }
+    func ids(owner: Int) -> GrowableBuffer<UInt8> { ids[owner] }
 
     /// Local products not yet announced to the other ranks.
     var unannouncedProducts: Range<Int> { globalProduct.count..<localProducts.count }
@@ -70,19 +90,17 @@ final class EventRouter: EventSink {
     /// events' products with them.
     func announced(_ indices: [Int32]) {
         globalProduct += indices
-        for r in 0..<ranks {
-            let queued = events[r].pointer
-            for e in 0..<events[r].count where queued[e].product >= 0 {
+        for b in 0..<ranks * partitions {
+            let queued = buckets[b].pointer
+            for e in 0..<buckets[b].count where queued[e].product >= 0 {
                 queued[e].product = globalProduct[Int(queued[e].product)]
             }
         }
     }
 
     func removeAll() {
-        for r in 0..<ranks {
-            events[r].removeAll()
-            idBytes[r].removeAll()
-        }
+        for b in 0..<ranks * partitions { buckets[b].removeAll() }
+        for r in 0..<ranks { ids[r].removeAll() }
     }
 }
 
@@ -271,21 +289,32 @@ extension Importer {
     }
 
     /// Sends each queued event to the rank that owns its customer and aggregates what arrives,
-    /// sender by sender in rank order (which is file order within the round).
+    /// a partition at a time and within it sender by sender in rank order (which is file order
+    /// within the round). This rank's own events are aggregated where the router queued them.
     static func exchangeEvents(router: EventRouter, into aggregates: CustomerAggregates, exchange: RankExchange) throws {
-        let ranks = exchange.size
+        let ranks = exchange.size, me = exchange.rank, partitions = router.partitions
         let stride = MemoryLayout<PendingEvent>.stride
-        var mine = [Int64](repeating: 0, count: 2 * ranks)
-        for r in 0..<ranks {
-            mine[r] = Int64(router.events[r].count * stride)
-            mine[ranks + r] = Int64(router.idBytes[r].count)
+        // To each owner: the id bytes it will receive, then the events of each of its partitions.
+        let header = 1 + partitions
+        var sending = [Int64](repeating: 0, count: ranks * header)
+        for owner in 0..<ranks where owner != me {
+            sending[owner * header] = Int64(router.ids(owner: owner).count)
+            for p in 0..<partitions { sending[owner * header + 1 + p] = Int64(router.bucket(owner: owner, partition: p).count) }
         }
-        let table = try exchange.allgather(mine)
-        let me = exchange.rank
-        let sendEventBytes = (0..<ranks).map { Int(mine[$0]) }
-        let sendIDBytes = (0..<ranks).map { Int(mine[ranks + $0]) }
-        let receiveEventBytes = (0..<ranks).map { Int(table[$0 * 2 * ranks + me]) }
-        let receiveIDBytes = (0..<ranks).map { Int(table[$0 * 2 * ranks + ranks + me]) }
+        var arriving = [Int64](repeating: 0, count: ranks * header)
+        let headerBytes = [Int](repeating: header * 8, count: ranks)
+        try sending.withUnsafeBytes { outgoing in
+            try arriving.withUnsafeMutableBytes { incoming in
+                try exchange.alltoallv(outgoing, sendCounts: headerBytes, into: incoming, receiveCounts: headerBytes)
+            }
+        }
+        func eventBytes(_ counts: [Int64], _ rank: Int) -> Int {
+            counts[(rank * header + 1)..<((rank + 1) * header)].reduce(0) { $0 + Int($1) } * stride
+        }
+        let sendEventBytes = (0..<ranks).map { eventBytes(sending, $0) }
+        let sendIDBytes = (0..<ranks).map { Int(sending[$0 * header]) }
+        let receiveEventBytes = (0..<ranks).map { eventBytes(arriving, $0) }
+        let receiveIDBytes = (0..<ranks).map { Int(arriving[$0 * header]) }
 
         let sendEvents = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, sendEventBytes.reduce(0, +)), alignment: 16)
         let sendIDs = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, sendIDBytes.reduce(0, +)), alignment: 16)
@@ -293,31 +322,51 @@ extension Importer {
         let receivedIDs = UnsafeMutableRawBufferPointer.allocate(byteCount: max(1, receiveIDBytes.reduce(0, +)), alignment: 16)
         defer { sendEvents.deallocate(); sendIDs.deallocate(); receivedEvents.deallocate(); receivedIDs.deallocate() }
         var eventOffset = 0, idOffset = 0
-        for r in 0..<ranks {
-            if sendEventBytes[r] > 0 {
-                (sendEvents.baseAddress! + eventOffset).copyMemory(from: router.events[r].pointer, byteCount: sendEventBytes[r])
+        for owner in 0..<ranks where owner != me {
+            for p in 0..<partitions {
+                let bucket = router.bucket(owner: owner, partition: p)
+                let bytes = bucket.count * stride
+                if bytes > 0 { (sendEvents.baseAddress! + eventOffset).copyMemory(from: bucket.pointer, byteCount: bytes) }
+                eventOffset += bytes
             }
-            if sendIDBytes[r] > 0 {
-                (sendIDs.baseAddress! + idOffset).copyMemory(from: router.idBytes[r].pointer, byteCount: sendIDBytes[r])
-            }
-            eventOffset += sendEventBytes[r]
-            idOffset += sendIDBytes[r]
+            let ownerIDs = router.ids(owner: owner)
+            if ownerIDs.count > 0 { (sendIDs.baseAddress! + idOffset).copyMemory(from: ownerIDs.pointer, byteCount: ownerIDs.count) }
+            idOffset += ownerIDs.count
         }
-        router.removeAll()
         try exchange.alltoallv(UnsafeRawBufferPointer(rebasing: sendEvents[..<eventOffset]), sendCounts: sendEventBytes,
                                into: receivedEvents, receiveCounts: receiveEventBytes)
         try exchange.alltoallv(UnsafeRawBufferPointer(rebasing: sendIDs[..<idOffset]), sendCounts: sendIDBytes,
                                into: receivedIDs, receiveCounts: receiveIDBytes)
-        // Each sender's id offsets count from the start of its own segment.
-        let events = receivedEvents.baseAddress!.assumingMemoryBound(to: PendingEvent.self)
-        var first = 0, idBase = 0
-        for sender in 0..<ranks {
-            let count = receiveEventBytes[sender] / stride
-            aggregates.consumeRouted(events + first, count: count, idBytes: UnsafeRawPointer(receivedIDs.baseAddress! + idBase))
-            first += count
-            idBase += receiveIDBytes[sender]
+
+        // Where each sender's events of each partition start, and each sender's ids (their
+        // offsets count from the start of the sender's own segment).
+        var partitionStart = [Int](repeating: 0, count: ranks * partitions)
+        var idStart = [Int](repeating: 0, count: ranks)
+        var nextEvent = 0, nextID = 0
+        for sender in 0..<ranks where sender != me {
+            for p in 0..<partitions {
+                partitionStart[sender * partitions + p] = nextEvent
+                nextEvent += Int(arriving[sender * header + 1 + p])
+            }
+            idStart[sender] = nextID
+            nextID += receiveIDBytes[sender]
         }
-        aggregates.aggregatePending()
+        let events = receivedEvents.baseAddress!.assumingMemoryBound(to: PendingEvent.self)
+        for p in 0..<partitions {
+            for sender in 0..<ranks {
+                if sender == me {
+                    let own = router.bucket(owner: me, partition: p)
+                    aggregates.consumeRouted(partition: p, own.pointer, count: own.count,
+                                             idBytes: UnsafeRawPointer(router.ids(owner: me).pointer))
+                } else {
+                    aggregates.consumeRouted(partition: p, events + partitionStart[sender * partitions + p],
+                                             count: Int(arriving[sender * header + 1 + p]),
+                                             idBytes: UnsafeRawPointer(receivedIDs.baseAddress! + idStart[sender]))
+                }
+            }
+        }
+        router.removeAll()
+        aggregates.roundAggregated()
     }
 
     /// The writing half: the ranks agree on the dataset order (rank 0 merges every rank's

@@ -62,7 +62,7 @@ final class StripedEventFile {
     /// rank owns into `aggregates`. With `rejects`, their line numbers are made file-wide.
     /// Returns this rank's read stats.
     func aggregateOwnedCustomers(into aggregates: CustomerAggregates, rejects: RejectsCollector?, exchange: RankExchange) throws -> ReadStats {
-        let router = EventRouter(cutoff: aggregates.spec.cutoffDay, ranks: exchange.size, countsPairs: aggregates.countsPairs)
+        let router = EventRouter(for: aggregates, ranks: exchange.size)
         var stats = ReadStats()
         var linesBefore = 0
         for round in 0..<plan.rounds {

@@ -39,6 +39,20 @@ func runImportChecks(_ world: MPICommunicator, _ checks: RankChecks) {
         try compareWithOneProcess(input: input, name: "orders", options: options, world: world, checks: checks)
     }
 
+    // Routed events go to their owner already sorted by its aggregation partition.
+    checks.check("parallel import equals one process: 8 aggregation partitions") {
+        let input = directory + "/orders8.csv"
+        if rank == 0 { try writeOrdersWithFlaws(to: input) }
+        try world.barrier()
+        var options = ImportOptions()
+        options.cutoffDay = try parseDay("2021-06-30")
+        options.horizonDays = 91
+        options.maxRejectFraction = 0.05
+        options.roundBytesPerRank = 4096
+        options.partitions = 8
+        try compareWithOneProcess(input: input, name: "orders8", options: options, world: world, checks: checks)
+    }
+
     checks.check("parallel import equals one process: CDNOW layout, cut-off derived from the data") {
         let input = directory + "/cdnow.txt"
         if rank == 0 { try writeCDNOWStyle(to: input) }
