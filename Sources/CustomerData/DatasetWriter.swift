@@ -208,7 +208,9 @@ final class DatasetAssembler {
 
     /// Normalises `features.f32` in place and closes every file; returns their manifest
     /// entries, the normalisation, and whether it was fitted on all customers.
-    func finish() throws -> (files: [DatasetFile], normalisation: FeatureNormalisation, fittedOnAll: Bool) {
+    typealias FinishedFiles = (files: [DatasetFile], normalisation: FeatureNormalisation, fittedOnAll: Bool)
+
+    func finish() throws -> FinishedFiles {
         let n = customerCount
         let fitOnAll = splitSizes[0] == 0
         let normalisation = (fitOnAll ? allFit : trainingFit).result()
@@ -308,19 +310,22 @@ func writeDataset(
     // customer records first lowered the peak (the graph's arrays come on top of them) from 581
     // to 523 MiB on the 10M-row date-ordered benchmark file.
     aggregates.releaseCustomerRecords()
-    var graph: CustomerProductGraph?
-    var graphInfo: DatasetManifest.Graph?
-    if withGraph {
+    let totals = assembler.graphTotals
+    // The customer files' last pass (normalising the features in place, fsyncs) and the graph
+    // share nothing, so they run at once.
+    let (customerFiles, (graphFiles, graphInfo)) = try runAlongside({ try assembler.finish() }) {
+        () throws -> ([DatasetFile], DatasetManifest.Graph?) in
+        guard withGraph else { return ([], nil) }
         var position = [Int32](repeating: -1, count: aggregates.customerCount)
         for (p, c) in order.enumerated() { position[Int(c)] = Int32(p) }
-        (graph, graphInfo) = buildCustomerProductGraph(
+        let (graph, info) = buildCustomerProductGraph(
             customerCount: order.count, products: aggregates.products,
             forEachPair: { last, body in aggregates.forEachPair(releasing: last) { c, p, count in body(position[Int(c)], p, count) } },
-            totals: assembler.graphTotals, statistics: nil)
+            totals: totals, statistics: nil)
+        return (try writeGraphFiles(graph, directory: directory), info)
     }
-    let graphFiles = try graph.map { try writeGraphFiles($0, directory: directory) } ?? []
-    return try finishDataset(assembler: assembler, graphFiles: graphFiles, graphInfo: graphInfo, counts: counts,
-                             stats: stats, source: source)
+    return try finishDataset(assembler: assembler, customerFiles: customerFiles, graphFiles: graphFiles, graphInfo: graphInfo,
+                             counts: counts, stats: stats, source: source)
 }
 
 func noHistory(spec: FeatureSpec, source: DatasetManifest.Source) -> DataError {
@@ -338,17 +343,18 @@ func writeGraphFiles(_ graph: CustomerProductGraph, directory: String) throws ->
     ]
 }
 
-/// Closes the per-customer files, writes the manifest (listing `graphFiles`, already written,
-/// after the customer files), and returns the manifest.
+/// Writes the manifest of the files that `assembler.finish()` closed (`customerFiles`) and
+/// of the graph's (`graphFiles`, already written, listed after the customer files), and
+/// returns it.
 func finishDataset(
-    assembler: DatasetAssembler, graphFiles: [DatasetFile], graphInfo: DatasetManifest.Graph?, counts: AggregateCounts,
-    stats: ReadStats, source: DatasetManifest.Source
+    assembler: DatasetAssembler, customerFiles: DatasetAssembler.FinishedFiles, graphFiles: [DatasetFile],
+    graphInfo: DatasetManifest.Graph?, counts: AggregateCounts, stats: ReadStats, source: DatasetManifest.Source
 ) throws -> DatasetManifest {
     let spec = assembler.spec
     let directory = assembler.directory
     let n = assembler.customerCount
-    var (files, normalisation, fitOnAll) = try assembler.finish()
-    files += graphFiles
+    let (normalisation, fitOnAll) = (customerFiles.normalisation, customerFiles.fittedOnAll)
+    let files = customerFiles.files + graphFiles
     let splitOptions = assembler.splitOptions
     let calendar = source.calendarDays
     var manifest = DatasetManifest(

@@ -450,17 +450,20 @@ extension Importer {
 
         // Every rank's records are out: only the pairs are read from here on.
         aggregates.releaseCustomerRecords()
-        var graphFiles: [DatasetFile] = []
-        var graphInfo: DatasetManifest.Graph?
-        if withGraph {
-            (graphFiles, graphInfo) = try writeGraph(
+        let totals = assembler?.graphTotals
+        // Rank 0 finishes the customer files on a thread of its own while the graph's
+        // collectives run on this one; a failure there is reported with the ranks' agreement below.
+        let (customerFiles, (graphFiles, graphInfo)) = try runAlongside({ Result { try assembler?.finish() } }) {
+            () throws -> ([DatasetFile], DatasetManifest.Graph?) in
+            guard withGraph else { return ([], nil) }
+            return try writeGraph(
                 aggregates: aggregates, localOrder: localOrder, customersPerRank: customersPerRank, owner: owner,
-                directory: temporary, totals: assembler?.graphTotals, pairsPerGather: options.pairsPerGather, exchange: exchange)
+                directory: temporary, totals: totals, pairsPerGather: options.pairsPerGather, exchange: exchange)
         }
         return try exchange.agreeing("writing the dataset") {
-            guard let assembler else { return nil }
-            return try finishDataset(assembler: assembler, graphFiles: graphFiles, graphInfo: graphInfo, counts: counts,
-                                     stats: stats, source: source)
+            guard let assembler, let customerFiles = try customerFiles.get() else { return nil }
+            return try finishDataset(assembler: assembler, customerFiles: customerFiles, graphFiles: graphFiles,
+                                     graphInfo: graphInfo, counts: counts, stats: stats, source: source)
         }
     }
 
