@@ -23,18 +23,30 @@ clm_data="$(swift build -c release --show-bin-path)/clm-data"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
+# Each timed import starts with no earlier output and nothing left to write back: an import
+# replacing its previous dataset deletes 1.4 GB inside the timed run, and the writeback of the
+# run before otherwise lands in the next (rank 0 of a 2-rank import spent 31% of its samples
+# copying into the page cache right after another import, 9% after a sync).
+settle() {
+    rm -rf "$@"
+    sync
+}
+
 printf "%-6s %-9s %14s %9s  %s\n" round ranks "events/s" "total s" "peak RSS MiB per process"
 for round in $(seq 1 "$rounds"); do
+    settle "$work/one" "$work/many"
     /usr/bin/time -f "%M" -o "$work/one.rss" "$clm_data" import --input "$input" --out "$work/one" "${options[@]}" >"$work/one.log"
     speed=$(grep -o "speed *[0-9,]* events/s" "$work/one.log" | grep -o "[0-9,]*" | head -1)
     total=$(grep -o "total [0-9.]* s" "$work/one.log" | grep -o "[0-9.]*")
     printf "%-6s %-9s %14s %9s  %s\n" "$round" 1 "$speed" "$total" "$(( $(cat "$work/one.rss") / 1024 ))"
     one_speed=${speed//,/} one_total=$total
+    sync
     clm_mpirun_local "$ranks" "$clm_data" import --input "$input" --out "$work/many" "${options[@]}" >"$work/many.log"
     speed=$(grep -o "speed *[0-9,]* events/s" "$work/many.log" | grep -o "[0-9,]*" | head -1)
     total=$(grep -o "total [0-9.]* s" "$work/many.log" | grep -o "[0-9.]*")
     memory=$(grep -o "peak memory *[0-9., ]* MiB" "$work/many.log" | sed 's/peak memory *//; s/ MiB//')
     printf "%-6s %-9s %14s %9s  %s\n" "$round" "$ranks" "$speed" "$total" "$memory"
+    sync
     pids=()
     for k in $(seq 1 "$ranks"); do
         "$clm_data" import --input "$input" --out "$work/alone$k" "${options[@]}" >"$work/alone$k.log" 2>&1 &
