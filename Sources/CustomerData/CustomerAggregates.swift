@@ -45,6 +45,9 @@ final class CustomerAggregates: EventSink {
     private let chunkEvents: Int
     // Touched once per event: see CustomerShard for why exclusivity is unchecked.
     @exclusivity(unchecked) private var queues: UnsafeMutablePointer<PendingQueue>
+    /// With a `roundWorker`, the queues of the round it may be aggregating while `queues` fill.
+    @exclusivity(unchecked) private var queuesInFlight: UnsafeMutablePointer<PendingQueue>?
+    private let roundWorker: RoundWorker?
     @exclusivity(unchecked) private var queuedEvents = 0
     /// Where the last event's id was queued, so that a row of the same customer as the row
     /// before (grouped files, order lines) reuses its hash instead of hashing again.
@@ -85,27 +88,45 @@ final class CustomerAggregates: EventSink {
     ///
     /// Without `countsPairs`, product ids are ignored: no products, no customer–product pairs
     /// (the largest structure of an import), for callers that need no graph.
-    init(spec: FeatureSpec, partitions: Int = 1, chunkEvents: Int = defaultChunkEvents, countsPairs: Bool = true) {
+    ///
+    /// With `aggregatesWhileParsing` (and more than one partition), a thread of its own
+    /// aggregates each round while `consume` queues the next: two rounds of half `chunkEvents`
+    /// each, so the queues hold as many events as without it. Rounds are aggregated in order,
+    /// so the aggregates are the same.
+    init(spec: FeatureSpec, partitions: Int = 1, chunkEvents: Int = defaultChunkEvents, countsPairs: Bool = true,
+         aggregatesWhileParsing: Bool = false) {
         precondition(partitions >= 1 && partitions <= 1 << 16 && partitions & (partitions - 1) == 0,
                      "partitions must be a power of two up to 65536")
         self.spec = spec
         self.countsPairs = countsPairs
-        self.chunkEvents = chunkEvents
+        let pipelined = aggregatesWhileParsing && partitions > 1
+        self.chunkEvents = pipelined ? max(1, chunkEvents / 2) : chunkEvents
         partitionShift = UInt64(64 - partitions.trailingZeroBitCount)
         shards = (0..<partitions).map { _ in
             CustomerShard(spec: spec, expectedCustomers: partitions == 1 ? 1 << 12 : 64)
         }
-        queues = .allocate(capacity: partitions)
+        queues = Self.makeQueues(partitions)
+        queuesInFlight = pipelined ? Self.makeQueues(partitions) : nil
+        roundWorker = pipelined ? RoundWorker() : nil
+    }
+
+    private static func makeQueues(_ partitions: Int) -> UnsafeMutablePointer<PendingQueue> {
+        let queues = UnsafeMutablePointer<PendingQueue>.allocate(capacity: partitions)
         for partition in 0..<partitions { (queues + partition).initialize(to: PendingQueue()) }
+        return queues
     }
 
     deinit {
-        for p in 0..<shards.count {
-            queues[p].events.free()
-            queues[p].idBytes.free()
+        // An import that failed mid-parse may leave a round in flight.
+        roundWorker?.stop()
+        for set in [queues, queuesInFlight].compactMap({ $0 }) {
+            for p in 0..<shards.count {
+                set[p].events.free()
+                set[p].idBytes.free()
+            }
+            set.deinitialize(count: shards.count)
+            set.deallocate()
         }
-        queues.deinitialize(count: shards.count)
-        queues.deallocate()
     }
 
     // MARK: Adding
@@ -165,10 +186,26 @@ final class CustomerAggregates: EventSink {
         clm_release_free_memory()
     }
 
-    /// Runs every queued event through its partition's shard, a partition at a time.
+    /// Runs every queued event through its partition's shard, a partition at a time: here, or
+    /// on the round worker once it has finished the round before (the shards are then touched
+    /// by that thread only, until `finishAdding` waits for it).
     private func aggregateQueued() {
         // One partition queues nothing (a scoring request): no round, and no trim per call.
         guard shards.count > 1 else { return }
+        queuedEvents = 0
+        lastPartition = -1
+        guard let roundWorker, let inFlight = queuesInFlight else {
+            Self.aggregate(queues, into: shards)
+            return
+        }
+        roundWorker.waitUntilIdle()
+        queuesInFlight = queues
+        queues = inFlight
+        let round = queuesInFlight!, shards = self.shards
+        roundWorker.submit { Self.aggregate(round, into: shards) }
+    }
+
+    private static func aggregate(_ queues: UnsafeMutablePointer<PendingQueue>, into shards: [CustomerShard]) {
         for partition in 0..<shards.count {
             let queue = queues + partition
             shards[partition].consumeQueued(queue.pointee.events.pointer, count: queue.pointee.events.count,
@@ -176,8 +213,6 @@ final class CustomerAggregates: EventSink {
             queue.pointee.events.removeAll()
             queue.pointee.idBytes.removeAll()
         }
-        queuedEvents = 0
-        lastPartition = -1
         // The partitions' buffers grow by reallocation in the heap, whose freed blocks glibc
         // keeps resident: on the 10M-row date-ordered file, about 20 MB by the end of the parse,
         // which is the import's peak.
@@ -190,6 +225,7 @@ final class CustomerAggregates: EventSink {
     func finishAdding() {
         guard !sealed else { return }
         aggregateQueued()
+        roundWorker?.stop()
         products.dropLookup()
         var total = 0
         bases = [0]
@@ -201,10 +237,12 @@ final class CustomerAggregates: EventSink {
         partitionOfCustomer = [UInt16](repeating: 0, count: total)
         for partition in 0..<shards.count {
             for c in bases[partition]..<bases[partition + 1] { partitionOfCustomer[c] = UInt16(partition) }
-            queues[partition].events.removeAll()
-            queues[partition].events.shrinkToFit()
-            queues[partition].idBytes.removeAll()
-            queues[partition].idBytes.shrinkToFit()
+            for set in [queues, queuesInFlight].compactMap({ $0 }) {
+                set[partition].events.removeAll()
+                set[partition].events.shrinkToFit()
+                set[partition].idBytes.removeAll()
+                set[partition].idBytes.shrinkToFit()
+            }
         }
         sealed = true
     }

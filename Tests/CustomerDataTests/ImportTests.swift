@@ -231,9 +231,9 @@ private func importCanonical(bytes: [UInt8], _ scratch: Scratch, maxReject: Doub
     #expect(a.manifest.fingerprint == b.manifest.fingerprint)
 }
 
-@Test("any number of partitions and rounds gives the one-pass dataset, byte for byte",
-      arguments: [(2, 47), (16, 999), (256, 333), (1, 1 << 20)])
-func partitionedAggregationGivesTheSameDataset(partitions: Int, chunkEvents: Int) throws {
+@Test("any number of partitions and rounds, aggregated on the parsing thread or beside it, gives the one-pass dataset, byte for byte",
+      arguments: [(2, 47, false), (2, 47, true), (16, 999, false), (16, 999, true), (256, 333, true), (1, 1 << 20, true)])
+func partitionedAggregationGivesTheSameDataset(partitions: Int, chunkEvents: Int, whileParsing: Bool) throws {
     let scratch = Scratch()
     defer { scratch.cleanup() }
     // A date-ordered export (customers interleaved, orders of up to 3 lines, quantities of 2).
@@ -245,10 +245,12 @@ func partitionedAggregationGivesTheSameDataset(partitions: Int, chunkEvents: Int
     // The last rows fall in the horizon, so that the last round's rows reach the labels.
     options.horizonDays = 200
     options.partitions = 1
+    options.aggregatesWhileParsing = false
     let reference = try Importer.run(input: input, output: scratch.path + "/reference", options: options)
     #expect(reference.manifest.graph != nil && reference.manifest.counts.customers > 600)
     options.partitions = partitions
     options.aggregationChunkEvents = chunkEvents
+    options.aggregatesWhileParsing = whileParsing
     let partitioned = try Importer.run(input: input, output: scratch.path + "/partitioned", options: options)
     #expect(partitioned.manifest.files.map { [$0.name, $0.contentHash] } == reference.manifest.files.map { [$0.name, $0.contentHash] })
     #expect(partitioned.manifest.fingerprint == reference.manifest.fingerprint)

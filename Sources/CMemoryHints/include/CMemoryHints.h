@@ -29,4 +29,19 @@ static inline void clm_release_free_memory(void) {
 #endif
 }
 
+// Blocks of `bytes` or more get a mapping of their own, unmapped when freed. glibc's adaptive
+// threshold rises with every large block freed, up to 32 MiB, and from then on the buffers an
+// import grows and frees stay in the heap, resident. On the 10M-row date-ordered import with
+// the aggregation on a second thread, the peak was 292 MiB with the adaptive threshold and
+// 285 MiB with 256 KiB (1 MiB: 337 MiB).
+static inline void clm_map_blocks_from(size_t bytes) {
+#if defined(__GLIBC__)
+    mallopt(M_MMAP_THRESHOLD, (int)bytes);
+#endif
+}
+
+// The CPUs this process may run on (its affinity mask: taskset, a cpuset, a batch system's
+// allocation); 0 when unknown. Foundation's activeProcessorCount counts every online CPU.
+int clm_usable_cpus(void);
+
 #endif
