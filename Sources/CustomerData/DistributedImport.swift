@@ -3,7 +3,6 @@ import Glibc
 #else
 import Darwin
 #endif
-import CMemoryHints
 
 /// The rank that owns a customer, from its id hash. The hash's low bits place the id in the
 /// interner and its top bits pick the partition, so the owner comes from a remix of all of
@@ -174,7 +173,6 @@ extension Importer {
     /// rank 0 writes.
     package static func run(input: String, output: String, options: ImportOptions, exchange: RankExchange) throws -> ImportSummary? {
         let started = monotonicSeconds()
-        clm_map_blocks_from(importMappedBlockBytes)
         let rank = exchange.rank, ranks = exchange.size
         let format: CSVFormat = try exchange.onEveryRank("checking the options") {
             guard ranks <= Int(UInt16.max) else { throw DataError.invalidOption("an import runs on at most 65,535 ranks, not \(ranks)") }
