@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Import benchmark: the same event file imported by one process and by mpirun -np N, alternated
-# for R rounds in one session (timings on a shared machine drift; compare within a round).
-# Checks that both wrote the same dataset, then prints events/s of the parse-and-aggregate
-# pass, total wall time and peak resident memory per process. Each round also runs N
-# one-process imports at once, which share nothing but the machine: their combined throughput
-# against one alone is the most N ranks could gain here, whatever the import does.
+# Import benchmark: the same event file imported, in each of R rounds of one session (timings
+# on a shared machine drift; compare within a round), by one process on one core (taskset),
+# by one process on every core, and by mpirun -np N. Prints events/s of the parse-and-aggregate
+# pass, total wall time and peak resident memory per process, and checks that all three wrote
+# the same dataset. Each round also runs N one-core imports at once, each on a core of its
+# own, which share nothing but the machine: their combined throughput against one alone is
+# the most N ranks could gain over one core here, whatever the import does.
 #   scripts/bench-import.sh [--np N] [--rounds R] FILE [clm-data import options]
 # Default FILE options: --cutoff 2021-09-30 --horizon 91 (the date-ordered benchmark file:
 #   clm-data synth --date-ordered --rows 10000000 --customers 1000000 --products 20000 --seed 7 --out FILE).
@@ -32,45 +33,58 @@ settle() {
     sync
 }
 
-printf "%-6s %-9s %14s %9s  %s\n" round ranks "events/s" "total s" "peak RSS MiB per process"
+cores=$(nproc)
+# One timed import: prints its row and leaves SPEED and TOTAL set.
+timed_import() {  # timed_import LABEL OUTPUT COMMAND...
+    local label=$1 output=$2
+    shift 2
+    settle "$output"
+    "$@" import --input "$input" --out "$output" "${options[@]}" >"$work/run.log"
+    SPEED=$(grep -o "speed *[0-9,]* events/s" "$work/run.log" | grep -o "[0-9,]*" | head -1)
+    TOTAL=$(grep -o "total [0-9.]* s" "$work/run.log" | grep -o "[0-9.]*")
+    local memory
+    memory=$(grep -o "peak memory *[0-9., ]* MiB" "$work/run.log" | sed 's/peak memory *//; s/ MiB//')
+    printf "%-6s %-22s %14s %9s  %s\n" "$round" "$label" "$SPEED" "$TOTAL" "$memory"
+}
+
+printf "%-6s %-22s %14s %9s  %s\n" round run "events/s" "total s" "peak RSS MiB per process"
 for round in $(seq 1 "$rounds"); do
-    settle "$work/one" "$work/many"
-    /usr/bin/time -f "%M" -o "$work/one.rss" "$clm_data" import --input "$input" --out "$work/one" "${options[@]}" >"$work/one.log"
-    speed=$(grep -o "speed *[0-9,]* events/s" "$work/one.log" | grep -o "[0-9,]*" | head -1)
-    total=$(grep -o "total [0-9.]* s" "$work/one.log" | grep -o "[0-9.]*")
-    printf "%-6s %-9s %14s %9s  %s\n" "$round" 1 "$speed" "$total" "$(( $(cat "$work/one.rss") / 1024 ))"
-    one_speed=${speed//,/} one_total=$total
-    sync
-    clm_mpirun_local "$ranks" "$clm_data" import --input "$input" --out "$work/many" "${options[@]}" >"$work/many.log"
-    speed=$(grep -o "speed *[0-9,]* events/s" "$work/many.log" | grep -o "[0-9,]*" | head -1)
-    total=$(grep -o "total [0-9.]* s" "$work/many.log" | grep -o "[0-9.]*")
-    memory=$(grep -o "peak memory *[0-9., ]* MiB" "$work/many.log" | sed 's/peak memory *//; s/ MiB//')
-    printf "%-6s %-9s %14s %9s  %s\n" "$round" "$ranks" "$speed" "$total" "$memory"
-    sync
+    # One core: the import sees a single CPU in its affinity mask, so it runs on one thread.
+    timed_import "1 process, 1 core" "$work/core" taskset -c 0 "$clm_data"
+    core_speed=${SPEED//,/} core_total=$TOTAL
+    timed_import "1 process, $cores cores" "$work/one" "$clm_data"
+    one_speed=${SPEED//,/} one_total=$TOTAL
+    timed_import "$ranks ranks" "$work/many" clm_mpirun_local "$ranks" "$clm_data"
+    many_speed=${SPEED//,/} many_total=$TOTAL
+    # N one-core imports at once, each pinned to a core of its own, share nothing but the
+    # machine: their combined speed against one alone bounds what N ranks could reach here.
+    settle "$work"/alone*
     pids=()
     for k in $(seq 1 "$ranks"); do
-        "$clm_data" import --input "$input" --out "$work/alone$k" "${options[@]}" >"$work/alone$k.log" 2>&1 &
+        taskset -c $(( (k - 1) % cores )) "$clm_data" import --input "$input" --out "$work/alone$k" "${options[@]}" >"$work/alone$k.log" 2>&1 &
         pids+=($!)
     done
     for k in "${!pids[@]}"; do
         wait "${pids[$k]}" || { echo "a side-by-side import failed:"; cat "$work/alone$((k + 1)).log"; exit 1; }
     done
-    python3 - "$ranks" "$one_speed" "$one_total" "$work"/alone*.log <<'PY'
+    python3 - "$ranks" "$core_speed" "$core_total" "$many_speed" "$many_total" "$work"/alone*.log <<'PY'
 import re, sys
-ranks, one_speed, one_total = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+ranks, core_speed, core_total, many_speed, many_total = int(sys.argv[1]), *map(float, sys.argv[2:6])
 speeds, totals = [], []
-for log in sys.argv[4:]:
+for log in sys.argv[6:]:
     text = open(log).read()
     speeds.append(float(re.search(r"speed *([0-9,]+) events/s", text).group(1).replace(",", "")))
     totals.append(float(re.search(r"total ([0-9.]+) s", text).group(1)))
-print(f"       {ranks} one-process imports at once: events/s {', '.join(f'{s:,.0f}' for s in speeds)}; "
+print(f"       {ranks} one-core imports at once: events/s {', '.join(f'{s:,.0f}' for s in speeds)}; "
       f"total s {', '.join(f'{t:.2f}' for t in totals)}")
-print(f"       ceiling for {ranks} ranks here: parse {sum(speeds) / one_speed:.2f}x, "
-      f"whole import {ranks * one_total / max(totals):.2f}x (the same work done {ranks} times, against one alone)")
+print(f"       {ranks} ranks against one core: parse {many_speed / core_speed:.2f}x, whole import {core_total / many_total:.2f}x; "
+      f"ceiling here: parse {sum(speeds) / core_speed:.2f}x, whole import {ranks * core_total / max(totals):.2f}x")
 PY
     rm -rf "$work"/alone*
-    for file in "$work"/one/*; do
-        cmp -s "$file" "$work/many/$(basename "$file")" || { echo "DIFFERENT OUTPUT: $(basename "$file")"; exit 1; }
+    for other in core many; do
+        for file in "$work"/one/*; do
+            cmp -s "$file" "$work/$other/$(basename "$file")" || { echo "DIFFERENT OUTPUT: $other/$(basename "$file")"; exit 1; }
+        done
     done
 done
-echo "the $ranks-rank datasets equal the one-process ones, file for file"
+echo "the one-core and $ranks-rank datasets equal the all-cores one, file for file"
