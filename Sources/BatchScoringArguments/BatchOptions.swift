@@ -67,8 +67,8 @@ public struct BatchOptions: ParsableArguments {
     @Option(help: "Score as of this day: YYYY-MM-DD, YYYYMMDD or a day number. Default: the file's last event day.") public var asOf: String?
     @Option(help: "Output file; .csv or .jsonl picks the format. Written atomically.") public var out: String
     @Option(help: "Customers per forward pass (256 keeps a step's gates in L2 cache).") public var batchSize: Int = 256
-    @Option(help: "Threads scoring batches in parallel (default: every core). The output is the same for any count.")
-    public var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Option(help: "Threads scoring batches in parallel (default: every core this process may run on, which taskset or mpirun's binding can limit). The output is the same for any count.")
+    public var threads: Int = usableProcessorCount()
     @Flag(help: "Add three reasons per customer for its churn and its expected spend (integrated gradients; see docs/scoring.md). Several times slower.")
     public var explain = false
     @Option(help: "Integrated-gradients steps per customer with --explain (more: attributions add up more exactly, slower).")
