@@ -83,6 +83,14 @@ final class CustomerAggregates: EventSink {
     /// (3.9–4.7M events/s against 4.4–5.6M for 1M-row rounds), 512k in one of three.
     static let defaultChunkEvents = 1 << 19
 
+    /// With a second thread aggregating, rounds are this many times smaller: two are in memory
+    /// at once, and the thread pays their per-round costs beside the parse. On the 10M-row
+    /// date-ordered file (one process, large blocks mapped on their own) rounds of 256k rows
+    /// peaked at 284–285 MiB, 128k at 276 and 64k at 266–267, at the same speed (noisy: 5.9–7.3M
+    /// events/s at 64k against 6.2–6.7M at 256k); on the customer-grouped and shuffled 15.1M-row
+    /// files 64k rows peaked at 286 MiB against 299–300 at 256k.
+    static let pipelinedRoundsPerChunk = 8
+
     /// `partitions` must be a power of two; 1 aggregates each event as it arrives (no queue),
     /// which suits a few customers, as in a scoring request.
     ///
@@ -90,9 +98,9 @@ final class CustomerAggregates: EventSink {
     /// (the largest structure of an import), for callers that need no graph.
     ///
     /// With `aggregatesWhileParsing` (and more than one partition), a thread of its own
-    /// aggregates each round while `consume` queues the next: two rounds of half `chunkEvents`
-    /// each, so the queues hold as many events as without it. Rounds are aggregated in order,
-    /// so the aggregates are the same.
+    /// aggregates each round while `consume` queues the next, in rounds of an eighth of
+    /// `chunkEvents` (see `pipelinedRoundsPerChunk`). Rounds are aggregated in order, so the
+    /// aggregates are the same.
     init(spec: FeatureSpec, partitions: Int = 1, chunkEvents: Int = defaultChunkEvents, countsPairs: Bool = true,
          aggregatesWhileParsing: Bool = false) {
         precondition(partitions >= 1 && partitions <= 1 << 16 && partitions & (partitions - 1) == 0,
@@ -100,7 +108,7 @@ final class CustomerAggregates: EventSink {
         self.spec = spec
         self.countsPairs = countsPairs
         let pipelined = aggregatesWhileParsing && partitions > 1
-        self.chunkEvents = pipelined ? max(1, chunkEvents / 2) : chunkEvents
+        self.chunkEvents = pipelined ? max(1, chunkEvents / Self.pipelinedRoundsPerChunk) : chunkEvents
         partitionShift = UInt64(64 - partitions.trailingZeroBitCount)
         shards = (0..<partitions).map { _ in
             CustomerShard(spec: spec, expectedCustomers: partitions == 1 ? 1 << 12 : 64)
