@@ -25,8 +25,9 @@ func runImportChecks(_ world: MPICommunicator, _ checks: RankChecks) {
         if rank == 0 { try? FileManager.default.removeItem(atPath: directory) }
     }
 
-    checks.check("parallel import equals one process: date-ordered multi-line orders, rejects, BOM") {
-        let input = directory + "/orders.csv"
+    /// The orders file of `name` and import options that read it in 4 KiB rounds.
+    func ordersWithFlaws(_ name: String) throws -> (input: String, options: ImportOptions) {
+        let input = directory + "/\(name).csv"
         if rank == 0 { try writeOrdersWithFlaws(to: input) }
         try world.barrier()
         var options = ImportOptions()
@@ -34,6 +35,11 @@ func runImportChecks(_ world: MPICommunicator, _ checks: RankChecks) {
         options.horizonDays = 91
         options.maxRejectFraction = 0.05
         options.roundBytesPerRank = 4096
+        return (input, options)
+    }
+
+    checks.check("parallel import equals one process: date-ordered multi-line orders, rejects, BOM") {
+        var (input, options) = try ordersWithFlaws("orders")
         options.pairsPerGather = 7
         options.idsPerGather = 5
         try compareWithOneProcess(input: input, name: "orders", options: options, world: world, checks: checks)
@@ -41,14 +47,7 @@ func runImportChecks(_ world: MPICommunicator, _ checks: RankChecks) {
 
     // Routed events go to their owner already sorted by its aggregation partition.
     checks.check("parallel import equals one process: 8 aggregation partitions") {
-        let input = directory + "/orders8.csv"
-        if rank == 0 { try writeOrdersWithFlaws(to: input) }
-        try world.barrier()
-        var options = ImportOptions()
-        options.cutoffDay = try parseDay("2021-06-30")
-        options.horizonDays = 91
-        options.maxRejectFraction = 0.05
-        options.roundBytesPerRank = 4096
+        var (input, options) = try ordersWithFlaws("orders8")
         options.partitions = 8
         try compareWithOneProcess(input: input, name: "orders8", options: options, world: world, checks: checks)
     }
