@@ -36,7 +36,8 @@ func runScoringChecks(_ world: MPICommunicator, _ checks: RankChecks) {
         return
     }
     defer { try? world.barrier() }
-    let (events, root, directory) = (paths[0], paths[1], paths[2])
+    // `path("")` has no trailing slash; the checks name their files `directory + name`.
+    let (events, root, directory) = (paths[0], paths[1], paths[2] + "/")
 
     checks.check("the high-value line across ranks is the k-th largest spend of all of them") {
         var random = SplitMix64(seed: UInt64(17 + rank))
