@@ -6,6 +6,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Collectives", targets: ["Collectives"]),
+        .library(name: "CollectivesMPI", targets: ["CollectivesMPI"]),
         .library(name: "Tensors", targets: ["Tensors"]),
         .library(name: "Models", targets: ["Models"]),
         .library(name: "ModelMetrics", targets: ["ModelMetrics"]),
@@ -44,7 +45,11 @@ let package = Package(
         ),
 
         // MARK: Libraries
-        .target(name: "Collectives", dependencies: ["CMPI"]),
+        // The Communicator protocol, its one-process and thread-backed in-process implementations,
+        // and the steps ranks take together; no MPI, so data, training and scoring code links none.
+        .target(name: "Collectives"),
+        // The MPI world as a Communicator, its watchdog, and how a tool runs one step on every rank.
+        .target(name: "CollectivesMPI", dependencies: ["CMPI", "Collectives"]),
         .target(name: "Tensors", dependencies: ["CBLAS"]),
         // The scoring LSTM's fused step for AVX2 and AVX-512, chosen at run time (see its header).
         .target(name: "CForwardKernels"),
@@ -53,8 +58,7 @@ let package = Package(
         // needs target names unique across the package graph.
         .target(name: "ModelMetrics", path: "Sources/Metrics"),
         .target(name: "CMemoryHints"),
-        .target(name: "CustomerData", dependencies: ["Tensors", "CMemoryHints"]),
-        .target(name: "RankExchangeMPI", dependencies: ["CustomerData", "Collectives", "ToolSupport"]),
+        .target(name: "CustomerData", dependencies: ["Collectives", "Tensors", "CMemoryHints"]),
         // BG/NBD, Gamma-Gamma and a logistic regression: the classical yardsticks every LSTM run
         // is reported next to. Pure Swift on Foundation.
         .target(name: "Baselines"),
@@ -66,7 +70,7 @@ let package = Package(
         // Scoring must not link MPI: it serves on machines without an MPI runtime.
         .target(
             name: "Scoring",
-            dependencies: ["Models", "CustomerData", "Checkpoints", "Tensors", "CForwardKernels", "Yams"]
+            dependencies: ["Collectives", "Models", "CustomerData", "Checkpoints", "Tensors", "CForwardKernels", "Yams"]
         ),
         .target(
             name: "ScoringService",
@@ -80,7 +84,7 @@ let package = Package(
         .target(name: "ScoringLoad"),
         // Reads a finished run's files only: no MPI, so a report can be made anywhere.
         .target(name: "Reporting", dependencies: ["ModelMetrics", "Checkpoints"]),
-        .target(name: "Benchmarks", dependencies: ["Collectives", "CMPI", "Models", "Tensors", "CustomerData", "Scoring"]),
+        .target(name: "Benchmarks", dependencies: ["Collectives", "CollectivesMPI", "CMPI", "Models", "Tensors", "CustomerData", "Scoring"]),
         // The tools' one error wrapper.
         .target(
             name: "ToolSupport",
@@ -112,7 +116,7 @@ let package = Package(
         .executableTarget(
             name: "clm-data",
             dependencies: [
-                "CustomerData", "RankExchangeMPI", "Collectives", "EventFileArguments", "ToolSupport",
+                "CustomerData", "CollectivesMPI", "Collectives", "EventFileArguments", "ToolSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -120,11 +124,11 @@ let package = Package(
         .executableTarget(
             name: "clm-coordinator",
             dependencies: [
-                "Training", "Collectives",
+                "Training", "Collectives", "CollectivesMPI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
-        .executableTarget(name: "clm-worker", dependencies: ["Training", "Collectives"]),
+        .executableTarget(name: "clm-worker", dependencies: ["Training", "Collectives", "CollectivesMPI"]),
 
         .executableTarget(
             name: "clm-score",
@@ -139,7 +143,7 @@ let package = Package(
         .executableTarget(
             name: "clm-score-mpi",
             dependencies: [
-                "Scoring", "BatchScoringArguments", "RankExchangeMPI", "CustomerData", "ToolSupport",
+                "Scoring", "BatchScoringArguments", "Collectives", "CollectivesMPI", "CustomerData", "ToolSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -152,7 +156,7 @@ let package = Package(
         ),
 
         // MARK: Tests
-        .testTarget(name: "CollectivesTests", dependencies: ["Collectives"]),
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "CollectivesMPI"]),
         .testTarget(name: "MetricsTests", dependencies: ["TestSupport", "ModelMetrics"]),
         .testTarget(name: "CheckpointsTests", dependencies: ["TestSupport", "Checkpoints"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Scoring", "Models", "CustomerData", "Checkpoints"]),
@@ -160,12 +164,12 @@ let package = Package(
         .testTarget(name: "ReportingTests", dependencies: ["TestSupport", "Reporting", "ModelMetrics", "Checkpoints"]),
         .testTarget(
             name: "ScoringTests",
-            dependencies: ["TestSupport", "ScoringTestSupport", "Scoring", "ScoringService", "ScoringLoad", "Models", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
+            dependencies: ["TestSupport", "ScoringTestSupport", "Collectives", "Scoring", "ScoringService", "ScoringLoad", "Models", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
                            .product(name: "HummingbirdTesting", package: "hummingbird")]
         ),
         .testTarget(
             name: "CustomerDataTests",
-            dependencies: ["TestSupport", "CustomerData", "Tensors"],
+            dependencies: ["TestSupport", "Collectives", "CustomerData", "Tensors"],
             resources: [.copy("Samples")]
         ),
         // Counts the heap allocations of a thread, so tests can hold hot paths to none.
@@ -186,14 +190,22 @@ let package = Package(
             dependencies: ["TestSupport", "Scoring", "Models", "Checkpoints", "CustomerData", "Tensors"],
             path: "Tests/ScoringTestSupport"
         ),
+        // The checks every Communicator must pass at any world size, with the multi-rank import
+        // and batch scoring: run under mpirun by clm-multirank-tests and on threads by swift test.
+        .target(
+            name: "MultiRankChecks",
+            dependencies: ["Collectives", "CustomerData", "RankTesting", "Scoring", "ScoringTestSupport", "TestSupport"],
+            path: "Tests/MultiRankChecks"
+        ),
+        .testTarget(name: "InProcessRanksTests", dependencies: ["Collectives", "MultiRankChecks", "RankTesting"]),
         .executableTarget(
             name: "clm-multirank-tests",
-            dependencies: ["Collectives", "CustomerData", "RankExchangeMPI", "RankTesting", "Scoring", "ScoringTestSupport", "TestSupport"],
+            dependencies: ["Collectives", "CollectivesMPI", "MultiRankChecks", "RankTesting"],
             path: "Tests/MultiRank"
         ),
         .executableTarget(
             name: "clm-training-tests",
-            dependencies: ["Training", "Collectives", "Models", "Tensors", "RankTesting"],
+            dependencies: ["Training", "Collectives", "CollectivesMPI", "Models", "Tensors", "RankTesting"],
             path: "Tests/TrainingMultiRank"
         ),
     ]

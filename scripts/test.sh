@@ -8,16 +8,20 @@ cd "$(clm_root)"
 
 clm_install_packages
 
+log_dir=$(mktemp -d)
+trap 'rm -rf "$log_dir"' EXIT
+
 echo "== unit tests (swift test)"
 # One test at a time: Swift Testing otherwise runs every suite in one process on a cooperative
 # pool as wide as the cores (2 here), and the CPU-bound ones (whole training runs, explanations)
 # then starve the loopback service's handlers past its 500 ms idle timeout, so that a 413 test
-# saw the connection closed before any answer in 3 of 5 full runs. Serial, the run takes 24 s
-# instead of 13.
-swift test --no-parallel 2>&1 | tee /tmp/clm-swift-test.log | grep -vE "^(◇|✔) (Test|Suite) [^ ]+\(?\)? (started|passed after)" || true
+# saw the connection closed before any answer in 3 of 5 full runs. Bounded: a test that hangs
+# fails the run instead of holding CI until its own limit.
+unit_log="$log_dir/swift-test.log"
+timeout 1200 swift test --no-parallel 2>&1 | tee "$unit_log" | grep -vE "^(◇|✔) (Test|Suite) [^ ]+\(?\)? (started|passed after)" || true
 # tee hides swift test's own status behind the pipe; read it from the log instead.
-grep -qE "Test run with [0-9]+ tests? .*passed" /tmp/clm-swift-test.log \
-    || { echo "swift test failed"; exit 1; }
+grep -qE "Test run with [0-9]+ tests? .*passed" "$unit_log" \
+    || { echo "swift test failed (or exceeded its 20 minutes)"; exit 1; }
 
 echo "== building the multi-rank tests"
 swift build --product clm-multirank-tests
@@ -28,8 +32,6 @@ training="$bin/clm-training-tests"
 
 total_passed=0
 total_failed=0
-log_dir=$(mktemp -d)
-trap 'rm -rf "$log_dir"' EXIT
 
 # Runs suite $2 (binary $3, summary lines starting with $2) at $1 ranks and verifies that every
 # rank printed a summary with no failures.

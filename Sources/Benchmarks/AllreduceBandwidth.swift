@@ -1,5 +1,6 @@
 import CMPI
 import Collectives
+import CollectivesMPI
 import Foundation
 
 /// All-reduce bus bandwidth through `Collectives` and through raw `MPI_Allreduce`, measured in

@@ -125,8 +125,8 @@ public func scale(_ buffer: UnsafeMutableBufferPointer<Float>, by factor: Float)
 
 // MARK: - Argument checks shared by every implementation
 
-enum CollectiveArguments {
-    static func validateRoot(_ root: Int, size: Int, operation: String, rank: Int) throws {
+package enum CollectiveArguments {
+    package static func validateRoot(_ root: Int, size: Int, operation: String, rank: Int) throws {
         guard (0..<size).contains(root) else {
             throw CollectiveError(
                 operation: operation, rank: rank, kind: .invalidArgument,
@@ -135,7 +135,7 @@ enum CollectiveArguments {
     }
 
     /// Checks a per-rank count table and returns its total.
-    static func validateCounts(_ counts: [Int], size: Int, operation: String, rank: Int) throws -> Int {
+    package static func validateCounts(_ counts: [Int], size: Int, operation: String, rank: Int) throws -> Int {
         guard counts.count == size else {
             throw CollectiveError(
                 operation: operation, rank: rank, kind: .invalidArgument,
@@ -153,7 +153,7 @@ enum CollectiveArguments {
         return total
     }
 
-    static func requireCapacity(
+    package static func requireCapacity(
         _ available: Int, atLeast needed: Int, what: String, operation: String, rank: Int
     ) throws {
         guard available >= needed else {

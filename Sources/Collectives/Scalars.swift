@@ -1,10 +1,8 @@
-import CMPI
-
-/// Element types the collectives move, each with its MPI datatype.
+/// Element types the collectives move. Each has a type code that names it identically in every
+/// process; an MPI implementation maps the code to its datatype.
 ///
 /// `UInt8` is the raw-byte type: reductions on it are element-wise on unsigned bytes.
 public protocol CollectiveScalar: Sendable {
-    static var mpiDatatype: MPI_Datatype { get }
     /// A number naming the type identically in every process (metadata addresses are not).
     static var typeCode: Int64 { get }
     /// Reduces `rhs` into `lhs`; used by the single-process communicator and by tests.
@@ -14,14 +12,6 @@ public protocol CollectiveScalar: Sendable {
 /// The reductions the cluster uses. Gradient averaging is `sum` followed by a scale.
 public enum ReduceOperation: String, Sendable, CaseIterable {
     case sum, max, min
-
-    var mpiOp: MPI_Op {
-        switch self {
-        case .sum: return cmpi_op_sum()
-        case .max: return cmpi_op_max()
-        case .min: return cmpi_op_min()
-        }
-    }
 }
 
 extension CollectiveScalar where Self: Comparable & AdditiveArithmetic {
@@ -36,15 +26,11 @@ extension CollectiveScalar where Self: Comparable & AdditiveArithmetic {
 }
 
 extension Float: CollectiveScalar {
-    public static var typeCode: Int64 { 1 }
-    public static var mpiDatatype: MPI_Datatype { cmpi_float() } }
+    public static var typeCode: Int64 { 1 } }
 extension Double: CollectiveScalar {
-    public static var typeCode: Int64 { 2 }
-    public static var mpiDatatype: MPI_Datatype { cmpi_double() } }
+    public static var typeCode: Int64 { 2 } }
 extension Int32: CollectiveScalar {
     public static var typeCode: Int64 { 3 }
-   
-    public static var mpiDatatype: MPI_Datatype { cmpi_int32() }
     public static func combine(_ lhs: Int32, _ rhs: Int32, _ op: ReduceOperation) -> Int32 {
         // MPI sums integers modulo 2^32 rather than trapping; match it.
         switch op {
@@ -56,8 +42,6 @@ extension Int32: CollectiveScalar {
 }
 extension Int64: CollectiveScalar {
     public static var typeCode: Int64 { 4 }
-   
-    public static var mpiDatatype: MPI_Datatype { cmpi_int64() }
     public static func combine(_ lhs: Int64, _ rhs: Int64, _ op: ReduceOperation) -> Int64 {
         switch op {
         case .sum: return lhs &+ rhs
@@ -68,8 +52,6 @@ extension Int64: CollectiveScalar {
 }
 extension UInt8: CollectiveScalar {
     public static var typeCode: Int64 { 5 }
-   
-    public static var mpiDatatype: MPI_Datatype { cmpi_uint8() }
     public static func combine(_ lhs: UInt8, _ rhs: UInt8, _ op: ReduceOperation) -> UInt8 {
         switch op {
         case .sum: return lhs &+ rhs

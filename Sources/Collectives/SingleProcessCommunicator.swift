@@ -104,7 +104,8 @@ public final class SingleProcessCommunicator: Communicator, @unchecked Sendable 
     }
 }
 
-final class CompletedRequest: CollectiveRequest {
-    func wait() throws {}
-    func test() throws -> Bool { true }
+package final class CompletedRequest: CollectiveRequest {
+    package init() {}
+    package func wait() throws {}
+    package func test() throws -> Bool { true }
 }

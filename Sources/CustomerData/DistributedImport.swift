@@ -3,6 +3,7 @@ import Glibc
 #else
 import Darwin
 #endif
+import Collectives
 
 /// The rank that owns a customer, from its id hash. The hash's low bits place the id in the
 /// interner and its top bits pick the partition, so the owner comes from a remix of all of
@@ -171,7 +172,7 @@ extension Importer {
     /// the one a one-process `run` writes (same fingerprint). Returns the summary on rank 0,
     /// nil on the others. The input must be readable at the same path on every rank; only
     /// rank 0 writes.
-    package static func run(input: String, output: String, options: ImportOptions, exchange: RankExchange) throws -> ImportSummary? {
+    package static func run(input: String, output: String, options: ImportOptions, exchange: any Communicator) throws -> ImportSummary? {
         let started = monotonicSeconds()
         let rank = exchange.rank, ranks = exchange.size
         let format: CSVFormat = try exchange.onEveryRank("checking the options") {
@@ -253,7 +254,7 @@ extension Importer {
     /// interns the same products at the same indices into `products`; the router renumbers its
     /// queued events to those indices. (The index order never reaches a dataset: the graph
     /// orders products by id.)
-    static func announceProducts(router: EventRouter, into products: ByteInterner, exchange: RankExchange) throws {
+    static func announceProducts(router: EventRouter, into products: ByteInterner, exchange: any Communicator) throws {
         var packed: [UInt8] = []
         for p in router.unannouncedProducts {
             let bytes = router.localProducts.bytes(p)
@@ -291,7 +292,7 @@ extension Importer {
     /// Sends each queued event to the rank that owns its customer and aggregates what arrives,
     /// a partition at a time and within it sender by sender in rank order (which is file order
     /// within the round). This rank's own events are aggregated where the router queued them.
-    static func exchangeEvents(router: EventRouter, into aggregates: CustomerAggregates, exchange: RankExchange) throws {
+    static func exchangeEvents(router: EventRouter, into aggregates: CustomerAggregates, exchange: any Communicator) throws {
         let ranks = exchange.size, me = exchange.rank, partitions = router.partitions
         let stride = MemoryLayout<PendingEvent>.stride
         // To each owner: the id bytes it will receive, then the events of each of its partitions.
@@ -374,7 +375,7 @@ extension Importer {
     /// and send their customer–product pairs for the graph. Returns the manifest on rank 0.
     private static func writeAcrossRanks(
         aggregates: CustomerAggregates, counts: AggregateCounts, stats: ReadStats, source: DatasetManifest.Source,
-        options: ImportOptions, temporary: String?, exchange: RankExchange
+        options: ImportOptions, temporary: String?, exchange: any Communicator
     ) throws -> DatasetManifest? {
         let rank = exchange.rank, ranks = exchange.size
         let spec = aggregates.spec
@@ -487,7 +488,7 @@ extension Importer {
     /// rank 0, nothing elsewhere.
     private static func writeGraph(
         aggregates: CustomerAggregates, localOrder: [Int32], customersPerRank: [Int], owner: [UInt16], directory: String?,
-        totals: GraphCustomerTotals?, pairsPerGather: Int, exchange: RankExchange
+        totals: GraphCustomerTotals?, pairsPerGather: Int, exchange: any Communicator
     ) throws -> (files: [DatasetFile], info: DatasetManifest.Graph?) {
         let rank = exchange.rank, ranks = exchange.size
         let n = customersPerRank.reduce(0, +)
@@ -684,10 +685,10 @@ extension Importer {
 
     /// How many of each rank's customers come at dataset `positions`: counted by rank 0 from the
     /// merge order (`owner`, rank 0's only), then known to every rank.
-    private static func customersByRank(at positions: Range<Int>, owner: [UInt16], exchange: RankExchange) throws -> [Int64] {
+    private static func customersByRank(at positions: Range<Int>, owner: [UInt16], exchange: any Communicator) throws -> [Int64] {
         var take = [Int64](repeating: 0, count: exchange.size)
         if exchange.rank == 0 { for position in positions { take[Int(owner[position])] += 1 } }
-        try exchange.broadcast(&take)
+        try exchange.broadcast(&take, root: 0)
         return take
     }
 
@@ -697,7 +698,7 @@ extension Importer {
     /// last block, so rank 0 holds a block per rank, not every id, and no gather grows with the
     /// customers (one `MPI_Gatherv` of every id stopped near 2 GiB of ids, its count limit).
     private static func mergeOwners(
-        localIDs: (Int) -> UnsafeRawBufferPointer, customersPerRank: [Int], idsPerGather: Int, exchange: RankExchange
+        localIDs: (Int) -> UnsafeRawBufferPointer, customersPerRank: [Int], idsPerGather: Int, exchange: any Communicator
     ) throws -> [UInt16] {
         let rank = exchange.rank, ranks = exchange.size
         let blockSize = max(1, idsPerGather)
@@ -715,7 +716,7 @@ extension Importer {
             if rank == 0 {
                 for r in 0..<ranks where blocks[r].left == 0 && received[r] < customersPerRank[r] { asked[r] = 1 }
             }
-            try exchange.broadcast(&asked)
+            try exchange.broadcast(&asked, root: 0)
             guard asked.contains(1) else { break }
             outgoing.removeAll(keepingCapacity: true)
             if asked[rank] == 1 {

@@ -3,6 +3,7 @@ import Glibc
 #else
 import Darwin
 #endif
+import Collectives
 
 /// The event-file options shared by `clm-data import` and the scoring tools, checked and resolved.
 public struct EventFileOptions: Sendable {
@@ -117,7 +118,7 @@ public final class EventFileFeatures: @unchecked Sendable {
     /// graph needs every customer in one process.
     package convenience init(path: String, options: EventFileOptions, asOf: Int?, trainedSpec: FeatureSpec,
                              normalisation: FeatureNormalisation, roundBytesPerRank: Int = 16 << 20,
-                             exchange: RankExchange) throws {
+                             exchange: any Communicator) throws {
         let format: CSVFormat = try exchange.onEveryRank("checking the options") {
             try Self.check(normalisation)
             return try options.preset.stripedFormat(custom: options.format, task: "score")

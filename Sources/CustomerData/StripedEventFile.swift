@@ -3,6 +3,7 @@ import Glibc
 #else
 import Darwin
 #endif
+import Collectives
 
 /// An event file that every rank of an exchange reads a share of, in stripes: the import and
 /// the multi-rank batch scorer both parse it this way and route each event to the rank that
@@ -18,7 +19,7 @@ final class StripedEventFile {
     /// Opens `path` on every rank and probes its layout the way one pass would; `check` runs
     /// first on every rank (the caller's own validation). The ranks agree on failures and on
     /// the file's size, since a stale copy on one host would route nonsense.
-    init(path: String, format: CSVFormat, bytesPerRank: Int, exchange: RankExchange, check: () throws -> Void = {}) throws {
+    init(path: String, format: CSVFormat, bytesPerRank: Int, exchange: any Communicator, check: () throws -> Void = {}) throws {
         let source = CSVEventSource(path: path, format: format)
         let (fd, fileBytes, layout): (Int32, Int, CSVLayout) = try exchange.agreeing("opening \(path)") {
             try check()
@@ -50,7 +51,7 @@ final class StripedEventFile {
     }
 
     /// The day of the file's last event, the same on every rank.
-    func lastEventDay(exchange: RankExchange) throws -> Int {
+    func lastEventDay(exchange: any Communicator) throws -> Int {
         let tracker = LastDayTracker()
         try exchange.agreeing("finding the last event day") {
             for round in 0..<plan.rounds { _ = try read(round: round, rank: exchange.rank, sink: tracker, rejects: nil) }
@@ -61,7 +62,7 @@ final class StripedEventFile {
     /// Parses every stripe, routes each event to its customer's owner and aggregates what this
     /// rank owns into `aggregates`. With `rejects`, their line numbers are made file-wide.
     /// Returns this rank's read stats.
-    func aggregateOwnedCustomers(into aggregates: CustomerAggregates, rejects: RejectsCollector?, exchange: RankExchange) throws -> ReadStats {
+    func aggregateOwnedCustomers(into aggregates: CustomerAggregates, rejects: RejectsCollector?, exchange: any Communicator) throws -> ReadStats {
         let router = EventRouter(for: aggregates, ranks: exchange.size)
         var stats = ReadStats()
         var linesBefore = 0

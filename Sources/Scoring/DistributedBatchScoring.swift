@@ -1,3 +1,4 @@
+import Collectives
 import Checkpoints
 import CustomerData
 import Foundation
@@ -17,7 +18,7 @@ extension BatchScoring {
     package static func run(
         scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
         output: String, batchSize: Int = 256, threads: Int = 1, explain: ExplanationSettings? = nil,
-        roundBytesPerRank: Int = 16 << 20, mergeBlock: Int = 16_384, exchange: RankExchange
+        roundBytesPerRank: Int = 16 << 20, mergeBlock: Int = 16_384, exchange: any Communicator
     ) throws -> BatchSummary? {
         let rank = exchange.rank
         let model = scorer.model
@@ -92,7 +93,7 @@ extension BatchScoring {
     /// `ScoringRules.highValueLine` over every rank's spends without gathering them: the value
     /// of the k-th largest spend, found by three rounds of histograms over the bits of the
     /// spends' order-preserving keys (11, 11 and 10 bits), each summed across the ranks.
-    package static func highValueLine(rules: ScoringRules, spends: [Float], customers: Int, exchange: RankExchange) throws -> Double {
+    package static func highValueLine(rules: ScoringRules, spends: [Float], customers: Int, exchange: any Communicator) throws -> Double {
         if let amount = rules.highValueAmount { return amount }
         guard customers > 0 else { return .infinity }
         // The k-th largest is the (customers - k)-th smallest, counting from 0.
@@ -101,7 +102,7 @@ extension BatchScoring {
     }
 
     /// The key at position `position` (from 0) of every rank's `keys` sorted together.
-    static func orderedKey(atRank position: Int, of keys: [UInt32], exchange: RankExchange) throws -> UInt32 {
+    static func orderedKey(atRank position: Int, of keys: [UInt32], exchange: any Communicator) throws -> UInt32 {
         var prefix: UInt32 = 0
         var remaining = position
         var shift = 32
@@ -128,7 +129,7 @@ extension BatchScoring {
     /// same on every rank (a rank without customers has no sums but still takes part).
     static func jobAttribution(
         _ local: (sums: (churn: [Double], spend: [Double])?, worst: CompletenessError?), explaining: Bool,
-        exchange: RankExchange
+        exchange: any Communicator
     ) throws -> (sums: (churn: [Double], spend: [Double])?, worst: CompletenessError?) {
         guard explaining else { return (nil, nil) }
         let groups = Explainer.groupNames.count
@@ -162,7 +163,7 @@ extension BatchScoring {
     }
 
     /// Every rank's action counts, summed on rank 0 (empty elsewhere).
-    static func gatherActionCounts(_ counts: [String: Int], exchange: RankExchange) throws -> [String: Int] {
+    static func gatherActionCounts(_ counts: [String: Int], exchange: any Communicator) throws -> [String: Int] {
         let packed = Array(counts.map { "\($0.key)\t\($0.value)\n" }.joined().utf8)
         let gathered = try packed.withUnsafeBytes { try exchange.gatherBytes($0) }
         var total: [String: Int] = [:]
@@ -180,7 +181,7 @@ extension BatchScoring {
     ///
     /// A failure anywhere stops every rank at the next block, and nothing is written.
     static func mergeRows(
-        output: String, header: String?, block: Int, localCount: Int, exchange: RankExchange,
+        output: String, header: String?, block: Int, localCount: Int, exchange: any Communicator,
         row: (Int) throws -> (id: String, text: String)
     ) throws {
         let rank = exchange.rank, ranks = exchange.size
@@ -202,7 +203,7 @@ extension BatchScoring {
         if failure != nil { want = [Int64](repeating: -1, count: ranks) }
         var sent = 0
         while true {
-            try exchange.broadcast(&want)
+            try exchange.broadcast(&want, root: 0)
             if want.contains(-1) {
                 if let failure { throw failure }
                 throw PeerRankFailure(ranks: [0], step: "writing \(output)")

@@ -26,3 +26,9 @@ public func reportingUserErrors<T>(tool: String, _ body: () async throws -> T) a
         throw ExitCode.failure
     }
 }
+
+/// The one-line description of `error` when it is written for the person at the command line,
+/// nil for anything else: what `runOnEveryRank` asks to tell a user's mistake from a bug.
+public func userFacingMessage(_ error: any Error) -> String? {
+    (error as? any UserFacingError)?.description
+}

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Collectives
+import CollectivesMPI
 import Foundation
 import Training
 

@@ -1,7 +1,7 @@
 import ArgumentParser
 import Collectives
 import CustomerData
-import RankExchangeMPI
+import CollectivesMPI
 import EventFileArguments
 import ToolSupport
 import Foundation
@@ -75,7 +75,7 @@ struct Import: ParsableCommand {
 
     /// Under mpirun: every rank parses and aggregates a share, rank 0 writes and reports.
     private func importAcrossRanks(_ options: ImportOptions) throws {
-        try runOnEveryRank(tool: "clm-data") { exchange in
+        try runOnEveryRank(tool: "clm-data", userMessage: userFacingMessage) { exchange in
             if let summary = try Importer.run(input: input, output: out, options: options, exchange: exchange) {
                 print(describe(summary))
             }

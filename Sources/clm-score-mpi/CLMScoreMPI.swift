@@ -1,7 +1,7 @@
 import ArgumentParser
 import BatchScoringArguments
 import CustomerData
-import RankExchangeMPI
+import CollectivesMPI
 import Scoring
 import ToolSupport
 
@@ -19,7 +19,7 @@ struct CLMScoreMPI: ParsableCommand {
     var mergeBlock: Int = 16_384
 
     func run() throws {
-        try runOnEveryRank(tool: "clm-score-mpi") { exchange in
+        try runOnEveryRank(tool: "clm-score-mpi", userMessage: userFacingMessage) { exchange in
             let prepared = try exchange.agreeing("loading the checkpoint") { () -> BatchOptions.Prepared in
                 guard !batch.model.namesGraphModel else {
                     throw ScoringError.invalidInput("--gnn-run and --gnn-checkpoint need the whole customer–product graph in one process; use clm-score batch for graph stages")

@@ -1,3 +1,4 @@
+@testable import CollectivesMPI
 import Testing
 @testable import Collectives
 

@@ -1,4 +1,5 @@
 import Collectives
+import CollectivesMPI
 import RankTesting
 import Foundation
 

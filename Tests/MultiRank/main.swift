@@ -1,4 +1,6 @@
 import Collectives
+import CollectivesMPI
+import MultiRankChecks
 import RankTesting
 import Foundation
 
@@ -22,6 +24,7 @@ do {
 
 let checks = RankChecks(rank: world.rank, size: world.size)
 runCollectiveChecks(world, checks)
+runMPIChecks(world, checks)
 runImportChecks(world, checks)
 runScoringChecks(world, checks)
 

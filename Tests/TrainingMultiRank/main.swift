@@ -1,4 +1,5 @@
 import Collectives
+import CollectivesMPI
 import RankTesting
 import Foundation
 import Models
@@ -18,7 +19,13 @@ do {
 }
 let checks = RankChecks(rank: world.rank, size: world.size)
 let arguments = CommandLine.arguments
-let scenario = arguments.firstIndex(of: "--scenario").map { arguments[$0 + 1] }
+let scenario: String? = arguments.firstIndex(of: "--scenario").map { flag in
+    guard flag + 1 < arguments.count else {
+        print("FAIL rank \(world.rank): --scenario needs a scenario name")
+        exit(2)
+    }
+    return arguments[flag + 1]
+}
 
 /// Deterministic synthetic customers: the same global index gives the same customer on any rank.
 func syntheticShard(globalRows: Range<Int>, steps: Int, features: Int) -> LocalShard {

@@ -1,4 +1,5 @@
 import CMPI
+import Collectives
 import Synchronization
 
 /// Process-wide MPI start-up and shut-down, each done at most once.

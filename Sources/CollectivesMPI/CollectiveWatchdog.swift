@@ -1,26 +1,7 @@
 import CMPI
+import Collectives
 import Foundation
 import Synchronization
-
-/// The collectives the watchdog can name in its report.
-public enum CollectiveKind: Int, Sendable, CustomStringConvertible {
-    case none = 0, allreduce, allreduceWait, broadcast, scatterv, gatherv, allgather, allgatherv, barrier, alltoallv
-
-    public var description: String {
-        switch self {
-        case .none: return "no collective"
-        case .allreduce: return "allreduce"
-        case .allreduceWait: return "wait for non-blocking allreduce"
-        case .broadcast: return "broadcast"
-        case .scatterv: return "scatterv"
-        case .gatherv: return "gatherv"
-        case .allgather: return "allgather"
-        case .allgatherv: return "allgatherv"
-        case .barrier: return "barrier"
-        case .alltoallv: return "alltoallv"
-        }
-    }
-}
 
 /// Ends the job when a collective has not completed within a time limit, naming the operation
 /// and the ranks that did not arrive.

@@ -1,17 +1,16 @@
 import Collectives
 import CustomerData
 import Foundation
-import RankExchangeMPI
 import RankTesting
 
-// `clm-data import` under mpirun must write, at any rank count, the dataset one process writes:
+// `clm-data import` across ranks must write, at any rank count, the dataset one process writes:
 // every file byte for byte and the same fingerprint. The inputs are made to hit what a split
 // of the file can get wrong: orders of several lines (transactions are counted by comparing
 // consecutive order ids), rejected rows whose line numbers must be those of the whole file,
 // blank lines, a byte order mark and a header, and rounds so small (4 KiB per rank) that
 // customers, orders and products cross many round and rank boundaries.
 
-func runImportChecks(_ world: MPICommunicator, _ checks: RankChecks) {
+public func runImportChecks(_ world: any Communicator, _ checks: RankChecks) {
     let rank = world.rank
     let directory: String
     do {
@@ -75,7 +74,7 @@ func runImportChecks(_ world: MPICommunicator, _ checks: RankChecks) {
         options.roundBytesPerRank = 4096
         let output = directory + "/bad-parallel"
         do {
-            _ = try ParallelImporter.run(input: input, output: output, options: options, world: world)
+            _ = try Importer.run(input: input, output: output, options: options, exchange: world)
             checks.expect(false, "the import succeeded with a seventh of its rows rejected")
         } catch let error as DataError {
             guard case .tooManyRejects(let rejected, let rows, _, _) = error else {
@@ -98,11 +97,11 @@ func runImportChecks(_ world: MPICommunicator, _ checks: RankChecks) {
 }
 
 /// Imports `input` in one process (rank 0) and across the world, and compares every file.
-private func compareWithOneProcess(input: String, name: String, options: ImportOptions, world: MPICommunicator, checks: RankChecks) throws {
+private func compareWithOneProcess(input: String, name: String, options: ImportOptions, world: any Communicator, checks: RankChecks) throws {
     let directory = (input as NSString).deletingLastPathComponent
     let single = directory + "/\(name)-single", parallel = directory + "/\(name)-parallel"
     let reference = world.rank == 0 ? try Importer.run(input: input, output: single, options: options) : nil
-    let summary = try ParallelImporter.run(input: input, output: parallel, options: options, world: world)
+    let summary = try Importer.run(input: input, output: parallel, options: options, exchange: world)
     guard world.rank == 0 else {
         checks.expect(summary == nil, "only rank 0 returns a summary")
         return
@@ -128,7 +127,7 @@ private func compareWithOneProcess(input: String, name: String, options: ImportO
 }
 
 private func makeScratchDirectory() throws -> String {
-    let path = NSTemporaryDirectory() + "clm-import-checks-\(getpid())"
+    let path = NSTemporaryDirectory() + "clm-import-checks-\(UUID().uuidString)"
     try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     return path
 }

@@ -1,7 +1,6 @@
 import Collectives
 import CustomerData
 import Foundation
-import RankExchangeMPI
 import RankTesting
 import Scoring
 import ScoringTestSupport
@@ -12,13 +11,13 @@ import TestSupport
 // in its own batches. The fused forward kernels (AVX2, AVX-512) give a customer the same bits
 // whatever batch it is in, so the files are the same bytes; the portable path's GEMM sums in
 // an order that depends on how many customers share a batch, so there scores agree to float32
-// rounding across rank counts and byte for byte at one rank. Rounds of 2 KiB per rank and a
-// merge block of 5 rows make customers cross many round and rank boundaries and the merge ask
-// for rows many times.
+// rounding across rank counts and byte for byte at one rank. Reading rounds of 2 KiB per rank
+// and exchange rounds of 900 bytes make customers cross many round and rank boundaries and the
+// rows be dealt out over many rounds.
 
-func runScoringChecks(_ world: MPICommunicator, _ checks: RankChecks) {
+public func runScoringChecks(_ world: any Communicator, _ checks: RankChecks) {
     let rank = world.rank
-    let exchange = CommunicatorExchange(world)
+    let exchange = world
     // Rank 0 makes the events and checkpoints; every rank reads them at the same paths.
     var fixture: ScoringFixture?
     let paths: [String]
@@ -71,7 +70,7 @@ func runScoringChecks(_ world: MPICommunicator, _ checks: RankChecks) {
             : nil
         let summary = try BatchScoring.run(
             scorer: scorer, events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(), output: ranks,
-            batchSize: 7, threads: 2, roundBytesPerRank: 2048, mergeBlock: 5, exchange: exchange)
+            batchSize: 7, threads: 2, roundBytesPerRank: 2048, exchangeBytesPerRound: 900, exchange: exchange)
         guard rank == 0 else {
             checks.expect(summary == nil, "only rank 0 returns a summary")
             return
@@ -84,6 +83,15 @@ func runScoringChecks(_ world: MPICommunicator, _ checks: RankChecks) {
         checks.expectEqual(summary.asOfDay, reference.asOfDay, "as-of day")
         checks.expectEqual(summary.actionCounts, reference.actionCounts, "actions")
         checks.expectEqual(summary.ranks, world.size, "ranks")
+        // Every rank writes its share of the file, rank 0 the header besides.
+        checks.expectEqual(summary.rankBytesWritten.reduce(0, +), try fileSize(ranks), "bytes written by the ranks together")
+        if world.size > 1 {
+            let others = summary.rankBytesWritten.dropFirst()
+            let average = Double(others.reduce(0, +)) / Double(others.count)
+            checks.expect(others.allSatisfy { $0 > 0 }, "every rank wrote rows: \(summary.rankBytesWritten)")
+            checks.expect(Double(summary.rankBytesWritten[0]) <= 1.5 * average,
+                          "rank 0 wrote \(summary.rankBytesWritten[0]) bytes, the others \(Int(average)) on average")
+        }
         checks.expect(abs(summary.highValueLine - reference.highValueLine) <= 1e-5 * max(1, reference.highValueLine),
                       "high-value line \(summary.highValueLine) vs \(reference.highValueLine)")
         checks.expect(!reference.drift.isEmpty, "the checkpoint has a drift reference")
@@ -105,8 +113,9 @@ func runScoringChecks(_ world: MPICommunicator, _ checks: RankChecks) {
             : nil
         let summary = try BatchScoring.run(
             scorer: scorer, events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(), output: ranks,
-            batchSize: 16, threads: 1, explain: settings, roundBytesPerRank: 4096, mergeBlock: 64, exchange: exchange)
-        guard rank == 0, let reference, let summary else { return }
+            batchSize: 16, threads: 1, explain: settings, roundBytesPerRank: 4096, exchangeBytesPerRound: 20_000, exchange: exchange)
+        guard rank == 0 else { return checks.expect(summary == nil, "only rank 0 returns a summary") }
+        guard let reference, let summary else { return checks.expect(false, "rank 0 returned no summary") }
         let a = try String(contentsOfFile: ranks, encoding: .utf8).split(separator: "\n")
         let b = try String(contentsOfFile: single, encoding: .utf8).split(separator: "\n")
         checks.expectEqual(a.count, b.count, "lines")
@@ -146,7 +155,8 @@ func runScoringChecks(_ world: MPICommunicator, _ checks: RankChecks) {
             : nil
         let summary = try BatchScoring.run(scorer: scorer, events: few, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
                                            output: ranks, explain: settings, exchange: exchange)
-        guard rank == 0, let reference, let summary else { return }
+        guard rank == 0 else { return checks.expect(summary == nil, "only rank 0 returns a summary") }
+        guard let reference, let summary else { return checks.expect(false, "rank 0 returned no summary") }
         checks.expectEqual(summary.customers, 2, "customers")
         checks.expectEqual(reference.customers, 2, "customers in one process")
         checks.expect(summary.meanAbsoluteAttribution != nil, "attributions summarised")
@@ -182,6 +192,10 @@ func runScoringChecks(_ world: MPICommunicator, _ checks: RankChecks) {
             checks.expect(rank != 0 && failure.ranks == [0], "rank \(rank): \(failure)")
         }
     }
+}
+
+private func fileSize(_ path: String) throws -> Int {
+    (try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.intValue ?? -1
 }
 
 /// Compares two batch score CSVs: the same header, customers, order, periods, stages and
