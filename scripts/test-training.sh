@@ -119,8 +119,8 @@ echo "== the same model scored under mpirun by clm-score-mpi"
 # customers in their own batches: with a fused forward kernel (AVX2 or AVX-512, named in the
 # summary) a customer's scores do not depend on its batch, so the bytes are the same again; the
 # portable path's GEMMs sum in another order, so there the check is the same customers, order,
-# stages and actions, and scores equal to float32 rounding. Small rounds and merge blocks make
-# customers cross rank boundaries and the merge ask for rows many times.
+# stages and actions, and scores equal to float32 rounding. Small reading and exchange rounds make
+# customers cross rank boundaries and the rows be dealt out over many rounds.
 score_ranks() {  # score_ranks RANKS OUT [extra flags]
     local ranks=$1 out=$2
     shift 2
@@ -136,7 +136,7 @@ else
     fail "clm-score-mpi at one rank differs from clm-score batch"
 fi
 for ranks in 2 3; do
-    if score_ranks "$ranks" "$work/scores-np$ranks.csv" --round-bytes-per-rank 4096 --merge-block 7 >"$work/score-np$ranks.log" 2>&1 \
+    if score_ranks "$ranks" "$work/scores-np$ranks.csv" --round-bytes-per-rank 4096 --exchange-bytes-per-round 700 >"$work/score-np$ranks.log" 2>&1 \
         && grep -q "on $ranks ranks × " "$work/score-np$ranks.log" \
         && clm_same_scores "$work/scores-np$ranks.csv" "$work/scores-threads.csv"
     then

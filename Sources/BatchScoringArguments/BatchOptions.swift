@@ -159,7 +159,8 @@ public struct BatchOptions: ParsableArguments {
             print("wrote     \(summaryOut) (summary)")
         }
         print("actions   " + summary.actionCounts.sorted(by: { $0.key < $1.key }).map { "\($0.key) \($0.value)" }.joined(separator: ", "))
-        print("wrote     \(out)")
+        print("wrote     \(out)" + (summary.rankBytesWritten.isEmpty ? ""
+            : " (bytes per rank: " + summary.rankBytesWritten.map(String.init).joined(separator: ", ") + ")"))
     }
 }
 

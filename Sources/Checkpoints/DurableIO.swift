@@ -100,6 +100,85 @@ public final class AtomicFileWriter {
     }
 }
 
+/// A file that several processes write together, each its own byte range at an offset it
+/// computed, under a temporary name that one of them creates and, once every writer has
+/// finished, renames into place: the ranks of a job write one output in parallel, and a reader
+/// still sees the old file or the whole new one.
+public final class SharedFileWriter {
+    public let url: URL
+    public let temporary: URL
+    private var fd: Int32
+
+    /// Creates the temporary file beside `url` (one process only; the others `join` it).
+    public static func create(for url: URL) throws(FileSystemError) -> SharedFileWriter {
+        let temporary = url.deletingLastPathComponent().appendingPathComponent(".tmp-\(url.lastPathComponent)-\(DurableIO.randomSuffix())")
+        let fd = DurableIO.retryingOnInterrupt { open(temporary.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644) }
+        guard fd >= 0 else { throw FileSystemError(operation: "create", path: temporary.path, code: errno) }
+        return SharedFileWriter(url: url, temporary: temporary, fd: fd)
+    }
+
+    /// Opens the temporary file another process created for `url`.
+    public static func join(_ temporary: URL, for url: URL) throws(FileSystemError) -> SharedFileWriter {
+        let fd = DurableIO.retryingOnInterrupt { open(temporary.path, O_WRONLY | O_CLOEXEC) }
+        guard fd >= 0 else { throw FileSystemError(operation: "open", path: temporary.path, code: errno) }
+        return SharedFileWriter(url: url, temporary: temporary, fd: fd)
+    }
+
+    private init(url: URL, temporary: URL, fd: Int32) {
+        self.url = url
+        self.temporary = temporary
+        self.fd = fd
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    /// Writes all of `bytes` at `offset`, however many calls that takes.
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: Int) throws(FileSystemError) {
+        var done = 0
+        while done < bytes.count {
+            let written = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset + done))
+            if written < 0 {
+                if errno == EINTR { continue }
+                throw FileSystemError(operation: "write", path: temporary.path, code: errno)
+            }
+            done += written
+        }
+    }
+
+    /// Fsyncs and closes this process's handle; every writer finishes before one commits.
+    public func finish() throws(FileSystemError) {
+        guard fd >= 0 else { return }
+        defer { fd = -1 }
+        if DurableIO.retryingOnInterrupt({ fsync(fd) }) != 0 {
+            let failure = FileSystemError(operation: "fsync", path: temporary.path, code: errno)
+            close(fd)
+            throw failure
+        }
+        // close can report a deferred write error (NFS does this), so its result counts too.
+        if close(fd) != 0 { throw FileSystemError(operation: "close", path: temporary.path, code: errno) }
+    }
+
+    /// Renames the finished file into place and fsyncs its directory (the creator only, after
+    /// every writer's `finish`).
+    public func commit() throws(FileSystemError) {
+        try finish()
+        do throws(FileSystemError) {
+            try DurableIO.rename(temporary, to: url)
+        } catch {
+            unlink(temporary.path)
+            throw error
+        }
+        try DurableIO.syncDirectory(url.deletingLastPathComponent())
+    }
+
+    /// Removes the temporary file (the creator, when any writer failed).
+    public func abandon() {
+        if fd >= 0 { close(fd) }
+        fd = -1
+        unlink(temporary.path)
+    }
+}
+
 /// Durable file operations built on POSIX calls, so every failure keeps its `errno`.
 ///
 /// Foundation's `Data.write(options: .atomic)` renames but never fsyncs, which on a crash can

@@ -43,6 +43,8 @@ public struct BatchSummary: Sendable {
     public var threads: Int
     /// Ranks that scored (mpirun); 1 in one process.
     public var ranks = 1
+    /// Bytes of the output each rank wrote, in rank order (empty in one process).
+    public var rankBytesWritten: [Int] = []
     public var writeSeconds: Double
     /// Building the customer–product graph and the GraphSAGE forward; zero without a graph model.
     public var graphSeconds: Double

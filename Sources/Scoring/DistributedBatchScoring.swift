@@ -6,25 +6,27 @@ import Foundation
 extension BatchScoring {
     /// `run` across the ranks of `exchange` (mpirun): every rank parses a stripe of `events` at
     /// a time, keeps the customers it owns (a hash of the id picks the rank) and scores them on
-    /// `threads` threads; rank 0 merges the ranks' rows by customer id into `output`. The file
-    /// has the customers, order, stages and actions a one-process `run` writes; scores agree to
-    /// float32 rounding, since a customer's forward sums in an order that depends on the batch it
-    /// shares (at one rank the batches, and so the bytes, are the same). Rank 0's memory for the
-    /// merge is `mergeBlock` rows per rank, whatever the population.
+    /// `threads` threads. The ranks then deal their rows out by customer id, so that rank r holds
+    /// the r-th run of the output's order (`writeRowsInParallel`), and each writes its run into
+    /// `output` at its own offset. The file has the customers, order, stages and actions a
+    /// one-process `run` writes; scores agree to float32 rounding, since a customer's forward
+    /// sums in an order that depends on the batch it shares (at one rank the batches, and so the
+    /// bytes, are the same). No rank holds or writes more than about its share of the rows.
     ///
-    /// Returns the job's summary on rank 0 and nil elsewhere. The event file must be readable
-    /// at the same path on every rank; only rank 0 writes. Stages come from the LSTM's stage
-    /// head or the rule: the graph model needs the whole customer–product graph in one process.
+    /// Returns the job's summary on rank 0 and nil elsewhere. The event file must be readable,
+    /// and the output's directory writable, at the same paths on every rank (shared storage).
+    /// Stages come from the LSTM's stage head or the rule: the graph model needs the whole
+    /// customer–product graph in one process.
     package static func run(
         scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
         output: String, batchSize: Int = 256, threads: Int = 1, explain: ExplanationSettings? = nil,
-        roundBytesPerRank: Int = 16 << 20, mergeBlock: Int = 16_384, exchange: any Communicator
+        roundBytesPerRank: Int = 16 << 20, exchangeBytesPerRound: Int = 64 << 20, exchange: any Communicator
     ) throws -> BatchSummary? {
         let rank = exchange.rank
         let model = scorer.model
         let format = try exchange.onEveryRank("checking the options") { () -> ScoreFileFormat in
             try checkSettings(batchSize: batchSize, threads: threads, explain: explain)
-            guard mergeBlock >= 1 else { throw ScoringError.invalidInput("the merge block must hold at least one row") }
+            guard exchangeBytesPerRound >= 1 else { throw ScoringError.invalidInput("the bytes exchanged per round must be at least 1") }
             if explain?.baseline == .tenureMean {
                 throw ScoringError.invalidInput("--explain-baseline tenure-mean averages every scored customer's features in one process; under mpirun use --explain-baseline zeros")
             }
@@ -61,8 +63,9 @@ extension BatchScoring {
 
         started = clock.now
         var actionCounts: [String: Int] = [:]
-        try mergeRows(output: output, header: header(format: format, stageNames: model.dataset.stageNames, explain: explain != nil),
-                      block: mergeBlock, localCount: count, exchange: exchange) { index in
+        let bytesWritten = try writeRowsInParallel(
+            output: output, header: header(format: format, stageNames: model.dataset.stageNames, explain: explain != nil),
+            localCount: count, customers: customers, bytesPerRound: exchangeBytesPerRound, exchange: exchange) { index in
             let id = input.customerID(index)
             let (row, action) = try scored.row(index, id: id, scorer: scorer, graphStage: nil, rules: rules,
                                                highValueLine: line, format: format)
@@ -71,6 +74,7 @@ extension BatchScoring {
         }
         let writeSeconds = seconds(clock.now - started)
         let jobActions = try gatherActionCounts(actionCounts, exchange: exchange)
+        let rankBytesWritten = try exchange.allgather([Int64(bytesWritten)]).map { Int($0) }
 
         guard rank == 0 else { return nil }
         var summary = BatchSummary(
@@ -80,6 +84,7 @@ extension BatchScoring {
             scoreSeconds: scoreSeconds, modelSeconds: Double(slowest[0]) / 1e9, threads: scored.workers,
             writeSeconds: writeSeconds, graphSeconds: 0, customersWithGraphStage: 0, actionCounts: jobActions)
         summary.ranks = exchange.size
+        summary.rankBytesWritten = rankBytesWritten
         summary.explanation = explain
         summary.explainSeconds = Double(slowest[1]) / 1e9
         summary.worstCompleteness = attribution.worst
@@ -174,67 +179,129 @@ extension BatchScoring {
         return total
     }
 
-    /// Writes every rank's rows into `output` on rank 0, in dataset order (ids by length, then
-    /// bytes), atomically. Each rank's rows already come in that order, so rank 0 merges them,
-    /// asking a rank for its next `block` rows whenever it has none of that rank's left; `row`
-    /// gives this rank's customer `index` as its id and its text.
+    /// Writes every rank's rows into `output` in dataset order (ids by length, then bytes),
+    /// atomically, with no rank holding or writing much more than its share. Each rank formats
+    /// its own rows (`row` gives customer `index` as its id and text; they come in dataset order
+    /// already), the ranks cut the id order into one run per rank at splitters sampled from
+    /// every rank's ids, and deal the rows out by run in rounds of at most `bytesPerRound` bytes
+    /// sent per rank (`alltoallv`). Each rank then merges the rows it received and writes them at
+    /// the offset the earlier ranks' byte counts give; rank 0 adds the header and renames the
+    /// finished file into place. Returns the bytes this rank wrote.
     ///
-    /// A failure anywhere stops every rank at the next block, and nothing is written.
-    static func mergeRows(
-        output: String, header: String?, block: Int, localCount: Int, exchange: any Communicator,
+    /// A failure anywhere stops every rank, and nothing is written.
+    static func writeRowsInParallel(
+        output: String, header: String?, localCount: Int, customers: Int, bytesPerRound: Int, exchange: any Communicator,
         row: (Int) throws -> (id: String, text: String)
-    ) throws {
+    ) throws -> Int {
         let rank = exchange.rank, ranks = exchange.size
-        let perRank = try exchange.allgather([Int64(localCount)]).map { Int($0) }
-        let writer: AtomicFileWriter? = try exchange.agreeing("creating \(output)") {
+        let local = try exchange.agreeing("formatting the scores") { () -> RowRecords in
+            var records = RowRecords()
+            records.reserve(rows: localCount)
+            for index in 0..<localCount {
+                let (id, text) = try row(index)
+                records.append(id: id, text: text)
+            }
+            return records
+        }
+        let splitters = try runSplitters(local, customers: customers, exchange: exchange)
+        let received = try dealRows(local.byRun(splitters: splitters, runs: ranks), bytesPerRound: bytesPerRound, exchange: exchange)
+
+        let headerBytes = Array((header ?? "").utf8)
+        let myBytes = received.reduce(0) { $0 + $1.textBytes }
+        let everyRank = try exchange.allgather([Int64(myBytes)]).map { Int($0) }
+        let offset = headerBytes.count + everyRank[..<rank].reduce(0, +)
+
+        let target = URL(fileURLWithPath: output)
+        let created: SharedFileWriter? = try exchange.agreeing("creating \(output)") {
             guard rank == 0 else { return nil }
-            do {
-                return try AtomicFileWriter(url: URL(fileURLWithPath: output))
-            } catch {
+            do { return try SharedFileWriter.create(for: target) } catch {
                 throw ScoringError.io(path: output, reason: "cannot create the output: \(error)")
             }
         }
-        var merger = rank == 0 ? RowMerger(perRank: perRank, block: block) : nil
-        var failure: Error?
-        if let header, let writer {
-            do { try writer.write(header) } catch { failure = ScoringError.io(path: output, reason: "\(error); nothing was written") }
-        }
-        var want = merger?.firstRequest() ?? [Int64](repeating: 0, count: ranks)
-        if failure != nil { want = [Int64](repeating: -1, count: ranks) }
-        var sent = 0
-        while true {
-            try exchange.broadcast(&want, root: 0)
-            if want.contains(-1) {
-                if let failure { throw failure }
-                throw PeerRankFailure(ranks: [0], step: "writing \(output)")
-            }
-            if want.allSatisfy({ $0 == 0 }) { break }
-            let outgoing = try exchange.agreeing("formatting the scores") { () -> [UInt8] in
-                var bytes: [UInt8] = []
-                for index in sent..<sent + Int(want[rank]) {
-                    let (id, text) = try row(index)
-                    RowMerger.append(id: id, text: text, to: &bytes)
+        let temporary = try exchange.broadcast(string: created?.temporary.path ?? "", root: 0)
+        var written = 0
+        do {
+            try exchange.agreeing("writing \(output)") {
+                do {
+                    let writer = try created ?? SharedFileWriter.join(URL(fileURLWithPath: temporary), for: target)
+                    if rank == 0 { try headerBytes.withUnsafeBytes { try writer.write($0, at: 0) } }
+                    written = try RowRecords.merge(received) { bytes, at in try writer.write(bytes, at: offset + at) }
+                    if rank == 0 { written += headerBytes.count }
+                    if created == nil { try writer.finish() }
+                } catch {
+                    throw ScoringError.io(path: output, reason: "\(error); nothing was written")
                 }
-                return bytes
             }
-            sent += Int(want[rank])
-            let gathered = try outgoing.withUnsafeBytes { try exchange.gatherBytes($0) }
-            guard let writer else { continue }
-            merger!.receive(gathered.bytes, counts: gathered.counts)
-            do {
-                want = try merger!.emit { try writer.write($0) }
-            } catch {
-                failure = ScoringError.io(path: output, reason: "\(error); nothing was written")
-                want = [Int64](repeating: -1, count: ranks)
+            try exchange.agreeing("committing \(output)") {
+                do { try created?.commit() } catch {
+                    throw ScoringError.io(path: output, reason: "\(error); nothing was written")
+                }
             }
+        } catch {
+            created?.abandon()
+            throw error
         }
-        try exchange.agreeing("committing \(output)") {
-            do {
-                try writer?.commit()
-            } catch {
-                throw ScoringError.io(path: output, reason: "\(error); nothing was written")
-            }
+        return written
+    }
+
+    /// `runs - 1` ids that cut the dataset order into runs of nearly equal numbers of rows:
+    /// every rank samples its sorted ids at one stride over the whole population (so each rank
+    /// contributes in proportion to its rows), every rank receives all samples and picks the
+    /// same quantiles. About `samplesPerRun` samples fall in each run, so a run's size is off
+    /// its share by a few percent at most.
+    static func runSplitters(_ local: RowRecords, customers: Int, samplesPerRun: Int = 512, exchange: any Communicator) throws -> [[UInt8]] {
+        let runs = exchange.size
+        guard runs > 1 else { return [] }
+        let stride = max(1, customers / (runs * samplesPerRun))
+        var samples = RowRecords()
+        for index in Swift.stride(from: 0, to: local.count, by: stride) { samples.append(idOf: local, index) }
+        let counts = try exchange.allgather([Int64(samples.bytes.count)]).map { Int($0) }
+        var everyone = [UInt8](repeating: 0, count: counts.reduce(0, +))
+        try samples.bytes.withUnsafeBytes { mine in
+            try everyone.withUnsafeMutableBytes { try exchange.allgatherv(mine, counts: counts, into: $0) }
         }
+        var ids = RowRecords(bytes: everyone).ids()
+        ids.sort { a, b in a.withUnsafeBytes { x in b.withUnsafeBytes { y in identifierPrecedes(x, y) } } }
+        guard !ids.isEmpty else { return [] }
+        return (1..<runs).map { ids[min(ids.count - 1, $0 * ids.count / runs)] }
+    }
+
+    /// Sends each run of `outgoing` (one byte range of records per rank) to its rank, in rounds
+    /// of at most `bytesPerRound` bytes from each rank (at least one record per destination per
+    /// round, so a long row still moves), and returns what came from each rank, in rank order.
+    static func dealRows(_ outgoing: (records: RowRecords, runs: [Range<Int>]), bytesPerRound: Int, exchange: any Communicator) throws -> [RowRecords] {
+        let ranks = exchange.size, rank = exchange.rank
+        let perDestination = max(1, bytesPerRound / ranks)
+        var cursors = outgoing.runs.map(\.lowerBound)
+        var received = [RowRecords](repeating: RowRecords(), count: ranks)
+        while true {
+            var sendCounts = [Int](repeating: 0, count: ranks)
+            var ends = cursors
+            for destination in 0..<ranks {
+                ends[destination] = outgoing.records.end(from: cursors[destination], limit: outgoing.runs[destination].upperBound,
+                                                         budget: perDestination)
+                sendCounts[destination] = ends[destination] - cursors[destination]
+            }
+            let table = try exchange.allgather(sendCounts.map { Int64($0) })
+            if table.allSatisfy({ $0 == 0 }) { break }
+            let receiveCounts = (0..<ranks).map { Int(table[$0 * ranks + rank]) }
+            var sendBuffer = [UInt8]()
+            sendBuffer.reserveCapacity(sendCounts.reduce(0, +))
+            for destination in 0..<ranks { sendBuffer += outgoing.records.bytes[cursors[destination]..<ends[destination]] }
+            var receiveBuffer = [UInt8](repeating: 0, count: receiveCounts.reduce(0, +))
+            try sendBuffer.withUnsafeBytes { source in
+                try receiveBuffer.withUnsafeMutableBytes {
+                    try exchange.alltoallv(source, sendCounts: sendCounts, into: $0, receiveCounts: receiveCounts)
+                }
+            }
+            var at = 0
+            for sender in 0..<ranks {
+                received[sender].append(records: receiveBuffer[at..<at + receiveCounts[sender]])
+                at += receiveCounts[sender]
+            }
+            cursors = ends
+        }
+        return received
     }
 }
 
@@ -246,90 +313,150 @@ extension ScoredCustomers {
     }
 }
 
-/// Rank 0's side of `mergeRows`: one queue of received rows per rank, each as
-/// [u32 id length][id][u32 text length][text], emitted smallest id first.
-struct RowMerger {
-    private var queues: [[UInt8]]
-    private var heads: [Int]
-    private var unrequested: [Int]
-    private let block: Int
+/// Rows as records of [u32 id length][id][u32 text length][text], back to back: what the
+/// ranks exchange when they deal the output's rows out by id.
+struct RowRecords {
+    private(set) var bytes: [UInt8] = []
+    /// Where each record starts.
+    private(set) var starts: [Int] = []
+    /// The text bytes of all records: what this rank writes of them.
+    private(set) var textBytes = 0
 
-    init(perRank: [Int], block: Int) {
-        queues = perRank.map { _ in [] }
-        heads = perRank.map { _ in 0 }
-        unrequested = perRank
-        self.block = block
-    }
+    init() {}
 
-    static func append(id: String, text: String, to bytes: inout [UInt8]) {
+    /// Records from their bytes, as another rank sent them.
+    init(bytes: [UInt8]) { append(records: bytes[...]) }
+
+    var count: Int { starts.count }
+
+    mutating func reserve(rows: Int) { starts.reserveCapacity(rows) }
+
+    mutating func append(id: String, text: String) {
         var id = id, text = text
-        id.withUTF8 { idBytes in
-            withUnsafeBytes(of: UInt32(idBytes.count)) { bytes += $0 }
-            bytes += idBytes
-        }
-        text.withUTF8 { textBytes in
-            withUnsafeBytes(of: UInt32(textBytes.count)) { bytes += $0 }
-            bytes += textBytes
+        starts.append(bytes.count)
+        id.withUTF8 { appendField($0) }
+        text.withUTF8 {
+            textBytes += $0.count
+            appendField($0)
         }
     }
 
-    /// The first request: a block from every rank that has rows.
-    mutating func firstRequest() -> [Int64] { request() }
+    /// Record `index` of `other`'s id alone, as a record with empty text (a splitter sample).
+    mutating func append(idOf other: RowRecords, _ index: Int) {
+        starts.append(bytes.count)
+        other.bytes.withUnsafeBytes { appendField(other.id(index, in: $0).assumingMemoryBound(to: UInt8.self)) }
+        appendField(UnsafeBufferPointer(start: nil, count: 0))
+    }
 
-    /// Takes the rows of one round, `counts` bytes from each rank in rank order.
-    mutating func receive(_ bytes: [UInt8], counts: [Int]) {
-        var offset = 0
-        for (r, count) in counts.enumerated() {
-            if count > 0 {
-                queues[r] = Array(bytes[offset..<offset + count])
-                heads[r] = 0
+    mutating func append(records: ArraySlice<UInt8>) {
+        var at = bytes.count
+        bytes += records
+        bytes.withUnsafeBytes { raw in
+            while at < raw.count {
+                starts.append(at)
+                let idLength = Int(raw.loadUnaligned(fromByteOffset: at, as: UInt32.self))
+                let textLength = Int(raw.loadUnaligned(fromByteOffset: at + 4 + idLength, as: UInt32.self))
+                textBytes += textLength
+                at += 8 + idLength + textLength
             }
-            offset += count
         }
     }
 
-    /// Writes rows while every rank that has rows left has one queued, then returns the next
-    /// request (all zeros when every row is out).
-    mutating func emit(_ write: (UnsafeRawBufferPointer) throws -> Void) throws -> [Int64] {
+    private mutating func appendField(_ field: UnsafeBufferPointer<UInt8>) {
+        withUnsafeBytes(of: UInt32(field.count)) { bytes += $0 }
+        bytes += field
+    }
+
+    func id(_ index: Int, in raw: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        let at = starts[index]
+        let length = Int(raw.loadUnaligned(fromByteOffset: at, as: UInt32.self))
+        return UnsafeRawBufferPointer(rebasing: raw[(at + 4)..<(at + 4 + length)])
+    }
+
+    func text(_ index: Int, in raw: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
+        let idEnd = starts[index] + 4 + Int(raw.loadUnaligned(fromByteOffset: starts[index], as: UInt32.self))
+        let length = Int(raw.loadUnaligned(fromByteOffset: idEnd, as: UInt32.self))
+        return UnsafeRawBufferPointer(rebasing: raw[(idEnd + 4)..<(idEnd + 4 + length)])
+    }
+
+    /// Every record's id, as bytes.
+    func ids() -> [[UInt8]] {
+        bytes.withUnsafeBytes { raw in (0..<count).map { Array(id($0, in: raw)) } }
+    }
+
+    /// The byte range of each run: the records (sorted by id) before the first splitter, then
+    /// those from each splitter to the next.
+    func byRun(splitters: [[UInt8]], runs: Int) -> (records: RowRecords, runs: [Range<Int>]) {
+        var boundaries = [Int](repeating: bytes.count, count: runs + 1)
+        boundaries[0] = 0
+        bytes.withUnsafeBytes { raw in
+            var run = 0
+            for index in 0..<count {
+                let id = self.id(index, in: raw)
+                while run < splitters.count, !splitters[run].withUnsafeBytes({ identifierPrecedes(id, $0) }) {
+                    run += 1
+                    boundaries[run] = starts[index]
+                }
+            }
+        }
+        return (self, (0..<runs).map { boundaries[$0]..<boundaries[$0 + 1] })
+    }
+
+    /// The end of the whole records from byte `start` that fit in `budget` bytes (at least one
+    /// when any is left before `limit`).
+    func end(from start: Int, limit: Int, budget: Int) -> Int {
+        guard start < limit else { return start }
+        var index = recordIndex(at: start)
+        var end = start
+        while index < count, starts[index] < limit {
+            let next = index + 1 < count ? starts[index + 1] : bytes.count
+            if end > start && next - start > budget { break }
+            end = next
+            index += 1
+        }
+        return end
+    }
+
+    private func recordIndex(at offset: Int) -> Int {
+        var low = 0, high = starts.count
+        while low < high {
+            let middle = (low + high) / 2
+            if starts[middle] < offset { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
+
+    /// Merges runs that are each sorted by id and hands out their texts in id order, a buffer
+    /// at a time with its offset from the first text; returns the bytes handed out.
+    static func merge(_ runs: [RowRecords], write: (UnsafeRawBufferPointer, Int) throws -> Void) throws -> Int {
+        var buffer = [UInt8]()
+        let capacity = 1 << 20
+        buffer.reserveCapacity(capacity)
+        var flushed = 0
+        func flush() throws {
+            guard !buffer.isEmpty else { return }
+            try buffer.withUnsafeBytes { try write($0, flushed) }
+            flushed += buffer.count
+            buffer.removeAll(keepingCapacity: true)
+        }
+        var heads = runs.map { _ in 0 }
+        // One run per rank: a linear scan for the smallest head, O(ranks) a row.
         while true {
-            for r in queues.indices where heads[r] >= queues[r].count && unrequested[r] > 0 { return request() }
             var best = -1
-            for r in queues.indices where heads[r] < queues[r].count {
-                if best < 0 || precedes(r, best) { best = r }
+            for run in runs.indices where heads[run] < runs[run].count {
+                if best < 0 || runs[run].bytes.withUnsafeBytes({ x in runs[best].bytes.withUnsafeBytes { y in
+                    identifierPrecedes(runs[run].id(heads[run], in: x), runs[best].id(heads[best], in: y))
+                } }) {
+                    best = run
+                }
             }
-            guard best >= 0 else { return [Int64](repeating: 0, count: queues.count) }
-            try queues[best].withUnsafeBytes { bytes in
-                let head = heads[best]
-                let idLength = Int(bytes.loadUnaligned(fromByteOffset: head, as: UInt32.self))
-                let textStart = head + 4 + idLength
-                let textLength = Int(bytes.loadUnaligned(fromByteOffset: textStart, as: UInt32.self))
-                try write(UnsafeRawBufferPointer(rebasing: bytes[(textStart + 4)..<(textStart + 4 + textLength)]))
-                heads[best] = textStart + 4 + textLength
-            }
+            guard best >= 0 else { break }
+            runs[best].bytes.withUnsafeBytes { raw in buffer += runs[best].text(heads[best], in: raw) }
+            heads[best] += 1
+            if buffer.count >= capacity { try flush() }
         }
-    }
-
-    /// A block from every rank whose queue is empty and that has rows not yet asked for.
-    private mutating func request() -> [Int64] {
-        var want = [Int64](repeating: 0, count: queues.count)
-        for r in queues.indices where heads[r] >= queues[r].count && unrequested[r] > 0 {
-            want[r] = Int64(min(block, unrequested[r]))
-            unrequested[r] -= Int(want[r])
-        }
-        return want
-    }
-
-    private func precedes(_ a: Int, _ b: Int) -> Bool {
-        queues[a].withUnsafeBytes { x in
-            queues[b].withUnsafeBytes { y in
-                identifierPrecedes(id(x, at: heads[a]), id(y, at: heads[b]))
-            }
-        }
-    }
-
-    private func id(_ bytes: UnsafeRawBufferPointer, at head: Int) -> UnsafeRawBufferPointer {
-        let length = Int(bytes.loadUnaligned(fromByteOffset: head, as: UInt32.self))
-        return UnsafeRawBufferPointer(rebasing: bytes[(head + 4)..<(head + 4 + length)])
+        try flush()
+        return flushed
     }
 }
 
