@@ -179,6 +179,8 @@ public final class EventFileFeatures: @unchecked Sendable {
     public var featureCount: Int { customerFeatureNames.count }
 
     public func customerID(_ index: Int) -> String { aggregates.customerIDString(Int(order[index])) }
+    /// Customer `index`'s id as the bytes the aggregates hold (valid while these features live).
+    package func customerIDBytes(_ index: Int) -> UnsafeRawBufferPointer { aggregates.customerID(Int(order[index])) }
 
     /// The customer–product graph of purchases up to `asOfDay`, its customers in this file's
     /// order (customer node i is `customerID(i)`), its node features z-scored with a trained

@@ -20,7 +20,7 @@ extension BatchScoring {
     package static func run(
         scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
         output: String, batchSize: Int = 256, threads: Int = 1, explain: ExplanationSettings? = nil,
-        roundBytesPerRank: Int = 16 << 20, exchangeBytesPerRound: Int = 64 << 20, exchange: any Communicator
+        roundBytesPerRank: Int = 16 << 20, exchangeBytesPerRound: Int = 16 << 20, exchange: any Communicator
     ) throws -> BatchSummary? {
         let rank = exchange.rank
         let model = scorer.model
@@ -62,15 +62,13 @@ extension BatchScoring {
                                              exchange: exchange)
 
         started = clock.now
-        var actionCounts: [String: Int] = [:]
-        let bytesWritten = try writeRowsInParallel(
+        let (bytesWritten, actionCounts) = try writeRowsInParallel(
             output: output, header: header(format: format, stageNames: model.dataset.stageNames, explain: explain != nil),
-            localCount: count, customers: customers, bytesPerRound: exchangeBytesPerRound, exchange: exchange) { index in
-            let id = input.customerID(index)
-            let (row, action) = try scored.row(index, id: id, scorer: scorer, graphStage: nil, rules: rules,
-                                               highValueLine: line, format: format)
-            actionCounts[action, default: 0] += 1
-            return (id, row)
+            localCount: count, customers: customers, bytesPerRound: exchangeBytesPerRound, exchange: exchange,
+            id: input.customerIDBytes) { index in
+            let (text, action) = try scored.row(index, id: input.customerID(index), scorer: scorer, graphStage: nil, rules: rules,
+                                                highValueLine: line, format: format)
+            return (text, action)
         }
         let writeSeconds = seconds(clock.now - started)
         let jobActions = try gatherActionCounts(actionCounts, exchange: exchange)
@@ -180,36 +178,50 @@ extension BatchScoring {
     }
 
     /// Writes every rank's rows into `output` in dataset order (ids by length, then bytes),
-    /// atomically, with no rank holding or writing much more than its share. Each rank formats
-    /// its own rows (`row` gives customer `index` as its id and text; they come in dataset order
-    /// already), the ranks cut the id order into one run per rank at splitters sampled from
-    /// every rank's ids, and deal the rows out by run in rounds of at most `bytesPerRound` bytes
-    /// sent per rank (`alltoallv`). Each rank then merges the rows it received and writes them at
-    /// the offset the earlier ranks' byte counts give; rank 0 adds the header and renames the
-    /// finished file into place. Returns the bytes this rank wrote.
+    /// atomically, each rank writing one run of that order at its own offset, with no rank
+    /// holding more than a few blocks of rows. `row` formats this rank's customer `index` (the
+    /// text and its action; `id` gives its id), and the customers come in dataset order already.
+    ///
+    /// The ranks cut the id order into one run per rank at splitters sampled from every rank's
+    /// ids. A first pass formats each row to learn its length, so that every rank knows, from a
+    /// table of bytes per (sender, run), where its run starts in the file. Then, in rounds, each
+    /// rank asks each sender for the next rows of its run whenever it has none of that sender's
+    /// left (rows of about `bytesPerRound` a round from each rank), merges what it holds while it
+    /// holds a row of every sender with rows to come, and writes the merged text at its offset;
+    /// rank 0 adds the header and renames the finished file into place. Returns the bytes this
+    /// rank wrote and the actions of its customers.
     ///
     /// A failure anywhere stops every rank, and nothing is written.
     static func writeRowsInParallel(
         output: String, header: String?, localCount: Int, customers: Int, bytesPerRound: Int, exchange: any Communicator,
-        row: (Int) throws -> (id: String, text: String)
-    ) throws -> Int {
+        id: (Int) -> UnsafeRawBufferPointer, row: (Int) throws -> (text: String, action: String)
+    ) throws -> (bytes: Int, actions: [String: Int]) {
         let rank = exchange.rank, ranks = exchange.size
-        let local = try exchange.agreeing("formatting the scores") { () -> RowRecords in
-            var records = RowRecords()
-            records.reserve(rows: localCount)
-            for index in 0..<localCount {
-                let (id, text) = try row(index)
-                records.append(id: id, text: text)
-            }
-            return records
-        }
-        let splitters = try runSplitters(local, customers: customers, exchange: exchange)
-        let received = try dealRows(local.byRun(splitters: splitters, runs: ranks), bytesPerRound: bytesPerRound, exchange: exchange)
+        let splitters = try runSplitters(localCount: localCount, id: id, customers: customers, exchange: exchange)
+        let runStarts = runBoundaries(localCount: localCount, id: id, splitters: splitters, runs: ranks)
 
+        // The first pass: every row's length, the actions, and the bytes each run gets from here.
+        var lengths = [Int32](repeating: 0, count: localCount)
+        var actions: [String: Int] = [:]
+        var bytesPerRun = [Int64](repeating: 0, count: ranks)
+        try exchange.agreeing("formatting the scores") {
+            for run in 0..<ranks {
+                for index in runStarts[run]..<runStarts[run + 1] {
+                    let (text, action) = try row(index)
+                    lengths[index] = Int32(text.utf8.count)
+                    bytesPerRun[run] += Int64(lengths[index])
+                    actions[action, default: 0] += 1
+                }
+            }
+        }
+        let bytesTable = try exchange.allgather(bytesPerRun)
+        let rowsTable = try exchange.allgather((0..<ranks).map { Int64(runStarts[$0 + 1] - runStarts[$0]) })
         let headerBytes = Array((header ?? "").utf8)
-        let myBytes = received.reduce(0) { $0 + $1.textBytes }
-        let everyRank = try exchange.allgather([Int64(myBytes)]).map { Int($0) }
-        let offset = headerBytes.count + everyRank[..<rank].reduce(0, +)
+        let runBytes = (0..<ranks).map { run in (0..<ranks).reduce(0) { $0 + Int(bytesTable[$1 * ranks + run]) } }
+        let offset = headerBytes.count + runBytes[..<rank].reduce(0, +)
+        let totalRows = rowsTable.reduce(0) { $0 + Int($1) }
+        let meanRowBytes = max(1, runBytes.reduce(0, +) / max(1, totalRows))
+        let rowsPerRequest = max(1, bytesPerRound / ranks / meanRowBytes)
 
         let target = URL(fileURLWithPath: output)
         let created: SharedFileWriter? = try exchange.agreeing("creating \(output)") {
@@ -219,16 +231,62 @@ extension BatchScoring {
             }
         }
         let temporary = try exchange.broadcast(string: created?.temporary.path ?? "", root: 0)
-        var written = 0
         do {
-            try exchange.agreeing("writing \(output)") {
+            let writer = try exchange.agreeing("opening \(output)") { () -> SharedFileWriter in
+                do { return try created ?? SharedFileWriter.join(URL(fileURLWithPath: temporary), for: target) } catch {
+                    throw ScoringError.io(path: output, reason: "\(error); nothing was written")
+                }
+            }
+            var merger = RunMerger(rowsFromSender: (0..<ranks).map { Int(rowsTable[$0 * ranks + rank]) }, rowsPerRequest: rowsPerRequest)
+            var cursors = Array(runStarts.dropLast())
+            var failure: Error?
+            var rowBytesWritten = 0
+            if rank == 0 {
+                do { try headerBytes.withUnsafeBytes { try writer.write($0, at: 0) } } catch { failure = error }
+            }
+            while true {
+                // What each rank asks each sender for; a rank that failed to write asks -1 of all.
+                let asks = failure == nil ? merger.requests() : [Int](repeating: -1, count: ranks)
+                let table = try exchange.allgather(asks.map { Int64($0) })
+                if let failed = (0..<ranks).first(where: { table[$0 * ranks] < 0 }) {
+                    if let failure { throw ScoringError.io(path: output, reason: "\(failure); nothing was written") }
+                    throw PeerRankFailure(ranks: [failed], step: "writing \(output)")
+                }
+                if table.allSatisfy({ $0 == 0 }) { break }
+                var outgoing = RowRecords()
+                var sendCounts = [Int](repeating: 0, count: ranks)
+                try exchange.agreeing("formatting the scores") {
+                    for destination in 0..<ranks {
+                        let before = outgoing.bytes.count
+                        let wanted = Int(table[destination * ranks + rank])
+                        for index in cursors[destination]..<cursors[destination] + wanted {
+                            outgoing.append(id: id(index), text: try row(index).text)
+                        }
+                        cursors[destination] += wanted
+                        sendCounts[destination] = outgoing.bytes.count - before
+                    }
+                }
+                let byteTable = try exchange.allgather(sendCounts.map { Int64($0) })
+                let receiveCounts = (0..<ranks).map { Int(byteTable[$0 * ranks + rank]) }
+                var incoming = [UInt8](repeating: 0, count: receiveCounts.reduce(0, +))
+                try outgoing.bytes.withUnsafeBytes { source in
+                    try incoming.withUnsafeMutableBytes {
+                        try exchange.alltoallv(source, sendCounts: sendCounts, into: $0, receiveCounts: receiveCounts)
+                    }
+                }
+                merger.receive(incoming, counts: receiveCounts)
+                guard failure == nil else { continue }
                 do {
-                    let writer = try created ?? SharedFileWriter.join(URL(fileURLWithPath: temporary), for: target)
-                    if rank == 0 { try headerBytes.withUnsafeBytes { try writer.write($0, at: 0) } }
-                    written = try RowRecords.merge(received) { bytes, at in try writer.write(bytes, at: offset + at) }
-                    if rank == 0 { written += headerBytes.count }
-                    if created == nil { try writer.finish() }
+                    try merger.emit { text in
+                        try writer.write(text, at: offset + rowBytesWritten)
+                        rowBytesWritten += text.count
+                    }
                 } catch {
+                    failure = error
+                }
+            }
+            try exchange.agreeing("writing \(output)") {
+                do { if created == nil { try writer.finish() } } catch {
                     throw ScoringError.io(path: output, reason: "\(error); nothing was written")
                 }
             }
@@ -237,11 +295,11 @@ extension BatchScoring {
                     throw ScoringError.io(path: output, reason: "\(error); nothing was written")
                 }
             }
+            return (rowBytesWritten + (rank == 0 ? headerBytes.count : 0), actions)
         } catch {
             created?.abandon()
             throw error
         }
-        return written
     }
 
     /// `runs - 1` ids that cut the dataset order into runs of nearly equal numbers of rows:
@@ -249,59 +307,37 @@ extension BatchScoring {
     /// contributes in proportion to its rows), every rank receives all samples and picks the
     /// same quantiles. About `samplesPerRun` samples fall in each run, so a run's size is off
     /// its share by a few percent at most.
-    static func runSplitters(_ local: RowRecords, customers: Int, samplesPerRun: Int = 512, exchange: any Communicator) throws -> [[UInt8]] {
+    static func runSplitters(
+        localCount: Int, id: (Int) -> UnsafeRawBufferPointer, customers: Int, samplesPerRun: Int = 512, exchange: any Communicator
+    ) throws -> [[UInt8]] {
         let runs = exchange.size
         guard runs > 1 else { return [] }
         let stride = max(1, customers / (runs * samplesPerRun))
         var samples = RowRecords()
-        for index in Swift.stride(from: 0, to: local.count, by: stride) { samples.append(idOf: local, index) }
+        for index in Swift.stride(from: 0, to: localCount, by: stride) { samples.append(id: id(index), text: UnsafeRawBufferPointer(start: nil, count: 0)) }
         let counts = try exchange.allgather([Int64(samples.bytes.count)]).map { Int($0) }
         var everyone = [UInt8](repeating: 0, count: counts.reduce(0, +))
         try samples.bytes.withUnsafeBytes { mine in
             try everyone.withUnsafeMutableBytes { try exchange.allgatherv(mine, counts: counts, into: $0) }
         }
-        var ids = RowRecords(bytes: everyone).ids()
+        var ids = RowRecords(bytes: everyone[...]).ids()
         ids.sort { a, b in a.withUnsafeBytes { x in b.withUnsafeBytes { y in identifierPrecedes(x, y) } } }
         guard !ids.isEmpty else { return [] }
         return (1..<runs).map { ids[min(ids.count - 1, $0 * ids.count / runs)] }
     }
 
-    /// Sends each run of `outgoing` (one byte range of records per rank) to its rank, in rounds
-    /// of at most `bytesPerRound` bytes from each rank (at least one record per destination per
-    /// round, so a long row still moves), and returns what came from each rank, in rank order.
-    static func dealRows(_ outgoing: (records: RowRecords, runs: [Range<Int>]), bytesPerRound: Int, exchange: any Communicator) throws -> [RowRecords] {
-        let ranks = exchange.size, rank = exchange.rank
-        let perDestination = max(1, bytesPerRound / ranks)
-        var cursors = outgoing.runs.map(\.lowerBound)
-        var received = [RowRecords](repeating: RowRecords(), count: ranks)
-        while true {
-            var sendCounts = [Int](repeating: 0, count: ranks)
-            var ends = cursors
-            for destination in 0..<ranks {
-                ends[destination] = outgoing.records.end(from: cursors[destination], limit: outgoing.runs[destination].upperBound,
-                                                         budget: perDestination)
-                sendCounts[destination] = ends[destination] - cursors[destination]
+    /// Where each run starts among this rank's customers (sorted by id), and the count at the end.
+    static func runBoundaries(localCount: Int, id: (Int) -> UnsafeRawBufferPointer, splitters: [[UInt8]], runs: Int) -> [Int] {
+        var starts = [Int](repeating: localCount, count: runs + 1)
+        starts[0] = 0
+        var run = 0
+        for index in 0..<localCount {
+            while run < splitters.count, !splitters[run].withUnsafeBytes({ identifierPrecedes(id(index), $0) }) {
+                run += 1
+                starts[run] = index
             }
-            let table = try exchange.allgather(sendCounts.map { Int64($0) })
-            if table.allSatisfy({ $0 == 0 }) { break }
-            let receiveCounts = (0..<ranks).map { Int(table[$0 * ranks + rank]) }
-            var sendBuffer = [UInt8]()
-            sendBuffer.reserveCapacity(sendCounts.reduce(0, +))
-            for destination in 0..<ranks { sendBuffer += outgoing.records.bytes[cursors[destination]..<ends[destination]] }
-            var receiveBuffer = [UInt8](repeating: 0, count: receiveCounts.reduce(0, +))
-            try sendBuffer.withUnsafeBytes { source in
-                try receiveBuffer.withUnsafeMutableBytes {
-                    try exchange.alltoallv(source, sendCounts: sendCounts, into: $0, receiveCounts: receiveCounts)
-                }
-            }
-            var at = 0
-            for sender in 0..<ranks {
-                received[sender].append(records: receiveBuffer[at..<at + receiveCounts[sender]])
-                at += receiveCounts[sender]
-            }
-            cursors = ends
         }
-        return received
+        return starts
     }
 }
 
@@ -314,57 +350,41 @@ extension ScoredCustomers {
 }
 
 /// Rows as records of [u32 id length][id][u32 text length][text], back to back: what the
-/// ranks exchange when they deal the output's rows out by id.
+/// ranks send one another when they deal the output's rows out by id.
 struct RowRecords {
     private(set) var bytes: [UInt8] = []
     /// Where each record starts.
     private(set) var starts: [Int] = []
-    /// The text bytes of all records: what this rank writes of them.
-    private(set) var textBytes = 0
 
     init() {}
 
     /// Records from their bytes, as another rank sent them.
-    init(bytes: [UInt8]) { append(records: bytes[...]) }
-
-    var count: Int { starts.count }
-
-    mutating func reserve(rows: Int) { starts.reserveCapacity(rows) }
-
-    mutating func append(id: String, text: String) {
-        var id = id, text = text
-        starts.append(bytes.count)
-        id.withUTF8 { appendField($0) }
-        text.withUTF8 {
-            textBytes += $0.count
-            appendField($0)
-        }
-    }
-
-    /// Record `index` of `other`'s id alone, as a record with empty text (a splitter sample).
-    mutating func append(idOf other: RowRecords, _ index: Int) {
-        starts.append(bytes.count)
-        other.bytes.withUnsafeBytes { appendField(other.id(index, in: $0).assumingMemoryBound(to: UInt8.self)) }
-        appendField(UnsafeBufferPointer(start: nil, count: 0))
-    }
-
-    mutating func append(records: ArraySlice<UInt8>) {
-        var at = bytes.count
-        bytes += records
-        bytes.withUnsafeBytes { raw in
+    init(bytes: ArraySlice<UInt8>) {
+        self.bytes = Array(bytes)
+        self.bytes.withUnsafeBytes { raw in
+            var at = 0
             while at < raw.count {
                 starts.append(at)
                 let idLength = Int(raw.loadUnaligned(fromByteOffset: at, as: UInt32.self))
                 let textLength = Int(raw.loadUnaligned(fromByteOffset: at + 4 + idLength, as: UInt32.self))
-                textBytes += textLength
                 at += 8 + idLength + textLength
             }
         }
     }
 
-    private mutating func appendField(_ field: UnsafeBufferPointer<UInt8>) {
-        withUnsafeBytes(of: UInt32(field.count)) { bytes += $0 }
-        bytes += field
+    var count: Int { starts.count }
+
+    mutating func append(id: UnsafeRawBufferPointer, text: String) {
+        var text = text
+        text.withUTF8 { append(id: id, text: UnsafeRawBufferPointer($0)) }
+    }
+
+    mutating func append(id: UnsafeRawBufferPointer, text: UnsafeRawBufferPointer) {
+        starts.append(bytes.count)
+        for field in [id, text] {
+            withUnsafeBytes(of: UInt32(field.count)) { bytes += $0 }
+            bytes += field
+        }
     }
 
     func id(_ index: Int, in raw: UnsafeRawBufferPointer) -> UnsafeRawBufferPointer {
@@ -383,80 +403,82 @@ struct RowRecords {
     func ids() -> [[UInt8]] {
         bytes.withUnsafeBytes { raw in (0..<count).map { Array(id($0, in: raw)) } }
     }
+}
 
-    /// The byte range of each run: the records (sorted by id) before the first splitter, then
-    /// those from each splitter to the next.
-    func byRun(splitters: [[UInt8]], runs: Int) -> (records: RowRecords, runs: [Range<Int>]) {
-        var boundaries = [Int](repeating: bytes.count, count: runs + 1)
-        boundaries[0] = 0
-        bytes.withUnsafeBytes { raw in
-            var run = 0
-            for index in 0..<count {
-                let id = self.id(index, in: raw)
-                while run < splitters.count, !splitters[run].withUnsafeBytes({ identifierPrecedes(id, $0) }) {
-                    run += 1
-                    boundaries[run] = starts[index]
-                }
+/// One rank's side of `writeRowsInParallel`: the rows of its run still to come from each
+/// sender, a queue of received rows per sender, and the merge of those queues by id.
+struct RunMerger {
+    private var queues: [RowRecords]
+    private var heads: [Int]
+    /// Rows of each sender not yet asked for.
+    private var unrequested: [Int]
+    private let rowsPerRequest: Int
+    private var buffer: [UInt8] = []
+
+    init(rowsFromSender: [Int], rowsPerRequest: Int) {
+        queues = rowsFromSender.map { _ in RowRecords() }
+        heads = rowsFromSender.map { _ in 0 }
+        unrequested = rowsFromSender
+        self.rowsPerRequest = rowsPerRequest
+        buffer.reserveCapacity(1 << 20)
+    }
+
+    /// Rows to ask of each sender: a block from every sender whose queue is empty and that has
+    /// rows not yet asked for.
+    mutating func requests() -> [Int] {
+        queues.indices.map { sender in
+            guard heads[sender] >= queues[sender].count, unrequested[sender] > 0 else { return 0 }
+            let wanted = min(rowsPerRequest, unrequested[sender])
+            unrequested[sender] -= wanted
+            return wanted
+        }
+    }
+
+    /// Takes one round's rows, `counts` bytes from each sender in rank order.
+    mutating func receive(_ bytes: [UInt8], counts: [Int]) {
+        var offset = 0
+        for (sender, count) in counts.enumerated() {
+            if count > 0 {
+                queues[sender] = RowRecords(bytes: bytes[offset..<offset + count])
+                heads[sender] = 0
             }
+            offset += count
         }
-        return (self, (0..<runs).map { boundaries[$0]..<boundaries[$0 + 1] })
     }
 
-    /// The end of the whole records from byte `start` that fit in `budget` bytes (at least one
-    /// when any is left before `limit`).
-    func end(from start: Int, limit: Int, budget: Int) -> Int {
-        guard start < limit else { return start }
-        var index = recordIndex(at: start)
-        var end = start
-        while index < count, starts[index] < limit {
-            let next = index + 1 < count ? starts[index + 1] : bytes.count
-            if end > start && next - start > budget { break }
-            end = next
-            index += 1
-        }
-        return end
-    }
-
-    private func recordIndex(at offset: Int) -> Int {
-        var low = 0, high = starts.count
-        while low < high {
-            let middle = (low + high) / 2
-            if starts[middle] < offset { low = middle + 1 } else { high = middle }
-        }
-        return low
-    }
-
-    /// Merges runs that are each sorted by id and hands out their texts in id order, a buffer
-    /// at a time with its offset from the first text; returns the bytes handed out.
-    static func merge(_ runs: [RowRecords], write: (UnsafeRawBufferPointer, Int) throws -> Void) throws -> Int {
-        var buffer = [UInt8]()
-        let capacity = 1 << 20
-        buffer.reserveCapacity(capacity)
-        var flushed = 0
-        func flush() throws {
-            guard !buffer.isEmpty else { return }
-            try buffer.withUnsafeBytes { try write($0, flushed) }
-            flushed += buffer.count
-            buffer.removeAll(keepingCapacity: true)
-        }
-        var heads = runs.map { _ in 0 }
-        // One run per rank: a linear scan for the smallest head, O(ranks) a row.
+    /// Hands out merged text, a buffer at a time, while every sender with rows to come has one
+    /// queued; the rest waits for the next round.
+    mutating func emit(_ write: (UnsafeRawBufferPointer) throws -> Void) throws {
         while true {
             var best = -1
-            for run in runs.indices where heads[run] < runs[run].count {
-                if best < 0 || runs[run].bytes.withUnsafeBytes({ x in runs[best].bytes.withUnsafeBytes { y in
-                    identifierPrecedes(runs[run].id(heads[run], in: x), runs[best].id(heads[best], in: y))
-                } }) {
-                    best = run
+            var blocked = false
+            for sender in queues.indices {
+                if heads[sender] < queues[sender].count {
+                    if best < 0 || precedes(sender, best) { best = sender }
+                } else if unrequested[sender] > 0 {
+                    blocked = true
                 }
             }
-            guard best >= 0 else { break }
-            runs[best].bytes.withUnsafeBytes { raw in buffer += runs[best].text(heads[best], in: raw) }
+            guard best >= 0, !blocked else { break }
+            queues[best].bytes.withUnsafeBytes { raw in buffer += queues[best].text(heads[best], in: raw) }
             heads[best] += 1
-            if buffer.count >= capacity { try flush() }
+            if buffer.count >= 1 << 20 { try flush(write) }
         }
-        try flush()
-        return flushed
+        try flush(write)
+    }
+
+    private mutating func flush(_ write: (UnsafeRawBufferPointer) throws -> Void) throws {
+        guard !buffer.isEmpty else { return }
+        try buffer.withUnsafeBytes { try write($0) }
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    private func precedes(_ a: Int, _ b: Int) -> Bool {
+        queues[a].bytes.withUnsafeBytes { x in
+            queues[b].bytes.withUnsafeBytes { y in
+                identifierPrecedes(queues[a].id(heads[a], in: x), queues[b].id(heads[b], in: y))
+            }
+        }
     }
 }
 

@@ -16,7 +16,7 @@ struct CLMScoreMPI: ParsableCommand {
     @Option(help: ArgumentHelp("Bytes of the event file each rank parses per round.", visibility: .hidden))
     var roundBytesPerRank: Int = 16 << 20
     @Option(help: ArgumentHelp("Bytes of output rows a rank sends per round while the ranks deal the rows out by id.", visibility: .hidden))
-    var exchangeBytesPerRound: Int = 64 << 20
+    var exchangeBytesPerRound: Int = 16 << 20
 
     func run() throws {
         try runOnEveryRank(tool: "clm-score-mpi", userMessage: userFacingMessage) { exchange in
