@@ -47,16 +47,18 @@ let package = Package(
         // MARK: Libraries
         // The Communicator protocol, its one-process and thread-backed in-process implementations,
         // and the steps ranks take together; no MPI, so data, training and scoring code links none.
-        .target(name: "Collectives"),
+        .target(name: "Collectives", dependencies: ["BitMixing"]),
         // The MPI world as a Communicator, its watchdog, and how a tool runs one step on every rank.
         .target(name: "CollectivesMPI", dependencies: ["CMPI", "Collectives"]),
-        .target(name: "Tensors", dependencies: ["CBLAS"]),
+        // SplitMix64 and FNV-1a: the one generator and checksum every module shares.
+        .target(name: "BitMixing"),
+        .target(name: "Tensors", dependencies: ["CBLAS", "BitMixing"]),
         // The scoring LSTM's fused step for AVX2 and AVX-512, chosen at run time (see its header).
         .target(name: "CForwardKernels"),
-        .target(name: "Models", dependencies: ["Tensors"]),
+        .target(name: "Models", dependencies: ["Tensors", "BitMixing"]),
         // Not "Metrics": swift-metrics (under Hummingbird) owns that module name, and SwiftPM
         // needs target names unique across the package graph.
-        .target(name: "ModelMetrics", path: "Sources/Metrics"),
+        .target(name: "ModelMetrics", dependencies: ["BitMixing"], path: "Sources/Metrics"),
         .target(name: "CMemoryHints"),
         .target(name: "CustomerData", dependencies: ["Collectives", "Tensors", "CMemoryHints"]),
         // BG/NBD, Gamma-Gamma and a logistic regression: the classical yardsticks every LSTM run
@@ -65,7 +67,7 @@ let package = Package(
         .target(name: "Checkpoints", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Training",
-            dependencies: ["Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Baselines", "Yams"]
+            dependencies: ["BitMixing", "Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Baselines", "Yams"]
         ),
         // Scoring must not link MPI: it serves on machines without an MPI runtime.
         .target(
@@ -83,8 +85,10 @@ let package = Package(
         // The client side of the service: a small loopback HTTP client and the load generator.
         .target(name: "ScoringLoad"),
         // Reads a finished run's files only: no MPI, so a report can be made anywhere.
-        .target(name: "Reporting", dependencies: ["ModelMetrics", "Checkpoints"]),
+        .target(name: "Reporting", dependencies: ["BitMixing", "ModelMetrics", "Checkpoints", "TextFormatting"]),
         .target(name: "Benchmarks", dependencies: ["Collectives", "CollectivesMPI", "CMPI", "Models", "Tensors", "CustomerData", "Scoring"]),
+        // Numbers as the tools and the report print them.
+        .target(name: "TextFormatting"),
         // The tools' one error wrapper.
         .target(
             name: "ToolSupport",
@@ -116,7 +120,7 @@ let package = Package(
         .executableTarget(
             name: "clm-data",
             dependencies: [
-                "CustomerData", "CollectivesMPI", "Collectives", "EventFileArguments", "ToolSupport",
+                "CustomerData", "CollectivesMPI", "Collectives", "EventFileArguments", "TextFormatting", "ToolSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -161,7 +165,7 @@ let package = Package(
         .testTarget(name: "CheckpointsTests", dependencies: ["TestSupport", "Checkpoints"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Scoring", "Models", "CustomerData", "Checkpoints"]),
         .testTarget(name: "BaselinesTests", dependencies: ["TestSupport", "Baselines"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "ReportingTests", dependencies: ["TestSupport", "Reporting", "ModelMetrics", "Checkpoints"]),
+        .testTarget(name: "ReportingTests", dependencies: ["TestSupport", "Reporting", "ModelMetrics", "Checkpoints", "TextFormatting"]),
         .testTarget(
             name: "ScoringTests",
             dependencies: ["TestSupport", "ScoringTestSupport", "Collectives", "Scoring", "ScoringService", "ScoringLoad", "Models", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
@@ -182,7 +186,7 @@ let package = Package(
         // Runs under mpirun at several world sizes; scripts/test.sh launches it and checks that
         // every rank reported.
         .target(name: "RankTesting", dependencies: ["Collectives"], path: "Tests/RankTesting"),
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["BitMixing"], path: "Tests/TestSupport"),
         // A synthetic dataset with untrained LSTM checkpoints, for the scoring tests and the
         // multi-rank scoring check.
         .target(

@@ -47,6 +47,7 @@ for round in $(seq 1 "$rounds"); do
     wall=$(echo "$(date +%s.%N) - $start" | bc)
     memory=$(grep -o "^rss [0-9]*" "$work/ranks.log" | awk '{printf "%s%d", (NR > 1 ? ", " : ""), $2 / 1024}')
     report "$round" "$ranks ranks × 1 thread" "$work/ranks.log" "$(printf %.1f "$wall")" "$memory"
+    grep -o "bytes per rank: [0-9, ]*" "$work/ranks.log" | sed 's/^/       output /'
     cmp -s "$work/one-1.csv" "$work/one-2.csv" || { echo "DIFFERENT OUTPUT: 1 and 2 threads"; exit 1; }
 done
 echo "threads: the same bytes"

@@ -82,13 +82,7 @@ public final class AtomicFileWriter {
             unlink(temporary.path)
             throw failure
         }
-        do throws(FileSystemError) {
-            try DurableIO.rename(temporary, to: url)
-        } catch {
-            unlink(temporary.path)
-            throw error
-        }
-        try DurableIO.syncDirectory(url.deletingLastPathComponent())
+        try DurableIO.moveIntoPlace(temporary, url)
     }
 
     /// Drops the unfinished file.
@@ -162,13 +156,7 @@ public final class SharedFileWriter {
     /// every writer's `finish`).
     public func commit() throws(FileSystemError) {
         try finish()
-        do throws(FileSystemError) {
-            try DurableIO.rename(temporary, to: url)
-        } catch {
-            unlink(temporary.path)
-            throw error
-        }
-        try DurableIO.syncDirectory(url.deletingLastPathComponent())
+        try DurableIO.moveIntoPlace(temporary, url)
     }
 
     /// Removes the temporary file (the creator, when any writer failed).
@@ -272,6 +260,18 @@ enum DurableIO {
         if retryingOnInterrupt({ fsync(fd) }) != 0, errno != EINVAL {
             throw FileSystemError(operation: "fsync directory", path: path, code: errno)
         }
+    }
+
+    /// Renames a finished, fsynced temporary file over `url` and fsyncs the directory (the
+    /// rename lives in its metadata); the temporary file is removed when the rename fails.
+    static func moveIntoPlace(_ temporary: URL, _ url: URL) throws(FileSystemError) {
+        do throws(FileSystemError) {
+            try rename(temporary, to: url)
+        } catch {
+            unlink(temporary.path)
+            throw error
+        }
+        try syncDirectory(url.deletingLastPathComponent())
     }
 
     static func rename(_ source: URL, to destination: URL) throws(FileSystemError) {

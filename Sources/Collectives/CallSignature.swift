@@ -1,3 +1,5 @@
+import BitMixing
+
 /// The collectives by number, as agreement checks compare them and watchdogs report them.
 public enum CollectiveKind: Int, Sendable, CustomStringConvertible {
     case none = 0, allreduce, allreduceWait, broadcast, scatterv, gatherv, allgather, allgatherv, barrier, alltoallv
@@ -40,11 +42,9 @@ package struct CallSignature {
         typeCode = T.typeCode
         count = Int64(counts.reduce(0, +))
         self.root = Int64(root)
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for value in counts {
-            hash = (hash ^ UInt64(bitPattern: Int64(value))) &* 0x100_0000_01b3
-        }
-        countsDigest = Int64(bitPattern: hash >> 1)
+        var hash = FNV1a()
+        for value in counts { hash.combine(word: UInt64(bitPattern: Int64(value))) }
+        countsDigest = Int64(bitPattern: hash.value >> 1)
     }
 
     package func fields(kind: CollectiveKind) -> [Int64] {

@@ -153,6 +153,17 @@ package enum CollectiveArguments {
         return total
     }
 
+    /// Checks both count tables of an alltoallv against the buffers; returns their totals.
+    package static func validateAlltoallv(
+        sourceCount: Int, sendCounts: [Int], destinationCount: Int, receiveCounts: [Int], size: Int, operation: String, rank: Int
+    ) throws -> (send: Int, receive: Int) {
+        let sendTotal = try validateCounts(sendCounts, size: size, operation: operation, rank: rank)
+        let receiveTotal = try validateCounts(receiveCounts, size: size, operation: operation, rank: rank)
+        try requireCapacity(sourceCount, atLeast: sendTotal, what: "source", operation: operation, rank: rank)
+        try requireCapacity(destinationCount, atLeast: receiveTotal, what: "destination", operation: operation, rank: rank)
+        return (sendTotal, receiveTotal)
+    }
+
     package static func requireCapacity(
         _ available: Int, atLeast needed: Int, what: String, operation: String, rank: Int
     ) throws {

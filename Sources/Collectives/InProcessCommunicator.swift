@@ -162,11 +162,9 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         receiveCounts: [Int]
     ) throws {
         let name = "alltoallv"
-        let sendTotal = try CollectiveArguments.validateCounts(sendCounts, size: size, operation: name, rank: rank)
-        let receiveTotal = try CollectiveArguments.validateCounts(receiveCounts, size: size, operation: name, rank: rank)
-        try CollectiveArguments.requireCapacity(source.count, atLeast: sendTotal, what: "source", operation: name, rank: rank)
-        try CollectiveArguments.requireCapacity(
-            destination.count, atLeast: receiveTotal, what: "destination", operation: name, rank: rank)
+        _ = try CollectiveArguments.validateAlltoallv(
+            sourceCount: source.count, sendCounts: sendCounts, destinationCount: destination.count,
+            receiveCounts: receiveCounts, size: size, operation: name, rank: rank)
         var post = Post(source: UnsafeRawPointer(source.baseAddress), count: source.count)
         post.sendCounts = sendCounts
         post.receiveCounts = receiveCounts

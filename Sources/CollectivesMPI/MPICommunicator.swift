@@ -251,11 +251,9 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         receiveCounts: [Int]
     ) throws {
         let name = "MPI_Alltoallv"
-        let sendTotal = try CollectiveArguments.validateCounts(sendCounts, size: size, operation: name, rank: rank)
-        let receiveTotal = try CollectiveArguments.validateCounts(receiveCounts, size: size, operation: name, rank: rank)
-        try CollectiveArguments.requireCapacity(source.count, atLeast: sendTotal, what: "source", operation: name, rank: rank)
-        try CollectiveArguments.requireCapacity(
-            destination.count, atLeast: receiveTotal, what: "destination", operation: name, rank: rank)
+        let (sendTotal, receiveTotal) = try CollectiveArguments.validateAlltoallv(
+            sourceCount: source.count, sendCounts: sendCounts, destinationCount: destination.count,
+            receiveCounts: receiveCounts, size: size, operation: name, rank: rank)
         let (sendCounts32, sendDisplacements) = try vectorLayout(sendCounts, total: sendTotal, name)
         let (receiveCounts32, receiveDisplacements) = try vectorLayout(receiveCounts, total: receiveTotal, name)
         // The count tables legitimately differ between ranks; only the element type must agree.

@@ -1,3 +1,4 @@
+import BitMixing
 import Foundation
 
 /// Ranks 1...n of `values`, ties sharing the mean of the ranks they span (as scipy's `rankdata`).
@@ -78,20 +79,12 @@ public func bootstrapInterval(
     _ statistic: ([Int]) -> Double?
 ) -> BootstrapInterval? {
     guard count > 1, resamples > 1 else { return nil }
-    var state = seed
-    // SplitMix64: small, seedable and good enough for drawing indices.
-    func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    var random = SplitMix64(seed: seed)
     var values: [Double] = []
     values.reserveCapacity(resamples)
     var indices = [Int](repeating: 0, count: count)
     for _ in 0..<resamples {
-        for slot in 0..<count { indices[slot] = Int(next() % UInt64(count)) }
+        for slot in 0..<count { indices[slot] = Int(random.next() % UInt64(count)) }
         if let value = statistic(indices), value.isFinite { values.append(value) }
     }
     guard values.count > 1 else { return nil }

@@ -1,3 +1,4 @@
+import BitMixing
 import Tensors
 
 /// One named parameter inside a model's flat buffer.
@@ -35,18 +36,14 @@ public struct ParameterLayout: Sendable, Equatable {
 
     /// FNV-1a over names, shapes and offsets: equal on two ranks exactly when the layouts are.
     public var fingerprint: UInt64 {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        func feed(_ value: UInt64) {
-            for shift in stride(from: 0, to: 64, by: 8) {
-                hash = (hash ^ ((value >> UInt64(shift)) & 0xff)) &* 0x100_0000_01b3
-            }
-        }
+        var hash = FNV1a()
         for slice in slices {
-            for byte in slice.name.utf8 { feed(UInt64(byte)) }
-            for dimension in slice.shape { feed(UInt64(dimension)) }
-            feed(UInt64(slice.offset))
+            // Each byte of the name fed as a little-endian word, as the fingerprint always was.
+            for byte in slice.name.utf8 { hash.combine(littleEndianBytesOf: UInt64(byte)) }
+            for dimension in slice.shape { hash.combine(littleEndianBytesOf: UInt64(dimension)) }
+            hash.combine(littleEndianBytesOf: UInt64(slice.offset))
         }
-        return hash
+        return hash.value
     }
 }
 

@@ -1,3 +1,4 @@
+import BitMixing
 import Foundation
 import ModelMetrics
 
@@ -69,12 +70,10 @@ public func calibrationBins(probabilities: [Double], labels: [Bool], binCount: I
 /// always shows the same customers, whatever order the ranks wrote them in.
 public func deterministicSample(_ rows: [ChurnPrediction], limit: Int) -> [ChurnPrediction] {
     guard rows.count > limit else { return rows }
+    // SplitMix64's first draw from the row: neighbouring rows get unrelated keys.
     func mix(_ value: Int) -> UInt64 {
-        // SplitMix64's finaliser: neighbouring rows get unrelated keys.
-        var z = UInt64(bitPattern: Int64(value)) &+ 0x9E37_79B9_7F4A_7C15
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
+        var draw = SplitMix64(seed: UInt64(bitPattern: Int64(value)))
+        return draw.next()
     }
     let keyed = rows.map { (mix($0.datasetRow), $0) }
     return keyed.sorted { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1.datasetRow < $1.1.datasetRow }

@@ -1,4 +1,5 @@
 import Foundation
+import TextFormatting
 
 /// Charts beyond plain lines: the scatter, the reliability diagram, bars and the confusion matrix.
 
@@ -127,13 +128,3 @@ func confusionChart(id: String, title: String, matrix: [[Int]], names: [String])
     return svg + "</svg>\n"
 }
 
-/// An integer with thousands separators.
-func formatCount(_ value: Int) -> String {
-    let digits = String(abs(value))
-    var out = ""
-    for (index, character) in digits.enumerated() {
-        if index > 0 && (digits.count - index) % 3 == 0 { out.append(",") }
-        out.append(character)
-    }
-    return value < 0 ? "-" + out : out
-}

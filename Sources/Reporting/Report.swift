@@ -1,6 +1,7 @@
 import Checkpoints
 import Foundation
 import ModelMetrics
+import TextFormatting
 
 /// What one report is made of: a training run, optionally a graph-model run, optionally the
 /// stage and action counts of a batch-scoring output.

@@ -1,3 +1,5 @@
+import BitMixing
+
 /// What a random stream is used for; part of the stream's key so that, say, dropout masks and
 /// shuffles never share numbers.
 public enum RandomPurpose: UInt64, Sendable {
@@ -25,21 +27,16 @@ public struct SeededRandom: RandomNumberGenerator, Sendable {
 
     /// A child stream keyed by `index`, independent of this one and of its other children.
     public func split(_ index: Int) -> SeededRandom {
-        SeededRandom(state: Self.mix(state ^ Self.mix(UInt64(truncatingIfNeeded: index) &+ 0x9E37_79B9_7F4A_7C15)))
+        SeededRandom(state: Self.mix(state ^ Self.mix(UInt64(truncatingIfNeeded: index) &+ SplitMix64.increment)))
     }
 
     @inline(__always)
-    static func mix(_ value: UInt64) -> UInt64 {
-        var z = value
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    static func mix(_ value: UInt64) -> UInt64 { SplitMix64.mix(value) }
 
     @inline(__always)
     public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        return Self.mix(state)
+        state &+= SplitMix64.increment
+        return SplitMix64.mix(state)
     }
 
     /// Uniform in [0, 1) with 24 random bits, every value exactly representable.

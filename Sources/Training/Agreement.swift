@@ -1,3 +1,4 @@
+import BitMixing
 import Collectives
 import Foundation
 
@@ -57,16 +58,16 @@ public func checkAgreement(_ fingerprint: JobFingerprint, world: any Communicato
 
 /// 64-bit FNV-1a.
 func fnv1a(_ bytes: [UInt8]) -> UInt64 {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
-    return hash
+    var hash = FNV1a()
+    hash.combine(bytes: bytes)
+    return hash.value
 }
 
 /// A checksum of the parameters that differs when any bit differs (a sum would hide swaps).
 public func parameterChecksum(_ values: UnsafeBufferPointer<Float>) -> UInt64 {
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for value in values { hash = (hash ^ UInt64(value.bitPattern)) &* 0x100_0000_01b3 }
-    return hash
+    var hash = FNV1a()
+    for value in values { hash.combine(word: UInt64(value.bitPattern)) }
+    return hash.value
 }
 
 /// Compares parameter checksums across ranks; throws naming the ranks that diverged from rank 0.

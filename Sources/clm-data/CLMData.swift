@@ -3,6 +3,7 @@ import Collectives
 import CustomerData
 import CollectivesMPI
 import EventFileArguments
+import TextFormatting
 import ToolSupport
 import Foundation
 
@@ -18,16 +19,6 @@ extension DataError: UserFacingError {}
 
 func runReporting(_ body: () throws -> Void) throws {
     try reportingUserErrors(tool: "clm-data", body)
-}
-
-func formatCount(_ value: Int) -> String {
-    let digits = String(value)
-    var out = ""
-    for (k, ch) in digits.enumerated() {
-        if k > 0 && (digits.count - k) % 3 == 0 && ch != "-" { out.append(",") }
-        out.append(ch)
-    }
-    return out
 }
 
 func formatFixed(_ value: Double, _ decimals: Int) -> String { String(format: "%.\(decimals)f", value) }

@@ -8,7 +8,7 @@ let world: MPICommunicator
 do {
     world = try MPICommunicator(watchdogTimeout: .seconds(300))
 } catch {
-    print("clm-worker: could not join the MPI job: \(error)")
+    FileHandle.standardError.write(Data("clm-worker: error: could not join the MPI job: \(error)\n".utf8))
     exit(2)
 }
 do {

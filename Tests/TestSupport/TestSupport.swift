@@ -1,3 +1,4 @@
+import BitMixing
 import Foundation
 
 /// A fresh directory under the system temporary directory, removed when the value is released.
@@ -15,20 +16,10 @@ public final class TemporaryDirectory: @unchecked Sendable {
     public func path(_ name: String) -> String { url.appendingPathComponent(name).path }
 }
 
-/// SplitMix64 (Steele, Lea and Flood): tiny and seedable, so random cases fail the same way on
-/// every run and machine.
-public struct SplitMix64: RandomNumberGenerator {
-    public var state: UInt64
+/// The project's SplitMix64, so random cases fail the same way on every run and machine.
+public typealias SplitMix64 = BitMixing.SplitMix64
 
-    public init(seed: UInt64) { state = seed }
-
-    public mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+extension SplitMix64 {
 
     /// An index in 0..<bound (modulo bias is irrelevant at test sizes).
     public mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
