@@ -153,6 +153,20 @@ package enum CollectiveArguments {
         return total
     }
 
+    /// Checks a scatterv's root, count table and buffers (the source on the root only); returns
+    /// the total count.
+    package static func validateScatterv(
+        sourceCount: Int?, counts: [Int], destinationCount: Int, root: Int, size: Int, operation: String, rank: Int
+    ) throws -> Int {
+        try validateRoot(root, size: size, operation: operation, rank: rank)
+        let total = try validateCounts(counts, size: size, operation: operation, rank: rank)
+        try requireCapacity(destinationCount, atLeast: counts[rank], what: "destination", operation: operation, rank: rank)
+        if rank == root {
+            try requireCapacity(sourceCount ?? 0, atLeast: total, what: "source", operation: operation, rank: rank)
+        }
+        return total
+    }
+
     /// Checks both count tables of an alltoallv against the buffers; returns their totals.
     package static func validateAlltoallv(
         sourceCount: Int, sendCounts: [Int], destinationCount: Int, receiveCounts: [Int], size: Int, operation: String, rank: Int

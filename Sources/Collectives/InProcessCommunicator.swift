@@ -102,14 +102,9 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
     public func scatterv<T: CollectiveScalar>(
         _ source: UnsafeBufferPointer<T>?, counts: [Int], into destination: UnsafeMutableBufferPointer<T>, root: Int
     ) throws {
-        try CollectiveArguments.validateRoot(root, size: size, operation: "scatterv", rank: rank)
-        let total = try CollectiveArguments.validateCounts(counts, size: size, operation: "scatterv", rank: rank)
-        try CollectiveArguments.requireCapacity(
-            destination.count, atLeast: counts[rank], what: "destination", operation: "scatterv", rank: rank)
-        if rank == root {
-            try CollectiveArguments.requireCapacity(
-                source?.count ?? 0, atLeast: total, what: "source", operation: "scatterv", rank: rank)
-        }
+        _ = try CollectiveArguments.validateScatterv(
+            sourceCount: source?.count, counts: counts, destinationCount: destination.count, root: root, size: size,
+            operation: "scatterv", rank: rank)
         try meet(.scatterv, "scatterv", CallSignature(T.self, counts: counts, root: root),
                  Post(source: UnsafeRawPointer(source?.baseAddress), count: source?.count ?? 0)) { posts in
             copy(from: posts[root], offset: counts[..<rank].reduce(0, +), count: counts[rank], to: destination, at: 0)

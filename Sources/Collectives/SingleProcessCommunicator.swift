@@ -39,12 +39,9 @@ public final class SingleProcessCommunicator: Communicator, @unchecked Sendable 
     public func scatterv<T: CollectiveScalar>(
         _ source: UnsafeBufferPointer<T>?, counts: [Int], into destination: UnsafeMutableBufferPointer<T>, root: Int
     ) throws {
-        try CollectiveArguments.validateRoot(root, size: size, operation: "scatterv", rank: rank)
-        let total = try CollectiveArguments.validateCounts(counts, size: size, operation: "scatterv", rank: rank)
-        try CollectiveArguments.requireCapacity(
-            source?.count ?? 0, atLeast: total, what: "source", operation: "scatterv", rank: rank)
-        try CollectiveArguments.requireCapacity(
-            destination.count, atLeast: total, what: "destination", operation: "scatterv", rank: rank)
+        let total = try CollectiveArguments.validateScatterv(
+            sourceCount: source?.count, counts: counts, destinationCount: destination.count, root: root, size: size,
+            operation: "scatterv", rank: rank)
         if let source { copy(UnsafeBufferPointer(rebasing: source[0..<total]), to: destination, at: 0) }
     }
 

@@ -166,14 +166,9 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         _ source: UnsafeBufferPointer<T>?, counts: [Int], into destination: UnsafeMutableBufferPointer<T>, root: Int
     ) throws {
         let name = "MPI_Scatterv"
-        try CollectiveArguments.validateRoot(root, size: size, operation: name, rank: rank)
-        let total = try CollectiveArguments.validateCounts(counts, size: size, operation: name, rank: rank)
-        try CollectiveArguments.requireCapacity(
-            destination.count, atLeast: counts[rank], what: "destination", operation: name, rank: rank)
-        if rank == root {
-            try CollectiveArguments.requireCapacity(
-                source?.count ?? 0, atLeast: total, what: "source", operation: name, rank: rank)
-        }
+        let total = try CollectiveArguments.validateScatterv(
+            sourceCount: source?.count, counts: counts, destinationCount: destination.count, root: root, size: size,
+            operation: name, rank: rank)
         let (counts32, displacements) = try vectorLayout(counts, total: total, name)
         let receiveCount = Int32(counts[rank])
         try guarded(.scatterv, name, CallSignature(T.self, counts: counts, root: root)) {

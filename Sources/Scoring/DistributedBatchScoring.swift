@@ -6,9 +6,9 @@ import Foundation
 extension BatchScoring {
     /// `run` across the ranks of `exchange` (mpirun): every rank parses a stripe of `events` at
     /// a time, keeps the customers it owns (a hash of the id picks the rank) and scores them on
-    /// `threads` threads. The ranks then deal their rows out by customer id, so that rank r holds
-    /// the r-th run of the output's order (`writeRowsInParallel`), and each writes its run into
-    /// `output` at its own offset. The file has the customers, order, stages and actions a
+    /// `threads` threads. Rank r then writes the r-th run of the output's order at its own
+    /// offset of `output`, merging it from blocks of rows the other ranks format for it
+    /// (`writeRowsInParallel`). The file has the customers, order, stages and actions a
     /// one-process `run` writes; scores agree to float32 rounding, since a customer's forward
     /// sums in an order that depends on the batch it shares (at one rank the batches, and so the
     /// bytes, are the same). No rank holds or writes more than about its share of the rows.
