@@ -12,9 +12,12 @@ import Foundation
 /// collective on every rank with a message naming it, and every later collective of the group.
 public enum InProcessRanks {
     /// Runs `body` on `ranks` threads, each with its own communicator of one group, and
-    /// returns every rank's outcome in rank order once all threads have ended.
+    /// returns every rank's outcome in rank order once all threads have ended. `timeout` bounds
+    /// each collective; `limit` bounds the whole run, past which the process stops naming the
+    /// ranks still running (a thread cannot be cancelled, and a test must not hang).
     public static func run<T>(
-        ranks: Int, timeout: Duration = .seconds(60), _ body: @escaping @Sendable (any Communicator) throws -> T
+        ranks: Int, timeout: Duration = .seconds(60), limit: Duration = .seconds(900),
+        _ body: @escaping @Sendable (any Communicator) throws -> T
     ) -> [Result<T, any Error>] {
         precondition(ranks >= 1, "a group needs at least one rank")
         let group = RankGroup(size: ranks, timeout: timeout)
@@ -34,7 +37,10 @@ public enum InProcessRanks {
             thread.name = "rank \(rank)"
             thread.start()
         }
-        finished.wait()
+        let seconds = Double(limit.components.seconds) + Double(limit.components.attoseconds) * 1e-18
+        if finished.wait(timeout: .now() + seconds) == .timedOut {
+            fatalError("InProcessRanks: ranks \(outcomes.unfinished()) still running after \(limit)")
+        }
         return outcomes.values()
     }
 }
@@ -333,4 +339,5 @@ private final class OutcomeSlots<T>: @unchecked Sendable {
     init(count: Int) { slots = Array(repeating: nil, count: count) }
     func set(_ rank: Int, _ outcome: Result<T, any Error>) { lock.withLock { slots[rank] = outcome } }
     func values() -> [Result<T, any Error>] { lock.withLock { slots.map { $0! } } }
+    func unfinished() -> [Int] { lock.withLock { slots.indices.filter { slots[$0] == nil } } }
 }
