@@ -69,7 +69,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         let reduced = UnsafeMutableBufferPointer<T>.allocate(capacity: buffer.count)
         defer { reduced.deallocate() }
         try meet(.allreduce, "allreduce", CallSignature(T.self, count: buffer.count, op: op),
-                 Post(source: UnsafeRawPointer(buffer.baseAddress), count: buffer.count)) { posts in
+                 Post(source: UnsafeRawPointer(buffer.baseAddress))) { posts in
             reduce(posts, into: reduced, op: op)
         } afterEveryoneRead: {
             if let from = reduced.baseAddress, let to = buffer.baseAddress { to.update(from: from, count: buffer.count) }
@@ -82,7 +82,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         try CollectiveArguments.requireCapacity(
             destination.count, atLeast: source.count, what: "destination", operation: "allreduce", rank: rank)
         try meet(.allreduce, "allreduce", CallSignature(T.self, count: source.count, op: op),
-                 Post(source: UnsafeRawPointer(source.baseAddress), count: source.count)) { posts in
+                 Post(source: UnsafeRawPointer(source.baseAddress))) { posts in
             reduce(posts, into: UnsafeMutableBufferPointer(rebasing: destination[..<source.count]), op: op)
         }
     }
@@ -99,7 +99,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
     public func broadcast<T: CollectiveScalar>(_ buffer: UnsafeMutableBufferPointer<T>, root: Int) throws {
         try CollectiveArguments.validateRoot(root, size: size, operation: "broadcast", rank: rank)
         try meet(.broadcast, "broadcast", CallSignature(T.self, count: buffer.count, root: root),
-                 Post(source: UnsafeRawPointer(buffer.baseAddress), count: buffer.count)) { posts in
+                 Post(source: UnsafeRawPointer(buffer.baseAddress))) { posts in
             guard rank != root else { return }
             copy(from: posts[root], offset: 0, count: buffer.count, to: buffer, at: 0)
         }
@@ -112,7 +112,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
             sourceCount: source?.count, counts: counts, destinationCount: destination.count, root: root, size: size,
             operation: "scatterv", rank: rank)
         try meet(.scatterv, "scatterv", CallSignature(T.self, counts: counts, root: root),
-                 Post(source: UnsafeRawPointer(source?.baseAddress), count: source?.count ?? 0)) { posts in
+                 Post(source: UnsafeRawPointer(source?.baseAddress))) { posts in
             copy(from: posts[root], offset: counts[..<rank].reduce(0, +), count: counts[rank], to: destination, at: 0)
         }
     }
@@ -128,7 +128,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
                 destination?.count ?? 0, atLeast: total, what: "destination", operation: "gatherv", rank: rank)
         }
         try meet(.gatherv, "gatherv", CallSignature(T.self, counts: counts, root: root),
-                 Post(source: UnsafeRawPointer(source.baseAddress), count: source.count)) { posts in
+                 Post(source: UnsafeRawPointer(source.baseAddress))) { posts in
             guard rank == root, let destination else { return }
             concatenate(posts, counts: counts, into: destination)
         }
@@ -140,7 +140,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         try CollectiveArguments.requireCapacity(
             destination.count, atLeast: source.count * size, what: "destination", operation: "allgather", rank: rank)
         try meet(.allgather, "allgather", CallSignature(T.self, count: source.count),
-                 Post(source: UnsafeRawPointer(source.baseAddress), count: source.count)) { posts in
+                 Post(source: UnsafeRawPointer(source.baseAddress))) { posts in
             concatenate(posts, counts: [Int](repeating: source.count, count: size), into: destination)
         }
     }
@@ -153,7 +153,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         try CollectiveArguments.requireCapacity(
             destination.count, atLeast: total, what: "destination", operation: "allgatherv", rank: rank)
         try meet(.allgatherv, "allgatherv", CallSignature(T.self, counts: counts),
-                 Post(source: UnsafeRawPointer(source.baseAddress), count: source.count)) { posts in
+                 Post(source: UnsafeRawPointer(source.baseAddress))) { posts in
             concatenate(posts, counts: counts, into: destination)
         }
     }
@@ -166,7 +166,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
         _ = try CollectiveArguments.validateAlltoallv(
             sourceCount: source.count, sendCounts: sendCounts, destinationCount: destination.count,
             receiveCounts: receiveCounts, size: size, operation: name, rank: rank)
-        var post = Post(source: UnsafeRawPointer(source.baseAddress), count: source.count)
+        var post = Post(source: UnsafeRawPointer(source.baseAddress))
         post.sendCounts = sendCounts
         post.receiveCounts = receiveCounts
         try meet(.alltoallv, name, CallSignature(T.self, count: 0), post, check: { posts in
@@ -189,7 +189,7 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
     }
 
     public func barrier() throws {
-        try meet(.barrier, "barrier", CallSignature(), Post(source: nil, count: 0)) { _ in }
+        try meet(.barrier, "barrier", CallSignature(), Post(source: nil)) { _ in }
     }
 
     // MARK: - Plumbing
@@ -226,7 +226,6 @@ public final class InProcessCommunicator: Communicator, @unchecked Sendable {
 /// What one rank brought to a collective: its send buffer and, for alltoallv, its tables.
 struct Post {
     var source: UnsafeRawPointer?
-    var count: Int
     var sendCounts: [Int] = []
     var receiveCounts: [Int] = []
     var fields: [Int64] = []

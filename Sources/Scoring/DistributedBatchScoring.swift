@@ -200,16 +200,14 @@ extension BatchScoring {
         let splitters = try runSplitters(localCount: localCount, id: id, customers: customers, exchange: exchange)
         let runStarts = runBoundaries(localCount: localCount, id: id, splitters: splitters, runs: ranks)
 
-        // The first pass: every row's length, the actions, and the bytes each run gets from here.
-        var lengths = [Int32](repeating: 0, count: localCount)
+        // The first pass: the actions, and the bytes each run gets from here.
         var actions: [String: Int] = [:]
         var bytesPerRun = [Int64](repeating: 0, count: ranks)
         try exchange.agreeing("formatting the scores") {
             for run in 0..<ranks {
                 for index in runStarts[run]..<runStarts[run + 1] {
                     let (text, action) = try row(index)
-                    lengths[index] = Int32(text.utf8.count)
-                    bytesPerRun[run] += Int64(lengths[index])
+                    bytesPerRun[run] += Int64(text.utf8.count)
                     actions[action, default: 0] += 1
                 }
             }
