@@ -43,7 +43,7 @@ public final class AtomicFileWriter {
 
     public init(url: URL) throws(FileSystemError) {
         self.url = url
-        temporary = url.deletingLastPathComponent().appendingPathComponent(".tmp-\(url.lastPathComponent)-\(DurableIO.randomSuffix())")
+        temporary = DurableIO.temporaryURL(beside: url)
         let fd = DurableIO.retryingOnInterrupt { open(temporary.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644) }
         guard fd >= 0, let file = fdopen(fd, "w") else { throw FileSystemError(operation: "create", path: temporary.path, code: errno) }
         self.file = file
@@ -105,7 +105,7 @@ public final class SharedFileWriter {
 
     /// Creates the temporary file beside `url` (one process only; the others `join` it).
     public static func create(for url: URL) throws(FileSystemError) -> SharedFileWriter {
-        let temporary = url.deletingLastPathComponent().appendingPathComponent(".tmp-\(url.lastPathComponent)-\(DurableIO.randomSuffix())")
+        let temporary = DurableIO.temporaryURL(beside: url)
         let fd = DurableIO.retryingOnInterrupt { open(temporary.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644) }
         guard fd >= 0 else { throw FileSystemError(operation: "create", path: temporary.path, code: errno) }
         return SharedFileWriter(url: url, temporary: temporary, fd: fd)
@@ -178,16 +178,14 @@ enum DurableIO {
     /// Temp name in the same directory, fsync the file, rename over the target, fsync the directory
     /// (the rename itself lives in the directory's metadata).
     static func writeAtomically(_ bytes: some ContiguousBytes, to url: URL) throws(FileSystemError) {
-        let directory = url.deletingLastPathComponent()
-        let temporary = directory.appendingPathComponent(".tmp-\(url.lastPathComponent)-\(randomSuffix())")
+        let temporary = temporaryURL(beside: url)
         do throws(FileSystemError) {
             try writeNewFile(bytes, to: temporary)
-            try rename(temporary, to: url)
         } catch {
             unlink(temporary.path)
             throw error
         }
-        try syncDirectory(directory)
+        try moveIntoPlace(temporary, url)
     }
 
     /// Creates a file that must not exist yet, writes `bytes` and fsyncs it.
@@ -344,6 +342,12 @@ enum DurableIO {
         } else if unlink(url.path) != 0 && errno != ENOENT {
             throw FileSystemError(operation: "unlink", path: url.path, code: errno)
         }
+    }
+
+    /// A hidden name beside `url` that no other writer picks, for a file renamed over `url` once
+    /// it is complete (the same directory, so the rename is atomic).
+    static func temporaryURL(beside url: URL) -> URL {
+        url.deletingLastPathComponent().appendingPathComponent(".tmp-\(url.lastPathComponent)-\(randomSuffix())")
     }
 
     /// 64 random bits in hex, so two crashed writers never pick the same temporary name.
