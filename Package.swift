@@ -59,6 +59,9 @@ let package = Package(
         // Not "Metrics": swift-metrics (under Hummingbird) owns that module name, and SwiftPM
         // needs target names unique across the package graph.
         .target(name: "ModelMetrics", dependencies: ["BitMixing"], path: "Sources/Metrics"),
+        // Metrics whose inputs stay on the ranks that hold them: a sample sort over the ranks for
+        // the exact ranking metrics, and Poisson bootstrap weights every rank draws alone.
+        .target(name: "DistributedMetrics", dependencies: ["BitMixing", "Collectives", "ModelMetrics"]),
         .target(name: "CMemoryHints"),
         .target(name: "CustomerData", dependencies: ["Collectives", "Tensors", "CMemoryHints"]),
         // BG/NBD, Gamma-Gamma and a logistic regression: the classical yardsticks every LSTM run
@@ -67,7 +70,7 @@ let package = Package(
         .target(name: "Checkpoints", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Training",
-            dependencies: ["BitMixing", "Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Baselines", "Yams"]
+            dependencies: ["BitMixing", "Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Baselines", "DistributedMetrics", "Yams"]
         ),
         // Scoring must not link MPI: it serves on machines without an MPI runtime.
         .target(
@@ -198,7 +201,8 @@ let package = Package(
         // and batch scoring: run under mpirun by clm-multirank-tests and on threads by swift test.
         .target(
             name: "MultiRankChecks",
-            dependencies: ["Collectives", "CustomerData", "RankTesting", "Scoring", "ScoringTestSupport", "TestSupport"],
+            dependencies: ["Baselines", "Collectives", "CustomerData", "DistributedMetrics", "ModelMetrics", "RankTesting", "Scoring",
+                           "ScoringTestSupport", "TestSupport"],
             path: "Tests/MultiRankChecks"
         ),
         .testTarget(name: "InProcessRanksTests", dependencies: ["Collectives", "MultiRankChecks", "RankTesting"]),

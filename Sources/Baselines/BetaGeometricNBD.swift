@@ -27,17 +27,21 @@ public struct BGNBDParameters: Codable, Equatable, Sendable {
     ///
     /// Throws `BaselineError` on empty input, non-finite or inconsistent summaries, or when the
     /// likelihood has no interior maximum (a parameter runs off towards 0 or infinity, as when
-    /// nobody ever seems to drop out).
-    public static func fit(_ customers: [CustomerSummary]) throws -> BGNBDParameters {
-        try CustomerSummary.validateHistories(customers, model: "BG/NBD")
-        let maxAge = customers.map(\.age).max()!
+    /// nobody ever seems to drop out). Data-parallel, each rank passes its own customers and
+    /// `sums` that add over the ranks; every rank gets the same parameters.
+    public static func fit(_ customers: [CustomerSummary], across sums: CustomerSums = .oneProcess) throws -> BGNBDParameters {
+        try sums.agree("BG/NBD") { try CustomerSummary.validateHistories(customers, model: "BG/NBD", allowEmpty: true) }
+        let count = try sums.sum([Double(customers.count)])[0]
+        guard count > 0 else { throw BaselineError("BG/NBD: no customers to fit (the summary is empty)") }
+        let maxAge = try sums.maximum([customers.map(\.age).max() ?? 0])[0]
         guard maxAge > 0 else {
             throw BaselineError("BG/NBD: every customer has age 0, so the data say nothing about purchase rates")
         }
         // lifetimes rescales time so that the oldest customer has age 1; α scales with time and
         // the other parameters do not, so this only improves the conditioning.
-        let likelihood = BGNBDLikelihood(customers, timeScale: 1 / maxAge)
-        let meanRate = customers.reduce(0) { $0 + $1.frequency } / customers.reduce(0) { $0 + $1.age / maxAge }
+        let likelihood = BGNBDLikelihood(customers, timeScale: 1 / maxAge, total: count, sums: sums)
+        let totals = try sums.sum([customers.reduce(0) { $0 + $1.frequency }, customers.reduce(0) { $0 + $1.age / maxAge }])
+        let meanRate = totals[0] / totals[1]
         let rateGuess = max(meanRate, 1e-3)
         // Several starts, in log-parameters (r, α, a, b): lifetimes' own (all 0.1), a guess that
         // matches the mean purchase rate, and one with few dropouts. The best optimum wins.
@@ -54,7 +58,8 @@ public struct BGNBDParameters: Codable, Equatable, Sendable {
     public func meanNegativeLogLikelihood(_ customers: [CustomerSummary]) throws -> Double {
         try CustomerSummary.validateHistories(customers, model: "BG/NBD")
         var gradient = [Double](repeating: 0, count: 4)
-        return BGNBDLikelihood(customers, timeScale: 1).negativeMean([r, alpha, a, b].map(log), &gradient)
+        return try BGNBDLikelihood(customers, timeScale: 1, total: Double(customers.count), sums: .oneProcess)
+            .negativeMean([r, alpha, a, b].map(log), &gradient)
     }
 
     /// Expected repeat purchases in the next `t` periods, given the customer's history.
@@ -142,10 +147,14 @@ struct BGNBDLikelihood {
     private var recency: [Double] = []
     private var age: [Double] = []
     private var counts: [Double] = []
+    /// Customers on every rank, and how this rank's sums are added to the others'.
     private let total: Double
+    private let sums: CustomerSums
 
-    init(_ customers: [CustomerSummary], timeScale: Double) {
+    init(_ customers: [CustomerSummary], timeScale: Double, total: Double, sums: CustomerSums) {
         self.timeScale = timeScale
+        self.total = total
+        self.sums = sums
         struct History: Hashable, Comparable {
             let x: Double, recency: Double, age: Double
             static func < (l: History, r: History) -> Bool { (l.x, l.recency, l.age) < (r.x, r.recency, r.age) }
@@ -167,11 +176,10 @@ struct BGNBDLikelihood {
             frequencies.append(frequency)
             frequencyCounts.append(count)
         }
-        total = Double(customers.count)
     }
 
     /// Mean negative log-likelihood at log-parameters (ln r, ln α, ln a, ln b); writes its gradient.
-    func negativeMean(_ logParameters: [Double], _ gradient: inout [Double]) -> Double {
+    func negativeMean(_ logParameters: [Double], _ gradient: inout [Double]) throws -> Double {
         let r = exp(logParameters[0]), alpha = exp(logParameters[1])
         let a = exp(logParameters[2]), b = exp(logParameters[3])
         var sum = 0.0
@@ -211,11 +219,12 @@ struct BGNBDLikelihood {
             da += counts[i] * w4 / a
             db -= counts[i] * w4 / (b + x[i] - 1)
         }
+        let totals = try sums.sum([sum, dr, dAlpha, da, db])
         // d/d(ln θ) = θ · d/dθ, and the objective is −(sum)/N.
-        gradient[0] = -dr * r / total
-        gradient[1] = -dAlpha * alpha / total
-        gradient[2] = -da * a / total
-        gradient[3] = -db * b / total
-        return -sum / total
+        gradient[0] = -totals[1] * r / total
+        gradient[1] = -totals[2] * alpha / total
+        gradient[2] = -totals[3] * a / total
+        gradient[3] = -totals[4] * b / total
+        return -totals[0] / total
     }
 }

@@ -34,8 +34,8 @@ public struct BaselineError: Error, Equatable, CustomStringConvertible {
 
 extension CustomerSummary {
     /// Throws unless every summary is one lifetimes' `_check_inputs` would accept for BG/NBD.
-    static func validateHistories(_ customers: [CustomerSummary], model: String) throws {
-        guard !customers.isEmpty else {
+    static func validateHistories(_ customers: [CustomerSummary], model: String, allowEmpty: Bool = false) throws {
+        guard allowEmpty || !customers.isEmpty else {
             throw BaselineError("\(model): no customers to fit (the summary is empty)")
         }
         for (index, customer) in customers.enumerated() {

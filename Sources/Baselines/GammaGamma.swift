@@ -24,9 +24,10 @@ public struct GammaGammaParameters: Codable, Equatable, Sendable {
     /// Customers with frequency 0 carry no spend information and are skipped, as lifetimes'
     /// users filter them out before fitting. Throws `BaselineError` when no customer has a repeat
     /// purchase, on non-finite values or non-positive spend of a repeat customer, or when the
-    /// likelihood has no interior maximum.
-    public static func fit(_ customers: [CustomerSummary]) throws -> GammaGammaParameters {
-        let likelihood = try GammaGammaLikelihood(customers)
+    /// likelihood has no interior maximum. Data-parallel, each rank passes its own customers and
+    /// `sums` that add over the ranks; every rank gets the same parameters.
+    public static func fit(_ customers: [CustomerSummary], across sums: CustomerSums = .oneProcess) throws -> GammaGammaParameters {
+        let likelihood = try GammaGammaLikelihood(customers, sums: sums)
         // Log-parameters (p, q, v); v in units of the mean spend. lifetimes starts at all 0.1;
         // the others bracket typical spend dispersions. The best optimum wins.
         let starts: [[Double]] = [
@@ -42,7 +43,7 @@ public struct GammaGammaParameters: Codable, Equatable, Sendable {
     public func meanNegativeLogLikelihood(_ customers: [CustomerSummary]) throws -> Double {
         let likelihood = try GammaGammaLikelihood(customers, spendScale: 1)
         var gradient = [Double](repeating: 0, count: 3)
-        return likelihood.negativeMean([p, q, v].map(log), &gradient)
+        return try likelihood.negativeMean([p, q, v].map(log), &gradient)
     }
 
     /// Mean spend per transaction across the population, p·v/(q − 1); meaningful for q > 1.
@@ -80,28 +81,24 @@ struct GammaGammaLikelihood {
     private var spend: [Double] = []
     private var logSpend: [Double] = []
     private var logSpendFrequency: [Double] = []
+    /// Repeat customers on every rank, and how this rank's sums are added to the others'.
+    private let total: Double
+    private let sums: CustomerSums
 
-    init(_ customers: [CustomerSummary], spendScale: Double? = nil) throws {
-        guard !customers.isEmpty else {
+    init(_ customers: [CustomerSummary], spendScale: Double? = nil, sums: CustomerSums = .oneProcess) throws {
+        self.sums = sums
+        guard try sums.sum([Double(customers.count)])[0] > 0 else {
             throw BaselineError("Gamma-Gamma: no customers to fit (the summary is empty)")
         }
         var byFrequency: [Double: Double] = [:]
         var repeaters: [(x: Double, m: Double)] = []
-        for (index, customer) in customers.enumerated() {
-            guard customer.frequency.isFinite, customer.monetaryValue.isFinite else {
-                throw BaselineError("Gamma-Gamma: customer \(index) has frequency \(customer.frequency), monetary value \(customer.monetaryValue); both must be finite")
-            }
-            guard customer.frequency > 0 else { continue }
-            guard customer.monetaryValue > 0 else {
-                throw BaselineError("Gamma-Gamma: customer \(index) has \(customer.frequency) repeat periods but monetary value \(customer.monetaryValue); it must be positive")
-            }
-            repeaters.append((customer.frequency, customer.monetaryValue))
-            byFrequency[customer.frequency, default: 0] += 1
-        }
-        guard !repeaters.isEmpty else {
+        try sums.agree("Gamma-Gamma") { try Self.collectRepeaters(customers, into: &repeaters, byFrequency: &byFrequency) }
+        let totals = try sums.sum([Double(repeaters.count), repeaters.reduce(0) { $0 + $1.m }])
+        total = totals[0]
+        guard total > 0 else {
             throw BaselineError("Gamma-Gamma: no customer has a repeat purchase (frequency > 0), so there is no spend to fit")
         }
-        self.spendScale = spendScale ?? repeaters.reduce(0) { $0 + $1.m } / Double(repeaters.count)
+        self.spendScale = spendScale ?? totals[1] / total
         for (frequency, count) in byFrequency.sorted(by: { $0.key < $1.key }) {
             frequencies.append(frequency)
             frequencyCounts.append(count)
@@ -114,8 +111,25 @@ struct GammaGammaLikelihood {
         }
     }
 
+    /// The customers with repeat purchases, checked, and how many have each frequency.
+    private static func collectRepeaters(
+        _ customers: [CustomerSummary], into repeaters: inout [(x: Double, m: Double)], byFrequency: inout [Double: Double]
+    ) throws {
+        for (index, customer) in customers.enumerated() {
+            guard customer.frequency.isFinite, customer.monetaryValue.isFinite else {
+                throw BaselineError("Gamma-Gamma: customer \(index) has frequency \(customer.frequency), monetary value \(customer.monetaryValue); both must be finite")
+            }
+            guard customer.frequency > 0 else { continue }
+            guard customer.monetaryValue > 0 else {
+                throw BaselineError("Gamma-Gamma: customer \(index) has \(customer.frequency) repeat periods but monetary value \(customer.monetaryValue); it must be positive")
+            }
+            repeaters.append((customer.frequency, customer.monetaryValue))
+            byFrequency[customer.frequency, default: 0] += 1
+        }
+    }
+
     /// Mean negative log-likelihood at log-parameters (ln p, ln q, ln v); writes its gradient.
-    func negativeMean(_ logParameters: [Double], _ gradient: inout [Double]) -> Double {
+    func negativeMean(_ logParameters: [Double], _ gradient: inout [Double]) throws -> Double {
         let p = exp(logParameters[0]), q = exp(logParameters[1]), v = exp(logParameters[2])
         var sum = 0.0
         var dp = 0.0, dq = 0.0, dv = 0.0
@@ -136,10 +150,10 @@ struct GammaGammaLikelihood {
             dq -= logTotal
             dv -= (px + q) / (x[i] * spend[i] + v)
         }
-        let total = Double(x.count)
-        gradient[0] = -dp * p / total
-        gradient[1] = -dq * q / total
-        gradient[2] = -dv * v / total
-        return -sum / total
+        let totals = try sums.sum([sum, dp, dq, dv])
+        gradient[0] = -totals[1] * p / total
+        gradient[1] = -totals[2] * q / total
+        gradient[2] = -totals[3] * v / total
+        return -totals[0] / total
     }
 }

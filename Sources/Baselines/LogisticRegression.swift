@@ -35,30 +35,36 @@ public struct LogisticRegression: Codable, Equatable, Sendable {
     /// Throws `BaselineError` on mismatched sizes, an empty set, non-finite values, a negative
     /// or non-finite `l2`, labels of one class only (the unpenalised intercept would diverge),
     /// or if Newton's method does not converge (possible only with `l2` 0 and separable data).
-    public static func fit(features: [Double], labels: [Bool], width: Int, l2: Double = 1e-4) throws -> LogisticRegression {
+    /// Data-parallel, each rank passes its own rows and `sums` that add over the ranks; every
+    /// rank gets the same model.
+    public static func fit(features: [Double], labels: [Bool], width: Int, l2: Double = 1e-4,
+                           across sums: CustomerSums = .oneProcess) throws -> LogisticRegression {
         guard width > 0 else { throw BaselineError("logistic regression: width is \(width); it must be positive") }
-        guard !labels.isEmpty else { throw BaselineError("logistic regression: no rows to fit") }
-        guard features.count == labels.count * width else {
-            throw BaselineError("logistic regression: \(features.count) feature values for \(labels.count) rows of width \(width); expected \(labels.count * width)")
-        }
         guard l2 >= 0, l2.isFinite else {
             throw BaselineError("logistic regression: l2 is \(l2); it must be finite and ≥ 0")
         }
-        if let bad = features.firstIndex(where: { !$0.isFinite }) {
-            throw BaselineError("logistic regression: feature \(bad % width) of row \(bad / width) is \(features[bad]); every value must be finite")
+        try sums.agree("logistic regression") {
+            guard features.count == labels.count * width else {
+                throw BaselineError("logistic regression: \(features.count) feature values for \(labels.count) rows of width \(width); expected \(labels.count * width)")
+            }
+            if let bad = features.firstIndex(where: { !$0.isFinite }) {
+                throw BaselineError("logistic regression: feature \(bad % width) of row \(bad / width) is \(features[bad]); every value must be finite")
+            }
         }
-        let positives = labels.reduce(0) { $0 + ($1 ? 1 : 0) }
-        guard positives > 0, positives < labels.count else {
-            throw BaselineError("logistic regression: every label is \(positives > 0); both classes are needed")
+        let classTotals = try sums.sum([Double(labels.reduce(0) { $0 + ($1 ? 1 : 0) }), Double(labels.count)])
+        guard classTotals[1] > 0 else { throw BaselineError("logistic regression: no rows to fit") }
+        guard classTotals[0] > 0, classTotals[0] < classTotals[1] else {
+            throw BaselineError("logistic regression: every label is \(classTotals[0] > 0); both classes are needed")
         }
 
         let n = labels.count
-        let count = Double(n)
+        let count = classTotals[1]
         var means = [Double](repeating: 0, count: width)
         var scales = [Double](repeating: 0, count: width)
         for row in 0..<n {
             for j in 0..<width { means[j] += features[row * width + j] }
         }
+        means = try sums.sum(means)
         for j in 0..<width { means[j] /= count }
         for row in 0..<n {
             for j in 0..<width {
@@ -66,6 +72,7 @@ public struct LogisticRegression: Codable, Equatable, Sendable {
                 scales[j] += d * d
             }
         }
+        scales = try sums.sum(scales)
         for j in 0..<width {
             let std = sqrt(scales[j] / count)
             // A constant column's mean is not exactly representable in general, so its
@@ -86,7 +93,7 @@ public struct LogisticRegression: Codable, Equatable, Sendable {
 
         var theta = [Double](repeating: 0, count: d)
         var eta = [Double](repeating: 0, count: n)
-        var objective = objectiveValue(theta: theta, eta: eta, y: y, l2: l2)
+        var objective = try objectiveValue(theta: theta, eta: eta, y: y, l2: l2, count: count, sums: sums)
         var gradient = [Double](repeating: 0, count: d)
         var hessian = [Double](repeating: 0, count: d * d)
         var trialTheta = theta
@@ -108,6 +115,9 @@ public struct LogisticRegression: Codable, Equatable, Sendable {
                     for l in k..<d { hessian[k * d + l] += wz * design[base + l] }
                 }
             }
+            let totals = try sums.sum(gradient + hessian)
+            gradient = Array(totals[..<d])
+            hessian = Array(totals[d...])
             for k in 0..<d {
                 gradient[k] /= count
                 for l in k..<d {
@@ -139,7 +149,7 @@ public struct LogisticRegression: Codable, Equatable, Sendable {
                     for k in 0..<d { value += design[row * d + k] * trialTheta[k] }
                     trialEta[row] = value
                 }
-                let trial = objectiveValue(theta: trialTheta, eta: trialEta, y: y, l2: l2)
+                let trial = try objectiveValue(theta: trialTheta, eta: trialEta, y: y, l2: l2, count: count, sums: sums)
                 if trial <= objective - 1e-4 * length * decrement {
                     accepted = true
                     objective = trial
@@ -186,13 +196,15 @@ public struct LogisticRegression: Codable, Equatable, Sendable {
     }
 }
 
-/// J = mean log-loss + (l2/2)‖w‖², given the linear predictors η.
-private func objectiveValue(theta: [Double], eta: [Double], y: [Double], l2: Double) -> Double {
+/// J = mean log-loss over every rank's `count` rows + (l2/2)‖w‖², given this rank's linear predictors η.
+private func objectiveValue(theta: [Double], eta: [Double], y: [Double], l2: Double, count: Double,
+                            sums: CustomerSums) throws -> Double {
     var loss = 0.0
     for i in eta.indices { loss += softplus(eta[i]) - y[i] * eta[i] }
+    loss = try sums.sum([loss])[0]
     var penalty = 0.0
     for k in 1..<theta.count { penalty += theta[k] * theta[k] }
-    return loss / Double(eta.count) + 0.5 * l2 * penalty
+    return loss / count + 0.5 * l2 * penalty
 }
 
 /// Solves A x = b for symmetric positive (semi)definite A ([size, size]) by Cholesky.

@@ -64,12 +64,12 @@ struct MinimizationResult {
 /// search far into a region where exp(log-parameter) overflows.
 func minimizeBFGS(
     from start: [Double], gradientTolerance: Double, maxStep: Double = 2, maxIterations: Int = 500,
-    objective: ([Double], inout [Double]) -> Double
-) -> MinimizationResult {
+    objective: ([Double], inout [Double]) throws -> Double
+) rethrows -> MinimizationResult {
     let n = start.count
     var x = start
     var gradient = [Double](repeating: 0, count: n)
-    var value = objective(x, &gradient)
+    var value = try objective(x, &gradient)
     var result = MinimizationResult(point: x, value: value, gradient: gradient, iterations: 0, evaluations: 1)
     guard value.isFinite, gradient.allSatisfy(\.isFinite) else { return result }
 
@@ -101,7 +101,7 @@ func minimizeBFGS(
         var accepted = false
         while step > smallestStep {
             for i in 0..<n { trial[i] = x[i] + step * direction[i] }
-            trialValue = objective(trial, &trialGradient)
+            trialValue = try objective(trial, &trialGradient)
             result.evaluations += 1
             if trialValue.isFinite, trialGradient.allSatisfy(\.isFinite) {
                 // Armijo's sufficient decrease; or, at the bottom, where f only changes by
@@ -181,12 +181,12 @@ private func bfgsUpdate(_ h: inout [Double], s: [Double], y: [Double], sy: Doubl
 /// likelihood cannot be evaluated, a parameter runs off to 0 or infinity (the data cannot
 /// identify it), or the optimum is not a stationary point.
 func fitLogParameters(
-    model: String, names: [String], starts: [[Double]], objective: ([Double], inout [Double]) -> Double
+    model: String, names: [String], starts: [[Double]], objective: ([Double], inout [Double]) throws -> Double
 ) throws -> [Double] {
     var best: MinimizationResult?
     for start in starts {
-        var result = minimizeBFGS(from: start, gradientTolerance: 1e-9, objective: objective)
-        result = minimizeBFGS(from: result.point, gradientTolerance: 1e-9, objective: objective)
+        var result = try minimizeBFGS(from: start, gradientTolerance: 1e-9, objective: objective)
+        result = try minimizeBFGS(from: result.point, gradientTolerance: 1e-9, objective: objective)
         if result.value.isFinite, result.value < best?.value ?? .infinity { best = result }
     }
     guard let best else {

@@ -87,8 +87,14 @@ public func bootstrapInterval(
         for slot in 0..<count { indices[slot] = Int(random.next() % UInt64(count)) }
         if let value = statistic(indices), value.isFinite { values.append(value) }
     }
+    return percentileInterval(values, level: level)
+}
+
+/// The percentile interval at `level` of a statistic's values over resamples; nil with fewer
+/// than two values.
+public func percentileInterval(_ values: [Double], level: Double = 0.95) -> BootstrapInterval? {
     guard values.count > 1 else { return nil }
-    values.sort()
+    let values = values.sorted()
     let tail = (1 - level) / 2
     func quantile(_ q: Double) -> Double {
         let position = q * Double(values.count - 1)

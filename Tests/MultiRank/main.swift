@@ -27,6 +27,7 @@ runCollectiveChecks(world, checks)
 runMPIChecks(world, checks)
 runImportChecks(world, checks)
 runScoringChecks(world, checks)
+runMetricChecks(world, checks)
 
 print(checks.summaryLine)
 do {
