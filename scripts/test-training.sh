@@ -85,6 +85,36 @@ if [ -f "$predictions" ] && head -1 "$predictions" | grep -q "^dataset_row,churn
 else
     fail "test predictions missing or incomplete ($predictions)"
 fi
+# Each rank wrote its own test customers into the file and computed the metrics with the others
+# without gathering them: the file must list each test customer once, in dataset order, and
+# its columns must give the test AUC and log loss the run logged; the baseline summary must
+# hold every customer once.
+if python3 - "$predictions" "$work/checkpoints/straight/metrics.jsonl" "$work/checkpoints/straight/baseline_summary.csv" \
+        "$work/data/manifest.json" <<'PY'
+import csv, json, math, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+order = [int(r["dataset_row"]) for r in rows]
+test = [json.loads(line) for line in open(sys.argv[2]) if '"test"' in line][-1]
+labels = [int(r["churn_label"]) for r in rows]
+scores = [float(r["churn_probability"]) for r in rows]
+positives = [s for s, l in zip(scores, labels) if l == 1]
+negatives = [s for s, l in zip(scores, labels) if l == 0]
+pairs = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in positives for n in negatives)
+auc = pairs / (len(positives) * len(negatives))
+log_loss = -sum(math.log(min(max(s if l else 1 - s, 1e-15), 1)) for s, l in zip(scores, labels)) / len(rows)
+summary = [int(r["dataset_row"]) for r in csv.DictReader(open(sys.argv[3]))]
+customers = sum(json.load(open(sys.argv[4]))["split"]["sizes"])
+print(f"file AUC {auc:.6f}, logged {test['test_auc']:.6f}; log loss {log_loss:.6f}, logged {test['test_log_loss']:.6f}; "
+      f"baseline summary {len(summary)} rows for {customers} customers")
+ok = (order == sorted(set(order)) and abs(auc - test["test_auc"]) < 1e-9 and abs(log_loss - test["test_log_loss"]) < 1e-6
+      and sorted(summary) == list(range(customers)))
+sys.exit(0 if ok else 1)
+PY
+then
+    pass "the 2-rank test predictions and baseline summary hold every customer once and give the logged metrics"
+else
+    fail "the 2-rank test predictions or baseline summary disagree with the logged metrics"
+fi
 
 echo "== the trained model scored by the real clm-score"
 # As of the dataset's cut-off the scorer computes the very features training stored, so its

@@ -1,6 +1,8 @@
 import Baselines
 import Checkpoints
+import Collectives
 import CustomerData
+import DistributedMetrics
 import Foundation
 import ModelMetrics
 
@@ -63,83 +65,84 @@ public struct BaselineReport: Sendable {
 ///   not stored; the transaction count is).
 /// - The logistic floor reads a dozen summary numbers per customer (the last step's features,
 ///   sums over the sequence and its length) and predicts churn.
+///
+/// Every rank summarises its own customers from its shards, the fits add their likelihoods over
+/// the ranks (`CustomerSums`) and the metrics come from the cross-rank states, so no rank reads
+/// another's customers.
 enum BaselineEvaluation {
+    /// The customers of one split on this rank: their shard, and how many of its first rows are
+    /// distinct customers (a balanced training shard repeats a few at its end).
+    struct Split {
+        let shard: LocalShard
+        let distinct: Int
+    }
+
     /// Fits on the training split, scores `validation` and `test`; with `summaryFile`, also
     /// writes every customer's calibration summary there (CSV: dataset_row, split, frequency,
-    /// recency, T, monetary_value), so lifetimes can be fitted on exactly the same numbers
-    /// (`scripts/lifetimes_reference.py --summary`).
-    static func run(dataset: CustomerDataset, validation: LSTMEvaluationRows, test: LSTMEvaluationRows,
-                    summaryFile: URL? = nil) throws -> BaselineReport {
-        let horizonPeriods = Double(dataset.manifest.spec.horizonDays) / Double(dataset.manifest.spec.periodDays)
-        let train = dataset.indices(in: .train)
-        let history = HistorySummaries(dataset: dataset)
-        // Every customer is in one of the three splits, so each summary is needed once anyway.
-        // Both passes read every customer's features once, in order, through the mapping; the
-        // pages they read are released as they go, so that the coordinator's resident set stays
-        // what it holds rather than the whole features file (1.2 GB at 1M customers).
-        let releaseEvery = 1 << 16
-        var allSummaries: [CustomerSummary] = []
-        allSummaries.reserveCapacity(dataset.customerCount)
-        for customer in 0..<dataset.customerCount {
-            allSummaries.append(history.summary(customer))
-            if customer % releaseEvery == releaseEvery - 1 { dataset.releaseResidentPages() }
-        }
-        dataset.releaseResidentPages()
+    /// recency, T, monetary_value; each rank its own customers), so lifetimes can be fitted on
+    /// exactly the same numbers (`scripts/lifetimes_reference.py --summary`).
+    static func run(train: Split, validationShard: LocalShard, validation: LSTMEvaluationRows,
+                    testShard: LocalShard, test: LSTMEvaluationRows, normalisation: FeatureNormalisation,
+                    horizonPeriods: Double, summaryFile: URL? = nil, world: any Communicator) throws -> BaselineReport {
+        let sums = CustomerSums(
+            sum: { values in var total = values; try world.allreduce(&total, op: .sum); return total },
+            maximum: { values in var total = values; try world.allreduce(&total, op: .max); return total })
+        let trainHistory = HistorySummaries(shard: train.shard, normalisation: normalisation)
+        let summaries = (0..<train.distinct).map(trainHistory.summary)
+        let validationHistory = HistorySummaries(shard: validationShard, normalisation: normalisation)
+        let testHistory = HistorySummaries(shard: testShard, normalisation: normalisation)
+        let splitSummaries = [(0..<validationShard.count).map(validationHistory.summary),
+                              (0..<testShard.count).map(testHistory.summary)]
         if let summaryFile {
-            // Built as bytes, not a String converted at the end: one copy of ~40 bytes a customer
-            // instead of three on the coordinator.
-            var text = Data("dataset_row,split,frequency,recency,T,monetary_value\n".utf8)
-            text.reserveCapacity(dataset.customerCount * 48)
-            for customer in 0..<dataset.customerCount {
-                let summary = allSummaries[customer]
-                text.append(contentsOf: "\(customer),\(dataset.split[customer]),\(Int(summary.frequency)),\(Int(summary.recency)),\(Int(summary.age)),\(summary.monetaryValue)\n".utf8)
+            var text = Data()
+            for (split, shard, customers) in [(0, train.shard, summaries), (1, validationShard, splitSummaries[0]),
+                                              (2, testShard, splitSummaries[1])] {
+                for (index, summary) in customers.enumerated() {
+                    text.append(contentsOf: "\(shard.datasetRows[index]),\(split),\(Int(summary.frequency)),\(Int(summary.recency)),\(Int(summary.age)),\(summary.monetaryValue)\n".utf8)
+                }
             }
-            try writeFileAtomically(text, to: summaryFile)
+            try writeSharedRunFile(header: "dataset_row,split,frequency,recency,T,monetary_value\n", rows: [UInt8](text),
+                                   to: summaryFile, world: world)
         }
 
-        let summaries = train.map { allSummaries[$0] }
         var report = BaselineReport()
         // A baseline that cannot be fitted on this data is reported as such; it must not cost
-        // the run its own test metrics.
+        // the run its own test metrics. Every rank reaches the same verdict (the fits agree).
         var bgnbd: BGNBDParameters? = nil
         do {
-            let fitted = try BGNBDParameters.fit(summaries)
+            let fitted = try BGNBDParameters.fit(summaries, across: sums)
             bgnbd = fitted
             report.parameters.merge(["bgnbd_r": fitted.r, "bgnbd_alpha": fitted.alpha, "bgnbd_a": fitted.a, "bgnbd_b": fitted.b]) { $1 }
-        } catch {
+        } catch let error as BaselineError {
             report.failures.append("BG/NBD could not be fitted on the training customers: \(error)")
         }
         var gammaGamma: GammaGammaParameters? = nil
         do {
-            let fitted = try GammaGammaParameters.fit(summaries.filter { $0.frequency > 0 && $0.monetaryValue > 0 })
+            let fitted = try GammaGammaParameters.fit(summaries.filter { $0.frequency > 0 && $0.monetaryValue > 0 }, across: sums)
             report.parameters.merge(["gg_p": fitted.p, "gg_q": fitted.q, "gg_v": fitted.v]) { $1 }
             // q ≤ 1 leaves the Gamma-Gamma's mean spend undefined (infinite).
             if fitted.q > 1 { gammaGamma = fitted } else {
                 report.failures.append(String(format: "Gamma-Gamma fitted q = %.4f ≤ 1, so its expected spend is infinite; no spend baseline", fitted.q))
             }
-        } catch {
+        } catch let error as BaselineError {
             report.failures.append("Gamma-Gamma could not be fitted on the repeat customers: \(error)")
         }
         var floor: LogisticRegression? = nil
         do {
             var floorFeatures: [Double] = []
-            floorFeatures.reserveCapacity(train.count * HistorySummaries.floorFeatureCount)
-            for (position, customer) in train.enumerated() {
-                floorFeatures += history.floorFeatures(customer)
-                if position % releaseEvery == releaseEvery - 1 { dataset.releaseResidentPages() }
-            }
-            dataset.releaseResidentPages()
+            floorFeatures.reserveCapacity(train.distinct * HistorySummaries.floorFeatureCount)
+            for customer in 0..<train.distinct { floorFeatures += trainHistory.floorFeatures(customer) }
             floor = try LogisticRegression.fit(
-                features: floorFeatures, labels: train.map { dataset.churn[$0] >= 0.5 },
-                width: HistorySummaries.floorFeatureCount)
-        } catch {
+                features: floorFeatures, labels: (0..<train.distinct).map { train.shard.churn[$0] >= 0.5 },
+                width: HistorySummaries.floorFeatureCount, across: sums)
+        } catch let error as BaselineError {
             report.failures.append("the logistic floor could not be fitted: \(error)")
         }
 
-        for (rows, prefix) in [(validation, "val_"), (test, "test_")] {
-            let customers = rows.datasetRows
-            let labels = rows.churnLabels, spend = rows.spend
-            let customerSummaries = customers.map { allSummaries[$0] }
+        for (split, (rows, prefix)) in [(validation, "val_"), (test, "test_")].enumerated() {
+            let history = split == 0 ? validationHistory : testHistory
+            let customerSummaries = splitSummaries[split]
+            let labels = rows.churnLabels, spend = rows.spend, ids = rows.ids
             var metrics: [String: Double] = [:]
             func keep(_ computed: [String: Double?], _ keys: [String]? = nil) {
                 for (key, value) in computed {
@@ -148,6 +151,8 @@ enum BaselineEvaluation {
                     metrics[key] = value
                 }
             }
+            /// Whether any rank saw a non-finite value, so that every rank drops the same baseline.
+            func anywhere(_ found: Bool) throws -> Bool { try world.allreduce(value: Int64(found ? 1 : 0), op: .max) > 0 }
             var bgnbdChurn: [Double]? = nil
             var bgnbdSpend: [Double]? = nil
             if let bgnbd {
@@ -155,16 +160,16 @@ enum BaselineEvaluation {
                 var expected = customerSummaries.map { summary in
                     gammaGamma.map { $0.expectedSpend(t: horizonPeriods, customer: summary, transactions: bgnbd) } ?? 0
                 }
-                if expected.contains(where: { !$0.isFinite }) {
+                if try anywhere(expected.contains(where: { !$0.isFinite })) {
                     report.failures.append("BG/NBD + Gamma-Gamma gave a non-finite expected spend on the \(prefix.dropLast()) customers; no spend baseline")
                     gammaGamma = nil
                     expected = spend
                 }
                 if gammaGamma != nil { bgnbdSpend = expected }
-                if churn.allSatisfy(\.isFinite) {
+                if try !anywhere(!churn.allSatisfy(\.isFinite)) {
                     bgnbdChurn = churn
-                    keep(churnAndSpendMetrics(prefix: prefix + "bgnbd_", labels: labels, churnProbability: churn, spend: spend,
-                                              expectedSpend: expected),
+                    keep(try churnAndSpendMetrics(prefix: prefix + "bgnbd_", labels: labels, churnProbability: churn, spend: spend,
+                                                  expectedSpend: expected, ids: ids, world: world),
                          gammaGamma == nil ? ["auc", "log_loss", "f1", "brier", "accuracy"] : nil)
                 } else {
                     report.failures.append("BG/NBD gave non-finite churn probabilities on the \(prefix.dropLast()) customers")
@@ -172,15 +177,16 @@ enum BaselineEvaluation {
             }
             var floorChurn: [Double]? = nil
             if let floor {
-                let churn = customers.map { floor.probability(history.floorFeatures($0)[...]) }
+                let churn = (0..<rows.count).map { floor.probability(history.floorFeatures($0)[...]) }
                 floorChurn = churn
-                keep(churnAndSpendMetrics(prefix: prefix + "logistic_", labels: labels, churnProbability: churn, spend: spend,
-                                          expectedSpend: spend),
+                keep(try churnAndSpendMetrics(prefix: prefix + "logistic_", labels: labels, churnProbability: churn, spend: spend,
+                                              expectedSpend: spend, ids: ids, world: world),
                      ["auc", "log_loss", "f1", "brier", "accuracy"])
             }
             if prefix == "test_" {
-                metrics.merge(intervals(model: rows.churnProbability, bgnbd: bgnbdChurn, floor: floorChurn, labels: labels,
-                                        spend: spend, modelSpend: rows.expectedSpend, bgnbdSpend: bgnbdSpend)) { $1 }
+                metrics.merge(try intervals(model: rows.churnProbability, bgnbd: bgnbdChurn, floor: floorChurn, labels: labels,
+                                            spend: spend, modelSpend: rows.expectedSpend, bgnbdSpend: bgnbdSpend, ids: ids,
+                                            world: world)) { $1 }
                 report.test = metrics
             } else {
                 report.validation = metrics
@@ -189,46 +195,56 @@ enum BaselineEvaluation {
         return report
     }
 
-    /// Test splits up to this size get bootstrap intervals: each interval costs 1,000 sorts of
-    /// the split, and above this size the sampling error of an AUC is already below 0.005.
-    static let bootstrapLimit = 20_000
-
-    /// 95% bootstrap intervals over test customers (1,000 seeded resamples): the model's AUC,
-    /// and paired differences on the same resamples: its AUC minus each baseline's, and its
+    /// 95% Poisson-bootstrap intervals over every rank's test customers (1,000 resamples, each
+    /// customer's weight a hash of its dataset row, so the same at any world size): the model's
+    /// AUC, and paired differences on the same resamples: its AUC minus each baseline's, and its
     /// spend RMSE minus BG/NBD + Gamma-Gamma's (negative: the model's error is smaller).
     static func intervals(model: [Double], bgnbd: [Double]?, floor: [Double]?, labels: [Bool],
-                          spend: [Double], modelSpend: [Double], bgnbdSpend: [Double]?) -> [String: Double] {
-        guard labels.count <= bootstrapLimit else { return [:] }
-        func auc(_ scores: [Double], _ indices: [Int]) -> Double? {
-            rocAUC(scores: indices.map { scores[$0] }, labels: indices.map { labels[$0] })
-        }
-        func rmse(_ predicted: [Double], _ indices: [Int]) -> Double {
-            (indices.reduce(0) { $0 + (predicted[$1] - spend[$1]) * (predicted[$1] - spend[$1]) } / Double(indices.count)).squareRoot()
-        }
+                          spend: [Double], modelSpend: [Double], bgnbdSpend: [Double]?, ids: [Int64],
+                          world: any Communicator) throws -> [String: Double] {
+        let resampling = PoissonResampling()
         var result: [String: Double] = [:]
-        func put(_ name: String, _ interval: BootstrapInterval?) {
-            guard let interval else { return }
+        func put(_ name: String, _ resampled: [Double?]) {
+            guard let interval = CrossRankMetrics.interval(resampled.dropFirst()) else { return }
             result["test_\(name)_ci_low"] = interval.lower
             result["test_\(name)_ci_high"] = interval.upper
         }
-        put("auc", bootstrapInterval(count: labels.count) { auc(model, $0) })
+        let modelAUC = try CrossRankMetrics.rocAUC(scores: model, labels: labels, ids: ids, resampling: resampling, world: world)
+        put("auc", modelAUC)
         for (name, scores) in [("bgnbd", bgnbd), ("logistic", floor)] {
             guard let scores else { continue }
-            put("auc_minus_\(name)", bootstrapInterval(count: labels.count) { indices in
-                guard let a = auc(model, indices), let b = auc(scores, indices) else { return nil }
-                return a - b
-            })
+            let other = try CrossRankMetrics.rocAUC(scores: scores, labels: labels, ids: ids, resampling: resampling, world: world)
+            put("auc_minus_\(name)", zip(modelAUC, other).map { a, b in a.flatMap { a in b.map { a - $0 } } })
         }
         if let bgnbdSpend {
-            put("clv_rmse_minus_bgnbd", bootstrapInterval(count: labels.count) { rmse(modelSpend, $0) - rmse(bgnbdSpend, $0) })
+            // Per resample: total weight, the model's and BG/NBD's weighted squared errors.
+            let copies = 1 + resampling.resamples
+            var sums = [Double](repeating: 0, count: 3 * copies)
+            for index in ids.indices {
+                let modelError = (modelSpend[index] - spend[index]) * (modelSpend[index] - spend[index])
+                let baselineError = (bgnbdSpend[index] - spend[index]) * (bgnbdSpend[index] - spend[index])
+                for copy in 0..<copies {
+                    let weight = resampling.weight(id: ids[index], resample: copy)
+                    guard weight > 0 else { continue }
+                    sums[3 * copy] += weight
+                    sums[3 * copy + 1] += weight * modelError
+                    sums[3 * copy + 2] += weight * baselineError
+                }
+            }
+            try world.allreduce(&sums, op: .sum)
+            put("clv_rmse_minus_bgnbd", (0..<copies).map { copy -> Double? in
+                let weight = sums[3 * copy]
+                guard weight > 0 else { return nil }
+                return (sums[3 * copy + 1] / weight).squareRoot() - (sums[3 * copy + 2] / weight).squareRoot()
+            })
         }
         return result
     }
 }
 
-/// Per-customer history summaries read back from a dataset's normalised feature sequences.
+/// Per-customer history summaries read back from a shard's normalised feature sequences.
 struct HistorySummaries {
-    let dataset: CustomerDataset
+    let shard: LocalShard
     let mean: [Double]
     let std: [Double]
     let width: Int
@@ -240,22 +256,21 @@ struct HistorySummaries {
              log1pMeanSpend
     }
 
-    init(dataset: CustomerDataset) {
-        self.dataset = dataset
-        mean = dataset.manifest.normalisation.mean
-        std = dataset.manifest.normalisation.std
-        width = dataset.featureCount
-        steps = dataset.historyLength
-        precondition(dataset.manifest.featureNames == customerFeatureNames, "the baselines read the standard per-period features")
+    init(shard: LocalShard, normalisation: FeatureNormalisation) {
+        self.shard = shard
+        mean = normalisation.mean
+        std = normalisation.std
+        width = shard.featureCount
+        steps = shard.steps
     }
 
     private func raw(_ customer: Int, step: Int, _ feature: Feature) -> Double {
-        let value = dataset.features[(customer * steps + step) * width + feature.rawValue]
+        let value = shard.features.pointer[(customer * steps + step) * width + feature.rawValue]
         return Double(value) * std[feature.rawValue] + mean[feature.rawValue]
     }
 
     func summary(_ customer: Int) -> CustomerSummary {
-        let length = Int(dataset.lengths[customer])
+        let length = Int(shard.lengths[customer])
         let last = length - 1
         var activePeriods = 0
         var transactionsInWindow = 0.0
@@ -285,8 +300,8 @@ struct HistorySummaries {
     /// The last step's eight features, then the sums of transactions, log1p spend and active
     /// periods over the sequence, and its length.
     func floorFeatures(_ customer: Int) -> [Double] {
-        let length = Int(dataset.lengths[customer])
-        var row = (0..<width).map { Double(dataset.features[(customer * steps + length - 1) * width + $0]) }
+        let length = Int(shard.lengths[customer])
+        var row = (0..<width).map { Double(shard.features.pointer[(customer * steps + length - 1) * width + $0]) }
         var transactions = 0.0, spend = 0.0, active = 0.0
         for step in 0..<length {
             transactions += raw(customer, step: step, .transactions)

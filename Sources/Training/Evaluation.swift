@@ -1,45 +1,38 @@
 import Checkpoints
 import Collectives
+import DistributedMetrics
 import Foundation
 import ModelMetrics
 import Tensors
 
-/// Metrics of one split, merged over every rank's shard.
+/// Metrics of one split over every rank's shard, the same on every rank.
 ///
-/// GNN: counting states (confusion counts, loss sums) are summed with one all-reduce of their
-/// packed form. LSTM: every customer's labels and outputs (a few floats each) are gathered on
-/// rank 0, which computes the exact metrics (AUC, Spearman, Gini and the stage head's) and
-/// broadcasts them, so every rank ends with the same numbers; rank 0 keeps the rows for the
-/// test predictions file and the baselines.
+/// Each rank keeps its own customers' rows: counting states (confusion counts, loss sums) are
+/// summed with an all-reduce of their packed form, and the ranking metrics (AUC, Spearman,
+/// Gini) come from a sample sort over the ranks, so no rank holds more than its share.
 func evaluate(
     _ predictions: Predictions, shard: LocalShard, model: ModelKind,
     classCount: Int, lstm: TrainingConfiguration.LSTMSettings, majorityStage: Int, prefix: String, world: any Communicator
 ) throws -> EvaluatedSplit {
     switch model {
     case .lstm:
-        let rows = try gatherToCoordinator(
-            LSTMEvaluationRows.pack(predictions, shard: shard, stageCount: lstm.stageHead ? classCount : 0), world: world)
-        let table = LSTMEvaluationRows(values: rows, stageCount: lstm.stageHead ? classCount : 0)
-        var encoded = ""
-        if world.rank == 0 {
-            let metrics = table.metrics(prefix: prefix, clvWeight: Double(lstm.clvWeight), stageWeight: Double(lstm.stageWeight),
-                                        majorityStage: majorityStage)
-            encoded = String(decoding: try JSONEncoder().encode(metrics), as: UTF8.self)
-        }
-        encoded = try world.broadcast(string: encoded, root: 0)
-        let metrics = try JSONDecoder().decode([String: Double].self, from: Data(encoded.utf8))
-        return EvaluatedSplit(metrics: metrics, lstmRows: world.rank == 0 ? table : nil)
+        let stageCount = lstm.stageHead ? classCount : 0
+        let rows = LSTMEvaluationRows(
+            values: LSTMEvaluationRows.pack(predictions, shard: shard, stageCount: stageCount), stageCount: stageCount,
+            hasPurchaseProbability: lstm.clvLoss == .ziln)
+        let metrics = try rows.metrics(prefix: prefix, clvWeight: Double(lstm.clvWeight), stageWeight: Double(lstm.stageWeight),
+                                       majorityStage: majorityStage, world: world)
+        return EvaluatedSplit(metrics: metrics, lstmRows: rows)
     case .gnn:
         let metrics = try evaluateStages(predictions, shard: shard, classCount: classCount, majorityStage: majorityStage,
                                          prefix: prefix, world: world)
-        let gathered = try gatherToCoordinator(
-            StageEvaluationRows.pack(predictions, shard: shard, classCount: classCount), world: world)
         return EvaluatedSplit(metrics: metrics, lstmRows: nil,
-                              stageRows: world.rank == 0 ? StageEvaluationRows(values: gathered, classCount: classCount) : nil)
+                              stageRows: StageEvaluationRows(values: StageEvaluationRows.pack(predictions, shard: shard, classCount: classCount),
+                                                             classCount: classCount))
     }
 }
 
-/// Rank 0's rows of every evaluated customer of the graph model: dataset row, true stage,
+/// This rank's rows of the customers the graph model evaluated: dataset row, true stage,
 /// predicted stage, then one probability per stage. They feed the comparisons that need the
 /// customers themselves (bootstrap intervals, paired differences) and the predictions file.
 struct StageEvaluationRows: Sendable {
@@ -66,23 +59,11 @@ struct StageEvaluationRows: Sendable {
     }
 }
 
-/// A split's merged metrics; on rank 0 also every customer's row.
+/// A split's merged metrics, and this rank's rows of its customers.
 struct EvaluatedSplit {
     var metrics: [String: Double]
     var lstmRows: LSTMEvaluationRows?
     var stageRows: StageEvaluationRows? = nil
-}
-
-/// Every rank's `rows` concatenated in rank order on rank 0; empty elsewhere.
-func gatherToCoordinator(_ rows: [Float], world: any Communicator) throws -> [Float] {
-    let counts = try world.allgather(value: Int64(rows.count)).map { Int($0) }
-    var gathered = [Float](repeating: 0, count: world.rank == 0 ? counts.reduce(0, +) : 0)
-    try rows.withUnsafeBufferPointer { source in
-        try gathered.withUnsafeMutableBufferPointer { destination in
-            try world.gatherv(source, into: world.rank == 0 ? destination : nil, counts: counts, root: 0)
-        }
-    }
-    return gathered
 }
 
 /// One row per evaluated customer of the LSTM, as floats (dataset rows and stages are below
@@ -93,13 +74,11 @@ struct LSTMEvaluationRows {
     static let fixedWidth = 8
     let values: [Float]
     let stageCount: Int
+    /// Whether the model has a ZILN head: known from the model, not the rows, so that a rank
+    /// without customers agrees with the others.
+    let hasPurchaseProbability: Bool
     var width: Int { Self.fixedWidth + stageCount }
     var count: Int { values.count / width }
-
-    init(values: [Float], stageCount: Int) {
-        self.values = values
-        self.stageCount = stageCount
-    }
 
     static func pack(_ predictions: Predictions, shard: LocalShard, stageCount: Int) -> [Float] {
         let width = fixedWidth + stageCount
@@ -125,13 +104,14 @@ struct LSTMEvaluationRows {
         stride(from: offset, to: values.count, by: width).map { Double(values[$0]) }
     }
     var datasetRows: [Int] { stride(from: 0, to: values.count, by: width).map { Int(values[$0]) } }
+    var ids: [Int64] { datasetRows.map { Int64($0) } }
     var churnLabels: [Bool] { column(1).map { $0 >= 0.5 } }
     var spend: [Double] { column(2) }
     var stages: [Int] { column(3).map { Int($0) } }
     var churnProbability: [Double] { column(4) }
     var expectedSpend: [Double] { column(5) }
     var clvLoss: [Double] { column(6) }
-    var purchaseProbability: [Double]? { count > 0 && values[7] >= 0 ? column(7) : nil }
+    var purchaseProbability: [Double]? { hasPurchaseProbability ? column(7) : nil }
     func predictedStage(_ row: Int) -> Int {
         let base = row * width + Self.fixedWidth
         var best = 0
@@ -139,20 +119,25 @@ struct LSTMEvaluationRows {
         return best
     }
 
-    /// Churn, spend and (with a stage head) stage metrics of these customers.
-    func metrics(prefix: String, clvWeight: Double, stageWeight: Double, majorityStage: Int) -> [String: Double] {
-        let labels = churnLabels, probabilities = churnProbability
-        var metrics = churnAndSpendMetrics(
-            prefix: prefix, labels: labels, churnProbability: probabilities, spend: spend, expectedSpend: expectedSpend
+    /// Churn, spend and (with a stage head) stage metrics of every rank's customers.
+    func metrics(prefix: String, clvWeight: Double, stageWeight: Double, majorityStage: Int,
+                 world: any Communicator) throws -> [String: Double] {
+        let labels = churnLabels, probabilities = churnProbability, ids = self.ids
+        var metrics = try churnAndSpendMetrics(
+            prefix: prefix, labels: labels, churnProbability: probabilities, spend: spend, expectedSpend: expectedSpend,
+            ids: ids, world: world
         ).compactMapValues { $0 }
         if let purchase = purchaseProbability {
             // The ZILN's own churn estimate, 1 − P(purchase), beside the churn head's.
             var binary = BinaryClassificationState()
             for (p, label) in zip(purchase, labels) { binary.add(probability: 1 - p, label: label) }
-            metrics[prefix + "auc_ziln"] = rocAUC(scores: purchase.map { 1 - $0 }, labels: labels)
-            metrics[prefix + "log_loss_ziln"] = binary.logLoss
+            metrics[prefix + "auc_ziln"] = try CrossRankMetrics.rocAUC(
+                scores: purchase.map { 1 - $0 }, labels: labels, ids: ids, world: world)[0]
+            metrics[prefix + "log_loss_ziln"] = try binary.mergedAcross(world).logLoss
         }
-        var stageLoss = 0.0
+        // Summed over every rank: the stage loss, the CLV loss and the customers.
+        var sums = [0.0, self.clvLoss.reduce(0, +), Double(count)]
+        var stageStates: (MulticlassState, MulticlassState)? = nil
         if stageCount > 0 {
             var state = MulticlassState(classCount: stageCount)
             var majority = MulticlassState(classCount: stageCount)
@@ -160,9 +145,14 @@ struct LSTMEvaluationRows {
             for row in 0..<count {
                 state.add(trueClass: truth[row], predictedClass: predictedStage(row))
                 majority.add(trueClass: truth[row], predictedClass: majorityStage)
-                stageLoss -= log(max(Double(values[row * width + Self.fixedWidth + truth[row]]), 1e-15))
+                sums[0] -= log(max(Double(values[row * width + Self.fixedWidth + truth[row]]), 1e-15))
             }
-            stageLoss /= Double(max(count, 1))
+            stageStates = (try state.mergedAcross(world), try majority.mergedAcross(world))
+        }
+        try world.allreduce(&sums, op: .sum)
+        let customers = sums[2]
+        let stageLoss = sums[0] / max(customers, 1)
+        if let (state, majority) = stageStates {
             metrics[prefix + "stage_accuracy"] = state.accuracy
             metrics[prefix + "stage_macro_f1"] = state.macroF1
             // What always answering the training split's most frequent stage scores.
@@ -174,21 +164,23 @@ struct LSTMEvaluationRows {
                 }
             }
         }
-        if let logLoss = metrics[prefix + "log_loss"], count > 0 {
-            let clvLoss = self.clvLoss.reduce(0, +) / Double(count)
+        if let logLoss = metrics[prefix + "log_loss"], customers > 0 {
+            let clvLoss = sums[1] / customers
             metrics[prefix + "clv_loss"] = clvLoss
             metrics[prefix + "loss"] = logLoss + clvWeight * clvLoss + stageWeight * stageLoss
         }
-        metrics[prefix + "customers"] = Double(count)
+        metrics[prefix + "customers"] = customers
         return metrics.filter { $0.value.isFinite }
     }
 }
 
-/// The churn and spend metrics every model and baseline is compared on: AUC, log loss, F1,
-/// Brier, accuracy; spend RMSE and MAE in currency, RMSE of log1p, Spearman and normalized Gini.
+/// The churn and spend metrics every model and baseline is compared on, over every rank's
+/// customers: AUC, log loss, F1, Brier, accuracy; spend RMSE and MAE in currency, RMSE of
+/// log1p, Spearman and normalized Gini. `ids` are the customers' dataset rows.
 func churnAndSpendMetrics(
-    prefix: String, labels: [Bool], churnProbability: [Double], spend: [Double], expectedSpend: [Double]
-) -> [String: Double?] {
+    prefix: String, labels: [Bool], churnProbability: [Double], spend: [Double], expectedSpend: [Double],
+    ids: [Int64], world: any Communicator
+) throws -> [String: Double?] {
     var binary = BinaryClassificationState()
     var currency = RegressionState()
     var logScale = RegressionState()
@@ -197,8 +189,11 @@ func churnAndSpendMetrics(
         currency.add(prediction: expectedSpend[index], target: spend[index])
         logScale.add(prediction: log1p(max(expectedSpend[index], 0)), target: log1p(spend[index]))
     }
+    binary = try binary.mergedAcross(world)
+    currency = try currency.mergedAcross(world)
+    logScale = try logScale.mergedAcross(world)
     var metrics: [String: Double?] = [:]
-    metrics[prefix + "auc"] = rocAUC(scores: churnProbability, labels: labels)
+    metrics[prefix + "auc"] = try CrossRankMetrics.rocAUC(scores: churnProbability, labels: labels, ids: ids, world: world)[0]
     metrics[prefix + "log_loss"] = binary.logLoss
     metrics[prefix + "f1"] = binary.f1
     metrics[prefix + "brier"] = binary.brierScore
@@ -206,8 +201,8 @@ func churnAndSpendMetrics(
     metrics[prefix + "clv_rmse"] = currency.rmse
     metrics[prefix + "clv_mae"] = currency.mae
     metrics[prefix + "clv_rmse_log"] = logScale.rmse
-    metrics[prefix + "spend_spearman"] = spearmanCorrelation(expectedSpend, spend)
-    metrics[prefix + "spend_gini"] = normalizedGini(predicted: expectedSpend, actual: spend)
+    metrics[prefix + "spend_spearman"] = try CrossRankMetrics.spearman(expectedSpend, spend, ids: ids, world: world)
+    metrics[prefix + "spend_gini"] = try CrossRankMetrics.normalizedGini(predicted: expectedSpend, actual: spend, ids: ids, world: world)
     return metrics
 }
 
@@ -247,42 +242,43 @@ private func evaluateStages(
     return metrics
 }
 
-/// Writes rank 0's gathered test rows as CSV (atomically), for the run report's ROC,
-/// calibration, spend and confusion charts.
+/// Writes the test rows of every rank as one CSV, each rank its own rows (in shard order, so the
+/// file lists customers in dataset order), for the run report's ROC, calibration, spend and
+/// confusion charts.
 ///
 /// Columns, LSTM: dataset_row, churn_label, churn_probability, spend, expected_spend, stage, then
 /// purchase_probability with a ZILN head, predicted_stage and p_stage_k with a stage head.
 /// GNN: dataset_row, stage, predicted_stage, then one probability per stage.
-func writeLSTMPredictions(_ rows: LSTMEvaluationRows, to url: URL) throws {
+func writeLSTMPredictions(_ rows: LSTMEvaluationRows, to url: URL, world: any Communicator) throws {
     var header = "dataset_row,churn_label,churn_probability,spend,expected_spend,stage"
-    let purchase = rows.purchaseProbability
-    if purchase != nil { header += ",purchase_probability" }
+    if rows.hasPurchaseProbability { header += ",purchase_probability" }
     if rows.stageCount > 0 { header += ",predicted_stage" + (0..<rows.stageCount).map { ",p_stage_\($0)" }.joined() }
-    var text = header + "\n"
+    var text = ""
     let values = rows.values
     for row in 0..<rows.count {
         let base = row * rows.width
         var fields = [Int(values[base]).description, Int(values[base + 1]).description, formatValue(values[base + 4]),
                       formatValue(values[base + 2]), formatValue(values[base + 5]), Int(values[base + 3]).description]
-        if purchase != nil { fields.append(formatValue(values[base + 7])) }
+        if rows.hasPurchaseProbability { fields.append(formatValue(values[base + 7])) }
         if rows.stageCount > 0 {
             fields.append(rows.predictedStage(row).description)
             for stage in 0..<rows.stageCount { fields.append(formatValue(values[base + LSTMEvaluationRows.fixedWidth + stage])) }
         }
         text += fields.joined(separator: ",") + "\n"
     }
-    try writeFileAtomically(Data(text.utf8), to: url)
+    try writeSharedRunFile(header: header + "\n", rows: Array(text.utf8), to: url, world: world)
 }
 
 private func formatValue(_ value: Float) -> String {
     value == value.rounded() && abs(value) < 1e7 ? "\(Int(value))" : "\(value)"
 }
 
-/// Writes rank 0's gathered GNN test rows as CSV (atomically).
-func writeStagePredictions(_ rows: StageEvaluationRows, to url: URL) throws {
-    var text = "dataset_row,stage,predicted_stage" + (0..<rows.classCount).map { ",p_stage_\($0)" }.joined() + "\n"
+/// Writes the GNN's test rows of every rank as one CSV (see `writeLSTMPredictions`).
+func writeStagePredictions(_ rows: StageEvaluationRows, to url: URL, world: any Communicator) throws {
+    let header = "dataset_row,stage,predicted_stage" + (0..<rows.classCount).map { ",p_stage_\($0)" }.joined() + "\n"
+    var text = ""
     for row in stride(from: 0, to: rows.values.count, by: rows.width) {
         text += (0..<rows.width).map { formatValue(rows.values[row + $0]) }.joined(separator: ",") + "\n"
     }
-    try writeFileAtomically(Data(text.utf8), to: url)
+    try writeSharedRunFile(header: header, rows: Array(text.utf8), to: url, world: world)
 }

@@ -27,6 +27,12 @@ struct JobSpec: Codable {
     var spendPrior: SpendPrior?
     /// The training split's most frequent stage.
     var majorityStage: Int
+    /// What the baselines need to read histories back from the shards: the features'
+    /// normalisation, whether they are the importer's standard per-period features, and the
+    /// label horizon in periods.
+    var normalisation: FeatureNormalisation
+    var standardFeatures: Bool
+    var horizonPeriods: Double
 
     /// The model every rank builds, as the checkpoint manifest records it.
     var architecture: ModelArchitecture {
@@ -149,7 +155,9 @@ public enum TrainingJob {
             nodeFeatureWidth: dataset.nodeFeatureWidth,
             spendPrior: configuration.model == .lstm && configuration.lstm.clvLoss == .ziln
                 ? SpendPrior.fit(spend: train.lazy.map { dataset.spend[$0] }) : nil,
-            majorityStage: majorityStage)
+            majorityStage: majorityStage, normalisation: dataset.manifest.normalisation,
+            standardFeatures: dataset.manifest.featureNames == customerFeatureNames,
+            horizonPeriods: Double(dataset.manifest.spec.horizonDays) / Double(dataset.manifest.spec.periodDays))
     }
 
     static func run(_ spec: JobSpec, dataset: CustomerDataset?, world: any Communicator,
@@ -233,20 +241,23 @@ public enum TrainingJob {
             saveCheckpoint: world.rank == 0 ? { try store.save($0) } : nil, stopAfterSteps: spec.stopAfterSteps)
         trainer.runDirectory = URL(fileURLWithPath: configuration.checkpoints).appendingPathComponent(configuration.run)
         trainer.majorityStage = spec.majorityStage
-        if world.rank == 0 {
-            trainer.loadParameters = { try store.parameters(step: $0) }
-            if let ablation, let ablationValidation = ablation.validationStageRows, let ablationTest = ablation.testStageRows {
-                trainer.stageComparison = { validation, test in
-                    try StageComparison.metrics(
-                        validation: validation, test: test, ablationValidation: ablationValidation, ablationTest: ablationTest,
-                        majorityStage: spec.majorityStage, classCount: spec.classCount)
-                }
+        if world.rank == 0 { trainer.loadParameters = { try store.parameters(step: $0) } }
+        if let ablation, let ablationValidation = ablation.validationStageRows, let ablationTest = ablation.testStageRows {
+            trainer.stageComparison = { validation, test in
+                try StageComparison.metrics(
+                    validation: validation, test: test, ablationValidation: ablationValidation, ablationTest: ablationTest,
+                    majorityStage: spec.majorityStage, classCount: spec.classCount, world: world)
             }
-            if configuration.model == .lstm, let dataset {
-                let summaryFile = trainer.runDirectory?.appendingPathComponent("baseline_summary.csv")
-                trainer.baselines = {
-                    try BaselineEvaluation.run(dataset: dataset, validation: $0, test: $1, summaryFile: summaryFile)
-                }
+        }
+        if configuration.model == .lstm && spec.standardFeatures {
+            let summaryFile = trainer.runDirectory?.appendingPathComponent("baseline_summary.csv")
+            let train = BaselineEvaluation.Split(
+                shard: trainShard,
+                distinct: ShardPlan.distinctCount(total: spec.trainCount, ranks: ranks, rank: world.rank))
+            trainer.baselines = {
+                try BaselineEvaluation.run(
+                    train: train, validationShard: validationShard, validation: $0, testShard: testShard, test: $1,
+                    normalisation: spec.normalisation, horizonPeriods: spec.horizonPeriods, summaryFile: summaryFile, world: world)
             }
         }
         let summary = try trainer.run(resumingFrom: restored)

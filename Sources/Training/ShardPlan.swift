@@ -35,6 +35,13 @@ public struct ShardPlan: Sendable, Equatable {
         [Int](repeating: (total + ranks - 1) / ranks, count: ranks)
     }
 
+    /// How many of rank `rank`'s first rows in a `balanced` plan are distinct customers: rank r
+    /// takes positions r, r + P, … of the padded order, whose positions from `total` on repeat
+    /// the first customers.
+    public static func distinctCount(total: Int, ranks: Int, rank: Int) -> Int {
+        total > rank ? (total - rank + ranks - 1) / ranks : 0
+    }
+
     /// Shard sizes of `exact`.
     public static func exactCounts(total: Int, ranks: Int) -> [Int] {
         (0..<ranks).map { total / ranks + ($0 < total % ranks ? 1 : 0) }

@@ -1,46 +1,67 @@
+import Collectives
+import DistributedMetrics
 import ModelMetrics
 
 /// The graph model next to its no-graph ablation and the majority class, on the same customers,
-/// with 95% bootstrap intervals (1,000 seeded resamples over customers): the evidence that the
-/// graph earns its place, or does not.
+/// with 95% intervals over 1,000 Poisson bootstrap resamples: the evidence that the graph earns
+/// its place, or does not.
+///
+/// Each rank counts its own customers into one confusion matrix per resample and predictor
+/// (weights from the customers' dataset rows, so resamples do not depend on the world size),
+/// and one all-reduce adds them up.
 enum StageComparison {
     static func metrics(
         validation: StageEvaluationRows, test: StageEvaluationRows, ablationValidation: StageEvaluationRows,
-        ablationTest: StageEvaluationRows, majorityStage: Int, classCount: Int
+        ablationTest: StageEvaluationRows, majorityStage: Int, classCount: Int, world: any Communicator
     ) throws -> [String: Double] {
         var metrics: [String: Double] = [:]
+        let resampling = PoissonResampling()
+        let copies = 1 + resampling.resamples
+        let cells = classCount * classCount
+        let predictors = ["", "nograph_", "majority_"]
         for (prefix, model, ablation) in [("val_", validation, ablationValidation), ("test_", test, ablationTest)] {
             // Both runs evaluate the same shards in the same order; anything else is a bug.
-            guard model.datasetRows == ablation.datasetRows else {
-                throw AgreementError(message: "the no-graph ablation was evaluated on other customers than the model")
+            try world.agreeing("comparing the graph model with its ablation") {
+                guard model.datasetRows == ablation.datasetRows else {
+                    throw AgreementError(message: "the no-graph ablation was evaluated on other customers than the model")
+                }
             }
-            let truth = model.truth, predicted = model.predicted, ablated = ablation.predicted
-            let majority = [Int](repeating: majorityStage, count: truth.count)
-            func score(_ guesses: [Int], _ indices: [Int]) -> (accuracy: Double?, macroF1: Double?) {
-                var state = MulticlassState(classCount: classCount)
-                for index in indices { state.add(trueClass: truth[index], predictedClass: guesses[index]) }
-                return (state.accuracy, state.macroF1)
+            let truth = model.truth, ids = model.datasetRows
+            let guesses = [model.predicted, ablation.predicted, [Int](repeating: majorityStage, count: truth.count)]
+            // [copy][predictor][true class][predicted class]
+            var counts = [Double](repeating: 0, count: copies * predictors.count * cells)
+            for index in truth.indices {
+                for copy in 0..<copies {
+                    let weight = resampling.weight(id: Int64(ids[index]), resample: copy)
+                    guard weight > 0 else { continue }
+                    for predictor in predictors.indices {
+                        counts[(copy * predictors.count + predictor) * cells + truth[index] * classCount + guesses[predictor][index]] += weight
+                    }
+                }
             }
-            let everyone = Array(truth.indices)
-            let ablationScores = score(ablated, everyone)
-            metrics[prefix + "nograph_accuracy"] = ablationScores.accuracy
-            metrics[prefix + "nograph_macro_f1"] = ablationScores.macroF1
-            func put(_ name: String, _ interval: BootstrapInterval?) {
-                guard let interval else { return }
+            try world.allreduce(&counts, op: .sum)
+            func state(_ copy: Int, _ predictor: Int) -> MulticlassState {
+                let start = (copy * predictors.count + predictor) * cells
+                return MulticlassState(packed: Array(counts[start..<start + cells]))!
+            }
+            let ablated = state(0, 1)
+            metrics[prefix + "nograph_accuracy"] = ablated.accuracy
+            metrics[prefix + "nograph_macro_f1"] = ablated.macroF1
+            func put(_ name: String, _ resampled: [Double?]) {
+                guard let interval = CrossRankMetrics.interval(resampled) else { return }
                 metrics["\(prefix)\(name)_ci_low"] = interval.lower
                 metrics["\(prefix)\(name)_ci_high"] = interval.upper
             }
-            for (name, guesses) in [("", predicted), ("nograph_", ablated), ("majority_", majority)] {
-                put(name + "macro_f1", bootstrapInterval(count: truth.count) { score(guesses, $0).macroF1 })
-                put(name + "accuracy", bootstrapInterval(count: truth.count) { score(guesses, $0).accuracy })
+            let resamples = 1..<copies
+            for (predictor, name) in predictors.enumerated() {
+                put(name + "macro_f1", resamples.map { state($0, predictor).macroF1 })
+                put(name + "accuracy", resamples.map { state($0, predictor).accuracy })
             }
-            put("macro_f1_minus_nograph", bootstrapInterval(count: truth.count) { indices in
-                guard let a = score(predicted, indices).macroF1, let b = score(ablated, indices).macroF1 else { return nil }
-                return a - b
+            put("macro_f1_minus_nograph", resamples.map { copy in
+                state(copy, 0).macroF1.flatMap { a in state(copy, 1).macroF1.map { a - $0 } }
             })
-            put("accuracy_minus_nograph", bootstrapInterval(count: truth.count) { indices in
-                guard let a = score(predicted, indices).accuracy, let b = score(ablated, indices).accuracy else { return nil }
-                return a - b
+            put("accuracy_minus_nograph", resamples.map { copy in
+                state(copy, 0).accuracy.flatMap { a in state(copy, 1).accuracy.map { a - $0 } }
             })
         }
         return metrics

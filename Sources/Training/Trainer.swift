@@ -68,7 +68,7 @@ public struct TrainingSummary: Sendable {
     /// LSTM: the baselines fitted at the end, and what the summary must warn about.
     public var baselines: BaselineReport? = nil
     public var warnings: [String] = []
-    /// GNN, rank 0: every evaluated customer's true and predicted stage.
+    /// GNN: this rank's evaluated customers' true and predicted stages.
     var validationStageRows: StageEvaluationRows? = nil
     var testStageRows: StageEvaluationRows? = nil
 }
@@ -95,10 +95,10 @@ public final class DataParallelTrainer {
     var majorityStage = 0
     /// Rank 0: reads the parameters of a saved step, for a best model saved before a resume.
     var loadParameters: ((Int) throws -> [Float])?
-    /// Rank 0, GNN: metrics comparing this model with others on the same customers (the
-    /// no-graph ablation, intervals), merged into the final validation and test metrics.
+    /// GNN, every rank with its own rows: metrics comparing this model with others on the same
+    /// customers (the no-graph ablation, intervals), merged into the final validation and test metrics.
     var stageComparison: ((_ validation: StageEvaluationRows, _ test: StageEvaluationRows) throws -> [String: Double])?
-    /// Rank 0, LSTM: the baselines' metrics on the same validation and test customers.
+    /// LSTM, every rank with its own rows: the baselines' metrics on the same validation and test customers.
     var baselines: ((_ validation: LSTMEvaluationRows, _ test: LSTMEvaluationRows) throws -> BaselineReport)?
 
     public init(configuration: TrainingConfiguration, world: any Communicator, task: TrainingTask,
@@ -294,7 +294,7 @@ public final class DataParallelTrainer {
         let predictionsFile = runDirectory?.appendingPathComponent("test_predictions.csv")
         switch configuration.model {
         case .lstm:
-            if let rows = test.lstmRows, let predictionsFile { try writeLSTMPredictions(rows, to: predictionsFile) }
+            if let rows = test.lstmRows, let predictionsFile { try writeLSTMPredictions(rows, to: predictionsFile, world: world) }
             if let baselines, let validationRows = validation.lstmRows, let testRows = test.lstmRows {
                 let report = try baselines(validationRows, testRows)
                 summary.baselines = report
@@ -305,7 +305,7 @@ public final class DataParallelTrainer {
                 }
             }
         case .gnn:
-            if let rows = test.stageRows, let predictionsFile { try writeStagePredictions(rows, to: predictionsFile) }
+            if let rows = test.stageRows, let predictionsFile { try writeStagePredictions(rows, to: predictionsFile, world: world) }
             summary.validationStageRows = validation.stageRows
             summary.testStageRows = test.stageRows
             if let stageComparison, let validationRows = validation.stageRows, let testRows = test.stageRows {

@@ -77,4 +77,12 @@ import Testing
         #expect(epochOrder(count: 20, seed: 1, epoch: 2, rank: 0) == epochOrder(count: 20, seed: 1, epoch: 2, rank: 0))
         #expect(epochOrder(count: 20, seed: 1, epoch: 2, rank: 0) != epochOrder(count: 20, seed: 1, epoch: 3, rank: 0))
     }
+
+    /// The baselines fit on each rank's distinct training customers: the first `distinctCount`
+    /// rows of every rank must together be every customer exactly once.
+    @Test(arguments: [(10, 3), (9, 3), (2, 4), (1, 1), (17, 5)]) func distinctRowsOfBalancedShardsAreEveryCustomerOnce(total: Int, ranks: Int) {
+        let plan = ShardPlan.balanced((0..<total).map { Int32($0) }, ranks: ranks, seed: 4)
+        let distinct = (0..<ranks).flatMap { rank in plan.rows[rank].prefix(ShardPlan.distinctCount(total: total, ranks: ranks, rank: rank)) }
+        #expect(distinct.sorted() == (0..<total).map { Int32($0) })
+    }
 }
