@@ -26,33 +26,31 @@ public enum CrossRankMetrics {
         let groups = try share.tieGroups(column: 0, world: world)
         let copies = 1 + (resampling?.resamples ?? 0)
 
-        // Weighted positives and negatives of every local group, resample by resample.
-        var groupPositives = [Double](repeating: 0, count: groups.count * copies)
-        var groupNegatives = [Double](repeating: 0, count: groups.count * copies)
-        for (index, group) in groups.enumerated() {
+        // Memory stays O(resamples): each group's weighted counts are summed into one reused
+        // pair of arrays, once for the totals the other ranks need and once for the pairs.
+        var groupPositives = [Double](repeating: 0, count: copies)
+        var groupNegatives = [Double](repeating: 0, count: copies)
+        func count(_ group: TieGroup) {
+            for copy in 0..<copies { groupPositives[copy] = 0; groupNegatives[copy] = 0 }
             for row in group.localRows {
                 let id = Int64(share.value(row, 2))
-                let base = index * copies
                 if share.value(row, 1) == 1 {
-                    for copy in 0..<copies { groupPositives[base + copy] += resampling?.weight(id: id, resample: copy) ?? 1 }
+                    for copy in 0..<copies { groupPositives[copy] += resampling?.weight(id: id, resample: copy) ?? 1 }
                 } else {
-                    for copy in 0..<copies { groupNegatives[base + copy] += resampling?.weight(id: id, resample: copy) ?? 1 }
+                    for copy in 0..<copies { groupNegatives[copy] += resampling?.weight(id: id, resample: copy) ?? 1 }
                 }
             }
         }
         // Every rank's totals and the negatives of its first and last groups, for the groups and
         // the prefix that cross rank boundaries.
         var summary = [Double](repeating: 0, count: 4 * copies)
-        for index in groups.indices {
+        for (index, group) in groups.enumerated() {
+            count(group)
             for copy in 0..<copies {
-                summary[copy] += groupNegatives[index * copies + copy]
-                summary[copies + copy] += groupPositives[index * copies + copy]
-            }
-        }
-        if !groups.isEmpty {
-            for copy in 0..<copies {
-                summary[2 * copies + copy] = groupNegatives[copy]
-                summary[3 * copies + copy] = groupNegatives[(groups.count - 1) * copies + copy]
+                summary[copy] += groupNegatives[copy]
+                summary[copies + copy] += groupPositives[copy]
+                if index == 0 { summary[2 * copies + copy] = groupNegatives[copy] }
+                if index == groups.count - 1 { summary[3 * copies + copy] = groupNegatives[copy] }
             }
         }
         var every = [Double](repeating: 0, count: summary.count * world.size)
@@ -66,9 +64,10 @@ public enum CrossRankMetrics {
 
         var correctlyOrdered = [Double](repeating: 0, count: copies)
         var below = (0..<copies).map { copy in (0..<world.rank).reduce(0.0) { $0 + negatives($1, copy) } }
-        for (index, group) in groups.enumerated() {
+        for group in groups {
+            count(group)
             for copy in 0..<copies {
-                let local = groupNegatives[index * copies + copy]
+                let local = groupNegatives[copy]
                 var groupBelow = below[copy]
                 var groupTotal = local
                 if group.firstRank != world.rank || group.lastRank != world.rank {
@@ -81,7 +80,7 @@ public enum CrossRankMetrics {
                     for rank in (first + 1)..<max(last, first + 1) { groupTotal += negatives(rank, copy) }
                     if last != first { groupTotal += last == world.rank ? local : firstNegatives(last, copy) }
                 }
-                correctlyOrdered[copy] += groupPositives[index * copies + copy] * (groupBelow + 0.5 * groupTotal)
+                correctlyOrdered[copy] += groupPositives[copy] * (groupBelow + 0.5 * groupTotal)
                 below[copy] += local
             }
         }

@@ -114,19 +114,30 @@ public struct SpendPrior: Codable, Sendable, Equatable {
 
     /// The prior of `spend` (one value per training customer); nil when nobody spent anything.
     public static func fit(spend: some Sequence<Float>) -> SpendPrior? {
-        var count = 0, positives = 0
-        var sum = 0.0, sumSquares = 0.0
+        fit(moments: moments(of: spend))
+    }
+
+    /// What the prior is fitted from, as sums that add over the ranks: customers, customers who
+    /// spent, and the sum and the sum of squares of log(spend) over those.
+    public static func moments(of spend: some Sequence<Float>) -> [Double] {
+        var moments = [0.0, 0.0, 0.0, 0.0]
         for value in spend {
-            count += 1
+            moments[0] += 1
             guard value > 0 else { continue }
-            positives += 1
             let logValue = log(Double(value))
-            sum += logValue
-            sumSquares += logValue * logValue
+            moments[1] += 1
+            moments[2] += logValue
+            moments[3] += logValue * logValue
         }
+        return moments
+    }
+
+    /// The prior from `moments` summed over every customer; nil when nobody spent anything.
+    public static func fit(moments: [Double]) -> SpendPrior? {
+        let (count, positives) = (moments[0], moments[1])
         guard positives > 0 else { return nil }
-        let mean = sum / Double(positives)
-        let variance = max(sumSquares / Double(positives) - mean * mean, 0)
+        let mean = moments[2] / positives
+        let variance = max(moments[3] / positives - mean * mean, 0)
         return SpendPrior(purchaseRate: Float(positives) / Float(count), logMean: Float(mean),
                           logStd: Float(max(variance.squareRoot(), 0.05)))
     }

@@ -6,7 +6,9 @@ import Models
 import Tensors
 
 /// What the coordinator tells every rank before training: the configuration and the facts about
-/// the dataset the workers need but must not read themselves.
+/// the dataset every rank needs alike. The split sizes and the training split's statistics
+/// (class weights, spend prior, majority stage) are filled in by every rank together from its
+/// own shard (`completed(with:)`).
 struct JobSpec: Codable {
     var configuration: TrainingConfiguration
     /// "latest", a step number or a checkpoint directory; nil starts fresh.
@@ -33,6 +35,32 @@ struct JobSpec: Codable {
     var normalisation: FeatureNormalisation
     var standardFeatures: Bool
     var horizonPeriods: Double
+
+    /// This spec with the split sizes and the training split's statistics, from every rank's
+    /// own shard: stage counts (for the majority stage and the class weights) and the spend
+    /// prior's moments are sums over customers, all-reduced, so every rank gets the same spec.
+    func completed(with plan: ShardPlan, trainShard: LocalShard, world: any Communicator) throws -> JobSpec {
+        var spec = self
+        (spec.trainCount, spec.validationCount, spec.testCount) = (plan.totals[0], plan.totals[1], plan.totals[2])
+        guard spec.trainCount > 0 else {
+            throw AgreementError(message: "dataset \(datasetPath) has no training customers")
+        }
+        let distinct = 0..<plan.trainDistinct
+        var sums = [Double](repeating: 0, count: classCount) + SpendPrior.moments(of: distinct.lazy.map { trainShard.spend[$0] })
+        for index in distinct { sums[Int(trainShard.stages[index])] += 1 }
+        try world.allreduce(&sums, op: .sum)
+        let counts = sums[..<classCount].map { Int($0) }
+        spec.majorityStage = counts.indices.max { counts[$0] < counts[$1] } ?? 0
+        let balance = configuration.model == .gnn ? configuration.gnn.balanceClasses : configuration.lstm.stageHead
+        if balance {
+            // Inverse frequency, scaled so the weights average 1 over the training customers.
+            spec.classWeights = counts.map { $0 > 0 ? Float(spec.trainCount) / Float(classCount * $0) : 0 }
+        }
+        if configuration.model == .lstm && configuration.lstm.clvLoss == .ziln {
+            spec.spendPrior = SpendPrior.fit(moments: Array(sums[classCount...]))
+        }
+        return spec
+    }
 
     /// The model every rank builds, as the checkpoint manifest records it.
     var architecture: ModelArchitecture {
@@ -116,60 +144,55 @@ public enum TrainingJob {
         let encoded = try world.broadcast(string: "", root: 0)
         guard !encoded.isEmpty else { throw JobDidNotStart(reason: nil) }
         let spec = try JSONDecoder().decode(JobSpec.self, from: Data(encoded.utf8))
-        var dataset: CustomerDataset? = nil
-        if spec.configuration.model == .gnn {
-            // The graph is memory-mapped from shared storage on every rank; the fingerprint check
-            // below proves each rank mapped the same dataset.
-            dataset = try CustomerDataset.open(at: URL(fileURLWithPath: spec.datasetPath), verifyContents: false)
-        }
-        _ = try run(spec, dataset: dataset, world: world)
+        _ = try run(spec, dataset: nil, world: world)
     }
 
     static func makeSpec(_ configuration: TrainingConfiguration, dataset: CustomerDataset, request: JobRequest) throws -> JobSpec {
-        let train = dataset.indices(in: .train)
-        guard !train.isEmpty else {
-            throw AgreementError(message: "dataset \(configuration.data) has no training customers")
-        }
-        let classCount = dataset.manifest.stageNames.count
-        var classWeights: [Float]? = nil
-        var counts = [Int](repeating: 0, count: classCount)
-        for index in train { counts[Int(dataset.stage[index])] += 1 }
-        let majorityStage = counts.indices.max { counts[$0] < counts[$1] } ?? 0
-        let balance = configuration.model == .gnn ? configuration.gnn.balanceClasses : configuration.lstm.stageHead
-        if balance {
-            // Inverse frequency, scaled so the weights average 1 over the training customers.
-            classWeights = counts.map { $0 > 0 ? Float(train.count) / Float(classCount * $0) : 0 }
-        }
         if configuration.model == .gnn && dataset.graph == nil {
             throw AgreementError(message: "the gnn model needs a customer–product graph, and dataset \(configuration.data) has none (no product ids)")
         }
         return JobSpec(
             configuration: configuration, resume: request.resume, stopAfterSteps: request.stopAfterSteps,
             datasetFingerprint: dataset.manifest.fingerprint, datasetPath: configuration.data,
-            historyLength: dataset.historyLength, featureCount: dataset.featureCount, classCount: classCount,
-            trainCount: train.count, validationCount: dataset.indices(in: .validation).count,
-            testCount: dataset.indices(in: .test).count,
+            historyLength: dataset.historyLength, featureCount: dataset.featureCount,
+            classCount: dataset.manifest.stageNames.count, trainCount: 0, validationCount: 0, testCount: 0,
             // Unweighted by default: a weighted BCE shifts every probability, and scoring relies on
             // calibrated churn probabilities for its actions.
-            positiveWeight: configuration.lstm.positiveWeight ?? 1, classWeights: classWeights,
-            nodeFeatureWidth: dataset.nodeFeatureWidth,
-            spendPrior: configuration.model == .lstm && configuration.lstm.clvLoss == .ziln
-                ? SpendPrior.fit(spend: train.lazy.map { dataset.spend[$0] }) : nil,
-            majorityStage: majorityStage, normalisation: dataset.manifest.normalisation,
+            positiveWeight: configuration.lstm.positiveWeight ?? 1, classWeights: nil,
+            nodeFeatureWidth: dataset.nodeFeatureWidth, spendPrior: nil,
+            majorityStage: 0, normalisation: dataset.manifest.normalisation,
             standardFeatures: dataset.manifest.featureNames == customerFeatureNames,
             horizonPeriods: Double(dataset.manifest.spec.horizonDays) / Double(dataset.manifest.spec.periodDays))
     }
 
-    static func run(_ spec: JobSpec, dataset: CustomerDataset?, world: any Communicator,
+    static func run(_ announced: JobSpec, dataset: CustomerDataset?, world: any Communicator,
                     signingKey: CheckpointSigningKey? = nil) throws -> TrainingSummary {
-        let configuration = spec.configuration
+        let configuration = announced.configuration
         BLAS.setThreadCount(1)
         world.watchdogTimeout = .milliseconds(Int64(configuration.watchdogSeconds * 1000))
+        // Every rank reads its own customers from shared storage; the coordinator has verified
+        // the files, the fingerprint check below proves every rank opened the same dataset.
+        let dataset: CustomerDataset = try world.agreeing("opening the dataset \(announced.datasetPath)") {
+            try dataset ?? CustomerDataset.open(at: URL(fileURLWithPath: announced.datasetPath), verifyContents: false,
+                                                loadGraph: configuration.model == .gnn)
+        }
+        let ranks = world.size
+        let plan = ShardPlan.own(splits: dataset.split, ranks: ranks, rank: world.rank)
+        // The graph model reads node features from the mapped graph, never the sequences: its
+        // shards carry labels and dataset rows only (at 894k customers on 2 ranks, leaving out the
+        // sequences it used to receive took a worker's peak RSS from 919 to 386 MiB).
+        let sequenceFeatures = configuration.model == .gnn ? 0 : announced.featureCount
+        let (trainShard, validationShard, testShard) = try world.agreeing("reading this rank's customers") {
+            (try LocalShard.read(plan.train, from: dataset, featureCount: sequenceFeatures),
+             try LocalShard.read(plan.validation, from: dataset, featureCount: sequenceFeatures),
+             try LocalShard.read(plan.test, from: dataset, featureCount: sequenceFeatures))
+        }
+        let spec = try announced.completed(with: plan, trainShard: trainShard, world: world)
         let task = try makeTask(spec, dataset: dataset)
         try checkAgreement(
             JobFingerprint(configuration: try configuration.canonicalJSON(),
                            parameterLayout: task.parameters.layout.fingerprint,
-                           dataset: dataset?.manifest.fingerprint ?? spec.datasetFingerprint,
+                           dataset: dataset.manifest.fingerprint,
                            program: programVersion),
             world: world)
         try SharedStorageCheck.run(checkpointRoot: configuration.checkpoints, datasetPath: spec.datasetPath, world: world) {
@@ -177,35 +200,7 @@ public enum TrainingJob {
             fflush(nil)
         }
 
-        let ranks = world.size
         let trainCounts = ShardPlan.balancedCounts(total: spec.trainCount, ranks: ranks)
-        let validationCounts = ShardPlan.exactCounts(total: spec.validationCount, ranks: ranks)
-        let testCounts = ShardPlan.exactCounts(total: spec.testCount, ranks: ranks)
-        // The graph model reads node features from the mapped graph, never the sequences: its
-        // shards carry labels and dataset rows only (at 894k customers on 2 ranks, leaving out the
-        // sequences it used to receive took a worker's peak RSS from 919 to 386 MiB).
-        let sequenceFeatures = configuration.model == .gnn ? 0 : spec.featureCount
-        var table: CustomerTable? = nil
-        var plans: (ShardPlan, ShardPlan, ShardPlan)? = nil
-        if world.rank == 0, let dataset {
-            let view = CustomerTable(
-                customerCount: dataset.customerCount, steps: dataset.historyLength, featureCount: sequenceFeatures,
-                features: dataset.features.baseAddress!, lengths: dataset.lengths.baseAddress!,
-                churn: dataset.churn.baseAddress!, spend: dataset.spend.baseAddress!,
-                stages: dataset.stage.baseAddress!, splits: dataset.split.baseAddress!,
-                readFeatures: { try dataset.readFeatures(of: $0, into: $1) })
-            table = view
-            plans = (ShardPlan.balanced(view.rows(inSplit: 0), ranks: ranks, seed: configuration.seed),
-                     ShardPlan.exact(view.rows(inSplit: 1), ranks: ranks),
-                     ShardPlan.exact(view.rows(inSplit: 2), ranks: ranks))
-        }
-        func shard(_ counts: [Int], _ plan: ShardPlan?) throws -> LocalShard {
-            try distributeShards(counts: counts, plan: plan, table: table, steps: spec.historyLength,
-                                 featureCount: sequenceFeatures, world: world)
-        }
-        let trainShard = try shard(trainCounts, plans?.0)
-        let validationShard = try shard(validationCounts, plans?.1)
-        let testShard = try shard(testCounts, plans?.2)
 
         let store = CheckpointIO(configuration: configuration, spec: spec, dataset: dataset, signingKey: signingKey)
         if spec.resume == nil {
@@ -253,7 +248,7 @@ public enum TrainingJob {
             let summaryFile = trainer.runDirectory?.appendingPathComponent("baseline_summary.csv")
             let train = BaselineEvaluation.Split(
                 shard: trainShard,
-                distinct: ShardPlan.distinctCount(total: spec.trainCount, ranks: ranks, rank: world.rank))
+                distinct: plan.trainDistinct)
             trainer.baselines = {
                 try BaselineEvaluation.run(
                     train: train, validationShard: validationShard, validation: $0, testShard: testShard, test: $1,
@@ -267,7 +262,7 @@ public enum TrainingJob {
 
     /// The model `spec` describes; with `emptyGraph`, the GraphSAGE sees no neighbours (every
     /// aggregate is zero), which is the no-graph ablation.
-    static func makeTask(_ spec: JobSpec, dataset: CustomerDataset?, emptyGraph: Bool = false) throws -> TrainingTask {
+    static func makeTask(_ spec: JobSpec, dataset: CustomerDataset, emptyGraph: Bool = false) throws -> TrainingTask {
         let configuration = spec.configuration
         switch configuration.model {
         case .lstm:
@@ -281,7 +276,7 @@ public enum TrainingJob {
             let model = LSTMModel(configuration: lstm, seed: configuration.seed)
             return LSTMTask(model: model, batchCapacity: configuration.batchSize, steps: spec.historyLength)
         case .gnn:
-            guard let dataset, let graph = dataset.graph else {
+            guard let graph = dataset.graph else {
                 throw AgreementError(message: "the gnn model needs the dataset's graph")
             }
             let model = GraphSAGEModel(

@@ -1,65 +1,65 @@
+import CustomerData
 import Tensors
 
-/// Which customers each rank holds.
+/// The customers one rank holds, found by the rank itself from the split column alone, so no
+/// rank reads or sends another rank's customers.
 ///
-/// Training shards are balanced by padding, as PyTorch's DistributedSampler does: the training
-/// customers are shuffled once with the run's seed, the first few are repeated so the total is a
-/// multiple of the number of ranks, and rank r takes every r-th customer of that order. Every
-/// rank therefore has exactly `ceil(N / P)` customers and runs the same number of steps per
-/// epoch; at most P − 1 customers are seen twice per epoch. Validation and test customers are
-/// split exactly (no padding, so no customer counts twice in a metric); they need no lock-step.
+/// Each split is cut into contiguous blocks in dataset order: rank r takes the r-th block, the
+/// first `N mod P` ranks one customer more (`exactCounts`). Blocks keep every rank's reads
+/// within its own stretch of the files. Validation and test blocks are exact, so no customer
+/// counts twice in a metric. Training blocks are padded, as PyTorch's DistributedSampler pads:
+/// a rank with one customer fewer repeats its first, so every rank runs the same number of
+/// steps per epoch; at most P − 1 customers are seen twice per epoch. Which customers a rank
+/// visits in which step is shuffled per epoch (`epochOrder`), from the seed alone.
 public struct ShardPlan: Sendable, Equatable {
-    /// Dataset rows of every rank's shard, rank-major: rank r owns `rows[r]`.
-    public let rows: [[Int32]]
+    /// Dataset rows of this rank's training shard: its distinct customers, then the repeats.
+    public var train: [Int32]
+    public var trainDistinct: Int
+    public var validation: [Int32]
+    public var test: [Int32]
+    /// Customers in each split over every rank: train, validation, test.
+    public var totals: [Int]
 
-    public var counts: [Int] { rows.map(\.count) }
-
-    /// Balanced (padded) shards of `candidates` over `ranks`, shuffled with `seed`.
-    public static func balanced(_ candidates: [Int32], ranks: Int, seed: UInt64) -> ShardPlan {
-        precondition(ranks >= 1)
-        var order = candidates
-        var random = SeededRandom(seed: seed, purpose: .shuffle, epoch: -1)
-        random.shuffle(&order)
-        guard !order.isEmpty else { return ShardPlan(rows: Array(repeating: [], count: ranks)) }
-        let perRank = (order.count + ranks - 1) / ranks
-        let padding = perRank * ranks - order.count
-        order += order.prefix(padding)
-        let shards = (0..<ranks).map { rank in
-            stride(from: rank, to: order.count, by: ranks).map { order[$0] }
+    /// This rank's plan: two passes over the split column, holding only this rank's rows.
+    public static func own(splits: UnsafeBufferPointer<UInt8>, ranks: Int, rank: Int) -> ShardPlan {
+        precondition(ranks >= 1 && (0..<ranks).contains(rank))
+        var totals = [0, 0, 0]
+        for part in splits where part < 3 { totals[Int(part)] += 1 }
+        var blocks: [Range<Int>] = []
+        for total in totals {
+            let counts = exactCounts(total: total, ranks: ranks)
+            let start = counts[..<rank].reduce(0, +)
+            blocks.append(start..<start + counts[rank])
         }
-        return ShardPlan(rows: shards)
+        var own: [[Int32]] = blocks.map { _ in [] }
+        for index in own.indices { own[index].reserveCapacity(blocks[index].count) }
+        var positions = [0, 0, 0]
+        for (row, part) in splits.enumerated() where part < 3 {
+            let part = Int(part)
+            if blocks[part].contains(positions[part]) { own[part].append(Int32(row)) }
+            positions[part] += 1
+        }
+        var train = own[0]
+        let perRank = balancedCounts(total: totals[0], ranks: ranks)[rank]
+        if train.count < perRank {
+            // Fewer training customers than ranks leaves a rank none of its own: it repeats
+            // the first training customers of the dataset instead.
+            let repeated = train.isEmpty
+                ? Array(splits.indices.lazy.filter { splits[$0] == 0 }.prefix(perRank).map { Int32($0) })
+                : train
+            for index in 0..<(perRank - train.count) { train.append(repeated[index % repeated.count]) }
+        }
+        return ShardPlan(train: train, trainDistinct: own[0].count, validation: own[1], test: own[2], totals: totals)
     }
 
-    /// Shard sizes of `balanced` without the rows, which is all a worker needs to know.
+    /// Training shard sizes: every rank `ceil(N / P)`.
     public static func balancedCounts(total: Int, ranks: Int) -> [Int] {
         [Int](repeating: (total + ranks - 1) / ranks, count: ranks)
     }
 
-    /// How many of rank `rank`'s first rows in a `balanced` plan are distinct customers: rank r
-    /// takes positions r, r + P, … of the padded order, whose positions from `total` on repeat
-    /// the first customers.
-    public static func distinctCount(total: Int, ranks: Int, rank: Int) -> Int {
-        total > rank ? (total - rank + ranks - 1) / ranks : 0
-    }
-
-    /// Shard sizes of `exact`.
+    /// Sizes of the exact blocks: the first `N mod P` ranks get one more.
     public static func exactCounts(total: Int, ranks: Int) -> [Int] {
         (0..<ranks).map { total / ranks + ($0 < total % ranks ? 1 : 0) }
-    }
-
-    /// Exact contiguous split of `candidates` (in dataset order) over `ranks`; the first
-    /// `N mod P` ranks get one more.
-    public static func exact(_ candidates: [Int32], ranks: Int) -> ShardPlan {
-        let base = candidates.count / ranks
-        let extra = candidates.count % ranks
-        var start = 0
-        var shards: [[Int32]] = []
-        for rank in 0..<ranks {
-            let count = base + (rank < extra ? 1 : 0)
-            shards.append(Array(candidates[start..<start + count]))
-            start += count
-        }
-        return ShardPlan(rows: shards)
     }
 }
 

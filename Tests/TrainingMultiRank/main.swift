@@ -29,20 +29,16 @@ let scenario: String? = arguments.firstIndex(of: "--scenario").map { flag in
 
 /// Deterministic synthetic customers: the same global index gives the same customer on any rank.
 func syntheticShard(globalRows: Range<Int>, steps: Int, features: Int) -> LocalShard {
-    let width = LocalShard.rowWidth(steps: steps, featureCount: features)
-    var packed = [Float](repeating: 0, count: globalRows.count * width)
-    for (slot, global) in globalRows.enumerated() {
-        var random = SeededRandom(seed: UInt64(global), purpose: .synthesis)
-        let base = slot * width
-        for index in 0..<steps * features { packed[base + index] = random.nextFloat(in: -1, 1) }
-        packed[base + steps * features] = Float(1 + random.nextIndex(below: steps))
-        packed[base + steps * features + 1] = Float(random.nextIndex(below: 2))
-        packed[base + steps * features + 2] = random.nextFloat(in: 0, 50)
-        packed[base + steps * features + 3] = Float(random.nextIndex(below: 4))
-        packed[base + steps * features + 4] = Float(global)
-    }
     let shard = LocalShard(steps: steps, featureCount: features, capacity: globalRows.count)
-    packed.withUnsafeBufferPointer { shard.append(packed: $0.baseAddress!, rows: globalRows.count) }
+    for global in globalRows {
+        var random = SeededRandom(seed: UInt64(global), purpose: .synthesis)
+        let sequence = shard.nextSequence
+        for index in 0..<steps * features { sequence[index] = random.nextFloat(in: -1, 1) }
+        let length = Int32(1 + random.nextIndex(below: steps))
+        let churn = Float(random.nextIndex(below: 2))
+        let spend = random.nextFloat(in: 0, 50)
+        shard.append(length: length, churn: churn, spend: spend, stage: Int32(random.nextIndex(below: 4)), datasetRow: Int32(global))
+    }
     return shard
 }
 
@@ -107,48 +103,19 @@ case nil:
         }
         checks.expect(worst < 1e-6, "worst relative difference \(worst)")
     }
-    checks.check("balanced shards give every rank the same number of steps") {
-        let counts = ShardPlan.balancedCounts(total: 10 * world.size + 1, ranks: world.size)
-        checks.expect(Set(counts).count == 1, "counts \(counts)")
-        let plan = ShardPlan.balanced((0..<Int32(10 * world.size + 1)).map { $0 }, ranks: world.size, seed: 3)
-        checks.expectEqual(plan.counts, counts, "plan counts")
-        let covered = Set(plan.rows.flatMap { $0 })
-        checks.expectEqual(covered.count, 10 * world.size + 1, "every customer is in some shard")
-    }
-    checks.check("chunked scatterv delivers every rank its rows") {
-        let (steps, features) = (4, 2)
-        let total = 23 * world.size + 3
-        let table = syntheticShard(globalRows: 0..<total, steps: steps, features: features)
-        let splits = [UInt8](repeating: 0, count: total)
-        let plan = ShardPlan.balanced((0..<Int32(total)).map { $0 }, ranks: world.size, seed: 9)
-        let pointer = UnsafePointer(table.features.pointer)
-        let shard = try table.lengths.withUnsafeBufferPointer { ls in
-                try table.churn.withUnsafeBufferPointer { cs in
-                    try table.spend.withUnsafeBufferPointer { ss in
-                        try table.stages.withUnsafeBufferPointer { gs in
-                            try splits.withUnsafeBufferPointer { ps in
-                                let view = CustomerTable(customerCount: total, steps: steps, featureCount: features,
-                                                         features: pointer, lengths: ls.baseAddress!, churn: cs.baseAddress!,
-                                                         spend: ss.baseAddress!, stages: gs.baseAddress!, splits: ps.baseAddress!)
-                                return try distributeShards(counts: plan.counts, plan: world.rank == 0 ? plan : nil,
-                                                            table: world.rank == 0 ? view : nil, steps: steps,
-                                                            featureCount: features, world: world, chunkRows: 4)
-                            }
-                        }
-                    }
-                }
+    checks.check("every rank finds its own customers: equal training steps, each customer in one rank's distinct rows") {
+        var random = SeededRandom(seed: 21, purpose: .synthesis)
+        let splits = (0..<(37 * world.size + 5)).map { _ in UInt8(random.nextIndex(below: 3)) }
+        let plan = splits.withUnsafeBufferPointer { ShardPlan.own(splits: $0, ranks: world.size, rank: world.rank) }
+        let counts = try world.allgather([Int64(plan.train.count)])
+        checks.expect(Set(counts).count == 1, "training shard sizes \(counts)")
+        for (part, rows) in [plan.train.prefix(plan.trainDistinct).map { $0 }, plan.validation, plan.test].enumerated() {
+            checks.expect(rows.allSatisfy { splits[Int($0)] == UInt8(part) }, "rows of another split in part \(part)")
+            let seen = try world.allreduce(value: Int64(rows.count), op: .sum)
+            checks.expectEqual(Int(seen), splits.filter { $0 == UInt8(part) }.count, "customers of split \(part) over the ranks")
+            let lowest = try world.allgather([Int64(rows.first ?? -1)])
+            checks.expect(zip(lowest, lowest.dropFirst()).allSatisfy { $0 < $1 || $1 < 0 }, "blocks out of dataset order: \(lowest)")
         }
-        checks.expectEqual(shard.count, plan.counts[world.rank], "rows received")
-        checks.expectElementsEqual(shard.datasetRows, plan.rows[world.rank], "dataset rows in plan order")
-        let sequence = steps * features
-        var wrong = 0
-        for (slot, row) in shard.datasetRows.enumerated() {
-            for index in 0..<sequence where shard.features[slot * sequence + index] != table.features[Int(row) * sequence + index] {
-                wrong += 1
-            }
-            if shard.lengths[slot] != table.lengths[Int(row)] || shard.spend[slot] != table.spend[Int(row)] { wrong += 1 }
-        }
-        checks.expectEqual(wrong, 0, "values that differ from the table")
     }
 
 case "fingerprint-mismatch":

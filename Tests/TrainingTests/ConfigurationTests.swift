@@ -66,23 +66,20 @@ import Testing
         #expect(try a.canonicalJSON() == b.canonicalJSON())
     }
 
-    @Test func shardPlansBalanceAndCover() {
-        let plan = ShardPlan.balanced((0..<10).map { Int32($0) }, ranks: 3, seed: 1)
-        #expect(plan.counts == [4, 4, 4])
-        #expect(Set(plan.rows.flatMap { $0 }) == Set((0..<10).map { Int32($0) }))
-        let exact = ShardPlan.exact((0..<10).map { Int32($0) }, ranks: 3)
-        #expect(exact.counts == [4, 3, 3])
-        #expect(exact.rows.flatMap { $0 } == (0..<10).map { Int32($0) })
-        #expect(ShardPlan.exactCounts(total: 10, ranks: 3) == exact.counts)
+    /// Every rank finds its own customers from the split column: contiguous blocks of each
+    /// split in dataset order, exact for validation and test, padded for training so every rank
+    /// runs the same steps; the distinct training rows of all ranks are every training customer once.
+    @Test(arguments: [(10, 3), (9, 3), (2, 4), (1, 1), (40, 5)]) func ownShardsCoverEverySplitOnce(customers: Int, ranks: Int) {
+        let splits = (0..<customers).map { UInt8(($0 * 7 + $0 / 3) % 3 == 2 ? 1 : ($0 % 5 == 4 ? 2 : 0)) }
+        let plans = (0..<ranks).map { rank in splits.withUnsafeBufferPointer { ShardPlan.own(splits: $0, ranks: ranks, rank: rank) } }
+        let trainRows = splits.indices.filter { splits[$0] == 0 }.map { Int32($0) }
+        #expect(Set(plans.map(\.train.count)).count == 1)
+        #expect(plans[0].train.count == (trainRows.count + ranks - 1) / ranks)
+        #expect(plans.flatMap { $0.train.prefix($0.trainDistinct) } == trainRows)
+        #expect(plans.flatMap(\.validation) == splits.indices.filter { splits[$0] == 1 }.map { Int32($0) })
+        #expect(plans.flatMap(\.test) == splits.indices.filter { splits[$0] == 2 }.map { Int32($0) })
+        #expect(plans.allSatisfy { $0.train.allSatisfy { splits[Int($0)] == 0 } && $0.totals == plans[0].totals })
         #expect(epochOrder(count: 20, seed: 1, epoch: 2, rank: 0) == epochOrder(count: 20, seed: 1, epoch: 2, rank: 0))
         #expect(epochOrder(count: 20, seed: 1, epoch: 2, rank: 0) != epochOrder(count: 20, seed: 1, epoch: 3, rank: 0))
-    }
-
-    /// The baselines fit on each rank's distinct training customers: the first `distinctCount`
-    /// rows of every rank must together be every customer exactly once.
-    @Test(arguments: [(10, 3), (9, 3), (2, 4), (1, 1), (17, 5)]) func distinctRowsOfBalancedShardsAreEveryCustomerOnce(total: Int, ranks: Int) {
-        let plan = ShardPlan.balanced((0..<total).map { Int32($0) }, ranks: ranks, seed: 4)
-        let distinct = (0..<ranks).flatMap { rank in plan.rows[rank].prefix(ShardPlan.distinctCount(total: total, ranks: ranks, rank: rank)) }
-        #expect(distinct.sorted() == (0..<total).map { Int32($0) })
     }
 }
