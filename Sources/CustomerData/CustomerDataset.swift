@@ -70,6 +70,22 @@ public final class CustomerDataset: @unchecked Sendable {
         (0..<customerCount).filter { split[$0] == part.rawValue }
     }
 
+    /// `DriftReference.evenlySpaced(indices(in: part), limit:)` without holding every index of
+    /// the part: two passes over the split column, keeping only the `limit` chosen.
+    public func evenlySpacedIndices(in part: SplitPart, limit: Int) -> [Int] {
+        var total = 0
+        for value in split where value == part.rawValue { total += 1 }
+        guard total > limit, limit > 0 else { return indices(in: part) }
+        var chosen: [Int] = []
+        chosen.reserveCapacity(limit)
+        var position = 0
+        for (index, value) in split.enumerated() where value == part.rawValue {
+            if chosen.count < limit && position == chosen.count * total / limit { chosen.append(index) }
+            position += 1
+        }
+        return chosen
+    }
+
     /// Customer ids in dataset order (read from customer_ids.txt).
     public func customerIDs() throws -> [String] {
         let file = try MappedFile(path: directory.appendingPathComponent("customer_ids.txt").path)

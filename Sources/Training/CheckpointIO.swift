@@ -97,15 +97,20 @@ final class CheckpointIO {
     /// to `scoreSample` training customers, evenly spaced.
     private func driftReference(_ parameters: ParameterStore, scoreSample: Int = 2_000) throws -> DriftReference? {
         guard configuration.model == .lstm, let dataset else { return nil }
-        let train = dataset.indices(in: .train)
-        guard !train.isEmpty else { return nil }
-        if driftFeatures == nil { driftFeatures = try DriftReference.features(of: dataset, customers: train) }
+        // The samples, not every training customer's index: the coordinator holds nothing that
+        // grows with the dataset.
+        let featureSample = dataset.evenlySpacedIndices(in: .train, limit: 20_000)
+        guard !featureSample.isEmpty else { return nil }
+        if driftFeatures == nil {
+            driftFeatures = try DriftReference.features(of: dataset, customers: featureSample, limit: featureSample.count)
+        }
         // An instance of its own: the training model's workspace belongs to the training step.
         let model = driftModel ?? LSTMModel(configuration: spec.architecture.lstmConfiguration, seed: 0)
         driftModel = model
         model.parameters.values.pointer.update(from: parameters.values.pointer, count: parameters.layout.totalCount)
         var random = SeededRandom(seed: 0, purpose: .dropout)
-        return try DriftReference.make(dataset: dataset, customers: train, features: driftFeatures!, scoreSample: scoreSample) {
+        let scored = dataset.evenlySpacedIndices(in: .train, limit: scoreSample)
+        return try DriftReference.make(dataset: dataset, customers: scored, features: driftFeatures!, scoreSample: scoreSample) {
             features, lengths, count, churn, spend in
             model.forward(SequenceBatch(features: features, lengths: lengths, batchSize: count, steps: dataset.historyLength),
                           training: false, random: &random)

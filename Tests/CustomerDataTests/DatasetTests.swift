@@ -62,6 +62,20 @@ private func syntheticDataset(_ scratch: Scratch, customers: Int = 400, products
     #expect(try JSONDecoder().decode(DatasetManifest.self, from: json) == m)
 }
 
+/// The coordinator's drift samples, picked without holding every training index, are the
+/// samples `evenlySpaced` picks from them all.
+@Test func evenlySpacedIndicesEqualTheSampleOfAllIndices() throws {
+    let scratch = Scratch()
+    defer { scratch.cleanup() }
+    let (_, data) = try syntheticDataset(scratch)
+    for part in CustomerDataset.SplitPart.allCases {
+        let all = data.indices(in: part)
+        for limit in [1, 7, all.count - 1, all.count, all.count + 5] where limit > 0 {
+            #expect(data.evenlySpacedIndices(in: part, limit: limit) == DriftReference.evenlySpaced(all, limit: limit))
+        }
+    }
+}
+
 @Test func graphIsSymmetricBipartiteAndInRange() throws {
     let scratch = Scratch()
     defer { scratch.cleanup() }
