@@ -312,7 +312,7 @@ func baselineSection(_ run: TrainingRun?) -> String {
     interval("auc_minus_logistic", "LSTM AUC minus the logistic floor's, paired")
     interval("clv_rmse_minus_bgnbd", "LSTM spend RMSE minus BG/NBD + Gamma-Gamma's, paired (negative: the LSTM errs less)")
     if !intervals.isEmpty {
-        html += "<p>95% bootstrap intervals over the \(formatCount(Int(test["test_customers"] ?? 0))) test customers (1,000 seeded resamples); an interval that spans 0 is no evidence of a difference:</p>\n<ul id=\"intervals\">\n"
+        html += "<p>95% bootstrap intervals over the \(formatCount(Int(test["test_customers"] ?? 0))) test customers (1,000 Poisson resamples); an interval that spans 0 is no evidence of a difference:</p>\n<ul id=\"intervals\">\n"
             + intervals.joined(separator: "\n") + "\n</ul>\n"
     }
     if !run.log.testWarnings.isEmpty {
