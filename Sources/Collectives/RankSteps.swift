@@ -95,6 +95,14 @@ extension Communicator {
         try scatterv(source?.bindMemory(to: UInt8.self), counts: counts, into: destination.bindMemory(to: UInt8.self), root: 0)
     }
 
+    /// Every rank's bytes (any count on each), concatenated in rank order, on every rank.
+    public func allgatherBytes(_ bytes: UnsafeRawBufferPointer) throws -> [UInt8] {
+        let counts = try allgather([Int64(bytes.count)]).map { Int($0) }
+        var gathered = [UInt8](repeating: 0, count: counts.reduce(0, +))
+        try gathered.withUnsafeMutableBytes { try allgatherv(bytes, counts: counts, into: $0) }
+        return gathered
+    }
+
     /// Gathers variable-length byte strings onto rank 0 (empty elsewhere) with each rank's count.
     public func gatherBytes(_ bytes: UnsafeRawBufferPointer) throws -> (bytes: [UInt8], counts: [Int]) {
         let counts = try allgather([Int64(bytes.count)]).map { Int($0) }

@@ -2,10 +2,12 @@ import Foundation
 
 /// A dataset directory opened for training: arrays memory-mapped and checked.
 ///
-/// Opening verifies every file's size against the manifest and the shapes it declares, the
-/// content hashes and the fingerprint (unless `verifyContents` is false), and the values that
-/// index into other arrays (lengths, splits, stages, graph ids), so a damaged or mismatched
-/// dataset is refused with the name of the file at fault rather than read as garbage.
+/// Opening checks the manifest's fingerprint and every file's size against the manifest and
+/// the shapes it declares. With `verifyContents` it also recomputes the content hashes and
+/// checks the values that index into other arrays (lengths, splits, stages, graph ids); a rank
+/// of a training job opens without and verifies only the parts that hold its own customers
+/// (`verify(customers:graphShare:)`). A damaged or mismatched dataset is refused with the name
+/// of the file at fault rather than read as garbage.
 public final class CustomerDataset: @unchecked Sendable {
     public let directory: URL
     public let manifest: DatasetManifest
@@ -32,7 +34,8 @@ public final class CustomerDataset: @unchecked Sendable {
     public let nodeFeatures: UnsafeBufferPointer<Float>
     public let nodeFeatureWidth: Int
 
-    private let mappings: [MappedFile]
+    private let mapped: [String: MappedFile]
+    private var mappings: [MappedFile] { Array(mapped.values) }
     /// features.f32 opened for `readFeatures`.
     private let featuresDescriptor: Int32
 
@@ -53,7 +56,7 @@ public final class CustomerDataset: @unchecked Sendable {
         self.graph = graph
         nodeFeatures = mapped["node_features.f32"]?.buffer(as: Float.self) ?? UnsafeBufferPointer(start: nil, count: 0)
         nodeFeatureWidth = manifest.graph?.nodeFeatureNames.count ?? 0
-        mappings = Array(mapped.values)
+        self.mapped = mapped
         featuresDescriptor = featuresFile
     }
 
@@ -153,8 +156,8 @@ public final class CustomerDataset: @unchecked Sendable {
         } catch {
             throw DataError.damagedDataset(file: manifestPath, reason: "is not a valid manifest (\(error))")
         }
-        guard manifest.formatVersion == DatasetManifest.currentFormatVersion else {
-            throw DataError.damagedDataset(file: manifestPath, reason: "format version \(manifest.formatVersion); this reader understands \(DatasetManifest.currentFormatVersion)")
+        guard DatasetManifest.readableFormatVersions.contains(manifest.formatVersion) else {
+            throw DataError.damagedDataset(file: manifestPath, reason: "format version \(manifest.formatVersion); this reader understands \(DatasetManifest.readableFormatVersions.map(String.init).joined(separator: " and "))")
         }
         guard manifest.computeFingerprint() == manifest.fingerprint else {
             throw DataError.damagedDataset(file: manifestPath, reason: "fingerprint \(manifest.fingerprint) does not match its contents (\(manifest.computeFingerprint())); the manifest was edited or damaged")
@@ -190,16 +193,14 @@ public final class CustomerDataset: @unchecked Sendable {
             guard entry.dtype == dtype, count < 0 || entry.bytes == count * elementSize else {
                 throw DataError.damagedDataset(file: path, reason: "expected \(count) \(dtype) values (\(count * elementSize) bytes), found \(entry.bytes) bytes of \(entry.dtype)")
             }
-            if verifyContents {
-                let actual = ContentHasher.hex(file.contentHash())
-                guard actual == entry.contentHash else {
-                    throw DataError.damagedDataset(file: path, reason: "content hash \(actual) does not match the manifest's \(entry.contentHash)")
-                }
-            }
+            try checkParts(entry, of: manifest, path: path)
             mapped[name] = file
         }
 
-        try checkValues(mapped, manifest: manifest, directory: directory)
+        if verifyContents {
+            let nodeParts = manifest.partLayout?.nodeParts.count ?? 0
+            try verify(mapped, manifest: manifest, directory: directory, customers: [0..<n], graphParts: Array(0..<nodeParts))
+        }
         var graph: CSRGraph?
         if loadGraph, let g = manifest.graph {
             let offsets = mapped["graph_offsets.i64"]!.buffer(as: Int64.self)
@@ -224,24 +225,101 @@ public final class CustomerDataset: @unchecked Sendable {
         return CustomerDataset(directory: directory, manifest: manifest, mapped: mapped, graph: graph, featuresFile: featuresFile)
     }
 
-    private static func checkValues(_ mapped: [String: MappedFile], manifest: DatasetManifest, directory: URL) throws {
+    /// Verifies the parts of the per-customer files that hold `customers` (their hashes and
+    /// values) and, with `graphShare`, every `count`-th part of the graph's files from the
+    /// `index`-th, so that the ranks of a job verify the graph together. A format-1 dataset has
+    /// no parts: its files are verified whole.
+    public func verify(customers: [Range<Int>], graphShare: (index: Int, count: Int)?) throws {
+        let graphParts = manifest.partLayout.map { layout in
+            graphShare.map { Array(stride(from: $0.index, to: layout.nodeParts.count, by: max(1, $0.count))) } ?? []
+        } ?? []
+        try Self.verify(mapped, manifest: manifest, directory: directory, customers: customers, graphParts: graphParts)
+    }
+
+    static let customerFileNames = ["features.f32", "customer_ids.txt", "lengths.i32", "churn.f32", "spend.f32", "stage.i32", "split.u8"]
+    static let graphFileNames = ["graph_offsets.i64", "graph_neighbours.i32", "graph_weights.f32", "node_features.f32"]
+
+    private static func verify(
+        _ mapped: [String: MappedFile], manifest: DatasetManifest, directory: URL, customers: [Range<Int>], graphParts: [Int]
+    ) throws {
+        let entries = Dictionary(manifest.files.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        func path(_ name: String) -> String { directory.appendingPathComponent(name).path }
+        guard let layout = manifest.partLayout else {
+            for (name, file) in mapped.sorted(by: { $0.key < $1.key }) {
+                let actual = ContentHasher.hex(file.contentHash())
+                guard actual == entries[name]!.contentHash else {
+                    throw DataError.damagedDataset(file: path(name), reason: "content hash \(actual) does not match the manifest's \(entries[name]!.contentHash)")
+                }
+            }
+            try checkValues(mapped, manifest: manifest, directory: directory, rows: 0..<manifest.counts.customers)
+            return
+        }
+        func verifyPart(_ name: String, _ index: Int, rows: Range<Int>) throws {
+            guard let file = mapped[name], let entry = entries[name], let parts = entry.parts else { return }
+            let offsets = entry.partOffsets
+            let actual = ContentHasher.hex(file.contentHash(of: offsets[index] ..< offsets[index + 1]))
+            guard actual == parts[index].hash else {
+                throw DataError.damagedDataset(file: path(name), reason: "part \(index) (rows \(rows.lowerBound)..<\(rows.upperBound), bytes \(offsets[index])..<\(offsets[index + 1])) has content hash \(actual), the manifest says \(parts[index].hash)")
+            }
+            if name == "customer_ids.txt" {
+                var lines = 0
+                for byte in file.bytes[offsets[index] ..< offsets[index + 1]] where byte == 10 { lines += 1 }
+                guard lines == rows.count else {
+                    throw DataError.damagedDataset(file: path(name), reason: "part \(index) holds \(lines) lines for \(rows.count) customers")
+                }
+            }
+        }
+        var indices = Set<Int>()
+        for rows in customers { indices.formUnion(layout.customerPartIndices(overlapping: rows)) }
+        let customerParts = layout.customerParts
+        for index in indices.sorted() {
+            for name in customerFileNames { try verifyPart(name, index, rows: customerParts[index]) }
+            try checkValues(mapped, manifest: manifest, directory: directory, rows: customerParts[index])
+        }
+        let nodeParts = layout.nodeParts
+        for index in graphParts where index < nodeParts.count {
+            for name in graphFileNames { try verifyPart(name, index, rows: nodeParts[index]) }
+        }
+    }
+
+    /// A format-2 entry's parts must be those of the layout, add up to the file, and hash to
+    /// its content hash: then checking a part's hash checks that part of the file.
+    private static func checkParts(_ entry: DatasetFile, of manifest: DatasetManifest, path: String) throws {
+        guard let layout = manifest.partLayout else { return }
+        guard let parts = entry.parts else { throw DataError.damagedDataset(file: path, reason: "the manifest lists no parts for it") }
+        let expected = customerFileNames.contains(entry.name) ? layout.customerParts.count : layout.nodeParts.count
+        guard parts.count == expected else {
+            throw DataError.damagedDataset(file: path, reason: "the manifest lists \(parts.count) parts, the layout has \(expected)")
+        }
+        guard parts.reduce(0, { $0 + $1.bytes }) == entry.bytes, DatasetFile.combinedHash(of: parts) == entry.contentHash else {
+            throw DataError.damagedDataset(file: path, reason: "its parts do not add up to the manifest's size and hash")
+        }
+    }
+
+    private static func checkValues(_ mapped: [String: MappedFile], manifest: DatasetManifest, directory: URL, rows: Range<Int>) throws {
         let t = manifest.spec.historyPeriods
         func fail(_ name: String, _ reason: String) -> DataError {
             DataError.damagedDataset(file: directory.appendingPathComponent(name).path, reason: reason)
         }
-        for (i, length) in mapped["lengths.i32"]!.buffer(as: Int32.self).enumerated() where length < 1 || Int(length) > t {
-            throw fail("lengths.i32", "customer \(i) has length \(length), outside 1...\(t)")
+        let lengths = mapped["lengths.i32"]!.buffer(as: Int32.self)
+        for i in rows where lengths[i] < 1 || Int(lengths[i]) > t {
+            throw fail("lengths.i32", "customer \(i) has length \(lengths[i]), outside 1...\(t)")
         }
-        for (i, part) in mapped["split.u8"]!.buffer(as: UInt8.self).enumerated() where part > 2 {
-            throw fail("split.u8", "customer \(i) has split \(part), outside 0...2")
+        let split = mapped["split.u8"]!.buffer(as: UInt8.self)
+        for i in rows where split[i] > 2 {
+            throw fail("split.u8", "customer \(i) has split \(split[i]), outside 0...2")
         }
         let stages = Int32(manifest.stageNames.count)
-        for (i, s) in mapped["stage.i32"]!.buffer(as: Int32.self).enumerated() where s < 0 || s >= stages {
-            throw fail("stage.i32", "customer \(i) has stage \(s), outside 0..<\(stages)")
+        let stage = mapped["stage.i32"]!.buffer(as: Int32.self)
+        for i in rows where stage[i] < 0 || stage[i] >= stages {
+            throw fail("stage.i32", "customer \(i) has stage \(stage[i]), outside 0..<\(stages)")
         }
-        for (i, c) in mapped["churn.f32"]!.buffer(as: Float.self).enumerated() where c != 0 && c != 1 {
-            throw fail("churn.f32", "customer \(i) has churn label \(c), not 0 or 1")
+        let churn = mapped["churn.f32"]!.buffer(as: Float.self)
+        for i in rows where churn[i] != 0 && churn[i] != 1 {
+            throw fail("churn.f32", "customer \(i) has churn label \(churn[i]), not 0 or 1")
         }
+        // Format 2 counts each part's lines when it verifies the part.
+        guard manifest.partLayout == nil else { return }
         var lines = 0
         for b in mapped["customer_ids.txt"]!.bytes where b == 10 { lines += 1 }
         guard lines == manifest.counts.customers else {

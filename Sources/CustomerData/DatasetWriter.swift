@@ -1,3 +1,4 @@
+import Collectives
 import Foundation
 import Tensors
 
@@ -123,53 +124,101 @@ struct GraphCustomerTotals {
     }
 }
 
-/// Writes the per-customer files of a dataset from customer records handed over in dataset
-/// order; where they were computed (this process, or the ranks that own the customers) does
-/// not change a byte.
+/// Writes a range of dataset positions of the per-customer files from customer records
+/// handed over in dataset order; where they were computed (this process, or the ranks that
+/// own the customers) does not change a byte. One process writes every position; a rank of a
+/// multi-rank import writes its whole parts (`DatasetPartLayout`) of files every rank shares.
 ///
 /// Each record's raw features are computed once: they go to `features.f32` as they arrive
-/// while the normalisation is fitted, and `finish` normalises the file in place.
+/// while the normalisation is fitted, and `finish` normalises the range in place.
 final class DatasetAssembler {
     let spec: FeatureSpec
     let splitOptions: SplitOptions
     let directory: String
+    /// The dataset positions this writer writes.
+    let rows: Range<Int>
+    let rowsPerPart: Int
     private let width = customerFeatureNames.count
     private let assigner: SplitAssigner
     private let rawFeatures: HashingFileWriter
-    private let idsFile, lengthsFile, churnFile, spendFile, stageFile: HashingFileWriter
+    private let idsFile, lengthsFile, churnFile, spendFile, stageFile, splitFile: HashingFileWriter
+    private var perCustomerFiles: [HashingFileWriter] { [idsFile, lengthsFile, churnFile, spendFile, stageFile, splitFile] }
     // Each touched once or more per customer: see CustomerShard for why exclusivity is
     // unchecked.
-    @exclusivity(unchecked) private var split: [UInt8] = []
     @exclusivity(unchecked) private var lengths: [UInt16] = []
-    @exclusivity(unchecked) private(set) var splitSizes = [0, 0, 0]
-    @exclusivity(unchecked) private var trainingFit: NormalisationFitter
-    @exclusivity(unchecked) private var allFit: NormalisationFitter
-    @exclusivity(unchecked) private(set) var stageCounts = [0, 0, 0, 0]
-    @exclusivity(unchecked) private var churned = 0
-    @exclusivity(unchecked) private var totalSpend = 0.0
+    @exclusivity(unchecked) private(set) var totals = Totals()
+    @exclusivity(unchecked) private(set) var trainingFit: NormalisationFitter
+    @exclusivity(unchecked) private(set) var allFit: NormalisationFitter
     @exclusivity(unchecked) private(set) var graphTotals = GraphCustomerTotals()
     private let keepGraphTotals: Bool
 
-    init(spec: FeatureSpec, split: SplitOptions, directory: String, expectedCustomers: Int, keepGraphTotals: Bool) throws {
+    /// What the manifest reports about the labels and the split, as integers so that the
+    /// ranks' shares add up to exactly one process's.
+    struct Totals: Equatable {
+        var splitSizes = [0, 0, 0]
+        var stageCounts = [0, 0, 0, 0]
+        var churned = 0
+        /// Horizon spend in `FixedPoint`.
+        var spend: Int128 = 0
+
+        var words: [Int64] {
+            (splitSizes + stageCounts + [churned]).map { Int64($0) }
+                + [Int64(truncatingIfNeeded: spend >> 64), Int64(truncatingIfNeeded: spend)]
+        }
+
+        func summed(across world: any Communicator) throws -> Totals {
+            guard world.size > 1 else { return self }
+            let gathered = try world.allgather(words)
+            var total = Totals()
+            for rank in 0..<world.size {
+                let w = Array(gathered[rank * 10 ..< rank * 10 + 10])
+                for k in 0..<3 { total.splitSizes[k] += Int(w[k]) }
+                for k in 0..<4 { total.stageCounts[k] += Int(w[3 + k]) }
+                total.churned += Int(w[7])
+                total.spend &+= Int128(w[8]) << 64 | Int128(UInt64(bitPattern: w[9]))
+            }
+            return total
+        }
+
+        var customers: Int { splitSizes.reduce(0, +) }
+
+        var labels: DatasetManifest.Labels {
+            let n = Double(max(customers, 1))
+            return .init(churnRate: Double(churned) / n, stageCounts: stageCounts,
+                         meanHorizonSpend: Double(spend) / FixedPoint.scale / n)
+        }
+    }
+
+    /// `idsOffset` nil creates the files (one process, `rows` from 0); otherwise they exist
+    /// and this writer writes `rows` of them, its ids from byte `idsOffset` of customer_ids.txt.
+    init(spec: FeatureSpec, split: SplitOptions, directory: String, rows: Range<Int>, idsOffset: Int?, rowsPerPart: Int,
+         keepGraphTotals: Bool) throws {
         self.spec = spec
         splitOptions = split
         assigner = SplitAssigner(split)
         self.directory = directory
+        self.rows = rows
+        self.rowsPerPart = max(1, rowsPerPart)
         self.keepGraphTotals = keepGraphTotals
-        rawFeatures = try HashingFileWriter(path: directory + "/features.f32", name: "features.f32", hashing: false)
-        idsFile = try HashingFileWriter(path: directory + "/customer_ids.txt", name: "customer_ids.txt")
-        lengthsFile = try HashingFileWriter(path: directory + "/lengths.i32", name: "lengths.i32")
-        churnFile = try HashingFileWriter(path: directory + "/churn.f32", name: "churn.f32")
-        spendFile = try HashingFileWriter(path: directory + "/spend.f32", name: "spend.f32")
-        stageFile = try HashingFileWriter(path: directory + "/stage.i32", name: "stage.i32")
+        let shared = idsOffset != nil
+        func file(_ name: String, _ elementBytes: Int, hashing: Bool = true) throws -> HashingFileWriter {
+            try HashingFileWriter(path: directory + "/" + name, name: name, hashing: hashing,
+                                  offset: shared ? rows.lowerBound * elementBytes : nil)
+        }
+        rawFeatures = try file("features.f32", spec.historyPeriods * width * 4, hashing: false)
+        idsFile = try HashingFileWriter(path: directory + "/customer_ids.txt", name: "customer_ids.txt", offset: idsOffset)
+        lengthsFile = try file("lengths.i32", 4)
+        churnFile = try file("churn.f32", 4)
+        spendFile = try file("spend.f32", 4)
+        stageFile = try file("stage.i32", 4)
+        splitFile = try file("split.u8", 1)
         trainingFit = NormalisationFitter(width: customerFeatureNames.count)
         allFit = NormalisationFitter(width: customerFeatureNames.count)
-        self.split.reserveCapacity(expectedCustomers)
-        lengths.reserveCapacity(expectedCustomers)
-        if keepGraphTotals { graphTotals.reserve(expectedCustomers) }
+        lengths.reserveCapacity(rows.count)
+        if keepGraphTotals { graphTotals.reserve(rows.count) }
     }
 
-    var customerCount: Int { split.count }
+    var customerCount: Int { lengths.count }
 
     /// Adds the next customer in dataset order: its id and its record (see `CustomerRecordHeader`).
     func add(id: UnsafeRawBufferPointer, record: UnsafeRawPointer) throws {
@@ -177,8 +226,8 @@ final class DatasetAssembler {
         let features = (record + MemoryLayout<CustomerRecordHeader>.stride).assumingMemoryBound(to: Float.self)
         let length = Int(header.length)
         let assigned = assigner.split(of: id)
-        split.append(assigned)
-        splitSizes[Int(assigned)] += 1
+        try splitFile.write(value: assigned)
+        totals.splitSizes[Int(assigned)] += 1
         lengths.append(UInt16(length))
         // Statistics come from training customers only, so validation and test stay unseen;
         // a split without training customers falls back to all of them (see `finish`).
@@ -191,29 +240,35 @@ final class DatasetAssembler {
         try lengthsFile.write(value: Int32(length))
         let purchases = Int(header.horizonTransactions)
         try churnFile.write(value: Float(purchases == 0 ? 1 : 0))
-        churned += purchases == 0 ? 1 : 0
-        let horizonSpend = FixedPoint.value(header.horizonSpend)
-        try spendFile.write(value: Float(horizonSpend))
-        totalSpend += horizonSpend
+        totals.churned += purchases == 0 ? 1 : 0
+        try spendFile.write(value: Float(FixedPoint.value(header.horizonSpend)))
+        totals.spend &+= Int128(header.horizonSpend)
         let stage = spec.stage(forPurchases: purchases)
         try stageFile.write(value: stage)
-        stageCounts[Int(stage)] += 1
+        totals.stageCounts[Int(stage)] += 1
         if keepGraphTotals {
             graphTotals.transactions.append(header.historyTransactions)
             graphTotals.spend.append(header.historySpend)
             graphTotals.recencyPeriods.append(header.recencyPeriods)
             graphTotals.tenurePeriods.append(header.tenurePeriods)
         }
+        if (rows.lowerBound + lengths.count) % rowsPerPart == 0 { perCustomerFiles.forEach { $0.endPart() } }
     }
 
-    /// Normalises `features.f32` in place and closes every file; returns their manifest
-    /// entries, the normalisation, and whether it was fitted on all customers.
-    typealias FinishedFiles = (files: [DatasetFile], normalisation: FeatureNormalisation, fittedOnAll: Bool)
-
-    func finish() throws -> FinishedFiles {
-        let n = customerCount
+    /// The normalisation fitted on the training customers of every writer (all customers when
+    /// no writer has one), and whether it fell back to all.
+    func normalisation(across world: any Communicator, splitSizes: [Int]) throws -> (FeatureNormalisation, fittedOnAll: Bool) {
         let fitOnAll = splitSizes[0] == 0
-        let normalisation = (fitOnAll ? allFit : trainingFit).result()
+        let fit = NormalisationFitter(moments: try (fitOnAll ? allFit : trainingFit).moments.summed(across: world))
+        return (fit.result(), fitOnAll)
+    }
+
+    /// Normalises this writer's rows of `features.f32` in place and closes every file; returns
+    /// the entries of the parts it wrote, in manifest order.
+    func finish(normalisation: FeatureNormalisation) throws -> [DatasetFile] {
+        precondition(customerCount == rows.count, "\(customerCount) customers added for \(rows.count) rows")
+        let n = customerCount
+        if (rows.lowerBound + n) % rowsPerPart != 0 { perCustomerFiles.forEach { $0.endPart() } }
         _ = try rawFeatures.close(dtype: "f32", shape: [])
         var files = [try normaliseInPlace(normalisation)]
         files.append(try idsFile.close(dtype: "text", shape: [n]))
@@ -221,17 +276,12 @@ final class DatasetAssembler {
         files.append(try churnFile.close(dtype: "f32", shape: [n]))
         files.append(try spendFile.close(dtype: "f32", shape: [n]))
         files.append(try stageFile.close(dtype: "i32", shape: [n]))
-        files.append(try writeArray(split, directory, "split.u8", "u8", [n]))
-        return (files, normalisation, fitOnAll)
+        files.append(try splitFile.close(dtype: "u8", shape: [n]))
+        return files
     }
 
-    var labels: DatasetManifest.Labels {
-        let n = Double(max(customerCount, 1))
-        return .init(churnRate: Double(churned) / n, stageCounts: stageCounts, meanHorizonSpend: totalSpend / n)
-    }
-
-    /// Rewrites the raw rows of `features.f32` normalised, a block of rows at a time, hashing
-    /// what it writes.
+    /// Rewrites the raw rows of `features.f32` normalised, a block of rows at a time (never
+    /// across a part's end), hashing each part.
     private func normaliseInPlace(_ normalisation: FeatureNormalisation) throws -> DatasetFile {
         let path = directory + "/features.f32"
         let fd = open(path, O_RDWR | O_CLOEXEC)
@@ -241,25 +291,33 @@ final class DatasetAssembler {
         let rowsPerBlock = max(1, (4 << 20) / (rowFloats * 4))
         let block = UnsafeMutablePointer<Float>.allocate(capacity: rowsPerBlock * rowFloats)
         defer { block.deallocate() }
+        var parts: [DatasetFile.Part] = []
         var hasher = ContentHasher()
+        var partBytes = 0
         var row = 0
         while row < customerCount {
-            let rows = min(rowsPerBlock, customerCount - row)
-            let bytes = rows * rowFloats * 4
-            let offset = off_t(row * rowFloats * 4)
+            let position = rows.lowerBound + row
+            let partEnd = (position / rowsPerPart + 1) * rowsPerPart
+            let count = min(rowsPerBlock, customerCount - row, partEnd - position)
+            let bytes = count * rowFloats * 4
+            let offset = off_t(position * rowFloats * 4)
             try readFully(fd, path, UnsafeMutableRawPointer(block), bytes, at: offset)
-            for k in 0..<rows {
+            for k in 0..<count {
                 normalisation.apply(block + k * rowFloats, length: Int(lengths[row + k]), width: width)
             }
             let raw = UnsafeRawBufferPointer(start: block, count: bytes)
             hasher.update(raw)
+            partBytes += bytes
             try writeFully(fd, path, raw, at: offset)
-            row += rows
+            row += count
+            if position + count == partEnd || row == customerCount {
+                parts.append(DatasetFile.Part(bytes: partBytes, hash: ContentHasher.hex(hasher.finalize())))
+                hasher = ContentHasher()
+                partBytes = 0
+            }
         }
         guard fsync(fd) == 0 else { throw DataError.io(path: path, operation: "fsync", message: systemMessage()) }
-        return DatasetFile(name: "features.f32", bytes: customerCount * rowFloats * 4,
-                           contentHash: ContentHasher.hex(hasher.finalize()), dtype: "f32",
-                           shape: [customerCount, spec.historyPeriods, width])
+        return DatasetFile(name: "features.f32", parts: parts, dtype: "f32", shape: [customerCount, spec.historyPeriods, width])
     }
 }
 
@@ -287,15 +345,15 @@ private func writeFully(_ fd: Int32, _ path: String, _ bytes: UnsafeRawBufferPoi
 /// empty apart from rejects.csv) and returns the manifest it wrote.
 func writeDataset(
     aggregates: CustomerAggregates, stats: ReadStats, source: DatasetManifest.Source,
-    split splitOptions: SplitOptions, buildGraph: Bool, directory: String
+    split splitOptions: SplitOptions, buildGraph: Bool, rowsPerPart: Int, directory: String
 ) throws -> DatasetManifest {
     let spec = aggregates.spec
     aggregates.finishAdding()
     let order = aggregates.datasetOrder()
     guard !order.isEmpty else { throw noHistory(spec: spec, source: source) }
     let withGraph = buildGraph && aggregates.products.count > 0
-    let assembler = try DatasetAssembler(spec: spec, split: splitOptions, directory: directory,
-                                         expectedCustomers: order.count, keepGraphTotals: withGraph)
+    let assembler = try DatasetAssembler(spec: spec, split: splitOptions, directory: directory, rows: 0..<order.count,
+                                         idsOffset: nil, rowsPerPart: rowsPerPart, keepGraphTotals: withGraph)
     let record = UnsafeMutableRawPointer.allocate(byteCount: CustomerRecordHeader.recordBytes(spec), alignment: 16)
     defer { record.deallocate() }
     try order.withUnsafeBufferPointer { order in
@@ -310,10 +368,12 @@ func writeDataset(
     // customer records first lowered the peak (the graph's arrays come on top of them) from 581
     // to 523 MiB on the 10M-row date-ordered benchmark file.
     aggregates.releaseCustomerRecords()
-    let totals = assembler.graphTotals
+    let graphTotals = assembler.graphTotals
+    let totals = assembler.totals
+    let (normalisation, fitOnAll) = try assembler.normalisation(across: SingleProcessCommunicator(), splitSizes: totals.splitSizes)
     // The customer files' last pass (normalising the features in place, fsyncs) and the graph
     // share nothing, so they run at once.
-    let (customerFiles, (graphFiles, graphInfo)) = try runAlongside({ try assembler.finish() }) {
+    let (customerFiles, (graphFiles, graphInfo)) = try runAlongside({ try assembler.finish(normalisation: normalisation) }) {
         () throws -> ([DatasetFile], DatasetManifest.Graph?) in
         guard withGraph else { return ([], nil) }
         var position = [Int32](repeating: -1, count: aggregates.customerCount)
@@ -321,41 +381,56 @@ func writeDataset(
         let (graph, info) = buildCustomerProductGraph(
             customerCount: order.count, products: aggregates.products,
             forEachPair: { last, body in aggregates.forEachPair(releasing: last) { c, p, count in body(position[Int(c)], p, count) } },
-            totals: totals, statistics: nil)
-        return (try writeGraphFiles(graph, directory: directory), info)
+            totals: graphTotals, statistics: nil)
+        return (try writeGraphFiles(graph, directory: directory, rowsPerPart: rowsPerPart), info)
     }
-    return try finishDataset(assembler: assembler, customerFiles: customerFiles, graphFiles: graphFiles, graphInfo: graphInfo,
-                             counts: counts, stats: stats, source: source)
+    return try finishDataset(
+        DatasetContents(spec: spec, splitOptions: splitOptions, rowsPerPart: rowsPerPart, totals: totals,
+                        normalisation: normalisation, fittedOnAll: fitOnAll, files: customerFiles + graphFiles, graph: graphInfo),
+        counts: counts, stats: stats, source: source, directory: directory)
 }
 
 func noHistory(spec: FeatureSpec, source: DatasetManifest.Source) -> DataError {
     DataError.noCustomers(path: source.input, reason: "no customer has a purchase on or before the cut-off \(describeDay(spec.cutoffDay, calendar: source.calendarDays)); nothing to write (check --cutoff and --time-format)")
 }
 
-/// The graph's four files, in the order the manifest lists them.
-func writeGraphFiles(_ graph: CustomerProductGraph, directory: String) throws -> [DatasetFile] {
+/// The graph's four files, in the order the manifest lists them, each cut into the parts of
+/// `DatasetPartLayout`.
+func writeGraphFiles(_ graph: CustomerProductGraph, directory: String, rowsPerPart: Int) throws -> [DatasetFile] {
     let nodes = graph.csr.nodeCount
+    let layout = DatasetPartLayout(rowsPerPart: rowsPerPart, customers: graph.customerNodes, products: nodes - graph.customerNodes)
+    let ranges = graphElementRanges(layout: layout, offsets: { graph.csr.offsets[$0] }, width: nodeFeatureNames.count)
     return [
-        try writeArray(graph.csr.offsets.map { Int64($0) }, directory, "graph_offsets.i64", "i64", [nodes + 1]),
-        try writeArray(graph.csr.neighbours, directory, "graph_neighbours.i32", "i32", [graph.csr.edgeCount]),
-        try writeArray(graph.csr.weights, directory, "graph_weights.f32", "f32", [graph.csr.edgeCount]),
-        try writeArray(graph.nodeFeatures, directory, "node_features.f32", "f32", [nodes, nodeFeatureNames.count]),
+        try writeArray(graph.csr.offsets.map { Int64($0) }, directory, "graph_offsets.i64", "i64", [nodes + 1], parts: ranges.offsets),
+        try writeArray(graph.csr.neighbours, directory, "graph_neighbours.i32", "i32", [graph.csr.edgeCount], parts: ranges.edges),
+        try writeArray(graph.csr.weights, directory, "graph_weights.f32", "f32", [graph.csr.edgeCount], parts: ranges.edges),
+        try writeArray(graph.nodeFeatures, directory, "node_features.f32", "f32", [nodes, nodeFeatureNames.count],
+                       parts: ranges.nodeFeatures),
     ]
 }
 
-/// Writes the manifest of the files that `assembler.finish()` closed (`customerFiles`) and
-/// of the graph's (`graphFiles`, already written, listed after the customer files), and
-/// returns it.
+/// Everything about a dataset's files that its manifest records besides the input's counts:
+/// what one process has at the end of its import, and what rank 0 of a multi-rank import
+/// assembles from every rank's share.
+struct DatasetContents {
+    var spec: FeatureSpec
+    var splitOptions: SplitOptions
+    var rowsPerPart: Int
+    var totals: DatasetAssembler.Totals
+    var normalisation: FeatureNormalisation
+    var fittedOnAll: Bool
+    /// Customer files then graph files, in manifest order, with all their parts.
+    var files: [DatasetFile]
+    var graph: DatasetManifest.Graph?
+}
+
+/// Writes the manifest of `contents`' files into `directory` and returns it.
 func finishDataset(
-    assembler: DatasetAssembler, customerFiles: DatasetAssembler.FinishedFiles, graphFiles: [DatasetFile],
-    graphInfo: DatasetManifest.Graph?, counts: AggregateCounts, stats: ReadStats, source: DatasetManifest.Source
+    _ contents: DatasetContents, counts: AggregateCounts, stats: ReadStats, source: DatasetManifest.Source, directory: String
 ) throws -> DatasetManifest {
-    let spec = assembler.spec
-    let directory = assembler.directory
-    let n = assembler.customerCount
-    let (normalisation, fitOnAll) = (customerFiles.normalisation, customerFiles.fittedOnAll)
-    let files = customerFiles.files + graphFiles
-    let splitOptions = assembler.splitOptions
+    let spec = contents.spec
+    let n = contents.totals.customers
+    let splitOptions = contents.splitOptions
     let calendar = source.calendarDays
     var manifest = DatasetManifest(
         formatVersion: DatasetManifest.currentFormatVersion,
@@ -364,20 +439,21 @@ func finishDataset(
                       skippedNonPurchase: stats.skippedNonPurchase, blankLines: stats.blankLines, headerLines: stats.headerLines,
                       eventsInHistory: counts.eventsInHistory, eventsInHorizon: counts.eventsInHorizon,
                       eventsAfterHorizon: counts.eventsAfterHorizon, customersSeen: counts.customersSeen,
-                      customers: n, customersWithoutHistory: counts.customersSeen - n, products: graphInfo?.productNodes ?? 0),
+                      customers: n, customersWithoutHistory: counts.customersSeen - n, products: contents.graph?.productNodes ?? 0),
         spec: spec,
         cutoffDate: calendar ? ByteParsing.isoDate(spec.cutoffDay) : nil,
         historyStartDate: calendar ? ByteParsing.isoDate(spec.windowStartDay) : nil,
         horizonEndDate: calendar ? ByteParsing.isoDate(spec.cutoffDay + spec.horizonDays) : nil,
         featureNames: customerFeatureNames,
-        normalisation: normalisation,
+        normalisation: contents.normalisation,
         stageNames: FeatureSpec.stageNames,
-        labels: assembler.labels,
+        labels: contents.totals.labels,
         split: .init(seed: splitOptions.seed, fractions: [splitOptions.trainFraction, splitOptions.validationFraction,
                                                           1 - splitOptions.trainFraction - splitOptions.validationFraction],
-                     sizes: assembler.splitSizes, statisticsFittedOnAllCustomers: fitOnAll),
-        graph: graphInfo,
-        files: files,
+                     sizes: contents.totals.splitSizes, statisticsFittedOnAllCustomers: contents.fittedOnAll),
+        graph: contents.graph,
+        files: contents.files,
+        rowsPerPart: contents.rowsPerPart,
         fingerprint: "")
     manifest.fingerprint = manifest.computeFingerprint()
     let json = try manifest.encoded()
@@ -387,9 +463,18 @@ func finishDataset(
     return manifest
 }
 
-func writeArray<T: BitwiseCopyable>(_ values: [T], _ directory: String, _ name: String, _ dtype: String, _ shape: [Int]) throws -> DatasetFile {
+/// Writes `values` as the file `name`, hashed in `parts` (element ranges, in order, covering
+/// every value).
+func writeArray<T: BitwiseCopyable>(
+    _ values: [T], _ directory: String, _ name: String, _ dtype: String, _ shape: [Int], parts: [Range<Int>]
+) throws -> DatasetFile {
     let writer = try HashingFileWriter(path: directory + "/" + name, name: name)
-    try writer.write(array: values)
+    try values.withUnsafeBufferPointer { values in
+        for part in parts {
+            try writer.write(UnsafeBufferPointer(rebasing: values[part]))
+            writer.endPart()
+        }
+    }
     return try writer.close(dtype: dtype, shape: shape)
 }
 
@@ -533,8 +618,6 @@ func productPositions(_ products: ByteInterner) -> (order: [Int32], position: [I
 
 /// The node features, z-scored per node type, and the graph's manifest entry, from per-node
 /// totals: customers `0..<totals.transactions.count` (dataset order), then products by id.
-/// Both graph builders (in memory, and streamed by rank 0 of a multi-rank import) use it, so
-/// they write the same bytes.
 func graphNodeFeatures(
     customerDegree: (Int) -> Int, productPurchases: [Double], productCustomers: (Int) -> Int, edgeCount: Int,
     totals: GraphCustomerTotals, statistics: DatasetManifest.Graph?
@@ -543,67 +626,107 @@ func graphNodeFeatures(
     let nodes = customerCount + productCount
     let width = nodeFeatureNames.count
     var features = [Float](repeating: 0, count: nodes * width)
-    for position in 0..<customerCount {
-        let row = position * width
-        features[row + 0] = Float(log1p(totals.transactions[position]))
-        features[row + 1] = Float(log1p(max(0, totals.spend[position])))
-        features[row + 2] = Float(totals.recencyPeriods[position])
-        features[row + 3] = Float(totals.tenurePeriods[position])
-        features[row + 4] = Float(log1p(Double(customerDegree(position))))
-        features[row + 5] = 0
+    features.withUnsafeMutableBufferPointer { features in
+        for position in 0..<customerCount {
+            writeCustomerNodeFeatures(totals, position, degree: customerDegree(position), into: features.baseAddress! + position * width)
+        }
+        for p in 0..<productCount {
+            writeProductNodeFeatures(purchases: productPurchases[p], customers: productCustomers(p),
+                                     into: features.baseAddress! + (customerCount + p) * width)
+        }
     }
-    for p in 0..<productCount {
-        let purchases = productPurchases[p]
-        let customers = Double(productCustomers(p))
-        let row = (customerCount + p) * width
-        features[row + 0] = Float(log1p(purchases))
-        features[row + 1] = Float(log1p(customers))
-        // Share of purchases that repeat an earlier purchase by the same customer.
-        features[row + 2] = purchases > 0 ? Float((purchases - customers) / purchases) : 0
-        features[row + 5] = 1
+    var customerStats: NodeStandardisation, productStats: NodeStandardisation
+    if let statistics {
+        customerStats = NodeStandardisation(mean: statistics.customerFeatureMean, std: statistics.customerFeatureStd)
+        productStats = NodeStandardisation(mean: statistics.productFeatureMean, std: statistics.productFeatureStd)
+    } else {
+        customerStats = NodeStandardisation(NodeStandardisation.moments(&features, rows: 0..<customerCount, columns: customerNodeColumns))
+        productStats = NodeStandardisation(NodeStandardisation.moments(&features, rows: customerCount..<nodes, columns: productNodeColumns))
     }
-    let customerStats = standardise(&features, rows: 0..<customerCount, width: width, columns: 0..<5,
-                                    fixed: statistics.map { ($0.customerFeatureMean, $0.customerFeatureStd) })
-    let productStats = standardise(&features, rows: customerCount..<nodes, width: width, columns: 0..<3,
-                                   fixed: statistics.map { ($0.productFeatureMean, $0.productFeatureStd) })
-    let info = DatasetManifest.Graph(
-        customerNodes: customerCount, productNodes: productCount, directedEdges: edgeCount,
-        nodeFeatureNames: nodeFeatureNames,
-        customerFeatureMean: customerStats.mean, customerFeatureStd: customerStats.std,
-        productFeatureMean: productStats.mean, productFeatureStd: productStats.std)
+    customerStats.apply(&features, rows: 0..<customerCount)
+    productStats.apply(&features, rows: customerCount..<nodes)
+    let info = graphInfo(customers: customerCount, products: productCount, edges: edgeCount, customerStats: customerStats,
+                         productStats: productStats)
     return (features, info)
 }
 
-/// Z-scores `columns` over `rows` in place (constant columns are only centred), with the
-/// `fixed` statistics when given, else with ones fitted to these rows.
-private func standardise(
-    _ features: inout [Float], rows: Range<Int>, width: Int, columns: Range<Int>, fixed: (mean: [Double], std: [Double])?
-) -> (mean: [Double], std: [Double]) {
-    if let fixed {
-        for (k, column) in columns.enumerated() {
-            for row in rows {
-                features[row * width + column] = Float((Double(features[row * width + column]) - fixed.mean[k]) / fixed.std[k])
+func graphInfo(customers: Int, products: Int, edges: Int, customerStats: NodeStandardisation, productStats: NodeStandardisation)
+    -> DatasetManifest.Graph {
+    DatasetManifest.Graph(
+        customerNodes: customers, productNodes: products, directedEdges: edges, nodeFeatureNames: nodeFeatureNames,
+        customerFeatureMean: customerStats.mean, customerFeatureStd: customerStats.std,
+        productFeatureMean: productStats.mean, productFeatureStd: productStats.std)
+}
+
+/// The node-feature columns z-scored for each node type (the rest are constant or flags).
+let customerNodeColumns = 0..<5
+let productNodeColumns = 0..<3
+
+/// Customer node `position`'s unscaled features (`nodeFeatureNames`).
+@inline(__always)
+func writeCustomerNodeFeatures(_ totals: GraphCustomerTotals, _ position: Int, degree: Int, into row: UnsafeMutablePointer<Float>) {
+    row[0] = Float(log1p(totals.transactions[position]))
+    row[1] = Float(log1p(max(0, totals.spend[position])))
+    row[2] = Float(totals.recencyPeriods[position])
+    row[3] = Float(totals.tenurePeriods[position])
+    row[4] = Float(log1p(Double(degree)))
+    row[5] = 0
+}
+
+/// A product node's unscaled features from its purchases (summed edge weights) and its
+/// distinct customers.
+@inline(__always)
+func writeProductNodeFeatures(purchases: Double, customers: Int, into row: UnsafeMutablePointer<Float>) {
+    let distinct = Double(customers)
+    row[0] = Float(log1p(purchases))
+    row[1] = Float(log1p(distinct))
+    // Share of purchases that repeat an earlier purchase by the same customer.
+    row[2] = purchases > 0 ? Float((purchases - distinct) / purchases) : 0
+    row[3] = 0
+    row[4] = 0
+    row[5] = 1
+}
+
+/// The z-score of one node type's columns (`columns`, from 0), fitted from exact moments so
+/// that ranks that each hold some of the nodes fit the statistics one process fits.
+struct NodeStandardisation {
+    var mean: [Double]
+    var std: [Double]
+
+    init(mean: [Double], std: [Double]) {
+        self.mean = mean
+        self.std = std
+    }
+
+    /// Constant columns (and no nodes) are only centred.
+    init(_ moments: [ExactMoments]) {
+        mean = moments.map(\.mean)
+        std = moments.map { $0.count == 0 ? 1 : ($0.variance.squareRoot() > 1e-6 ? $0.variance.squareRoot() : 1) }
+    }
+
+    static func moments(_ features: UnsafeMutableBufferPointer<Float>, rows: Range<Int>, columns: Range<Int>) -> [ExactMoments] {
+        let width = nodeFeatureNames.count
+        var moments = [ExactMoments](repeating: ExactMoments(), count: columns.count)
+        for row in rows {
+            for column in columns { moments[column].add(features[row * width + column]) }
+        }
+        return moments
+    }
+
+    static func moments(_ features: inout [Float], rows: Range<Int>, columns: Range<Int>) -> [ExactMoments] {
+        features.withUnsafeMutableBufferPointer { moments($0, rows: rows, columns: columns) }
+    }
+
+    func apply(_ features: UnsafeMutableBufferPointer<Float>, rows: Range<Int>) {
+        let width = nodeFeatureNames.count
+        for row in rows {
+            for k in 0..<mean.count {
+                features[row * width + k] = Float((Double(features[row * width + k]) - mean[k]) / std[k])
             }
         }
-        return fixed
     }
-    var mean = [Double](repeating: 0, count: columns.count)
-    var std = [Double](repeating: 1, count: columns.count)
-    guard !rows.isEmpty else { return (mean, std) }
-    for (k, column) in columns.enumerated() {
-        var sum = 0.0, sumSquares = 0.0
-        for row in rows {
-            let v = Double(features[row * width + column])
-            sum += v
-            sumSquares += v * v
-        }
-        let m = sum / Double(rows.count)
-        let s = max(0, sumSquares / Double(rows.count) - m * m).squareRoot()
-        mean[k] = m
-        std[k] = s > 1e-6 ? s : 1
-        for row in rows {
-            features[row * width + column] = Float((Double(features[row * width + column]) - m) / std[k])
-        }
+
+    func apply(_ features: inout [Float], rows: Range<Int>) {
+        features.withUnsafeMutableBufferPointer { apply($0, rows: rows) }
     }
-    return (mean, std)
 }

@@ -97,51 +97,35 @@ public struct FeatureNormalisation: Codable, Sendable, Equatable {
 
 /// Accumulates feature sums over valid steps to fit a `FeatureNormalisation`.
 struct NormalisationFitter {
-    var sum: [Double]
-    var sumSquares: [Double]
-    var steps = 0
+    /// One per feature, over the valid steps added.
+    private(set) var moments: [ExactMoments]
 
     init(width: Int) {
-        sum = .init(repeating: 0, count: width)
-        sumSquares = .init(repeating: 0, count: width)
+        moments = .init(repeating: ExactMoments(), count: width)
     }
 
+    init(moments: [ExactMoments]) {
+        self.moments = moments
+    }
+
+    var steps: Int { moments.first?.count ?? 0 }
+
     mutating func add(_ row: UnsafePointer<Float>, length: Int, width: Int) {
-        if width == 8 {
-            // One lane per feature: each feature's sum takes its steps in the scalar loop's
-            // order, so the sums are the same bits, in a fraction of the instructions.
-            var sums = SIMD8<Double>(), squares = SIMD8<Double>()
-            for f in 0..<8 { sums[f] = sum[f]; squares[f] = sumSquares[f] }
-            let rows = UnsafeRawPointer(row)
+        moments.withUnsafeMutableBufferPointer { moments in
             for step in 0..<length {
-                let v = SIMD8<Double>(rows.loadUnaligned(fromByteOffset: step * 32, as: SIMD8<Float>.self))
-                sums += v
-                squares += v * v
-            }
-            for f in 0..<8 { sum[f] = sums[f]; sumSquares[f] = squares[f] }
-            steps += length
-            return
-        }
-        for step in 0..<length {
-            for f in 0..<width {
-                let v = Double(row[step * width + f])
-                sum[f] += v
-                sumSquares[f] += v * v
+                for f in 0..<width { moments[f].add(row[step * width + f]) }
             }
         }
-        steps += length
     }
 
     /// Mean and population standard deviation; a constant feature (or no steps) gets std 1 so
     /// that normalising never divides by zero.
     func result() -> FeatureNormalisation {
-        let n = Double(max(steps, 1))
-        var mean = [Double](repeating: 0, count: sum.count)
-        var std = [Double](repeating: 1, count: sum.count)
-        for f in 0..<sum.count where steps > 0 {
-            mean[f] = sum[f] / n
-            let variance = max(0, sumSquares[f] / n - mean[f] * mean[f])
-            let s = variance.squareRoot()
+        var mean = [Double](repeating: 0, count: moments.count)
+        var std = [Double](repeating: 1, count: moments.count)
+        for f in 0..<moments.count where steps > 0 {
+            mean[f] = moments[f].mean
+            let s = moments[f].variance.squareRoot()
             std[f] = s > 1e-6 * max(1, abs(mean[f])) ? s : 1
         }
         return FeatureNormalisation(mean: mean, std: std)

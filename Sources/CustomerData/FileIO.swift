@@ -13,21 +13,28 @@ final class HashingFileWriter {
     private var fd: Int32
     private var buffer: UnsafeMutableRawPointer
     private let capacity = 1 << 20
+    /// Where the next flushed byte goes.
+    private var fileOffset: Int
     // Touched by every write, a few per customer: see CustomerShard for why exclusivity is
     // unchecked.
     @exclusivity(unchecked) private var used = 0
     @exclusivity(unchecked) private var hasher = ContentHasher()
+    @exclusivity(unchecked) private var partStart = 0
     @exclusivity(unchecked) private(set) var bytesWritten = 0
+    private(set) var parts: [DatasetFile.Part] = []
 
     private let hashing: Bool
 
     /// `hashing` false skips the content hash, for a file that is rewritten before it counts.
-    init(path: String, name: String, hashing: Bool = true) throws {
+    /// With `offset` nil the file is created (emptied if it exists); with an offset, the writer
+    /// writes from there into an existing file that other writers (ranks) share.
+    init(path: String, name: String, hashing: Bool = true, offset: Int? = nil) throws {
         self.path = path
         self.name = name
         self.hashing = hashing
-        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw DataError.io(path: path, operation: "create", message: systemMessage()) }
+        fileOffset = offset ?? 0
+        fd = offset == nil ? open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) : open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw DataError.io(path: path, operation: offset == nil ? "create" : "open", message: systemMessage()) }
         buffer = .allocate(byteCount: capacity, alignment: 64)
     }
 
@@ -68,31 +75,39 @@ final class HashingFileWriter {
         try copy.withUTF8 { try write(UnsafeRawBufferPointer($0)) }
     }
 
+    /// Closes the part written since the last one (`DatasetPartLayout`), empty or not.
+    func endPart() {
+        parts.append(DatasetFile.Part(bytes: bytesWritten - partStart, hash: ContentHasher.hex(hasher.finalize())))
+        hasher = ContentHasher()
+        partStart = bytesWritten
+    }
+
     private func flush() throws {
         if used > 0 { try writeAll(buffer, used) }
         used = 0
     }
 
     private func writeAll(_ base: UnsafeRawPointer, _ count: Int) throws {
-        var offset = 0
-        while offset < count {
-            let n = Glibc.write(fd, base + offset, count - offset)
+        var done = 0
+        while done < count {
+            let n = pwrite(fd, base + done, count - done, off_t(fileOffset + done))
             if n < 0 {
                 if errno == EINTR { continue }
                 throw DataError.io(path: path, operation: "write", message: systemMessage())
             }
-            offset += n
+            done += n
         }
+        fileOffset += count
     }
 
-    /// Flushes, fsyncs and closes; returns the manifest entry for the file.
+    /// Flushes, fsyncs and closes; returns the manifest entry of the parts this writer wrote.
     func close(dtype: String, shape: [Int]) throws -> DatasetFile {
         try flush()
         guard fsync(fd) == 0 else { throw DataError.io(path: path, operation: "fsync", message: systemMessage()) }
         let result = Glibc.close(fd)
         fd = -1
         guard result == 0 else { throw DataError.io(path: path, operation: "close", message: systemMessage()) }
-        return DatasetFile(name: name, bytes: bytesWritten, contentHash: ContentHasher.hex(hasher.finalize()), dtype: dtype, shape: shape)
+        return DatasetFile(name: name, parts: parts, dtype: dtype, shape: shape)
     }
 }
 
@@ -189,14 +204,20 @@ final class MappedFile: @unchecked Sendable {
 
     /// The content hash of the whole file, read in 64 MiB pieces that leave the resident set
     /// as soon as they are hashed, so verifying a file costs 64 MiB of RSS, not its size.
-    func contentHash() -> UInt64 {
+    func contentHash() -> UInt64 { contentHash(of: 0..<count) }
+
+    /// The content hash of `range` of the file, released from the resident set as it goes.
+    func contentHash(of range: Range<Int>) -> UInt64 {
         var hasher = ContentHasher()
         let piece = 64 << 20  // a multiple of the page size
-        var offset = 0
-        while offset < count {
-            let length = min(piece, count - offset)
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let length = min(piece, range.upperBound - offset)
             hasher.update(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + length]))
-            _ = madvise(UnsafeMutableRawPointer(mutating: base! + offset), length, MADV_DONTNEED)
+            // madvise wants a page-aligned start: release the whole pages this piece covers.
+            let page = 4096
+            let first = (offset + page - 1) / page * page, end = (offset + length) / page * page
+            if end > first { _ = madvise(UnsafeMutableRawPointer(mutating: base! + first), end - first, MADV_DONTNEED) }
             offset += length
         }
         return hasher.finalize()

@@ -63,13 +63,17 @@ public struct ImportOptions: Sendable {
     /// are exchanged; it bounds the memory a round needs. Any value gives the same dataset (tests
     /// make it small so that a small file goes through many rounds).
     public var roundBytesPerRank = 16 << 20
-    /// Customer–product pairs, summed over the ranks, that rank 0 gathers per block of products
-    /// while it writes the graph's product rows in a multi-rank import (a block holds at least
-    /// one product); any value gives the same graph (tests make it small).
+    /// Customer–product pairs, summed over the ranks, that a rank writing products' rows takes
+    /// in per round of a multi-rank import (a round holds at least one product); any value
+    /// gives the same graph (tests make it small).
     public var pairsPerGather = 65_536
-    /// Customer ids each rank sends rank 0 at a time while rank 0 merges them into the dataset
-    /// order; any value gives the same dataset (tests make it small).
-    public var idsPerGather = 65_536
+    /// Dataset positions each writing rank takes in per round of a multi-rank import; any
+    /// value gives the same dataset (tests make it small).
+    public var customersPerRound = 4_096
+    /// Customers (and graph nodes) per hashed part of every file (`DatasetPartLayout`): the
+    /// unit a writing rank owns and a training rank verifies. It changes the manifest, not
+    /// the arrays.
+    public var rowsPerPart = DatasetPartLayout.defaultRowsPerPart
 
     public init() {}
 
@@ -168,7 +172,8 @@ public enum Importer {
 
         let manifest = try writeDataset(aggregates: aggregates, stats: stats,
                                         source: sourceInfo(input: input, options: options, stats: stats, amountMeaning: amountMeaning),
-                                        split: options.split, buildGraph: options.buildGraph, directory: temporary)
+                                        split: options.split, buildGraph: options.buildGraph, rowsPerPart: options.rowsPerPart,
+                                        directory: temporary)
         try publish(temporary, as: output)
         keepTemporary = true
 

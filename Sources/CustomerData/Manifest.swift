@@ -4,16 +4,30 @@ import Foundation
 public struct DatasetFile: Codable, Sendable, Equatable {
     public var name: String
     public var bytes: Int
-    /// `ContentHasher` value of the whole file, 16 hex digits.
+    /// Format 1: the `ContentHasher` value of the whole file, 16 hex digits. Format 2: the
+    /// hash of `parts` (`combinedHash`).
     public var contentHash: String
     /// `f32`, `i32`, `i64`, `u8` or `text`.
     public var dtype: String
     public var shape: [Int]
+    /// Format 2: the file's parts in order (`DatasetPartLayout`), each hashed on its own.
+    public var parts: [Part]?
+
+    public init(name: String, bytes: Int, contentHash: String, dtype: String, shape: [Int], parts: [Part]? = nil) {
+        self.name = name
+        self.bytes = bytes
+        self.contentHash = contentHash
+        self.dtype = dtype
+        self.shape = shape
+        self.parts = parts
+    }
 }
 
 /// Everything a reader needs to interpret and verify a dataset directory.
 public struct DatasetManifest: Codable, Sendable, Equatable {
-    public static let currentFormatVersion = 1
+    /// 2: files hashed in parts of `rowsPerPart` rows. 1 (still read): whole-file hashes.
+    public static let currentFormatVersion = 2
+    public static let readableFormatVersions = 1...2
 
     public struct Source: Codable, Sendable, Equatable {
         public var preset: String
@@ -101,6 +115,8 @@ public struct DatasetManifest: Codable, Sendable, Equatable {
     public var split: Split
     public var graph: Graph?
     public var files: [DatasetFile]
+    /// Rows (customers, or graph nodes) per part of every file; nil in format 1.
+    public var rowsPerPart: Int?
     /// Hash over the files' sizes and hashes and every field that changes how they are read.
     public var fingerprint: String
 
@@ -119,11 +135,17 @@ public struct DatasetManifest: Codable, Sendable, Equatable {
             add("graph"); add("\(graph.customerNodes) \(graph.productNodes) \(graph.directedEdges)")
             for name in graph.nodeFeatureNames { add(name) }
         }
+        if let rowsPerPart { add("parts \(rowsPerPart)") }
         add("files")
         for file in files.sorted(by: { $0.name < $1.name }) {
             add("\(file.name) \(file.bytes) \(file.contentHash) \(file.dtype) \(file.shape)")
         }
         return ContentHasher.hex(hasher.finalize())
+    }
+
+    /// Where each file's parts begin; nil in format 1.
+    public var partLayout: DatasetPartLayout? {
+        rowsPerPart.map { DatasetPartLayout(rowsPerPart: $0, customers: counts.customers, products: graph?.productNodes ?? 0) }
     }
 
     func encoded() throws -> Data {

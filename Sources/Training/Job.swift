@@ -127,7 +127,9 @@ public enum TrainingJob {
             // The key is read before anything trains: a wrong path fails at once, not at the first checkpoint.
             signingKey = try request.signingKeyPath.map(CheckpointSigningKey.load(path:))
             let configuration = try TrainingConfiguration.load(yamlFile: request.configurationPath, overrides: request.overrides)
-            dataset = try CustomerDataset.open(at: URL(fileURLWithPath: configuration.data), loadGraph: configuration.model == .gnn)
+            // Every rank verifies its own customers' parts once the shards are planned (`run`).
+            dataset = try CustomerDataset.open(at: URL(fileURLWithPath: configuration.data), verifyContents: false,
+                                               loadGraph: configuration.model == .gnn)
             spec = try makeSpec(configuration, dataset: dataset, request: request)
         } catch {
             // Tell the workers there is no job (an empty spec) so they exit instead of waiting.
@@ -170,14 +172,19 @@ public enum TrainingJob {
         let configuration = announced.configuration
         BLAS.setThreadCount(1)
         world.watchdogTimeout = .milliseconds(Int64(configuration.watchdogSeconds * 1000))
-        // Every rank reads its own customers from shared storage; the coordinator has verified
-        // the files, the fingerprint check below proves every rank opened the same dataset.
+        // Every rank reads and verifies its own customers from shared storage; the fingerprint
+        // check below proves every rank opened the same dataset.
         let dataset: CustomerDataset = try world.agreeing("opening the dataset \(announced.datasetPath)") {
             try dataset ?? CustomerDataset.open(at: URL(fileURLWithPath: announced.datasetPath), verifyContents: false,
                                                 loadGraph: configuration.model == .gnn)
         }
         let ranks = world.size
         let plan = ShardPlan.own(splits: dataset.split, ranks: ranks, rank: world.rank)
+        // The parts that hold this rank's customers, and a share of the graph's parts (every
+        // graph rank maps the whole graph, so the ranks split its verification).
+        try world.agreeing("verifying this rank's customers in \(announced.datasetPath)") {
+            try dataset.verify(customers: plan.rowSpans, graphShare: configuration.model == .gnn ? (world.rank, ranks) : nil)
+        }
         // The graph model reads node features from the mapped graph, never the sequences: its
         // shards carry labels and dataset rows only (at 894k customers on 2 ranks, leaving out the
         // sequences it used to receive took a worker's peak RSS from 919 to 386 MiB).

@@ -20,6 +20,16 @@ public struct ShardPlan: Sendable, Equatable {
     /// Customers in each split over every rank: train, validation, test.
     public var totals: [Int]
 
+    /// The stretches of dataset rows this rank reads: one per split, from its first to its last
+    /// customer there (the other splits' customers in between belong to the same stretch of
+    /// another rank's blocks, so the ranks' stretches barely overlap).
+    public var rowSpans: [Range<Int>] {
+        [train, validation, test].compactMap { rows in
+            guard let first = rows.min(), let last = rows.max() else { return nil }
+            return Int(first) ..< Int(last) + 1
+        }
+    }
+
     /// This rank's plan: two passes over the split column, holding only this rank's rows.
     public static func own(splits: UnsafeBufferPointer<UInt8>, ranks: Int, rank: Int) -> ShardPlan {
         precondition(ranks >= 1 && (0..<ranks).contains(rank))

@@ -243,6 +243,83 @@ func aMissingDatasetIsNotCalledDamaged() throws {
     #expect(throws: DataError.self) { try CustomerDataset.open(at: URL(fileURLWithPath: truncated), verifyContents: false) }
 }
 
+/// The damage `verify` reports, or nil when it accepts.
+private func verificationFailure(_ dataset: CustomerDataset, customers: [Range<Int>], graphShare: (index: Int, count: Int)?) -> String? {
+    do {
+        try dataset.verify(customers: customers, graphShare: graphShare)
+        return nil
+    } catch let error as DataError {
+        guard case let .damagedDataset(file, reason) = error else { return "\(error)" }
+        return (file as NSString).lastPathComponent + ": " + reason
+    } catch {
+        return "\(error)"
+    }
+}
+
+@Test func aRankVerifiesThePartsOfItsOwnCustomersOnly() throws {
+    let scratch = Scratch()
+    defer { scratch.cleanup() }
+    let csv = scratch.path + "/synth.csv"
+    _ = try generateSyntheticEvents(options: SyntheticOptions(customers: 400, products: 60, seed: 11), to: csv)
+    var options = ImportOptions()
+    options.maxRejectFraction = 0
+    options.rowsPerPart = 50
+    let (summary, clean) = try importFile(csv, into: scratch, options)
+    let n = clean.customerCount
+    let layout = try #require(summary.manifest.partLayout)
+    #expect(layout.customerParts.count == (n + 49) / 50)
+    #expect(summary.manifest.files.allSatisfy { $0.parts?.count == ($0.name.hasPrefix("graph") || $0.name.hasPrefix("node") ? layout.nodeParts.count : layout.customerParts.count) })
+
+    // One flipped byte in customer 260's features (part 5), one in the last product part's edges.
+    let damaged = scratch.path + "/damaged"
+    try copyDataset(scratch.path + "/dataset", damaged)
+    var features = try Data(contentsOf: URL(fileURLWithPath: damaged + "/features.f32"))
+    features[260 * clean.historyLength * clean.featureCount * 4 + 3] ^= 0x01
+    try features.write(to: URL(fileURLWithPath: damaged + "/features.f32"))
+    var neighbours = try Data(contentsOf: URL(fileURLWithPath: damaged + "/graph_neighbours.i32"))
+    neighbours[neighbours.count - 4] ^= 0x01  // the low byte: still a node in range
+    try neighbours.write(to: URL(fileURLWithPath: damaged + "/graph_neighbours.i32"))
+
+    let dataset = try CustomerDataset.open(at: URL(fileURLWithPath: damaged), verifyContents: false)
+    #expect(verificationFailure(dataset, customers: [0..<100, 300..<n], graphShare: nil) == nil)
+    let customerDamage = verificationFailure(dataset, customers: [240..<251], graphShare: nil)
+    #expect(customerDamage?.hasPrefix("features.f32: part 5 (rows 250..<300") == true, "\(customerDamage ?? "accepted")")
+    // Ranks 0 and 1 of 2 verify the graph's even and odd parts; the last part is odd here.
+    let lastPart = layout.nodeParts.count - 1
+    #expect(lastPart % 2 == 1)
+    #expect(verificationFailure(dataset, customers: [], graphShare: (0, 2)) == nil)
+    let graphDamage = verificationFailure(dataset, customers: [], graphShare: (1, 2))
+    #expect(graphDamage?.hasPrefix("graph_neighbours.i32: part \(lastPart) ") == true, "\(graphDamage ?? "accepted")")
+    #expect(throws: DataError.self) { try CustomerDataset.open(at: URL(fileURLWithPath: damaged)) }
+}
+
+/// A dataset of format 1 (whole-file hashes, no parts) is still read and verified.
+@Test func formatOneDatasetsStayReadable() throws {
+    let scratch = Scratch()
+    defer { scratch.cleanup() }
+    let (_, current) = try syntheticDataset(scratch)
+    let directory = scratch.path + "/dataset"
+    var manifest = current.manifest
+    manifest.formatVersion = 1
+    manifest.rowsPerPart = nil
+    for k in manifest.files.indices {
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: directory + "/" + manifest.files[k].name))
+        manifest.files[k].contentHash = bytes.withUnsafeBytes { ContentHasher.hex(ContentHasher.hash($0)) }
+        manifest.files[k].parts = nil
+    }
+    manifest.fingerprint = manifest.computeFingerprint()
+    try manifest.encoded().write(to: URL(fileURLWithPath: directory + "/manifest.json"))
+    let reopened = try CustomerDataset.open(at: URL(fileURLWithPath: directory))
+    #expect(reopened.manifest.formatVersion == 1)
+    #expect(Array(reopened.features) == Array(current.features))
+    try reopened.verify(customers: [0..<10], graphShare: (0, 1))
+
+    var features = try Data(contentsOf: URL(fileURLWithPath: directory + "/features.f32"))
+    features[features.count - 1] ^= 0x01
+    try features.write(to: URL(fileURLWithPath: directory + "/features.f32"))
+    expectRefusal(directory, naming: "features.f32")
+}
+
 @Test func reimportReplacesADatasetAtomically() throws {
     let scratch = Scratch()
     defer { scratch.cleanup() }

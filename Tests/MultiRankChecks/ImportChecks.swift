@@ -3,8 +3,9 @@ import CustomerData
 import Foundation
 import RankTesting
 
-// `clm-data import` across ranks must write, at any rank count, the dataset one process writes:
-// every file byte for byte and the same fingerprint. The inputs are made to hit what a split
+// `clm-data import` across ranks, where every rank writes its parts of every file, must write
+// at any rank count the dataset one process writes: every file byte for byte and the same
+// fingerprint (which so does not depend on the number of ranks). The inputs are made to hit what a split
 // of the file can get wrong: orders of several lines (transactions are counted by comparing
 // consecutive order ids), rejected rows whose line numbers must be those of the whole file,
 // blank lines, a byte order mark and a header, and rounds so small (4 KiB per rank) that
@@ -39,8 +40,10 @@ public func runImportChecks(_ world: any Communicator, _ checks: RankChecks) {
 
     checks.check("parallel import equals one process: date-ordered multi-line orders, rejects, BOM") {
         var (input, options) = try ordersWithFlaws("orders")
+        // Small parts and windows: every rank writes several parts, over many rounds.
         options.pairsPerGather = 7
-        options.idsPerGather = 5
+        options.customersPerRound = 5
+        options.rowsPerPart = 7
         try compareWithOneProcess(input: input, name: "orders", options: options, world: world, checks: checks)
     }
 
@@ -48,6 +51,8 @@ public func runImportChecks(_ world: any Communicator, _ checks: RankChecks) {
     checks.check("parallel import equals one process: 8 aggregation partitions") {
         var (input, options) = try ordersWithFlaws("orders8")
         options.partitions = 8
+        // Fewer parts than ranks at 4 ranks: ranks with nothing to write.
+        options.rowsPerPart = 1_000
         try compareWithOneProcess(input: input, name: "orders8", options: options, world: world, checks: checks)
     }
 
@@ -61,6 +66,7 @@ public func runImportChecks(_ world: any Communicator, _ checks: RankChecks) {
         options.horizonDays = 120
         options.historyPeriods = 20
         options.roundBytesPerRank = 2048
+        options.rowsPerPart = 3
         try compareWithOneProcess(input: input, name: "cdnow", options: options, world: world, checks: checks)
     }
 

@@ -1,0 +1,164 @@
+import Collectives
+import Foundation
+
+/// How a dataset's files are cut into parts that are hashed on their own.
+///
+/// A part is a fixed number of rows (`rowsPerPart` customers, or graph nodes), so where the
+/// parts begin depends on the dataset alone, not on how many ranks wrote it: a rank of an
+/// import writes whole parts and hashes them as it goes, a rank of a training job verifies
+/// only the parts that hold its customers, and the manifest's hashes (and so its fingerprint)
+/// are the same whatever the number of ranks that wrote it.
+public struct DatasetPartLayout: Sendable, Equatable {
+    public static let defaultRowsPerPart = 65_536
+
+    public let rowsPerPart: Int
+    public let customers: Int
+    /// Product nodes of the graph; 0 without one.
+    public let products: Int
+
+    public init(rowsPerPart: Int, customers: Int, products: Int) {
+        self.rowsPerPart = max(1, rowsPerPart)
+        self.customers = customers
+        self.products = products
+    }
+
+    /// Parts of the per-customer files, as customer ranges.
+    public var customerParts: [Range<Int>] { chunks(of: 0..<customers) }
+
+    /// Parts of the graph's node-indexed files: the customer nodes' parts, then the product
+    /// nodes' (node ids `customers..<customers + products`), so that no part mixes the two.
+    public var nodeParts: [Range<Int>] {
+        chunks(of: 0..<customers) + chunks(of: customers..<customers + products)
+    }
+
+    /// Indices into `customerParts` of the parts that overlap `rows`.
+    public func customerPartIndices(overlapping rows: Range<Int>) -> Range<Int> {
+        guard !rows.isEmpty else { return 0..<0 }
+        return rows.lowerBound / rowsPerPart ..< (rows.upperBound - 1) / rowsPerPart + 1
+    }
+
+    private func chunks(of range: Range<Int>) -> [Range<Int>] {
+        stride(from: range.lowerBound, to: range.upperBound, by: rowsPerPart).map { $0 ..< min($0 + rowsPerPart, range.upperBound) }
+    }
+}
+
+extension DatasetFile {
+    /// One part's size and `ContentHasher` value (16 hex digits).
+    public struct Part: Codable, Sendable, Equatable {
+        public var bytes: Int
+        public var hash: String
+
+        public init(bytes: Int, hash: String) {
+            self.bytes = bytes
+            self.hash = hash
+        }
+    }
+
+    /// The file's hash as the hash of its parts' sizes and hashes: the same value for the same
+    /// bytes, however many writers the parts had.
+    static func combinedHash(of parts: [Part]) -> String {
+        var hasher = ContentHasher(seed: 0x7061_7274)
+        for part in parts {
+            withUnsafeBytes(of: UInt64(part.bytes).littleEndian) { hasher.update($0) }
+            withUnsafeBytes(of: (UInt64(part.hash, radix: 16) ?? 0).littleEndian) { hasher.update($0) }
+        }
+        return ContentHasher.hex(hasher.finalize())
+    }
+
+    /// The entry of a file made of `parts` in order.
+    init(name: String, parts: [Part], dtype: String, shape: [Int]) {
+        self.init(name: name, bytes: parts.reduce(0) { $0 + $1.bytes }, contentHash: Self.combinedHash(of: parts),
+                  dtype: dtype, shape: shape, parts: parts)
+    }
+
+    /// Byte offset of each part, and of the file's end.
+    var partOffsets: [Int] {
+        var offsets = [0]
+        for part in parts ?? [] { offsets.append(offsets.last! + part.bytes) }
+        return offsets
+    }
+}
+
+/// Element ranges of the four graph files for each node part (`layout.nodeParts`): offsets
+/// (the last part also holds the final entry), neighbours and weights (the part's nodes'
+/// edges), node features (`width` values a node).
+func graphElementRanges(layout: DatasetPartLayout, offsets: (Int) -> Int, width: Int)
+    -> (offsets: [Range<Int>], edges: [Range<Int>], nodeFeatures: [Range<Int>]) {
+    let parts = layout.nodeParts
+    let nodes = layout.customers + layout.products
+    return (
+        parts.map { $0.lowerBound ..< ($0.upperBound == nodes ? nodes + 1 : $0.upperBound) },
+        parts.map { offsets($0.lowerBound) ..< offsets($0.upperBound) },
+        parts.map { $0.lowerBound * width ..< $0.upperBound * width }
+    )
+}
+
+/// Moments of float values summed exactly: each value and its square in fixed point (2⁻²⁴)
+/// in 128-bit integers, so the sums do not depend on the order or the grouping of the terms
+/// and statistics fitted by several ranks equal those of one process, bit for bit. A float's
+/// square is exact in a double, so only the rounding to 2⁻²⁴ is lost (below 3e-8 a value).
+/// Magnitudes above 2¹⁹ (no feature comes near: they are logarithms and period counts) count
+/// as ±2¹⁹.
+struct ExactMoments: Sendable, Equatable {
+    private(set) var count = 0
+    private(set) var sum: Int128 = 0
+    private(set) var squares: Int128 = 0
+
+    private static let scale = 16_777_216.0
+    private static let limit = 524_288.0
+
+    @inline(__always)
+    mutating func add(_ value: Float) {
+        let v = min(Self.limit, max(-Self.limit, Double(value)))
+        sum &+= Int128(Int64((v * Self.scale).rounded()))
+        squares &+= Int128(Int64((v * v * Self.scale).rounded()))
+        count &+= 1
+    }
+
+    mutating func add(_ other: ExactMoments) {
+        count += other.count
+        sum &+= other.sum
+        squares &+= other.squares
+    }
+
+    var mean: Double { count == 0 ? 0 : Double(sum) / Self.scale / Double(count) }
+
+    /// Population variance.
+    var variance: Double {
+        guard count > 0 else { return 0 }
+        let m = mean
+        return max(0, Double(squares) / Self.scale / Double(count) - m * m)
+    }
+
+    /// Five words that travel between ranks: count, then each sum as two 64-bit halves.
+    var words: [Int64] {
+        [Int64(count), Int64(truncatingIfNeeded: sum >> 64), Int64(truncatingIfNeeded: sum),
+         Int64(truncatingIfNeeded: squares >> 64), Int64(truncatingIfNeeded: squares)]
+    }
+
+    init() {}
+
+    init(words: ArraySlice<Int64>) {
+        let w = Array(words)
+        count = Int(w[0])
+        sum = Int128(w[1]) << 64 | Int128(UInt64(bitPattern: w[2]))
+        squares = Int128(w[3]) << 64 | Int128(UInt64(bitPattern: w[4]))
+    }
+}
+
+extension Array where Element == ExactMoments {
+    /// Every rank's moments (the same number on each) summed, on every rank.
+    func summed(across world: any Communicator) throws -> [ExactMoments] {
+        guard world.size > 1 else { return self }
+        let words = flatMap(\.words)
+        let gathered = try world.allgather(words)
+        var total = [ExactMoments](repeating: ExactMoments(), count: count)
+        for rank in 0..<world.size {
+            for k in 0..<count {
+                let start = rank * words.count + k * 5
+                total[k].add(ExactMoments(words: gathered[start ..< start + 5]))
+            }
+        }
+        return total
+    }
+}
