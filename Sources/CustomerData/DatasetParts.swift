@@ -93,26 +93,36 @@ func graphElementRanges(layout: DatasetPartLayout, offsets: (Int) -> Int, width:
     )
 }
 
-/// Moments of float values summed exactly: each value and its square in fixed point (2⁻²⁴)
-/// in 128-bit integers, so the sums do not depend on the order or the grouping of the terms
-/// and statistics fitted by several ranks equal those of one process, bit for bit. A float's
-/// square is exact in a double, so only the rounding to 2⁻²⁴ is lost (below 3e-8 a value).
-/// Magnitudes above 2¹⁹ (no feature comes near: they are logarithms and period counts) count
-/// as ±2¹⁹.
+/// Moments of float values summed exactly: each value (or one customer's sum over its
+/// sequence) and its square rounded to fixed point (2⁻²⁴) in 128-bit integers, so the sums do
+/// not depend on the order or the grouping of the terms, and statistics fitted by several ranks
+/// equal those of one process, bit for bit. Only the rounding to 2⁻²⁴ is lost (below 3e-8 a
+/// term); magnitudes above 10²⁰ (no feature comes near) count as ±10²⁰.
 struct ExactMoments: Sendable, Equatable {
     private(set) var count = 0
     private(set) var sum: Int128 = 0
     private(set) var squares: Int128 = 0
 
     private static let scale = 16_777_216.0
-    private static let limit = 524_288.0
 
     @inline(__always)
     mutating func add(_ value: Float) {
-        let v = min(Self.limit, max(-Self.limit, Double(value)))
-        sum &+= Int128(Int64((v * Self.scale).rounded()))
-        squares &+= Int128(Int64((v * v * Self.scale).rounded()))
-        count &+= 1
+        add(count: 1, sum: Double(value), squares: Double(value) * Double(value))
+    }
+
+    /// Adds `count` values whose sum and sum of squares are given.
+    @inline(__always)
+    mutating func add(count: Int, sum: Double, squares: Double) {
+        self.count &+= count
+        self.sum &+= Self.fixed(sum)
+        self.squares &+= Self.fixed(squares)
+    }
+
+    /// Rounded half away from zero; NaN counts as 0.
+    @inline(__always)
+    private static func fixed(_ value: Double) -> Int128 {
+        let clamped = value.isNaN ? 0 : min(1e20, max(-1e20, value)) * scale
+        return Int128(clamped + (clamped < 0 ? -0.5 : 0.5))
     }
 
     mutating func add(_ other: ExactMoments) {

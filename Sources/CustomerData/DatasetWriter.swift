@@ -147,8 +147,9 @@ final class DatasetAssembler {
     // unchecked.
     @exclusivity(unchecked) private var lengths: [UInt16] = []
     @exclusivity(unchecked) private(set) var totals = Totals()
-    @exclusivity(unchecked) private(set) var trainingFit: NormalisationFitter
-    @exclusivity(unchecked) private(set) var allFit: NormalisationFitter
+    /// The normalisation's sums over each split's customers (each customer's values are
+    /// quantised once; training alone, or all three, make the fit).
+    @exclusivity(unchecked) private var splitFits: [NormalisationFitter]
     @exclusivity(unchecked) private(set) var graphTotals = GraphCustomerTotals()
     private let keepGraphTotals: Bool
 
@@ -212,8 +213,7 @@ final class DatasetAssembler {
         spendFile = try file("spend.f32", 4)
         stageFile = try file("stage.i32", 4)
         splitFile = try file("split.u8", 1)
-        trainingFit = NormalisationFitter(width: customerFeatureNames.count)
-        allFit = NormalisationFitter(width: customerFeatureNames.count)
+        splitFits = .init(repeating: NormalisationFitter(width: customerFeatureNames.count), count: 3)
         lengths.reserveCapacity(rows.count)
         if keepGraphTotals { graphTotals.reserve(rows.count) }
     }
@@ -230,9 +230,8 @@ final class DatasetAssembler {
         totals.splitSizes[Int(assigned)] += 1
         lengths.append(UInt16(length))
         // Statistics come from training customers only, so validation and test stay unseen;
-        // a split without training customers falls back to all of them (see `finish`).
-        if assigned == 0 { trainingFit.add(features, length: length, width: width) }
-        allFit.add(features, length: length, width: width)
+        // a split without training customers falls back to all of them (`normalisation`).
+        splitFits[Int(assigned)].add(features, length: length, width: width)
         try rawFeatures.write(UnsafeBufferPointer(start: features, count: spec.historyPeriods * width))
 
         try idsFile.write(id)
@@ -259,7 +258,11 @@ final class DatasetAssembler {
     /// no writer has one), and whether it fell back to all.
     func normalisation(across world: any Communicator, splitSizes: [Int]) throws -> (FeatureNormalisation, fittedOnAll: Bool) {
         let fitOnAll = splitSizes[0] == 0
-        let fit = NormalisationFitter(moments: try (fitOnAll ? allFit : trainingFit).moments.summed(across: world))
+        var moments = splitFits[0].moments
+        if fitOnAll {
+            for fit in splitFits.dropFirst() { for f in moments.indices { moments[f].add(fit.moments[f]) } }
+        }
+        let fit = NormalisationFitter(moments: try moments.summed(across: world))
         return (fit.result(), fitOnAll)
     }
 

@@ -110,11 +110,29 @@ struct NormalisationFitter {
 
     var steps: Int { moments.first?.count ?? 0 }
 
+    /// Adds one customer's sequence. Its sums are taken in float64 in step order, the same
+    /// on any rank, and only then rounded into the exact moments, so the fit does not depend
+    /// on which rank holds the customer nor on the order customers arrive in.
     mutating func add(_ row: UnsafePointer<Float>, length: Int, width: Int) {
-        moments.withUnsafeMutableBufferPointer { moments in
+        if width == 8 {
+            var sums = SIMD8<Double>(), squares = SIMD8<Double>()
+            let rows = UnsafeRawPointer(row)
             for step in 0..<length {
-                for f in 0..<width { moments[f].add(row[step * width + f]) }
+                let v = SIMD8<Double>(rows.loadUnaligned(fromByteOffset: step * 32, as: SIMD8<Float>.self))
+                sums += v
+                squares += v * v
             }
+            for f in 0..<8 { moments[f].add(count: length, sum: sums[f], squares: squares[f]) }
+            return
+        }
+        for f in 0..<width {
+            var sum = 0.0, squares = 0.0
+            for step in 0..<length {
+                let v = Double(row[step * width + f])
+                sum += v
+                squares += v * v
+            }
+            moments[f].add(count: length, sum: sum, squares: squares)
         }
     }
 
