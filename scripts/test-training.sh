@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# End-to-end checks of the training job under real mpirun, on a small synthetic dataset:
+# End-to-end checks of the training job under real mpirun, on a small synthetic dataset that
+# 3 ranks import in parts of 100 customers (so the jobs at 1, 2 and 4 ranks read, and verify
+# the parts of, a dataset written at another rank count):
 #   - a run killed after step 13 and resumed from its latest checkpoint ends bit-identical to a
 #     run trained straight through (same world size);
 #   - one process without mpirun equals -np 1 under mpirun;
@@ -32,7 +34,8 @@ passed=0
 failed=0
 
 "$bin/clm-data" synth --customers 1500 --products 200 --seed 3 --out "$work/events.csv" >/dev/null
-"$bin/clm-data" import --input "$work/events.csv" --product-col product_id --out "$work/data" >/dev/null
+timeout 300 bash -c "$(declare -f clm_mpirun_local); clm_mpirun_local 3 '$bin/clm-data' import --input '$work/events.csv' \
+    --product-col product_id --rows-per-part 100 --out '$work/data'" >/dev/null
 
 cat >"$work/lstm.yaml" <<YAML
 model: lstm

@@ -228,7 +228,7 @@ public final class CustomerDataset: @unchecked Sendable {
     /// Verifies the parts of the per-customer files that hold `customers` (their hashes and
     /// values) and, with `graphShare`, every `count`-th part of the graph's files from the
     /// `index`-th, so that the ranks of a job verify the graph together. A format-1 dataset has
-    /// no parts: its files are verified whole.
+    /// no parts: its files are verified whole, whatever the arguments.
     public func verify(customers: [Range<Int>], graphShare: (index: Int, count: Int)?) throws {
         let graphParts = manifest.partLayout.map { layout in
             graphShare.map { Array(stride(from: $0.index, to: layout.nodeParts.count, by: max(1, $0.count))) } ?? []

@@ -183,7 +183,12 @@ public enum TrainingJob {
         // The parts that hold this rank's customers, and a share of the graph's parts (every
         // graph rank maps the whole graph, so the ranks split its verification).
         try world.agreeing("verifying this rank's customers in \(announced.datasetPath)") {
-            try dataset.verify(customers: plan.rowSpans, graphShare: configuration.model == .gnn ? (world.rank, ranks) : nil)
+            if dataset.manifest.partLayout != nil {
+                try dataset.verify(customers: plan.rowSpans, graphShare: configuration.model == .gnn ? (world.rank, ranks) : nil)
+            } else if world.rank == 0 {
+                // Format 1 has whole-file hashes only: one rank reads it all.
+                try dataset.verify(customers: [0..<dataset.customerCount], graphShare: (0, 1))
+            }
         }
         // The graph model reads node features from the mapped graph, never the sequences: its
         // shards carry labels and dataset rows only (at 894k customers on 2 ranks, leaving out the

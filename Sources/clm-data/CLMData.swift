@@ -39,6 +39,8 @@ struct Import: ParsableCommand {
     @Option(help: "Validation fraction (test is the rest).") var validationFraction: Double = 0.15
     @Option(help: "Fail when more than this fraction of rows is rejected.") var maxRejectFraction: Double = 0.01
     @Flag(help: "Skip the customer-product graph.") var noGraph = false
+    @Option(help: "Customers (and graph nodes) per hashed part of every file: the unit a rank writes and a training rank verifies.")
+    var rowsPerPart: Int = DatasetPartLayout.defaultRowsPerPart
 
     func run() throws {
         try runReporting {
@@ -55,6 +57,8 @@ struct Import: ParsableCommand {
             options.split = SplitOptions(seed: seed, trainFraction: trainFraction, validationFraction: validationFraction)
             options.maxRejectFraction = maxRejectFraction
             options.buildGraph = !noGraph
+            guard rowsPerPart >= 1 else { throw ValidationError("--rows-per-part must be at least 1, got \(rowsPerPart)") }
+            options.rowsPerPart = rowsPerPart
             if launchedAcrossRanks {
                 try importAcrossRanks(options)
                 return
@@ -64,7 +68,7 @@ struct Import: ParsableCommand {
         }
     }
 
-    /// Under mpirun: every rank parses and aggregates a share, rank 0 writes and reports.
+    /// Under mpirun: every rank parses and aggregates a share and writes its parts; rank 0 reports.
     private func importAcrossRanks(_ options: ImportOptions) throws {
         try runOnEveryRank(tool: "clm-data", userMessage: userFacingMessage) { exchange in
             if let summary = try Importer.run(input: input, output: out, options: options, exchange: exchange) {
