@@ -129,7 +129,7 @@ public enum TrainingJob {
             let configuration = try TrainingConfiguration.load(yamlFile: request.configurationPath, overrides: request.overrides)
             // Every rank verifies its own customers' parts once the shards are planned (`run`).
             dataset = try CustomerDataset.open(at: URL(fileURLWithPath: configuration.data), verifyContents: false,
-                                               loadGraph: configuration.model == .gnn)
+                                               loadGraph: configuration.model == .gnn, graphWeights: false)
             spec = try makeSpec(configuration, dataset: dataset, request: request)
         } catch {
             // Tell the workers there is no job (an empty spec) so they exit instead of waiting.
@@ -176,7 +176,7 @@ public enum TrainingJob {
         // check below proves every rank opened the same dataset.
         let dataset: CustomerDataset = try world.agreeing("opening the dataset \(announced.datasetPath)") {
             try dataset ?? CustomerDataset.open(at: URL(fileURLWithPath: announced.datasetPath), verifyContents: false,
-                                                loadGraph: configuration.model == .gnn)
+                                                loadGraph: configuration.model == .gnn, graphWeights: false)
         }
         let ranks = world.size
         let plan = ShardPlan.own(splits: dataset.split, ranks: ranks, rank: world.rank)
