@@ -120,6 +120,9 @@ struct VerifiedCheckpoint {
         guard dataset.stageNames.count == stored.classCount else {
             throw ScoringError.incompatible(path: path, reason: "it names \(dataset.stageNames.count) stages \(dataset.stageNames) for a model of \(stored.classCount) classes")
         }
+        if let problem = stageNamesProblem(dataset.stageNames) {
+            throw ScoringError.incompatible(path: path, reason: "its stage names \(dataset.stageNames) \(problem)")
+        }
         self.loaded = loaded
         info = CheckpointInfo(
             run: manifest.runName, step: manifest.step, epoch: manifest.epoch, path: path,
@@ -275,4 +278,19 @@ public struct ScoringModel: Sendable {
 
 private func reencode<T: Decodable>(_ value: JSONValue, as type: T.Type) throws -> T {
     try JSONDecoder().decode(T.self, from: JSONEncoder().encode(value))
+}
+
+/// Why `names` cannot name stages in the scores, or nil. They become CSV columns (`p_NAME`),
+/// JSON keys and action lines, so a comma, quote or line break would break the file, and two
+/// equal names would give two equal columns or keys.
+func stageNamesProblem(_ names: [String]) -> String? {
+    for name in names {
+        guard !name.isEmpty, name.utf8.count <= 64,
+              name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x41 && $0 <= 0x5A) || ($0 >= 0x61 && $0 <= 0x7A) || $0 == 0x5F || $0 == 0x2D })
+        else {
+            return "include \(String(reflecting: name)): a stage name is 1 to 64 ASCII letters, digits, '_' or '-'"
+        }
+    }
+    guard Set(names).count == names.count else { return "repeat a name" }
+    return nil
 }

@@ -287,3 +287,13 @@ func numberFormatting() {
     #expect(formatNumber(0.123456789) == "0.123457")
     #expect(formatNumber(.nan) == "0")
 }
+
+@Test("stage names that would break a CSV column, a JSON key or a line are refused")
+func stageNamesThatBreakOutputAreRefused() {
+    #expect(stageNamesProblem(["churned", "occasional", "regular", "loyal"]) == nil)
+    #expect(stageNamesProblem(["churned", "lo,yal\n"])?.contains("\"lo,yal\\n\"") == true)
+    #expect(stageNamesProblem(["a\"b"]) != nil)
+    #expect(stageNamesProblem([""]) != nil)
+    #expect(stageNamesProblem([String(repeating: "x", count: 65)]) != nil)
+    #expect(stageNamesProblem(["loyal", "loyal"]) == "repeat a name")
+}

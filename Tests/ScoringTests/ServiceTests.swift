@@ -376,6 +376,10 @@ struct ServiceTests {
             ("historyPeriods -1", { step in try fixture.saveCheckpoint(step: step, seed: 2) { $0.spec.historyPeriods = -1 } }),
             ("historyPeriods 100000", { step in try fixture.saveCheckpoint(step: step, seed: 2) { $0.spec.historyPeriods = 100_000 } }),
             ("five stage names for four classes", { step in try fixture.saveCheckpoint(step: step, seed: 2) { $0.stageNames.append("extra") } }),
+            ("a stage name with a comma and a line break", { step in
+                try fixture.saveCheckpoint(step: step, seed: 2) { $0.stageNames[3] = "lo,yal\n" }
+            }),
+            ("two stages of one name", { step in try fixture.saveCheckpoint(step: step, seed: 2) { $0.stageNames[2] = "loyal" } }),
             ("a vanishing deviation", { step in try fixture.saveCheckpoint(step: step, seed: 2) { $0.normalisation.std[0] = 1e-30 } }),
             ("a normalisation mean edited under its fingerprint", { step in
                 try fixture.saveCheckpoint(step: step, seed: 2, fingerprintStale: true) { $0.normalisation.mean[0] += 0.5 }
