@@ -113,9 +113,15 @@ struct ExactMoments: Sendable, Equatable {
     /// Adds `count` values whose sum and sum of squares are given.
     @inline(__always)
     mutating func add(count: Int, sum: Double, squares: Double) {
+        add(count: count, sum: Self.fixed(sum), squares: Self.fixed(squares))
+    }
+
+    /// Adds `count` values whose sums are given in fixed point.
+    @inline(__always)
+    mutating func add(count: Int, sum: Int128, squares: Int128) {
         self.count &+= count
-        self.sum &+= Self.fixed(sum)
-        self.squares &+= Self.fixed(squares)
+        self.sum &+= sum
+        self.squares &+= squares
     }
 
     /// Rounded half away from zero; NaN counts as 0.
@@ -126,9 +132,7 @@ struct ExactMoments: Sendable, Equatable {
     }
 
     mutating func add(_ other: ExactMoments) {
-        count += other.count
-        sum &+= other.sum
-        squares &+= other.squares
+        add(count: other.count, sum: other.sum, squares: other.squares)
     }
 
     var mean: Double { count == 0 ? 0 : Double(sum) / Self.scale / Double(count) }
@@ -140,33 +144,34 @@ struct ExactMoments: Sendable, Equatable {
         return max(0, Double(squares) / Self.scale / Double(count) - m * m)
     }
 
-    /// Five words that travel between ranks: count, then each sum as two 64-bit halves.
-    var words: [Int64] {
-        [Int64(count), Int64(truncatingIfNeeded: sum >> 64), Int64(truncatingIfNeeded: sum),
-         Int64(truncatingIfNeeded: squares >> 64), Int64(truncatingIfNeeded: squares)]
-    }
-
     init() {}
-
-    init(words: ArraySlice<Int64>) {
-        let w = Array(words)
-        count = Int(w[0])
-        sum = Int128(w[1]) << 64 | Int128(UInt64(bitPattern: w[2]))
-        squares = Int128(w[3]) << 64 | Int128(UInt64(bitPattern: w[4]))
-    }
 }
 
 extension Array where Element == ExactMoments {
     /// Every rank's moments (the same number on each) summed, on every rank.
     func summed(across world: any Communicator) throws -> [ExactMoments] {
         guard world.size > 1 else { return self }
-        let words = flatMap(\.words)
-        let gathered = try world.allgather(words)
-        var total = [ExactMoments](repeating: ExactMoments(), count: count)
+        let totals = try flatMap { [Int128($0.count), $0.sum, $0.squares] }.summed(across: world)
+        return indices.map { k in
+            var moments = ExactMoments()
+            moments.add(count: Int(totals[3 * k]), sum: totals[3 * k + 1], squares: totals[3 * k + 2])
+            return moments
+        }
+    }
+}
+
+extension Array where Element == Int128 {
+    /// Every rank's values (the same number on each) summed, on every rank: gathered as two
+    /// 64-bit halves each, since no collective adds 128-bit integers.
+    func summed(across world: any Communicator) throws -> [Int128] {
+        guard world.size > 1 else { return self }
+        let halves = flatMap { [Int64(truncatingIfNeeded: $0 >> 64), Int64(truncatingIfNeeded: $0)] }
+        let gathered = try world.allgather(halves)
+        var total = [Int128](repeating: 0, count: count)
         for rank in 0..<world.size {
             for k in 0..<count {
-                let start = rank * words.count + k * 5
-                total[k].add(ExactMoments(words: gathered[start ..< start + 5]))
+                let start = rank * halves.count + 2 * k
+                total[k] &+= Int128(gathered[start]) << 64 | Int128(UInt64(bitPattern: gathered[start + 1]))
             }
         }
         return total

@@ -162,23 +162,11 @@ final class DatasetAssembler {
         /// Horizon spend in `FixedPoint`.
         var spend: Int128 = 0
 
-        var words: [Int64] {
-            (splitSizes + stageCounts + [churned]).map { Int64($0) }
-                + [Int64(truncatingIfNeeded: spend >> 64), Int64(truncatingIfNeeded: spend)]
-        }
-
         func summed(across world: any Communicator) throws -> Totals {
-            guard world.size > 1 else { return self }
-            let gathered = try world.allgather(words)
-            var total = Totals()
-            for rank in 0..<world.size {
-                let w = Array(gathered[rank * 10 ..< rank * 10 + 10])
-                for k in 0..<3 { total.splitSizes[k] += Int(w[k]) }
-                for k in 0..<4 { total.stageCounts[k] += Int(w[3 + k]) }
-                total.churned += Int(w[7])
-                total.spend &+= Int128(w[8]) << 64 | Int128(UInt64(bitPattern: w[9]))
-            }
-            return total
+            let fields = (splitSizes + stageCounts + [churned]).map { Int128($0) } + [spend]
+            let sums = try fields.summed(across: world)
+            return Totals(splitSizes: sums[0..<3].map { Int($0) }, stageCounts: sums[3..<7].map { Int($0) },
+                          churned: Int(sums[7]), spend: sums[8])
         }
 
         var customers: Int { splitSizes.reduce(0, +) }
@@ -643,8 +631,8 @@ func graphNodeFeatures(
         customerStats = NodeStandardisation(mean: statistics.customerFeatureMean, std: statistics.customerFeatureStd)
         productStats = NodeStandardisation(mean: statistics.productFeatureMean, std: statistics.productFeatureStd)
     } else {
-        customerStats = NodeStandardisation(NodeStandardisation.moments(&features, rows: 0..<customerCount, columns: customerNodeColumns))
-        productStats = NodeStandardisation(NodeStandardisation.moments(&features, rows: customerCount..<nodes, columns: productNodeColumns))
+        customerStats = NodeStandardisation(NodeStandardisation.moments(features, rows: 0..<customerCount, columns: customerNodeColumns))
+        productStats = NodeStandardisation(NodeStandardisation.moments(features, rows: customerCount..<nodes, columns: productNodeColumns))
     }
     customerStats.apply(&features, rows: 0..<customerCount)
     productStats.apply(&features, rows: customerCount..<nodes)
@@ -707,7 +695,7 @@ struct NodeStandardisation {
         std = moments.map { $0.count == 0 ? 1 : ($0.variance.squareRoot() > 1e-6 ? $0.variance.squareRoot() : 1) }
     }
 
-    static func moments(_ features: UnsafeMutableBufferPointer<Float>, rows: Range<Int>, columns: Range<Int>) -> [ExactMoments] {
+    static func moments(_ features: [Float], rows: Range<Int>, columns: Range<Int>) -> [ExactMoments] {
         let width = nodeFeatureNames.count
         var moments = [ExactMoments](repeating: ExactMoments(), count: columns.count)
         for row in rows {
@@ -716,20 +704,14 @@ struct NodeStandardisation {
         return moments
     }
 
-    static func moments(_ features: inout [Float], rows: Range<Int>, columns: Range<Int>) -> [ExactMoments] {
-        features.withUnsafeMutableBufferPointer { moments($0, rows: rows, columns: columns) }
-    }
-
-    func apply(_ features: UnsafeMutableBufferPointer<Float>, rows: Range<Int>) {
+    func apply(_ features: inout [Float], rows: Range<Int>) {
         let width = nodeFeatureNames.count
-        for row in rows {
-            for k in 0..<mean.count {
-                features[row * width + k] = Float((Double(features[row * width + k]) - mean[k]) / std[k])
+        features.withUnsafeMutableBufferPointer { features in
+            for row in rows {
+                for k in 0..<mean.count {
+                    features[row * width + k] = Float((Double(features[row * width + k]) - mean[k]) / std[k])
+                }
             }
         }
-    }
-
-    func apply(_ features: inout [Float], rows: Range<Int>) {
-        features.withUnsafeMutableBufferPointer { apply($0, rows: rows) }
     }
 }

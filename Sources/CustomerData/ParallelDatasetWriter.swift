@@ -190,9 +190,9 @@ extension Importer {
             }
             var productNodes = productSide.nodeFeatures
             let customerStats = NodeStandardisation(try NodeStandardisation.moments(
-                &customerNodes, rows: 0..<myRows.count, columns: customerNodeColumns).summed(across: exchange))
+                customerNodes, rows: 0..<myRows.count, columns: customerNodeColumns).summed(across: exchange))
             let productStats = NodeStandardisation(try NodeStandardisation.moments(
-                &productNodes, rows: 0..<productSide.products.count, columns: productNodeColumns).summed(across: exchange))
+                productNodes, rows: 0..<productSide.products.count, columns: productNodeColumns).summed(across: exchange))
             customerStats.apply(&customerNodes, rows: 0..<myRows.count)
             productStats.apply(&productNodes, rows: 0..<productSide.products.count)
             let (customerFeatureParts, productFeatureParts) = try exchange.agreeing("writing the node features") {
@@ -552,7 +552,7 @@ extension Importer {
 /// Writes a block of consecutive graph rows (nodes from `firstNode`, their edges from
 /// `firstEdge`) into the three CSR files every rank shares, hashing each part.
 final class GraphRowWriter {
-    struct Parts: Codable {
+    struct Parts {
         var offsets: [DatasetFile.Part]
         var neighbours: [DatasetFile.Part]
         var weights: [DatasetFile.Part]
