@@ -183,7 +183,7 @@ let package = Package(
         .target(name: "AllocationCounting", path: "Tests/AllocationCounting"),
         .testTarget(
             name: "ModelsTests",
-            dependencies: ["Models", "Tensors", "CustomerData", "AllocationCounting"],
+            dependencies: ["Models", "Tensors", "Collectives", "CustomerData", "AllocationCounting"],
             resources: [.copy("Fixtures")]
         ),
         // Runs under mpirun at several world sizes; scripts/test.sh launches it and checks that
@@ -202,7 +202,7 @@ let package = Package(
         .target(
             name: "MultiRankChecks",
             dependencies: ["Baselines", "Collectives", "CustomerData", "DistributedMetrics", "ModelMetrics", "RankTesting", "Scoring",
-                           "ScoringTestSupport", "TestSupport"],
+                           "ScoringTestSupport", "Tensors", "TestSupport"],
             path: "Tests/MultiRankChecks"
         ),
         .testTarget(name: "InProcessRanksTests", dependencies: ["Collectives", "MultiRankChecks", "RankTesting"]),

@@ -6,7 +6,7 @@ import Foundation
 /// the shapes it declares. With `verifyContents` it also recomputes the content hashes and
 /// checks the values that index into other arrays (lengths, splits, stages, graph ids); a rank
 /// of a training job opens without and verifies only the parts that hold its own customers
-/// (`verify(customers:graphShare:)`). A damaged or mismatched dataset is refused with the name
+/// (`verify(customers:graphNodes:)`). A damaged or mismatched dataset is refused with the name
 /// of the file at fault rather than read as garbage.
 public final class CustomerDataset: @unchecked Sendable {
     public let directory: URL
@@ -34,7 +34,7 @@ public final class CustomerDataset: @unchecked Sendable {
     public let nodeFeatures: UnsafeBufferPointer<Float>
     public let nodeFeatureWidth: Int
 
-    private let mapped: [String: MappedFile]
+    let mapped: [String: MappedFile]
     private var mappings: [MappedFile] { Array(mapped.values) }
     /// features.f32 opened for `readFeatures`.
     private let featuresDescriptor: Int32
@@ -231,14 +231,15 @@ public final class CustomerDataset: @unchecked Sendable {
     }
 
     /// Verifies the parts of the per-customer files that hold `customers` (their hashes and
-    /// values) and, with `graphShare`, every `count`-th part of the graph's files from the
-    /// `index`-th, so that the ranks of a job verify the graph together. A format-1 dataset has
-    /// no parts: its files are verified whole, whatever the arguments.
-    public func verify(customers: [Range<Int>], graphShare: (index: Int, count: Int)?) throws {
-        let graphParts = manifest.partLayout.map { layout in
-            graphShare.map { Array(stride(from: $0.index, to: layout.nodeParts.count, by: max(1, $0.count))) } ?? []
-        } ?? []
-        try Self.verify(mapped, manifest: manifest, directory: directory, customers: customers, graphParts: graphParts)
+    /// values) and the parts of the graph's files that hold `graphNodes` (node ids: customers,
+    /// then products), the share of the graph a rank of a job holds. A format-1 dataset has no
+    /// parts: its files are verified whole, whatever the arguments.
+    public func verify(customers: [Range<Int>], graphNodes: [Range<Int>]) throws {
+        var graphParts = Set<Int>()
+        if let layout = manifest.partLayout {
+            for nodes in graphNodes { graphParts.formUnion(layout.nodePartIndices(overlapping: nodes)) }
+        }
+        try Self.verify(mapped, manifest: manifest, directory: directory, customers: customers, graphParts: graphParts.sorted())
     }
 
     static let customerFileNames = ["features.f32", "customer_ids.txt", "lengths.i32", "churn.f32", "spend.f32", "stage.i32", "split.u8"]

@@ -37,6 +37,18 @@ public struct DatasetPartLayout: Sendable, Equatable {
         return rows.lowerBound / rowsPerPart ..< (rows.upperBound - 1) / rowsPerPart + 1
     }
 
+    /// Indices into `nodeParts` of the parts that overlap the node ids `nodes`.
+    public func nodePartIndices(overlapping nodes: Range<Int>) -> [Int] {
+        let clamped = nodes.clamped(to: 0 ..< customers + products)
+        guard !clamped.isEmpty else { return [] }
+        let customerPartCount = (customers + rowsPerPart - 1) / rowsPerPart
+        // Product parts restart at node `customers`, so a part's index counts from there.
+        func index(of node: Int) -> Int {
+            node < customers ? node / rowsPerPart : customerPartCount + (node - customers) / rowsPerPart
+        }
+        return Array(index(of: clamped.lowerBound) ... index(of: clamped.upperBound - 1))
+    }
+
     private func chunks(of range: Range<Int>) -> [Range<Int>] {
         stride(from: range.lowerBound, to: range.upperBound, by: rowsPerPart).map { $0 ..< min($0 + rowsPerPart, range.upperBound) }
     }

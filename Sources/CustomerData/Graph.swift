@@ -156,7 +156,7 @@ public final class NeighbourSampler: @unchecked Sendable {
     /// Writes min(fanout, degree) distinct slots in 0..<degree to `chosen` and returns how many
     /// (Floyd's algorithm when sampling, so the cost is O(fanout) however large the degree).
     @inline(__always)
-    private static func chooseSlots(
+    static func chooseSlots(
         degree: Int, fanout: Int, into chosen: UnsafeMutablePointer<Int>, random: inout SeededRandom
     ) -> Int {
         if degree <= fanout {

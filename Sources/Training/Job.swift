@@ -128,8 +128,7 @@ public enum TrainingJob {
             signingKey = try request.signingKeyPath.map(CheckpointSigningKey.load(path:))
             let configuration = try TrainingConfiguration.load(yamlFile: request.configurationPath, overrides: request.overrides)
             // Every rank verifies its own customers' parts once the shards are planned (`run`).
-            dataset = try CustomerDataset.open(at: URL(fileURLWithPath: configuration.data), verifyContents: false,
-                                               loadGraph: configuration.model == .gnn, graphWeights: false)
+            dataset = try CustomerDataset.open(at: URL(fileURLWithPath: configuration.data), verifyContents: false, loadGraph: false)
             spec = try makeSpec(configuration, dataset: dataset, request: request)
         } catch {
             // Tell the workers there is no job (an empty spec) so they exit instead of waiting.
@@ -150,7 +149,7 @@ public enum TrainingJob {
     }
 
     static func makeSpec(_ configuration: TrainingConfiguration, dataset: CustomerDataset, request: JobRequest) throws -> JobSpec {
-        if configuration.model == .gnn && dataset.graph == nil {
+        if configuration.model == .gnn && dataset.manifest.graph == nil {
             throw AgreementError(message: "the gnn model needs a customer–product graph, and dataset \(configuration.data) has none (no product ids)")
         }
         return JobSpec(
@@ -175,20 +174,25 @@ public enum TrainingJob {
         // Every rank reads and verifies its own customers from shared storage; the fingerprint
         // check below proves every rank opened the same dataset.
         let dataset: CustomerDataset = try world.agreeing("opening the dataset \(announced.datasetPath)") {
-            try dataset ?? CustomerDataset.open(at: URL(fileURLWithPath: announced.datasetPath), verifyContents: false,
-                                                loadGraph: configuration.model == .gnn, graphWeights: false)
+            try dataset ?? CustomerDataset.open(at: URL(fileURLWithPath: announced.datasetPath), verifyContents: false, loadGraph: false)
         }
         let ranks = world.size
         let plan = ShardPlan.own(splits: dataset.split, ranks: ranks, rank: world.rank)
-        // The parts that hold this rank's customers, and a share of the graph's parts (every
-        // graph rank maps the whole graph, so the ranks split its verification).
+        // The graph model's ranks each hold the nodes they own (`GraphPartition`): customers in
+        // contiguous blocks, products in contiguous blocks, no rank the whole graph.
+        let partition = configuration.model == .gnn ? dataset.graphPartition(ranks: ranks) : nil
+        // The parts that hold this rank's customers and its share of the graph.
         try world.agreeing("verifying this rank's customers in \(announced.datasetPath)") {
             if dataset.manifest.partLayout != nil {
-                try dataset.verify(customers: plan.rowSpans, graphShare: configuration.model == .gnn ? (world.rank, ranks) : nil)
+                try dataset.verify(customers: plan.rowSpans,
+                                   graphNodes: partition.map { [$0.customerBlock(of: world.rank), $0.productBlock(of: world.rank)] } ?? [])
             } else if world.rank == 0 {
                 // Format 1 has whole-file hashes only: one rank reads it all.
-                try dataset.verify(customers: [0..<dataset.customerCount], graphShare: (0, 1))
+                try dataset.verify(customers: [0..<dataset.customerCount], graphNodes: [0..<1])
             }
+        }
+        let graphShare = try world.agreeing("reading this rank's share of the graph") {
+            try partition.map { try dataset.graphShare(of: $0, rank: world.rank) }
         }
         // The graph model reads node features from the mapped graph, never the sequences: its
         // shards carry labels and dataset rows only (at 894k customers on 2 ranks, leaving out the
@@ -200,7 +204,7 @@ public enum TrainingJob {
              try LocalShard.read(plan.test, from: dataset, featureCount: sequenceFeatures))
         }
         let spec = try announced.completed(with: plan, trainShard: trainShard, world: world)
-        let task = try makeTask(spec, dataset: dataset)
+        let task = try makeTask(spec, graph: graphShare, world: world)
         try checkAgreement(
             JobFingerprint(configuration: try configuration.canonicalJSON(),
                            parameterLayout: task.parameters.layout.fingerprint,
@@ -236,7 +240,7 @@ public enum TrainingJob {
         if configuration.model == .gnn && configuration.gnn.ablation && spec.stopAfterSteps == nil {
             if world.rank == 0 { reporter.line("training the no-graph ablation first (the same network and budget, every neighbour input zero)") }
             let ablationTrainer = DataParallelTrainer(
-                configuration: configuration, world: world, task: try makeTask(spec, dataset: dataset, emptyGraph: true),
+                configuration: configuration, world: world, task: try makeTask(spec, graph: graphShare, world: world, emptyGraph: true),
                 trainShard: trainShard, validationShard: validationShard, testShard: testShard, classCount: spec.classCount,
                 reporter: try ProgressReporter(enabled: false, metricsLog: nil), saveCheckpoint: nil)
             ablationTrainer.majorityStage = spec.majorityStage
@@ -274,7 +278,7 @@ public enum TrainingJob {
 
     /// The model `spec` describes; with `emptyGraph`, the GraphSAGE sees no neighbours (every
     /// aggregate is zero), which is the no-graph ablation.
-    static func makeTask(_ spec: JobSpec, dataset: CustomerDataset, emptyGraph: Bool = false) throws -> TrainingTask {
+    static func makeTask(_ spec: JobSpec, graph: LocalGraph?, world: any Communicator, emptyGraph: Bool = false) throws -> TrainingTask {
         let configuration = spec.configuration
         switch configuration.model {
         case .lstm:
@@ -288,7 +292,7 @@ public enum TrainingJob {
             let model = LSTMModel(configuration: lstm, seed: configuration.seed)
             return LSTMTask(model: model, batchCapacity: configuration.batchSize, steps: spec.historyLength)
         case .gnn:
-            guard let graph = dataset.graph else {
+            guard let graph else {
                 throw AgreementError(message: "the gnn model needs the dataset's graph")
             }
             let model = GraphSAGEModel(
@@ -296,10 +300,8 @@ public enum TrainingJob {
                     inputSize: spec.nodeFeatureWidth, hiddenSize: configuration.gnn.hidden, classes: spec.classCount,
                     layers: configuration.gnn.layers, dropout: configuration.gnn.dropout, classWeights: spec.classWeights),
                 seed: configuration.seed)
-            let sampled = emptyGraph ? CSRGraph(offsets: [Int](repeating: 0, count: graph.nodeCount + 1), neighbours: []) : graph
-            return GNNTask(model: model, graph: sampled, fanouts: configuration.gnn.fanouts,
-                           nodeFeatures: dataset.nodeFeatures.baseAddress!, featureWidth: dataset.nodeFeatureWidth,
-                           batchCapacity: configuration.batchSize, seed: configuration.seed)
+            return GNNTask(model: model, graph: graph, fanouts: configuration.gnn.fanouts, withoutEdges: emptyGraph,
+                           world: world, batchCapacity: configuration.batchSize, seed: configuration.seed)
         }
     }
 

@@ -1,3 +1,4 @@
+import Collectives
 import CustomerData
 import Foundation
 import Models
@@ -13,9 +14,10 @@ public protocol TrainingTask: AnyObject {
     func trainStep(
         _ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom,
         gradientsReady: ((Range<Int>) -> Void)?
-    ) -> Float
-    /// Scores every customer of `shard` without dropout.
-    func predict(_ shard: LocalShard) -> Predictions
+    ) throws -> Float
+    /// Scores every customer of `shard` without dropout. Collective for models whose data is
+    /// spread over the ranks: every rank calls it, with its own shard.
+    func predict(_ shard: LocalShard) throws -> Predictions
 }
 
 /// Model outputs for a shard, in shard order.
@@ -133,29 +135,31 @@ public final class LSTMTask: TrainingTask {
 
 public final class GNNTask: TrainingTask {
     let model: GraphSAGEModel
-    let sampler: NeighbourSampler
-    let nodeFeatures: UnsafePointer<Float>
+    let sampler: PartitionedNeighbourSampler
     let featureWidth: Int
     let batchCapacity: Int
     let seed: UInt64
+    private let world: any Communicator
     private let input = Tensor(shape: [1])
     private var labels: [Int32]
     private var seeds: [Int32] = []
 
     public var parameters: ParameterStore { model.parameters }
 
-    public init(model: GraphSAGEModel, graph: CSRGraph, fanouts: [Int], nodeFeatures: UnsafePointer<Float>,
-         featureWidth: Int, batchCapacity: Int, seed: UInt64) {
+    /// `graph` is this rank's share; sampling and feature rows reach the other ranks' shares
+    /// through `world`, so every rank must run the same steps and predictions.
+    public init(model: GraphSAGEModel, graph: LocalGraph, fanouts: [Int], withoutEdges: Bool = false,
+                world: any Communicator, batchCapacity: Int, seed: UInt64) {
         self.model = model
-        sampler = NeighbourSampler(graph: graph, fanouts: fanouts)
-        self.nodeFeatures = nodeFeatures
-        self.featureWidth = featureWidth
+        sampler = PartitionedNeighbourSampler(graph: graph, fanouts: fanouts, world: world, withoutEdges: withoutEdges)
+        self.world = world
+        featureWidth = graph.featureWidth
         self.batchCapacity = batchCapacity
         self.seed = seed
         labels = [Int32](repeating: 0, count: batchCapacity)
     }
 
-    private func prepare(_ shard: LocalShard, _ customers: ArraySlice<Int32>, random: inout SeededRandom) -> [SampledBlock] {
+    private func prepare(_ shard: LocalShard, _ customers: ArraySlice<Int32>, random: inout SeededRandom) throws -> [SampledBlock] {
         // Refilled in place, as the sampler's buffers are: the step allocates nothing.
         seeds.removeAll(keepingCapacity: true)
         var slot = 0
@@ -164,39 +168,43 @@ public final class GNNTask: TrainingTask {
             labels[slot] = shard.stages[Int(customer)]
             slot += 1
         }
-        let sample = sampler.sample(seeds: seeds, random: &random)
-        input.reshape(sample.inputNodes.count, featureWidth)
-        gatherRows(nodeFeatures, width: featureWidth, nodes: sample.inputNodes, into: input.pointer)
+        let sample = try sampler.sample(seeds: seeds, random: &random)
+        input.reshape(max(sample.inputNodes.count, 1), featureWidth)
+        try sampler.gatherFeatures(of: sample.inputNodes, into: input.pointer)
         return sample.blocks
     }
 
     public func trainStep(
         _ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom,
         gradientsReady: ((Range<Int>) -> Void)?
-    ) -> Float {
+    ) throws -> Float {
         // One stream for sampling and one for dropout, both derived from the step's stream.
         var sampling = random.split(1)
         var dropout = random.split(2)
-        let blocks = prepare(shard, customers, random: &sampling)
+        let blocks = try prepare(shard, customers, random: &sampling)
         return labels.withUnsafeBufferPointer {
             model.trainingStep(features: input.pointer, blocks: blocks, labels: $0.baseAddress!, random: &dropout)
         }
     }
 
-    public func predict(_ shard: LocalShard) -> Predictions {
+    public func predict(_ shard: LocalShard) throws -> Predictions {
         var result = Predictions()
         // Evaluation samples neighbours too; a fixed stream makes it repeatable.
         var sampling = SeededRandom(seed: seed, purpose: .neighbourSampling, epoch: -1)
         var unused = SeededRandom(seed: 0, purpose: .dropout)
+        // Every rank samples as many batches as the rank with the most customers: a rank that
+        // has run out still answers the others' requests, with no seeds of its own.
+        let batches = try world.allreduce(value: Int64((shard.count + batchCapacity - 1) / batchCapacity), op: .max)
         var start = 0
-        while start < shard.count {
+        for _ in 0..<batches {
             let count = min(batchCapacity, shard.count - start)
-            let blocks = prepare(shard, Array(Int32(start)..<Int32(start + count))[...], random: &sampling)
-            model.forward(features: input.pointer, blocks: blocks, training: false, random: &unused)
-            result.stageProbabilities.append(contentsOf: model.probabilities())
+            let blocks = try prepare(shard, Array(Int32(start)..<Int32(start + count))[...], random: &sampling)
+            if count > 0 {
+                model.forward(features: input.pointer, blocks: blocks, training: false, random: &unused)
+                result.stageProbabilities.append(contentsOf: model.probabilities())
+            }
             start += count
         }
         return result
     }
 }
-

@@ -188,7 +188,7 @@ public final class DataParallelTrainer {
                 if configuration.overlapAllreduce {
                     loss = try overlappedStep(customers, random: &random, seconds: &allreduceSeconds)
                 } else {
-                    loss = task.trainStep(trainShard, customers: customers, random: &random, gradientsReady: nil)
+                    loss = try task.trainStep(trainShard, customers: customers, random: &random, gradientsReady: nil)
                     let reduceStart = DispatchTime.now().uptimeNanoseconds
                     try gradientWorld.allreduceAverage(gradients)
                     allreduceSeconds += Double(DispatchTime.now().uptimeNanoseconds - reduceStart) * 1e-9
@@ -244,7 +244,7 @@ public final class DataParallelTrainer {
             var stop = false
             if (epoch + 1) % configuration.validateEveryEpochs == 0 || progress.epoch == epochs {
                 let validation = try evaluate(
-                    task.predict(validationShard), shard: validationShard, model: configuration.model,
+                    try task.predict(validationShard), shard: validationShard, model: configuration.model,
                     classCount: classCount, lstm: configuration.lstm, majorityStage: majorityStage, prefix: "val_", world: world).metrics
                 metrics.merge(validation) { $1 }
                 summary.lastValidation = validation
@@ -281,10 +281,10 @@ public final class DataParallelTrainer {
         summary.evaluatedEpoch = progress.bestEpoch ?? progress.epoch
         summary.evaluatedBest = progress.bestStep != nil
         let validation = try evaluate(
-            task.predict(validationShard), shard: validationShard, model: configuration.model, classCount: classCount,
+            try task.predict(validationShard), shard: validationShard, model: configuration.model, classCount: classCount,
             lstm: configuration.lstm, majorityStage: majorityStage, prefix: "val_", world: world)
         summary.lastValidation = validation.metrics
-        let testPredictions = task.predict(testShard)
+        let testPredictions = try task.predict(testShard)
         let test = try evaluate(
             testPredictions, shard: testShard, model: configuration.model, classCount: classCount,
             lstm: configuration.lstm, majorityStage: majorityStage, prefix: "test_", world: world)
@@ -365,7 +365,7 @@ public final class DataParallelTrainer {
         var reducedFrom = gradients.count
         var failure: Error? = nil
         var blocked: UInt64 = 0
-        let loss = task.trainStep(trainShard, customers: customers, random: &random) { range in
+        let loss = try task.trainStep(trainShard, customers: customers, random: &random) { range in
             guard failure == nil else { return }
             let start = DispatchTime.now().uptimeNanoseconds
             do {

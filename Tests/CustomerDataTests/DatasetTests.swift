@@ -244,9 +244,9 @@ func aMissingDatasetIsNotCalledDamaged() throws {
 }
 
 /// The damage `verify` reports, or nil when it accepts.
-private func verificationFailure(_ dataset: CustomerDataset, customers: [Range<Int>], graphShare: (index: Int, count: Int)?) -> String? {
+private func verificationFailure(_ dataset: CustomerDataset, customers: [Range<Int>], graphNodes: [Range<Int>]) -> String? {
     do {
-        try dataset.verify(customers: customers, graphShare: graphShare)
+        try dataset.verify(customers: customers, graphNodes: graphNodes)
         return nil
     } catch let error as DataError {
         guard case let .damagedDataset(file, reason) = error else { return "\(error)" }
@@ -281,14 +281,16 @@ private func verificationFailure(_ dataset: CustomerDataset, customers: [Range<I
     try neighbours.write(to: URL(fileURLWithPath: damaged + "/graph_neighbours.i32"))
 
     let dataset = try CustomerDataset.open(at: URL(fileURLWithPath: damaged), verifyContents: false)
-    #expect(verificationFailure(dataset, customers: [0..<100, 300..<n], graphShare: nil) == nil)
-    let customerDamage = verificationFailure(dataset, customers: [240..<251], graphShare: nil)
+    #expect(verificationFailure(dataset, customers: [0..<100, 300..<n], graphNodes: []) == nil)
+    let customerDamage = verificationFailure(dataset, customers: [240..<251], graphNodes: [])
     #expect(customerDamage?.hasPrefix("features.f32: part 5 (rows 250..<300") == true, "\(customerDamage ?? "accepted")")
-    // Ranks 0 and 1 of 2 verify the graph's even and odd parts; the last part is odd here.
+    // The damaged edge is the last product's: a rank holding every other node accepts.
     let lastPart = layout.nodeParts.count - 1
-    #expect(lastPart % 2 == 1)
-    #expect(verificationFailure(dataset, customers: [], graphShare: (0, 2)) == nil)
-    let graphDamage = verificationFailure(dataset, customers: [], graphShare: (1, 2))
+    let nodes = n + layout.products
+    #expect(layout.nodePartIndices(overlapping: 0..<nodes) == Array(0...lastPart))
+    #expect(layout.nodePartIndices(overlapping: n - 1 ..< n + 1) == [(n - 1) / 50, (n + 49) / 50])
+    #expect(verificationFailure(dataset, customers: [], graphNodes: [0..<n, n..<layout.nodeParts[lastPart].lowerBound]) == nil)
+    let graphDamage = verificationFailure(dataset, customers: [], graphNodes: [nodes - 1 ..< nodes])
     #expect(graphDamage?.hasPrefix("graph_neighbours.i32: part \(lastPart) ") == true, "\(graphDamage ?? "accepted")")
     #expect(throws: DataError.self) { try CustomerDataset.open(at: URL(fileURLWithPath: damaged)) }
 }
@@ -312,7 +314,7 @@ private func verificationFailure(_ dataset: CustomerDataset, customers: [Range<I
     let reopened = try CustomerDataset.open(at: URL(fileURLWithPath: directory))
     #expect(reopened.manifest.formatVersion == 1)
     #expect(Array(reopened.features) == Array(current.features))
-    try reopened.verify(customers: [0..<10], graphShare: (0, 1))
+    try reopened.verify(customers: [0..<10], graphNodes: [0..<1])
 
     var features = try Data(contentsOf: URL(fileURLWithPath: directory + "/features.f32"))
     features[features.count - 1] ^= 0x01

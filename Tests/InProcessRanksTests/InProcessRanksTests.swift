@@ -40,6 +40,10 @@ import Testing
         expectEveryRankPasses(ranks: ranks) { runScoringChecks($0, $1) }
     }
 
+    @Test(arguments: [1, 2, 3, 4]) func graphSamplingAcrossRanksDrawsWhatOneProcessDraws(ranks: Int) {
+        expectEveryRankPasses(ranks: ranks) { runGraphSamplingChecks($0, $1) }
+    }
+
     @Test(arguments: [1, 2, 3, 4]) func metricsAndBaselineFitsAcrossRanksEqualOneProcess(ranks: Int) {
         expectEveryRankPasses(ranks: ranks) { runMetricChecks($0, $1) }
     }

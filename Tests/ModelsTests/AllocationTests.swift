@@ -1,4 +1,5 @@
 import AllocationCounting
+import Collectives
 import CustomerData
 import Models
 import Tensors
@@ -66,13 +67,18 @@ struct AllocationTests {
             }
         }
         let graph = CSRGraph(nodeCount: customers + products, edges: edges)
-        let sampler = NeighbourSampler(graph: graph, fanouts: [4, 3])
         let width = 6
         let configuration = GraphSAGEConfiguration(inputSize: width, hiddenSize: 8, classes: 4, layers: 2)
         let model = GraphSAGEModel(configuration: configuration, seed: 2)
         let optimizer = AdamOptimizer(parameterCount: model.parameters.values.count)
         var random = SeededRandom(seed: 4, purpose: .neighbourSampling)
         let nodeFeatures = (0..<graph.nodeCount * width).map { _ in random.nextUnitFloat() }
+        // The sampler training runs: the partitioned one, here on a single rank.
+        let partition = GraphPartition(customers: customers, products: products, ranks: 1)
+        let share = nodeFeatures.withUnsafeBufferPointer {
+            LocalGraph(graph: graph, features: $0, featureWidth: width, partition: partition, rank: 0)
+        }
+        let sampler = PartitionedNeighbourSampler(graph: share, fanouts: [4, 3], world: SingleProcessCommunicator())
         let input = Tensor(shape: [graph.nodeCount, width])
         let labels = (0..<16).map { Int32($0 % 4) }
         var seeds: [Int32] = []
@@ -80,8 +86,8 @@ struct AllocationTests {
         func step(_ first: Int) {
             seeds.removeAll(keepingCapacity: true)
             for k in 0..<16 { seeds.append(Int32((first + k * 3) % customers)) }
-            let sample = sampler.sample(seeds: seeds, random: &random)
-            nodeFeatures.withUnsafeBufferPointer { gatherRows($0.baseAddress!, width: width, nodes: sample.inputNodes, into: input.pointer) }
+            let sample = try! sampler.sample(seeds: seeds, random: &random)
+            try! sampler.gatherFeatures(of: sample.inputNodes, into: input.pointer)
             model.parameters.zeroGradients()
             _ = labels.withUnsafeBufferPointer {
                 model.trainingStep(features: input.pointer, blocks: sample.blocks, labels: $0.baseAddress!, random: &random)

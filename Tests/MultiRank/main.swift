@@ -28,6 +28,7 @@ runMPIChecks(world, checks)
 runImportChecks(world, checks)
 runScoringChecks(world, checks)
 runMetricChecks(world, checks)
+runGraphSamplingChecks(world, checks)
 
 print(checks.summaryLine)
 do {
