@@ -511,16 +511,131 @@ final class RawConnection: @unchecked Sendable {
     }
 }
 
+/// Waits until the server has closed every one of `connections` or `deadline` passes; returns
+/// how many are still open and when the last close was seen. One poll(2) loop on a thread of
+/// its own, so thousands of sockets need no thread each.
+func waitUntilClosed(_ connections: [RawConnection], within deadline: Duration) async -> (open: Int, lastClose: Duration) {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread {
+            let clock = ContinuousClock(), start = clock.now, end = start + deadline
+            var open = Set(connections.indices), lastClose = Duration.zero
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while !open.isEmpty && clock.now < end {
+                let indices = Array(open)
+                var fds = indices.map { pollfd(fd: connections[$0].fd, events: Int16(POLLIN), revents: 0) }
+                let left = end - clock.now
+                let ready = poll(&fds, nfds_t(fds.count), Int32(max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)))
+                if ready <= 0 { continue }
+                for (k, entry) in fds.enumerated() where entry.revents != 0 {
+                    let count = buffer.withUnsafeMutableBytes { recv(entry.fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
+                    if count == 0 || (count < 0 && errno != EAGAIN && errno != EINTR) || entry.revents & Int16(POLLHUP | POLLERR) != 0 {
+                        open.remove(indices[k])
+                        lastClose = clock.now - start
+                    }
+                }
+            }
+            continuation.resume(returning: (open.count, lastClose))
+        }
+    }
+}
+
+/// Opens `count` connections that each announce a large body and send one byte of it.
+func openSlowBodies(_ count: Int, port: Int, token: String? = nil) throws -> [RawConnection] {
+    try (0..<count).map { _ in
+        let connection = try RawConnection(port: port)
+        connection.send(Array(("POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + (token.map { "Authorization: Bearer \($0)\r\n" } ?? "") + "Content-Length: 60000\r\n\r\n{").utf8))
+        return connection
+    }
+}
+
+/// Sends one good score request on a new connection and times it.
+func timedGoodRequest(port: Int, token: String? = nil) async throws -> (status: Int, elapsed: Duration) {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread {
+            let client = LoopbackClient(port: port)
+            let started = ContinuousClock.now
+            let result = Result { try client.send("POST", "/v1/score", body: Data(featuresBody([("good", 3)]).utf8),
+                                                  headers: token.map { ["Authorization": "Bearer \($0)"] } ?? [:]) }
+            let elapsed = ContinuousClock.now - started
+            continuation.resume(with: result.map { ($0.status, elapsed) })
+        }
+    }
+}
+
 @Suite("Scoring service: connections")
 struct ServiceConnectionTests {
     /// A service over a fresh one-checkpoint fixture, with a short idle timeout and body limit.
-    func service() async throws -> RunningService {
+    func service(idleSeconds: Double = 0.5) async throws -> RunningService {
         let fixture = try ScoringFixture(customers: 20)
         try fixture.saveCheckpoint(step: 1, seed: 1)
         var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
-        configuration.idleTimeout = .milliseconds(500)
+        configuration.idleTimeout = .milliseconds(Int64(idleSeconds * 1000))
         configuration.limits.maxBodyBytes = 64 * 1024
         return try await RunningService(configuration)
+    }
+
+    @Test("slow bodies past the connection cap: the server answers a good request within 100 ms and closes every slow body by the deadline")
+    func slowBodiesPastTheCap() async throws {
+        let fixture = try ScoringFixture(customers: 20)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
+        configuration.maxConnections = 32
+        configuration.requestTimeout = .seconds(1)
+        let service = try await RunningService(configuration)
+        // A first request on its own, so the 100 ms below measures the attack, not a cold start.
+        #expect(try await timedGoodRequest(port: service.port).status == 200)
+        let slow = try openSlowBodies(300, port: service.port)
+        let good = try await timedGoodRequest(port: service.port)
+        #expect(good.status == 200)
+        #expect(good.elapsed < .milliseconds(100), "a good request during the attack took \(good.elapsed)")
+        // Every slow body is closed: the oldest to make room, the rest at the 1 s deadline.
+        let (open, lastClose) = await waitUntilClosed(slow, within: .seconds(5))
+        #expect(open == 0, "\(open) of \(slow.count) slow bodies still open")
+        #expect(lastClose < .milliseconds(2500), "the last slow body closed after \(lastClose)")
+        let counts = service.metrics.connectionCounts()
+        #expect(counts.evicted >= slow.count - 32, "\(counts)")
+        #expect(counts.requestTimeouts >= 1, "\(counts)")
+        let metrics = try await service.send("GET", "/metrics").text
+        #expect(metrics.contains("clm_http_connection_cap 32"))
+        #expect(metrics.contains("clm_http_connections_evicted_total \(counts.evicted)"), "\(metrics)")
+        #expect(try await service.send("GET", "/healthz").status == 200)
+        await service.stop()
+    }
+
+    @Test("without the token, a request is answered 401 and closed as soon as its head is read")
+    func unauthenticatedBodiesAreNotAwaited() async throws {
+        let fixture = try ScoringFixture(customers: 20)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
+        configuration.token = "s3cret"
+        let service = try await RunningService(configuration)
+        // The request deadline and idle timeout are 10 s: only the refusal can close these in 3.
+        let slow = try openSlowBodies(50, port: service.port) + openSlowBodies(50, port: service.port, token: "wrong")
+        let (open, lastClose) = await waitUntilClosed(slow, within: .seconds(3))
+        #expect(open == 0, "\(open) unauthenticated slow bodies still open after \(lastClose)")
+        let one = try RawConnection(port: service.port)
+        one.send(RawConnection.scoreHead(length: 1000))
+        let (text, closed) = await one.readUntilClosed(seconds: 3)
+        #expect(text.hasPrefix("HTTP/1.1 401") && text.contains("missing or wrong bearer token") && closed, "\(text)")
+        let good = try await timedGoodRequest(port: service.port, token: "s3cret")
+        #expect(good.status == 200)
+        #expect(service.metrics.requestCount(route: "/v1/score", status: 401) == 101)
+        await service.stop()
+    }
+
+    @Test("a Content-Length over the limit is answered 413 at once, before any body, and closed")
+    func oversizeContentLengthIsRefusedAtOnce() async throws {
+        let service = try await service(idleSeconds: 10)
+        let connection = try RawConnection(port: service.port)
+        connection.send(RawConnection.scoreHead(length: 10_000_000_000))
+        let started = ContinuousClock.now
+        let (text, closed) = await connection.readUntilClosed(seconds: 5)
+        #expect(text.hasPrefix("HTTP/1.1 413") && text.contains("larger than 65536 bytes (Content-Length: 10000000000)"), "\(text)")
+        #expect(closed, "still open")
+        // The refusal ends the connection (its FIN follows the answer), not the 10 s idle timeout.
+        #expect(ContinuousClock.now - started < .seconds(3))
+        await service.stop()
     }
 
     @Test("idle, half-sent headers and stalled bodies are closed after the idle timeout")
