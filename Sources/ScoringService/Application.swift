@@ -27,6 +27,8 @@ public struct ServiceConfiguration: Sendable {
     /// Most connections open at once; nil: half the descriptor limit read at start, at most 16,384.
     public var maxConnections: Int? = nil
     public var limits = RequestLimits()
+    /// Explained requests computed at once; one more is answered 503 with `Retry-After`.
+    public var explanationWorkers = 1
     public var rules = ScoringRules()
     /// Stages from a GraphSAGE run joined to a reference graph; nil keeps the stage rule.
     public var graphSource: GraphSource? = nil
@@ -82,6 +84,10 @@ public struct ServiceConfiguration: Sendable {
         }
         guard pollInterval > .zero else { throw ScoringError.invalidInput("--poll-seconds must be positive") }
         guard idleTimeout > .zero else { throw ScoringError.invalidInput("--idle-timeout-seconds must be positive") }
+        guard explanationWorkers >= 1 else { throw ScoringError.invalidInput("--explanation-workers must be at least 1, got \(explanationWorkers)") }
+        guard limits.maxExplainedCustomers >= 1 else {
+            throw ScoringError.invalidInput("--max-explained-customers must be at least 1, got \(limits.maxExplainedCustomers)")
+        }
         guard requestTimeout > .zero else { throw ScoringError.invalidInput("--request-timeout-seconds must be positive") }
         let limit = descriptorLimit()
         if let maxConnections, !(1...max(1, limit - Self.reservedDescriptors)).contains(maxConnections) {
@@ -96,7 +102,8 @@ let knownRoutes: Set<String> = ["/v1/score", "/v1/model", "/healthz", "/readyz",
 
 /// The router with every endpoint; `scorer` may be a test double.
 public func buildRouter<S: Scorer>(
-    scorer: S, metrics: ServiceMetrics, limits: RequestLimits, token: String?, logger: Logger
+    scorer: S, metrics: ServiceMetrics, limits: RequestLimits, token: String?, logger: Logger,
+    explanations: ExplanationPool? = nil
 ) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
     router.add(middleware: ServiceMiddleware(metrics: metrics, token: token, logger: logger))
@@ -110,7 +117,8 @@ public func buildRouter<S: Scorer>(
         Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                  body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
     }
-    ScoreController(scorer: scorer, limits: limits, metrics: metrics).addRoutes(to: router.group("v1"))
+    ScoreController(scorer: scorer, limits: limits, metrics: metrics,
+                    explanations: explanations ?? ExplanationPool(workers: 1, metrics: metrics)).addRoutes(to: router.group("v1"))
     return router
 }
 
@@ -125,7 +133,8 @@ public func buildApplication(
         root: configuration.checkpoints, run: configuration.run, rules: configuration.rules,
         graphSource: configuration.graphSource, initialGraph: configuration.initialGraph, verifyKey: configuration.verifyKey,
         metrics: metrics, logger: logger, driftMonitor: DriftMonitor(threshold: configuration.psiThreshold, window: configuration.driftWindow))
-    let router = buildRouter(scorer: scorer, metrics: metrics, limits: configuration.limits, token: configuration.token, logger: logger)
+    let router = buildRouter(scorer: scorer, metrics: metrics, limits: configuration.limits, token: configuration.token, logger: logger,
+                             explanations: ExplanationPool(workers: configuration.explanationWorkers, metrics: metrics))
     let limit = descriptorLimit()
     let governor = ConnectionGovernor(cap: configuration.connectionCap(descriptorLimit: limit), descriptorLimit: limit, metrics: metrics, logger: logger)
     let policy = GatePolicy(token: configuration.token, maxBodyBytes: configuration.limits.maxBodyBytes,
@@ -200,7 +209,9 @@ struct ServiceMiddleware: RouterMiddleware {
                 if error.status == ClientError.clientClosedRequest {
                     logger.info("request \(request.method) \(path): \(error.message)")
                 }
-                response = jsonResponse(.init(code: error.status), "{\"error\":\(jsonString(error.message))}")
+                var refusal = jsonResponse(.init(code: error.status), "{\"error\":\(jsonString(error.message))}")
+                if let retry = error.retryAfterSeconds { refusal.headers[.retryAfter] = String(retry) }
+                response = refusal
             } catch let error as HTTPError {
                 let message = error.body ?? error.status.reasonPhrase
                 response = jsonResponse(error.status, "{\"error\":\(jsonString(message))}")
@@ -227,6 +238,7 @@ struct ScoreController<S: Scorer> {
     let scorer: S
     let limits: RequestLimits
     let metrics: ServiceMetrics
+    let explanations: ExplanationPool
 
     func addRoutes(to group: RouterGroup<BasicRequestContext>) {
         group.post("score", use: score)
@@ -248,7 +260,7 @@ struct ScoreController<S: Scorer> {
             throw ClientError(ClientError.clientClosedRequest, "the client closed the connection before sending the whole body (\(error))")
         }
         let parsed = try ScoreRequest.parse(Data(body.readableBytesView), limits: limits, model: model)
-        let result = try scorer.score(parsed)
+        let result = parsed.explain ? try await explanations.run { [scorer] in try scorer.score(parsed) } : try scorer.score(parsed)
         var text = "{\"model\":{\"run\":\(jsonString(result.model.run)),\"step\":\(result.model.step)}"
         text += ",\"as_of\":\(jsonString(ByteParsing.isoDate(result.asOfDay))),\"scores\":["
         for (index, score) in result.scores.enumerated() {

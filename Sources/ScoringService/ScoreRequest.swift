@@ -7,13 +7,16 @@ import Scoring
 public struct ClientError: Error, Equatable, Sendable {
     public var status: Int
     public var message: String
+    /// Sent as `Retry-After` (with 503: the service is busy, not broken).
+    public var retryAfterSeconds: Int?
     /// nginx's status for a client that disconnected before its request was read: counted
     /// apart from the server's own failures (500) in `/metrics`.
     public static let clientClosedRequest = 499
 
-    public init(_ status: Int = 400, _ message: String) {
+    public init(_ status: Int = 400, _ message: String, retryAfterSeconds: Int? = nil) {
         self.status = status
         self.message = message
+        self.retryAfterSeconds = retryAfterSeconds
     }
 }
 
@@ -21,6 +24,8 @@ public struct ClientError: Error, Equatable, Sendable {
 public struct RequestLimits: Sendable, Equatable {
     public var maxBodyBytes = 1 << 20
     public var maxCustomers = 1000
+    /// Most customers in a request with `"explain": true`: each costs hundreds of forward passes.
+    public var maxExplainedCustomers = 100
     public var maxEventsPerCustomer = 10_000
     public var maxIdentifierBytes = IdentifierRules.maximumBytes
 
@@ -85,6 +90,9 @@ public struct ScoreRequest: Sendable, Equatable {
         guard !items.isEmpty else { throw ClientError(400, "customers: must not be empty") }
         guard items.count <= limits.maxCustomers else {
             throw ClientError(413, "customers: \(items.count) customers in one request, the limit is \(limits.maxCustomers)")
+        }
+        guard !explain || items.count <= limits.maxExplainedCustomers else {
+            throw ClientError(413, "customers: \(items.count) customers with \"explain\": true, the limit is \(limits.maxExplainedCustomers) (send more without \"explain\", or in several requests)")
         }
         var customers: [Customer] = []
         customers.reserveCapacity(items.count)

@@ -56,6 +56,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "A request's head and body must arrive within this many seconds of its connection being ready (the shorter of this and --idle-timeout-seconds applies); else 408 and close.")
     var requestTimeoutSeconds: Double = 10
     @Option(help: "Most client connections open at once (default: half the descriptor limit, at most 16384).") var maxConnections: Int?
+    @Option(help: "Most customers per request with \"explain\": true.") var maxExplainedCustomers: Int = 100
+    @Option(help: "Explained requests computed at once (on threads of their own, below plain scoring's priority); one more gets 503 with Retry-After.")
+    var explanationWorkers: Int = 1
     @Option(help: "Most customers per request.") var maxCustomers: Int = 1000
     @Option(help: "Log a warning when a feature's, input's or score's stability index over recent traffic passes this (0.2: a large shift).")
     var psiThreshold: Double = 0.2
@@ -115,6 +118,8 @@ struct Serve: AsyncParsableCommand {
             }
             configuration.limits.maxCustomers = maxCustomers
             configuration.limits.maxBodyBytes = maxBodyBytes
+            configuration.limits.maxExplainedCustomers = maxExplainedCustomers
+            configuration.explanationWorkers = explanationWorkers
             configuration.rules = try rules.map(ScoringRules.load(path:)) ?? ScoringRules()
             guard psiThreshold > 0, driftWindow >= 1 else {
                 throw ScoringError.invalidInput("--psi-threshold must be above 0 and --drift-window at least 1")
