@@ -247,7 +247,7 @@ struct ScoreController<S: Scorer> {
 
     @Sendable func score(_ request: Request, context: BasicRequestContext) async throws -> Response {
         guard let model = scorer.currentModel else { throw ClientError(503, "no model is loaded yet") }
-        if let type = request.headers[.contentType], !type.lowercased().hasPrefix("application/json") {
+        if let type = request.headers[.contentType], !ScoreRequest.isJSONContentType(type) {
             throw ClientError(415, "Content-Type must be application/json, got \(type)")
         }
         let body: ByteBuffer

@@ -287,6 +287,14 @@ struct ServiceTests {
             ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5.5,\"amount\":1}]}]}", 400, "whole day"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"date\":\"2023-02-30\",\"amount\":1}]}]}", 400, "not a date"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":\"NaN\"}]}]}", 400, "finite number"),
+            // Dates outside 1970-01-01...2100-12-31, as a date, a day number or as_of.
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"date\":\"0001-01-01\",\"amount\":1}]}]}", 400,
+             "customers[0].events[0].date: 0001-01-01 (day -719162) is outside the accepted dates 1970-01-01 to 2100-12-31"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"date\":\"9999-12-31\",\"amount\":1}]}]}", 400, "events[0].date: 9999-12-31"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":60000,\"amount\":1}]}]}", 400, "events[0].day: 2134-04-11 (day 60000) is outside"),
+            ("{\"as_of\":\"2101-01-01\",\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1}]}]}", 400, "as_of: 2101-01-01 (day 47847) is outside"),
+            ("{\"as_of\":-1,\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1}]}]}", 400, "as_of: 1969-12-31 (day -1) is outside"),
+            ("{\"as_of\":\"29349-01-26\",\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1}]}]}", 400, "as_of: \\\"29349-01-26\\\" is not a date"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1e999}]}]}", 400, "number 1e999 is too large"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"features\":[[1,2,3]]}]}", 400, "3 values, the model reads 8"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"features\":[[1,2,3,4,5,6,7,1e39]]}]}", 400, "32-bit float"),
@@ -312,8 +320,12 @@ struct ServiceTests {
             #expect(error != nil, "no JSON error for \(body.prefix(80)): \(reply.text)")
             #expect(reply.text.contains(mentions), "\(body.prefix(80)) -> \(reply.text)")
         }
-        let wrongType = try await service.send("POST", "/v1/score", body: featuresBody([("a", 1)]), headers: ["Content-Type": "text/plain"])
-        #expect(wrongType.status == 415)
+        // The media type exactly, with at most a UTF-8 charset.
+        for (type, status) in [("text/plain", 415), ("application/jsonx", 415), ("application/json-seq", 415), ("application/json; charset=latin1", 415),
+                               ("application/json;x=1", 415), ("Application/JSON; charset=\"UTF-8\"", 200), ("application/json", 200)] {
+            let reply = try await service.send("POST", "/v1/score", body: featuresBody([("a", 1)]), headers: ["Content-Type": type])
+            #expect(reply.status == status, "\(type): \(reply.status) \(reply.text)")
+        }
         #expect(try await service.send("GET", "/v1/nothing").status == 404)
         // The process survived all of it and still scores.
         #expect(try await service.send("POST", "/v1/score", body: featuresBody([("a", 3)])).status == 200)
