@@ -27,6 +27,8 @@ public enum CheckpointError: Error, Equatable, Sendable, CustomStringConvertible
     /// The caller requires a file that the manifest does not list.
     case requiredFileMissing(name: String, directory: String)
     case fileSystem(FileSystemError)
+    /// A checkpoint file, or the step directory itself, is a symbolic link: never followed.
+    case symbolicLink(path: String)
     /// The checkpoint was saved and `latest` moved, but removing old steps failed.
     case retentionFailed(saved: String, reason: String)
     case invalidSigningKey(path: String, reason: String)
@@ -61,6 +63,8 @@ public enum CheckpointError: Error, Equatable, Sendable, CustomStringConvertible
             return "checkpoint: \(directory) has no manifest.json (incomplete or not a checkpoint)"
         case .invalidManifest(let path, let reason):
             return "checkpoint: invalid manifest \(path): \(reason)"
+        case .symbolicLink(let path):
+            return "checkpoint: \(path) is a symbolic link; a checkpoint's files must be regular files inside its step directory, and links are not followed"
         case .fileMissing(let path):
             return "checkpoint: \(path) is listed in the manifest but missing"
         case .sizeMismatch(let path, let expected, let actual):

@@ -113,10 +113,8 @@ public struct CheckpointManifest: Equatable, Sendable {
         decoder.nonConformingFloatDecodingStrategy = .convertFromString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
         do {
             self = try decoder.decode(CheckpointManifest.self, from: jsonData)
-        } catch let error as DecodingError {
-            throw .invalidManifest(path: source, reason: Self.explain(error))
         } catch {
-            throw .invalidManifest(path: source, reason: "\(error)")
+            throw .invalidManifest(path: source, reason: describeDecodingFailure(error, json: Data(jsonData)))
         }
         try validate(source: source)
     }
@@ -142,27 +140,6 @@ public struct CheckpointManifest: Equatable, Sendable {
             if digest.sha256.utf8.count != 64 || !isHex {
                 throw fail("files.\(name).sha256 \"\(digest.sha256)\" is not 64 lower-case hex digits")
             }
-        }
-    }
-
-    private static func explain(_ error: DecodingError) -> String {
-        func path(_ context: DecodingError.Context) -> String {
-            let keys = context.codingPath.map { $0.intValue.map { "[\($0)]" } ?? $0.stringValue }
-            return keys.isEmpty ? "top level" : keys.joined(separator: ".")
-        }
-        switch error {
-        case .keyNotFound(let key, let context):
-            let parent = context.codingPath.isEmpty ? "" : " in \(path(context))"
-            return "missing key \"\(key.stringValue)\"\(parent)"
-        case .typeMismatch(let type, let context):
-            return "\(path(context)): expected \(type)"
-        case .valueNotFound(let type, let context):
-            return "\(path(context)): expected \(type), found null"
-        case .dataCorrupted(let context):
-            let underlying = context.underlyingError.map { " (\($0))" } ?? ""
-            return "\(path(context)): \(context.debugDescription)\(underlying)"
-        @unknown default:
-            return "\(error)"
         }
     }
 }
@@ -226,4 +203,79 @@ func checkCheckpointFileName(_ name: String) throws(CheckpointError) {
     // Hidden names are skipped when a directory is listed (NFS keeps .nfs* files there).
     if name.hasPrefix(".") { throw .invalidFileName(name, reason: "must not start with '.'") }
     if name.utf8.count > 255 { throw .invalidFileName(name, reason: "is longer than 255 bytes") }
+}
+
+/// Why JSON could not be decoded, in plain words naming the field: the byte and reason when it
+/// is not valid JSON (from the strict parser, given the bytes), else the field's path and what
+/// it should have held. Never the raw `DecodingError` dump, whose "not valid JSON" has no position.
+public func describeDecodingFailure(_ error: any Error, json: Data? = nil) -> String {
+    var tree: StrictJSON? = nil
+    if let json {
+        let bytes = [UInt8](json)
+        if let offset = firstInvalidUTF8Offset(bytes, range: 0..<bytes.count) { return "not valid UTF-8 at byte \(offset)" }
+        do {
+            tree = try StrictJSONParser.parse(bytes, range: 0..<bytes.count)
+        } catch {
+            return "malformed JSON at byte \(error.offset): \(error.reason)"
+        }
+    }
+    guard let error = error as? DecodingError else { return "\(error)" }
+    // Foundation calls valid JSON "not valid JSON" when a number is beyond what it reads
+    // (`"step": 1e30`): find that number, by its path.
+    if case .dataCorrupted(let context) = error, context.codingPath.isEmpty, let tree {
+        func unreadable(_ node: StrictJSON, _ path: String) -> (String, String)? {
+            switch node {
+            case let .number(literal):
+                guard let value = Double(literal), value.isFinite, abs(value) < 9.2e18 || literal.contains(where: { $0 == "." }) else {
+                    return (path.isEmpty ? "the top level" : path, literal)
+                }
+                return nil
+            case let .array(items):
+                for (index, item) in items.enumerated() { if let found = unreadable(item, "\(path)[\(index)]") { return found } }
+                return nil
+            case let .object(members):
+                for member in members {
+                    if let found = unreadable(member.value, path.isEmpty ? member.key : "\(path).\(member.key)") { return found }
+                }
+                return nil
+            default:
+                return nil
+            }
+        }
+        if let (path, literal) = unreadable(tree, "") {
+            return "\(path): the number \(literal) is too large to read (beyond ±9.2e18, a 64-bit integer's range)"
+        }
+        return "a number does not fit its field (a fraction, or a number beyond ±9.2e18, where a whole number belongs)"
+    }
+    func path(_ context: DecodingError.Context) -> String {
+        var text = ""
+        for key in context.codingPath {
+            if let index = key.intValue { text += "[\(index)]" } else { text += (text.isEmpty ? "" : ".") + key.stringValue }
+        }
+        return text.isEmpty ? "the top level" : text
+    }
+    func kind(_ type: Any.Type) -> String {
+        switch "\(type)" {
+        case "Int", "Int32", "Int64", "UInt64", "UInt32", "UInt8": return "a whole number"
+        case "Double", "Float": return "a number"
+        case "String": return "a string"
+        case "Bool": return "true or false"
+        case let name where name.hasPrefix("Array") || name.hasPrefix("["): return "an array"
+        case let name where name.hasPrefix("Dictionary") || name.contains(":"): return "an object"
+        case let name: return "a value of \(name)"
+        }
+    }
+    switch error {
+    case .keyNotFound(let key, let context):
+        return "missing key \"\(key.stringValue)\"" + (context.codingPath.isEmpty ? "" : " in \(path(context))")
+    case .typeMismatch(let type, let context):
+        return "\(path(context)): expected \(kind(type))"
+    case .valueNotFound(let type, let context):
+        return "\(path(context)): expected \(kind(type)), found null"
+    case .dataCorrupted(let context):
+        // The underlying error is Foundation's parser dump; the debug description says what matters.
+        return "\(path(context)): \(context.debugDescription)"
+    @unknown default:
+        return "cannot be decoded"
+    }
 }

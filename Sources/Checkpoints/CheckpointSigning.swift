@@ -85,14 +85,16 @@ extension CheckpointStore {
         let manifestURL = checkpoint.directory.appendingPathComponent(CheckpointManifest.fileName)
         let signature: [UInt8], manifest: [UInt8]
         do throws(FileSystemError) {
-            signature = try DurableIO.readFile(signatureURL)
+            signature = try DurableIO.readFile(named: CheckpointSigningKey.signatureFileName, in: checkpoint.directory)
         } catch {
+            if error.code == ELOOP { throw .symbolicLink(path: signatureURL.path) }
             if error.code == ENOENT { throw .unsigned(directory: checkpoint.directory.path) }
             throw .fileSystem(error)
         }
         do throws(FileSystemError) {
-            manifest = try DurableIO.readFile(manifestURL)
+            manifest = try DurableIO.readFile(named: CheckpointManifest.fileName, in: checkpoint.directory)
         } catch {
+            if error.code == ELOOP { throw .symbolicLink(path: manifestURL.path) }
             throw .fileSystem(error)
         }
         let text = String(decoding: signature, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)

@@ -238,10 +238,14 @@ public struct CheckpointStore: Sendable {
     /// altered, a file present but not listed, and a required file the manifest lacks.
     public static func load(directory: URL, requiring: Set<String> = []) throws(CheckpointError) -> LoadedCheckpoint {
         let manifestURL = directory.appendingPathComponent(CheckpointManifest.fileName)
+        if try io(DurableIO.entryKind(directory)) == .other, (try? FileManager.default.destinationOfSymbolicLink(atPath: directory.path)) != nil {
+            throw .symbolicLink(path: directory.path)
+        }
         let manifestBytes: [UInt8]
         do throws(FileSystemError) {
-            manifestBytes = try DurableIO.readFile(manifestURL)
+            manifestBytes = try DurableIO.readFile(named: CheckpointManifest.fileName, in: directory)
         } catch {
+            if error.code == ELOOP { throw .symbolicLink(path: manifestURL.path) }
             if error.code == ENOENT {
                 // Distinguish "no such checkpoint" from "checkpoint without a manifest".
                 if (try? DurableIO.entryKind(directory)) == .directory { throw .manifestMissing(directory: directory.path) }
@@ -261,8 +265,12 @@ public struct CheckpointStore: Sendable {
             let url = directory.appendingPathComponent(name)
             let bytes: [UInt8]
             do throws(FileSystemError) {
-                bytes = try DurableIO.readFile(url)
+                bytes = try DurableIO.readFile(named: name, in: directory)
             } catch {
+                if error.code == ELOOP { throw .symbolicLink(path: url.path) }
+                if error.code == EINVAL && error.operation.hasPrefix("open (not a name") {
+                    throw .invalidManifest(path: manifestURL.path, reason: "file \"\(name)\" is not a name inside the step directory")
+                }
                 if error.code == ENOENT { throw .fileMissing(path: url.path) }
                 throw .fileSystem(error)
             }

@@ -227,6 +227,27 @@ enum DurableIO {
         let fd = retryingOnInterrupt { open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK) }
         guard fd >= 0 else { throw FileSystemError(operation: "open", path: path, code: errno) }
         defer { close(fd) }
+        return try readOpenFile(fd, path: path)
+    }
+
+    /// Reads the regular file `name` of `directory`, following no symbolic link: neither the
+    /// directory's last component nor the file may be one (ELOOP, or ENOTDIR for the directory),
+    /// so what is read lies inside the directory, whatever the links in it point at.
+    static func readFile(named name: String, in directory: URL) throws(FileSystemError) -> [UInt8] {
+        let path = directory.appendingPathComponent(name).path
+        guard !name.isEmpty, name != ".", name != "..", !name.contains("/") else {
+            throw FileSystemError(operation: "open (not a name inside the directory)", path: path, code: EINVAL)
+        }
+        let directoryFD = retryingOnInterrupt { open(directory.path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        guard directoryFD >= 0 else { throw FileSystemError(operation: "open directory", path: directory.path, code: errno) }
+        defer { close(directoryFD) }
+        let fd = retryingOnInterrupt { openat(directoryFD, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK) }
+        guard fd >= 0 else { throw FileSystemError(operation: "open", path: path, code: errno) }
+        defer { close(fd) }
+        return try readOpenFile(fd, path: path)
+    }
+
+    private static func readOpenFile(_ fd: Int32, path: String) throws(FileSystemError) -> [UInt8] {
         var info = stat()
         guard fstat(fd, &info) == 0 else { throw FileSystemError(operation: "fstat", path: path, code: errno) }
         guard (info.st_mode & S_IFMT) == S_IFREG else {

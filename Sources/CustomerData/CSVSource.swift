@@ -66,6 +66,12 @@ public struct CSVFormat: Sendable, Equatable {
     public var mapping: ColumnMapping
     /// When true, the optional canonical columns are picked up by name if the header has them.
     public var detectOptionalColumns: Bool
+    /// Calendar days (ISO, `YYYYMMDD`, Unix time) outside this range are rejected: a year 1 or
+    /// 9999 is a typo or a sentinel, and would stretch every customer's history. Day numbers
+    /// (`days`) are relative and not checked.
+    public var plausibleDays: ClosedRange<Int> = CSVFormat.defaultPlausibleDays
+    /// 1970-01-01 through 2100-12-31.
+    public static let defaultPlausibleDays = 0...ByteParsing.daysFromCivil(year: 2100, month: 12, day: 31)
 
     public init(delimiter: UInt8 = UInt8(ascii: ","), whitespace: Bool = false, header: HeaderMode = .present,
                 timeFormat: TimeFormat = .auto, mapping: ColumnMapping = .canonical, detectOptionalColumns: Bool = true) {
@@ -542,6 +548,10 @@ final class CSVEventSource {
         guard let day = timeFormat.parseDay(tp, tn), abs(day) < 100_000_000 else {
             let text = String(decoding: UnsafeBufferPointer(start: tp, count: min(tn, 40)), as: UTF8.self)
             throw RowError.reject(tn == 0 ? "empty \(name(ofColumn: timeColumn))" : "unparsable \(name(ofColumn: timeColumn)) '\(text)' (format \(timeFormat.rawValue))")
+        }
+        guard !timeFormat.isCalendar || format.plausibleDays.contains(day) else {
+            let text = String(decoding: UnsafeBufferPointer(start: tp, count: min(tn, 40)), as: UTF8.self)
+            throw RowError.reject("\(name(ofColumn: timeColumn)) '\(text)' is outside the plausible dates \(ByteParsing.isoDate(format.plausibleDays.lowerBound)) to \(ByteParsing.isoDate(format.plausibleDays.upperBound))")
         }
 
         let ap = line + fieldStart[amountColumn], an = fieldEnd[amountColumn] - fieldStart[amountColumn]

@@ -3,6 +3,7 @@ import CustomerData
 import Foundation
 import Hummingbird
 import Logging
+import NIOCore
 import Scoring
 
 /// Everything `clm-score serve` can be told, typed so that a misspelt setting cannot pass unnoticed.
@@ -18,7 +19,16 @@ public struct ServiceConfiguration: Sendable {
     /// stopped half-way through its header or body, and one whose oversize body was refused
     /// (the server stops reading it, so only this notices the client has gone).
     public var idleTimeout: Duration = .seconds(10)
+    /// A request's head and body must have arrived this long after its connection was ready for
+    /// it (accepted, or the previous answer sent), or it is answered 408 and closed: a body
+    /// trickled a byte at a time otherwise holds its connection for ever. The shorter of this and
+    /// `idleTimeout` applies: the idle clock also runs from that moment until the request is whole.
+    public var requestTimeout: Duration = .seconds(10)
+    /// Most connections open at once; nil: half the descriptor limit read at start, at most 16,384.
+    public var maxConnections: Int? = nil
     public var limits = RequestLimits()
+    /// Explained requests computed at once; one more is answered 503 with `Retry-After`.
+    public var explanationWorkers = 1
     public var rules = ScoringRules()
     /// Stages from a GraphSAGE run joined to a reference graph; nil keeps the stage rule.
     public var graphSource: GraphSource? = nil
@@ -50,6 +60,14 @@ public struct ServiceConfiguration: Sendable {
         return flag ?? environment
     }
 
+    /// Descriptors never given to connections: checkpoint files, logs, the runtime's own.
+    public static let reservedDescriptors = 64
+
+    /// The connection cap in force: the configured one, or half the descriptor limit.
+    public func connectionCap(descriptorLimit limit: Int) -> Int {
+        maxConnections ?? max(1, min(limit / 2, 16_384))
+    }
+
     /// Loopback addresses, where running without a token is safe.
     public var isLoopback: Bool {
         host == "localhost" || host == "::1" || host.hasPrefix("127.")
@@ -66,6 +84,15 @@ public struct ServiceConfiguration: Sendable {
         }
         guard pollInterval > .zero else { throw ScoringError.invalidInput("--poll-seconds must be positive") }
         guard idleTimeout > .zero else { throw ScoringError.invalidInput("--idle-timeout-seconds must be positive") }
+        guard explanationWorkers >= 1 else { throw ScoringError.invalidInput("--explanation-workers must be at least 1, got \(explanationWorkers)") }
+        guard limits.maxExplainedCustomers >= 1 else {
+            throw ScoringError.invalidInput("--max-explained-customers must be at least 1, got \(limits.maxExplainedCustomers)")
+        }
+        guard requestTimeout > .zero else { throw ScoringError.invalidInput("--request-timeout-seconds must be positive") }
+        let limit = descriptorLimit()
+        if let maxConnections, !(1...max(1, limit - Self.reservedDescriptors)).contains(maxConnections) {
+            throw ScoringError.invalidInput("--max-connections must be 1...\(limit - Self.reservedDescriptors) (the descriptor limit \(limit) less \(Self.reservedDescriptors) kept for checkpoint files and the runtime), got \(maxConnections)")
+        }
         try rules.validate()
     }
 }
@@ -75,7 +102,8 @@ let knownRoutes: Set<String> = ["/v1/score", "/v1/model", "/healthz", "/readyz",
 
 /// The router with every endpoint; `scorer` may be a test double.
 public func buildRouter<S: Scorer>(
-    scorer: S, metrics: ServiceMetrics, limits: RequestLimits, token: String?, logger: Logger
+    scorer: S, metrics: ServiceMetrics, limits: RequestLimits, token: String?, logger: Logger,
+    explanations: ExplanationPool? = nil
 ) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
     router.add(middleware: ServiceMiddleware(metrics: metrics, token: token, logger: logger))
@@ -89,7 +117,8 @@ public func buildRouter<S: Scorer>(
         Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                  body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
     }
-    ScoreController(scorer: scorer, limits: limits, metrics: metrics).addRoutes(to: router.group("v1"))
+    ScoreController(scorer: scorer, limits: limits, metrics: metrics,
+                    explanations: explanations ?? ExplanationPool(workers: 1, metrics: metrics)).addRoutes(to: router.group("v1"))
     return router
 }
 
@@ -104,15 +133,24 @@ public func buildApplication(
         root: configuration.checkpoints, run: configuration.run, rules: configuration.rules,
         graphSource: configuration.graphSource, initialGraph: configuration.initialGraph, verifyKey: configuration.verifyKey,
         metrics: metrics, logger: logger, driftMonitor: DriftMonitor(threshold: configuration.psiThreshold, window: configuration.driftWindow))
-    let router = buildRouter(scorer: scorer, metrics: metrics, limits: configuration.limits, token: configuration.token, logger: logger)
+    let router = buildRouter(scorer: scorer, metrics: metrics, limits: configuration.limits, token: configuration.token, logger: logger,
+                             explanations: ExplanationPool(workers: configuration.explanationWorkers, metrics: metrics))
+    let limit = descriptorLimit()
+    let governor = ConnectionGovernor(cap: configuration.connectionCap(descriptorLimit: limit), descriptorLimit: limit, metrics: metrics, logger: logger)
+    let policy = GatePolicy(token: configuration.token, maxBodyBytes: configuration.limits.maxBodyBytes,
+                            requestTimeout: timeAmount(min(configuration.requestTimeout, configuration.idleTimeout)), metrics: metrics, governor: governor)
     let application = Application(
         router: router,
-        server: .http1(configuration: .init(idleTimeout: .nanoseconds(
-            configuration.idleTimeout.components.seconds * 1_000_000_000 + configuration.idleTimeout.components.attoseconds / 1_000_000_000))),
+        server: .http1(configuration: .init(additionalChannelHandlers: [RequestGate(policy: policy)],
+                                            idleTimeout: timeAmount(configuration.idleTimeout))),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "clm-score"),
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger)
     return (application, scorer, metrics)
+}
+
+func timeAmount(_ duration: Duration) -> TimeAmount {
+    .nanoseconds(duration.components.seconds * 1_000_000_000 + duration.components.attoseconds / 1_000_000_000)
 }
 
 /// Loads the first model, then serves until SIGINT/SIGTERM while a watcher follows `latest`.
@@ -171,7 +209,9 @@ struct ServiceMiddleware: RouterMiddleware {
                 if error.status == ClientError.clientClosedRequest {
                     logger.info("request \(request.method) \(path): \(error.message)")
                 }
-                response = jsonResponse(.init(code: error.status), "{\"error\":\(jsonString(error.message))}")
+                var refusal = jsonResponse(.init(code: error.status), "{\"error\":\(jsonString(error.message))}")
+                if let retry = error.retryAfterSeconds { refusal.headers[.retryAfter] = String(retry) }
+                response = refusal
             } catch let error as HTTPError {
                 let message = error.body ?? error.status.reasonPhrase
                 response = jsonResponse(error.status, "{\"error\":\(jsonString(message))}")
@@ -187,13 +227,9 @@ struct ServiceMiddleware: RouterMiddleware {
         return response
     }
 
-    /// Compares in time independent of where the first difference is.
+    /// Over a socket `RequestGate` has already refused a wrong token; this covers the router alone (tests).
     private func authorised(_ request: Request, token: String) -> Bool {
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else { return false }
-        let given = Array(header.dropFirst(7).utf8), expected = Array(token.utf8)
-        var difference = UInt8(given.count == expected.count ? 0 : 1)
-        for index in 0..<expected.count { difference |= expected[index] ^ (index < given.count ? given[index] : 0) }
-        return difference == 0
+        bearerTokenMatches(request.headers[.authorization], token: token)
     }
 }
 
@@ -202,6 +238,7 @@ struct ScoreController<S: Scorer> {
     let scorer: S
     let limits: RequestLimits
     let metrics: ServiceMetrics
+    let explanations: ExplanationPool
 
     func addRoutes(to group: RouterGroup<BasicRequestContext>) {
         group.post("score", use: score)
@@ -210,7 +247,7 @@ struct ScoreController<S: Scorer> {
 
     @Sendable func score(_ request: Request, context: BasicRequestContext) async throws -> Response {
         guard let model = scorer.currentModel else { throw ClientError(503, "no model is loaded yet") }
-        if let type = request.headers[.contentType], !type.lowercased().hasPrefix("application/json") {
+        if let type = request.headers[.contentType], !ScoreRequest.isJSONContentType(type) {
             throw ClientError(415, "Content-Type must be application/json, got \(type)")
         }
         let body: ByteBuffer
@@ -223,7 +260,7 @@ struct ScoreController<S: Scorer> {
             throw ClientError(ClientError.clientClosedRequest, "the client closed the connection before sending the whole body (\(error))")
         }
         let parsed = try ScoreRequest.parse(Data(body.readableBytesView), limits: limits, model: model)
-        let result = try scorer.score(parsed)
+        let result = parsed.explain ? try await explanations.run { [scorer] in try scorer.score(parsed) } : try scorer.score(parsed)
         var text = "{\"model\":{\"run\":\(jsonString(result.model.run)),\"step\":\(result.model.step)}"
         text += ",\"as_of\":\(jsonString(ByteParsing.isoDate(result.asOfDay))),\"scores\":["
         for (index, score) in result.scores.enumerated() {

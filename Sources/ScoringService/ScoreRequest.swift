@@ -7,13 +7,16 @@ import Scoring
 public struct ClientError: Error, Equatable, Sendable {
     public var status: Int
     public var message: String
+    /// Sent as `Retry-After` (with 503: the service is busy, not broken).
+    public var retryAfterSeconds: Int?
     /// nginx's status for a client that disconnected before its request was read: counted
     /// apart from the server's own failures (500) in `/metrics`.
     public static let clientClosedRequest = 499
 
-    public init(_ status: Int = 400, _ message: String) {
+    public init(_ status: Int = 400, _ message: String, retryAfterSeconds: Int? = nil) {
         self.status = status
         self.message = message
+        self.retryAfterSeconds = retryAfterSeconds
     }
 }
 
@@ -21,8 +24,12 @@ public struct ClientError: Error, Equatable, Sendable {
 public struct RequestLimits: Sendable, Equatable {
     public var maxBodyBytes = 1 << 20
     public var maxCustomers = 1000
+    /// Most customers in a request with `"explain": true`: each costs hundreds of forward passes.
+    public var maxExplainedCustomers = 100
     public var maxEventsPerCustomer = 10_000
     public var maxIdentifierBytes = IdentifierRules.maximumBytes
+    /// Event days and `as_of` outside this range are refused (the importer's default range).
+    public var plausibleDays = CSVFormat.defaultPlausibleDays
 
     public init() {}
 }
@@ -79,12 +86,15 @@ public struct ScoreRequest: Sendable, Equatable {
             explain = flag
         }
         var asOf: Int? = nil
-        if let value = members["as_of"], value != .null { asOf = try day(value, at: "as_of") }
+        if let value = members["as_of"], value != .null { asOf = try plausible(try day(value, at: "as_of"), at: "as_of", limits: limits) }
         guard let customersValue = members["customers"] else { throw ClientError(400, "body: \"customers\" is required") }
         guard case let .array(items) = customersValue else { throw ClientError(400, "customers: expected an array") }
         guard !items.isEmpty else { throw ClientError(400, "customers: must not be empty") }
         guard items.count <= limits.maxCustomers else {
             throw ClientError(413, "customers: \(items.count) customers in one request, the limit is \(limits.maxCustomers)")
+        }
+        guard !explain || items.count <= limits.maxExplainedCustomers else {
+            throw ClientError(413, "customers: \(items.count) customers with \"explain\": true, the limit is \(limits.maxExplainedCustomers) (send more without \"explain\", or in several requests)")
         }
         var customers: [Customer] = []
         customers.reserveCapacity(items.count)
@@ -169,6 +179,7 @@ public struct ScoreRequest: Sendable, Equatable {
         case let (nil, .some(number)):
             eventDay = try wholeDay(number, at: "\(at).day")
         }
+        _ = try plausible(eventDay, at: members["date"] != nil ? "\(at).date" : "\(at).day", limits: limits)
         guard let amountValue = members["amount"] else { throw ClientError(400, "\(at): \"amount\" is required") }
         let amount = try finiteNumber(amountValue, at: "\(at).amount")
         // The importer's limit: larger values could overflow its fixed-point sums.
@@ -236,6 +247,24 @@ public struct ScoreRequest: Sendable, Equatable {
         case let .string(text): return try parseDate(text, at: at)
         case .number: return try wholeDay(value, at: at)
         default: throw ClientError(400, "\(at): expected a date string YYYY-MM-DD or a day number")
+        }
+    }
+
+    private static func plausible(_ day: Int, at: String, limits: RequestLimits) throws(ClientError) -> Int {
+        guard limits.plausibleDays.contains(day) else {
+            throw ClientError(400, "\(at): \(ByteParsing.isoDate(day)) (day \(day)) is outside the accepted dates \(ByteParsing.isoDate(limits.plausibleDays.lowerBound)) to \(ByteParsing.isoDate(limits.plausibleDays.upperBound))")
+        }
+        return day
+    }
+
+    /// Whether a `Content-Type` is JSON: the media type exactly `application/json` (any case),
+    /// with no parameter but `charset=utf-8`; `application/jsonx` or a Latin-1 charset is not.
+    public static func isJSONContentType(_ value: String) -> Bool {
+        let parts = value.split(separator: ";", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        guard parts[0] == "application/json" else { return false }
+        return parts.dropFirst().allSatisfy { parameter in
+            let pair = parameter.split(separator: "=", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+            return pair.count == 2 && pair[0] == "charset" && (pair[1] == "utf-8" || pair[1] == "\"utf-8\"")
         }
     }
 

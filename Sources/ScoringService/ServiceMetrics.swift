@@ -21,6 +21,12 @@ public final class ServiceMetrics: Sendable {
         var modelStep: Int? = nil
         var drift: [DriftIndex] = []
         var driftCustomers = 0
+        var openConnections = 0
+        var connectionCap = 0
+        var evictedConnections = 0
+        var refusedConnections = 0
+        var requestTimeouts = 0
+        var busyExplanations = 0
     }
 
     private struct RequestKey: Hashable, Comparable {
@@ -65,6 +71,29 @@ public final class ServiceMetrics: Sendable {
         }
     }
 
+    func recordConnections(open: Int, cap: Int) {
+        state.withLock {
+            $0.openConnections = open
+            $0.connectionCap = cap
+        }
+    }
+
+    func recordConnectionShed(evicted: Int, refused: Int) {
+        state.withLock {
+            $0.evictedConnections += evicted
+            $0.refusedConnections += refused
+        }
+    }
+
+    func recordRequestTimeout() { state.withLock { $0.requestTimeouts += 1 } }
+
+    func recordBusyExplanation() { state.withLock { $0.busyExplanations += 1 } }
+
+    /// Open connections, and those closed at the cap: waiting ones closed to make room, new ones refused.
+    public func connectionCounts() -> (open: Int, evicted: Int, refused: Int, requestTimeouts: Int) {
+        state.withLock { ($0.openConnections, $0.evictedConnections, $0.refusedConnections, $0.requestTimeouts) }
+    }
+
     /// The number of requests seen for a route and status (for tests and the load test).
     public func requestCount(route: String, status: Int) -> Int {
         state.withLock { $0.requests[RequestKey(route: route, status: status)] ?? 0 }
@@ -97,6 +126,18 @@ public final class ServiceMetrics: Sendable {
         out += "clm_model_reloads_refused_total \(snapshot.refusedReloads)\n"
         out += "# HELP clm_model_step Training step of the checkpoint being served; -1 before the first load.\n# TYPE clm_model_step gauge\n"
         out += "clm_model_step \(snapshot.modelStep ?? -1)\n"
+        out += "# HELP clm_http_open_connections Client connections open now.\n# TYPE clm_http_open_connections gauge\n"
+        out += "clm_http_open_connections \(snapshot.openConnections)\n"
+        out += "# HELP clm_http_connection_cap Most client connections held open at once.\n# TYPE clm_http_connection_cap gauge\n"
+        out += "clm_http_connection_cap \(snapshot.connectionCap)\n"
+        out += "# HELP clm_http_connections_evicted_total Connections waiting for their request closed to make room at the cap.\n# TYPE clm_http_connections_evicted_total counter\n"
+        out += "clm_http_connections_evicted_total \(snapshot.evictedConnections)\n"
+        out += "# HELP clm_http_connections_refused_total New connections closed at the cap because every open one was busy.\n# TYPE clm_http_connections_refused_total counter\n"
+        out += "clm_http_connections_refused_total \(snapshot.refusedConnections)\n"
+        out += "# HELP clm_http_request_timeouts_total Requests whose head and body did not arrive by the deadline (408).\n# TYPE clm_http_request_timeouts_total counter\n"
+        out += "clm_http_request_timeouts_total \(snapshot.requestTimeouts)\n"
+        out += "# HELP clm_explanations_busy_total Explained requests answered 503 because every explanation worker was busy.\n# TYPE clm_explanations_busy_total counter\n"
+        out += "clm_explanations_busy_total \(snapshot.busyExplanations)\n"
         if !snapshot.drift.isEmpty {
             out += "# HELP clm_drift_customers Recently scored customers the stability indices cover.\n# TYPE clm_drift_customers gauge\n"
             out += "clm_drift_customers \(snapshot.driftCustomers)\n"

@@ -53,6 +53,12 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds between polls of `best` / `latest`.") var pollSeconds: Double = 2
     @Option(help: "Close a connection that sends nothing for this many seconds (idle keep-alive, a stalled header or body).")
     var idleTimeoutSeconds: Double = 10
+    @Option(help: "A request's head and body must arrive within this many seconds of its connection being ready (the shorter of this and --idle-timeout-seconds applies); else 408 and close.")
+    var requestTimeoutSeconds: Double = 10
+    @Option(help: "Most client connections open at once (default: half the descriptor limit, at most 16384).") var maxConnections: Int?
+    @Option(help: "Most customers per request with \"explain\": true.") var maxExplainedCustomers: Int = 100
+    @Option(help: "Explained requests computed at once (on threads of their own, below plain scoring's priority); one more gets 503 with Retry-After.")
+    var explanationWorkers: Int = 1
     @Option(help: "Most customers per request.") var maxCustomers: Int = 1000
     @Option(help: "Log a warning when a feature's, input's or score's stability index over recent traffic passes this (0.2: a large shift).")
     var psiThreshold: Double = 0.2
@@ -102,11 +108,18 @@ struct Serve: AsyncParsableCommand {
                 throw ScoringError.invalidInput("--idle-timeout-seconds must be in (0, 86400], got \(idleTimeoutSeconds)")
             }
             configuration.idleTimeout = .milliseconds(Int64(idleTimeoutSeconds * 1000))
+            guard requestTimeoutSeconds > 0 && requestTimeoutSeconds.isFinite && requestTimeoutSeconds <= 86_400 else {
+                throw ScoringError.invalidInput("--request-timeout-seconds must be in (0, 86400], got \(requestTimeoutSeconds)")
+            }
+            configuration.requestTimeout = .milliseconds(Int64(requestTimeoutSeconds * 1000))
+            configuration.maxConnections = maxConnections
             guard maxCustomers >= 1, maxBodyBytes >= 1024 else {
                 throw ScoringError.invalidInput("--max-customers must be at least 1 and --max-body-bytes at least 1024")
             }
             configuration.limits.maxCustomers = maxCustomers
             configuration.limits.maxBodyBytes = maxBodyBytes
+            configuration.limits.maxExplainedCustomers = maxExplainedCustomers
+            configuration.explanationWorkers = explanationWorkers
             configuration.rules = try rules.map(ScoringRules.load(path:)) ?? ScoringRules()
             guard psiThreshold > 0, driftWindow >= 1 else {
                 throw ScoringError.invalidInput("--psi-threshold must be above 0 and --drift-window at least 1")

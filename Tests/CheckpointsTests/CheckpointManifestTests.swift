@@ -72,7 +72,9 @@ func sampleManifest(run: String = "churn", step: Int = 0) -> CheckpointManifest 
             return reason
         }
         #expect(reason { $0["step"] = nil } == "missing key \"step\"")
-        #expect(reason { $0["step"] = "three" } == "step: expected Int")
+        #expect(reason { $0["step"] = "three" } == "step: expected a whole number")
+        #expect(reason { $0["metrics"] = ["loss": [1]] } == "metrics.loss: expected a number")
+        #expect(reason { $0["files"] = 3 } == "files: expected an object")
         #expect(reason { $0["randomState"] = "-1" }?.hasPrefix("randomState: \"-1\" is not an unsigned 64-bit") == true)
         #expect(reason { $0["modelKind"] = "transformer" }?.hasPrefix("modelKind:") == true)
         #expect(reason { $0["formatVersion"] = 2 } == "format version 2 is not supported (this program reads version 1)")
@@ -82,7 +84,17 @@ func sampleManifest(run: String = "churn", step: Int = 0) -> CheckpointManifest 
         #expect(reason { $0["files"] = ["../escape": ["sha256": String(repeating: "0", count: 64), "bytes": 3]] }?.contains("single path component") == true)
 
         let notJSON = #expect(throws: CheckpointError.self) { try CheckpointManifest(jsonData: Data("{".utf8), source: "m.json") }
-        #expect(notJSON?.description.hasPrefix("checkpoint: invalid manifest m.json: ") == true)
+        #expect(notJSON?.description == "checkpoint: invalid manifest m.json: malformed JSON at byte 1: expected a string key, found the end of the input")
+        // Valid JSON that does not fit the field: named in plain words, never Foundation's dump.
+        let text = String(decoding: try sampleManifest().jsonData(), as: UTF8.self)
+        let huge = text.replacingOccurrences(of: "\"step\" : 0", with: "\"step\" : 1e30")
+        #expect(huge != text)
+        let tooLarge = #expect(throws: CheckpointError.self) { try CheckpointManifest(jsonData: Data(huge.utf8), source: "m.json") }
+        let description = tooLarge?.description ?? ""
+        #expect(description.hasPrefix("checkpoint: invalid manifest m.json: step: ") && description.contains("1e30"), "\(description)")
+        for raw in ["DecodingError", "Context(", "codingPath", "NSCocoaErrorDomain", "not valid JSON"] {
+            #expect(!description.contains(raw), "\(description)")
+        }
     }
 
     @Test func acceptsFractionalSecondTimestamps() throws {

@@ -266,6 +266,41 @@ struct StoreFixture {
         #expect(error?.description.contains("model.safetensors is damaged: SHA-256") == true)
     }
 
+    @Test("a symbolic link in a step directory is never followed, even to identical bytes: outside the run, to another run's weights, as the manifest or as the step itself")
+    func symbolicLinksAreRefused() throws {
+        let (fixture, model) = try savedCheckpoint()
+        let step = model.deletingLastPathComponent()
+        let bytes = try Data(contentsOf: model)
+        // The same bytes outside the run, so only the link itself can be what is refused.
+        let outside = fixture.temporary.url.appendingPathComponent("copy.safetensors")
+        try bytes.write(to: outside)
+        let other = try CheckpointStore(root: fixture.store.root, run: "other-run", keep: 3)
+        let otherStep = try other.save(step: 7, files: checkpointFiles(step: 7), manifest: sampleManifest(run: "other-run", step: 7))
+        let otherModel = otherStep.appendingPathComponent("model.safetensors")
+        #expect(try Data(contentsOf: otherModel) == bytes)
+        for target in ["/etc/passwd", outside.path, otherModel.path] {
+            try FileManager.default.removeItem(at: model)
+            try FileManager.default.createSymbolicLink(atPath: model.path, withDestinationPath: target)
+            let error = #expect(throws: CheckpointError.self, "model.safetensors -> \(target)") { try fixture.store.load() }
+            #expect(error == .symbolicLink(path: model.path), "\(target): \(String(describing: error))")
+            #expect(error?.description.contains("\(model.path) is a symbolic link; a checkpoint's files must be regular files inside its step directory") == true)
+        }
+        try FileManager.default.removeItem(at: model)
+        try bytes.write(to: model)
+        #expect(throws: Never.self) { try fixture.store.load() }
+
+        let manifest = step.appendingPathComponent("manifest.json")
+        let manifestCopy = fixture.temporary.url.appendingPathComponent("manifest.json")
+        try FileManager.default.moveItem(at: manifest, to: manifestCopy)
+        try FileManager.default.createSymbolicLink(at: manifest, withDestinationURL: manifestCopy)
+        #expect(throws: CheckpointError.symbolicLink(path: manifest.path)) { try fixture.store.load() }
+
+        // A step directory that is a link to another run's step.
+        let linkedStep = step.deletingLastPathComponent().appendingPathComponent("step-000008")
+        try FileManager.default.createSymbolicLink(at: linkedStep, withDestinationURL: otherStep)
+        #expect(throws: CheckpointError.symbolicLink(path: linkedStep.path)) { try CheckpointStore.load(directory: linkedStep) }
+    }
+
     @Test func truncatedFileIsDetected() throws {
         let (fixture, model) = try savedCheckpoint()
         let bytes = try Data(contentsOf: model)

@@ -125,6 +125,24 @@ private func importCanonical(bytes: [UInt8], _ scratch: Scratch, maxReject: Doub
     #expect(try data.customerIDs() == ["a", "p", "j \"quoted\"", "i,with comma"])
 }
 
+@Test("calendar dates outside 1970-2100 are rejected with the row and the field named; the bounds themselves are kept")
+func implausibleDatesAreRejected() throws {
+    let scratch = Scratch()
+    defer { scratch.cleanup() }
+    let csv = "customer_id,timestamp,amount\na,2020-05-01,10\nb,0001-01-01,2\nc,9999-12-31,3\nd,2101-01-01,4\ne,1969-12-31T23:00:00Z,5\nf,1970-01-01,6\ng,2100-12-31,7\n"
+    var options = dayOptions(cutoff: 18_400, maxReject: 1)
+    options.format.timeFormat = .iso
+    let (summary, _) = try importFile(scratch.file("d.csv", csv), into: scratch, options, name: "d")
+    let rejects = readRejects(summary.rejectsPath)
+    #expect(Set(rejects.map(\.line)) == [3, 4, 5, 6], "\(rejects)")
+    #expect(summary.stats.imported == 3)
+    for reject in rejects {
+        #expect(reject.reason.hasPrefix("timestamp '") && reject.reason.hasSuffix("' is outside the plausible dates 1970-01-01 to 2100-12-31"),
+                "line \(reject.line): \(reject.reason)")
+    }
+    #expect(rejects.first { $0.line == 3 }?.reason.contains("'0001-01-01'") == true)
+}
+
 @Test func quotedIdsCarryTheirDelimiter() throws {
     let scratch = Scratch()
     defer { scratch.cleanup() }

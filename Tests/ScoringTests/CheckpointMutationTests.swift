@@ -79,6 +79,7 @@ struct CheckpointMutationTests {
         var random = SeededRandom(seed: 20261201, purpose: .synthesis)
         var refused = 0, harmless = 0
         var changed: [String] = []
+        var rawDumps: [String] = []
         let started = ContinuousClock.now
 
         for mutant in 0..<300 {
@@ -106,13 +107,19 @@ struct CheckpointMutationTests {
             do {
                 let loaded = try ScoringModel.load(directory: original)
                 if Self.scores(loaded, fixture.dataset, count: 40) == baseline { harmless += 1 } else { changed.append(description) }
-            } catch is ScoringError {
+            } catch let error as ScoringError {
                 refused += 1
+                // A refusal says what and where in words, not as Foundation's decoding dump.
+                let text = "\(error)"
+                if ["DecodingError", "Context(", "codingPath", "NSCocoaErrorDomain", "The given data was not valid JSON"].contains(where: text.contains) {
+                    rawDumps.append("\(description): \(text.prefix(300))")
+                }
             }
         }
         try modelBytes.write(to: modelURL)
         try manifestBytes.write(to: manifestURL)
         #expect(changed.isEmpty, "accepted with other scores: \(changed.prefix(10))")
+        #expect(rawDumps.isEmpty, "\(rawDumps.count) refusals print a raw decoding error: \(rawDumps.prefix(5))")
         #expect(refused + harmless == 300)
         #expect(refused > 100 && harmless > 10, "refused \(refused), harmless \(harmless): the mutants should exercise both")
         #expect(ContinuousClock.now - started < .seconds(60))

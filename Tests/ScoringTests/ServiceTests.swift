@@ -157,6 +157,51 @@ struct ServiceTests {
         await service.stop()
     }
 
+    @Test("two 1,000-customer explanations do not hold up a plain request; a third waits with 503 and Retry-After; past the bound is 413")
+    func explanationsDoNotBlockPlainScoring() async throws {
+        let fixture = try ScoringFixture(customers: 40)
+        try fixture.saveCheckpoint(step: 1, seed: 4)
+        var configuration = configuration(fixture)
+        configuration.limits.maxCustomers = 2000
+        configuration.limits.maxExplainedCustomers = 1000
+        let service = try await RunningService(configuration)
+        let plainBody = featuresBody([("p", 6)])
+        func plainLatency() async throws -> Duration {
+            let started = ContinuousClock.now
+            let reply = try await service.send("POST", "/v1/score", body: plainBody)
+            #expect(reply.status == 200, "\(reply.text)")
+            return ContinuousClock.now - started
+        }
+        var quiet: [Duration] = []
+        for _ in 0..<5 { quiet.append(try await plainLatency()) }
+        let explained = String(featuresBody((0..<1000).map { ("e\($0)", 6) }).dropLast()) + ",\"explain\":true}"
+        let started = ContinuousClock.now
+        async let first = service.send("POST", "/v1/score", body: explained)
+        async let second = service.send("POST", "/v1/score", body: explained)
+        // Plain requests while the explanations run; the loop ends when they do, or after 60 s.
+        var during: [Duration] = []
+        while service.metrics.requestCount(route: "/v1/score", status: 200) + service.metrics.requestCount(route: "/v1/score", status: 503) < 5 + during.count + 2,
+              ContinuousClock.now - started < .seconds(60) {
+            during.append(try await plainLatency())
+        }
+        let replies = [try await first, try await second]
+        let explainedTime = ContinuousClock.now - started
+        #expect(replies.contains { $0.status == 200 }, "\(replies.map { $0.text.prefix(200) })")
+        for reply in replies where reply.status != 200 {
+            #expect(reply.status == 503 && reply.headers["retry-after"] == "1" && reply.text.contains("explanation workers are busy"), "\(reply.text)")
+        }
+        #expect(during.count >= 3, "too few plain requests ran alongside: \(during)")
+        // Before the explanation pool, a plain request waited for both explanations (6.2 s). A plain
+        // request still waits while the body of an explained one is parsed (tens of ms in a debug build).
+        let sorted = during.sorted(), worst = sorted.last ?? .zero, p99 = sorted[sorted.count * 99 / 100]
+        #expect(p99 < .milliseconds(50) && worst < .milliseconds(500), "plain requests beside explanations: p99 \(p99), worst \(worst); alone: \(quiet)")
+        print("explanations: \(replies.map(\.status)) in \(explainedTime); \(during.count) plain requests beside them, median \(sorted[sorted.count / 2]), p99 \(p99), worst \(worst); alone worst \(quiet.max()!)")
+        let tooMany = String(featuresBody((0..<1001).map { ("e\($0)", 1) }).dropLast()) + ",\"explain\":true}"
+        let refused = try await service.send("POST", "/v1/score", body: tooMany)
+        #expect(refused.status == 413 && refused.text.contains("1001 customers with \\\"explain\\\": true, the limit is 1000"), "\(refused.text)")
+        await service.stop()
+    }
+
     @Test("/metrics' stability gauges stay low for the training population and rise for a shifted feature only")
     func driftGauges() async throws {
         let fixture = try ScoringFixture(customers: 300)
@@ -242,6 +287,14 @@ struct ServiceTests {
             ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5.5,\"amount\":1}]}]}", 400, "whole day"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"date\":\"2023-02-30\",\"amount\":1}]}]}", 400, "not a date"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":\"NaN\"}]}]}", 400, "finite number"),
+            // Dates outside 1970-01-01...2100-12-31, as a date, a day number or as_of.
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"date\":\"0001-01-01\",\"amount\":1}]}]}", 400,
+             "customers[0].events[0].date: 0001-01-01 (day -719162) is outside the accepted dates 1970-01-01 to 2100-12-31"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"date\":\"9999-12-31\",\"amount\":1}]}]}", 400, "events[0].date: 9999-12-31"),
+            ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":60000,\"amount\":1}]}]}", 400, "events[0].day: 2134-04-11 (day 60000) is outside"),
+            ("{\"as_of\":\"2101-01-01\",\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1}]}]}", 400, "as_of: 2101-01-01 (day 47847) is outside"),
+            ("{\"as_of\":-1,\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1}]}]}", 400, "as_of: 1969-12-31 (day -1) is outside"),
+            ("{\"as_of\":\"29349-01-26\",\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1}]}]}", 400, "as_of: \\\"29349-01-26\\\" is not a date"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"events\":[{\"day\":5,\"amount\":1e999}]}]}", 400, "number 1e999 is too large"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"features\":[[1,2,3]]}]}", 400, "3 values, the model reads 8"),
             ("{\"customers\":[{\"customer_id\":\"a\",\"features\":[[1,2,3,4,5,6,7,1e39]]}]}", 400, "32-bit float"),
@@ -267,8 +320,12 @@ struct ServiceTests {
             #expect(error != nil, "no JSON error for \(body.prefix(80)): \(reply.text)")
             #expect(reply.text.contains(mentions), "\(body.prefix(80)) -> \(reply.text)")
         }
-        let wrongType = try await service.send("POST", "/v1/score", body: featuresBody([("a", 1)]), headers: ["Content-Type": "text/plain"])
-        #expect(wrongType.status == 415)
+        // The media type exactly, with at most a UTF-8 charset.
+        for (type, status) in [("text/plain", 415), ("application/jsonx", 415), ("application/json-seq", 415), ("application/json; charset=latin1", 415),
+                               ("application/json;x=1", 415), ("Application/JSON; charset=\"UTF-8\"", 200), ("application/json", 200)] {
+            let reply = try await service.send("POST", "/v1/score", body: featuresBody([("a", 1)]), headers: ["Content-Type": type])
+            #expect(reply.status == status, "\(type): \(reply.status) \(reply.text)")
+        }
         #expect(try await service.send("GET", "/v1/nothing").status == 404)
         // The process survived all of it and still scores.
         #expect(try await service.send("POST", "/v1/score", body: featuresBody([("a", 3)])).status == 200)
@@ -511,16 +568,197 @@ final class RawConnection: @unchecked Sendable {
     }
 }
 
-@Suite("Scoring service: connections")
+/// Waits until the server has closed every one of `connections` or `deadline` passes; returns
+/// how many are still open and when the last close was seen. One poll(2) loop on a thread of
+/// its own, so thousands of sockets need no thread each.
+func waitUntilClosed(_ connections: [RawConnection], within deadline: Duration) async -> (open: Int, lastClose: Duration) {
+    await withCheckedContinuation { continuation in
+        Thread.detachNewThread {
+            let clock = ContinuousClock(), start = clock.now, end = start + deadline
+            var open = Set(connections.indices), lastClose = Duration.zero
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            while !open.isEmpty && clock.now < end {
+                let indices = Array(open)
+                var fds = indices.map { pollfd(fd: connections[$0].fd, events: Int16(POLLIN), revents: 0) }
+                let left = end - clock.now
+                let ready = poll(&fds, nfds_t(fds.count), Int32(max(1, left.components.seconds * 1000 + left.components.attoseconds / 1_000_000_000_000_000)))
+                if ready <= 0 { continue }
+                for (k, entry) in fds.enumerated() where entry.revents != 0 {
+                    let count = buffer.withUnsafeMutableBytes { recv(entry.fd, $0.baseAddress!, $0.count, Int32(MSG_DONTWAIT)) }
+                    if count == 0 || (count < 0 && errno != EAGAIN && errno != EINTR) || entry.revents & Int16(POLLHUP | POLLERR) != 0 {
+                        open.remove(indices[k])
+                        lastClose = clock.now - start
+                    }
+                }
+            }
+            continuation.resume(returning: (open.count, lastClose))
+        }
+    }
+}
+
+/// Opens `count` connections that each announce a large body and send one byte of it.
+func openSlowBodies(_ count: Int, port: Int, token: String? = nil) throws -> [RawConnection] {
+    try (0..<count).map { _ in
+        let connection = try RawConnection(port: port)
+        connection.send(Array(("POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + (token.map { "Authorization: Bearer \($0)\r\n" } ?? "") + "Content-Length: 60000\r\n\r\n{").utf8))
+        return connection
+    }
+}
+
+/// Sends one good score request on a new connection and times it.
+func timedGoodRequest(port: Int, token: String? = nil) async throws -> (status: Int, elapsed: Duration) {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread {
+            let client = LoopbackClient(port: port)
+            let started = ContinuousClock.now
+            let result = Result { try client.send("POST", "/v1/score", body: Data(featuresBody([("good", 3)]).utf8),
+                                                  headers: token.map { ["Authorization": "Bearer \($0)"] } ?? [:]) }
+            let elapsed = ContinuousClock.now - started
+            continuation.resume(with: result.map { ($0.status, elapsed) })
+        }
+    }
+}
+
+// Serialized: the latencies measured here are of one attack at a time.
+@Suite("Scoring service: connections", .serialized)
 struct ServiceConnectionTests {
     /// A service over a fresh one-checkpoint fixture, with a short idle timeout and body limit.
-    func service() async throws -> RunningService {
+    func service(idleSeconds: Double = 0.5) async throws -> RunningService {
         let fixture = try ScoringFixture(customers: 20)
         try fixture.saveCheckpoint(step: 1, seed: 1)
         var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
-        configuration.idleTimeout = .milliseconds(500)
+        configuration.idleTimeout = .milliseconds(Int64(idleSeconds * 1000))
         configuration.limits.maxBodyBytes = 64 * 1024
         return try await RunningService(configuration)
+    }
+
+    @Test("slow bodies past the connection cap: the server answers a good request within 100 ms and closes every slow body by the deadline")
+    func slowBodiesPastTheCap() async throws {
+        let fixture = try ScoringFixture(customers: 20)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
+        configuration.maxConnections = 32
+        configuration.requestTimeout = .seconds(1)
+        let service = try await RunningService(configuration)
+        // A first request on its own, so the 100 ms below measures the attack, not a cold start.
+        #expect(try await timedGoodRequest(port: service.port).status == 200)
+        let slow = try openSlowBodies(300, port: service.port)
+        // The first good connection waits behind the attack's in the accept queue; the next meets a full cap.
+        #expect(try await timedGoodRequest(port: service.port).status == 200)
+        let good = try await timedGoodRequest(port: service.port)
+        #expect(good.status == 200)
+        #expect(good.elapsed < .milliseconds(100), "a good request during the attack took \(good.elapsed)")
+        // Every slow body is closed: the oldest to make room, the rest at the 1 s deadline.
+        let (open, lastClose) = await waitUntilClosed(slow, within: .seconds(5))
+        #expect(open == 0, "\(open) of \(slow.count) slow bodies still open")
+        #expect(lastClose < .milliseconds(2500), "the last slow body closed after \(lastClose)")
+        let counts = service.metrics.connectionCounts()
+        // Each slow body was closed either to make room or at its deadline.
+        #expect(counts.evicted > 0 && counts.requestTimeouts > 0 && counts.evicted + counts.requestTimeouts >= slow.count, "\(counts)")
+        let metrics = try await service.send("GET", "/metrics").text
+        #expect(metrics.contains("clm_http_connection_cap 32"))
+        #expect(metrics.contains("clm_http_connections_evicted_total \(counts.evicted)"), "\(metrics)")
+        #expect(try await service.send("GET", "/healthz").status == 200)
+        await service.stop()
+    }
+
+    @Test("clm-score under a 256-descriptor limit: 1,000 slow bodies do not end it, a good request is answered within 100 ms, every slow body is closed by the deadline")
+    func descriptorLimit() async throws {
+        let fixture = try ScoringFixture(customers: 20)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        // swift build --build-tests builds the tools beside the test bundle.
+        let products = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let tool = [products, Bundle.main.bundleURL.deletingLastPathComponent()].map { $0.appendingPathComponent("clm-score").path }
+            .first { FileManager.default.isExecutableFile(atPath: $0) }
+        let binary = try #require(tool, "clm-score is not built next to the tests (\(products.path)); run swift build --build-tests")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/sh")
+        process.arguments = ["-c", "ulimit -n 256 && exec \"$0\" serve --checkpoints \"$1\" --run test --port 0 --request-timeout-seconds 2",
+                             binary, fixture.root.path]
+        let output = Pipe(), errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        defer { if process.isRunning { process.terminate(); process.waitUntilExit() } }
+        // The port from "listening on http://127.0.0.1:PORT", read with a deadline.
+        let port: Int? = await withCheckedContinuation { continuation in
+            Thread.detachNewThread {
+                var text = ""
+                let handle = output.fileHandleForReading
+                var descriptor = pollfd(fd: handle.fileDescriptor, events: Int16(POLLIN), revents: 0)
+                let end = ContinuousClock.now + .seconds(20)
+                while ContinuousClock.now < end, !text.contains("\n") {
+                    guard poll(&descriptor, 1, 200) > 0 else { continue }
+                    let data = handle.availableData
+                    if data.isEmpty { break }
+                    text += String(decoding: data, as: UTF8.self)
+                }
+                continuation.resume(returning: text.split(separator: ":").last.flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
+            }
+        }
+        let listening = try #require(port, "clm-score did not say where it listens")
+        #expect(try await timedGoodRequest(port: listening).status == 200)
+        // Four times the descriptor limit, so only the cap (128 by default, half of 256) keeps the process alive.
+        let slow = try openSlowBodies(1000, port: listening)
+        // The first good connection queues behind the attack's in the kernel's accept queue; the
+        // next one meets a cap held by slow bodies (their deadline is 2 s away).
+        let first = try await timedGoodRequest(port: listening)
+        #expect(first.status == 200 && first.elapsed < .seconds(1), "\(first)")
+        let good = try await timedGoodRequest(port: listening)
+        #expect(good.status == 200)
+        #expect(good.elapsed < .milliseconds(100), "a good request during the attack took \(good.elapsed)")
+        let (open, lastClose) = await waitUntilClosed(slow, within: .seconds(8))
+        #expect(open == 0, "\(open) of \(slow.count) slow bodies still open after \(lastClose)")
+        #expect(lastClose < .seconds(4), "the last slow body closed after \(lastClose)")
+        #expect(process.isRunning, "clm-score ended: \(String(decoding: errors.fileHandleForReading.availableData, as: UTF8.self))")
+        let metrics = try await withCheckedThrowingContinuation { continuation in
+            Thread.detachNewThread { continuation.resume(with: Result { try LoopbackClient(port: listening).send("GET", "/metrics").text }) }
+        }
+        #expect(metrics.contains("clm_http_connection_cap 128"), "\(metrics)")
+        process.terminate()
+        process.waitUntilExit()
+        let log = String(decoding: output.fileHandleForReading.readDataToEndOfFile() + errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        // One episode at the cap: one warning when it starts, one note when it ends.
+        #expect(log.components(separatedBy: "the cap (descriptor limit 256)").count == 2, "\(log.suffix(2000))")
+        #expect(log.components(separatedBy: "connections back under 96").count == 2, "\(log.suffix(2000))")
+        print("descriptor limit 256, cap 128: \(slow.count) slow bodies; good requests \(first.elapsed) (behind the accept queue), then \(good.elapsed); last slow body closed after \(lastClose); "
+              + metrics.split(separator: "\n").filter { $0.hasPrefix("clm_http_connections_") || $0.hasPrefix("clm_http_request_timeouts") }.joined(separator: "; "))
+    }
+
+    @Test("without the token, a request is answered 401 and closed as soon as its head is read")
+    func unauthenticatedBodiesAreNotAwaited() async throws {
+        let fixture = try ScoringFixture(customers: 20)
+        try fixture.saveCheckpoint(step: 1, seed: 1)
+        var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
+        configuration.token = "s3cret"
+        let service = try await RunningService(configuration)
+        // The request deadline and idle timeout are 10 s: only the refusal can close these in 3.
+        let slow = try openSlowBodies(50, port: service.port) + openSlowBodies(50, port: service.port, token: "wrong")
+        let (open, lastClose) = await waitUntilClosed(slow, within: .seconds(3))
+        #expect(open == 0, "\(open) unauthenticated slow bodies still open after \(lastClose)")
+        let one = try RawConnection(port: service.port)
+        one.send(RawConnection.scoreHead(length: 1000))
+        let (text, closed) = await one.readUntilClosed(seconds: 3)
+        #expect(text.hasPrefix("HTTP/1.1 401") && text.contains("missing or wrong bearer token") && closed, "\(text)")
+        let good = try await timedGoodRequest(port: service.port, token: "s3cret")
+        #expect(good.status == 200)
+        #expect(service.metrics.requestCount(route: "/v1/score", status: 401) == 101)
+        await service.stop()
+    }
+
+    @Test("a Content-Length over the limit is answered 413 at once, before any body, and closed")
+    func oversizeContentLengthIsRefusedAtOnce() async throws {
+        let service = try await service(idleSeconds: 10)
+        let connection = try RawConnection(port: service.port)
+        connection.send(RawConnection.scoreHead(length: 10_000_000_000))
+        let started = ContinuousClock.now
+        let (text, closed) = await connection.readUntilClosed(seconds: 5)
+        #expect(text.hasPrefix("HTTP/1.1 413") && text.contains("larger than 65536 bytes (Content-Length: 10000000000)"), "\(text)")
+        #expect(closed, "still open")
+        // The refusal ends the connection (its FIN follows the answer), not the 10 s idle timeout.
+        #expect(ContinuousClock.now - started < .seconds(3))
+        await service.stop()
     }
 
     @Test("idle, half-sent headers and stalled bodies are closed after the idle timeout")
