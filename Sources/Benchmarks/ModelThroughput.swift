@@ -129,7 +129,7 @@ public struct GraphSAGEThroughput {
         public let meanInputNodes: Double
     }
 
-    public func run() -> Result {
+    public func run() throws -> Result {
         BLAS.setThreadCount(1)
         let nodeCount = customers + products
         var random = SeededRandom(seed: 4, purpose: .synthesis)
@@ -145,9 +145,11 @@ public struct GraphSAGEThroughput {
             }
         }
         let graph = CSRGraph(nodeCount: nodeCount, edges: edges)
-        let features = Tensor(shape: [nodeCount, featureSize])
-        for index in 0..<features.count { features[index] = random.nextFloat(in: -1, 1) }
-        let sampler = NeighbourSampler(graph: graph, fanouts: fanouts)
+        let features = (0..<nodeCount * featureSize).map { _ in random.nextFloat(in: -1, 1) }
+        // The sampler training runs, on one rank: every node its own.
+        let sampler = features.withUnsafeBufferPointer {
+            NeighbourSampler(graph: graph, features: $0, featureWidth: featureSize, fanouts: fanouts)
+        }
         let model = GraphSAGEModel(
             configuration: GraphSAGEConfiguration(inputSize: featureSize, hiddenSize: hiddenSize, classes: classes),
             seed: 5)
@@ -164,10 +166,10 @@ public struct GraphSAGEThroughput {
             var stream = SeededRandom(seed: 6, purpose: .neighbourSampling, step: step)
             let t0 = now()
             let seeds = (0..<batchSize).map { _ in Int32(stream.nextIndex(below: customers)) }
-            let sample = sampler.sample(seeds: seeds, random: &stream)
+            let sample = try sampler.sample(seeds: seeds, random: &stream)
             let t1 = now()
             input.reshape([sample.inputNodes.count, featureSize])
-            gatherRows(features.pointer, width: featureSize, nodes: sample.inputNodes, into: input.pointer)
+            try sampler.gatherFeatures(of: sample.inputNodes, into: input.pointer)
             for index in 0..<batchSize { labels[index] = seeds[index] % Int32(classes) }
             let t2 = now()
             var masks = SeededRandom(seed: 7, purpose: .dropout, step: step)

@@ -173,14 +173,14 @@ extension CustomerDataset {
 /// sampled neighbours back, `fanout + 1` slots per node) per hop, and the same for the input
 /// nodes' feature rows, as DistDGL's halo exchange does. Every destination keeps up to
 /// `fanout` distinct neighbour slots drawn uniformly without replacement, whichever rank draws
-/// them, so the blocks follow the distribution of `NeighbourSampler`; on one rank they are
+/// them, as PyG's NeighborLoader does on one machine; on one rank they are
 /// exactly its blocks for the same stream. An owner draws for others from its own step stream
 /// (split per hop), so a given seed and world size give the same run.
 ///
 /// Collective: every rank of `world` must call `sample` and `gatherFeatures` the same number of
 /// times, with no seeds when it has none left. Buffers are refilled in place: a training step
 /// allocates nothing once they have grown to the largest sample.
-public final class PartitionedNeighbourSampler: @unchecked Sendable {
+public final class NeighbourSampler: @unchecked Sendable {
     public let graph: LocalGraph
     public let fanouts: [Int]
     /// The no-graph ablation: every node has degree zero, so no hop exchanges anything.
@@ -210,6 +210,21 @@ public final class PartitionedNeighbourSampler: @unchecked Sendable {
     private var featureReplies: [Float] = []
     private var featureAnswers: [Float] = []
 
+    public struct Sample: Sendable {
+        /// Blocks outermost hop first, ready for `GraphSAGEModel.forward`.
+        public var blocks: [SampledBlock]
+        /// Global node id of every source row of `blocks[0]` (whose features are the input).
+        public var inputNodes: [Int32]
+    }
+
+    /// A sampler over a whole graph held in one process (tools, benchmarks and tests).
+    public convenience init(graph: CSRGraph, features: UnsafeBufferPointer<Float> = UnsafeBufferPointer(start: nil, count: 0),
+                            featureWidth: Int = 0, fanouts: [Int]) {
+        let partition = GraphPartition(customers: graph.nodeCount, products: 0, ranks: 1)
+        self.init(graph: LocalGraph(graph: graph, features: features, featureWidth: featureWidth, partition: partition, rank: 0),
+                  fanouts: fanouts, world: SingleProcessCommunicator())
+    }
+
     public init(graph: LocalGraph, fanouts: [Int], world: any Communicator, withoutEdges: Bool = false) {
         precondition(!fanouts.isEmpty && fanouts.allSatisfy { $0 > 0 })
         precondition(world.size == graph.partition.ranks && world.rank == graph.rank, "the graph share must be this rank's")
@@ -232,12 +247,11 @@ public final class PartitionedNeighbourSampler: @unchecked Sendable {
         cursor = ones
     }
 
-    public func sample(seeds: [Int32], random: inout SeededRandom) throws -> NeighbourSampler.Sample {
+    public func sample(seeds: [Int32], random: inout SeededRandom) throws -> Sample {
         let hops = fanouts.count
         let serving = random.split(0x5E7E)
-        // The per-node loop works on locals moved out of `self`, as `NeighbourSampler` does:
-        // touching the class's stored buffers inside it pays exclusivity checks, and in debug
-        // builds copies.
+        // The per-node loop works on locals moved out of `self`: touching a class's stored
+        // arrays inside it paid a dynamic exclusivity check and a bounds check per neighbour.
         var positions = self.positions
         self.positions = NodePositions()
         defer { self.positions = positions }
@@ -298,7 +312,7 @@ public final class PartitionedNeighbourSampler: @unchecked Sendable {
                                         } else {
                                             let local = graph.localIndex(of: node)
                                             let start = graphOffsets[local]
-                                            let count = NeighbourSampler.chooseSlots(
+                                            let count = Self.chooseSlots(
                                                 degree: graphOffsets[local &+ 1] &- start, fanout: fanout,
                                                 into: chosen.baseAddress!, random: &random)
                                             for index in 0..<count {
@@ -330,7 +344,7 @@ public final class PartitionedNeighbourSampler: @unchecked Sendable {
             blocks[slot].neighbours = neighbours
             hopSources[hop] = sources
         }
-        return NeighbourSampler.Sample(blocks: blocks, inputNodes: hopSources[hops - 1])
+        return Sample(blocks: blocks, inputNodes: hopSources[hops - 1])
     }
 
     /// Copies the feature rows of `nodes` into `target` ([nodes.count, featureWidth]), asking
@@ -445,7 +459,7 @@ public final class PartitionedNeighbourSampler: @unchecked Sendable {
                             for index in 0..<total {
                                 let local = graph.localIndex(of: Int(incoming[index]))
                                 let start = offsets[local]
-                                let count = NeighbourSampler.chooseSlots(
+                                let count = Self.chooseSlots(
                                     degree: offsets[local &+ 1] &- start, fanout: fanout, into: chosen.baseAddress!, random: &random)
                                 let reply = replies.baseAddress! + index &* stride
                                 reply[0] = Int32(truncatingIfNeeded: count)
@@ -456,6 +470,27 @@ public final class PartitionedNeighbourSampler: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// Writes min(fanout, degree) distinct slots in 0..<degree to `chosen` and returns how many
+    /// (Floyd's algorithm when sampling, so the cost is O(fanout) however large the degree).
+    @inline(__always)
+    static func chooseSlots(
+        degree: Int, fanout: Int, into chosen: UnsafeMutablePointer<Int>, random: inout SeededRandom
+    ) -> Int {
+        if degree <= fanout {
+            for slot in 0..<degree { chosen[slot] = slot }
+            return degree
+        }
+        var count = 0
+        for upper in (degree &- fanout)..<degree {
+            let candidate = random.nextIndex(below: upper &+ 1)
+            var taken = false
+            for index in 0..<count where chosen[index] == candidate { taken = true }
+            chosen[count] = taken ? upper : candidate
+            count &+= 1
+        }
+        return count
     }
 
     /// One `alltoallv` of `width` elements per counted item, growing `destination` if needed.

@@ -135,7 +135,7 @@ public final class LSTMTask: TrainingTask {
 
 public final class GNNTask: TrainingTask {
     let model: GraphSAGEModel
-    let sampler: PartitionedNeighbourSampler
+    let sampler: NeighbourSampler
     let featureWidth: Int
     let batchCapacity: Int
     let seed: UInt64
@@ -151,7 +151,7 @@ public final class GNNTask: TrainingTask {
     public init(model: GraphSAGEModel, graph: LocalGraph, fanouts: [Int], withoutEdges: Bool = false,
                 world: any Communicator, batchCapacity: Int, seed: UInt64) {
         self.model = model
-        sampler = PartitionedNeighbourSampler(graph: graph, fanouts: fanouts, world: world, withoutEdges: withoutEdges)
+        sampler = NeighbourSampler(graph: graph, fanouts: fanouts, world: world, withoutEdges: withoutEdges)
         self.world = world
         featureWidth = graph.featureWidth
         self.batchCapacity = batchCapacity

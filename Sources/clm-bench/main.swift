@@ -64,7 +64,7 @@ struct Models: ParsableCommand {
         let sgemm = measureSgemm()
         print(String(format: "cblas_sgemm 512x512x512, 1 thread: %.1f GFLOP/s", sgemm / 1e9))
         if model != .graphsage { timeLSTM(sgemm: sgemm) }
-        if model != .lstm { timeGraphSAGE() }
+        if model != .lstm { try timeGraphSAGE() }
     }
 
     private func timeLSTM(sgemm: Double) {
@@ -80,10 +80,10 @@ struct Models: ParsableCommand {
             100 * lstmResult.forwardShare, 100 * lstmResult.backwardShare, 100 * lstmResult.optimizerShare))
     }
 
-    private func timeGraphSAGE() {
+    private func timeGraphSAGE() throws {
         var sage = GraphSAGEThroughput()
         sage.minimumSeconds = seconds
-        let sageResult = sage.run()
+        let sageResult = try sage.run()
         print(String(
             format: "GraphSAGE training (fan-out %@, hidden %d, batch %d, %d+%d nodes): %.0f seed nodes/s, %.0f input nodes per batch",
             sage.fanouts.map(String.init).joined(separator: ","), sage.hiddenSize, sage.batchSize,

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import Collectives
 import Tensors
 @testable import CustomerData
 
@@ -108,13 +109,16 @@ private func syntheticDataset(_ scratch: Scratch, customers: Int = 400, products
     #expect((0..<nodes).allSatisfy { data.nodeFeatures[$0 * w + w - 1] == ($0 < customers ? 0 : 1) })
     #expect(data.nodeFeatures.allSatisfy { $0.isFinite })
 
-    // The existing sampler works on it, deterministically and within range.
-    let sampler = NeighbourSampler(graph: g, fanouts: [5, 3])
+    // A one-rank job's share of it is all of it, and the sampler works on it, deterministically
+    // and within range.
+    let share = try data.graphShare(of: try #require(data.graphPartition(ranks: 1)), rank: 0)
+    #expect(share.offsets == g.offsets && share.neighbours == g.neighbours && share.features == Array(data.nodeFeatures))
+    let sampler = NeighbourSampler(graph: share, fanouts: [5, 3], world: SingleProcessCommunicator())
     var r1 = SeededRandom(seed: 1, purpose: .neighbourSampling, epoch: 0, step: 3)
     var r2 = r1
     let seeds = Array(Int32(0)..<Int32(32))
-    let a = sampler.sample(seeds: seeds, random: &r1)
-    let b = sampler.sample(seeds: seeds, random: &r2)
+    let a = try sampler.sample(seeds: seeds, random: &r1)
+    let b = try sampler.sample(seeds: seeds, random: &r2)
     #expect(a.inputNodes == b.inputNodes && a.blocks == b.blocks)
     #expect(a.inputNodes.allSatisfy { $0 >= 0 && Int($0) < nodes })
     let hop = a.blocks.last!

@@ -73,12 +73,11 @@ struct AllocationTests {
         let optimizer = AdamOptimizer(parameterCount: model.parameters.values.count)
         var random = SeededRandom(seed: 4, purpose: .neighbourSampling)
         let nodeFeatures = (0..<graph.nodeCount * width).map { _ in random.nextUnitFloat() }
-        // The sampler training runs: the partitioned one, here on a single rank.
         let partition = GraphPartition(customers: customers, products: products, ranks: 1)
         let share = nodeFeatures.withUnsafeBufferPointer {
             LocalGraph(graph: graph, features: $0, featureWidth: width, partition: partition, rank: 0)
         }
-        let sampler = PartitionedNeighbourSampler(graph: share, fanouts: [4, 3], world: SingleProcessCommunicator())
+        let sampler = NeighbourSampler(graph: share, fanouts: [4, 3], world: SingleProcessCommunicator())
         let input = Tensor(shape: [graph.nodeCount, width])
         let labels = (0..<16).map { Int32($0 % 4) }
         var seeds: [Int32] = []

@@ -596,6 +596,19 @@ func waitUntilClosed(_ connections: [RawConnection], within deadline: Duration) 
     }
 }
 
+/// Five good requests one after another, each answered 200; their times. Their median is what
+/// the attack tests bound: `swift test` runs other suites beside them on two cores, and one
+/// request can lose the processor to those for longer than the bound.
+func goodRequestTimes(port: Int) async throws -> [Duration] {
+    var times: [Duration] = []
+    for _ in 0..<5 {
+        let good = try await timedGoodRequest(port: port)
+        #expect(good.status == 200)
+        times.append(good.elapsed)
+    }
+    return times
+}
+
 /// Opens `count` connections that each announce a large body and send one byte of it.
 func openSlowBodies(_ count: Int, port: Int, token: String? = nil) throws -> [RawConnection] {
     try (0..<count).map { _ in
@@ -646,9 +659,8 @@ struct ServiceConnectionTests {
         let slow = try openSlowBodies(300, port: service.port)
         // The first good connection waits behind the attack's in the accept queue; the next meets a full cap.
         #expect(try await timedGoodRequest(port: service.port).status == 200)
-        let good = try await timedGoodRequest(port: service.port)
-        #expect(good.status == 200)
-        #expect(good.elapsed < .milliseconds(100), "a good request during the attack took \(good.elapsed)")
+        let goods = try await goodRequestTimes(port: service.port)
+        #expect(goods.sorted()[2] < .milliseconds(100), "good requests during the attack took \(goods)")
         // Every slow body is closed: the oldest to make room, the rest at the 1 s deadline.
         let (open, lastClose) = await waitUntilClosed(slow, within: .seconds(5))
         #expect(open == 0, "\(open) of \(slow.count) slow bodies still open")
@@ -705,9 +717,8 @@ struct ServiceConnectionTests {
         // next one meets a cap held by slow bodies (their deadline is 2 s away).
         let first = try await timedGoodRequest(port: listening)
         #expect(first.status == 200 && first.elapsed < .seconds(1), "\(first)")
-        let good = try await timedGoodRequest(port: listening)
-        #expect(good.status == 200)
-        #expect(good.elapsed < .milliseconds(100), "a good request during the attack took \(good.elapsed)")
+        let goods = try await goodRequestTimes(port: listening)
+        #expect(goods.sorted()[2] < .milliseconds(100), "good requests during the attack took \(goods)")
         let (open, lastClose) = await waitUntilClosed(slow, within: .seconds(8))
         #expect(open == 0, "\(open) of \(slow.count) slow bodies still open after \(lastClose)")
         #expect(lastClose < .seconds(4), "the last slow body closed after \(lastClose)")
@@ -722,7 +733,7 @@ struct ServiceConnectionTests {
         // One episode at the cap: one warning when it starts, one note when it ends.
         #expect(log.components(separatedBy: "the cap (descriptor limit 256)").count == 2, "\(log.suffix(2000))")
         #expect(log.components(separatedBy: "connections back under 96").count == 2, "\(log.suffix(2000))")
-        print("descriptor limit 256, cap 128: \(slow.count) slow bodies; good requests \(first.elapsed) (behind the accept queue), then \(good.elapsed); last slow body closed after \(lastClose); "
+        print("descriptor limit 256, cap 128: \(slow.count) slow bodies; good requests \(first.elapsed) (behind the accept queue), then \(goods); last slow body closed after \(lastClose); "
               + metrics.split(separator: "\n").filter { $0.hasPrefix("clm_http_connections_") || $0.hasPrefix("clm_http_request_timeouts") }.joined(separator: "; "))
     }
 
