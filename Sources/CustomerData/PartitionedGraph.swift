@@ -188,7 +188,7 @@ public final class NeighbourSampler: @unchecked Sendable {
     private let world: any Communicator
     private let ranks: Int
 
-    private var positions = NodePositions()
+    private var positions: NodePositions
     private var chosen: [Int] = []
     private var blocks: [SampledBlock]
     private var hopSources: [[Int32]]
@@ -229,6 +229,7 @@ public final class NeighbourSampler: @unchecked Sendable {
         precondition(!fanouts.isEmpty && fanouts.allSatisfy { $0 > 0 })
         precondition(world.size == graph.partition.ranks && world.rank == graph.rank, "the graph share must be this rank's")
         self.graph = graph
+        positions = NodePositions(owning: graph)
         self.fanouts = fanouts
         self.withoutEdges = withoutEdges
         // The calls agree by construction (every rank runs the same hops), so they skip the
@@ -286,14 +287,14 @@ public final class NeighbourSampler: @unchecked Sendable {
                 try exchange(replies, counts: incomingCounts, into: &answers, counts: requestCounts, width: fanout + 1)
             }
             let stride = fanout &+ 1
-            positions.withPointers { keys, values, mask in
+            positions.withLease { table in
                 chosen.withUnsafeMutableBufferPointer { chosen in
                     graph.offsets.withUnsafeBufferPointer { graphOffsets in
                         graph.neighbours.withUnsafeBufferPointer { graphNeighbours in
                             requestSlot.withUnsafeBufferPointer { requestSlot in
                                 answers.withUnsafeBufferPointer { answers in
                                     for position in 0..<destinationCount {
-                                        _ = NodePositions.insert(sources[position], Int32(truncatingIfNeeded: position), keys, values, mask)
+                                        table.set(sources[position], Int32(truncatingIfNeeded: position))
                                     }
                                     offsets.append(0)
                                     for position in 0..<destinationCount {
@@ -305,7 +306,7 @@ public final class NeighbourSampler: @unchecked Sendable {
                                             for index in 0..<count {
                                                 let neighbour = answers[reply &+ 1 &+ index]
                                                 let candidate = Int32(truncatingIfNeeded: sources.count)
-                                                let found = NodePositions.insert(neighbour, candidate, keys, values, mask)
+                                                let found = table.insert(neighbour, candidate)
                                                 if found == candidate { sources.append(neighbour) }
                                                 neighbours.append(found)
                                             }
@@ -318,7 +319,7 @@ public final class NeighbourSampler: @unchecked Sendable {
                                             for index in 0..<count {
                                                 let neighbour = graphNeighbours[start &+ chosen[index]]
                                                 let candidate = Int32(truncatingIfNeeded: sources.count)
-                                                let found = NodePositions.insert(neighbour, candidate, keys, values, mask)
+                                                let found = table.insert(neighbour, candidate)
                                                 if found == candidate { sources.append(neighbour) }
                                                 neighbours.append(found)
                                             }
@@ -330,7 +331,7 @@ public final class NeighbourSampler: @unchecked Sendable {
                                     var index = sources.count
                                     while index > 0 {
                                         index &-= 1
-                                        NodePositions.remove(sources[index], keys, values, mask)
+                                        table.remove(sources[index])
                                     }
                                 }
                             }
@@ -514,61 +515,138 @@ public final class NeighbourSampler: @unchecked Sendable {
     }
 }
 
-/// Global node id → position in a sample, for the nodes one hop has reached: an open-addressing
-/// table sized to the sample rather than an entry per node of the graph, which would be
-/// O(all customers) on every rank.
+/// Global node id → position in a sample, for the nodes one hop has reached. A rank's own nodes
+/// are looked up directly by their row in its share (on one rank, every node); the others in an
+/// open-addressing table sized to the sample. Nothing has an entry per node of the graph, which
+/// would be O(all customers) on every rank. A table slot holds key and position (the id in the
+/// low half), so a probe touches one cache line.
 struct NodePositions {
-    private var keys: [Int32] = []
-    private var values: [Int32] = []
+    private static let empty = UInt64.max
+    private var slots: [UInt64] = []
+    private var owned: [Int32]
+    private let customers: Range<Int>
+    private let products: Range<Int>
+
+    /// An empty stand-in, for while the sampler has lent its table out.
+    init() {
+        owned = []
+        customers = 0..<0
+        products = 0..<0
+    }
+
+    init(owning graph: LocalGraph) {
+        owned = [Int32](repeating: -1, count: graph.ownedCount)
+        customers = graph.customers
+        products = graph.products
+    }
 
     /// Makes room for `count` entries at a load of at most one half.
     mutating func reserve(_ count: Int) {
-        var capacity = max(keys.count, 16)
+        var capacity = max(slots.count, 16)
         while capacity < 2 &* count { capacity &*= 2 }
-        if capacity != keys.count {
-            keys = [Int32](repeating: -1, count: capacity)
-            values = [Int32](repeating: 0, count: capacity)
+        if capacity != slots.count { slots = [UInt64](repeating: Self.empty, count: capacity) }
+    }
+
+    /// The table's memory, lent for the duration of `body`.
+    struct Lease {
+        let slots: UnsafeMutablePointer<UInt64>
+        let mask: Int
+        let owned: UnsafeMutablePointer<Int32>
+        let customerStart: Int, customerCount: Int, productStart: Int, productCount: Int
+
+        @inline(__always)
+        private func ownedRow(_ node: Int) -> Int {
+            let customer = node &- customerStart
+            if customer >= 0 && customer < customerCount { return customer }
+            let product = node &- productStart
+            return product >= 0 && product < productCount ? customerCount &+ product : -1
         }
-    }
 
-    mutating func withPointers(_ body: (UnsafeMutablePointer<Int32>, UnsafeMutablePointer<Int32>, Int) -> Void) {
-        let mask = keys.count &- 1
-        keys.withUnsafeMutableBufferPointer { keys in
-            values.withUnsafeMutableBufferPointer { values in body(keys.baseAddress!, values.baseAddress!, mask) }
+        @inline(__always)
+        private func home(_ key: Int32) -> Int {
+            Int(truncatingIfNeeded: (UInt64(UInt32(bitPattern: key)) &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask
         }
-    }
 
-    @inline(__always)
-    private static func home(_ key: Int32, _ mask: Int) -> Int {
-        Int(truncatingIfNeeded: (UInt64(UInt32(bitPattern: key)) &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask
-    }
-
-    /// The position stored for `key`, or `position` after storing it when the key is new.
-    @inline(__always)
-    static func insert(_ key: Int32, _ position: Int32, _ keys: UnsafeMutablePointer<Int32>,
-                       _ values: UnsafeMutablePointer<Int32>, _ mask: Int) -> Int32 {
-        var index = home(key, mask)
-        while true {
-            let stored = keys[index]
-            if stored == key { return values[index] }
-            if stored < 0 {
-                keys[index] = key
-                values[index] = position
+        /// The position stored for `key`, or `position` after storing it when the key is new.
+        @inline(__always)
+        func insert(_ key: Int32, _ position: Int32) -> Int32 {
+            let row = ownedRow(Int(key))
+            if row >= 0 {
+                let stored = owned[row]
+                if stored >= 0 { return stored }
+                owned[row] = position
                 return position
             }
-            index = (index &+ 1) & mask
+            let low = UInt64(UInt32(bitPattern: key))
+            var index = home(key)
+            while true {
+                let stored = slots[index]
+                if stored == empty {
+                    slots[index] = low | UInt64(UInt32(bitPattern: position)) << 32
+                    return position
+                }
+                if stored & 0xFFFF_FFFF == low { return Int32(bitPattern: UInt32(truncatingIfNeeded: stored >> 32)) }
+                index = (index &+ 1) & mask
+            }
+        }
+
+        /// Stores `position` for `key`, replacing any it had. A hop's destinations go in this way:
+        /// a store to a rank's own row, unlike `insert`'s read, does not wait for a cache miss.
+        @inline(__always)
+        func set(_ key: Int32, _ position: Int32) {
+            let row = ownedRow(Int(key))
+            if row >= 0 {
+                owned[row] = position
+                return
+            }
+            let entry = UInt64(UInt32(bitPattern: key)) | UInt64(UInt32(bitPattern: position)) << 32
+            var index = home(key)
+            while true {
+                let stored = slots[index]
+                if stored == empty || stored & 0xFFFF_FFFF == entry & 0xFFFF_FFFF {
+                    slots[index] = entry
+                    return
+                }
+                index = (index &+ 1) & mask
+            }
+        }
+
+        /// Forgets `key`. Only valid while emptying the whole table newest key first: a key's
+        /// probe run then still holds every key it passed when it was stored.
+        @inline(__always)
+        func remove(_ key: Int32) {
+            let row = ownedRow(Int(key))
+            if row >= 0 {
+                owned[row] = -1
+                return
+            }
+            let low = UInt64(UInt32(bitPattern: key))
+            var index = home(key)
+            while true {
+                let stored = slots[index]
+                if stored == empty { return }
+                if stored & 0xFFFF_FFFF == low {
+                    slots[index] = empty
+                    return
+                }
+                index = (index &+ 1) & mask
+            }
         }
     }
 
-    /// Empties the slot of `key`. Only valid while emptying the whole table newest key first:
-    /// a key's probe run then still holds every key it passed when it was stored.
-    @inline(__always)
-    static func remove(_ key: Int32, _ keys: UnsafeMutablePointer<Int32>, _ values: UnsafeMutablePointer<Int32>, _ mask: Int) {
-        var index = home(key, mask)
-        while keys[index] != key {
-            if keys[index] < 0 { return }
-            index = (index &+ 1) & mask
+    mutating func withLease(_ body: (Lease) -> Void) {
+        let mask = slots.count &- 1
+        let customers = self.customers, products = self.products
+        slots.withUnsafeMutableBufferPointer { slots in
+            owned.withUnsafeMutableBufferPointer { owned in
+                // A rank that owns no node still needs a valid pointer; it is never read.
+                var none: Int32 = -1
+                withUnsafeMutablePointer(to: &none) { fallback in
+                    body(Lease(slots: slots.baseAddress!, mask: mask, owned: owned.baseAddress ?? fallback,
+                               customerStart: customers.lowerBound, customerCount: customers.count,
+                               productStart: products.lowerBound, productCount: products.count))
+                }
+            }
         }
-        keys[index] = -1
     }
 }
