@@ -173,9 +173,9 @@ extension CustomerDataset {
 /// sampled neighbours back, `fanout + 1` slots per node) per hop, and the same for the input
 /// nodes' feature rows, as DistDGL's halo exchange does. Every destination keeps up to
 /// `fanout` distinct neighbour slots drawn uniformly without replacement, whichever rank draws
-/// them, as PyG's NeighborLoader does on one machine; on one rank they are
-/// exactly its blocks for the same stream. An owner draws for others from its own step stream
-/// (split per hop), so a given seed and world size give the same run.
+/// them, as PyG's NeighborLoader does on one machine; on one rank nothing is exchanged and the
+/// blocks depend on the caller's stream alone. An owner draws for others from its own step
+/// stream (split per hop), so a given seed and world size give the same run.
 ///
 /// Collective: every rank of `world` must call `sample` and `gatherFeatures` the same number of
 /// times, with no seeds when it has none left. Buffers are refilled in place: a training step
