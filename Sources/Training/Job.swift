@@ -188,13 +188,13 @@ public enum TrainingJob {
                                    graphNodes: partition.map { [$0.customerBlock(of: world.rank), $0.productBlock(of: world.rank)] } ?? [])
             } else if world.rank == 0 {
                 // Format 1 has whole-file hashes only: one rank reads it all.
-                try dataset.verify(customers: [0..<dataset.customerCount], graphNodes: [0..<1])
+                try dataset.verify(customers: [0..<dataset.customerCount], graphNodes: [])
             }
         }
         let graphShare = try world.agreeing("reading this rank's share of the graph") {
             try partition.map { try dataset.graphShare(of: $0, rank: world.rank) }
         }
-        // The graph model reads node features from the mapped graph, never the sequences: its
+        // The graph model reads node features from its share of the graph, never the sequences: its
         // shards carry labels and dataset rows only (at 894k customers on 2 ranks, leaving out the
         // sequences it used to receive took a worker's peak RSS from 919 to 386 MiB).
         let sequenceFeatures = configuration.model == .gnn ? 0 : announced.featureCount
