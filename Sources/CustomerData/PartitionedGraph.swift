@@ -281,9 +281,9 @@ public final class NeighbourSampler: @unchecked Sendable {
 
             let remote = ranks > 1 && !withoutEdges
             if remote {
-                try exchangeRequests(for: sources, count: destinationCount)
+                let incomingTotal = try exchangeRequests(for: sources, count: destinationCount)
                 var stream = serving.split(hop)
-                serveNeighbours(fanout: fanout, random: &stream, chosen: &chosen)
+                serveNeighbours(incomingTotal, fanout: fanout, random: &stream, chosen: &chosen)
                 try exchange(replies, counts: incomingCounts, into: &answers, counts: requestCounts, width: fanout + 1)
             }
             let stride = fanout &+ 1
@@ -304,11 +304,7 @@ public final class NeighbourSampler: @unchecked Sendable {
                                             let reply = Int(requestSlot[position]) &* stride
                                             let count = Int(answers[reply])
                                             for index in 0..<count {
-                                                let neighbour = answers[reply &+ 1 &+ index]
-                                                let candidate = Int32(truncatingIfNeeded: sources.count)
-                                                let found = table.insert(neighbour, candidate)
-                                                if found == candidate { sources.append(neighbour) }
-                                                neighbours.append(found)
+                                                Self.add(answers[reply &+ 1 &+ index], &sources, &neighbours, table)
                                             }
                                         } else {
                                             let local = graph.localIndex(of: node)
@@ -317,11 +313,7 @@ public final class NeighbourSampler: @unchecked Sendable {
                                                 degree: graphOffsets[local &+ 1] &- start, fanout: fanout,
                                                 into: chosen.baseAddress!, random: &random)
                                             for index in 0..<count {
-                                                let neighbour = graphNeighbours[start &+ chosen[index]]
-                                                let candidate = Int32(truncatingIfNeeded: sources.count)
-                                                let found = table.insert(neighbour, candidate)
-                                                if found == candidate { sources.append(neighbour) }
-                                                neighbours.append(found)
+                                                Self.add(graphNeighbours[start &+ chosen[index]], &sources, &neighbours, table)
                                             }
                                         }
                                         offsets.append(Int32(truncatingIfNeeded: neighbours.count))
@@ -348,13 +340,22 @@ public final class NeighbourSampler: @unchecked Sendable {
         return Sample(blocks: blocks, inputNodes: hopSources[hops - 1])
     }
 
+    /// Puts a drawn `neighbour` into the hop's block: its position among the sources, which it
+    /// joins when the hop has not reached it before. Local and remote draws land the same way.
+    @inline(__always)
+    private static func add(_ neighbour: Int32, _ sources: inout [Int32], _ neighbours: inout [Int32], _ table: NodePositions.Lease) {
+        let candidate = Int32(truncatingIfNeeded: sources.count)
+        let found = table.insert(neighbour, candidate)
+        if found == candidate { sources.append(neighbour) }
+        neighbours.append(found)
+    }
+
     /// Copies the feature rows of `nodes` into `target` ([nodes.count, featureWidth]), asking
     /// their owners for the rows of nodes this rank does not hold.
     public func gatherFeatures(of nodes: [Int32], into target: UnsafeMutablePointer<Float>) throws {
         let graph = self.graph, ranks = self.ranks, width = graph.featureWidth
         if ranks > 1 {
-            try exchangeRequests(for: nodes, count: nodes.count)
-            let incomingTotal = incomingCounts.reduce(0, +)
+            let incomingTotal = try exchangeRequests(for: nodes, count: nodes.count)
             if featureReplies.count < incomingTotal * width {
                 featureReplies = [Float](repeating: 0, count: max(incomingTotal * width, 2 * featureReplies.count))
             }
@@ -391,8 +392,8 @@ public final class NeighbourSampler: @unchecked Sendable {
     /// Sends the ids of the first `count` of `nodes` that other ranks own to their owners
     /// (grouped by owner, in order), fills `requestSlot` with each node's place among them
     /// (-1 for own nodes), `requestCounts` and `incomingCounts`, and receives the ids asked of
-    /// this rank into `incoming`.
-    private func exchangeRequests(for nodes: [Int32], count: Int) throws {
+    /// this rank into `incoming`; returns how many that is.
+    private func exchangeRequests(for nodes: [Int32], count: Int) throws -> Int {
         let me = graph.rank, partition = graph.partition, ranks = self.ranks
         if requestSlot.count < count { requestSlot = [Int32](repeating: -1, count: max(count, 2 * requestSlot.count)) }
         if requests.count < count { requests = [Int32](repeating: 0, count: max(count, 2 * requests.count)) }
@@ -442,13 +443,13 @@ public final class NeighbourSampler: @unchecked Sendable {
         let incomingTotal = incomingCounts.reduce(0, +)
         if incoming.count < incomingTotal { incoming = [Int32](repeating: 0, count: max(incomingTotal, 2 * incoming.count)) }
         try exchange(requests, counts: requestCounts, into: &incoming, counts: incomingCounts, width: 1)
+        return incomingTotal
     }
 
-    /// Draws up to `fanout` neighbours of every node in `incoming` into `replies`, `fanout + 1`
-    /// slots per node: the count, then the neighbours' global ids.
-    private func serveNeighbours(fanout: Int, random: inout SeededRandom, chosen: inout [Int]) {
+    /// Draws up to `fanout` neighbours of each of the first `total` nodes of `incoming` into
+    /// `replies`, `fanout + 1` slots per node: the count, then the neighbours' global ids.
+    private func serveNeighbours(_ total: Int, fanout: Int, random: inout SeededRandom, chosen: inout [Int]) {
         let stride = fanout &+ 1
-        let total = incomingCounts.reduce(0, +)
         if replies.count < total &* stride { replies = [Int32](repeating: 0, count: max(total &* stride, 2 * replies.count)) }
         if chosen.count < fanout { chosen = [Int](repeating: 0, count: fanout) }
         let graph = self.graph
