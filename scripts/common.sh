@@ -12,6 +12,18 @@ export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # One BLAS thread per rank: the ranks already occupy the cores.
 export OPENBLAS_NUM_THREADS=1
 
+# clm_restore_stop_signals SCRIPT ARGS...: when this shell started with SIGINT or SIGTERM
+# ignored, runs SCRIPT again with both at their defaults (bash cannot trap or reset a signal
+# that was ignored when it started, and every process it starts would inherit the ignoring).
+clm_restore_stop_signals() {
+    local ignored
+    ignored=$(awk '/^SigIgn:/ { print $2 }' /proc/$$/status 2>/dev/null || echo 0)
+    # SIGINT is bit 1 of the mask, SIGTERM bit 14.
+    if (( (16#${ignored:-0} & 0x4002) != 0 )); then
+        exec env --default-signal=INT,TERM "$@"
+    fi
+}
+
 clm_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
 
 # Installs the Debian packages that are missing; does nothing when all are present.
@@ -49,6 +61,57 @@ clm_wait_for_file() {
         sleep 0.2
     done
     return 1
+}
+
+# Every process this shell started, directly or not (children before their parents' siblings).
+clm_descendants() {  # clm_descendants PID
+    local child
+    for child in $(pgrep -P "$1" || true); do
+        echo "$child"
+        clm_descendants "$child"
+    done
+}
+
+# Stops PID and everything it started: SIGTERM first (mpirun stops its ranks on it), SIGKILL
+# to what is left after 5 s. Processes that started a process group of their own are found too.
+clm_stop_tree() {  # clm_stop_tree PID
+    local pids
+    pids=$(echo "$1"; clm_descendants "$1")
+    kill -TERM $pids 2>/dev/null || true
+    for _ in $(seq 1 25); do
+        kill -0 $pids 2>/dev/null || return 0
+        sleep 0.2
+    done
+    kill -KILL $pids 2>/dev/null || true
+}
+
+# Waits at most SECONDS for the background job PID of this shell and returns its status. Past
+# the deadline it says so, stops the job and everything it started, and returns 124. It polls
+# with short sleeps, so a trap of this shell runs within 0.2 s of its signal.
+clm_wait_bounded() {  # clm_wait_bounded PID SECONDS
+    local pid=$1 limit=$2
+    for _ in $(seq 1 $((limit * 5))); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid"; return; }
+        sleep 0.2
+    done
+    echo "gave up waiting for process $pid ($(ps -o args= -p "$pid" | cut -c1-120)) after $limit s; stopping it" >&2
+    clm_stop_tree "$pid"
+    wait "$pid" 2>/dev/null || true
+    return 124
+}
+
+# Runs COMMAND (a program or a shell function) with a deadline of SECONDS, in the background so
+# that a signal to this shell is handled at once (see clm_stop_children_on_signal).
+clm_run_bounded() {  # clm_run_bounded SECONDS COMMAND...
+    local limit=$1
+    shift
+    "$@" &
+    clm_wait_bounded $! "$limit"
+}
+
+# A test script stopped by SIGINT or SIGTERM stops everything it started before it exits.
+clm_stop_children_on_signal() {
+    trap 'trap - INT TERM; echo "stopped by a signal: stopping what this script started" >&2; for child in $(pgrep -P $$ || true); do clm_stop_tree "$child"; done; exit 130' INT TERM
 }
 
 # The benchmark scripts' shared flags: --np N (default 2) and --rounds R (default 2) into $ranks

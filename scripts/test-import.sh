@@ -11,20 +11,21 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$(clm_root)"
 
+clm_stop_children_on_signal
 build=${CLM_BUILD:-debug}
-swift build -c "$build" --product clm-data >/dev/null
+clm_run_bounded 3600 swift build -c "$build" --product clm-data >/dev/null
 bin="$(swift build -c "$build" --show-bin-path)"
 work=$(mktemp -d)
 trap '[ -n "${CLM_KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
 passed=0
 failed=0
 
-"$bin/clm-data" synth --date-ordered --rows 1500000 --customers 150000 --products 3000 --seed 5 --out "$work/orders.csv" >/dev/null
+clm_run_bounded 300 "$bin/clm-data" synth --date-ordered --rows 1500000 --customers 150000 --products 3000 --seed 5 --out "$work/orders.csv" >/dev/null
 import_args=(--cutoff 2021-09-30 --horizon 91)
 
-"$bin/clm-data" import --input "$work/orders.csv" --out "$work/one" "${import_args[@]}" >/dev/null
+clm_run_bounded 300 "$bin/clm-data" import --input "$work/orders.csv" --out "$work/one" "${import_args[@]}" >/dev/null
 for ranks in 2 3; do
-    if clm_mpirun_local "$ranks" "$bin/clm-data" import --input "$work/orders.csv" --out "$work/np$ranks" "${import_args[@]}" \
+    if clm_run_bounded 300 clm_mpirun_local "$ranks" "$bin/clm-data" import --input "$work/orders.csv" --out "$work/np$ranks" "${import_args[@]}" \
         >"$work/np$ranks.log" 2>&1; then
         differing=""
         for file in "$work"/one/*; do cmp -s "$file" "$work/np$ranks/$(basename "$file")" || differing+=" $(basename "$file")"; done
@@ -60,8 +61,7 @@ fi
 if [ -n "$victim" ]; then
     kill -9 "$victim"
     status=0
-    timeout 60 tail --pid="$job" -f /dev/null || true
-    wait "$job" || status=$?
+    clm_wait_bounded "$job" 60 || status=$?
     after=$("$bin/clm-data" inspect "$work/np2" | head -1 | grep -o "fingerprint [0-9a-f]*" || true)
     # mpirun returns as it sends the other ranks SIGTERM; give them a deadline to be gone.
     left=""
@@ -75,14 +75,14 @@ if [ -n "$victim" ]; then
     else
         fail "kill -9 mid-import: status $status, old '$before' now '$after', left '$left'; $(tail -5 "$log")"
     fi
-    if "$bin/clm-data" import --input "$work/orders.csv" --out "$work/np2" "${import_args[@]}" >/dev/null \
+    if clm_run_bounded 300 "$bin/clm-data" import --input "$work/orders.csv" --out "$work/np2" "${import_args[@]}" >/dev/null \
         && ! ls -d "$work"/np2.tmp-* >/dev/null 2>&1; then
         pass "the next import replaced the dataset and removed what the killed one left"
     else
         fail "after the kill: leftovers $(ls -d "$work"/np2.* 2>/dev/null | tr '\n' ' ')"
     fi
 else
-    wait "$job" || true
+    clm_wait_bounded "$job" 300 || true
     fail "no rank to kill: the import never reached its output directory (started=$started)"
 fi
 

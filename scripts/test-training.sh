@@ -19,12 +19,11 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 cd "$(clm_root)"
 
+clm_stop_children_on_signal
 build=${CLM_BUILD:-debug}
-swift build -c "$build" --product clm-data >/dev/null
-swift build -c "$build" --product clm-coordinator >/dev/null
-swift build -c "$build" --product clm-worker >/dev/null
-swift build -c "$build" --product clm-score >/dev/null
-swift build -c "$build" --product clm-score-mpi >/dev/null
+for product in clm-data clm-coordinator clm-worker clm-score clm-score-mpi; do
+    clm_run_bounded 3600 swift build -c "$build" --product "$product" >/dev/null
+done
 bin="$(swift build -c "$build" --show-bin-path)"
 work=$(mktemp -d)
 trap '[ -n "${CLM_KEEP_WORK:-}" ] || rm -rf "$work"' EXIT
@@ -34,8 +33,8 @@ passed=0
 failed=0
 
 "$bin/clm-data" synth --customers 1500 --products 200 --seed 3 --out "$work/events.csv" >/dev/null
-timeout 300 bash -c "$(declare -f clm_mpirun_local); clm_mpirun_local 3 '$bin/clm-data' import --input '$work/events.csv' \
-    --product-col product_id --rows-per-part 100 --out '$work/data'" >/dev/null
+clm_run_bounded 300 clm_mpirun_local 3 "$bin/clm-data" import --input "$work/events.csv" \
+    --product-col product_id --rows-per-part 100 --out "$work/data" >/dev/null
 
 cat >"$work/lstm.yaml" <<YAML
 model: lstm
@@ -57,13 +56,13 @@ lstm:
   dropout: 0.2
 YAML
 
-job() {  # job RANKS [coordinator flags...]
+job() {  # job RANKS [coordinator flags...]: at most 5 minutes
     local ranks=$1
     shift
     if [ "$ranks" -eq 1 ]; then
-        clm_mpirun_local 1 "$bin/clm-coordinator" --config "$work/lstm.yaml" "$@"
+        clm_run_bounded 300 clm_mpirun_local 1 "$bin/clm-coordinator" --config "$work/lstm.yaml" "$@"
     else
-        clm_mpirun_local 1 "$bin/clm-coordinator" --config "$work/lstm.yaml" "$@" : -np $((ranks - 1)) "$bin/clm-worker"
+        clm_run_bounded 300 clm_mpirun_local 1 "$bin/clm-coordinator" --config "$work/lstm.yaml" "$@" : -np $((ranks - 1)) "$bin/clm-worker"
     fi
 }
 ranks_of() {  # ranks_of LAUNCHER NAME: pids of the NAME processes of the mpirun that LAUNCHER started
@@ -123,7 +122,7 @@ echo "== the trained model scored by the real clm-score"
 # As of the dataset's cut-off the scorer computes the very features training stored, so its
 # churn probabilities for the test customers must be the ones training wrote for them.
 cutoff=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["cutoffDate"])' "$work/data/manifest.json")
-if "$bin/clm-score" batch --checkpoints "$work/checkpoints" --run straight --events "$work/events.csv" \
+if clm_run_bounded 120 "$bin/clm-score" batch --checkpoints "$work/checkpoints" --run straight --events "$work/events.csv" \
         --product-col product_id --as-of "$cutoff" --out "$work/scores.csv" >"$work/score.log" 2>&1 \
     && python3 - "$work/scores.csv" "$predictions" "$work/data/customer_ids.txt" <<'PY'
 import csv, math, sys
@@ -157,11 +156,11 @@ echo "== the same model scored under mpirun by clm-score-mpi"
 score_ranks() {  # score_ranks RANKS OUT [extra flags]
     local ranks=$1 out=$2
     shift 2
-    clm_mpirun_local "$ranks" "$bin/clm-score-mpi" --checkpoints "$work/checkpoints" --run straight --events "$work/events.csv" \
+    clm_run_bounded 120 clm_mpirun_local "$ranks" "$bin/clm-score-mpi" --checkpoints "$work/checkpoints" --run straight --events "$work/events.csv" \
         --product-col product_id --as-of "$cutoff" --out "$out" "$@"
 }
-"$bin/clm-score" batch --checkpoints "$work/checkpoints" --run straight --events "$work/events.csv" --product-col product_id \
-    --as-of "$cutoff" --out "$work/scores-threads.csv" --threads 2 >/dev/null 2>&1 || true
+clm_run_bounded 120 "$bin/clm-score" batch --checkpoints "$work/checkpoints" --run straight --events "$work/events.csv" \
+    --product-col product_id --as-of "$cutoff" --out "$work/scores-threads.csv" --threads 2 >/dev/null 2>&1 || true
 if score_ranks 1 "$work/scores-np1.csv" >"$work/score-np1.log" 2>&1 && cmp -s "$work/scores-np1.csv" "$work/scores-threads.csv"; then
     pass "clm-score-mpi at one rank writes clm-score batch's bytes"
 else
@@ -187,7 +186,7 @@ for ranks in 2 3; do
 done
 # CLM_FORWARD_KERNEL=portable forces the Swift path on any CPU: the same rows, scores to float
 # rounding (the fused kernels use FMA), and the summary names the kernel that ran.
-if CLM_FORWARD_KERNEL=portable "$bin/clm-score" batch --checkpoints "$work/checkpoints" --run straight --events "$work/events.csv" \
+if CLM_FORWARD_KERNEL=portable clm_run_bounded 120 "$bin/clm-score" batch --checkpoints "$work/checkpoints" --run straight --events "$work/events.csv" \
         --product-col product_id --as-of "$cutoff" --out "$work/scores-portable.csv" --threads 2 >"$work/score-portable.log" 2>&1 \
     && grep -q "(portable kernel)" "$work/score-portable.log" \
     && clm_same_scores "$work/scores-portable.csv" "$work/scores-threads.csv"; then
@@ -226,7 +225,7 @@ else
 fi
 
 echo "== one process without mpirun vs -np 1 under mpirun"
-if "$bin/clm-coordinator" --config "$work/lstm.yaml" --run alone >"$work/alone.log" 2>&1 \
+if clm_run_bounded 300 "$bin/clm-coordinator" --config "$work/lstm.yaml" --run alone >"$work/alone.log" 2>&1 \
     && job 1 --run np1 >"$work/np1.log" 2>&1; then
     if [ "$(latest_model alone)" = "$(latest_model np1)" ]; then
         pass "single process equals -np 1"
@@ -275,7 +274,7 @@ victim=$(pgrep -f "$bin/clm-worker" | head -1 || true)
 start=$(date +%s)
 if [ -n "$victim" ]; then kill -9 "$victim"; fi
 status=0
-wait "$launcher" || status=$?
+clm_wait_bounded "$launcher" 300 || status=$?
 elapsed=$(( $(date +%s) - start ))
 if [ -n "$victim" ] && [ "$status" -ne 0 ] && [ "$elapsed" -le 30 ]; then
     pass "job ended ${elapsed}s after kill -9 with status $status"
@@ -300,7 +299,7 @@ clm_wait_for_file "$work/checkpoints/supervised/latest" 60 || true
 victim=$(ranks_of "$launcher" clm-worker | head -1)
 if [ -n "$victim" ]; then kill -9 "$victim"; fi
 status=0
-wait "$launcher" || status=$?
+clm_wait_bounded "$launcher" 300 || status=$?
 if [ -n "$victim" ] && [ "$status" -eq 0 ] && grep -q "^== supervisor: attempt 1 failed" "$work/supervised.log" \
     && grep -q "restarting from the newest valid checkpoint" "$work/supervised.log" \
     && grep -q "resuming at epoch" "$work/supervised.log" && grep -q "^== supervisor: attempt 2 finished the job" "$work/supervised.log"; then
@@ -319,7 +318,7 @@ echo "== twenty supervised runs, each with a random rank killed at a random mome
 # trial can be replayed.
 RANDOM=20261201
 sed -e 's/^epochs: 2/epochs: 6/' "$work/lstm.yaml" >"$work/trials.yaml"
-CLM_BIN="$bin" scripts/train.sh --np 3 --config "$work/trials.yaml" --run uninterrupted --max-restarts 0 >"$work/uninterrupted.log" 2>&1 \
+CLM_BIN="$bin" clm_run_bounded 300 scripts/train.sh --np 3 --config "$work/trials.yaml" --run uninterrupted --max-restarts 0 >"$work/uninterrupted.log" 2>&1 \
     || { tail -n 20 "$work/uninterrupted.log"; fail "the uninterrupted reference run"; }
 reference=$(latest_model uninterrupted)
 trials_ok=0 restarted=0 trial_failures=""
@@ -337,7 +336,7 @@ for trial in $(seq 1 20); do
     fi
     if [ -n "$victim" ]; then kill -9 "$victim" 2>/dev/null || true; fi
     status=0
-    wait "$launcher" || status=$?
+    clm_wait_bounded "$launcher" 300 || status=$?
     # Killed ranks and Open MPI's daemons take a moment to leave the process table after mpirun
     # returns: poll for that with a deadline; what is still there after 10 s is left behind.
     leftover=""
@@ -365,7 +364,7 @@ fi
 
 echo "== supervised run: what a restart cannot fix stops at once"
 status=0
-CLM_BIN="$bin" scripts/train.sh --np 2 --config "$work/lstm.yaml" --run unfixable --max-restarts 3 --set lstm.hiden=3 \
+CLM_BIN="$bin" clm_run_bounded 120 scripts/train.sh --np 2 --config "$work/lstm.yaml" --run unfixable --max-restarts 3 --set lstm.hiden=3 \
     >"$work/unfixable.log" 2>&1 || status=$?
 if [ "$status" -ne 0 ] && grep -q "a restart cannot fix it: the job could not start: --set lstm.hiden=3: unknown key" "$work/unfixable.log" \
     && ! grep -q "attempt 2" "$work/unfixable.log"; then
@@ -375,38 +374,85 @@ else
     fail "supervised job with a bad configuration: status $status"
 fi
 
-echo "== supervised run: Ctrl-C stops everything and does not restart"
-# With job control on, the supervisor gets a process group of its own, as a terminal's job does,
-# and SIGINT is not ignored in it (a plain `&` would make bash ignore it); Ctrl-C is SIGINT to
-# that whole group.
-set -m
-CLM_BIN="$bin" scripts/train.sh --np 2 --config "$work/lstm.yaml" --run interrupted --epochs 400 --max-restarts 3 \
-    >"$work/interrupted.log" 2>&1 &
-launcher=$!
-set +m
-clm_wait_for_file "$work/checkpoints/interrupted/latest" 60 || true
-kill -INT -- "-$launcher" 2>/dev/null || true
+# The stop scenarios: a signal to the supervisor, or Ctrl-C to its whole group, must stop every
+# rank at once and never restart; killing the supervisor outright must leave nothing behind.
+job_processes() {  # the processes of a supervised run still in the process table
+    { pgrep -f -- "--run $1( |$)" || true; } | tr '\n' ' '
+}
+stopped_within() {  # stopped_within RUN SECONDS: polls until no process of RUN is left
+    local left
+    for _ in $(seq 1 $(($2 * 5))); do
+        left=$(job_processes "$1")
+        [ -z "$left" ] && return 0
+        sleep 0.2
+    done
+    echo "still running after $2 s: $left"
+    return 1
+}
+supervised_long_run() {  # supervised_long_run RUN [prefix...]: a supervised run, mid-run on return
+    local run=$1
+    shift
+    "$@" env CLM_BIN="$bin" scripts/train.sh --np 3 --config "$work/lstm.yaml" --run "$run" --epochs 400 \
+        --max-restarts 3 >"$work/$run.log" 2>&1 &
+    launcher=$!
+    clm_wait_for_file "$work/checkpoints/$run/latest" 60 || true
+}
+
+echo "== supervised run: SIGTERM to the supervisor stops every rank within 10 s, no restart"
+supervised_long_run terminated
+kill -TERM "$launcher" 2>/dev/null || true
+start=$(date +%s)
 status=0
-wait "$launcher" || status=$?
-left=""
-for _ in $(seq 1 100); do
-    left=$(pgrep -f -- "--run interrupted" || true)
-    [ -z "$left" ] && break
-    sleep 0.1
-done
-if [ "$status" -eq 130 ] && grep -q "^== supervisor: stopped by a signal during attempt 1; not restarting" "$work/interrupted.log" \
-    && ! grep -q "attempt 2" "$work/interrupted.log" && [ -z "$left" ]; then
-    pass "Ctrl-C ended the supervised job (status 130) without a restart, and no rank is left"
+clm_wait_bounded "$launcher" 30 || status=$?
+if [ "$status" -eq 143 ] && stopped_within terminated 10 && [ $(( $(date +%s) - start )) -le 10 ] \
+    && grep -q "^== supervisor: stopped by SIGTERM during attempt 1; not restarting" "$work/terminated.log" \
+    && ! grep -q "attempt 2" "$work/terminated.log"; then
+    pass "SIGTERM ended the supervised job in $(( $(date +%s) - start )) s (status 143) without a restart, no rank left"
+else
+    tail -n 10 "$work/terminated.log"
+    fail "SIGTERM to a supervised job: status $status after $(( $(date +%s) - start )) s"
+fi
+clm_stop_tree_of_run() { for pid in $(job_processes "$1"); do kill -KILL "$pid" 2>/dev/null || true; done; }
+clm_stop_tree_of_run terminated
+
+echo "== supervised run: Ctrl-C to its group stops it even when started with SIGINT ignored"
+# With job control on, the supervisor gets a process group of its own, as a terminal's job does;
+# env --ignore-signal starts it the way a background job of a script (or nohup's caller) would,
+# with SIGINT ignored, which bash alone could not undo. Ctrl-C is SIGINT to the whole group.
+set -m
+supervised_long_run interrupted env --ignore-signal=INT
+set +m
+kill -INT -- "-$launcher" 2>/dev/null || true
+start=$(date +%s)
+status=0
+clm_wait_bounded "$launcher" 30 || status=$?
+if [ "$status" -eq 130 ] && stopped_within interrupted 10 \
+    && grep -q "^== supervisor: stopped by SIGINT during attempt 1; not restarting" "$work/interrupted.log" \
+    && ! grep -q "attempt 2" "$work/interrupted.log"; then
+    pass "Ctrl-C ended the supervised job started with SIGINT ignored in $(( $(date +%s) - start )) s (status 130), no restart, no rank left"
 else
     tail -n 10 "$work/interrupted.log"
-    fail "Ctrl-C of a supervised job: status $status, left '$left'"
+    fail "Ctrl-C of a supervised job started with SIGINT ignored: status $status"
 fi
+clm_stop_tree_of_run interrupted
+
+echo "== supervised run: SIGKILL to the supervisor leaves no rank running"
+supervised_long_run killed-supervisor
+kill -KILL "$launcher" 2>/dev/null || true
+start=$(date +%s)
+wait "$launcher" 2>/dev/null || true  # already dead: SIGKILL cannot be caught
+if stopped_within killed-supervisor 10 && [ -f "$work/checkpoints/killed-supervisor/latest" ]; then
+    pass "SIGKILL of the supervisor mid-run left no rank running ($(( $(date +%s) - start )) s to clear)"
+else
+    fail "SIGKILL of the supervisor left processes running: $(job_processes killed-supervisor)"
+fi
+clm_stop_tree_of_run killed-supervisor
 
 echo "== graph model, 2 ranks"
 sed -e 's/^model: lstm/model: gnn/' -e 's/^run: straight/run: graph/' "$work/lstm.yaml" >"$work/gnn.yaml"
 printf 'gnn:\n  hidden: 8\n  layers: 2\n  fanouts: [5, 3]\n' >>"$work/gnn.yaml"
 # The graph model must beat always answering the majority stage on test macro-F1.
-if clm_mpirun_local 1 "$bin/clm-coordinator" --config "$work/gnn.yaml" : -np 1 "$bin/clm-worker" >"$work/gnn.log" 2>&1 \
+if clm_run_bounded 300 clm_mpirun_local 1 "$bin/clm-coordinator" --config "$work/gnn.yaml" : -np 1 "$bin/clm-worker" >"$work/gnn.log" 2>&1 \
     && grep -E "^(done|  validation|  test)" "$work/gnn.log" \
     && python3 - "$work/gnn.log" <<'PY'
 import re, sys
@@ -427,8 +473,8 @@ echo "== graph model over the partitioned graph, 3 ranks, twice"
 # Every rank holds only its share of the graph and asks the owners of other nodes for their
 # sampled neighbours and feature rows: the same seed and world size must give the same model.
 for run in graph-a graph-b; do
-    timeout 300 bash -c "$(declare -f clm_mpirun_local); clm_mpirun_local 1 '$bin/clm-coordinator' --config '$work/gnn.yaml' \
-        --run $run --set gnn.ablation=false : -np 2 '$bin/clm-worker'" >"$work/$run.log" 2>&1 \
+    clm_run_bounded 300 clm_mpirun_local 1 "$bin/clm-coordinator" --config "$work/gnn.yaml" \
+        --run $run --set gnn.ablation=false : -np 2 "$bin/clm-worker" >"$work/$run.log" 2>&1 \
         || { tail -n 20 "$work/$run.log"; fail "graph model run $run on 3 ranks"; }
 done
 if [ -s "$work/checkpoints/graph-a/latest" ] && [ "$(latest_model graph-a)" = "$(latest_model graph-b)" ]; then

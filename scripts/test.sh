@@ -7,6 +7,7 @@ source "$(dirname "$0")/common.sh"
 cd "$(clm_root)"
 
 clm_install_packages
+clm_stop_children_on_signal
 
 log_dir=$(mktemp -d)
 trap 'rm -rf "$log_dir"' EXIT
@@ -18,14 +19,17 @@ echo "== unit tests (swift test)"
 # saw the connection closed before any answer in 3 of 5 full runs. Bounded: a test that hangs
 # fails the run instead of holding CI until its own limit.
 unit_log="$log_dir/swift-test.log"
-timeout 1200 swift test --no-parallel 2>&1 | tee "$unit_log" | grep -vE "^(◇|✔) (Test|Suite) [^ ]+\(?\)? (started|passed after)" || true
-# tee hides swift test's own status behind the pipe; read it from the log instead.
-grep -qE "Test run with [0-9]+ tests? .*passed" "$unit_log" \
-    || { echo "swift test failed (or exceeded its 20 minutes)"; exit 1; }
+unit_status=0
+clm_run_bounded 1200 swift test --no-parallel >"$unit_log" 2>&1 || unit_status=$?
+grep -vE "^(◇|✔) (Test|Suite) [^ ]+\(?\)? (started|passed after)" "$unit_log" || true
+if [ "$unit_status" -ne 0 ] || ! grep -qE "Test run with [0-9]+ tests? .*passed" "$unit_log"; then
+    echo "swift test failed (status $unit_status; 124 means it exceeded its 20 minutes)"
+    exit 1
+fi
 
 echo "== building the multi-rank tests"
-swift build --product clm-multirank-tests
-swift build --product clm-training-tests
+clm_run_bounded 3600 swift build --product clm-multirank-tests
+clm_run_bounded 3600 swift build --product clm-training-tests
 bin="$(swift build --show-bin-path)"
 multirank="$bin/clm-multirank-tests"
 training="$bin/clm-training-tests"
@@ -38,7 +42,7 @@ total_failed=0
 run_ranks() {
     local ranks=$1 suite=$2 binary=$3 log="$log_dir/$2-np$1.log" status=0
     echo "== $suite tests at $ranks rank(s)"
-    timeout 600 bash -c "$(declare -f clm_mpirun_local); clm_mpirun_local $ranks '$binary'" >"$log" 2>&1 || status=$?
+    clm_run_bounded 600 clm_mpirun_local "$ranks" "$binary" >"$log" 2>&1 || status=$?
     grep -E "^(FAIL|$suite)" "$log" || true
     # A check that cannot run at this size says so on rank 0; print those lines once.
     grep -E "^SKIP rank 0/" "$log" || true
@@ -58,8 +62,9 @@ run_ranks() {
 expect_every_rank() {
     local ranks=$1 scenario=$2 binary=$3 pattern=$4 extra=${5:-} log="$log_dir/$2.log" status=0
     echo "== scenario $scenario"
-    timeout 120 bash -c "$(declare -f clm_mpirun_local); clm_mpirun_local $ranks '$binary' --scenario $scenario $extra" \
-        >"$log" 2>&1 || status=$?
+    # $extra is an mpirun app context: split into words on purpose.
+    # shellcheck disable=SC2086
+    clm_run_bounded 120 clm_mpirun_local "$ranks" "$binary" --scenario "$scenario" $extra >"$log" 2>&1 || status=$?
     local total=$ranks matched
     [ -n "$extra" ] && total=$((ranks + 1))
     matched=$(grep -cE "$pattern" "$log" || true)
@@ -87,7 +92,7 @@ echo "== failure scenario: a rank that never arrives"
 log="$log_dir/missing.log"
 start=$(date +%s)
 status=0
-timeout 120 bash -c "$(declare -f clm_mpirun_local); clm_mpirun_local 3 '$multirank' --scenario missing-rank" >"$log" 2>&1 || status=$?
+clm_run_bounded 120 clm_mpirun_local 3 "$multirank" --scenario missing-rank >"$log" 2>&1 || status=$?
 elapsed=$(( $(date +%s) - start ))
 grep -E "collective watchdog|did not arrive|aborting" "$log" | head -6 || true
 if [ "$status" -ne 0 ] && [ "$elapsed" -lt 30 ] && grep -q "ranks that did not arrive: 2 " "$log" \
@@ -104,7 +109,7 @@ fi
 echo "== failure scenario: one rank fails a check"
 log="$log_dir/failing.log"
 status=0
-timeout 120 bash -c "$(declare -f clm_mpirun_local); clm_mpirun_local 3 '$multirank' --scenario failing-rank" >"$log" 2>&1 || status=$?
+clm_run_bounded 120 clm_mpirun_local 3 "$multirank" --scenario failing-rank >"$log" 2>&1 || status=$?
 reported=$(grep -cE "^multirank rank=[0-9]+ size=3: [0-9]+ passed, 0 failed, [0-9]+ skipped$" "$log" || true)
 if [ "$status" -ne 0 ] && [ "$reported" -eq 2 ] && grep -q "^FAIL rank 1/3" "$log"; then
     echo "a failing rank 1 was detected: mpirun status $status, 2 of 3 ranks reported success"
@@ -116,14 +121,14 @@ else
 fi
 
 echo "== training job end to end (scripts/test-training.sh)"
-if scripts/test-training.sh; then
+if clm_run_bounded 2400 scripts/test-training.sh; then
     total_passed=$((total_passed + 1))
 else
     total_failed=$((total_failed + 1))
 fi
 
 echo "== import across ranks end to end (scripts/test-import.sh)"
-if scripts/test-import.sh; then
+if clm_run_bounded 900 scripts/test-import.sh; then
     total_passed=$((total_passed + 1))
 else
     total_failed=$((total_failed + 1))
@@ -148,7 +153,7 @@ elif ! command -v ip >/dev/null || ! ip netns list >/dev/null 2>&1; then
 else
     status=0
     # The binaries test-training.sh just built (same CLM_BUILD); this part takes about 20 s.
-    CLM_BIN="$(swift build -c "${CLM_BUILD:-debug}" --show-bin-path)" timeout 300 scripts/netns-cluster.sh || status=$?
+    CLM_BIN="$(swift build -c "${CLM_BUILD:-debug}" --show-bin-path)" clm_run_bounded 300 scripts/netns-cluster.sh || status=$?
     if [ "$status" -eq 0 ]; then
         total_passed=$((total_passed + 1))
     elif [ "$status" -eq 77 ]; then
@@ -160,7 +165,7 @@ fi
 
 echo "== Slurm for real: one-node controller and node daemon (scripts/slurm-test.sh)"
 status=0
-CLM_BUILD="${CLM_BUILD:-debug}" timeout 900 scripts/slurm-test.sh || status=$?
+CLM_BUILD="${CLM_BUILD:-debug}" clm_run_bounded 900 scripts/slurm-test.sh || status=$?
 if [ "$status" -eq 0 ]; then
     total_passed=$((total_passed + 1))
 elif [ "$status" -eq 77 ]; then

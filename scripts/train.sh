@@ -14,7 +14,14 @@
 # checkpoint that verifies (--resume latest-valid), at most N times, each attempt logged with
 # its cause, the step it resumed from and the time lost. It stops at once on what a restart
 # cannot fix (a bad configuration, dataset or key, ranks that disagree, a run that exists, the
-# same divergence twice) and on Ctrl-C. A clean finish exits 0.
+# same divergence twice). A clean finish exits 0.
+#
+# Stopping: SIGINT (Ctrl-C) or SIGTERM to the supervisor is passed on to mpirun at once, which
+# stops every rank; the supervisor then exits 130 or 143 and never restarts. An attempt whose
+# ranks were ended by SIGINT or SIGTERM from elsewhere (a scheduler's cancel) is a stop too. If
+# the supervisor itself is killed, even by SIGKILL, the kernel sends mpirun SIGTERM, so nothing
+# it started outlives it. Started with SIGINT ignored (a background job of a script), it
+# restores the default first, so Ctrl-C still works.
 #
 # With a hostfile, every restart first asks each host of the hostfile, one by one, whether it
 # answers and has the binaries; hosts that do not are left out of that attempt and the job
@@ -24,6 +31,8 @@
 # next restart.
 #
 # Coordinator flags (e.g. --epochs 3, --resume latest, --set lstm.hidden=32) are passed through.
+# Relative paths (--config, --hostfile, --data, --checkpoints and those inside the configuration)
+# are relative to the directory train.sh is started from, as for any command.
 # On one machine ranks may outnumber cores (--oversubscribe); with a hostfile they may not.
 #
 # With a hostfile (several hosts, docs/cluster.md) the script first checks, on every host, that
@@ -37,7 +46,9 @@
 #   OMPI_MCA_*              any other Open MPI setting, e.g. OMPI_MCA_plm_rsh_agent
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
-cd "$(clm_root)"
+# Started with SIGINT or SIGTERM ignored (a background job of a script, nohup), bash could not
+# trap them and the job would pass the ignoring on to every rank: start again with the defaults.
+clm_restore_stop_signals "$0" "$@"
 
 ranks=2
 config=""
@@ -75,12 +86,15 @@ usage="usage: scripts/train.sh --np N --config cluster/lstm.yaml [--hostfile F [
 [[ "$min_ranks" =~ ^[0-9]+$ ]] && [ "$min_ranks" -ge 1 ] && [ "$min_ranks" -le "$ranks" ] \
     || { echo "--min-ranks needs a whole number from 1 to --np ($ranks), got '$min_ranks'" >&2; exit 64; }
 
+# Paths are the caller's: --config, --hostfile and the job's own paths (--data, --checkpoints
+# and those in the configuration) are relative to the directory train.sh is started from.
 if [ -n "${CLM_BIN:-}" ]; then
     bin=$(cd "$CLM_BIN" && pwd)
 else
-    swift build -c release --product clm-coordinator >/dev/null
-    swift build -c release --product clm-worker >/dev/null
-    bin="$(swift build -c release --show-bin-path)"
+    root=$(clm_root)
+    swift build --package-path "$root" -c release --product clm-coordinator >/dev/null
+    swift build --package-path "$root" -c release --product clm-worker >/dev/null
+    bin="$(swift build --package-path "$root" -c release --show-bin-path)"
 fi
 
 # Settings shared by the pre-flight and the job, so the checks travel the same way the job will.
@@ -216,8 +230,17 @@ for ((k = 0; k < ${#passthrough[@]}; k++)); do
     fresh_flags+=("${passthrough[k]}")
 done
 
-stopping=""
-trap 'stopping=yes' INT TERM
+# A signal to the supervisor stops the attempt at once: mpirun runs in the background so that
+# bash runs the trap while it waits (it holds traps until a foreground command ends), and the
+# trap passes the signal on to mpirun, which stops every rank.
+stop_signal=""
+attempt_pid=""
+forward_signal() {  # forward_signal NAME
+    stop_signal=$1
+    if [ -n "$attempt_pid" ]; then kill -s "$1" "$attempt_pid" 2>/dev/null || true; fi
+}
+trap 'forward_signal INT' INT
+trap 'forward_signal TERM' TERM
 attempt_log=$(mktemp)
 trap 'rm -f "$attempt_log" ${active_hostfile:+"$active_hostfile"}' EXIT
 flags=("${passthrough[@]}")
@@ -227,19 +250,37 @@ while true; do
     mapfile -d '' command < <(job "${flags[@]}")
     echo "== supervisor: attempt $attempt of at most $((max_restarts + 1)): ${command[*]}"
     started=$(date +%s)
-    set +e
-    # In the foreground with its own output teed: Ctrl-C reaches mpirun directly.
-    "${command[@]}" 2>&1 | tee "$attempt_log"
-    status=${PIPESTATUS[0]}
-    set -e
+    # The kernel sends mpirun SIGTERM if the supervisor dies, even by SIGKILL, so no attempt
+    # outlives it: mpirun then stops its ranks.
+    setpriv --pdeathsig TERM "${command[@]}" >"$attempt_log" 2>&1 &
+    attempt_pid=$!
+    tail -n +1 -s 0.2 -f --pid="$attempt_pid" "$attempt_log" &
+    echo_pid=$!
+    # A trapped signal ends `wait` early; the attempt has ended once its process is gone, and
+    # a last `wait` then gives its status.
+    while kill -0 "$attempt_pid" 2>/dev/null; do wait "$attempt_pid" 2>/dev/null || true; done
+    status=0
+    wait "$attempt_pid" 2>/dev/null || status=$?
+    attempt_pid=""
+    # tail sees the attempt gone within 0.2 s and prints what is left of the log first.
+    wait "$echo_pid" 2>/dev/null || true
     ended=$(date +%s)
     if [ "$status" -eq 0 ]; then
         echo "== supervisor: attempt $attempt finished the job"
         exit 0
     fi
-    if [ -n "$stopping" ]; then
-        echo "== supervisor: stopped by a signal during attempt $attempt; not restarting"
-        exit 130
+    if [ -n "$stop_signal" ]; then
+        echo "== supervisor: stopped by SIG$stop_signal during attempt $attempt; not restarting"
+        [ "$stop_signal" = INT ] && exit 130
+        exit 143
+    fi
+    # Ranks or mpirun ended by SIGINT or SIGTERM were stopped on purpose (Ctrl-C, a scheduler's
+    # cancel, an operator): that is a stop too, never a failure to restart from.
+    line=""
+    if [ "$status" -eq 130 ] || [ "$status" -eq 143 ] \
+        || line=$(grep -m1 -E "exited on signal (2|15) " "$attempt_log"); then
+        echo "== supervisor: attempt $attempt was stopped by a signal (status $status${line:+: $line}); not restarting"
+        exit "$status"
     fi
     # What a restart cannot fix ends the supervision with the job's own reason.
     reason=""
