@@ -114,7 +114,7 @@ public struct CheckpointManifest: Equatable, Sendable {
         do {
             self = try decoder.decode(CheckpointManifest.self, from: jsonData)
         } catch {
-            throw .invalidManifest(path: source, reason: describeDecodingFailure(error, json: Data(jsonData)))
+            throw .invalidManifest(path: source, reason: describeDecodingFailure(decoding: CheckpointManifest.self, with: decoder, error, json: Data(jsonData)))
         }
         try validate(source: source)
     }
@@ -205,10 +205,20 @@ func checkCheckpointFileName(_ name: String) throws(CheckpointError) {
     if name.utf8.count > 255 { throw .invalidFileName(name, reason: "is longer than 255 bytes") }
 }
 
+/// Why `json` could not be decoded as a `Value`, in plain words naming the field. As the
+/// untyped form, and a fraction where a whole number belongs is named too: Foundation reports it
+/// as "not valid JSON" with no path, so it is found by decoding again with the fractions set to
+/// 0, all but one at a time (only when decoding failed; manifests are small).
+public func describeDecodingFailure<Value: Decodable>(decoding type: Value.Type, with decoder: JSONDecoder = JSONDecoder(),
+                                                      _ error: any Error, json: Data) -> String {
+    describeDecodingFailure(error, json: json) { candidate in (try? decoder.decode(Value.self, from: candidate)) != nil }
+}
+
 /// Why JSON could not be decoded, in plain words naming the field: the byte and reason when it
 /// is not valid JSON (from the strict parser, given the bytes), else the field's path and what
 /// it should have held. Never the raw `DecodingError` dump, whose "not valid JSON" has no position.
-public func describeDecodingFailure(_ error: any Error, json: Data? = nil) -> String {
+/// `decodes`, when given, tells whether other JSON text decodes as the type that failed.
+public func describeDecodingFailure(_ error: any Error, json: Data? = nil, decodes: ((Data) -> Bool)? = nil) -> String {
     var tree: StrictJSON? = nil
     if let json {
         let bytes = [UInt8](json)
@@ -245,6 +255,9 @@ public func describeDecodingFailure(_ error: any Error, json: Data? = nil) -> St
         if let (path, literal) = unreadable(tree, "") {
             return "\(path): the number \(literal) is too large to read (beyond ±9.2e18, a 64-bit integer's range)"
         }
+        if let decodes, let (path, literal) = fractionWhereWholeNumberBelongs(tree, decodes: decodes) {
+            return "\(path): expected a whole number, found \(literal)"
+        }
         return "a number does not fit its field (a fraction, or a number beyond ±9.2e18, where a whole number belongs)"
     }
     func path(_ context: DecodingError.Context) -> String {
@@ -278,4 +291,47 @@ public func describeDecodingFailure(_ error: any Error, json: Data? = nil) -> St
     @unknown default:
         return "cannot be decoded"
     }
+}
+
+/// The path and literal of a fractional number that stops `tree` from decoding, or nil when
+/// setting every fraction to 0 does not make it decode (the failure is something else).
+private func fractionWhereWholeNumberBelongs(_ tree: StrictJSON, decodes: (Data) -> Bool) -> (String, String)? {
+    var fractions: [(path: String, literal: String)] = []
+    func collect(_ node: StrictJSON, _ path: String) {
+        switch node {
+        case let .number(literal) where IntegerLiteral(literal: literal) == .notInteger:
+            fractions.append((path.isEmpty ? "the top level" : path, literal))
+        case let .array(items):
+            for (index, item) in items.enumerated() { collect(item, "\(path)[\(index)]") }
+        case let .object(members):
+            for member in members { collect(member.value, path.isEmpty ? member.key : "\(path).\(member.key)") }
+        default:
+            break
+        }
+    }
+    collect(tree, "")
+    guard !fractions.isEmpty else { return nil }
+    // Every fraction but the one at `kept` (none when nil) becomes 0, in the order collected.
+    func zeroed(keeping kept: Int?) -> Data {
+        var next = 0
+        func rewrite(_ node: StrictJSON) -> StrictJSON {
+            switch node {
+            case let .number(literal) where IntegerLiteral(literal: literal) == .notInteger:
+                defer { next += 1 }
+                return next == kept ? node : .number("0")
+            case let .array(items):
+                return .array(items.map(rewrite))
+            case let .object(members):
+                return .object(members.map { (key: $0.key, value: rewrite($0.value)) })
+            default:
+                return node
+            }
+        }
+        return Data(rewrite(tree).text.utf8)
+    }
+    guard decodes(zeroed(keeping: nil)) else { return nil }
+    for index in fractions.indices where !decodes(zeroed(keeping: index)) {
+        return fractions[index]
+    }
+    return nil
 }

@@ -23,6 +23,32 @@ public indirect enum StrictJSON: Sendable {
     }
 }
 
+extension StrictJSON {
+    /// Compact JSON text of the value; numbers are written as their literals.
+    public var text: String {
+        switch self {
+        case let .object(members):
+            return "{" + members.map { "\(StrictJSON.string($0.key).text):\($0.value.text)" }.joined(separator: ",") + "}"
+        case let .array(items):
+            return "[" + items.map(\.text).joined(separator: ",") + "]"
+        case let .string(value):
+            var escaped = "\""
+            for scalar in value.unicodeScalars {
+                switch scalar {
+                case "\"": escaped += "\\\""
+                case "\\": escaped += "\\\\"
+                case _ where scalar.value < 0x20: escaped += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count) + String(scalar.value, radix: 16)
+                default: escaped.unicodeScalars.append(scalar)
+                }
+            }
+            return escaped + "\""
+        case let .number(literal): return literal
+        case let .bool(value): return value ? "true" : "false"
+        case .null: return "null"
+        }
+    }
+}
+
 /// What a JSON number literal means as an integer.
 enum IntegerLiteral: Equatable {
     case value(Int)

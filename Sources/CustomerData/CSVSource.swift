@@ -67,9 +67,15 @@ public struct CSVFormat: Sendable, Equatable {
     /// When true, the optional canonical columns are picked up by name if the header has them.
     public var detectOptionalColumns: Bool
     /// Calendar days (ISO, `YYYYMMDD`, Unix time) outside this range are rejected: a year 1 or
-    /// 9999 is a typo or a sentinel, and would stretch every customer's history. Day numbers
-    /// (`days`) are relative and not checked.
+    /// 9999 is a typo or a sentinel, and would stretch every customer's history.
     public var plausibleDays: ClosedRange<Int> = CSVFormat.defaultPlausibleDays
+    /// Day numbers (`days`) have no epoch, so they may lie either side of zero, but no history
+    /// spans more days than the plausible calendar range does: a larger number is a sentinel
+    /// or a unit mix-up (seconds given as days).
+    public var plausibleRelativeDays: ClosedRange<Int> {
+        let span = plausibleDays.upperBound - plausibleDays.lowerBound
+        return -span...span
+    }
     /// 1970-01-01 through 2100-12-31.
     public static let defaultPlausibleDays = 0...ByteParsing.daysFromCivil(year: 2100, month: 12, day: 31)
 
@@ -549,9 +555,16 @@ final class CSVEventSource {
             let text = String(decoding: UnsafeBufferPointer(start: tp, count: min(tn, 40)), as: UTF8.self)
             throw RowError.reject(tn == 0 ? "empty \(name(ofColumn: timeColumn))" : "unparsable \(name(ofColumn: timeColumn)) '\(text)' (format \(timeFormat.rawValue))")
         }
-        guard !timeFormat.isCalendar || format.plausibleDays.contains(day) else {
-            let text = String(decoding: UnsafeBufferPointer(start: tp, count: min(tn, 40)), as: UTF8.self)
-            throw RowError.reject("\(name(ofColumn: timeColumn)) '\(text)' is outside the plausible dates \(ByteParsing.isoDate(format.plausibleDays.lowerBound)) to \(ByteParsing.isoDate(format.plausibleDays.upperBound))")
+        if timeFormat.isCalendar {
+            guard format.plausibleDays.contains(day) else {
+                let text = String(decoding: UnsafeBufferPointer(start: tp, count: min(tn, 40)), as: UTF8.self)
+                throw RowError.reject("\(name(ofColumn: timeColumn)) '\(text)' is outside the plausible dates \(ByteParsing.isoDate(format.plausibleDays.lowerBound)) to \(ByteParsing.isoDate(format.plausibleDays.upperBound))")
+            }
+        } else {
+            guard format.plausibleRelativeDays.contains(day) else {
+                let text = String(decoding: UnsafeBufferPointer(start: tp, count: min(tn, 40)), as: UTF8.self)
+                throw RowError.reject("\(name(ofColumn: timeColumn)) '\(text)' is outside the plausible day numbers \(format.plausibleRelativeDays.lowerBound) to \(format.plausibleRelativeDays.upperBound)")
+            }
         }
 
         let ap = line + fieldStart[amountColumn], an = fieldEnd[amountColumn] - fieldStart[amountColumn]

@@ -81,7 +81,7 @@ struct VerifiedCheckpoint {
         do {
             stored = try reencode(manifest.configuration, as: StoredModelInfo.self).architecture
         } catch {
-            throw ScoringError.incompatible(path: path, reason: "its manifest configuration does not describe the model (no valid 'architecture'; checkpoints from before it was recorded must be retrained): configuration: \(describeDecodingFailure(error, json: try? JSONEncoder().encode(manifest.configuration)))")
+            throw ScoringError.incompatible(path: path, reason: "its manifest configuration does not describe the model (no valid 'architecture'; checkpoints from before it was recorded must be retrained): configuration: \(describeDecodingFailure(decoding: StoredModelInfo.self, error, json: (try? JSONEncoder().encode(manifest.configuration)) ?? Data()))")
         }
         guard stored.kind.rawValue == kind.rawValue else {
             throw ScoringError.incompatible(path: path, reason: "its architecture describes a \(stored.kind.rawValue) model, the manifest a \(kind.rawValue) one")
@@ -95,7 +95,7 @@ struct VerifiedCheckpoint {
         do {
             dataset = try reencode(manifest.featureSpec, as: DatasetManifest.self)
         } catch {
-            throw ScoringError.incompatible(path: path, reason: "its manifest has no usable dataset manifest (feature spec and normalisation): featureSpec: \(describeDecodingFailure(error, json: try? JSONEncoder().encode(manifest.featureSpec)))")
+            throw ScoringError.incompatible(path: path, reason: "its manifest has no usable dataset manifest (feature spec and normalisation): featureSpec: \(describeDecodingFailure(decoding: DatasetManifest.self, error, json: (try? JSONEncoder().encode(manifest.featureSpec)) ?? Data()))")
         }
         // The dataset manifest carries a fingerprint of its own contents, and the checkpoint names
         // that fingerprint: an edited window, normalisation or stage list shows as a mismatch.
@@ -217,7 +217,7 @@ public struct ScoringModel: Sendable {
             do {
                 reference = try JSONDecoder().decode(DriftReference.self, from: data)
             } catch {
-                throw ScoringError.incompatible(path: path, reason: "\(DriftReference.fileName) is not a drift reference: \(describeDecodingFailure(error, json: data))")
+                throw ScoringError.incompatible(path: path, reason: "\(DriftReference.fileName) is not a drift reference: \(describeDecodingFailure(decoding: DriftReference.self, error, json: data))")
             }
             guard reference.features.map(\.name) == dataset.featureNames, reference.scores.count == 2, reference.inputs.count == 1,
                   (reference.features + reference.inputs + reference.scores).allSatisfy({ $0.fractions.count == $0.edges.count + 1 }) else {

@@ -95,6 +95,12 @@ func sampleManifest(run: String = "churn", step: Int = 0) -> CheckpointManifest 
         for raw in ["DecodingError", "Context(", "codingPath", "NSCocoaErrorDomain", "not valid JSON"] {
             #expect(!description.contains(raw), "\(description)")
         }
+        // A fraction where a whole number belongs is named by its field, past the fractions
+        // that belong where they are (the metrics).
+        let fractional = text.replacingOccurrences(of: "\"worldSize\" : 4", with: "\"worldSize\" : 4.5")
+        #expect(fractional != text)
+        let fraction = #expect(throws: CheckpointError.self) { try CheckpointManifest(jsonData: Data(fractional.utf8), source: "m.json") }
+        #expect(fraction?.description == "checkpoint: invalid manifest m.json: worldSize: expected a whole number, found 4.5")
     }
 
     @Test func acceptsFractionalSecondTimestamps() throws {

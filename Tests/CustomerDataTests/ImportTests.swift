@@ -143,6 +143,22 @@ func implausibleDatesAreRejected() throws {
     #expect(rejects.first { $0.line == 3 }?.reason.contains("'0001-01-01'") == true)
 }
 
+@Test("day numbers beyond the span of the plausible dates are rejected, either side of zero; the bounds are kept")
+func implausibleDayNumbersAreRejected() throws {
+    let scratch = Scratch()
+    defer { scratch.cleanup() }
+    let csv = "customer_id,timestamp,amount\na,10,1\nb,100000,2\nc,-47847,3\nd,47846,4\ne,-47846,5\nf,47847,6\n"
+    var options = dayOptions(cutoff: 20, maxReject: 1)
+    options.format.timeFormat = .days
+    let (summary, _) = try importFile(scratch.file("d.csv", csv), into: scratch, options, name: "d")
+    let rejects = readRejects(summary.rejectsPath)
+    #expect(Set(rejects.map(\.line)) == [3, 4, 7], "\(rejects)")
+    for reject in rejects {
+        #expect(reject.reason.hasSuffix("is outside the plausible day numbers -47846 to 47846"), "line \(reject.line): \(reject.reason)")
+    }
+    #expect(rejects.first { $0.line == 3 }?.reason.contains("'100000'") == true)
+}
+
 @Test func quotedIdsCarryTheirDelimiter() throws {
     let scratch = Scratch()
     defer { scratch.cleanup() }
