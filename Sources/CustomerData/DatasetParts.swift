@@ -59,10 +59,14 @@ extension DatasetFile {
     public struct Part: Codable, Sendable, Equatable {
         public var bytes: Int
         public var hash: String
+        /// In `split.u8` only: the part's training, validation and test customers, so that a
+        /// rank finds its own customers without reading the whole column.
+        public var splitSizes: [Int]?
 
-        public init(bytes: Int, hash: String) {
+        public init(bytes: Int, hash: String, splitSizes: [Int]? = nil) {
             self.bytes = bytes
             self.hash = hash
+            self.splitSizes = splitSizes
         }
     }
 
@@ -187,5 +191,33 @@ extension Array where Element == Int128 {
             }
         }
         return total
+    }
+}
+
+/// How many customers of each split (training, validation, test) every part of the split
+/// column holds, from the manifest: enough to find any rank's customers without reading all.
+public struct SplitPartSizes: Sendable, Equatable {
+    public var rowsPerPart: Int
+    /// One entry per part of the customer files, each three counts.
+    public var sizes: [[Int]]
+
+    public init(rowsPerPart: Int, sizes: [[Int]]) {
+        self.rowsPerPart = rowsPerPart
+        self.sizes = sizes
+    }
+}
+
+extension DatasetManifest {
+    /// The split counts per part, when the dataset records them (datasets written before they
+    /// were recorded, and format 1, do not: their readers scan the split column).
+    public var splitPartSizes: SplitPartSizes? {
+        guard let rowsPerPart, let parts = files.first(where: { $0.name == "split.u8" })?.parts else { return nil }
+        var sizes: [[Int]] = []
+        sizes.reserveCapacity(parts.count)
+        for part in parts {
+            guard let counts = part.splitSizes, counts.count == 3, counts.allSatisfy({ $0 >= 0 }) else { return nil }
+            sizes.append(counts)
+        }
+        return SplitPartSizes(rowsPerPart: rowsPerPart, sizes: sizes)
     }
 }

@@ -150,6 +150,8 @@ final class DatasetAssembler {
     /// The normalisation's sums over each split's customers (each customer's values are
     /// quantised once; training alone, or all three, make the fit).
     @exclusivity(unchecked) private var splitFits: [NormalisationFitter]
+    /// Customers of each split in the part being written, recorded with the split column's part.
+    @exclusivity(unchecked) private var partSplitSizes = [0, 0, 0]
     @exclusivity(unchecked) private(set) var graphTotals = GraphCustomerTotals()
     private let keepGraphTotals: Bool
 
@@ -216,6 +218,7 @@ final class DatasetAssembler {
         let assigned = assigner.split(of: id)
         try splitFile.write(value: assigned)
         totals.splitSizes[Int(assigned)] += 1
+        partSplitSizes[Int(assigned)] += 1
         lengths.append(UInt16(length))
         // Statistics come from training customers only, so validation and test stay unseen;
         // a split without training customers falls back to all of them (`normalisation`).
@@ -239,7 +242,13 @@ final class DatasetAssembler {
             graphTotals.recencyPeriods.append(header.recencyPeriods)
             graphTotals.tenurePeriods.append(header.tenurePeriods)
         }
-        if (rows.lowerBound + lengths.count) % rowsPerPart == 0 { perCustomerFiles.forEach { $0.endPart() } }
+        if (rows.lowerBound + lengths.count) % rowsPerPart == 0 { endCustomerPart() }
+    }
+
+    private func endCustomerPart() {
+        for file in perCustomerFiles where file !== splitFile { file.endPart() }
+        splitFile.endPart(splitSizes: partSplitSizes)
+        partSplitSizes = [0, 0, 0]
     }
 
     /// The normalisation fitted on the training customers of every writer (all customers when
@@ -259,7 +268,7 @@ final class DatasetAssembler {
     func finish(normalisation: FeatureNormalisation) throws -> [DatasetFile] {
         precondition(customerCount == rows.count, "\(customerCount) customers added for \(rows.count) rows")
         let n = customerCount
-        if (rows.lowerBound + n) % rowsPerPart != 0 { perCustomerFiles.forEach { $0.endPart() } }
+        if (rows.lowerBound + n) % rowsPerPart != 0 { endCustomerPart() }
         _ = try rawFeatures.close(dtype: "f32", shape: [])
         var files = [try normaliseInPlace(normalisation)]
         files.append(try idsFile.close(dtype: "text", shape: [n]))

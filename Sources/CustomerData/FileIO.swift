@@ -76,8 +76,8 @@ final class HashingFileWriter {
     }
 
     /// Closes the part written since the last one (`DatasetPartLayout`), empty or not.
-    func endPart() {
-        parts.append(DatasetFile.Part(bytes: bytesWritten - partStart, hash: ContentHasher.hex(hasher.finalize())))
+    func endPart(splitSizes: [Int]? = nil) {
+        parts.append(DatasetFile.Part(bytes: bytesWritten - partStart, hash: ContentHasher.hex(hasher.finalize()), splitSizes: splitSizes))
         hasher = ContentHasher()
         partStart = bytesWritten
     }

@@ -177,7 +177,14 @@ public enum TrainingJob {
             try dataset ?? CustomerDataset.open(at: URL(fileURLWithPath: announced.datasetPath), verifyContents: false, loadGraph: false)
         }
         let ranks = world.size
-        let plan = ShardPlan.own(splits: dataset.split, ranks: ranks, rank: world.rank)
+        let plan = try world.agreeing("finding this rank's customers in \(announced.datasetPath)") {
+            if let sizes = dataset.manifest.splitPartSizes {
+                try ShardPlan.own(splits: dataset.split, partSizes: sizes, ranks: ranks, rank: world.rank,
+                                  path: dataset.directory.appendingPathComponent("split.u8").path)
+            } else {
+                ShardPlan.own(splits: dataset.split, ranks: ranks, rank: world.rank)
+            }
+        }
         // The graph model's ranks each hold the nodes they own (`GraphPartition`): customers in
         // contiguous blocks, products in contiguous blocks, no rank the whole graph.
         let partition = configuration.model == .gnn ? dataset.graphPartition(ranks: ranks) : nil

@@ -9,6 +9,8 @@ private func syntheticDataset(_ scratch: Scratch, customers: Int = 400, products
     _ = try generateSyntheticEvents(options: SyntheticOptions(customers: customers, products: products, seed: seed), to: csv)
     var options = ImportOptions()
     options.maxRejectFraction = 0
+    // Several parts per file, as a large import has.
+    options.rowsPerPart = 64
     return try importFile(csv, into: scratch, options)
 }
 
@@ -38,6 +40,12 @@ private func syntheticDataset(_ scratch: Scratch, customers: Int = 400, products
     #expect(data.features.count == data.customerCount * 39 * 8)
     #expect(m.split.sizes.reduce(0, +) == data.customerCount)
     #expect((0..<3).map { data.indices(in: CustomerDataset.SplitPart(rawValue: UInt8($0))!).count } == m.split.sizes)
+    // Every part of the split column records its customers of each split, as its bytes hold them.
+    let partSizes = try #require(m.splitPartSizes)
+    #expect(partSizes.sizes.count == m.partLayout?.customerParts.count)
+    for (index, rows) in (m.partLayout?.customerParts ?? []).enumerated() {
+        #expect(partSizes.sizes[index] == (0..<3).map { s in rows.filter { Int(data.split[$0]) == s }.count }, "part \(index)")
+    }
     #expect(m.labels.stageCounts.reduce(0, +) == data.customerCount)
     #expect(abs(Double(data.churn.reduce(0, +)) / Double(data.customerCount) - m.labels.churnRate) < 1e-9)
     // Normalised features over training customers' valid steps: mean 0, std 1 (non-constant ones).

@@ -1,3 +1,4 @@
+import CustomerData
 import Models
 import Testing
 @testable import Training
@@ -81,5 +82,44 @@ import Testing
         #expect(plans.allSatisfy { $0.train.allSatisfy { splits[Int($0)] == 0 } && $0.totals == plans[0].totals })
         #expect(epochOrder(count: 20, seed: 1, epoch: 2, rank: 0) == epochOrder(count: 20, seed: 1, epoch: 2, rank: 0))
         #expect(epochOrder(count: 20, seed: 1, epoch: 2, rank: 0) != epochOrder(count: 20, seed: 1, epoch: 3, rank: 0))
+    }
+
+    /// With the manifest's split counts per part, a rank reads only the parts that hold its
+    /// customers and finds the plan the whole-column scan finds; the parts it skips may hold
+    /// anything, and a part whose bytes disagree with its counts is refused.
+    @Test(arguments: [(10, 3, 4), (9, 3, 2), (2, 4, 1), (1, 1, 1), (40, 5, 3), (1000, 7, 64), (30, 2, 1)])
+    func partSizesFindTheScannedPlanReadingOwnPartsOnly(customers: Int, ranks: Int, rowsPerPart: Int) throws {
+        let splits = (0..<customers).map { UInt8(($0 * 7 + $0 / 3) % 3 == 2 ? 1 : ($0 % 5 == 4 ? 2 : 0)) }
+        let partRanges = stride(from: 0, to: customers, by: rowsPerPart).map { $0..<min($0 + rowsPerPart, customers) }
+        let sizes = SplitPartSizes(rowsPerPart: rowsPerPart, sizes: partRanges.map { range in
+            (0..<3).map { s in range.filter { Int(splits[$0]) == s }.count }
+        })
+        for rank in 0..<ranks {
+            let scanned = splits.withUnsafeBufferPointer { ShardPlan.own(splits: $0, ranks: ranks, rank: rank) }
+            let planned = try splits.withUnsafeBufferPointer { try ShardPlan.own(splits: $0, partSizes: sizes, ranks: ranks, rank: rank) }
+            #expect(planned == scanned, "rank \(rank) of \(ranks)")
+            // Parts holding none of this rank's rows (nor, for a rank without training
+            // customers, the repeated first ones) are not read: scrambling them changes nothing.
+            let needed = Set((scanned.train + scanned.validation + scanned.test).map { Int($0) / rowsPerPart })
+            var scrambled = splits
+            for (index, range) in partRanges.enumerated() where !needed.contains(index) { for row in range { scrambled[row] = 9 } }
+            let again = try scrambled.withUnsafeBufferPointer { try ShardPlan.own(splits: $0, partSizes: sizes, ranks: ranks, rank: rank) }
+            #expect(again == scanned, "rank \(rank) of \(ranks) read a part it does not own")
+        }
+        // A part whose counts disagree with its bytes, or counts that do not cover the column.
+        var wrong = sizes
+        wrong.sizes[0] = [wrong.sizes[0][0] + 1, max(0, wrong.sizes[0][1] - 1), wrong.sizes[0][2]]
+        if wrong != sizes && wrong.sizes[0].reduce(0, +) == sizes.sizes[0].reduce(0, +) {
+            #expect(throws: DataError.self) {
+                try splits.withUnsafeBufferPointer { try ShardPlan.own(splits: $0, partSizes: wrong, ranks: 1, rank: 0) }
+            }
+        }
+        var short = sizes
+        short.sizes.removeLast()
+        if customers > rowsPerPart {
+            #expect(throws: DataError.self) {
+                try splits.withUnsafeBufferPointer { try ShardPlan.own(splits: $0, partSizes: short, ranks: ranks, rank: 0) }
+            }
+        }
     }
 }
