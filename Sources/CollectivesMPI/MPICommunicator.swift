@@ -1,5 +1,6 @@
 import CMPI
 import Collectives
+import Foundation
 
 /// The MPI world as a `Communicator`, with a collective watchdog.
 ///
@@ -23,6 +24,8 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     /// The underlying communicator, for calling MPI directly (benchmarks against raw MPI).
     public var mpiHandle: MPI_Comm { comm }
     private let watchdog: CollectiveWatchdog?
+    /// Shared with the sibling that skips the agreement check, so one account covers the rank.
+    private let times: CollectiveTimes
 
     /// Joins the MPI world, initialising MPI if needed.
     ///
@@ -46,6 +49,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         self.size = Int(size)
         self.maxElementsPerCall = maxElementsPerCall
         self.verifiesAgreement = verifyAgreement
+        times = CollectiveTimes()
         if let watchdogTimeout {
             // The watchdog thread makes MPI calls beside the main thread; without full thread
             // support that would be undefined behaviour, so it is refused rather than risked.
@@ -83,6 +87,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         verifiesAgreement = false
         comm = sibling.comm
         watchdog = sibling.watchdog
+        times = sibling.times
     }
 
     /// Waits for every rank, then stops all watchdogs and finalises MPI.
@@ -90,6 +95,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         // After this barrier no rank is inside a collective, so no watchdog can still need an
         // answer from a peer whose watchdog has stopped.
         try barrier()
+        if let report = times.report(rank: rank, size: size) { print(report) }
         MPIEnvironment.finalize()
     }
 
@@ -276,6 +282,8 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
 
     @inline(__always)
     private func underWatchdog(_ kind: CollectiveKind, _ name: String, _ body: () -> Int32) throws {
+        let started = CollectiveTimes.now()
+        defer { times.add(since: started) }
         if let watchdog {
             watchdog.block(watchdog.arrive(), kind)
             let rc = body()
@@ -310,7 +318,9 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     }
     fileprivate func waitForRequest(_ handle: inout MPI_Request?, sequence: Int) throws {
         watchdog?.block(sequence, .allreduceWait)
+        let started = CollectiveTimes.now()
         let rc = MPI_Wait(&handle, cmpi_status_ignore())
+        times.add(since: started)
         watchdog?.unblock()
         try check(rc, "MPI_Wait (allreduce)")
     }
@@ -386,3 +396,43 @@ final class MPIRequest: CollectiveRequest {
     }
 }
 
+/// How long this rank spent inside blocking collectives, reported at shutdown when
+/// `CLM_COLLECTIVE_TIMES` is set. While one rank works alone (writing a manifest, verifying
+/// files) the others sit in a collective, so a rank's long waits bound from above the wall time
+/// in which another rank alone was busy: the measure of a job's serial share.
+final class CollectiveTimes: @unchecked Sendable {
+    /// A wait this long is a stretch of another rank working alone (or a large transfer), not
+    /// the small imbalance of a balanced step.
+    static let longWait: UInt64 = 100_000_000
+    private let started = CollectiveTimes.now()
+    // Only the thread that calls collectives touches these.
+    private var inside: UInt64 = 0
+    private var inLongWaits: UInt64 = 0
+    private var calls = 0
+    private var longCalls = 0
+
+    @inline(__always)
+    static func now() -> UInt64 {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return UInt64(time.tv_sec) &* 1_000_000_000 &+ UInt64(time.tv_nsec)
+    }
+
+    @inline(__always)
+    func add(since start: UInt64) {
+        let elapsed = Self.now() &- start
+        inside &+= elapsed
+        calls &+= 1
+        if elapsed >= Self.longWait {
+            inLongWaits &+= elapsed
+            longCalls &+= 1
+        }
+    }
+
+    func report(rank: Int, size: Int) -> String? {
+        guard let flag = getenv("CLM_COLLECTIVE_TIMES"), String(cString: flag) != "0" else { return nil }
+        func seconds(_ nanoseconds: UInt64) -> String { String(format: "%.2f s", Double(nanoseconds) / 1e9) }
+        return "collective times: rank \(rank) of \(size): \(seconds(inside)) inside \(calls) collectives, "
+            + "\(seconds(inLongWaits)) of it in \(longCalls) waits of 0.1 s or more, \(seconds(Self.now() &- started)) since joining"
+    }
+}
