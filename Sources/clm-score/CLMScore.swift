@@ -76,6 +76,9 @@ struct Serve: AsyncParsableCommand {
 
     /// Where the graph model comes from, when --gnn-run asks for one.
     func graphSource() throws -> GraphSource? {
+        if graphEvents == nil && graphEventFile.anyGiven {
+            throw ScoringError.invalidInput("the event-file flags (--preset, --customer-col, --delimiter, ...) describe --graph-events; give them with --gnn-run NAME --graph-events FILE")
+        }
         guard let gnnRun else {
             if graphEvents != nil { throw ScoringError.invalidInput("--graph-events needs --gnn-run") }
             return nil

@@ -139,3 +139,61 @@ struct ComparisonTests {
         }
     }
 }
+
+/// Runs the `clm-report` that `swift build --build-tests` builds beside the tests, in `directory`.
+func runReportTool(_ arguments: [String], in directory: URL) throws -> (status: Int32, output: String, errors: String) {
+    let products = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    let tool = [products, Bundle.main.bundleURL.deletingLastPathComponent()].map { $0.appendingPathComponent("clm-report").path }
+        .first { FileManager.default.isExecutableFile(atPath: $0) }
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: try #require(tool, "clm-report is not built next to the tests; run swift build --build-tests"))
+    process.arguments = arguments
+    process.currentDirectoryURL = directory
+    let output = Pipe(), errors = Pipe()
+    process.standardOutput = output
+    process.standardError = errors
+    try process.run()
+    // Read before waiting: a full pipe would otherwise stop the tool.
+    let out = output.fileHandleForReading.readDataToEndOfFile(), err = errors.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: out, as: UTF8.self), String(decoding: err, as: UTF8.self))
+}
+
+@Suite("clm-report's run flags", .serialized)
+struct ReportToolTests {
+    @Test("--run is a run name under --checkpoints as in clm-score, --run-dir a directory; a wrong name lists the runs; paths print as given")
+    func runMeansARunName() throws {
+        let runs = try TrainedRuns.shared.get()
+        let here = runs.directory.url
+        let byName = try runReportTool(["--checkpoints", "checkpoints", "--run", "small-lstm", "--out", "by-name.html"], in: here)
+        #expect(byName.status == 0 && byName.output == "wrote by-name.html\n", "\(byName)")
+        let byDirectory = try runReportTool(["--run-dir", "checkpoints/small-lstm", "--out", "by-dir.html"], in: here)
+        #expect(byDirectory.status == 0 && byDirectory.output == "wrote by-dir.html\n", "\(byDirectory)")
+        // The same run either way, and the sources named as given.
+        let html = try String(contentsOfFile: runs.directory.path("by-name.html"), encoding: .utf8)
+        #expect(html.contains("<code>checkpoints/small-lstm/metrics.jsonl</code>"))
+        #expect(!html.contains(here.path), "an absolute path in the report")
+        #expect(html == (try String(contentsOfFile: runs.directory.path("by-dir.html"), encoding: .utf8)))
+
+        let misspelt = try runReportTool(["--checkpoints", "checkpoints", "--run", "smal-lstm"], in: here)
+        #expect(misspelt.status == 1 && misspelt.errors == "clm-report: error: checkpoints/smal-lstm: no such run; runs with checkpoints under checkpoints: small-lstm, stages-gnn, wide-lstm\n",
+                "\(misspelt)")
+        let directoryAsName = try runReportTool(["--run", "checkpoints/small-lstm"], in: here)
+        #expect(directoryAsName.status != 0 && directoryAsName.errors.contains("--run-dir checkpoints/small-lstm"), "\(directoryAsName)")
+    }
+
+    @Test("--compare prints the table and writes compare.html, both naming the runs as given")
+    func compareFromTheCommandLine() throws {
+        let runs = try TrainedRuns.shared.get()
+        let compared = try runReportTool(["--compare", "checkpoints/small-lstm", "checkpoints/wide-lstm"], in: runs.directory.url)
+        #expect(compared.status == 0, "\(compared)")
+        let lines = compared.output.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("test metric") == true && lines.first?.contains("wide-lstm") == true, "\(compared.output)")
+        #expect(lines.contains { $0.hasPrefix("churn ROC AUC") })
+        #expect(lines.last == "wrote compare.html")
+        let html = try String(contentsOfFile: runs.directory.path("compare.html"), encoding: .utf8)
+        #expect(html.contains("<code>checkpoints/wide-lstm</code>"))
+        let mixed = try runReportTool(["--compare", "checkpoints/small-lstm", "checkpoints/wide-lstm", "--scores", "s.csv"], in: runs.directory.url)
+        #expect(mixed.status != 0 && mixed.errors.contains("--compare takes run directories only"), "\(mixed)")
+    }
+}

@@ -277,7 +277,7 @@ final class ToolProcess: @unchecked Sendable {
 
 @Suite("clm-score's run and event-file flags", .serialized)
 struct ScoreToolFlagTests {
-    @Test("serve reads --graph-events with batch's column-mapping flags; without them the mapped file is refused at start")
+    @Test("serve reads --graph-events with batch's column-mapping flags; without them the mapped file is refused at start, and they are refused without the file")
     func serveTakesTheColumnMapping() async throws {
         let fixture = try ScoringFixture(customers: 80)
         try fixture.saveCheckpoint(step: 1, seed: 4)
@@ -316,6 +316,11 @@ struct ScoreToolFlagTests {
         let unmapped = try ToolProcess(common, in: fixture.directory.url)
         let refused = try #require(try await unmapped.exit(), "serve started on a file it cannot read")
         #expect(refused.status == 1 && refused.errors.contains("export.tsv"), "\(refused.errors)")
+
+        // Layout flags with no file to describe are refused, not ignored.
+        let stray = try ToolProcess(["serve", "--checkpoints", "checkpoints", "--run", "test", "--port", "0"] + mapping, in: fixture.directory.url)
+        let strayed = try #require(try await stray.exit(), "serve started with layout flags and no --graph-events")
+        #expect(strayed.status == 1 && strayed.errors.contains("describe --graph-events"), "\(strayed.errors)")
     }
 
     @Test("serve and batch refuse a misspelt run at start, listing the runs that exist")
