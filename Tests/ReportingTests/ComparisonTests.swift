@@ -18,6 +18,8 @@ final class TrainedRuns: @unchecked Sendable {
 
     private init() throws {
         directory = try TemporaryDirectory(prefix: "compare")
+        // A static is never deinitialised, so its directory is removed when the test process ends.
+        atexit { if case .success(let runs) = TrainedRuns.shared { try? FileManager.default.removeItem(at: runs.directory.url) } }
         let events = directory.path("events.csv")
         _ = try generateSyntheticEvents(options: SyntheticOptions(customers: 400, products: 30, seed: 23), to: events)
         var options = ImportOptions()
