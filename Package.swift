@@ -162,7 +162,7 @@ let package = Package(
         .executableTarget(
             name: "clm-report",
             dependencies: [
-                "Reporting", "ToolSupport",
+                "Reporting", "Checkpoints", "ToolSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -173,7 +173,11 @@ let package = Package(
         .testTarget(name: "CheckpointsTests", dependencies: ["TestSupport", "Checkpoints"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Scoring", "Models", "CustomerData", "Checkpoints"]),
         .testTarget(name: "BaselinesTests", dependencies: ["TestSupport", "Baselines"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "ReportingTests", dependencies: ["TestSupport", "Reporting", "ModelMetrics", "Checkpoints", "TextFormatting"]),
+        // Training too: the comparison is tested on runs trained for real, the files as training writes them.
+        .testTarget(
+            name: "ReportingTests",
+            dependencies: ["TestSupport", "Reporting", "ModelMetrics", "Checkpoints", "TextFormatting", "Training", "Collectives", "CustomerData"]
+        ),
         .testTarget(
             name: "ScoringTests",
             dependencies: ["TestSupport", "ScoringTestSupport", "Collectives", "Scoring", "ScoringService", "ScoringLoad", "Models", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",

@@ -75,7 +75,7 @@ wait "$server_pid" 2>/dev/null || true
 server_pid=""
 
 step "run report"
-"$bin/clm-report" --run "$demo/checkpoints/cdnow-lstm" --gnn-run "$demo/checkpoints/instacart-gnn" \
+"$bin/clm-report" --checkpoints "$demo/checkpoints" --run cdnow-lstm --gnn-run instacart-gnn \
     --scores "$demo/scores.csv" --out "$demo/report.html"
 
 step "done in $(( $(date +%s) - started )) s; everything is under $demo/"

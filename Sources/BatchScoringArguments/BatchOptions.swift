@@ -75,6 +75,8 @@ public struct BatchOptions: ParsableArguments {
     public var explainSteps: Int = 32
     @Option(help: "What --explain compares a customer with: zeros (every feature at its training mean) or tenure-mean (the scored customers of the same history length, on average).")
     public var explainBaseline: ExplanationBaseline = .zeros
+    @Option(help: "Where the high-value line comes from when the rules set no high_value_amount: training (the top fraction of the training customers' expected spends, stored in the checkpoint: the line the service uses) or scored (the top fraction of this file's customers).")
+    public var highValueFrom: HighValueSource = .training
     @Option(help: "Also write the run's summary as JSON (stability indices against the training customers; with --explain, mean attribution per reason group), for clm-report --summary.")
     public var summaryOut: String?
     @OptionGroup public var eventFile: EventFileArguments
@@ -109,7 +111,7 @@ public struct BatchOptions: ParsableArguments {
         let summary = try BatchScoring.run(
             scorer: LSTMScorer(model: prepared.model), events: events, options: prepared.options, asOf: prepared.asOfDay,
             rules: prepared.rules, output: out, batchSize: batchSize, threads: threads,
-            graph: prepared.graph.map(GraphStageScorer.init(model:)), explain: prepared.explanation)
+            graph: prepared.graph.map(GraphStageScorer.init(model:)), explain: prepared.explanation, highValue: highValueFrom)
         try report(summary, prepared)
     }
 
@@ -141,7 +143,7 @@ public struct BatchOptions: ParsableArguments {
                          Double(summary.customers) / max(summary.explainSeconds, 1e-9), (summary.worstCompleteness?.error ?? 0) * 100,
                          summary.worstCompleteness?.customerID ?? "-", summary.worstCompleteness?.target ?? "-"))
         }
-        print(String(format: "high value expected spend >= %.2f", summary.highValueLine))
+        print(String(format: "high value expected spend >= %.2f (", summary.highValueLine.amount) + summary.highValueLine.origin + ")")
         if summary.drift.isEmpty {
             print("drift     the checkpoint has no training reference (drift.json): retrain to get stability indices")
         } else {
@@ -165,6 +167,7 @@ public struct BatchOptions: ParsableArguments {
 }
 
 extension ExplanationBaseline: ExpressibleByArgument {}
+extension HighValueSource: ExpressibleByArgument {}
 
 /// The batch's summary as JSON, written atomically: what `clm-report --summary` reads.
 /// "2 threads", or "3 ranks × 2 threads" under mpirun.

@@ -11,7 +11,7 @@ public struct LoadedCheckpoint: Sendable {
     /// The file `name` parsed and validated as safetensors.
     public func safeTensors(_ name: String) throws -> SafeTensorsFile {
         guard let data = files[name] else {
-            throw CheckpointError.requiredFileMissing(name: name, directory: directory.path)
+            throw CheckpointError.requiredFileMissing(name: name, directory: directory.relativePath)
         }
         return try SafeTensorsFile(data: data)
     }
@@ -88,7 +88,7 @@ public struct CheckpointStore: Sendable {
         }
         let final = directory(step: step)
         if try io(DurableIO.entryKind(final)) != .missing {
-            throw .stepExists(step: step, directory: final.path)
+            throw .stepExists(step: step, directory: final.relativePath)
         }
 
         var manifest = manifest
@@ -127,7 +127,7 @@ public struct CheckpointStore: Sendable {
             // rename(2) refuses to replace a non-empty directory, which catches a step that
             // appeared after the check above.
             if error.code == ENOTEMPTY || error.code == EEXIST {
-                throw .stepExists(step: step, directory: final.path)
+                throw .stepExists(step: step, directory: final.relativePath)
             }
             throw .fileSystem(error)
         }
@@ -137,7 +137,7 @@ public struct CheckpointStore: Sendable {
         do {
             try applyRetention()
         } catch {
-            throw .retentionFailed(saved: final.path, reason: error.description)
+            throw .retentionFailed(saved: final.relativePath, reason: error.description)
         }
         return final
     }
@@ -146,7 +146,7 @@ public struct CheckpointStore: Sendable {
     public func markBest(step: Int) throws(CheckpointError) {
         let target = directory(step: step)
         guard try io(DurableIO.entryKind(target)) == .directory else {
-            throw .stepNotFound(step: step, directory: target.path)
+            throw .stepNotFound(step: step, directory: target.relativePath)
         }
         try writePointer(Self.bestFileName, step: step)
     }
@@ -211,6 +211,17 @@ public struct CheckpointStore: Sendable {
         return try latestStep()
     }
 
+    /// The runs under `root` with a checkpoint to serve (a `best` or `latest` pointer), sorted:
+    /// what a tool lists when it is given a run name that has none.
+    public static func runsWithCheckpoints(under root: URL) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []
+        return names.filter { name in
+            [bestFileName, latestFileName].contains {
+                FileManager.default.fileExists(atPath: root.appendingPathComponent(name).appendingPathComponent($0).path)
+            }
+        }.sorted()
+    }
+
     // MARK: Loading
 
     /// Loads and verifies a step, or the one `latest` names when `step` is nil.
@@ -223,11 +234,11 @@ public struct CheckpointStore: Sendable {
         } else if let latest = try latestStep() {
             chosen = latest
         } else {
-            throw .noCheckpoint(run: run, directory: runDirectory.path)
+            throw .noCheckpoint(run: run, directory: runDirectory.relativePath)
         }
         let target = directory(step: chosen)
         guard try io(DurableIO.entryKind(target)) == .directory else {
-            throw .stepNotFound(step: chosen, directory: target.path)
+            throw .stepNotFound(step: chosen, directory: target.relativePath)
         }
         return try Self.load(directory: target, requiring: requiring)
     }
@@ -239,25 +250,25 @@ public struct CheckpointStore: Sendable {
     public static func load(directory: URL, requiring: Set<String> = []) throws(CheckpointError) -> LoadedCheckpoint {
         let manifestURL = directory.appendingPathComponent(CheckpointManifest.fileName)
         if try io(DurableIO.entryKind(directory)) == .other, (try? FileManager.default.destinationOfSymbolicLink(atPath: directory.path)) != nil {
-            throw .symbolicLink(path: directory.path)
+            throw .symbolicLink(path: directory.relativePath)
         }
         let manifestBytes: [UInt8]
         do throws(FileSystemError) {
             manifestBytes = try DurableIO.readFile(named: CheckpointManifest.fileName, in: directory)
         } catch {
-            if error.code == ELOOP { throw .symbolicLink(path: manifestURL.path) }
+            if error.code == ELOOP { throw .symbolicLink(path: manifestURL.relativePath) }
             if error.code == ENOENT {
                 // Distinguish "no such checkpoint" from "checkpoint without a manifest".
                 if (try? DurableIO.entryKind(directory)) == .directory { throw .manifestMissing(directory: directory.path) }
             }
             throw .fileSystem(error)
         }
-        let manifest = try CheckpointManifest(jsonData: Data(manifestBytes), source: manifestURL.path)
+        let manifest = try CheckpointManifest(jsonData: Data(manifestBytes), source: manifestURL.relativePath)
         if let named = Self.step(directoryName: directory.lastPathComponent), named != manifest.step {
-            throw .invalidManifest(path: manifestURL.path, reason: "step \(manifest.step) does not match the directory name \(directory.lastPathComponent)")
+            throw .invalidManifest(path: manifestURL.relativePath, reason: "step \(manifest.step) does not match the directory name \(directory.lastPathComponent)")
         }
         for name in requiring.sorted() where manifest.files[name] == nil {
-            throw .requiredFileMissing(name: name, directory: directory.path)
+            throw .requiredFileMissing(name: name, directory: directory.relativePath)
         }
 
         var contents: [String: Data] = [:]
@@ -267,19 +278,19 @@ public struct CheckpointStore: Sendable {
             do throws(FileSystemError) {
                 bytes = try DurableIO.readFile(named: name, in: directory)
             } catch {
-                if error.code == ELOOP { throw .symbolicLink(path: url.path) }
+                if error.code == ELOOP { throw .symbolicLink(path: url.relativePath) }
                 if error.code == EINVAL && error.operation.hasPrefix("open (not a name") {
-                    throw .invalidManifest(path: manifestURL.path, reason: "file \"\(name)\" is not a name inside the step directory")
+                    throw .invalidManifest(path: manifestURL.relativePath, reason: "file \"\(name)\" is not a name inside the step directory")
                 }
-                if error.code == ENOENT { throw .fileMissing(path: url.path) }
+                if error.code == ENOENT { throw .fileMissing(path: url.relativePath) }
                 throw .fileSystem(error)
             }
             if bytes.count != digest.bytes {
-                throw .sizeMismatch(path: url.path, expected: digest.bytes, actual: bytes.count)
+                throw .sizeMismatch(path: url.relativePath, expected: digest.bytes, actual: bytes.count)
             }
             let actual = sha256Hex(bytes)
             if actual != digest.sha256 {
-                throw .digestMismatch(path: url.path, expected: digest.sha256, actual: actual)
+                throw .digestMismatch(path: url.relativePath, expected: digest.sha256, actual: actual)
             }
             contents[name] = Data(bytes)
         }
@@ -288,7 +299,7 @@ public struct CheckpointStore: Sendable {
         // The signature signs the manifest, so the manifest cannot list it.
         for name in present.sorted() where !name.hasPrefix(".") && name != CheckpointManifest.fileName
             && name != CheckpointSigningKey.signatureFileName && manifest.files[name] == nil {
-            throw .unlistedFile(path: directory.appendingPathComponent(name).path)
+            throw .unlistedFile(path: directory.appendingPathComponent(name).relativePath)
         }
         return LoadedCheckpoint(directory: directory, manifest: manifest, files: contents)
     }
@@ -317,7 +328,7 @@ public struct CheckpointStore: Sendable {
         }
         let text = String(decoding: bytes.prefix(64), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
         guard bytes.count <= 64, let step = Self.step(directoryName: text) else {
-            throw .invalidPointer(path: url.path, content: text)
+            throw .invalidPointer(path: url.relativePath, content: text)
         }
         return step
     }
@@ -325,7 +336,7 @@ public struct CheckpointStore: Sendable {
     private func existingPointerStep(_ name: String) throws(CheckpointError) -> Int? {
         guard let step = try pointerStep(name) else { return nil }
         guard try io(DurableIO.entryKind(directory(step: step))) == .directory else {
-            throw .pointerTargetMissing(path: runDirectory.appendingPathComponent(name).path, target: Self.directoryName(step: step))
+            throw .pointerTargetMissing(path: runDirectory.appendingPathComponent(name).relativePath, target: Self.directoryName(step: step))
         }
         return step
     }

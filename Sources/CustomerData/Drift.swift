@@ -77,21 +77,28 @@ public struct BinnedDistribution: Codable, Sendable, Equatable {
 /// as `drift.json`.
 public struct DriftReference: Codable, Sendable, Equatable {
     public static let fileName = "drift.json"
-    public var version = 1
+    /// 2 adds `trainingSpends`; a version 1 reference (an older checkpoint) has none.
+    public var version = 2
     public var population: String
     public var features: [BinnedDistribution]
     public var inputs: [BinnedDistribution]
     /// `churn_probability` and `expected_spend`.
     public var scores: [BinnedDistribution]
+    /// The model's expected spend of each sampled training customer, ascending: scoring draws
+    /// the high-value line from these, so that every scored population (a batch file, one
+    /// request) meets the same line. Nil in checkpoints written before it was stored.
+    public var trainingSpends: [Float]?
 
     public static let inputNames = ["history_periods"]
     public static let scoreNames = ["churn_probability", "expected_spend"]
 
-    public init(population: String, features: [BinnedDistribution], inputs: [BinnedDistribution], scores: [BinnedDistribution]) {
+    public init(population: String, features: [BinnedDistribution], inputs: [BinnedDistribution], scores: [BinnedDistribution],
+                trainingSpends: [Float]? = nil) {
         self.population = population
         self.features = features
         self.inputs = inputs
         self.scores = scores
+        self.trainingSpends = trainingSpends
     }
 
     /// Feature and input bins over `customers` of `dataset` (its training customers), reading at
@@ -150,7 +157,8 @@ public struct DriftReference: Codable, Sendable, Equatable {
         return DriftReference(
             population: "training customers (\(sample.count) of them for the scores)",
             features: features.features, inputs: features.inputs,
-            scores: [BinnedDistribution.fit(name: scoreNames[0], values: churn), BinnedDistribution.fit(name: scoreNames[1], values: spend)])
+            scores: [BinnedDistribution.fit(name: scoreNames[0], values: churn), BinnedDistribution.fit(name: scoreNames[1], values: spend)],
+            trainingSpends: spend.sorted())
     }
 
     /// At most `limit` of `items`, evenly spaced, in order.

@@ -19,6 +19,13 @@ public struct EventFileArguments: ParsableArguments {
 
     public init() {}
 
+    /// Whether any of these flags was given: a tool whose event file is optional (`serve
+    /// --graph-events`) refuses them without the file, instead of ignoring them.
+    public var anyGiven: Bool {
+        preset != .canonical || timeFormat != .auto || delimiter != "," || whitespace || noHeader
+            || [customerCol, timeCol, amountCol, quantityCol, productCol, orderCol, eventTypeCol].contains { $0 != nil }
+    }
+
     /// The checked options; a bad combination throws `DataError.invalidOption` naming the flag.
     public func options() throws -> EventFileOptions {
         try EventFileOptions(

@@ -29,7 +29,7 @@ struct CSVTable {
     }
 
     static func read(_ url: URL) throws(ReportError) -> CSVTable {
-        try CSVTable(text: readText(url), source: url.path)
+        try CSVTable(text: readText(url), source: url.relativePath)
     }
 
     /// Index of the column named `name`, or an error naming the file, its header line and the columns it has.

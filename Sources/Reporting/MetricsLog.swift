@@ -25,7 +25,7 @@ public struct MetricsLog: Sendable, Equatable {
 
     /// Reads and parses `url`; errors name the file and line.
     public static func read(_ url: URL) throws(ReportError) -> MetricsLog {
-        try MetricsLog(text: readText(url), source: url.path)
+        try MetricsLog(text: readText(url), source: url.relativePath)
     }
 
     /// Parses the text of a metrics log; `source` names it in errors.
@@ -85,16 +85,16 @@ public struct MetricsLog: Sendable, Equatable {
 /// The whole of a UTF-8 text file, or an error naming it.
 func readText(_ url: URL) throws(ReportError) -> String {
     guard FileManager.default.fileExists(atPath: url.path) else {
-        throw ReportError(file: url.path, "does not exist")
+        throw ReportError(file: url.relativePath, "does not exist")
     }
     let data: Data
     do {
         data = try Data(contentsOf: url)
     } catch {
-        throw ReportError(file: url.path, "cannot be read (\(error.localizedDescription))")
+        throw ReportError(file: url.relativePath, "cannot be read (\(error.localizedDescription))")
     }
     guard let text = String(data: data, encoding: .utf8) else {
-        throw ReportError(file: url.path, "is not UTF-8 text")
+        throw ReportError(file: url.relativePath, "is not UTF-8 text")
     }
     return text
 }

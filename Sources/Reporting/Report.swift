@@ -32,10 +32,10 @@ public struct ReportInputs: Sendable {
         if let gnnRun {
             let loaded = try TrainingRun.load(directory: gnnRun)
             guard loaded.manifest.modelKind == .gnn else {
-                throw ReportError(file: gnnRun.path, "--gnn-run names a \(loaded.manifest.modelKind.rawValue) run; it must be a graph-model (gnn) run")
+                throw ReportError(file: gnnRun.relativePath, "the graph-model run (--gnn-run) is a \(loaded.manifest.modelKind.rawValue) run; it must be a graph-model (gnn) run")
             }
             guard first.manifest.modelKind != .gnn else {
-                throw ReportError(file: run.path, "--run is a graph-model run too; pass an LSTM run as --run, or leave out --gnn-run")
+                throw ReportError(file: run.relativePath, "the run (--run) is a graph-model run too; name an LSTM run there, or leave out --gnn-run")
             }
             second = loaded
         }
@@ -43,8 +43,8 @@ public struct ReportInputs: Sendable {
         var distribution: ScoreDistribution? = nil
         if let scores { distribution = try ScoreDistribution.read(scores, stageOrder: stageOrder) }
         let scoring = try summary.map { url throws(ReportError) in try ScoringSummary.read(url) }
-        return ReportInputs(run: first, gnnRun: second, scores: distribution, scoresPath: scores?.path,
-                            summary: scoring, summaryPath: summary?.path)
+        return ReportInputs(run: first, gnnRun: second, scores: distribution, scoresPath: scores?.relativePath,
+                            summary: scoring, summaryPath: summary?.relativePath)
     }
 
     var runs: [TrainingRun] { [run] + (gnnRun.map { [$0] } ?? []) }
@@ -93,7 +93,7 @@ public func renderReport(_ inputs: ReportInputs) -> String {
     body += "<p class=\"sources\">Every number below is read or computed from these files: "
     var sources = inputs.runs.flatMap { run in
         [TrainingRun.metricsLogName, TrainingRun.predictionsName, run.pointerName, run.checkpointName + "/manifest.json"]
-            .map { run.directory.appendingPathComponent($0).path }
+            .map { run.directory.appendingPathComponent($0).relativePath }
     }
     if let path = inputs.scoresPath { sources.append(path) }
     if let path = inputs.summaryPath { sources.append(path) }
@@ -520,11 +520,11 @@ public func writeReport(_ html: String, to url: URL) throws(ReportError) {
     let directory = url.deletingLastPathComponent()
     var isDirectory: ObjCBool = false
     guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
-        throw ReportError(file: url.path, "cannot be written: \(directory.path) is not a directory")
+        throw ReportError(file: url.relativePath, "cannot be written: \(directory.relativePath) is not a directory")
     }
     do {
         try writeFileAtomically(Data(html.utf8), to: url)
     } catch {
-        throw ReportError(file: url.path, "cannot be written (\(error))")
+        throw ReportError(file: url.relativePath, "cannot be written (\(error))")
     }
 }

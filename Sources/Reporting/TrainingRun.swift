@@ -66,17 +66,17 @@ public struct TrainingRun: Sendable {
     public static func load(directory: URL) throws(ReportError) -> TrainingRun {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw ReportError(file: directory.path, "is not a run directory")
+            throw ReportError(file: directory.relativePath, "is not a run directory")
         }
         let (pointerName, checkpointName, manifest) = try readServedManifest(directory)
         let log = try MetricsLog.read(directory.appendingPathComponent(metricsLogName))
         let stageNames = try readStageNames(manifest, source: directory.appendingPathComponent(checkpointName)
-            .appendingPathComponent(CheckpointManifest.fileName).path)
+            .appendingPathComponent(CheckpointManifest.fileName).relativePath)
         let predictionsURL = directory.appendingPathComponent(predictionsName)
         guard FileManager.default.fileExists(atPath: predictionsURL.path) else {
             // Runs trained before training wrote its test predictions have none; say so, since
             // the fix (train again) is not obvious from "does not exist" alone.
-            throw ReportError(file: predictionsURL.path, "does not exist (training writes it after the test evaluation; a run from an older build has none: train it again)")
+            throw ReportError(file: predictionsURL.relativePath, "does not exist (training writes it after the test evaluation; a run from an older build has none: train it again)")
         }
         let predictions = try readPredictions(predictionsURL, model: manifest.modelKind, stageNames: stageNames)
         return TrainingRun(directory: directory, checkpointName: checkpointName, pointerName: pointerName, manifest: manifest, log: log,
@@ -91,19 +91,19 @@ public struct TrainingRun: Sendable {
         let pointer = directory.appendingPathComponent(pointerName)
         let name = try readText(pointer).trimmingCharacters(in: .whitespacesAndNewlines)
         guard CheckpointStore.step(directoryName: name) != nil else {
-            throw ReportError(file: pointer.path, line: 1, "should name a checkpoint directory like step-000123, found \"\(name.prefix(80))\"")
+            throw ReportError(file: pointer.relativePath, line: 1, "should name a checkpoint directory like step-000123, found \"\(name.prefix(80))\"")
         }
         let manifestURL = directory.appendingPathComponent(name).appendingPathComponent(CheckpointManifest.fileName)
         let data: Data
         do {
             data = try Data(contentsOf: manifestURL)
         } catch {
-            throw ReportError(file: manifestURL.path, "cannot be read (\(pointerName) names \(name))")
+            throw ReportError(file: manifestURL.relativePath, "cannot be read (\(pointerName) names \(name))")
         }
         do {
-            return (pointerName, name, try CheckpointManifest(jsonData: data, source: manifestURL.path))
+            return (pointerName, name, try CheckpointManifest(jsonData: data, source: manifestURL.relativePath))
         } catch {
-            throw ReportError(file: manifestURL.path, "\(error)".replacingOccurrences(of: "checkpoint: invalid manifest \(manifestURL.path): ", with: ""))
+            throw ReportError(file: manifestURL.relativePath, "\(error)".replacingOccurrences(of: "checkpoint: invalid manifest \(manifestURL.relativePath): ", with: ""))
         }
     }
 
@@ -126,7 +126,7 @@ public struct TrainingRun: Sendable {
     /// Reads `test_predictions.csv`, checking that its columns fit the manifest's model kind.
     static func readPredictions(_ url: URL, model: ModelKind, stageNames: [String]) throws(ReportError) -> TestPredictions {
         let table = try CSVTable.read(url)
-        let source = url.path
+        let source = url.relativePath
         switch model {
         case .lstm:
             if !table.header.contains("churn_probability") && table.header.contains("predicted_stage") {
@@ -220,13 +220,13 @@ public struct ScoreDistribution: Sendable, Equatable {
         for row in table.rows {
             let stageName = row.fields[stage].trimmingCharacters(in: .whitespaces)
             let actionName = row.fields[action].trimmingCharacters(in: .whitespaces)
-            if stageName.isEmpty { throw ReportError(file: url.path, line: row.line, "stage is empty") }
-            if actionName.isEmpty { throw ReportError(file: url.path, line: row.line, "action is empty") }
+            if stageName.isEmpty { throw ReportError(file: url.relativePath, line: row.line, "stage is empty") }
+            if actionName.isEmpty { throw ReportError(file: url.relativePath, line: row.line, "action is empty") }
             if stageCounts[stageName] == nil { firstSeen.append(stageName) }
             stageCounts[stageName, default: 0] += 1
             actionCounts[actionName, default: 0] += 1
         }
-        if table.rows.isEmpty { throw ReportError(file: url.path, "has a header but no customers") }
+        if table.rows.isEmpty { throw ReportError(file: url.relativePath, "has a header but no customers") }
         let ordered = stageOrder + firstSeen.filter { !stageOrder.contains($0) }
         func mostFrequentFirst(_ counts: [String: Int]) -> [(String, Int)] {
             counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map { ($0.key, $0.value) }
@@ -271,13 +271,13 @@ public struct ScoringSummary: Sendable, Equatable, Decodable {
 
     public static func read(_ url: URL) throws(ReportError) -> ScoringSummary {
         let data: Data
-        do { data = try Data(contentsOf: url) } catch { throw ReportError(file: url.path, "cannot read: \(error.localizedDescription)") }
+        do { data = try Data(contentsOf: url) } catch { throw ReportError(file: url.relativePath, "cannot read: \(error.localizedDescription)") }
         let decoder = JSONDecoder()
         decoder.keyDecodingStrategy = .convertFromSnakeCase
         do {
             return try decoder.decode(ScoringSummary.self, from: data)
         } catch {
-            throw ReportError(file: url.path, "is not a clm-score batch summary (--summary-out): \(error)")
+            throw ReportError(file: url.relativePath, "is not a clm-score batch summary (--summary-out): \(error)")
         }
     }
 }

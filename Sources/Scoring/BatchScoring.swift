@@ -32,7 +32,7 @@ public struct BatchSummary: Sendable {
     public var customersWithoutHistory: Int
     public var rowsRead: Int
     public var rowsRejected: Int
-    public var highValueLine: Double
+    public var highValueLine: HighValueLine
     public var readSeconds: Double
     /// Feature computation and forward passes only.
     public var scoreSeconds: Double
@@ -155,8 +155,8 @@ public enum BatchScoring {
     /// `graph` scorer, stages come from its GraphSAGE model instead of the stage rule.
     ///
     /// Memory is the importer's per-customer aggregates, one [batch, T, F] feature block and
-    /// three numbers per customer (churn, spend, length); the high-value line (top fraction by
-    /// expected spend) needs every customer's spend before the first action can be written.
+    /// three numbers per customer (churn, spend, length): with `highValue: .scored` the line (top
+    /// fraction by expected spend) needs every customer's spend before the first action is written.
     /// The graph model adds the customer–product graph and one [nodes, hidden] activation per layer.
     ///
     /// `threads` score batches in parallel. Batches are the same fixed ranges of customers
@@ -165,7 +165,7 @@ public enum BatchScoring {
     public static func run(
         scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
         output: String, batchSize: Int = 256, threads: Int = 1, graph: GraphStageScorer? = nil,
-        explain: ExplanationSettings? = nil
+        explain: ExplanationSettings? = nil, highValue: HighValueSource = .training
     ) throws -> BatchSummary {
         try checkSettings(batchSize: batchSize, threads: threads, explain: explain)
         let format = try ScoreFileFormat(path: output)
@@ -188,7 +188,9 @@ public enum BatchScoring {
         let attribution = scored.attributionSummary(customerID: input.customerID)
 
         started = clock.now
-        let line = rules.highValueLine(spends: scored.spend)
+        let line = HighValueLine.of(highValue, rules: rules, model: model, scoredCustomers: count) {
+            rules.highValueLine(spends: scored.spend)
+        }
         var actionCounts: [String: Int] = [:]
         try writeAtomically(output) { writer in
             if let header = header(format: format, stageNames: model.dataset.stageNames, explain: explain != nil) {
@@ -200,7 +202,7 @@ public enum BatchScoring {
                     return row < 0 ? nil : stages.probabilities[row * classes ..< (row + 1) * classes]
                 }
                 let (row, action) = try scored.row(index, id: input.customerID(index), scorer: scorer, graphStage: graphStage,
-                                                   rules: rules, highValueLine: line, format: format)
+                                                   rules: rules, highValueLine: line.amount, format: format)
                 actionCounts[action, default: 0] += 1
                 try writer.write(row)
             }

@@ -20,7 +20,7 @@ extension BatchScoring {
     package static func run(
         scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
         output: String, batchSize: Int = 256, threads: Int = 1, explain: ExplanationSettings? = nil,
-        roundBytesPerRank: Int = 16 << 20, exchangeBytesPerRound: Int = 16 << 20, exchange: any Communicator
+        highValue: HighValueSource = .training, roundBytesPerRank: Int = 16 << 20, exchangeBytesPerRound: Int = 16 << 20, exchange: any Communicator
     ) throws -> BatchSummary? {
         let rank = exchange.rank
         let model = scorer.model
@@ -53,7 +53,9 @@ extension BatchScoring {
         let scoreSeconds = seconds(clock.now - started)
         let slowest = try exchange.allreduceMax([scored.modelSeconds, scored.explainSeconds].map { Int64($0 * 1e9) })
 
-        let line = try highValueLine(rules: rules, spends: scored.spend, customers: customers, exchange: exchange)
+        let line = try HighValueLine.of(highValue, rules: rules, model: model, scoredCustomers: customers) {
+            try highValueLine(rules: rules, spends: scored.spend, customers: customers, exchange: exchange)
+        }
         var drift = scored.drift
         if let counter = drift {
             drift!.setCounts(try exchange.allreduceSum(counter.flattenedCounts.map { Int64($0) }).map { Int($0) })
@@ -67,7 +69,7 @@ extension BatchScoring {
             localCount: count, customers: customers, bytesPerRound: exchangeBytesPerRound, exchange: exchange,
             id: input.customerIDBytes) { index in
             let (text, action) = try scored.row(index, id: input.customerID(index), scorer: scorer, graphStage: nil, rules: rules,
-                                                highValueLine: line, format: format)
+                                                highValueLine: line.amount, format: format)
             return (text, action)
         }
         let writeSeconds = seconds(clock.now - started)

@@ -12,9 +12,9 @@ import Yams
 /// 4. history ≤ `new_customer_max_periods` periods → `onboarding`
 /// 5. otherwise → `nurture`
 ///
-/// High value means expected spend ≥ `high_value_amount` when it is set; otherwise in batch
-/// scoring the spend of the top `high_value_top_fraction` of the scored customers, and in the
-/// service (which has no population to rank) the training dataset's mean horizon spend.
+/// High value means expected spend ≥ `high_value_amount` when it is set; otherwise the spend of
+/// the top `high_value_top_fraction` of the training customers, as the checkpoint stores them
+/// (`HighValueLine`), in batch scoring and the service alike.
 ///
 /// Stages come from a model: the GraphSAGE checkpoint where one is given, else the LSTM's stage
 /// head. The stage rule applies when `stage_rule: true` asks for it or the checkpoint has no

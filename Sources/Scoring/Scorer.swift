@@ -125,10 +125,4 @@ public final class LSTMScorer: Sendable {
         return decide(customerID: customerID, churn: churn[index], spend: spend[index], historyPeriods: Int(lengths[index]),
                       rules: rules, highValueLine: highValueLine, modelStage: modelStage)
     }
-
-    /// The high-value line the service uses when the rules give no amount: the training
-    /// dataset's mean horizon spend (a single request has no population to rank against).
-    public func serviceHighValueLine(_ rules: ScoringRules) -> Double {
-        rules.highValueAmount ?? model.dataset.labels.meanHorizonSpend
-    }
 }

@@ -45,7 +45,8 @@ struct VerifiedCheckpoint {
     let stored: ModelArchitecture
     let dataset: DatasetManifest
     let info: CheckpointInfo
-    var path: String { loaded.directory.path }
+    /// As the user gave it: relative when the checkpoint root or directory was given relative.
+    var path: String { loaded.directory.relativePath }
 
     /// Loads and verifies `directory`; with `verifyKey`, also refuses it unless that key signed it.
     static func load(directory: URL, kind: ModelKind, verifyKey: CheckpointSigningKey? = nil) throws -> VerifiedCheckpoint {
@@ -54,25 +55,26 @@ struct VerifiedCheckpoint {
             loaded = try CheckpointStore.load(directory: directory, requiring: [ScoringModel.modelFile])
             if let verifyKey { try CheckpointStore.verifySignature(of: loaded, key: verifyKey) }
         } catch {
-            throw ScoringError.checkpoint("cannot load checkpoint \(directory.path): \(error)")
+            throw ScoringError.checkpoint("cannot load checkpoint \(directory.relativePath): \(error)")
         }
         return try VerifiedCheckpoint(loaded, kind: kind)
     }
 
     static func load(root: URL, run: String, step: Int?, kind: ModelKind, verifyKey: CheckpointSigningKey? = nil) throws -> VerifiedCheckpoint {
+        if step == nil, let message = missingRunMessage(root: root, run: run) { throw ScoringError.checkpoint(message) }
         let loaded: LoadedCheckpoint
         do {
             let store = try CheckpointStore(root: root, run: run)
             loaded = try store.load(step: step ?? store.servingStep(), requiring: [ScoringModel.modelFile])
             if let verifyKey { try CheckpointStore.verifySignature(of: loaded, key: verifyKey) }
         } catch {
-            throw ScoringError.checkpoint("cannot load run '\(run)' in \(root.path): \(error)")
+            throw ScoringError.checkpoint("cannot load run '\(run)' in \(root.relativePath): \(error)")
         }
         return try VerifiedCheckpoint(loaded, kind: kind)
     }
 
     init(_ loaded: LoadedCheckpoint, kind: ModelKind) throws {
-        let path = loaded.directory.path
+        let path = loaded.directory.relativePath
         let manifest = loaded.manifest
         guard manifest.modelKind == kind else {
             let need = kind == .lstm ? "churn and CLV scores need an lstm checkpoint" : "stage probabilities need a gnn checkpoint"
@@ -220,8 +222,9 @@ public struct ScoringModel: Sendable {
                 throw ScoringError.incompatible(path: path, reason: "\(DriftReference.fileName) is not a drift reference: \(describeDecodingFailure(decoding: DriftReference.self, error, json: data))")
             }
             guard reference.features.map(\.name) == dataset.featureNames, reference.scores.count == 2, reference.inputs.count == 1,
-                  (reference.features + reference.inputs + reference.scores).allSatisfy({ $0.fractions.count == $0.edges.count + 1 }) else {
-                throw ScoringError.incompatible(path: path, reason: "\(DriftReference.fileName) does not describe this model's features, input and scores")
+                  (reference.features + reference.inputs + reference.scores).allSatisfy({ $0.fractions.count == $0.edges.count + 1 }),
+                  reference.trainingSpends?.allSatisfy(\.isFinite) ?? true else {
+                throw ScoringError.incompatible(path: path, reason: "\(DriftReference.fileName) does not describe this model's features, input and scores, or holds a training spend that is not a number")
             }
             drift = reference
         } else {

@@ -40,6 +40,9 @@ public struct ServiceConfiguration: Sendable {
     public var psiThreshold = 0.2
     /// Customers per drift window; the indices cover the current window and the one before.
     public var driftWindow = 5_000
+    /// Start even when the run has no checkpoint yet, answering 503 until its first one appears
+    /// (a service started beside the training job); otherwise such a run is refused at start.
+    public var waitForRun = false
 
     public init(checkpoints: URL, run: String) {
         self.checkpoints = checkpoints
@@ -155,14 +158,18 @@ func timeAmount(_ duration: Duration) -> TimeAmount {
 
 /// Loads the first model, then serves until SIGINT/SIGTERM while a watcher follows `latest`.
 ///
-/// The server starts even when no checkpoint can be loaded yet: `/readyz` says 503 until the
-/// watcher finds a good one, which is what an orchestrator's readiness probe expects.
+/// A run with no checkpoint at all is refused before anything binds (a misspelt name would
+/// otherwise look like a slow run), unless `waitForRun` asks to wait for it. A run whose
+/// checkpoint does not load, or one waited for, is served anyway: `/readyz` says 503 until the
+/// watcher finds a good checkpoint, which is what an orchestrator's readiness probe expects.
 public func runService(configuration: ServiceConfiguration, logger: Logger,
                        onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+    if !configuration.waitForRun, let missing = missingRunMessage(root: configuration.checkpoints, run: configuration.run) {
+        throw ScoringError.invalidInput("--run: \(missing); to start anyway and answer 503 until its first checkpoint appears, pass --wait-for-run")
+    }
     let (application, scorer, _) = try buildApplication(configuration: configuration, logger: logger, onServerRunning: onServerRunning)
     scorer.reloadIfChanged()
     if scorer.currentModel == nil {
-        // A misspelt run would otherwise look like a slow one: say what is awaited, and what exists.
         logger.warning("\(waitingMessage(root: configuration.checkpoints, run: configuration.run))")
     }
     let watcher = Task { await scorer.watch(every: configuration.pollInterval) }
@@ -173,12 +180,9 @@ public func runService(configuration: ServiceConfiguration, logger: Logger,
 /// What the service waits for when the run has no checkpoint it can serve yet, with the runs
 /// that do exist under the root, so a misspelt `--run` shows at once.
 public func waitingMessage(root: URL, run: String) -> String {
-    let directory = root.appendingPathComponent(run).path
-    let runs = ((try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? [])
-        .filter { FileManager.default.fileExists(atPath: root.appendingPathComponent($0).appendingPathComponent("latest").path) }
-        .sorted()
-    let existing = runs.isEmpty ? "no run under \(root.path) has a checkpoint yet" : "runs with checkpoints under \(root.path): \(runs.joined(separator: ", "))"
-    return "no checkpoint of run '\(run)' to serve yet (\(directory)); answering 503 until its first one appears; \(existing)"
+    let missing = missingRunMessage(root: root, run: run)
+        ?? "run '\(run)' has no checkpoint that loads yet (the error above says why)"
+    return "\(missing); answering 503 until one appears"
 }
 
 /// A JSON response with a body already serialised.
@@ -277,7 +281,9 @@ struct ScoreController<S: Scorer> {
         var text = "{\"run\":\(jsonString(info.run)),\"step\":\(info.step),\"epoch\":\(info.epoch),\"path\":\(jsonString(info.path))"
         text += ",\"model_kind\":\(jsonString(info.modelKind)),\"created_at\":\(jsonString(info.createdAt))"
         text += ",\"dataset_fingerprint\":\(jsonString(info.datasetFingerprint)),\"history_periods\":\(model.historyLength)"
-        text += ",\"feature_count\":\(model.featureCount),\"high_value_line\":\(model.highValueLine.isFinite ? String(model.highValueLine) : "null")"
+        let line = model.highValueLine
+        text += ",\"feature_count\":\(model.featureCount),\"high_value_line\":\(line.amount.isFinite ? String(line.amount) : "null")"
+        text += ",\"high_value_origin\":\(jsonString(line.origin))"
         if let stageModel = model.stageModel, let day = model.referenceAsOfDay {
             text += ",\"stage_model\":{\"run\":\(jsonString(stageModel.run)),\"step\":\(stageModel.step),\"path\":\(jsonString(stageModel.path))"
             text += ",\"reference_as_of\":\(jsonString(ByteParsing.isoDate(day)))}"

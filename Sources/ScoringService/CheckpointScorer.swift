@@ -21,7 +21,8 @@ public struct ScoreResult: Sendable, Equatable {
 /// reference: counts over the current window of customers and the one before it (so the
 /// indices always cover between one and two windows of recent traffic), restarted when another
 /// checkpoint is served. An index crossing the threshold is logged once, when it crosses, and
-/// only once the windows hold `minimumCustomers`, below which an index is mostly noise.
+/// only once the windows hold `minimumCustomers`, below which an index is mostly noise (and
+/// `/metrics` shows it as NaN).
 public final class DriftMonitor: Sendable {
     public let threshold: Double
     public let window: Int
@@ -127,7 +128,7 @@ final class ServedModel: Sendable {
         self.rules = rules
         summary = ModelSummary(
             info: model.info, historyLength: model.historyLength, featureCount: model.featureCount,
-            stageNames: model.dataset.stageNames, highValueLine: scorer.serviceHighValueLine(rules),
+            stageNames: model.dataset.stageNames, highValueLine: HighValueLine.fromCheckpoint(rules: rules, model: model),
             stageModel: graph?.scorer.model.info, referenceAsOfDay: graph?.reference.asOfDay)
     }
 }
@@ -274,7 +275,7 @@ public final class CheckpointScorer: Scorer {
         metrics?.recordScored(customers: result.scores.count)
         if let counts = result.drift {
             let (indices, customers, crossed) = driftMonitor.record(counts, step: result.model.step)
-            metrics?.recordDrift(indices, customers: customers)
+            metrics?.recordDrift(indices, customers: customers, minimumCustomers: driftMonitor.minimumCustomers)
             for index in crossed {
                 logger.warning("drift: \(index.kind.rawValue) \(index.name) has a population stability index of \(String(format: "%.3f", index.psi)) over the last \(customers) scored customers, above \(driftMonitor.threshold), against the training customers of step \(result.model.step)")
             }
@@ -347,7 +348,7 @@ extension ServedModel {
             let id = request.customers[index].id
             let graphStage = stages.flatMap { stages in stages.rows[id].map { stages.probabilities[$0 * classes..<($0 + 1) * classes] } }
             return scorer.customerScore(id, index: index, churn: churn, spend: spend, lengths: lengths, headStages: lstmStages,
-                                        graphStage: graphStage, rules: rules, highValueLine: summary.highValueLine)
+                                        graphStage: graphStage, rules: rules, highValueLine: summary.highValueLine.amount)
         }
         if let bad = scores.first(where: { $0.nonFiniteScore != nil }) {
             throw ClientError(422, "customer \(bad.customerID): \(bad.nonFiniteScore!); its features are outside what the model can score")

@@ -40,7 +40,8 @@ public struct ModelSummary: Sendable, Equatable {
     public var historyLength: Int
     public var featureCount: Int
     public var stageNames: [String]
-    public var highValueLine: Double
+    /// The same line batch scoring draws by default (`HighValueLine`).
+    public var highValueLine: HighValueLine
     /// The GraphSAGE checkpoint giving stages, and the day its reference graph runs to.
     public var stageModel: CheckpointInfo?
     public var referenceAsOfDay: Int?

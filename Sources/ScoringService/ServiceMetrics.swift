@@ -21,6 +21,7 @@ public final class ServiceMetrics: Sendable {
         var modelStep: Int? = nil
         var drift: [DriftIndex] = []
         var driftCustomers = 0
+        var driftMinimumCustomers = 0
         var openConnections = 0
         var connectionCap = 0
         var evictedConnections = 0
@@ -63,11 +64,13 @@ public final class ServiceMetrics: Sendable {
 
     public func recordRefusedReload() { state.withLock { $0.refusedReloads += 1 } }
 
-    /// The latest stability indices of recent traffic against the served model's reference.
-    public func recordDrift(_ indices: [DriftIndex], customers: Int) {
+    /// The latest stability indices of recent traffic against the served model's reference;
+    /// rendered as NaN while they cover fewer than `minimumCustomers` (see `DriftMonitor`).
+    public func recordDrift(_ indices: [DriftIndex], customers: Int, minimumCustomers: Int) {
         state.withLock {
             $0.drift = indices
             $0.driftCustomers = customers
+            $0.driftMinimumCustomers = minimumCustomers
         }
     }
 
@@ -141,14 +144,19 @@ public final class ServiceMetrics: Sendable {
         if !snapshot.drift.isEmpty {
             out += "# HELP clm_drift_customers Recently scored customers the stability indices cover.\n# TYPE clm_drift_customers gauge\n"
             out += "clm_drift_customers \(snapshot.driftCustomers)\n"
+            // A handful of customers fills a few bins and gives large indices that mean nothing:
+            // below the minimum the gauges read NaN, the way the drift warning stays silent.
+            let minimum = snapshot.driftMinimumCustomers
+            let enough = snapshot.driftCustomers >= minimum
+            let pending = " NaN until the window holds \(minimum) customers."
             for (kind, metric, label, help) in [
                 (DriftIndex.Kind.feature, "clm_feature_psi", "feature", "Population stability index of a sequence feature (all valid periods) against the training customers."),
                 (.input, "clm_input_psi", "input", "Population stability index of a customer-level input against the training customers."),
                 (.score, "clm_score_psi", "score", "Population stability index of a score against the training customers."),
             ] {
-                out += "# HELP \(metric) \(help)\n# TYPE \(metric) gauge\n"
+                out += "# HELP \(metric) \(help)\(pending)\n# TYPE \(metric) gauge\n"
                 for index in snapshot.drift where index.kind == kind {
-                    out += "\(metric){\(label)=\"\(index.name)\"} \(String(format: "%.6f", index.psi))\n"
+                    out += "\(metric){\(label)=\"\(index.name)\"} \(enough ? String(format: "%.6f", index.psi) : "NaN")\n"
                 }
             }
         }

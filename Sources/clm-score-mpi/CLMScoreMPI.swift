@@ -29,7 +29,7 @@ struct CLMScoreMPI: ParsableCommand {
             let summary = try BatchScoring.run(
                 scorer: LSTMScorer(model: prepared.model), events: batch.events, options: prepared.options,
                 asOf: prepared.asOfDay, rules: prepared.rules, output: batch.out, batchSize: batch.batchSize,
-                threads: batch.threads, explain: prepared.explanation, roundBytesPerRank: roundBytesPerRank,
+                threads: batch.threads, explain: prepared.explanation, highValue: batch.highValueFrom, roundBytesPerRank: roundBytesPerRank,
                 exchangeBytesPerRound: exchangeBytesPerRound, exchange: exchange)
             if let summary { try batch.report(summary, prepared) }
         }

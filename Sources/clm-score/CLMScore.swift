@@ -44,7 +44,9 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Serve scores over HTTP, following the run's best checkpoint (latest when none is marked).")
 
     @Option(help: "Root of the checkpoint store.") var checkpoints: String
-    @Option(help: "Run name; its `best` (else `latest`) is polled and hot-reloaded.") var run: String
+    @Option(help: "Run name in --checkpoints; its `best` (else `latest`) is polled and hot-reloaded. A run with no checkpoint is refused at start, listing the runs that have one.") var run: String
+    @Flag(help: "Start even when --run has no checkpoint yet, answering 503 until its first one appears (a service started beside training).")
+    var waitForRun = false
     @Option(help: "Address to bind; anything but loopback requires --token.") var host: String = "127.0.0.1"
     @Option(help: "Port (0 picks a free one and prints it).") var port: Int = 8080
     @Option(help: "Bearer token required on /v1/* and /metrics (visible in `ps`; prefer --token-file or CLM_SCORE_TOKEN).") var token: String?
@@ -68,11 +70,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "YAML or JSON file of action and stage rule thresholds.") var rules: String?
     @Option(help: "A GraphSAGE run in --checkpoints whose best checkpoint gives stages (followed like --run; needs --graph-events).") var gnnRun: String?
     @Option(help: "Event file of the population request customers join (the graph's other customers and products).") var graphEvents: String?
-    @Option(help: "Layout of --graph-events.") var graphPreset: Preset = .canonical
     @Option(help: "Build the reference graph as of this day. Default: the --graph-events file's last event day.") var graphAsOf: String?
+    /// The layout of --graph-events, with the flags (and meanings) of clm-score batch's --events.
+    @OptionGroup(title: "Layout of --graph-events (as clm-score batch reads --events)") var graphEventFile: EventFileArguments
 
     /// Where the graph model comes from, when --gnn-run asks for one.
     func graphSource() throws -> GraphSource? {
+        if graphEvents == nil && graphEventFile.anyGiven {
+            throw ScoringError.invalidInput("the event-file flags (--preset, --customer-col, --delimiter, ...) describe --graph-events; give them with --gnn-run NAME --graph-events FILE")
+        }
         guard let gnnRun else {
             if graphEvents != nil { throw ScoringError.invalidInput("--graph-events needs --gnn-run") }
             return nil
@@ -80,7 +86,7 @@ struct Serve: AsyncParsableCommand {
         guard let graphEvents else {
             throw ScoringError.invalidInput("--gnn-run needs --graph-events FILE: request customers join that population's customer–product graph")
         }
-        return GraphSource(run: gnnRun, events: graphEvents, options: try EventFileOptions(preset: graphPreset),
+        return GraphSource(run: gnnRun, events: graphEvents, options: try graphEventFile.options(),
                            asOf: try graphAsOf.map { try parseDay($0, option: "--graph-as-of") })
     }
 
@@ -90,6 +96,7 @@ struct Serve: AsyncParsableCommand {
         BLAS.setThreadCount(1)
         try await reporting {
             var configuration = ServiceConfiguration(checkpoints: URL(fileURLWithPath: checkpoints), run: run)
+            configuration.waitForRun = waitForRun
             do {
                 configuration.verifyKey = try verifyKeyFile.map(CheckpointSigningKey.load(path:))
             } catch {
@@ -128,7 +135,7 @@ struct Serve: AsyncParsableCommand {
             configuration.driftWindow = driftWindow
             var logger = Logger(label: "clm-score")
             logger.logLevel = .info
-            try await runService(configuration: configuration, logger: logger) { port in
+            try await runService(configuration: configuration, logger: logger) { [host] port in
                 FileHandle.standardOutput.write(Data("listening on http://\(host):\(port)\n".utf8))
             }
         }

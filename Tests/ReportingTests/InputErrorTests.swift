@@ -136,7 +136,7 @@ import TestSupport
     @Test func gnnRunMustBeAGraphRun() throws {
         let root = try TemporaryDirectory()
         let directory = try run(root)
-        expectReportError(file: "run", line: nil, containing: "--gnn-run names a lstm run") {
+        expectReportError(file: "run", line: nil, containing: "the graph-model run (--gnn-run) is a lstm run") {
             _ = try ReportInputs.load(run: directory, gnnRun: directory, scores: nil)
         }
     }

@@ -20,7 +20,8 @@ let handChurnRows: [ChurnRow] = [
 @discardableResult
 func makeRun(
     in root: URL, name: String, model: ModelKind, metricsLines: [String], predictionsCSV: String,
-    stageNames: [String] = ["churned", "occasional", "regular", "loyal"], step: Int = 40, epoch: Int = 4
+    stageNames: [String] = ["churned", "occasional", "regular", "loyal"], step: Int = 40, epoch: Int = 4,
+    datasetFingerprint: String = "0123456789abcdef"
 ) throws -> URL {
     let directory = root.appendingPathComponent(name, isDirectory: true)
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
@@ -32,7 +33,7 @@ func makeRun(
         runName: name, step: step, epoch: epoch, created: Date(timeIntervalSince1970: 1_790_000_000),
         programVersion: "test", worldSize: 3, modelKind: model,
         featureSpec: .object(["stageNames": .array(stageNames.map { .string($0) })]),
-        datasetFingerprint: "0123456789abcdef", randomState: 7, metrics: ["val_loss": 0.5])
+        datasetFingerprint: datasetFingerprint, randomState: 7, metrics: ["val_loss": 0.5])
     try manifest.jsonData().write(to: directory.appendingPathComponent(checkpoint).appendingPathComponent("manifest.json"))
     try "\(checkpoint)\n".write(to: directory.appendingPathComponent("latest"), atomically: true, encoding: .utf8)
     return directory

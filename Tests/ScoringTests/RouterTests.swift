@@ -21,7 +21,7 @@ final class StubScorer: Scorer {
             info: CheckpointInfo(run: "stub", step: 7, epoch: 2, path: "/stub/step-000007", modelKind: "lstm",
                                  createdAt: "2026-12-01T00:00:00Z", metrics: ["val_auc": 0.75], datasetFingerprint: "f00d"),
             historyLength: 4, featureCount: 8, stageNames: ["churned", "occasional", "regular", "loyal"],
-            highValueLine: 50, stageModel: nil, referenceAsOfDay: nil) : nil
+            highValueLine: HighValueLine(amount: 50, origin: "test"), stageModel: nil, referenceAsOfDay: nil) : nil
         self.failure = failure
     }
 

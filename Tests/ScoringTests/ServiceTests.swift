@@ -836,7 +836,9 @@ func waitingForARunNamesItAndTheRunsThatExist() throws {
         if hasCheckpoint { try "step-000001\n".write(toFile: root.path("\(run)/latest"), atomically: true, encoding: .utf8) }
     }
     let message = waitingMessage(root: root.url, run: "cdnow-lstn")
-    #expect(message.contains("no checkpoint of run 'cdnow-lstn' to serve yet (\(root.path("cdnow-lstn")))"), "\(message)")
-    #expect(message.contains("runs with checkpoints under \(root.url.path): cdnow-lstm"), "\(message)")
-    #expect(!message.contains("empty"), "\(message)")
+    #expect(message.contains("run 'cdnow-lstn' has no checkpoint to score with (\(root.path("cdnow-lstn")) does not exist)"), "\(message)")
+    #expect(message.contains("runs with checkpoints under \(root.url.path): cdnow-lstm; answering 503 until one appears"), "\(message)")
+    #expect(!message.contains("empty,") && !message.contains(", empty"), "\(message)")
+    let empty = waitingMessage(root: root.url, run: "empty")
+    #expect(empty.contains("(\(root.path("empty")) has no best or latest checkpoint yet)"), "\(empty)")
 }
