@@ -4,8 +4,8 @@ public struct EventFileReport: Sendable {
     public var path: String
     /// Rows, imported, rejected and skipped counts, and the time format read with.
     public var stats: ReadStats
-    /// Whether the time format was detected from the rows (`--time-format auto`).
-    public var timeFormatDetected: Bool
+    /// Where the time format came from.
+    public var timeFormatSource: TimeFormatSource
     public var customers: Int
     /// Distinct product ids; nil when the file has no product column.
     public var products: Int?
@@ -27,6 +27,13 @@ public struct EventFileReport: Sendable {
     public func describe(day: Int) -> String { describeDay(day, calendar: calendarDays) }
 }
 
+public enum TimeFormatSource: String, Sendable {
+    /// `--time-format auto`: from the first time value that parses.
+    case detected = "detected from the rows"
+    case given = "as given"
+    case preset = "the preset's"
+}
+
 /// A cut-off and horizon that fit inside an event file's dates: the horizon ends on the last
 /// event, and at least as many days of history come before the cut-off as the horizon has.
 public struct WindowSuggestion: Sendable, Equatable {
@@ -46,9 +53,10 @@ public enum EventFileInspection {
         let rejects = RejectTally()
         let stats = try source.run(sink: sink, rejects: rejects)
         let window = options.resolvedWindow()
-        let timeFormatDetected = options.preset == .canonical && options.format.timeFormat == .auto
+        let timeFormatSource: TimeFormatSource = options.preset != .canonical ? .preset
+            : options.format.timeFormat == .auto ? .detected : .given
         var report = EventFileReport(
-            path: input, stats: stats, timeFormatDetected: timeFormatDetected, customers: sink.customers.count,
+            path: input, stats: stats, timeFormatSource: timeFormatSource, customers: sink.customers.count,
             products: sink.sawProducts ? sink.products.count : nil,
             firstEventDay: sink.firstDay == .max ? nil : sink.firstDay, lastEventDay: sink.lastDay == .min ? nil : sink.lastDay,
             calendarDays: stats.timeFormat.isCalendar,

@@ -185,7 +185,7 @@ func describe(_ report: EventFileReport) -> String {
     lines.append("\(report.path): \(formatCount(s.rows)) rows (+\(s.headerLines) header, \(s.blankLines) blank lines); nothing was written")
     lines.append("  rows             \(formatCount(s.imported)) purchases, \(formatCount(s.rejected)) rejected, \(formatCount(s.skippedNonPurchase)) non-purchase")
     lines.append("  customers        \(formatCount(report.customers))" + (report.products.map { "; products \(formatCount($0))" } ?? "; no product column"))
-    let format = "time format \(s.timeFormat.rawValue) (\(report.timeFormatDetected ? "detected from the rows" : "as given"))"
+    let format = "time format \(s.timeFormat.rawValue) (\(report.timeFormatSource.rawValue))"
     if let first = report.firstEventDay, let last = report.lastEventDay, let span = report.spanDays {
         lines.append("  dates            first event \(report.describe(day: first)), last event \(report.describe(day: last)) (\(formatCount(span)) days); \(format)")
     } else {
@@ -198,11 +198,15 @@ func describe(_ report: EventFileReport) -> String {
         lines.append("  rejected rows by reason (an import lists every one in rejects.csv):")
         lines += report.rejects.lines(reasons: 10, examples: RejectTally.defaultExamples, indent: "    ")
     }
-    if let suggestion = report.suggestion {
-        let why = suggestion.shortened
-            ? "the horizon of \(report.horizonAsked) days leaves less history than horizon in \(formatCount(report.spanDays ?? 0)) days, so it is a third of the span"
-            : "the horizon ends on the last event"
+    if let suggestion = report.suggestion, let first = report.firstEventDay, let last = report.lastEventDay {
+        let history = suggestion.cutoffDay - first
+        var why = "the horizon ends on the last event, after \(formatCount(history)) days of history"
+        if suggestion.shortened { why += "; a \(report.horizonAsked)-day horizon would leave less history than horizon" }
         lines.append("  suggested window --cutoff \(report.describe(day: suggestion.cutoffDay)) --horizon \(suggestion.horizonDays)  (\(why))")
+        if suggestion.shortened && last - report.horizonAsked > first {
+            let cutoff = last - report.horizonAsked
+            lines.append("  also inside      --cutoff \(report.describe(day: cutoff)) --horizon \(report.horizonAsked)  (\(formatCount(cutoff - first)) days of history)")
+        }
     } else if report.spanDays != nil {
         lines.append("  suggested window none: the events span \(formatCount(report.spanDays ?? 0)) days, fewer than two periods")
     }

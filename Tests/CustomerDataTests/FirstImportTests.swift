@@ -56,7 +56,7 @@ struct FirstImportTests {
         #expect(report.stats.rows == goodRows + bad.count)
         #expect(report.stats.imported == goodRows && report.stats.rejected == bad.count)
         #expect(report.customers == 30 && report.products == 11)
-        #expect(report.stats.timeFormat == .unix && report.timeFormatDetected)
+        #expect(report.stats.timeFormat == .unix && report.timeFormatSource == .detected)
         #expect(report.firstEventDay == start && report.lastEventDay == start + 117)
         #expect(report.describe(day: report.lastEventDay!) == "1998-04-28")
         #expect(report.smallestAmount == 1 && report.largestAmount == 5)
