@@ -245,3 +245,67 @@ struct FirstImportTests {
         #expect(lines.last == "3 more rows for 2 other reasons")
     }
 }
+
+/// `clm-data` itself, run as a newcomer would: what it prints and how it exits.
+@Suite("clm-data on a first export")
+struct FirstImportCommandTests {
+    struct Outcome {
+        var status: Int32
+        var output: String
+        var errors: String
+    }
+
+    /// Runs the `clm-data` that `swift build --build-tests` puts beside the test bundle.
+    static func clmData(_ arguments: [String], in directory: String) throws -> Outcome {
+        let products = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let tool = [products, Bundle.main.bundleURL.deletingLastPathComponent()].map { $0.appendingPathComponent("clm-data").path }
+            .first { FileManager.default.isExecutableFile(atPath: $0) }
+        let binary = try #require(tool, "clm-data is not built next to the tests (\(products.path)); run swift build --build-tests")
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = arguments
+        process.currentDirectoryURL = URL(fileURLWithPath: directory)
+        let output = Pipe(), errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        try process.run()
+        // Small outputs: reading both to the end, then waiting, cannot fill a pipe.
+        let out = output.fileHandleForReading.readDataToEndOfFile()
+        let err = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Outcome(status: process.terminationStatus, output: String(decoding: out, as: UTF8.self),
+                       errors: String(decoding: err, as: UTF8.self))
+    }
+
+    static let layout = ["--delimiter", "tab", "--customer-col", "user", "--time-col", "ts", "--amount-col", "rating", "--product-col", "item"]
+
+    @Test("inspect, then an import past the data refused, then one with the suggested window that warns about small stages")
+    func newcomersPath() throws {
+        let scratch = Scratch()
+        defer { scratch.cleanup() }
+        _ = scratch.file("export.tsv", FirstImportTests.export(badRows: ["u1\tm1\t3\t1998-02-01"]))
+
+        let inspect = try Self.clmData(["inspect", "export.tsv"] + Self.layout, in: scratch.path)
+        #expect(inspect.status == 0, "\(inspect.errors)")
+        #expect(inspect.output.hasPrefix("export.tsv: "), "paths as given: \(inspect.output)")
+        #expect(inspect.output.contains("nothing was written"))
+        #expect(inspect.output.contains("first event 1998-01-01, last event 1998-04-28 (117 days); time format unix (detected from the rows)"))
+        #expect(inspect.output.contains("1 row: unparsable ts (format unix)"))
+        #expect(inspect.output.contains("suggested window --cutoff 1998-03-24 --horizon 35"), "\(inspect.output)")
+        #expect(FirstImportTests.names(in: scratch.path) == ["export.tsv"])
+
+        let refused = try Self.clmData(["import", "--input", "export.tsv", "--out", "data/ml", "--cutoff", "1998-06-01"] + Self.layout,
+                                       in: scratch.path)
+        #expect(refused.status == 1)
+        #expect(refused.errors.hasPrefix("clm-data: error: the cut-off 1998-06-01 plus the horizon of 273 days ends on 1999-03-01, after the last event (1998-04-28)"),
+                "\(refused.errors)")
+        #expect(FirstImportTests.names(in: scratch.path) == ["export.tsv"], "nothing written")
+
+        let imported = try Self.clmData(["import", "--input", "export.tsv", "--out", "data/ml", "--cutoff", "1998-03-24", "--horizon", "35",
+                                         "--max-reject-fraction", "0.1"] + Self.layout, in: scratch.path)
+        #expect(imported.status == 0, "\(imported.errors)")
+        let warnings = imported.errors.split(separator: "\n").filter { $0.hasPrefix("WARNING: stage '") }
+        #expect(!warnings.isEmpty, "30 customers make small stages: \(imported.errors)")
+        #expect(imported.errors.split(separator: "\n").allSatisfy { $0.hasPrefix("WARNING: ") }, "\(imported.errors)")
+    }
+}
