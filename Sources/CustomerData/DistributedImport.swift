@@ -208,12 +208,15 @@ extension Importer {
         let fileBytes = file.fileBytes
 
         // Every rank reaches the same cut-off (the last day is reduced) and the same verdict on it.
-        let firstPassRejects = RejectsCollector()
-        let (spec, passes) = try exchange.onEveryRank("deriving the window") {
-            // The last day is reduced, so every rank gathers the rejects together or none does.
-            try options.featureSpec(input: input, lastDay: { try file.lastEventDay(exchange: exchange, rejects: firstPassRejects) },
-                                    rejectsWithoutEvents: { try RejectsCollector.gatheredSummary(firstPassRejects, exchange: exchange) })
-        }
+        // The first pass's rejects are dropped once the window is known: the real pass holds its own.
+        let (spec, passes) = try { () throws -> (FeatureSpec, Int) in
+            let firstPassRejects = RejectsCollector()
+            return try exchange.onEveryRank("deriving the window") {
+                // The last day is reduced, so every rank gathers the rejects together or none does.
+                try options.featureSpec(input: input, lastDay: { try file.lastEventDay(exchange: exchange, rejects: firstPassRejects) },
+                                        rejectsWithoutEvents: { try RejectsCollector.gatheredSummary(firstPassRejects, exchange: exchange) })
+            }
+        }()
         let newParents = rank == 0 ? missingParents(of: output) : []
         let temporary: String? = try exchange.agreeing("creating the output directory") {
             rank == 0 ? try makeTemporaryDirectory(for: output) : nil
