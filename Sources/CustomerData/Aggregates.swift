@@ -156,6 +156,9 @@ final class CustomerShard {
     @exclusivity(unchecked) private(set) var eventsInHistory = 0
     @exclusivity(unchecked) private(set) var eventsInHorizon = 0
     @exclusivity(unchecked) private(set) var eventsAfterHorizon = 0
+    /// The day of the latest event added (`Int.min` before any): the import refuses a horizon
+    /// that ends after it.
+    @exclusivity(unchecked) private(set) var lastEventDay = Int.min
     @exclusivity(unchecked) private var lastCustomer: Int32 = -1
     @exclusivity(unchecked) private var lastCustomerHash: UInt64 = 0
 
@@ -340,6 +343,7 @@ final class CustomerShard {
 
     @inline(__always)
     private func add(_ c: Int, day: Int, amount: Int64, quantity: Int64, product: Int32, orderHash: UInt64) {
+        if day > lastEventDay { lastEventDay = day }
         if day > horizonEnd {
             eventsAfterHorizon += 1
             return

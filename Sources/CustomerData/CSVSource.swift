@@ -123,19 +123,24 @@ protocol RejectSink: AnyObject {
     func add(line: Int, reason: String, content: UnsafeRawBufferPointer) throws
 }
 
+/// Bytes of a rejected line the rejects file keeps: the file stays readable for huge garbage
+/// lines, and the line number finds the rest.
+let rejectShownBytes = 1000
+
 /// A rejects-file line without its line number: `,reason,content\n`.
 func rejectLineTail(reason: String, content: UnsafeRawBufferPointer) -> String {
-    // Keep the file readable for huge garbage lines; the line number finds the rest.
-    let shown = UnsafeRawBufferPointer(rebasing: content.prefix(1000))
+    let shown = UnsafeRawBufferPointer(rebasing: content.prefix(rejectShownBytes))
     let text = String(decoding: shown, as: UTF8.self)
     return ",\(csvField(reason, alwaysQuoted: true)),\(csvField(text, alwaysQuoted: true))\n"
 }
 
-/// Writes rejected rows with their line number and reason to a CSV file.
+/// Writes rejected rows with their line number and reason to a CSV file, and counts them by
+/// reason for the summary a failed import prints.
 final class RejectsWriter: RejectSink {
     let path: String
     private let writer: HashingFileWriter
     private(set) var count = 0
+    let tally = RejectTally()
 
     init(path: String) throws {
         self.path = path
@@ -144,13 +149,9 @@ final class RejectsWriter: RejectSink {
     }
 
     func add(line: Int, reason: String, content: UnsafeRawBufferPointer) throws {
-        try add(line: line, tail: rejectLineTail(reason: reason, content: content))
-    }
-
-    /// Adds a line formatted by `rejectLineTail`.
-    func add(line: Int, tail: String) throws {
         count += 1
-        try writer.write("\(line)" + tail)
+        tally.add(line: line, reason: reason, content: content)
+        try writer.write("\(line)" + rejectLineTail(reason: reason, content: content))
     }
 
     func close() throws { _ = try writer.close(dtype: "text", shape: []) }

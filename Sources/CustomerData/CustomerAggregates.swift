@@ -271,6 +271,11 @@ final class CustomerAggregates: EventSink {
     var eventsInHistory: Int { shards.reduce(0) { $0 + $1.eventsInHistory } }
     var eventsInHorizon: Int { shards.reduce(0) { $0 + $1.eventsInHorizon } }
     var eventsAfterHorizon: Int { shards.reduce(0) { $0 + $1.eventsAfterHorizon } }
+    /// The day of the latest event aggregated, `Int.min` before any; after `finishAdding`.
+    var lastEventDay: Int {
+        precondition(sealed, "the last event day is read before finishAdding")
+        return shards.reduce(Int.min) { max($0, $1.lastEventDay) }
+    }
 
     func customerID(_ c: Int) -> UnsafeRawBufferPointer {
         let (shard, local) = locate(c)

@@ -108,12 +108,15 @@ final class EventRouter: EventSink {
 /// Rejected rows of one rank, held until their line numbers in the whole file are known.
 final class RejectsCollector: RejectSink {
     private(set) var lines: [Int] = []
-    private(set) var tails: [String] = []
+    private(set) var reasons: [String] = []
+    /// Each line's bytes up to what the rejects file shows of it.
+    private(set) var contents: [[UInt8]] = []
     private var firstUnnumbered = 0
 
     func add(line: Int, reason: String, content: UnsafeRawBufferPointer) throws {
         lines.append(line)
-        tails.append(rejectLineTail(reason: reason, content: content))
+        reasons.append(reason)
+        contents.append(Array(content.prefix(rejectShownBytes)))
     }
 
     /// Adds `offset` to the line numbers of the rows added since the last call.
@@ -122,29 +125,49 @@ final class RejectsCollector: RejectSink {
         firstUnnumbered = lines.count
     }
 
-    /// `line` (8 bytes), tail length (8 bytes), tail bytes; per reject.
+    /// Per reject: `line` (8 bytes), then the reason and the content, each as a length (8
+    /// bytes) and its bytes.
     func serialised() -> [UInt8] {
         var bytes: [UInt8] = []
-        for (line, tail) in zip(lines, tails) {
-            withUnsafeBytes(of: Int64(line)) { bytes += $0 }
-            let utf8 = Array(tail.utf8)
-            withUnsafeBytes(of: Int64(utf8.count)) { bytes += $0 }
-            bytes += utf8
+        for k in lines.indices {
+            withUnsafeBytes(of: Int64(lines[k])) { bytes += $0 }
+            for field in [Array(reasons[k].utf8), contents[k]] {
+                withUnsafeBytes(of: Int64(field.count)) { bytes += $0 }
+                bytes += field
+            }
         }
         return bytes
     }
 
-    static func deserialise(_ bytes: UnsafeRawBufferPointer) -> [(line: Int, tail: String)] {
-        var result: [(Int, String)] = []
-        var position = 0
-        while position < bytes.count {
-            let line = bytes.loadUnaligned(fromByteOffset: position, as: Int64.self)
-            let length = Int(bytes.loadUnaligned(fromByteOffset: position + 8, as: Int64.self))
-            let tail = String(decoding: UnsafeRawBufferPointer(rebasing: bytes[(position + 16)..<(position + 16 + length)]), as: UTF8.self)
-            result.append((Int(line), tail))
-            position += 16 + length
+    /// Every rank's rejects on rank 0, in line order (empty on the other ranks).
+    static func gathered(_ collector: RejectsCollector, exchange: any Communicator) throws -> [(line: Int, reason: String, content: [UInt8])] {
+        let gathered = try collector.serialised().withUnsafeBytes { try exchange.gatherBytes($0) }
+        var result: [(line: Int, reason: String, content: [UInt8])] = []
+        gathered.bytes.withUnsafeBytes { bytes in
+            var position = 0
+            func field() -> [UInt8] {
+                let length = Int(bytes.loadUnaligned(fromByteOffset: position, as: Int64.self))
+                defer { position += 8 + length }
+                return Array(bytes[(position + 8)..<(position + 8 + length)])
+            }
+            while position < bytes.count {
+                let line = Int(bytes.loadUnaligned(fromByteOffset: position, as: Int64.self))
+                position += 8
+                let reason = String(decoding: field(), as: UTF8.self)
+                result.append((line, reason, field()))
+            }
         }
+        result.sort { $0.line < $1.line }
         return result
+    }
+
+    /// The rejects of every rank counted by reason, on rank 0 (empty on the other ranks).
+    static func gatheredSummary(_ collector: RejectsCollector, exchange: any Communicator) throws -> RejectSummary {
+        let tally = RejectTally()
+        for reject in try gathered(collector, exchange: exchange) {
+            reject.content.withUnsafeBytes { tally.add(line: reject.line, reason: reject.reason, content: $0) }
+        }
+        return tally.summary
     }
 }
 
@@ -185,14 +208,26 @@ extension Importer {
         let fileBytes = file.fileBytes
 
         // Every rank reaches the same cut-off (the last day is reduced) and the same verdict on it.
-        let (spec, passes) = try exchange.onEveryRank("deriving the window") {
-            try options.featureSpec(input: input) { try file.lastEventDay(exchange: exchange) }
-        }
+        // The first pass's rejects are dropped once the window is known: the real pass holds its own.
+        let (spec, passes) = try { () throws -> (FeatureSpec, Int) in
+            let firstPassRejects = RejectsCollector()
+            return try exchange.onEveryRank("deriving the window") {
+                // The last day is reduced, so every rank gathers the rejects together or none does.
+                try options.featureSpec(input: input, lastDay: { try file.lastEventDay(exchange: exchange, rejects: firstPassRejects) },
+                                        rejectsWithoutEvents: { try RejectsCollector.gatheredSummary(firstPassRejects, exchange: exchange) })
+            }
+        }()
+        let newParents = rank == 0 ? missingParents(of: output) : []
         let temporary: String? = try exchange.agreeing("creating the output directory") {
             rank == 0 ? try makeTemporaryDirectory(for: output) : nil
         }
         var keepTemporary = false
-        defer { if let temporary, !keepTemporary { removeFlatDirectory(temporary) } }
+        defer {
+            if let temporary, !keepTemporary {
+                removeFlatDirectory(temporary)
+                removeEmptyDirectories(newParents)
+            }
+        }
 
         // Parse, route, aggregate: one round per stripe.
         let parseStarted = monotonicSeconds()
@@ -218,18 +253,24 @@ extension Importer {
             if stats.rows == 0 && stats.headerLines == 0 && stats.blankLines == 0 { throw DataError.emptyFile(path: input) }
         }
 
-        let gatheredRejects = try rejects.serialised().withUnsafeBytes { try exchange.gatherBytes($0) }
-        try exchange.agreeing("writing the rejected rows") {
-            guard let temporary else { return }
+        let gatheredRejects = try RejectsCollector.gathered(rejects, exchange: exchange)
+        let rejectSummary = try exchange.agreeing("writing the rejected rows") { () -> RejectSummary in
+            guard let temporary else { return RejectSummary() }
             let writer = try RejectsWriter(path: temporary + "/rejects.csv")
-            var all = gatheredRejects.bytes.withUnsafeBytes { RejectsCollector.deserialise($0) }
-            all.sort { $0.line < $1.line }
-            for reject in all { try writer.add(line: reject.line, tail: reject.tail) }
+            for reject in gatheredRejects {
+                try reject.content.withUnsafeBytes { try writer.add(line: reject.line, reason: reject.reason, content: $0) }
+            }
             try writer.close()
+            return writer.tally.summary
         }
-        // Every rank reaches the same verdict from the same totals; rank 0 keeps the rejects.
+        // Every rank reaches the same verdict from the same totals; rank 0 keeps the rejects
+        // and reports them.
         try exchange.onEveryRank("checking the rejected rows") {
-            try checkRejects(stats, options: options, temporary: temporary, output: output, input: input)
+            try checkRejects(stats, rejectSummary, options: options, temporary: temporary, output: output, input: input)
+        }
+        let lastEventDay = Int(try exchange.allreduceMax([Int64(aggregates.lastEventDay)])[0])
+        try exchange.onEveryRank("checking the horizon") {
+            try checkHorizon(spec, lastEventDay: lastEventDay, calendar: stats.timeFormat.isCalendar, options: options)
         }
 
         let datasetSource = sourceInfo(input: input, options: options, stats: stats,

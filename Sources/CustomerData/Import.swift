@@ -48,6 +48,9 @@ public struct ImportOptions: Sendable {
     public var stageThresholds = FeatureSpec.defaultStageThresholds
     public var split = SplitOptions()
     public var maxRejectFraction = 0.01
+    /// Import even when the cut-off plus the horizon ends after the last event; by default that
+    /// is refused, since customers whose horizon the data does not cover look churned.
+    public var allowPartialHorizon = false
     public var buildGraph = true
     /// Partitions of the customer aggregation (a power of two); nil picks one from the input's
     /// size (`CustomerAggregates.partitions(forInputBytes:)`). Any value gives the same dataset.
@@ -130,7 +133,7 @@ enum EventSourceKind {
     case csv(CSVEventSource)
     case instacart(InstacartSource)
 
-    func run<Sink: EventSink>(sink: Sink, rejects: RejectsWriter?) throws -> ReadStats {
+    func run<Sink: EventSink>(sink: Sink, rejects: RejectSink?) throws -> ReadStats {
         switch self {
         case let .csv(source): return try source.run(sink: sink, rejects: rejects)
         case let .instacart(source): return try source.run(sink: sink, rejects: rejects)
@@ -152,15 +155,22 @@ public enum Importer {
         try validate(input: input, output: output, options: options)
         let (source, amountMeaning) = eventSource(input: input, options: options)
 
-        let (spec, passes) = try options.featureSpec(input: input) {
+        let firstPassRejects = RejectTally()
+        let (spec, passes) = try options.featureSpec(input: input, lastDay: {
             let tracker = LastDayTracker()
-            _ = try source.run(sink: tracker, rejects: nil)
+            _ = try source.run(sink: tracker, rejects: firstPassRejects)
             return tracker.lastDay
-        }
+        }, rejectsWithoutEvents: { firstPassRejects.summary })
 
+        let newParents = missingParents(of: output)
         let temporary = try makeTemporaryDirectory(for: output)
         var keepTemporary = false
-        defer { if !keepTemporary { removeFlatDirectory(temporary) } }
+        defer {
+            if !keepTemporary {
+                removeFlatDirectory(temporary)
+                removeEmptyDirectories(newParents)
+            }
+        }
 
         let rejects = try RejectsWriter(path: temporary + "/rejects.csv")
         let partitions = try options.resolvedPartitions(inputBytes: fileSize(input) ?? 0)
@@ -168,7 +178,9 @@ public enum Importer {
                                             aggregatesWhileParsing: options.aggregatesWhileParsing)
         let stats = try source.run(sink: aggregates, rejects: rejects)
         try rejects.close()
-        try checkRejects(stats, options: options, temporary: temporary, output: output, input: input)
+        try checkRejects(stats, rejects.tally.summary, options: options, temporary: temporary, output: output, input: input)
+        aggregates.finishAdding()
+        try checkHorizon(spec, lastEventDay: aggregates.lastEventDay, calendar: stats.timeFormat.isCalendar, options: options)
 
         let manifest = try writeDataset(aggregates: aggregates, stats: stats,
                                         source: sourceInfo(input: input, options: options, stats: stats, amountMeaning: amountMeaning),
@@ -212,11 +224,22 @@ public enum Importer {
         }
     }
 
-    static func derivedCutoff(lastDay: Int, horizon: Int, input: String) throws -> Int {
-        guard lastDay != .min else {
-            throw DataError.noCustomers(path: input, reason: "no row could be imported, so no cut-off can be derived; see the rejects of a run with --cutoff")
-        }
+    /// The cut-off that puts the horizon's end on the last event day; `rejects` says why no
+    /// row could be read when there is no last day.
+    static func derivedCutoff(lastDay: Int, horizon: Int, input: String, rejects: () throws -> RejectSummary) throws -> Int {
+        guard lastDay != .min else { throw DataError.noEventForCutoff(path: input, reasons: try rejects()) }
         return lastDay - horizon
+    }
+
+    /// Refuses a window whose horizon ends after the last event (unless the options allow a
+    /// partial horizon): a customer's silence after the data ends is not churn.
+    static func checkHorizon(_ spec: FeatureSpec, lastEventDay: Int, calendar: Bool, options: ImportOptions) throws {
+        let horizonEnd = spec.cutoffDay + spec.horizonDays
+        guard horizonEnd > lastEventDay, lastEventDay != .min, !options.allowPartialHorizon else { return }
+        throw DataError.horizonPastData(
+            cutoff: describeDay(spec.cutoffDay, calendar: calendar), horizonDays: spec.horizonDays,
+            horizonEnd: describeDay(horizonEnd, calendar: calendar), lastEvent: describeDay(lastEventDay, calendar: calendar),
+            latestCutoff: describeDay(lastEventDay - spec.horizonDays, calendar: calendar))
     }
 
     /// Creates the empty sibling directory `output.tmp-PID` (and any missing parents of
@@ -240,10 +263,29 @@ public enum Importer {
         return temporary
     }
 
+    /// The folders above `output` that do not exist yet, deepest last: what
+    /// `makeTemporaryDirectory` creates, and a failed import removes again (when still empty).
+    static func missingParents(of output: String) -> [String] {
+        var missing: [String] = []
+        var parent = parentDirectory(output)
+        while !parent.isEmpty, parent != "/", parent != ".", !fileExists(parent) {
+            missing.insert(parent, at: 0)
+            parent = parentDirectory(parent)
+        }
+        return missing
+    }
+
+    /// Removes each of `directories` that is empty, deepest first; a folder that holds anything
+    /// (a rejects file kept beside the output) stays.
+    static func removeEmptyDirectories(_ directories: [String]) {
+        for directory in directories.reversed() { _ = rmdir(directory) }
+    }
+
     /// Throws when nothing usable was read or too many rows were rejected; then only the
     /// rejects file is kept, beside the output as `<output>.rejects.csv`.
     /// `temporary` is nil on ranks that write nothing.
-    static func checkRejects(_ stats: ReadStats, options: ImportOptions, temporary: String?, output: String, input: String) throws {
+    static func checkRejects(_ stats: ReadStats, _ rejects: RejectSummary, options: ImportOptions, temporary: String?,
+                             output: String, input: String) throws {
         let rejectedShare = stats.rows > 0 ? Double(stats.rejected) / Double(stats.rows) : 0
         guard stats.rows == 0 || stats.imported == 0 || rejectedShare > options.maxRejectFraction else { return }
         let kept = output + ".rejects.csv"
@@ -252,7 +294,8 @@ public enum Importer {
         if stats.imported == 0 && rejectedShare <= options.maxRejectFraction {
             throw DataError.noCustomers(path: input, reason: "no purchase events (all \(stats.skippedNonPurchase) rows have a non-purchase event_type)")
         }
-        throw DataError.tooManyRejects(rejected: stats.rejected, rows: stats.rows, limit: options.maxRejectFraction, rejectsPath: kept)
+        throw DataError.tooManyRejects(rejected: stats.rejected, rows: stats.rows, limit: options.maxRejectFraction, rejectsPath: kept,
+                                       reasons: rejects)
     }
 
     static func sourceInfo(input: String, options: ImportOptions, stats: ReadStats, amountMeaning: String) -> DatasetManifest.Source {
@@ -272,8 +315,10 @@ public enum Importer {
 extension ImportOptions {
     /// The feature spec of an import of `input` and the passes it reads the file: with no
     /// cut-off, `lastDay` (a first pass over the events) finds the last event day so that the
-    /// horizon fits before it.
-    func featureSpec(input: String, lastDay: () throws -> Int) throws -> (spec: FeatureSpec, passes: Int) {
+    /// horizon fits before it, and `rejectsWithoutEvents` says why when that pass found none.
+    func featureSpec(
+        input: String, lastDay: () throws -> Int, rejectsWithoutEvents: () throws -> RejectSummary
+    ) throws -> (spec: FeatureSpec, passes: Int) {
         let window = resolvedWindow()
         var passes = 1
         let cutoff: Int
@@ -281,7 +326,8 @@ extension ImportOptions {
             cutoff = given
         } else {
             passes = 2
-            cutoff = try Importer.derivedCutoff(lastDay: try lastDay(), horizon: window.horizon, input: input)
+            cutoff = try Importer.derivedCutoff(lastDay: try lastDay(), horizon: window.horizon, input: input,
+                                                rejects: rejectsWithoutEvents)
         }
         let spec = FeatureSpec(periodDays: window.period, historyPeriods: window.history, cutoffDay: cutoff,
                                horizonDays: window.horizon, stageThresholds: stageThresholds)
@@ -377,7 +423,7 @@ final class InstacartSource {
 
     init(path: String) { self.path = path }
 
-    func run<Sink: EventSink>(sink: Sink, rejects: RejectsWriter?) throws -> ReadStats {
+    func run<Sink: EventSink>(sink: Sink, rejects: RejectSink?) throws -> ReadStats {
         if !parsed { try parse() }
         let started = monotonicSeconds()
         if let rejects {

@@ -154,3 +154,39 @@ public struct DatasetManifest: Codable, Sendable, Equatable {
         return try encoder.encode(self)
     }
 }
+
+// MARK: Labels a model can learn from
+
+extension DatasetManifest {
+    /// A stage with fewer customers than this gets a warning: its share of the test split
+    /// (15% by default) is then two or three customers, too few to measure the stage by.
+    public static let smallStageCustomers = 20
+
+    /// Why the churn labels give a model nothing to learn, or nil: every customer churned, or
+    /// none did.
+    public var constantChurnProblem: String? {
+        guard counts.customers > 0, labels.churnRate == 0 || labels.churnRate == 1 else { return nil }
+        let window = horizonEndDate.map { "from the cut-off \(cutoffDate!) to \($0)" } ?? "in the \(spec.horizonDays)-day horizon"
+        return labels.churnRate == 1
+            ? "every one of the \(counts.customers) customers churned (no purchase \(window)): the horizon probably runs past the data; `clm-data inspect EVENTS` shows its dates and suggests a cut-off and horizon"
+            : "none of the \(counts.customers) customers churned (each bought \(window)): choose a longer --horizon or other dates; `clm-data inspect EVENTS` suggests them"
+    }
+
+    /// Why the stage labels give a model nothing to learn, or nil: every customer is in one stage.
+    public var constantStageProblem: String? {
+        guard counts.customers > 0, let full = labels.stageCounts.firstIndex(of: counts.customers) else { return nil }
+        return "every one of the \(counts.customers) customers is in stage '\(stageNames[full])': choose other --stage-thresholds, a cut-off or a horizon"
+    }
+
+    /// What an import warns about: labels that are all the same, and stages with fewer than
+    /// `smallStageCustomers` customers.
+    public var labelWarnings: [String] {
+        var warnings = [constantChurnProblem, constantStageProblem].compactMap { $0 }
+        if constantStageProblem == nil {
+            for (name, count) in zip(stageNames, labels.stageCounts) where count < Self.smallStageCustomers {
+                warnings.append("stage '\(name)' has \(count) customer\(count == 1 ? "" : "s"), fewer than \(Self.smallStageCustomers): its test split holds too few to measure it by; consider other --stage-thresholds")
+            }
+        }
+        return warnings
+    }
+}

@@ -50,13 +50,26 @@ final class StripedEventFile {
         return try source.run(fd: fd, range: range, layout: layout, sink: sink, rejects: rejects)
     }
 
-    /// The day of the file's last event, the same on every rank.
-    func lastEventDay(exchange: any Communicator) throws -> Int {
+    /// The day of the file's last event, the same on every rank; `rejects` receives this
+    /// rank's rejected rows with their file-wide line numbers.
+    func lastEventDay(exchange: any Communicator, rejects: RejectsCollector? = nil) throws -> Int {
         let tracker = LastDayTracker()
-        try exchange.agreeing("finding the last event day") {
-            for round in 0..<plan.rounds { _ = try read(round: round, rank: exchange.rank, sink: tracker, rejects: nil) }
+        var linesBefore = 0
+        for round in 0..<plan.rounds {
+            let lines = try exchange.agreeing("finding the last event day") {
+                try read(round: round, rank: exchange.rank, sink: tracker, rejects: rejects).1
+            }
+            if let rejects { try number(rejects, roundLines: lines, linesBefore: &linesBefore, exchange: exchange) }
         }
         return Int(try exchange.allreduceMax([Int64(tracker.lastDay)])[0])
+    }
+
+    /// Makes the line numbers of the rejects of the round just read file-wide: the ranks read
+    /// the round's ranges in rank order, so a rank's lines follow those of the ranks before it.
+    private func number(_ rejects: RejectsCollector, roundLines lines: Int, linesBefore: inout Int, exchange: any Communicator) throws {
+        let lineCounts = try exchange.allgather([Int64(lines)])
+        rejects.number(from: linesBefore + lineCounts[..<exchange.rank].reduce(0) { $0 + Int($1) })
+        linesBefore += lineCounts.reduce(0) { $0 + Int($1) }
     }
 
     /// Parses every stripe, routes each event to its customer's owner and aggregates what this
@@ -72,11 +85,7 @@ final class StripedEventFile {
                 stats.add(roundStats)
                 return lines
             }
-            if let rejects {
-                let lineCounts = try exchange.allgather([Int64(lines)])
-                rejects.number(from: linesBefore + lineCounts[..<exchange.rank].reduce(0) { $0 + Int($1) })
-                linesBefore += lineCounts.reduce(0) { $0 + Int($1) }
-            }
+            if let rejects { try number(rejects, roundLines: lines, linesBefore: &linesBefore, exchange: exchange) }
             try Importer.announceProducts(router: router, into: aggregates.products, exchange: exchange)
             try Importer.exchangeEvents(router: router, into: aggregates, exchange: exchange)
         }

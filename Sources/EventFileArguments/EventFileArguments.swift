@@ -1,7 +1,7 @@
 import ArgumentParser
 import CustomerData
 
-/// The event-file flags of `clm-data import` and `clm-score batch`, declared once so both tools
+/// The event-file flags of `clm-data inspect`, `clm-data import` and `clm-score batch`, declared once so the tools
 /// spell and explain them alike; `EventFileOptions` decides what they mean.
 public struct EventFileArguments: ParsableArguments {
     @Option(help: "Input layout.") public var preset: Preset = .canonical

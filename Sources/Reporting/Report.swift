@@ -327,8 +327,12 @@ func graphEvidenceSection(_ run: TrainingRun?) -> String {
     guard let run, run.manifest.modelKind == .gnn else { return "" }
     let test = run.log.test
     var html = "<section id=\"graph-evidence\">\n<h2>Does the graph help? The model, without the graph, and the majority class (test split)</h2>\n"
+    let warnings = run.log.testWarnings.isEmpty ? ""
+        : "<div class=\"warnings\" id=\"graph-warnings\"><strong>Warnings the run logged:</strong>\n<ul>\n"
+            + run.log.testWarnings.map { "<li>\(escapeXML($0))</li>" }.joined(separator: "\n") + "\n</ul>\n</div>\n"
     guard test["test_nograph_macro_f1"] != nil else {
-        return html + "<p class=\"note\" id=\"graph-evidence-missing\">The run trained no ablation (<code>gnn.ablation: false</code>, or a run from before it existed).</p>\n</section>\n"
+        return html + "<p class=\"note\" id=\"graph-evidence-missing\">The run trained no ablation (<code>gnn.ablation: false</code>, or a run from before it existed).</p>\n"
+            + warnings + "</section>\n"
     }
     func cell(_ key: String) -> String {
         guard let value = test["test_" + key] else { return "<td class=\"number\">—</td>" }
@@ -349,7 +353,7 @@ func graphEvidenceSection(_ run: TrainingRun?) -> String {
         html += "<p id=\"graph-verdict\">Macro-F1 of the model minus the no-graph ablation on the same customers, paired 95% bootstrap interval: "
             + String(format: "%+.4f to %+.4f", low, high) + " — \(verdict).</p>\n"
     }
-    return html + "</section>\n"
+    return html + warnings + "</section>\n"
 }
 
 /// The LSTM stage head's confusion matrix, when the run has one.

@@ -81,6 +81,17 @@ struct JobSpec: Codable {
     }
 }
 
+/// The dataset's labels are all the same for what the model predicts (churn for the LSTM, the
+/// stage for the graph model), so there is nothing to learn; nothing was trained.
+public struct UnlearnableDataset: Error, CustomStringConvertible {
+    public let dataset: String
+    public let model: ModelKind
+    public let reason: String
+    public var description: String {
+        "dataset \(dataset) cannot train the \(model.rawValue) model: \(reason)"
+    }
+}
+
 /// How `clm-coordinator` was asked to run.
 public struct JobRequest: Sendable {
     public var configurationPath: String
@@ -151,6 +162,12 @@ public enum TrainingJob {
     static func makeSpec(_ configuration: TrainingConfiguration, dataset: CustomerDataset, request: JobRequest) throws -> JobSpec {
         if configuration.model == .gnn && dataset.manifest.graph == nil {
             throw AgreementError(message: "the gnn model needs a customer–product graph, and dataset \(configuration.data) has none (no product ids)")
+        }
+        // A constant label trains to a perfect score that means nothing (val_f1 1.0 on a
+        // dataset where everybody churned): refuse it before anything trains.
+        let labelProblem = configuration.model == .lstm ? dataset.manifest.constantChurnProblem : dataset.manifest.constantStageProblem
+        if let labelProblem {
+            throw UnlearnableDataset(dataset: configuration.data, model: configuration.model, reason: labelProblem)
         }
         return JobSpec(
             configuration: configuration, resume: request.resume, stopAfterSteps: request.stopAfterSteps,
@@ -385,7 +402,8 @@ public enum TrainingJob {
             text += String(format: "  (AUC 95%% CI %.4f–%.4f)", low, high)
         }
         for (name, label) in [("macro_f1", "macro-F1"), ("nograph_macro_f1", "no-graph macro-F1"),
-                              ("majority_macro_f1", "majority macro-F1"), ("macro_f1_minus_nograph", "macro-F1 minus no-graph")] {
+                              ("majority_macro_f1", "majority macro-F1"), ("macro_f1_minus_nograph", "macro-F1 minus no-graph"),
+                              ("macro_f1_minus_majority", "macro-F1 minus majority")] {
             guard let low = summary.test["test_\(name)_ci_low"], let high = summary.test["test_\(name)_ci_high"] else { continue }
             let format = name.contains("minus") ? "\n  %@ 95%% CI %+.4f to %+.4f" : "\n  %@ 95%% CI %.4f–%.4f"
             text += String(format: format, "test " + label, low, high)

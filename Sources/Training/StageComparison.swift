@@ -60,10 +60,33 @@ enum StageComparison {
             put("macro_f1_minus_nograph", resamples.map { copy in
                 state(copy, 0).macroF1.flatMap { a in state(copy, 1).macroF1.map { a - $0 } }
             })
+            put("macro_f1_minus_majority", resamples.map { copy in
+                state(copy, 0).macroF1.flatMap { a in state(copy, 2).macroF1.map { a - $0 } }
+            })
             put("accuracy_minus_nograph", resamples.map { copy in
                 state(copy, 0).accuracy.flatMap { a in state(copy, 1).accuracy.map { a - $0 } }
             })
         }
         return metrics
+    }
+
+    /// Loud lines where the graph model has not beaten its no-graph ablation or the majority
+    /// class on the test customers: the paired 95% interval of its macro-F1 minus theirs does not
+    /// lie above zero. The LSTM's floor warning is the same idea (`BaselineReport.warnings`).
+    static func warnings(test metrics: [String: Double]) -> [String] {
+        var warnings: [String] = []
+        for (other, name, meaning) in [
+            ("nograph", "its no-graph ablation", "the graph has not shown that it helps"),
+            ("majority", "the majority class", "the model has not shown that it learnt the stages"),
+        ] {
+            guard let model = metrics["test_macro_f1"], let theirs = metrics["test_\(other)_macro_f1"],
+                  let low = metrics["test_macro_f1_minus_\(other)_ci_low"], let high = metrics["test_macro_f1_minus_\(other)_ci_high"],
+                  low <= 0 else { continue }
+            warnings.append(String(
+                format: "the graph model's test macro-F1 %.4f is not shown to beat %@'s %.4f on the same customers "
+                    + "(difference 95%% CI %+.4f to %+.4f): %@; do not ship it",
+                model, name, theirs, low, high, meaning))
+        }
+        return warnings
     }
 }

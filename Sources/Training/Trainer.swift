@@ -241,14 +241,14 @@ public final class DataParallelTrainer {
                 "learning_rate": Double(schedule.rate(at: max(progress.globalStep - 1, 0))),
             ]
             var improved = false
-            var stop = false
+            var stopLine: String?
             if (epoch + 1) % configuration.validateEveryEpochs == 0 || progress.epoch == epochs {
                 let validation = try evaluate(
                     try task.predict(validationShard), shard: validationShard, model: configuration.model,
                     classCount: classCount, lstm: configuration.lstm, majorityStage: majorityStage, prefix: "val_", world: world).metrics
                 metrics.merge(validation) { $1 }
                 summary.lastValidation = validation
-                (improved, stop) = updateEarlyStopping(&progress, metrics: validation)
+                (improved, stopLine) = updateEarlyStopping(&progress, metrics: validation)
                 if improved {
                     progress.bestStep = progress.globalStep
                     progress.bestEpoch = progress.epoch
@@ -259,11 +259,11 @@ public final class DataParallelTrainer {
             reporter.record(metrics, event: "epoch")
             summary.epochsRun += 1
             // A new best is always saved, so `best` names a checkpoint that holds exactly it.
-            if progress.epoch % configuration.checkpointEveryEpochs == 0 || progress.epoch == epochs || stop || improved {
+            if progress.epoch % configuration.checkpointEveryEpochs == 0 || progress.epoch == epochs || stopLine != nil || improved {
                 try checkpoint(progress, metrics: metrics, isBest: improved)
             }
-            if stop {
-                reporter.line("early stopping: \(configuration.earlyStopping.metric) has not improved for \(progress.epochsWithoutImprovement) epochs")
+            if let stopLine {
+                reporter.line(stopLine)
                 summary.stoppedEarly = true
                 break epochs
             }
@@ -312,6 +312,7 @@ public final class DataParallelTrainer {
                 for (key, value) in try stageComparison(validationRows, testRows) {
                     if key.hasPrefix("val_") { summary.lastValidation[key] = value } else { summary.test[key] = value }
                 }
+                summary.warnings += StageComparison.warnings(test: summary.test)
             }
         }
         var record = summary.test
@@ -395,11 +396,12 @@ public final class DataParallelTrainer {
             progress: progress, parameters: task.parameters, optimizer: optimizer, metrics: metrics, isBest: isBest))
     }
 
-    /// Returns whether the metric improved and whether to stop. Every rank holds the same merged
-    /// metrics, so every rank reaches the same decision without another collective.
-    private func updateEarlyStopping(_ progress: inout TrainingProgress, metrics: [String: Double]) -> (Bool, Bool) {
+    /// Returns whether the metric improved and, to stop, the line that says why. Every rank
+    /// holds the same merged metrics, so every rank reaches the same decision without another
+    /// collective.
+    private func updateEarlyStopping(_ progress: inout TrainingProgress, metrics: [String: Double]) -> (Bool, String?) {
         let rule = configuration.earlyStopping
-        guard let value = metrics[rule.metric] else { return (false, false) }
+        guard let value = metrics[rule.metric] else { return (false, nil) }
         let lowerIsBetter = rule.metric.hasSuffix("loss") || rule.metric.contains("rmse") || rule.metric.contains("brier")
             || rule.metric.contains("mae")
         let improved: Bool
@@ -414,8 +416,31 @@ public final class DataParallelTrainer {
         } else {
             progress.epochsWithoutImprovement += 1
         }
-        let patienceRanOut = rule.patience > 0 && progress.epochsWithoutImprovement >= rule.patience
-        return (improved, patienceRanOut && progress.globalStep >= configuration.minSteps)
+        let stop = Self.earlyStop(
+            progress, metric: rule.metric, patience: rule.patience, minSteps: configuration.minSteps,
+            firstValidatedEpoch: min(configuration.validateEveryEpochs, epochs))
+        return (improved, stop)
+    }
+
+    /// Whether patience ends the run after this validation, as the line the log prints; nil to
+    /// go on. `min_steps` holds a run only while its metric has not improved since the first
+    /// validation (`firstValidatedEpoch`, 1-based): on a small data set an epoch is a handful of
+    /// steps, and a model that has learnt nothing yet deserves those steps. A metric that improved
+    /// and then stalled stops on patience as usual, so `min_steps` never runs a model dozens of
+    /// epochs past its best.
+    static func earlyStop(_ progress: TrainingProgress, metric: String, patience: Int, minSteps: Int,
+                          firstValidatedEpoch: Int) -> String? {
+        guard patience > 0, progress.epochsWithoutImprovement >= patience, let best = progress.bestEpoch else { return nil }
+        let learnt = best > firstValidatedEpoch
+        guard learnt || progress.globalStep >= minSteps else { return nil }
+        let line = "early stopping at epoch \(progress.epoch), step \(progress.globalStep): \(metric) has not improved for "
+            + "\(progress.epochsWithoutImprovement) epochs since epoch \(best)"
+        if !learnt {
+            return line + ", its first validation; min_steps \(minSteps) kept the run going until now"
+        }
+        return progress.globalStep < minSteps
+            ? line + " (before min_steps \(minSteps): that minimum holds only a run whose metric has not improved since its first validation)"
+            : line
     }
 
     private func describeEpoch(_ metrics: [String: Double]) -> String {

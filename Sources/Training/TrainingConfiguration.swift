@@ -127,9 +127,11 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
     public var checkpoints = "runs/checkpoints"
     public var run = "run"
     public var epochs = 10
-    /// Train at least this many optimizer steps (raising the epochs), and never stop early
-    /// before them: a small data set gives a handful of steps per epoch, and a patience counted
-    /// in epochs would otherwise end the run before the model has learnt anything.
+    /// Allow at least this many optimizer steps (raising the epochs), and do not stop early
+    /// before them while the early-stopping metric has not improved since its first
+    /// validation: a small data set gives a handful of steps per epoch, and a patience counted
+    /// in epochs would otherwise end the run before the model has learnt anything. Once the
+    /// metric has improved, patience stops the run as usual (`DataParallelTrainer.earlyStop`).
     public var minSteps = 300
     /// Customers per rank per step; the global batch is this times the number of ranks.
     public var batchSize = 64

@@ -11,7 +11,7 @@ import Foundation
 struct CLMData: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clm-data",
-        abstract: "Import customer events into a training dataset, inspect datasets, generate synthetic events.",
+        abstract: "Inspect an event file, import it into a training dataset, verify datasets, generate synthetic events.",
         subcommands: [Import.self, Inspect.self, Synth.self])
 }
 
@@ -38,6 +38,8 @@ struct Import: ParsableCommand {
     @Option(help: "Train fraction.") var trainFraction: Double = 0.70
     @Option(help: "Validation fraction (test is the rest).") var validationFraction: Double = 0.15
     @Option(help: "Fail when more than this fraction of rows is rejected.") var maxRejectFraction: Double = 0.01
+    @Flag(help: "Import even when the cut-off plus the horizon ends after the last event (customers whose horizon the data does not cover then look churned).")
+    var allowPartialHorizon = false
     @Flag(help: "Skip the customer-product graph.") var noGraph = false
     @Option(help: "Customers (and graph nodes) per hashed part of every file: the unit a rank writes and a training rank verifies.")
     var rowsPerPart: Int = DatasetPartLayout.defaultRowsPerPart
@@ -56,6 +58,7 @@ struct Import: ParsableCommand {
             options.stageThresholds = thresholds
             options.split = SplitOptions(seed: seed, trainFraction: trainFraction, validationFraction: validationFraction)
             options.maxRejectFraction = maxRejectFraction
+            options.allowPartialHorizon = allowPartialHorizon
             options.buildGraph = !noGraph
             guard rowsPerPart >= 1 else { throw ValidationError("--rows-per-part must be at least 1, got \(rowsPerPart)") }
             options.rowsPerPart = rowsPerPart
@@ -65,6 +68,7 @@ struct Import: ParsableCommand {
             }
             let summary = try Importer.run(input: input, output: out, options: options)
             print(describe(summary))
+            printWarnings(summary.manifest.labelWarnings)
         }
     }
 
@@ -73,9 +77,15 @@ struct Import: ParsableCommand {
         try runOnEveryRank(tool: "clm-data", userMessage: userFacingMessage) { exchange in
             if let summary = try Importer.run(input: input, output: out, options: options, exchange: exchange) {
                 print(describe(summary))
+                printWarnings(summary.manifest.labelWarnings)
             }
         }
     }
+}
+
+/// Each warning as a line of its own on standard error, starting with WARNING so it stands out.
+func printWarnings(_ warnings: [String]) {
+    for warning in warnings { FileHandle.standardError.write(Data("WARNING: \(warning)\n".utf8)) }
 }
 
 func describe(_ summary: ImportSummary) -> String {
@@ -109,29 +119,98 @@ func describe(_ summary: ImportSummary) -> String {
 }
 
 struct Inspect: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print a dataset's manifest summary and verify every file.")
+    static let configuration = CommandConfiguration(
+        abstract: "Look at an event file before importing it (writes nothing), or verify a dataset directory.",
+        discussion: """
+            An event file is read as `import` would read it, with the same layout flags: rows, customers, \
+            the date range, the time format, the amount range, the rejected rows by reason, and a cut-off \
+            and horizon that fit inside the data. A dataset directory has its manifest summarised and \
+            every file verified.
+            """)
 
-    @Argument(help: "The dataset directory.") var dataset: String
+    @Argument(help: "An event file, or a dataset directory written by import.") var path: String
+    @OptionGroup var eventFile: EventFileArguments
+    @Option(help: "The horizon in days to suggest a cut-off for (default 273; instacart 91).") var horizon: Int?
+    @Option(help: "Days per period (default 7): a shortened horizon is a whole number of periods.") var period: Int?
 
     func run() throws {
         try runReporting {
-            let started = Date()
-            let data = try CustomerDataset.open(at: URL(fileURLWithPath: dataset))
-            let m = data.manifest, c = m.counts
-            print("dataset \(dataset): format \(m.formatVersion), fingerprint \(m.fingerprint), verified in \(formatFixed(Date().timeIntervalSince(started), 2)) s")
-            print("  source          \(m.source.input) (preset \(m.source.preset), time \(m.source.timeFormat); amount = \(m.source.amountMeaning))")
-            print("  rows            \(formatCount(c.rows)) read, \(formatCount(c.imported)) imported, \(formatCount(c.rejected)) rejected, \(formatCount(c.skippedNonPurchase)) non-purchase")
-            print("  customers       \(formatCount(c.customers)) x \(m.spec.historyPeriods) periods x \(m.featureNames.count) features; products \(formatCount(c.products))")
-            print("  window          " + (m.cutoffDate.map { "cut-off \($0), history from \(m.historyStartDate!), horizon to \(m.horizonEndDate!)" } ?? "cut-off day \(m.spec.cutoffDay)") + "; period \(m.spec.periodDays) d, horizon \(m.spec.horizonDays) d")
-            print("  features        \(m.featureNames.joined(separator: ", "))")
-            print("  labels          churn \(formatFixed(m.labels.churnRate * 100, 1))%, stages " + zip(m.stageNames, m.labels.stageCounts).map { "\($0) \($1)" }.joined(separator: ", "))
-            print("  split           train \(m.split.sizes[0]), validation \(m.split.sizes[1]), test \(m.split.sizes[2])")
-            if let g = m.graph {
-                print("  graph           \(g.customerNodes) customers + \(g.productNodes) products, \(g.directedEdges) directed edges, \(g.nodeFeatureNames.count) node features")
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+                let parsed = try eventFile.options()
+                guard parsed.preset == .canonical && parsed.format == CSVFormat() && horizon == nil && period == nil else {
+                    throw ValidationError("\(path) is a dataset directory; the layout, --horizon and --period flags apply to an event file")
+                }
+                try inspectDataset()
+            } else {
+                try inspectEventFile()
             }
-            for file in m.files { print("  file            \(file.name)  \(file.dtype) \(file.shape)  \(formatCount(file.bytes)) bytes  \(file.contentHash)") }
         }
     }
+
+    private func inspectEventFile() throws {
+        let parsed = try eventFile.options()
+        var options = ImportOptions()
+        options.preset = parsed.preset
+        options.format = parsed.format
+        options.horizonDays = horizon
+        options.periodDays = period
+        let report = try EventFileInspection.run(input: path, options: options)
+        print(describe(report))
+    }
+
+    private func inspectDataset() throws {
+        let started = Date()
+        let data = try CustomerDataset.open(at: URL(fileURLWithPath: path))
+        let m = data.manifest, c = m.counts
+        print("dataset \(path): format \(m.formatVersion), fingerprint \(m.fingerprint), verified in \(formatFixed(Date().timeIntervalSince(started), 2)) s")
+        print("  source          \(m.source.input) (preset \(m.source.preset), time \(m.source.timeFormat); amount = \(m.source.amountMeaning))")
+        print("  rows            \(formatCount(c.rows)) read, \(formatCount(c.imported)) imported, \(formatCount(c.rejected)) rejected, \(formatCount(c.skippedNonPurchase)) non-purchase")
+        print("  customers       \(formatCount(c.customers)) x \(m.spec.historyPeriods) periods x \(m.featureNames.count) features; products \(formatCount(c.products))")
+        print("  window          " + (m.cutoffDate.map { "cut-off \($0), history from \(m.historyStartDate!), horizon to \(m.horizonEndDate!)" } ?? "cut-off day \(m.spec.cutoffDay)") + "; period \(m.spec.periodDays) d, horizon \(m.spec.horizonDays) d")
+        print("  features        \(m.featureNames.joined(separator: ", "))")
+        print("  labels          churn \(formatFixed(m.labels.churnRate * 100, 1))%, stages " + zip(m.stageNames, m.labels.stageCounts).map { "\($0) \($1)" }.joined(separator: ", "))
+        print("  split           train \(m.split.sizes[0]), validation \(m.split.sizes[1]), test \(m.split.sizes[2])")
+        if let g = m.graph {
+            print("  graph           \(g.customerNodes) customers + \(g.productNodes) products, \(g.directedEdges) directed edges, \(g.nodeFeatureNames.count) node features")
+        }
+        for file in m.files { print("  file            \(file.name)  \(file.dtype) \(file.shape)  \(formatCount(file.bytes)) bytes  \(file.contentHash)") }
+        printWarnings(m.labelWarnings)
+    }
+}
+
+func describe(_ report: EventFileReport) -> String {
+    let s = report.stats
+    var lines: [String] = []
+    lines.append("\(report.path): \(formatCount(s.rows)) rows (+\(s.headerLines) header, \(s.blankLines) blank lines); nothing was written")
+    lines.append("  rows             \(formatCount(s.imported)) purchases, \(formatCount(s.rejected)) rejected, \(formatCount(s.skippedNonPurchase)) non-purchase")
+    lines.append("  customers        \(formatCount(report.customers))" + (report.products.map { "; products \(formatCount($0))" } ?? "; no product column"))
+    let format = "time format \(s.timeFormat.rawValue) (\(report.timeFormatSource.rawValue))"
+    if let first = report.firstEventDay, let last = report.lastEventDay, let span = report.spanDays {
+        lines.append("  dates            first event \(report.describe(day: first)), last event \(report.describe(day: last)) (\(formatCount(span)) days); \(format)")
+    } else {
+        lines.append("  dates            none: no row could be read as a purchase; \(format)")
+    }
+    if let smallest = report.smallestAmount, let largest = report.largestAmount {
+        lines.append("  amounts          \(formatFixed(smallest, 2)) to \(formatFixed(largest, 2))")
+    }
+    if !report.rejects.reasons.isEmpty {
+        lines.append("  rejected rows by reason (an import lists every one in rejects.csv):")
+        lines += report.rejects.lines(reasons: 10, examples: RejectTally.defaultExamples, indent: "    ")
+    }
+    if let suggestion = report.suggestion, let first = report.firstEventDay, let last = report.lastEventDay {
+        let history = suggestion.cutoffDay - first
+        var why = "the horizon ends on the last event, after \(formatCount(history)) days of history"
+        if suggestion.shortened { why += "; a \(report.horizonAsked)-day horizon would leave less history than horizon" }
+        lines.append("  suggested window --cutoff \(report.describe(day: suggestion.cutoffDay)) --horizon \(suggestion.horizonDays)  (\(why))")
+        if suggestion.shortened && last - report.horizonAsked > first {
+            let cutoff = last - report.horizonAsked
+            lines.append("  also inside      --cutoff \(report.describe(day: cutoff)) --horizon \(report.horizonAsked)  (\(formatCount(cutoff - first)) days of history)")
+        }
+    } else if report.spanDays != nil {
+        lines.append("  suggested window none: the events span \(formatCount(report.spanDays ?? 0)) days, fewer than two periods")
+    }
+    return lines.joined(separator: "\n")
 }
 
 struct Synth: ParsableCommand {

@@ -13,6 +13,8 @@ private func checkAccounting(_ path: String, _ scratch: Scratch, _ name: String,
     options.horizonDays = 30
     options.format.timeFormat = .days
     options.maxRejectFraction = 1
+    // Random days end anywhere; the horizon check is not what these files test.
+    options.allowPartialHorizon = true
     let out = scratch.path + "/" + name
     do {
         let summary = try Importer.run(input: path, output: out, options: options)

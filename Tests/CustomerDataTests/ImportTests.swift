@@ -218,7 +218,10 @@ func implausibleDayNumbersAreRejected() throws {
         _ = try Importer.run(input: input, output: out, options: options)
         Issue.record("expected too many rejects")
     } catch let error as DataError {
-        #expect(error == .tooManyRejects(rejected: 1, rows: 100, limit: 0.005, rejectsPath: out + ".rejects.csv"))
+        let reason = "expected 3 fields, found 2"
+        #expect(error == .tooManyRejects(
+            rejected: 1, rows: 100, limit: 0.005, rejectsPath: out + ".rejects.csv",
+            reasons: RejectSummary(reasons: [.init(kind: reason, count: 1, examples: [.init(line: 101, reason: reason, content: "bad,row")])])))
         #expect(error.description.contains("no dataset was written"))
     }
     #expect(!FileManager.default.fileExists(atPath: out))
@@ -276,8 +279,10 @@ func partitionedAggregationGivesTheSameDataset(partitions: Int, chunkEvents: Int
     var options = ImportOptions()
     options.maxRejectFraction = 0
     options.cutoffDay = try parseDay("2021-06-30")
-    // The last rows fall in the horizon, so that the last round's rows reach the labels.
+    // The last rows fall in the horizon, so that the last round's rows reach the labels; the
+    // horizon ends after them.
     options.horizonDays = 200
+    options.allowPartialHorizon = true
     options.partitions = 1
     options.aggregatesWhileParsing = false
     let reference = try Importer.run(input: input, output: scratch.path + "/reference", options: options)
@@ -321,6 +326,7 @@ func datasetOrderIsByLengthThenBytes(partitions: Int) throws {
                                mapping: ColumnMapping(customer: .name("who"), time: .name("WHEN"), amount: .name("value"), product: .name("sku")))
     options.cutoffDay = try parseDay("1997-01-31")
     options.maxRejectFraction = 1
+    options.allowPartialHorizon = true
     let (summary, data) = try importFile(scratch.file("e.tsv", tsv), into: scratch, options)
     // The YYYYMMDD value is not ISO: rejected with the format named.
     #expect(summary.stats.imported == 1 && summary.stats.rejected == 1)
@@ -335,6 +341,7 @@ func datasetOrderIsByLengthThenBytes(partitions: Int) throws {
                                   mapping: ColumnMapping(customer: .index(0), time: .index(1), amount: .index(2)))
     headerless.cutoffDay = try parseDay("19970110")
     headerless.maxRejectFraction = 0
+    headerless.allowPartialHorizon = true
     let (s2, d2) = try importFile(scratch.file("e.txt", ws), into: scratch, headerless, name: "ws")
     #expect(s2.stats.imported == 2 && s2.manifest.source.timeFormat == "unix")
     #expect(try d2.customerIDs() == ["u1", "u2"])

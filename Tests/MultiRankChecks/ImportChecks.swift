@@ -32,7 +32,8 @@ public func runImportChecks(_ world: any Communicator, _ checks: RankChecks) {
         try world.barrier()
         var options = ImportOptions()
         options.cutoffDay = try parseDay("2021-06-30")
-        options.horizonDays = 91
+        // Ends before the file's last order (2021-08-22), as the import requires.
+        options.horizonDays = 45
         options.maxRejectFraction = 0.05
         options.roundBytesPerRank = 4096
         return (input, options)
@@ -54,6 +55,30 @@ public func runImportChecks(_ world: any Communicator, _ checks: RankChecks) {
         // Fewer parts than ranks at 4 ranks: ranks with nothing to write.
         options.rowsPerPart = 1_000
         try compareWithOneProcess(input: input, name: "orders8", options: options, world: world, checks: checks)
+    }
+
+    checks.check("a horizon past the last event stops every rank, rank 0 naming the dates") {
+        var (input, options) = try ordersWithFlaws("late")
+        options.horizonDays = 91
+        try expectRefusal("its horizon ends after the last event", input: input, output: directory + "/late", options: options,
+                          world: world, checks: checks) { error in
+            guard case let .horizonPastData(cutoff, _, end, last, _) = error else { return false }
+            return cutoff == "2021-06-30" && end == "2021-09-29" && last == "2021-08-22"
+        }
+    }
+
+    checks.check("with no cut-off and no readable row, rank 0 names the reasons gathered from every rank") {
+        var (input, options) = try ordersWithFlaws("unreadable")
+        options.cutoffDay = nil
+        options.format.timeFormat = .unix
+        try expectRefusal("no row is readable", input: input, output: directory + "/unreadable", options: options,
+                          world: world, checks: checks) { error in
+            guard case let .noEventForCutoff(_, reasons) = error else { return false }
+            // Every row's date is unparsable in Unix seconds; the first row is line 3, after the
+            // header and a blank line.
+            return reasons.reasons.map(\.kind) == ["unparsable timestamp (format unix)"] && reasons.rejectedRows > 20_000
+                && reasons.reasons[0].examples.map(\.line) == [3, 4, 5]
+        }
     }
 
     checks.check("parallel import equals one process: CDNOW layout, cut-off derived from the data") {
@@ -83,12 +108,17 @@ public func runImportChecks(_ world: any Communicator, _ checks: RankChecks) {
             _ = try Importer.run(input: input, output: output, options: options, exchange: world)
             checks.expect(false, "the import succeeded with a seventh of its rows rejected")
         } catch let error as DataError {
-            guard case .tooManyRejects(let rejected, let rows, _, _) = error else {
+            guard case .tooManyRejects(let rejected, let rows, _, _, let reasons) = error else {
                 checks.expect(false, "rank 0 expected tooManyRejects, got \(error)")
                 return
             }
             checks.expect(rank == 0, "only rank 0 reports the rejects (rank \(rank) threw \(error))")
             checks.expect(rejected > 0 && rejected < rows, "rejected \(rejected) of \(rows)")
+            // The reasons gathered from every rank count every rejected row, each with its first line.
+            checks.expect(reasons.rejectedRows == rejected, "the reasons count \(reasons.rejectedRows) of \(rejected) rejected rows")
+            checks.expect(reasons.reasons.allSatisfy { !$0.examples.isEmpty }, "every reason shows its first row")
+            checks.expect(error.description.contains("line \(reasons.reasons.first?.examples.first?.line ?? -1): "),
+                          "the message shows the first offending line: \(error.description)")
         } catch is PeerRankFailure {
             checks.expect(rank != 0, "rank 0 must report the reason itself")
         }
@@ -100,6 +130,23 @@ public func runImportChecks(_ world: any Communicator, _ checks: RankChecks) {
                           "the rejects file is kept beside the output")
         }
     }
+}
+
+/// Runs a multi-rank import that must fail: rank 0 must throw the `DataError` `accept` takes
+/// (and `accept` says whether it is the right one), every other rank a `PeerRankFailure`, and
+/// nothing may be written at `output`.
+private func expectRefusal(_ what: String, input: String, output: String, options: ImportOptions, world: any Communicator,
+                           checks: RankChecks, accept: (DataError) -> Bool) throws {
+    do {
+        _ = try Importer.run(input: input, output: output, options: options, exchange: world)
+        checks.expect(false, "the import succeeded although \(what)")
+    } catch let error as DataError {
+        checks.expect(world.rank == 0 && accept(error), "rank \(world.rank) threw \(error)")
+    } catch is PeerRankFailure {
+        checks.expect(world.rank != 0, "rank 0 must report the reason itself")
+    }
+    try world.barrier()
+    if world.rank == 0 { checks.expect(!FileManager.default.fileExists(atPath: output), "no dataset was written") }
 }
 
 /// Imports `input` in one process (rank 0) and across the world, and compares every file.

@@ -101,7 +101,7 @@ import TestSupport
         let root = try TemporaryDirectory()
         var lines = gnnMetricsLines()
         lines[lines.count - 1] = String(lines[lines.count - 1].dropLast())
-            + #","test_nograph_macro_f1":0.4,"test_nograph_accuracy":0.5,"test_majority_macro_f1":0.2,"test_majority_accuracy":0.45,"test_macro_f1_ci_low":0.5,"test_macro_f1_ci_high":0.7,"test_macro_f1_minus_nograph_ci_low":0.01,"test_macro_f1_minus_nograph_ci_high":0.3}"#
+            + #","test_nograph_macro_f1":0.4,"test_nograph_accuracy":0.5,"test_majority_macro_f1":0.2,"test_majority_accuracy":0.45,"test_macro_f1_ci_low":0.5,"test_macro_f1_ci_high":0.7,"test_macro_f1_minus_nograph_ci_low":0.01,"test_macro_f1_minus_nograph_ci_high":0.3,"warnings":["the graph model's test macro-F1 0.6000 is not shown to beat the majority class's 0.2000"]}"#
         let lstm = try makeRun(in: root.url, name: "lstm-run", model: .lstm, metricsLines: lstmMetricsLines,
                                predictionsCSV: churnCSV(handChurnRows), stageNames: ["a", "b", "c"])
         let gnn = try makeRun(in: root.url, name: "gnn-run", model: .gnn, metricsLines: lines,
@@ -111,10 +111,16 @@ import TestSupport
         #expect(html.contains("data-metric=\"nograph_macro_f1\" data-value=\"0.4\">0.4000<"))
         #expect(html.contains("data-metric=\"majority_accuracy\" data-value=\"0.45\">0.4500<"))
         #expect(html.contains("the graph helps: the interval is above zero"))
-        // Without an ablation in the log the section says so instead of inventing numbers.
-        let plain = try makeRun(in: root.url, name: "gnn-plain", model: .gnn, metricsLines: gnnMetricsLines(),
+        #expect(html.contains("id=\"graph-warnings\"") && html.contains("is not shown to beat the majority class&#39;s 0.2000"))
+        // Without an ablation in the log the section says so instead of inventing numbers, and
+        // still shows the run's warnings.
+        var plainLines = gnnMetricsLines()
+        plainLines[plainLines.count - 1] = String(plainLines[plainLines.count - 1].dropLast())
+            + #","warnings":["the graph model's test macro-F1 0.5000 is not shown to beat the majority class's 0.4000"]}"#
+        let plain = try makeRun(in: root.url, name: "gnn-plain", model: .gnn, metricsLines: plainLines,
                                 predictionsCSV: stageCSV(handStageRows), stageNames: ["a", "b", "c"], step: 14, epoch: 2)
         let without = renderReport(try ReportInputs.load(run: lstm, gnnRun: plain, scores: nil))
         #expect(without.contains("id=\"graph-evidence-missing\""))
+        #expect(without.contains("id=\"graph-warnings\"") && without.contains("the majority class&#39;s 0.4000"))
     }
 }

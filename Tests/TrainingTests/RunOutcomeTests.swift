@@ -243,7 +243,11 @@ struct RunOutcomeTests {
             let point = try #require(withAblation.test["test_" + name], "\(name)")
             #expect(low <= point && point <= high, "\(name): \(point) outside \(low)...\(high)")
         }
-        #expect(withAblation.test["test_macro_f1_minus_nograph_ci_low"] != nil)
+        // The run warns exactly where a paired interval does not lie above zero.
+        let nographLow = try #require(withAblation.test["test_macro_f1_minus_nograph_ci_low"])
+        let majorityLow = try #require(withAblation.test["test_macro_f1_minus_majority_ci_low"])
+        #expect(withAblation.warnings.contains { $0.contains("its no-graph ablation's") } == (nographLow <= 0), "\(withAblation.warnings)")
+        #expect(withAblation.warnings.contains { $0.contains("the majority class's") } == (majorityLow <= 0), "\(withAblation.warnings)")
         #expect(withAblation.lastValidation["val_nograph_macro_f1"] != nil)
         let without = try TrainingJob.coordinate(
             JobRequest(configurationPath: configuration, overrides: ["run=without-ablation", "gnn.ablation=false"]),
@@ -253,7 +257,7 @@ struct RunOutcomeTests {
         #expect(without.test["test_macro_f1"] == withAblation.test["test_macro_f1"])
     }
 
-    @Test("a run shorter than min_steps is lengthened, and patience cannot stop it before them")
+    @Test("a run shorter than min_steps is lengthened, and patience cannot stop it before them while its metric has not improved")
     func minimumStepsLengthenShortRuns() throws {
         let job = try Job(epochs: 1)
         defer { try? FileManager.default.removeItem(at: job.directory) }
