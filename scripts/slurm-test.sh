@@ -158,7 +158,7 @@ clm_wait_for_file "$work/checkpoints/cancelled/latest" 120 || true
 scancel "$job"
 gone=""
 for _ in $(seq 1 300); do
-    if [ -z "$(squeue -h -j "$job" 2>/dev/null)" ] && ! pgrep -x clm-worker >/dev/null && ! pgrep -x clm-coordinator >/dev/null; then
+    if [ -z "$(squeue -h -j "$job" 2>/dev/null)" ] && ! pgrep -f "^$bin/clm-(worker|coordinator)( |$)" >/dev/null; then
         gone=yes; break
     fi
     sleep 0.2
@@ -175,7 +175,7 @@ sed -e 's/^run: slurm/run: supervised/' -e 's/^epochs: 2/epochs: 40/' "$work/lst
 job=$(CLM_MAX_RESTARTS=2 sbatch --parsable --nodes=1 --ntasks=2 --ntasks-per-node=2 --time=10 \
     --output="$work/supervised.out" cluster/slurm/train.sbatch "$work/supervised.yaml")
 clm_wait_for_file "$work/checkpoints/supervised/latest" 120 || true
-victim=$(pgrep -x clm-worker | head -1 || true)
+victim=$(pgrep -f "^$bin/clm-worker( |$)" | head -1 || true)
 [ -n "$victim" ] && kill -9 "$victim"
 state=""
 for _ in $(seq 1 1500); do

@@ -55,8 +55,9 @@ done
 victim=""
 if [ "$started" = 1 ]; then
     rank0=${temporary##*.tmp-}
-    # The ranks are the clm-data processes (mpirun's own command line also names clm-data).
-    victim=$(pgrep -x clm-data | grep -vx "$rank0" | head -1 || true)
+    # The ranks are this build's clm-data processes (mpirun's own command line also names
+    # clm-data, and other jobs on the machine may run a clm-data of their own).
+    victim=$(pgrep -f "^$bin/clm-data import" | grep -vx "$rank0" | head -1 || true)
 fi
 if [ -n "$victim" ]; then
     kill -9 "$victim"
@@ -66,7 +67,7 @@ if [ -n "$victim" ]; then
     # mpirun returns as it sends the other ranks SIGTERM; give them a deadline to be gone.
     left=""
     for _ in $(seq 1 100); do
-        left=$(pgrep -x clm-data || true)
+        left=$(pgrep -f "^$bin/clm-data import" || true)
         [ -z "$left" ] && break
         sleep 0.1
     done

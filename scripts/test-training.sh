@@ -341,8 +341,8 @@ for trial in $(seq 1 20); do
     # returns: poll for that with a deadline; what is still there after 10 s is left behind.
     leftover=""
     for _ in $(seq 1 50); do
-        # One name per pgrep: it matches nothing for a pattern longer than a process name (15).
-        leftover=$({ pgrep -x clm-coordinator; pgrep -x clm-worker; pgrep -x orted; } | tr '\n' ' ' || true)
+        # This build's ranks only: other jobs on the machine may run ranks of their own.
+        leftover=$({ pgrep -f "^$bin/clm-(coordinator|worker)( |$)" || true; } | tr '\n' ' ')
         [ -z "$leftover" ] && break
         sleep 0.2
     done
@@ -352,8 +352,7 @@ for trial in $(seq 1 20); do
         trials_ok=$((trials_ok + 1))
     else
         trial_failures+=" trial $trial (status $status, model ${model:0:12}, leftover '${leftover}')"
-        pkill -9 -x clm-coordinator 2>/dev/null || true
-        pkill -9 -x clm-worker 2>/dev/null || true
+        pkill -9 -f "^$bin/clm-(coordinator|worker)( |$)" 2>/dev/null || true
     fi
 done
 if [ "$trials_ok" -eq 20 ] && [ "$restarted" -ge 10 ]; then

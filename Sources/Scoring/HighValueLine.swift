@@ -44,7 +44,7 @@ public struct HighValueLine: Sendable, Equatable {
                                  origin: "the \(top) of the \(scoredCustomers) scored customers, --high-value-from scored")
         case .training:
             if let spends = model.drift?.trainingSpends, !spends.isEmpty {
-                return HighValueLine(amount: rules.highValueLine(spends: spends),
+                return HighValueLine(amount: rules.highValueLine(betweenStoredSpends: spends),
                                      origin: "the \(top) of \(spends.count) training customers, stored in the checkpoint")
             }
             return HighValueLine(

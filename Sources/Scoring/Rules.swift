@@ -115,6 +115,19 @@ public struct ScoringRules: Codable, Sendable, Equatable {
         return Double(sorted[highValueRank(of: sorted.count) - 1])
     }
 
+    /// The line drawn from the training customers' stored spends: halfway between the last
+    /// customer inside the top fraction and the first outside it. Those customers are often
+    /// scored again, and one sitting exactly on the line would change action with the last bit
+    /// of its spend (another kernel, another summation order); halfway, none sits on it.
+    public func highValueLine(betweenStoredSpends spends: [Float]) -> Double {
+        if let highValueAmount { return highValueAmount }
+        guard !spends.isEmpty else { return .infinity }
+        let sorted = spends.sorted(by: >)
+        let inside = highValueRank(of: sorted.count)
+        guard inside < sorted.count else { return Double(sorted[inside - 1]) }
+        return (Double(sorted[inside - 1]) + Double(sorted[inside])) / 2
+    }
+
     /// How many of `customers` are high value: the top fraction, at least one, at most all.
     public func highValueRank(of customers: Int) -> Int {
         min(customers, max(1, Int((Double(customers) * highValueTopFraction).rounded(.up))))
