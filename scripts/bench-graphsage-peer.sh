@@ -11,7 +11,7 @@ cd "$(clm_root)"
 python="" rounds=2 seconds=3
 while [ $# -gt 0 ]; do
     case $1 in
-        --python) python=$2; shift 2 ;;
+        --python) python=$2; [[ $python == */* ]] && python=$(clm_caller_path "$python"); shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
         --seconds) seconds=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;

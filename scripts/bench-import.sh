@@ -15,7 +15,7 @@ cd "$(clm_root)"
 
 clm_bench_flags "$@"
 set -- "${clm_rest[@]}"
-input=${1:?usage: scripts/bench-import.sh [--np N] [--rounds R] FILE [import options]}
+input=$(clm_caller_path "${1:?usage: scripts/bench-import.sh [--np N] [--rounds R] FILE [import options]}")
 shift
 options=("$@")
 [ ${#options[@]} -eq 0 ] && options=(--cutoff 2021-09-30 --horizon 91)

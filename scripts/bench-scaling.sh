@@ -16,7 +16,7 @@ ranks_list="1 2"
 overrides=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --config) config=$2; shift 2 ;;
+        --config) config=$(clm_caller_path "$2"); shift 2 ;;
         --epochs) epochs=$2; shift 2 ;;
         --ranks) ranks_list=$2; shift 2 ;;
         --set) overrides+=(--set "$2"); shift 2 ;;

@@ -13,9 +13,13 @@ cd "$(clm_root)"
 
 clm_bench_flags "$@"
 set -- "${clm_rest[@]}"
-events=${1:?usage: scripts/bench-scoring.sh [--np N] [--rounds R] EVENTS [model options]}
+events=$(clm_caller_path "${1:?usage: scripts/bench-scoring.sh [--np N] [--rounds R] EVENTS [model options]}")
 shift
 options=("$@")
+# The model options' paths (--checkpoints) are the caller's, as given; the default is the demo's.
+for ((k = 0; k < ${#options[@]} - 1; k++)); do
+    if [ "${options[k]}" = --checkpoints ]; then options[k + 1]=$(clm_caller_path "${options[k + 1]}"); fi
+done
 [ ${#options[@]} -eq 0 ] && options=(--checkpoints runs/checkpoints --run cdnow-lstm)
 swift build -c release --product clm-score >/dev/null 2>&1
 swift build -c release --product clm-score-mpi >/dev/null 2>&1

@@ -24,6 +24,18 @@ clm_restore_stop_signals() {
     fi
 }
 
+# The directory the script was started from, before it moves to the repository: relative paths
+# a user gives a script are relative to it, as for any command.
+clm_caller_dir=$PWD
+
+# PATH as given when absolute, else relative to the caller's directory.
+clm_caller_path() {  # clm_caller_path PATH
+    case $1 in
+        /*) echo "$1" ;;
+        *) echo "$clm_caller_dir/$1" ;;
+    esac
+}
+
 clm_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
 
 # Installs the Debian packages that are missing; does nothing when all are present.
