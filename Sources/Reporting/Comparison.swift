@@ -187,24 +187,11 @@ public struct RunComparison: Sendable {
         body += "</tbody>\n</table>\n<p class=\"note\">★ marks the best run of a row. Indented grey rows are the baselines each run scored on its own test customers; the run report (<code>clm-report --run-dir DIR</code>) has their intervals and warnings.</p>\n"
         if let caveat { body += "<p class=\"warnings\" id=\"comparison-caveat\">\(escapeXML(caveat))</p>\n" }
         body += "</section>\n<footer>Made by clm-report --compare.</footer>\n"
-        return """
-            <!DOCTYPE html>
-            <html lang="en">
-            <head>
-            <meta charset="utf-8">
-            <meta name="viewport" content="width=device-width, initial-scale=1">
-            <title>Runs compared: \(escapeXML(headings.joined(separator: ", ")))</title>
-            <style>
-            \(stylesheet)
+        return htmlPage(title: "Runs compared: \(headings.joined(separator: ", "))", extraStyle: """
             tr.baseline td { color: #666; }
             tr.baseline td:first-child { padding-left: 18px; }
             td.best { font-weight: 600; }
-            </style>
-            </head>
-            <body>
-            \(body)</body>
-            </html>
 
-            """
+            """, body: body)
     }
 }

@@ -111,22 +111,27 @@ public func renderReport(_ inputs: ReportInputs) -> String {
     body += driftSection(inputs)
     body += "<footer>Made by clm-report. Charts are SVG drawn into this file; it needs no network and no script.</footer>\n"
 
-    return """
-        <!DOCTYPE html>
-        <html lang="en">
-        <head>
-        <meta charset="utf-8">
-        <meta name="viewport" content="width=device-width, initial-scale=1">
-        <title>Training report: \(escapeXML(names))</title>
-        <style>
-        \(stylesheet)
-        </style>
-        </head>
-        <body>
-        \(body)</body>
-        </html>
+    return htmlPage(title: "Training report: \(names)", body: body)
+}
 
-        """
+/// A self-contained page: the report's stylesheet, then `extraStyle`, and `body` as it is.
+func htmlPage(title: String, extraStyle: String = "", body: String) -> String {
+    """
+    <!DOCTYPE html>
+    <html lang="en">
+    <head>
+    <meta charset="utf-8">
+    <meta name="viewport" content="width=device-width, initial-scale=1">
+    <title>\(escapeXML(title))</title>
+    <style>
+    \(stylesheet)
+    \(extraStyle)</style>
+    </head>
+    <body>
+    \(body)</body>
+    </html>
+
+    """
 }
 
 /// Header facts and the test-metric table of one run.
