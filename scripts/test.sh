@@ -134,6 +134,13 @@ else
     total_failed=$((total_failed + 1))
 fi
 
+echo "== a newcomer's path from a folder outside the repository (scripts/test-newcomer.sh)"
+if clm_run_bounded 900 scripts/test-newcomer.sh; then
+    total_passed=$((total_passed + 1))
+else
+    total_failed=$((total_failed + 1))
+fi
+
 # Several hosts need root for network namespaces, Slurm needs root for its daemons; elsewhere
 # say so rather than pass silently. CLM_NO_SKIPS=1 (set by .ci/run: CI runs as root with network
 # namespaces and apt) makes a skip a failure.
