@@ -51,7 +51,7 @@ scripts/train.sh --np 2 --config cluster/lstm.yaml --data "$demo/data/cdnow" --c
 
 step "training the lifecycle-stage GraphSAGE on Instacart: mpirun, 2 ranks"
 scripts/train.sh --np 2 --config cluster/gnn.yaml --data "$demo/data/instacart" --checkpoints "$demo/checkpoints" \
-    --run instacart-gnn | grep -E "^(training|done|  validation|  test)"
+    --run instacart-gnn | grep -E "^(training|done|  validation|  test|  WARNING)"
 
 step "batch scoring every CDNOW customer"
 "$bin/clm-score" batch --checkpoints "$demo/checkpoints" --run cdnow-lstm "${cdnow_import[@]/--input/--events}" \
