@@ -64,10 +64,13 @@ if [ -n "$victim" ]; then
     status=0
     clm_wait_bounded "$job" 60 || status=$?
     after=$("$bin/clm-data" inspect "$work/np2" | head -1 | grep -o "fingerprint [0-9a-f]*" || true)
-    # mpirun returns as it sends the other ranks SIGTERM; give them a deadline to be gone.
+    # mpirun returns as it sends the other ranks SIGTERM; give them a deadline to leave the
+    # process table, as zombies too: the next import clears a temporary directory only once its
+    # writer's pid is gone (a zombie's command line is empty, so pgrep -f would not see it).
     left=""
     for _ in $(seq 1 100); do
-        left=$(pgrep -f "^$bin/clm-data import" || true)
+        left=""
+        for pid in $rank0 $victim; do [ -e "/proc/$pid" ] && left+="$pid "; done
         [ -z "$left" ] && break
         sleep 0.1
     done
