@@ -247,6 +247,12 @@ flags=("${passthrough[@]}")
 diverged_at=""
 attempt=1
 while true; do
+    # A signal between attempts (while hosts are probed) stops before the next one starts.
+    if [ -n "$stop_signal" ]; then
+        echo "== supervisor: stopped by SIG$stop_signal before attempt $attempt"
+        [ "$stop_signal" = INT ] && exit 130
+        exit 143
+    fi
     mapfile -d '' command < <(job "${flags[@]}")
     echo "== supervisor: attempt $attempt of at most $((max_restarts + 1)): ${command[*]}"
     started=$(date +%s)
@@ -257,8 +263,15 @@ while true; do
     tail -n +1 -s 0.2 -f --pid="$attempt_pid" "$attempt_log" &
     echo_pid=$!
     # A trapped signal ends `wait` early; the attempt has ended once its process is gone, and
-    # a last `wait` then gives its status.
-    while kill -0 "$attempt_pid" 2>/dev/null; do wait "$attempt_pid" 2>/dev/null || true; done
+    # a last `wait` then gives its status. After a stop signal the wait is bounded: an mpirun
+    # still there 30 s later is killed (its ranks then lose their daemon and end).
+    while kill -0 "$attempt_pid" 2>/dev/null; do
+        if [ -n "$stop_signal" ]; then
+            for _ in $(seq 1 150); do kill -0 "$attempt_pid" 2>/dev/null || break; sleep 0.2; done
+            kill -KILL "$attempt_pid" 2>/dev/null || true
+        fi
+        wait "$attempt_pid" 2>/dev/null || true
+    done
     status=0
     wait "$attempt_pid" 2>/dev/null || status=$?
     attempt_pid=""
