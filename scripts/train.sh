@@ -239,6 +239,11 @@ forward_signal() {  # forward_signal NAME
     stop_signal=$1
     if [ -n "$attempt_pid" ]; then kill -s "$1" "$attempt_pid" 2>/dev/null || true; fi
 }
+stop() {  # stop WHEN: says when the stop signal came and exits with the shell's status for it
+    echo "== supervisor: stopped by SIG$stop_signal $1"
+    [ "$stop_signal" = INT ] && exit 130
+    exit 143
+}
 trap 'forward_signal INT' INT
 trap 'forward_signal TERM' TERM
 attempt_log=$(mktemp)
@@ -248,11 +253,7 @@ diverged_at=""
 attempt=1
 while true; do
     # A signal between attempts (while hosts are probed) stops before the next one starts.
-    if [ -n "$stop_signal" ]; then
-        echo "== supervisor: stopped by SIG$stop_signal before attempt $attempt"
-        [ "$stop_signal" = INT ] && exit 130
-        exit 143
-    fi
+    [ -z "$stop_signal" ] || stop "before attempt $attempt"
     mapfile -d '' command < <(job "${flags[@]}")
     echo "== supervisor: attempt $attempt of at most $((max_restarts + 1)): ${command[*]}"
     started=$(date +%s)
@@ -282,11 +283,7 @@ while true; do
         echo "== supervisor: attempt $attempt finished the job"
         exit 0
     fi
-    if [ -n "$stop_signal" ]; then
-        echo "== supervisor: stopped by SIG$stop_signal during attempt $attempt; not restarting"
-        [ "$stop_signal" = INT ] && exit 130
-        exit 143
-    fi
+    [ -z "$stop_signal" ] || stop "during attempt $attempt; not restarting"
     # Ranks or mpirun ended by SIGINT or SIGTERM were stopped on purpose (Ctrl-C, a scheduler's
     # cancel, an operator): that is a stop too, never a failure to restart from.
     line=""
