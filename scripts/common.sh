@@ -2,8 +2,9 @@
 
 # Debian packages the project builds and runs with.
 # iproute2 lets scripts/test.sh run the multi-host test on network namespaces; python3-numpy
-# runs the scoring interop check (scripts/score_reference.py).
-CLM_APT_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config iproute2 python3-numpy)
+# runs the scoring interop check (scripts/score_reference.py); libxgboost-dev is the gradient
+# boosting baseline's C library; python3-venv makes the measuring tools' virtualenv.
+CLM_APT_PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev pkg-config iproute2 python3-numpy libxgboost-dev python3-venv)
 
 # mpirun refuses to start as root unless told twice, and then exits 0 without running anything:
 # allow it here so that scripts behave the same for root (CI, containers) and for users.
@@ -50,6 +51,20 @@ clm_install_packages() {
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+# clm_python_tools PACKAGE==VERSION...: prints the python of a virtualenv outside the project
+# holding the named measuring and checking tools (xgboost, schemathesis, onnxruntime...), made
+# once and reused. They check the project; nothing the project runs imports them.
+clm_python_tools() {
+    local venv="${CLM_TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/clm-tools-venv}" python=python3
+    [ -x /usr/bin/python3 ] && python=/usr/bin/python3
+    if [ ! -x "$venv/bin/python" ]; then
+        clm_run_bounded 300 "$python" -m venv "$venv" >&2 || { echo "could not make a virtualenv at $venv" >&2; return 1; }
+    fi
+    clm_run_bounded 1200 "$venv/bin/python" -m pip install -q --disable-pip-version-check "$@" >&2 \
+        || { echo "pip could not install $* into $venv" >&2; return 1; }
+    echo "$venv/bin/python"
 }
 
 # mpirun for this machine: oversubscription lets a 2-core box run 4 ranks.
