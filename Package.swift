@@ -46,6 +46,11 @@ let package = Package(
             pkgConfig: "openblas",
             providers: [.apt(["libopenblas-dev"])]
         ),
+        .systemLibrary(
+            name: "CXGBoost",
+            pkgConfig: "xgboost",
+            providers: [.apt(["libxgboost-dev"])]
+        ),
 
         // MARK: Libraries
         // The Communicator protocol, its one-process and thread-backed in-process implementations,
@@ -70,10 +75,12 @@ let package = Package(
         // BG/NBD, Gamma-Gamma and a logistic regression: the classical yardsticks every LSTM run
         // is reported next to. Pure Swift on Foundation.
         .target(name: "Baselines"),
+        // XGBoost through its C API: the gradient boosting baseline, the one churn teams ship.
+        .target(name: "GradientBoosting", dependencies: ["CXGBoost"]),
         .target(name: "Checkpoints", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
         .target(
             name: "Training",
-            dependencies: ["BitMixing", "Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Baselines", "DistributedMetrics", "Yams"]
+            dependencies: ["BitMixing", "Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Baselines", "GradientBoosting", "DistributedMetrics", "Yams"]
         ),
         // Scoring must not link MPI: it serves on machines without an MPI runtime.
         .target(
@@ -172,7 +179,7 @@ let package = Package(
         .testTarget(name: "MetricsTests", dependencies: ["TestSupport", "ModelMetrics"]),
         .testTarget(name: "CheckpointsTests", dependencies: ["TestSupport", "Checkpoints"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Scoring", "Models", "CustomerData", "Checkpoints"]),
-        .testTarget(name: "BaselinesTests", dependencies: ["TestSupport", "Baselines"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "BaselinesTests", dependencies: ["TestSupport", "Baselines", "GradientBoosting"], resources: [.copy("Fixtures")]),
         // Training too: the comparison is tested on runs trained for real, the files as training writes them.
         .testTarget(
             name: "ReportingTests",

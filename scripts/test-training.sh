@@ -7,6 +7,7 @@
 #   - one process without mpirun equals -np 1 under mpirun;
 #   - resuming on another world size works;
 #   - kill -9 of a worker ends the job with an error in bounded time, and `latest` still loads;
+#   - the run's XGBoost baseline is reproduced by Python's XGBoost on the same rows;
 #   - the trained model, scored by the real clm-score, gives training's test scores, and
 #     clm-score-mpi at 1-3 ranks scores the same customers in the same order (byte for byte
 #     at one rank, to float rounding at more);
@@ -116,6 +117,18 @@ then
     pass "the 2-rank test predictions and baseline summary hold every customer once and give the logged metrics"
 else
     fail "the 2-rank test predictions or baseline summary disagree with the logged metrics"
+fi
+
+echo "== the XGBoost baseline refitted by Python's XGBoost on the same rows"
+# The run stored its boosting features, labels, predictions and settings; xgboost from PyPI
+# (same major version as Debian's C library, in a virtualenv outside the project) must keep the
+# same rounds and give the same predictions.
+if grep -q '"test_xgboost_auc"' "$work/checkpoints/straight/metrics.jsonl" \
+    && xgboost_python=$(clm_python_tools "xgboost==1.7.6") \
+    && clm_run_bounded 300 "$xgboost_python" scripts/xgboost_reference.py "$work/checkpoints/straight"; then
+    pass "Python's XGBoost reproduces the run's gradient boosting baseline"
+else
+    fail "the run's gradient boosting baseline is missing or Python's XGBoost disagrees with it"
 fi
 
 echo "== the trained model scored by the real clm-score"

@@ -81,7 +81,7 @@ func orderedTestMetrics(_ metrics: [String: Double]) -> [(String, Double)] {
     // The test record also holds the final validation and the baselines; those have their own table.
     let rest = metrics.keys.filter { key in
         key.hasPrefix("test_") && !preferred.contains(key) && !key.contains("confusion") && !key.contains("_ci_")
-            && !key.contains("_bgnbd_") && !key.contains("_logistic_")
+            && !key.contains("_bgnbd_") && !key.contains("_logistic_") && !key.contains("_xgboost_")
     }.sorted()
     return (preferred + rest).compactMap { key in metrics[key].map { (key, $0) } }
 }
@@ -282,7 +282,7 @@ func baselineSection(_ run: TrainingRun?) -> String {
     var html = "<section id=\"baselines\">\n<h2>The model against its baselines (same test customers)</h2>\n"
     guard let run else { return html + "<p class=\"note\">No LSTM run was given.</p>\n</section>\n" }
     let test = run.log.test
-    let baselines = [("bgnbd", "BG/NBD + Gamma-Gamma"), ("logistic", "logistic floor")]
+    let baselines = [("bgnbd", "BG/NBD + Gamma-Gamma"), ("logistic", "logistic floor"), ("xgboost", "XGBoost")]
     guard baselines.contains(where: { name, _ in test["test_\(name)_auc"] != nil }) else {
         return html + "<p class=\"note\" id=\"baselines-missing\">The metrics log has no baseline metrics (a run from before they were added, or not finished).</p>\n</section>\n"
     }
@@ -315,7 +315,9 @@ func baselineSection(_ run: TrainingRun?) -> String {
     interval("auc", "LSTM churn AUC", signed: false)
     interval("auc_minus_bgnbd", "LSTM AUC minus BG/NBD's, paired")
     interval("auc_minus_logistic", "LSTM AUC minus the logistic floor's, paired")
+    interval("auc_minus_xgboost", "LSTM AUC minus XGBoost's, paired")
     interval("clv_rmse_minus_bgnbd", "LSTM spend RMSE minus BG/NBD + Gamma-Gamma's, paired (negative: the LSTM errs less)")
+    interval("clv_rmse_minus_xgboost", "LSTM spend RMSE minus XGBoost's, paired (negative: the LSTM errs less)")
     if !intervals.isEmpty {
         html += "<p>95% bootstrap intervals over the \(formatCount(Int(test["test_customers"] ?? 0))) test customers (1,000 Poisson resamples); an interval that spans 0 is no evidence of a difference:</p>\n<ul id=\"intervals\">\n"
             + intervals.joined(separator: "\n") + "\n</ul>\n"

@@ -4,12 +4,14 @@ import Collectives
 import CustomerData
 import DistributedMetrics
 import Foundation
+import GradientBoosting
 import ModelMetrics
 
 /// What the baselines scored on the model's own validation and test customers.
 public struct BaselineReport: Sendable {
     /// `val_<baseline>_<metric>` and `test_<baseline>_<metric>`, baselines `bgnbd` (BG/NBD with
-    /// Gamma-Gamma spend) and `logistic` (the logistic floor, churn only), plus the bootstrap
+    /// Gamma-Gamma spend), `logistic` (the logistic floor, churn only) and `xgboost` (gradient
+    /// boosting's churn classifier and spend regressor), plus the bootstrap
     /// intervals `test_auc_ci_low/high` and `test_auc_minus_<baseline>_ci_low/high`.
     public var validation: [String: Double] = [:]
     public var test: [String: Double] = [:]
@@ -35,7 +37,7 @@ public struct BaselineReport: Sendable {
         }
         let higherIsBetter = ["auc", "spend_spearman", "spend_gini"]
         let lowerIsBetter = ["log_loss", "clv_rmse"]
-        for baseline in ["bgnbd", "logistic"] {
+        for baseline in Self.baselines {
             for metric in higherIsBetter + lowerIsBetter {
                 guard let model = modelTest["test_" + metric], let other = test["test_\(baseline)_\(metric)"] else { continue }
                 let loses = higherIsBetter.contains(metric) ? model < other : model > other
@@ -48,8 +50,15 @@ public struct BaselineReport: Sendable {
         return warnings
     }
 
+    /// Every baseline's metric prefix, in the order reports list them.
+    public static let baselines = ["bgnbd", "logistic", "xgboost"]
+
     static func displayName(_ baseline: String) -> String {
-        baseline == "bgnbd" ? "BG/NBD + Gamma-Gamma" : "the logistic floor"
+        switch baseline {
+        case "bgnbd": return "BG/NBD + Gamma-Gamma"
+        case "xgboost": return "XGBoost"
+        default: return "the logistic floor"
+        }
     }
 }
 
@@ -139,6 +148,35 @@ enum BaselineEvaluation {
             report.failures.append("the logistic floor could not be fitted: \(error)")
         }
 
+        var boosting: BoostingBaseline.Fitted? = nil
+        func boostingRows(_ history: HistorySummaries, _ summaries: [CustomerSummary], count: Int) -> BoostingBaseline.Rows {
+            var rows = BoostingBaseline.Rows()
+            rows.features.reserveCapacity(count * BoostingBaseline.featureNames.count)
+            for customer in 0..<count {
+                rows.features += history.boostingFeatures(customer, summary: summaries[customer], bgnbd: bgnbd,
+                                                          gammaGamma: gammaGamma, horizonPeriods: horizonPeriods)
+                rows.churn.append(history.shard.churn[customer])
+                rows.spend.append(history.shard.spend[customer])
+                rows.datasetRows.append(Int64(history.shard.datasetRows[customer]))
+            }
+            return rows
+        }
+        let boostingSplits = [boostingRows(trainHistory, summaries, count: train.distinct),
+                              boostingRows(validationHistory, splitSummaries[0], count: validationShard.count),
+                              boostingRows(testHistory, splitSummaries[1], count: testShard.count)]
+        do {
+            boosting = try BoostingBaseline.fit(train: boostingSplits[0], validation: boostingSplits[1], world: world,
+                                                runDirectory: summaryFile?.deletingLastPathComponent())
+        } catch let error as BoostingError {
+            report.failures.append("XGBoost could not be fitted on the training customers: \(error)")
+        }
+        let boostingPredictions = try boosting.map { fitted in try boostingSplits.map { try fitted.predict($0) } }
+        if let summaryFile, let boosting, let boostingPredictions {
+            try writeBoostingRows(boostingSplits, predictions: boostingPredictions, fitted: boosting,
+                                  to: summaryFile.deletingLastPathComponent().appendingPathComponent("xgboost_features.csv"),
+                                  world: world)
+        }
+
         for (split, (rows, prefix)) in [(validation, "val_"), (test, "test_")].enumerated() {
             let history = split == 0 ? validationHistory : testHistory
             let customerSummaries = splitSummaries[split]
@@ -183,10 +221,20 @@ enum BaselineEvaluation {
                                               expectedSpend: spend, ids: ids, world: world),
                      ["auc", "log_loss", "f1", "brier", "accuracy"])
             }
+            var boostingChurn: [Double]? = nil
+            var boostingSpend: [Double]? = nil
+            if let predicted = boostingPredictions?[split + 1] {
+                boostingChurn = predicted.churn
+                boostingSpend = predicted.spend
+                keep(try churnAndSpendMetrics(prefix: prefix + "xgboost_", labels: labels, churnProbability: predicted.churn,
+                                              spend: spend, expectedSpend: predicted.spend, ids: ids, world: world))
+            }
             if prefix == "test_" {
-                metrics.merge(try intervals(model: rows.churnProbability, bgnbd: bgnbdChurn, floor: floorChurn, labels: labels,
-                                            spend: spend, modelSpend: rows.expectedSpend, bgnbdSpend: bgnbdSpend, ids: ids,
-                                            world: world)) { $1 }
+                metrics.merge(try intervals(
+                    model: rows.churnProbability, modelSpend: rows.expectedSpend, labels: labels, spend: spend, ids: ids,
+                    baselines: [("bgnbd", bgnbdChurn, bgnbdSpend), ("logistic", floorChurn, nil),
+                                ("xgboost", boostingChurn, boostingSpend)],
+                    world: world)) { $1 }
                 report.test = metrics
             } else {
                 report.validation = metrics
@@ -198,9 +246,9 @@ enum BaselineEvaluation {
     /// 95% Poisson-bootstrap intervals over every rank's test customers (1,000 resamples, each
     /// customer's weight a hash of its dataset row, so the same at any world size): the model's
     /// AUC, and paired differences on the same resamples: its AUC minus each baseline's, and its
-    /// spend RMSE minus BG/NBD + Gamma-Gamma's (negative: the model's error is smaller).
-    static func intervals(model: [Double], bgnbd: [Double]?, floor: [Double]?, labels: [Bool],
-                          spend: [Double], modelSpend: [Double], bgnbdSpend: [Double]?, ids: [Int64],
+    /// spend RMSE minus each spend baseline's (negative: the model's error is smaller).
+    static func intervals(model: [Double], modelSpend: [Double], labels: [Bool], spend: [Double], ids: [Int64],
+                          baselines: [(name: String, churn: [Double]?, spend: [Double]?)],
                           world: any Communicator) throws -> [String: Double] {
         let resampling = PoissonResampling()
         var result: [String: Double] = [:]
@@ -211,18 +259,19 @@ enum BaselineEvaluation {
         }
         let modelAUC = try CrossRankMetrics.rocAUC(scores: model, labels: labels, ids: ids, resampling: resampling, world: world)
         put("auc", modelAUC)
-        for (name, scores) in [("bgnbd", bgnbd), ("logistic", floor)] {
-            guard let scores else { continue }
+        for baseline in baselines {
+            guard let scores = baseline.churn else { continue }
             let other = try CrossRankMetrics.rocAUC(scores: scores, labels: labels, ids: ids, resampling: resampling, world: world)
-            put("auc_minus_\(name)", zip(modelAUC, other).map { a, b in a.flatMap { a in b.map { a - $0 } } })
+            put("auc_minus_\(baseline.name)", zip(modelAUC, other).map { a, b in a.flatMap { a in b.map { a - $0 } } })
         }
-        if let bgnbdSpend {
-            // Per resample: total weight, the model's and BG/NBD's weighted squared errors.
+        for baseline in baselines {
+            guard let baselineSpend = baseline.spend else { continue }
+            // Per resample: total weight, the model's and the baseline's weighted squared errors.
             let copies = 1 + resampling.resamples
             var sums = [Double](repeating: 0, count: 3 * copies)
             for index in ids.indices {
                 let modelError = (modelSpend[index] - spend[index]) * (modelSpend[index] - spend[index])
-                let baselineError = (bgnbdSpend[index] - spend[index]) * (bgnbdSpend[index] - spend[index])
+                let baselineError = (baselineSpend[index] - spend[index]) * (baselineSpend[index] - spend[index])
                 for copy in 0..<copies {
                     let weight = resampling.weight(id: ids[index], resample: copy)
                     guard weight > 0 else { continue }
@@ -232,13 +281,34 @@ enum BaselineEvaluation {
                 }
             }
             try world.allreduce(&sums, op: .sum)
-            put("clv_rmse_minus_bgnbd", (0..<copies).map { copy -> Double? in
+            put("clv_rmse_minus_\(baseline.name)", (0..<copies).map { copy -> Double? in
                 let weight = sums[3 * copy]
                 guard weight > 0 else { return nil }
                 return (sums[3 * copy + 1] / weight).squareRoot() - (sums[3 * copy + 2] / weight).squareRoot()
             })
         }
         return result
+    }
+
+    /// Every customer's gradient boosting features, labels and XGBoost's predictions, one row
+    /// each (split 0 training, 1 validation, 2 test; `in_fit` marks the rows the fit saw), so that
+    /// `scripts/xgboost_reference.py` can fit Python's XGBoost on exactly the same numbers.
+    static func writeBoostingRows(_ splits: [BoostingBaseline.Rows], predictions: [(churn: [Double], spend: [Double])],
+                                  fitted: BoostingBaseline.Fitted, to url: URL, world: any Communicator) throws {
+        let width = BoostingBaseline.featureNames.count
+        var text = ""
+        for (split, rows) in splits.enumerated() {
+            let fraction = split == 0 ? fitted.trainFraction : split == 1 ? fitted.validationFraction : 0
+            for index in 0..<rows.count {
+                let inFit = split < 2 && BoostingBaseline.sampled(rows.datasetRows[index], fraction: fraction)
+                text += "\(rows.datasetRows[index]),\(split),\(inFit ? 1 : 0),\(rows.churn[index]),\(rows.spend[index])"
+                for value in rows.features[index * width..<(index + 1) * width] { text += ",\(value)" }
+                text += ",\(predictions[split].churn[index]),\(predictions[split].spend[index])\n"
+            }
+        }
+        let header = (["dataset_row", "split", "in_fit", "churn", "spend"] + BoostingBaseline.featureNames
+            + ["churn_probability", "expected_spend"]).joined(separator: ",") + "\n"
+        try writeSharedRunFile(header: header, rows: Array(text.utf8), to: url, world: world)
     }
 }
 
@@ -251,7 +321,7 @@ struct HistorySummaries {
     let steps: Int
 
     /// Feature indices in `customerFeatureNames`.
-    private enum Feature: Int {
+    enum Feature: Int {
         case transactions = 0, items, log1pSpend, active, periodsSinceFirst, periodsSinceLast, log1pCumulativeTransactions,
              log1pMeanSpend
     }
@@ -264,7 +334,7 @@ struct HistorySummaries {
         steps = shard.steps
     }
 
-    private func raw(_ customer: Int, step: Int, _ feature: Feature) -> Double {
+    func raw(_ customer: Int, step: Int, _ feature: Feature) -> Double {
         let value = shard.features.pointer[(customer * steps + step) * width + feature.rawValue]
         return Double(value) * std[feature.rawValue] + mean[feature.rawValue]
     }
@@ -309,6 +379,38 @@ struct HistorySummaries {
             active += raw(customer, step: step, .active)
         }
         row += [log1p(max(transactions, 0)), spend, active, Double(length)]
+        return row
+    }
+
+    /// `BoostingBaseline.featureNames`, in order: the last period's stored features, the
+    /// window's totals, recent windows' counts and spend, the RFM summary, and what BG/NBD and
+    /// Gamma-Gamma make of it (NaN, a missing value to XGBoost, where they were not fitted).
+    func boostingFeatures(_ customer: Int, summary: CustomerSummary, bgnbd: BGNBDParameters?,
+                          gammaGamma: GammaGammaParameters?, horizonPeriods: Double) -> [Float] {
+        let length = Int(shard.lengths[customer])
+        var row: [Float] = []
+        row.reserveCapacity(BoostingBaseline.featureNames.count)
+        for feature in 0..<width { row.append(Float(raw(customer, step: length - 1, Feature(rawValue: feature)!))) }
+        var transactions = 0.0, items = 0.0, spend = 0.0, active = 0.0
+        var recent = [Double](repeating: 0, count: 2 * BoostingBaseline.recentWindows.count)
+        for step in 0..<length {
+            let stepTransactions = raw(customer, step: step, .transactions)
+            let stepSpend = expm1(raw(customer, step: step, .log1pSpend))
+            transactions += stepTransactions
+            items += raw(customer, step: step, .items)
+            spend += stepSpend
+            active += raw(customer, step: step, .active)
+            for (window, periods) in BoostingBaseline.recentWindows.enumerated() where length - step <= periods {
+                recent[2 * window] += stepTransactions
+                recent[2 * window + 1] += stepSpend
+            }
+        }
+        row += [transactions, items, spend, active, Double(length)].map(Float.init) + recent.map(Float.init)
+        row += [summary.frequency, summary.recency, summary.age, summary.monetaryValue].map(Float.init)
+        let alive = bgnbd.map { $0.probabilityAlive(customer: summary) } ?? .nan
+        let expected = bgnbd.map { $0.conditionalExpectedTransactions(t: horizonPeriods, customer: summary) } ?? .nan
+        let meanSpend = gammaGamma.map { $0.conditionalExpectedAverageProfit(customer: summary) } ?? .nan
+        row += [alive, expected, meanSpend].map { Float($0.isFinite ? $0 : .nan) }
         return row
     }
 }

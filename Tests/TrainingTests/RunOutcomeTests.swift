@@ -139,7 +139,9 @@ struct RunOutcomeTests {
         defer { try? FileManager.default.removeItem(at: job.directory) }
         let summary = try job.run()
         for key in ["test_bgnbd_auc", "test_bgnbd_clv_rmse", "test_bgnbd_spend_spearman", "test_logistic_auc",
-                    "val_logistic_auc", "test_auc_ci_low", "test_auc_ci_high", "test_auc_minus_bgnbd_ci_low"] {
+                    "val_logistic_auc", "test_auc_ci_low", "test_auc_ci_high", "test_auc_minus_bgnbd_ci_low",
+                    "test_xgboost_auc", "test_xgboost_log_loss", "test_xgboost_clv_rmse", "val_xgboost_auc",
+                    "test_auc_minus_xgboost_ci_low", "test_clv_rmse_minus_xgboost_ci_high"] {
             let value = summary.test[key] ?? summary.lastValidation[key]
             #expect(value?.isFinite == true, "\(key) missing")
         }
@@ -157,6 +159,9 @@ struct RunOutcomeTests {
         #expect(weak.contains { $0.contains("logistic floor") })
         let strong = report.warnings(modelValidation: ["val_auc": report.validation["val_logistic_auc"]!], modelTest: [:])
         #expect(!strong.contains { $0.contains("logistic floor") })
+        // Where XGBoost beats the model on a test metric, the run says so, naming it.
+        let beaten = report.warnings(modelValidation: [:], modelTest: ["test_auc": report.test["test_xgboost_auc"]! - 0.01])
+        #expect(beaten.contains { $0.contains("test auc") && $0.contains("XGBoost") })
     }
 
     @Test("--resume latest refuses a damaged newest checkpoint naming the file; latest-valid resumes from the newest that verifies")
