@@ -81,7 +81,7 @@ func orderedTestMetrics(_ metrics: [String: Double]) -> [(String, Double)] {
     // The test record also holds the final validation and the baselines; those have their own table.
     let rest = metrics.keys.filter { key in
         key.hasPrefix("test_") && !preferred.contains(key) && !key.contains("confusion") && !key.contains("_ci_")
-            && !key.contains("_bgnbd_") && !key.contains("_logistic_") && !key.contains("_xgboost_")
+            && !key.contains("_bgnbd_") && !key.contains("_logistic_") && !key.contains("_xgboost_") && !key.contains("_decile_")
     }.sorted()
     return (preferred + rest).compactMap { key in metrics[key].map { (key, $0) } }
 }
@@ -288,7 +288,8 @@ func baselineSection(_ run: TrainingRun?) -> String {
     }
     let metrics: [(String, String, Bool)] = [
         ("auc", "churn ROC AUC", true), ("log_loss", "churn log loss", false), ("brier", "churn Brier score", false),
-        ("clv_rmse", "spend RMSE", false), ("spend_spearman", "spend Spearman", true), ("spend_gini", "spend normalized Gini", true),
+        ("clv_rmse", "spend RMSE", false), ("clv_rmse_without_top_0_1pct", "spend RMSE without the top 0.1% spenders", false),
+        ("spend_spearman", "spend Spearman", true), ("spend_gini", "spend normalized Gini", true),
     ]
     html += "<table class=\"metrics\" id=\"baseline-table\">\n<thead><tr><th>test metric</th><th>LSTM</th>"
     html += baselines.map { "<th>\(escapeXML($0.1))</th>" }.joined() + "</tr></thead>\n<tbody>\n"
@@ -306,6 +307,22 @@ func baselineSection(_ run: TrainingRun?) -> String {
         html += "</tr>\n"
     }
     html += "</tbody>\n</table>\n<p class=\"note\">▲ marks a baseline that beats the LSTM on that metric.</p>\n"
+    // Calibration of the spend head: the test customers in tenths by predicted spend.
+    let predictors = [("", "LSTM")] + baselines.map { ($0.0 + "_", $0.1) }
+    let calibrated = predictors.filter { prefix, _ in test["test_\(prefix)spend_decile_1_predicted"] != nil }
+    if !calibrated.isEmpty {
+        html += "<table class=\"metrics\" id=\"spend-deciles\">\n<thead><tr><th>decile of predicted spend</th>"
+            + calibrated.map { "<th>\(escapeXML($0.1)): mean predicted / actual</th>" }.joined() + "</tr></thead>\n<tbody>\n"
+        for decile in 1...10 {
+            html += "<tr><td>\(decile)</td>"
+            for (prefix, _) in calibrated {
+                let predicted = test["test_\(prefix)spend_decile_\(decile)_predicted"], actual = test["test_\(prefix)spend_decile_\(decile)_actual"]
+                html += "<td class=\"number\">" + (predicted.flatMap { p in actual.map { String(format: "%.1f / %.1f", p, $0) } } ?? "—") + "</td>"
+            }
+            html += "</tr>\n"
+        }
+        html += "</tbody>\n</table>\n"
+    }
     var intervals: [String] = []
     func interval(_ key: String, _ text: String, signed: Bool = true) {
         guard let low = test["test_\(key)_ci_low"], let high = test["test_\(key)_ci_high"] else { return }
@@ -349,15 +366,21 @@ func graphEvidenceSection(_ run: TrainingRun?) -> String {
         }
         return "<td class=\"number\" data-metric=\"\(key)\" data-value=\"\(value)\">\(text)</td>"
     }
-    html += "<table class=\"metrics\" id=\"graph-evidence-table\">\n<thead><tr><th>test metric (95% CI)</th><th>GraphSAGE</th><th>no graph</th><th>majority class</th></tr></thead>\n<tbody>\n"
+    html += "<table class=\"metrics\" id=\"graph-evidence-table\">\n<thead><tr><th>test metric (95% CI)</th><th>GraphSAGE</th><th>no graph</th><th>XGBoost</th><th>majority class</th></tr></thead>\n<tbody>\n"
     for (key, label) in [("macro_f1", "macro-F1"), ("accuracy", "accuracy")] {
-        html += "<tr><td>\(label)</td>" + cell(key) + cell("nograph_" + key) + cell("majority_" + key) + "</tr>\n"
+        html += "<tr><td>\(label)</td>" + cell(key) + cell("nograph_" + key) + cell("xgboost_" + key) + cell("majority_" + key) + "</tr>\n"
     }
     html += "</tbody>\n</table>\n"
     if let low = test["test_macro_f1_minus_nograph_ci_low"], let high = test["test_macro_f1_minus_nograph_ci_high"] {
         let verdict = low > 0 ? "the graph helps: the interval is above zero"
             : high < 0 ? "the graph hurts: the interval is below zero" : "no evidence either way: the interval spans zero"
         html += "<p id=\"graph-verdict\">Macro-F1 of the model minus the no-graph ablation on the same customers, paired 95% bootstrap interval: "
+            + String(format: "%+.4f to %+.4f", low, high) + " — \(verdict).</p>\n"
+    }
+    if let low = test["test_macro_f1_minus_xgboost_ci_low"], let high = test["test_macro_f1_minus_xgboost_ci_high"] {
+        let verdict = low > 0 ? "the graph model wins: the interval is above zero"
+            : high < 0 ? "XGBoost wins: the interval is below zero" : "no evidence either way: the interval spans zero"
+        html += "<p id=\"graph-versus-boosting\">Macro-F1 of the model minus XGBoost on the customer's and its products' summaries, paired 95% bootstrap interval: "
             + String(format: "%+.4f to %+.4f", low, high) + " — \(verdict).</p>\n"
     }
     return html + warnings + "</section>\n"

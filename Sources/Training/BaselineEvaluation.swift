@@ -36,7 +36,7 @@ public struct BaselineReport: Sendable {
                 model, floor - model, floor))
         }
         let higherIsBetter = ["auc", "spend_spearman", "spend_gini"]
-        let lowerIsBetter = ["log_loss", "clv_rmse"]
+        let lowerIsBetter = ["log_loss", "clv_rmse", "clv_rmse_without_top_0_1pct"]
         for baseline in Self.baselines {
             for metric in higherIsBetter + lowerIsBetter {
                 guard let model = modelTest["test_" + metric], let other = test["test_\(baseline)_\(metric)"] else { continue }
@@ -150,14 +150,13 @@ enum BaselineEvaluation {
 
         var boosting: BoostingBaseline.Fitted? = nil
         func boostingRows(_ history: HistorySummaries, _ summaries: [CustomerSummary], count: Int) -> BoostingBaseline.Rows {
-            var rows = BoostingBaseline.Rows()
-            rows.features.reserveCapacity(count * BoostingBaseline.featureNames.count)
+            var rows = BoostingBaseline.Rows(width: BoostingBaseline.churnFeatureNames.count, targets: 2)
+            rows.features.reserveCapacity(count * rows.width)
             for customer in 0..<count {
-                rows.features += history.boostingFeatures(customer, summary: summaries[customer], bgnbd: bgnbd,
-                                                          gammaGamma: gammaGamma, horizonPeriods: horizonPeriods)
-                rows.churn.append(history.shard.churn[customer])
-                rows.spend.append(history.shard.spend[customer])
-                rows.datasetRows.append(Int64(history.shard.datasetRows[customer]))
+                rows.append(features: history.boostingFeatures(customer, summary: summaries[customer], bgnbd: bgnbd,
+                                                               gammaGamma: gammaGamma, horizonPeriods: horizonPeriods),
+                            labels: [history.shard.churn[customer], history.shard.spend[customer]],
+                            datasetRow: Int64(history.shard.datasetRows[customer]))
             }
             return rows
         }
@@ -165,12 +164,18 @@ enum BaselineEvaluation {
                               boostingRows(validationHistory, splitSummaries[0], count: validationShard.count),
                               boostingRows(testHistory, splitSummaries[1], count: testShard.count)]
         do {
-            boosting = try BoostingBaseline.fit(train: boostingSplits[0], validation: boostingSplits[1], world: world,
-                                                runDirectory: summaryFile?.deletingLastPathComponent())
+            boosting = try BoostingBaseline.fit(
+                train: boostingSplits[0], validation: boostingSplits[1], heads: BoostingBaseline.churnAndSpendHeads,
+                featureNames: BoostingBaseline.churnFeatureNames, filePrefix: "xgboost", world: world,
+                runDirectory: summaryFile?.deletingLastPathComponent())
         } catch let error as BoostingError {
             report.failures.append("XGBoost could not be fitted on the training customers: \(error)")
         }
-        let boostingPredictions = try boosting.map { fitted in try boostingSplits.map { try fitted.predict($0) } }
+        let boostingPredictions = try boosting.map { fitted in
+            try boostingSplits.map { rows in
+                (churn: try fitted.predict(rows, head: 0).map(Double.init), spend: try fitted.predict(rows, head: 1).map(Double.init))
+            }
+        }
         if let summaryFile, let boosting, let boostingPredictions {
             try writeBoostingRows(boostingSplits, predictions: boostingPredictions, fitted: boosting,
                                   to: summaryFile.deletingLastPathComponent().appendingPathComponent("xgboost_features.csv"),
@@ -295,18 +300,18 @@ enum BaselineEvaluation {
     /// `scripts/xgboost_reference.py` can fit Python's XGBoost on exactly the same numbers.
     static func writeBoostingRows(_ splits: [BoostingBaseline.Rows], predictions: [(churn: [Double], spend: [Double])],
                                   fitted: BoostingBaseline.Fitted, to url: URL, world: any Communicator) throws {
-        let width = BoostingBaseline.featureNames.count
+        let width = BoostingBaseline.churnFeatureNames.count
         var text = ""
         for (split, rows) in splits.enumerated() {
             let fraction = split == 0 ? fitted.trainFraction : split == 1 ? fitted.validationFraction : 0
             for index in 0..<rows.count {
                 let inFit = split < 2 && BoostingBaseline.sampled(rows.datasetRows[index], fraction: fraction)
-                text += "\(rows.datasetRows[index]),\(split),\(inFit ? 1 : 0),\(rows.churn[index]),\(rows.spend[index])"
+                text += "\(rows.datasetRows[index]),\(split),\(inFit ? 1 : 0),\(rows.label(0, of: index)),\(rows.label(1, of: index))"
                 for value in rows.features[index * width..<(index + 1) * width] { text += ",\(value)" }
                 text += ",\(predictions[split].churn[index]),\(predictions[split].spend[index])\n"
             }
         }
-        let header = (["dataset_row", "split", "in_fit", "churn", "spend"] + BoostingBaseline.featureNames
+        let header = (["dataset_row", "split", "in_fit", "churn", "spend"] + BoostingBaseline.churnFeatureNames
             + ["churn_probability", "expected_spend"]).joined(separator: ",") + "\n"
         try writeSharedRunFile(header: header, rows: Array(text.utf8), to: url, world: world)
     }
@@ -382,14 +387,14 @@ struct HistorySummaries {
         return row
     }
 
-    /// `BoostingBaseline.featureNames`, in order: the last period's stored features, the
+    /// `BoostingBaseline.churnFeatureNames`, in order: the last period's stored features, the
     /// window's totals, recent windows' counts and spend, the RFM summary, and what BG/NBD and
     /// Gamma-Gamma make of it (NaN, a missing value to XGBoost, where they were not fitted).
     func boostingFeatures(_ customer: Int, summary: CustomerSummary, bgnbd: BGNBDParameters?,
                           gammaGamma: GammaGammaParameters?, horizonPeriods: Double) -> [Float] {
         let length = Int(shard.lengths[customer])
         var row: [Float] = []
-        row.reserveCapacity(BoostingBaseline.featureNames.count)
+        row.reserveCapacity(BoostingBaseline.churnFeatureNames.count)
         for feature in 0..<width { row.append(Float(raw(customer, step: length - 1, Feature(rawValue: feature)!))) }
         var transactions = 0.0, items = 0.0, spend = 0.0, active = 0.0
         var recent = [Double](repeating: 0, count: 2 * BoostingBaseline.recentWindows.count)

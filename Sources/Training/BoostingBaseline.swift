@@ -5,10 +5,11 @@ import CustomerData
 import Foundation
 import GradientBoosting
 
-/// The gradient boosting baseline: XGBoost's churn classifier and spend regressor on each
-/// customer's summary numbers, the model most churn teams ship.
+/// Gradient boosting baselines: XGBoost boosters on each customer's summary numbers, the model
+/// most churn teams ship; the LSTM run's churn classifier and spend regressor, the graph run's
+/// stage classifier.
 ///
-/// Rank 0 fits both on a sample of every rank's training customers (all of them up to
+/// Rank 0 fits every head on a sample of every rank's training customers (all of them up to
 /// `trainingCap`), with early stopping on a sample of the validation customers, and sends the
 /// fitted models to every rank; each rank then scores its own validation and test customers.
 /// The sample keeps a customer by a hash of its dataset row and rank 0 sorts it by that row, so
@@ -17,40 +18,52 @@ enum BoostingBaseline {
     static let trainingCap = 250_000
     static let validationCap = 50_000
 
-    /// One split's customers on this rank: their features (`featureNames` wide), labels and rows.
+    /// One split's customers on this rank: `width` features and `targets` labels each.
     struct Rows {
+        let width: Int
+        let targets: Int
         var features: [Float] = []
-        var churn: [Float] = []
-        var spend: [Float] = []
+        var labels: [Float] = []
         var datasetRows: [Int64] = []
         var count: Int { datasetRows.count }
+
+        init(width: Int, targets: Int) {
+            self.width = width
+            self.targets = targets
+        }
+
+        mutating func append(features row: some Collection<Float>, labels rowLabels: [Float], datasetRow: Int64) {
+            precondition(row.count == width && rowLabels.count == targets, "a row of \(row.count) features and \(rowLabels.count) labels")
+            features += row
+            labels += rowLabels
+            datasetRows.append(datasetRow)
+        }
+
+        func label(_ target: Int, of index: Int) -> Float { labels[index * targets + target] }
+        func labelColumn(_ target: Int) -> [Float] { (0..<count).map { label(target, of: $0) } }
+        var matrix: FeatureRows { FeatureRows(values: features, width: width) }
+    }
+
+    /// One booster: its name in files and records, how it is grown, and which label it learns.
+    struct Head {
+        let name: String
+        let settings: BoostingSettings
+        let target: Int
     }
 
     struct Fitted {
-        let churn: BoostedTrees
-        let spend: BoostedTrees
+        let models: [BoostedTrees]
         /// The shares of the training and validation customers the fit saw (1 below the caps).
         let trainFraction: Double
         let validationFraction: Double
 
-        /// Churn probabilities and expected spends of `rows`.
-        func predict(_ rows: Rows) throws -> (churn: [Double], spend: [Double]) {
-            let matrix = FeatureRows(values: rows.features, width: featureNames.count)
-            return (try churn.predict(matrix).map(Double.init), try spend.predict(matrix).map { max(Double($0), 0) })
-        }
+        /// Head `head`'s predictions for `rows` (probabilities per class for `multi:softprob`).
+        func predict(_ rows: Rows, head: Int) throws -> [Float] { try models[head].predict(rows.matrix) }
     }
 
-    static func churnSettings() -> BoostingSettings {
-        var settings = BoostingSettings(objective: "binary:logistic", evalMetric: "logloss")
-        settings.threads = ProcessInfo.processInfo.activeProcessorCount
-        return settings
-    }
-
-    /// Tweedie with variance power 1.2 had the lowest validation RMSE on CDNOW among squared
-    /// error, Tweedie 1.2 and 1.5, pseudo-Huber and a two-part logistic × gamma (docs/models.md).
-    static func spendSettings() -> BoostingSettings {
-        var settings = BoostingSettings(objective: "reg:tweedie", evalMetric: "rmse")
-        settings.extra = ["tweedie_variance_power": "1.2"]
+    static func settings(objective: String, evalMetric: String, extra: [String: String] = [:]) -> BoostingSettings {
+        var settings = BoostingSettings(objective: objective, evalMetric: evalMetric)
+        settings.extra = extra
         settings.threads = ProcessInfo.processInfo.activeProcessorCount
         return settings
     }
@@ -60,9 +73,11 @@ enum BoostingBaseline {
         fraction >= 1 || Double(SplitMix64.mix(UInt64(bitPattern: row) ^ 0xB005_7ED7_2EE5) >> 11) / 9_007_199_254_740_992.0 < fraction
     }
 
-    /// Fits on rank 0 and returns the models on every rank. With `runDirectory`, rank 0 also
-    /// stores both models (XGBoost JSON) and how they were fitted (`xgboost_baseline.json`).
-    static func fit(train: Rows, validation: Rows, world: any Communicator, runDirectory: URL?) throws -> Fitted {
+    /// Fits every head on rank 0 and returns the models on every rank. With `runDirectory`,
+    /// rank 0 also stores each model as `<prefix>_<head>.json` (XGBoost JSON) and how they were
+    /// fitted as `<prefix>_baseline.json`.
+    static func fit(train: Rows, validation: Rows, heads: [Head], featureNames: [String], filePrefix: String,
+                    world: any Communicator, runDirectory: URL?) throws -> Fitted {
         var totals = [Int64(train.count), Int64(validation.count)]
         try world.allreduce(&totals, op: .sum)
         let trainFraction = min(Double(trainingCap) / Double(max(totals[0], 1)), 1)
@@ -71,30 +86,27 @@ enum BoostingBaseline {
         let validationSample = try gatherSample(validation, fraction: validationFraction, world: world)
 
         var failure = ""
-        var churnBytes: [UInt8] = [], spendBytes: [UInt8] = []
+        var serialized: [[UInt8]] = heads.map { _ in [] }
         if world.rank == 0 {
             do {
                 let (trainRows, validationRows) = (trainSample!, validationSample!)
-                let width = featureNames.count
-                let churn = try BoostedTrees.fit(
-                    train: FeatureRows(values: trainRows.features, width: width), labels: trainRows.churn,
-                    validation: FeatureRows(values: validationRows.features, width: width), validationLabels: validationRows.churn,
-                    settings: churnSettings())
-                let spend = try BoostedTrees.fit(
-                    train: FeatureRows(values: trainRows.features, width: width), labels: trainRows.spend,
-                    validation: FeatureRows(values: validationRows.features, width: width), validationLabels: validationRows.spend,
-                    settings: spendSettings())
-                churnBytes = try churn.serialized()
-                spendBytes = try spend.serialized()
+                var models: [BoostedTrees] = []
+                for head in heads {
+                    models.append(try BoostedTrees.fit(
+                        train: trainRows.matrix, labels: trainRows.labelColumn(head.target),
+                        validation: validationRows.matrix, validationLabels: validationRows.labelColumn(head.target),
+                        settings: head.settings))
+                }
+                serialized = try models.map { try $0.serialized() }
                 if let runDirectory {
-                    try writeFileAtomically(try churn.serialized(format: "json"),
-                                            to: runDirectory.appendingPathComponent("xgboost_churn.json"))
-                    try writeFileAtomically(try spend.serialized(format: "json"),
-                                            to: runDirectory.appendingPathComponent("xgboost_spend.json"))
+                    for (head, model) in zip(heads, models) {
+                        try writeFileAtomically(try model.serialized(format: "json"),
+                                                to: runDirectory.appendingPathComponent("\(filePrefix)_\(head.name).json"))
+                    }
                     try writeFileAtomically(
-                        record(churn: churn, spend: spend, trainRows: trainRows.count, validationRows: validationRows.count,
-                               trainFraction: trainFraction, validationFraction: validationFraction),
-                        to: runDirectory.appendingPathComponent("xgboost_baseline.json"))
+                        record(heads: heads, models: models, featureNames: featureNames, trainRows: trainRows.count,
+                               validationRows: validationRows.count, trainFraction: trainFraction, validationFraction: validationFraction),
+                        to: runDirectory.appendingPathComponent("\(filePrefix)_baseline.json"))
                 }
             } catch {
                 failure = "\(error)"
@@ -102,36 +114,32 @@ enum BoostingBaseline {
         }
         failure = try world.broadcast(string: failure, root: 0)
         guard failure.isEmpty else { throw BoostingError(failure) }
-        return Fitted(churn: try BoostedTrees(serialized: try world.broadcast(bytes: churnBytes, root: 0)),
-                      spend: try BoostedTrees(serialized: try world.broadcast(bytes: spendBytes, root: 0)),
+        return Fitted(models: try serialized.map { try BoostedTrees(serialized: try world.broadcast(bytes: $0, root: 0)) },
                       trainFraction: trainFraction, validationFraction: validationFraction)
     }
 
     /// Every rank's sampled rows, on rank 0 in dataset-row order (nil elsewhere).
     private static func gatherSample(_ rows: Rows, fraction: Double, world: any Communicator) throws -> Rows? {
-        let width = featureNames.count
-        var kept = Rows()
+        let (width, targets) = (rows.width, rows.targets)
+        var kept = Rows(width: width, targets: targets)
         for index in 0..<rows.count where sampled(rows.datasetRows[index], fraction: fraction) {
-            kept.features += rows.features[index * width..<(index + 1) * width]
-            kept.churn.append(rows.churn[index])
-            kept.spend.append(rows.spend[index])
-            kept.datasetRows.append(rows.datasetRows[index])
+            kept.append(features: rows.features[index * width..<(index + 1) * width],
+                        labels: Array(rows.labels[index * targets..<(index + 1) * targets]), datasetRow: rows.datasetRows[index])
         }
         let counts = try world.allgather([Int64(kept.count)]).map { Int($0) }
         let total = counts.reduce(0, +)
         let isRoot = world.rank == 0
         var features = [Float](repeating: 0, count: isRoot ? total * width : 0)
-        var labels = [Float](repeating: 0, count: isRoot ? total * 2 : 0)
+        var labels = [Float](repeating: 0, count: isRoot ? total * targets : 0)
         var datasetRows = [Int64](repeating: 0, count: isRoot ? total : 0)
-        let pairs = zip(kept.churn, kept.spend).flatMap { [$0, $1] }
         try kept.features.withUnsafeBufferPointer { source in
             try features.withUnsafeMutableBufferPointer {
                 try world.gatherv(source, into: isRoot ? $0 : nil, counts: counts.map { $0 * width }, root: 0)
             }
         }
-        try pairs.withUnsafeBufferPointer { source in
+        try kept.labels.withUnsafeBufferPointer { source in
             try labels.withUnsafeMutableBufferPointer {
-                try world.gatherv(source, into: isRoot ? $0 : nil, counts: counts.map { $0 * 2 }, root: 0)
+                try world.gatherv(source, into: isRoot ? $0 : nil, counts: counts.map { $0 * targets }, root: 0)
             }
         }
         try kept.datasetRows.withUnsafeBufferPointer { source in
@@ -140,36 +148,45 @@ enum BoostingBaseline {
             }
         }
         guard isRoot else { return nil }
-        var ordered = Rows()
+        var ordered = Rows(width: width, targets: targets)
         ordered.features.reserveCapacity(total * width)
         for index in datasetRows.indices.sorted(by: { datasetRows[$0] < datasetRows[$1] }) {
-            ordered.features += features[index * width..<(index + 1) * width]
-            ordered.churn.append(labels[2 * index])
-            ordered.spend.append(labels[2 * index + 1])
-            ordered.datasetRows.append(datasetRows[index])
+            ordered.append(features: features[index * width..<(index + 1) * width],
+                           labels: Array(labels[index * targets..<(index + 1) * targets]), datasetRow: datasetRows[index])
         }
         return ordered
     }
 
     /// What `scripts/xgboost_reference.py` needs to fit the same models on the same rows.
-    private static func record(churn: BoostedTrees, spend: BoostedTrees, trainRows: Int, validationRows: Int,
-                               trainFraction: Double, validationFraction: Double) throws -> Data {
-        func describe(_ model: BoostedTrees, _ settings: BoostingSettings) -> [String: Any] {
-            ["parameters": Dictionary(uniqueKeysWithValues: settings.parameters.filter { $0.0 != "nthread" }),
-             "max_rounds": settings.maxRounds, "early_stopping_rounds": settings.earlyStoppingRounds,
-             "rounds_kept": model.rounds, "best_validation_metric": model.bestValidationMetric]
-        }
-        let object: [String: Any] = [
-            "version": 1, "features": featureNames,
-            "train_rows": trainRows, "validation_rows": validationRows,
+    private static func record(heads: [Head], models: [BoostedTrees], featureNames: [String], trainRows: Int,
+                               validationRows: Int, trainFraction: Double, validationFraction: Double) throws -> Data {
+        var object: [String: Any] = [
+            "version": 1, "features": featureNames, "train_rows": trainRows, "validation_rows": validationRows,
             "train_fraction": trainFraction, "validation_fraction": validationFraction,
-            "churn": describe(churn, churnSettings()), "spend": describe(spend, spendSettings()),
         ]
+        for (head, model) in zip(heads, models) {
+            object[head.name] = [
+                "parameters": Dictionary(uniqueKeysWithValues: head.settings.parameters.filter { $0.0 != "nthread" }),
+                "max_rounds": head.settings.maxRounds, "early_stopping_rounds": head.settings.earlyStoppingRounds,
+                "rounds_kept": model.rounds, "best_validation_metric": model.bestValidationMetric,
+                "label_column": head.target,
+            ] as [String: Any]
+        }
         return try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
     }
 
-    /// The summary numbers every customer is described by; the order of `HistorySummaries.boostingFeatures`.
-    static let featureNames: [String] = customerFeatureNames.map { "last_period_" + $0 } + [
+    /// The LSTM run's heads: churn (label 0) and spend (label 1). Tweedie with variance power
+    /// 1.2 had the lowest validation RMSE on CDNOW among squared error, Tweedie 1.2 and 1.5,
+    /// pseudo-Huber and a two-part logistic × gamma (docs/models.md).
+    static let churnAndSpendHeads = [
+        Head(name: "churn", settings: settings(objective: "binary:logistic", evalMetric: "logloss"), target: 0),
+        Head(name: "spend", settings: settings(objective: "reg:tweedie", evalMetric: "rmse",
+                                               extra: ["tweedie_variance_power": "1.2"]), target: 1),
+    ]
+
+    /// The summary numbers the LSTM run's boosters describe a customer by, in the order of
+    /// `HistorySummaries.boostingFeatures`.
+    static let churnFeatureNames: [String] = customerFeatureNames.map { "last_period_" + $0 } + [
         "window_transactions", "window_items", "window_spend", "active_periods", "history_periods",
     ] + recentWindows.flatMap { ["transactions_last_\($0)", "spend_last_\($0)"] } + [
         "frequency", "recency", "age", "monetary_value",

@@ -203,7 +203,49 @@ func churnAndSpendMetrics(
     metrics[prefix + "clv_rmse_log"] = logScale.rmse
     metrics[prefix + "spend_spearman"] = try CrossRankMetrics.spearman(expectedSpend, spend, ids: ids, world: world)
     metrics[prefix + "spend_gini"] = try CrossRankMetrics.normalizedGini(predicted: expectedSpend, actual: spend, ids: ids, world: world)
+    for (key, value) in try spendTail(predicted: expectedSpend, actual: spend, ids: ids, world: world) {
+        metrics[prefix + key] = value
+    }
     return metrics
+}
+
+/// How much of the spend error a few customers make, and whether the predicted spend is
+/// calibrated across its range: `clv_rmse_without_top_0_1pct` leaves out the 0.1% of customers
+/// (at least one) with the largest actual spend, and `spend_decile_<d>_predicted/_actual` are the
+/// mean predicted and actual spend of each tenth of the customers ranked by predicted spend
+/// (1 lowest). Ranks and thresholds come from a sort over every rank's customers.
+func spendTail(predicted: [Double], actual: [Double], ids: [Int64], world: any Communicator) throws -> [String: Double] {
+    var rows: [Double] = []
+    rows.reserveCapacity(3 * ids.count)
+    for index in ids.indices { rows += [actual[index], predicted[index], Double(ids[index])] }
+    var result: [String: Double] = [:]
+    // Largest actual spends last; a customer's dataset row breaks ties, so any world size agrees.
+    let byActual = try DistributedSort.sort(rows, width: 3, keyColumns: [0, 2], world: world)
+    let total = byActual.total
+    guard total > 0 else { return result }
+    let top = max(1, Int((Double(total) * 0.001).rounded(.up)))
+    var kept = [0.0, 0.0]
+    for row in 0..<byActual.count where byActual.offset + row < total - top {
+        let error = byActual.value(row, 1) - byActual.value(row, 0)
+        kept[0] += error * error
+        kept[1] += 1
+    }
+    try world.allreduce(&kept, op: .sum)
+    if kept[1] > 0 { result["clv_rmse_without_top_0_1pct"] = (kept[0] / kept[1]).squareRoot() }
+    let byPredicted = try DistributedSort.sort(rows, width: 3, keyColumns: [1, 2], world: world)
+    var deciles = [Double](repeating: 0, count: 30)
+    for row in 0..<byPredicted.count {
+        let decile = (byPredicted.offset + row) * 10 / total
+        deciles[3 * decile] += byPredicted.value(row, 1)
+        deciles[3 * decile + 1] += byPredicted.value(row, 0)
+        deciles[3 * decile + 2] += 1
+    }
+    try world.allreduce(&deciles, op: .sum)
+    for decile in 0..<10 where deciles[3 * decile + 2] > 0 {
+        result["spend_decile_\(decile + 1)_predicted"] = deciles[3 * decile] / deciles[3 * decile + 2]
+        result["spend_decile_\(decile + 1)_actual"] = deciles[3 * decile + 1] / deciles[3 * decile + 2]
+    }
+    return result
 }
 
 private func evaluateStages(

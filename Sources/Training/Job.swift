@@ -2,6 +2,7 @@ import Checkpoints
 import Collectives
 import CustomerData
 import Foundation
+import GradientBoosting
 import Models
 import Tensors
 
@@ -278,10 +279,24 @@ public enum TrainingJob {
         trainer.majorityStage = spec.majorityStage
         if world.rank == 0 { trainer.loadParameters = { try store.parameters(step: $0) } }
         if let ablation, let ablationValidation = ablation.validationStageRows, let ablationTest = ablation.testStageRows {
+            let runDirectory = trainer.runDirectory
             trainer.stageComparison = { validation, test in
-                try StageComparison.metrics(
+                var failures: [String] = []
+                var boosting: (validation: [Int], test: [Int])? = nil
+                if let graphShare {
+                    do {
+                        boosting = try StageBoostingBaseline.predict(
+                            graph: graphShare, train: trainShard, trainDistinct: plan.trainDistinct, validation: validationShard,
+                            test: testShard, classCount: spec.classCount, seed: configuration.seed, world: world,
+                            runDirectory: runDirectory)
+                    } catch let error as BoostingError {
+                        failures.append("XGBoost could not be fitted as the stage baseline: \(error)")
+                    }
+                }
+                let metrics = try StageComparison.metrics(
                     validation: validation, test: test, ablationValidation: ablationValidation, ablationTest: ablationTest,
-                    majorityStage: spec.majorityStage, classCount: spec.classCount, world: world)
+                    boosting: boosting, majorityStage: spec.majorityStage, classCount: spec.classCount, world: world)
+                return (metrics, failures)
             }
         }
         if configuration.model == .lstm && spec.standardFeatures {
@@ -386,9 +401,10 @@ public enum TrainingJob {
                 .joined(separator: "  ")
         }
         let keys = configuration.model == .lstm
-            ? ["auc", "log_loss", "f1", "brier", "clv_rmse", "spend_spearman", "spend_gini", "stage_accuracy", "stage_macro_f1",
+            ? ["auc", "log_loss", "f1", "brier", "clv_rmse", "clv_rmse_without_top_0_1pct", "spend_spearman", "spend_gini", "stage_accuracy", "stage_macro_f1",
                "stage_majority_accuracy", "stage_majority_macro_f1"]
-            : ["accuracy", "macro_f1", "loss", "nograph_accuracy", "nograph_macro_f1", "majority_accuracy", "majority_macro_f1"]
+            : ["accuracy", "macro_f1", "loss", "nograph_accuracy", "nograph_macro_f1", "xgboost_accuracy", "xgboost_macro_f1",
+               "majority_accuracy", "majority_macro_f1"]
         let evaluated = summary.evaluatedBest
             ? "best checkpoint, epoch \(summary.evaluatedEpoch) step \(summary.evaluatedStep)"
             : "last model, step \(summary.evaluatedStep) (no validation chose a best)"
@@ -402,14 +418,15 @@ public enum TrainingJob {
             text += String(format: "  (AUC 95%% CI %.4f–%.4f)", low, high)
         }
         for (name, label) in [("macro_f1", "macro-F1"), ("nograph_macro_f1", "no-graph macro-F1"),
-                              ("majority_macro_f1", "majority macro-F1"), ("macro_f1_minus_nograph", "macro-F1 minus no-graph"),
+                              ("xgboost_macro_f1", "XGBoost macro-F1"), ("majority_macro_f1", "majority macro-F1"),
+                              ("macro_f1_minus_nograph", "macro-F1 minus no-graph"), ("macro_f1_minus_xgboost", "macro-F1 minus XGBoost"),
                               ("macro_f1_minus_majority", "macro-F1 minus majority")] {
             guard let low = summary.test["test_\(name)_ci_low"], let high = summary.test["test_\(name)_ci_high"] else { continue }
             let format = name.contains("minus") ? "\n  %@ 95%% CI %+.4f to %+.4f" : "\n  %@ 95%% CI %.4f–%.4f"
             text += String(format: format, "test " + label, low, high)
         }
         if summary.baselines != nil {
-            let baselineKeys = ["auc", "log_loss", "clv_rmse", "spend_spearman", "spend_gini"]
+            let baselineKeys = ["auc", "log_loss", "clv_rmse", "clv_rmse_without_top_0_1pct", "spend_spearman", "spend_gini"]
             for (name, label) in [("bgnbd", "BG/NBD+GG"), ("logistic", "logistic floor"), ("xgboost", "XGBoost")] {
                 text += "\n  \(label) (same customers): validation " + format(summary.lastValidation, "val_\(name)_", baselineKeys, named: false)
                     + " | test " + format(summary.test, "test_\(name)_", baselineKeys, named: false)
@@ -421,6 +438,14 @@ public enum TrainingJob {
                     text += ")"
                 }
             }
+        }
+        let deciles = (1...10).compactMap { decile in
+            summary.test["test_spend_decile_\(decile)_predicted"].flatMap { predicted in
+                summary.test["test_spend_decile_\(decile)_actual"].map { String(format: "%.0f/%.0f", predicted, $0) }
+            }
+        }
+        if deciles.count == 10 {
+            text += "\n  test spend by decile of predicted spend (mean predicted/actual): " + deciles.joined(separator: " ")
         }
         for warning in summary.warnings { text += "\n  WARNING: " + warning }
         return text

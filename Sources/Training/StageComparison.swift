@@ -12,14 +12,16 @@ import ModelMetrics
 enum StageComparison {
     static func metrics(
         validation: StageEvaluationRows, test: StageEvaluationRows, ablationValidation: StageEvaluationRows,
-        ablationTest: StageEvaluationRows, majorityStage: Int, classCount: Int, world: any Communicator
+        ablationTest: StageEvaluationRows, boosting: (validation: [Int], test: [Int])? = nil, majorityStage: Int, classCount: Int,
+        world: any Communicator
     ) throws -> [String: Double] {
         var metrics: [String: Double] = [:]
         let resampling = PoissonResampling()
         let copies = 1 + resampling.resamples
         let cells = classCount * classCount
-        let predictors = ["", "nograph_", "majority_"]
-        for (prefix, model, ablation) in [("val_", validation, ablationValidation), ("test_", test, ablationTest)] {
+        let predictors = ["", "nograph_", "majority_"] + (boosting == nil ? [] : ["xgboost_"])
+        for (prefix, model, ablation, boosted) in [("val_", validation, ablationValidation, boosting?.validation),
+                                                   ("test_", test, ablationTest, boosting?.test)] {
             // Both runs evaluate the same shards in the same order; anything else is a bug.
             try world.agreeing("comparing the graph model with its ablation") {
                 guard model.datasetRows == ablation.datasetRows else {
@@ -28,6 +30,7 @@ enum StageComparison {
             }
             let truth = model.truth, ids = model.datasetRows
             let guesses = [model.predicted, ablation.predicted, [Int](repeating: majorityStage, count: truth.count)]
+                + (boosted.map { [$0] } ?? [])
             // [copy][predictor][true class][predicted class]
             var counts = [Double](repeating: 0, count: copies * predictors.count * cells)
             for index in truth.indices {
@@ -66,6 +69,14 @@ enum StageComparison {
             put("accuracy_minus_nograph", resamples.map { copy in
                 state(copy, 0).accuracy.flatMap { a in state(copy, 1).accuracy.map { a - $0 } }
             })
+            if boosting != nil {
+                let boosted = state(0, 3)
+                metrics[prefix + "xgboost_accuracy"] = boosted.accuracy
+                metrics[prefix + "xgboost_macro_f1"] = boosted.macroF1
+                put("macro_f1_minus_xgboost", resamples.map { copy in
+                    state(copy, 0).macroF1.flatMap { a in state(copy, 3).macroF1.map { a - $0 } }
+                })
+            }
         }
         return metrics
     }
@@ -86,6 +97,14 @@ enum StageComparison {
                 format: "the graph model's test macro-F1 %.4f is not shown to beat %@'s %.4f on the same customers "
                     + "(difference 95%% CI %+.4f to %+.4f): %@; do not ship it",
                 model, name, theirs, low, high, meaning))
+        }
+        if let model = metrics["test_macro_f1"], let theirs = metrics["test_xgboost_macro_f1"], theirs > model {
+            var text = String(format: "XGBoost on the customer's and its products' summaries has test macro-F1 %.4f, above the graph model's %.4f",
+                              theirs, model)
+            if let low = metrics["test_macro_f1_minus_xgboost_ci_low"], let high = metrics["test_macro_f1_minus_xgboost_ci_high"] {
+                text += String(format: " (model minus it, 95%% CI %+.4f to %+.4f)", low, high)
+            }
+            warnings.append(text + ": gradient boosting without the graph network does better on these customers")
         }
         return warnings
     }

@@ -97,7 +97,9 @@ public final class DataParallelTrainer {
     var loadParameters: ((Int) throws -> [Float])?
     /// GNN, every rank with its own rows: metrics comparing this model with others on the same
     /// customers (the no-graph ablation, intervals), merged into the final validation and test metrics.
-    var stageComparison: ((_ validation: StageEvaluationRows, _ test: StageEvaluationRows) throws -> [String: Double])?
+    /// Graph model: its comparisons' metrics, and the baselines that could not be fitted and why.
+    var stageComparison: ((_ validation: StageEvaluationRows, _ test: StageEvaluationRows) throws
+        -> (metrics: [String: Double], failures: [String]))?
     /// LSTM, every rank with its own rows: the baselines' metrics on the same validation and test customers.
     var baselines: ((_ validation: LSTMEvaluationRows, _ test: LSTMEvaluationRows) throws -> BaselineReport)?
 
@@ -309,7 +311,9 @@ public final class DataParallelTrainer {
             summary.validationStageRows = validation.stageRows
             summary.testStageRows = test.stageRows
             if let stageComparison, let validationRows = validation.stageRows, let testRows = test.stageRows {
-                for (key, value) in try stageComparison(validationRows, testRows) {
+                let comparison = try stageComparison(validationRows, testRows)
+                summary.warnings += comparison.failures
+                for (key, value) in comparison.metrics {
                     if key.hasPrefix("val_") { summary.lastValidation[key] = value } else { summary.test[key] = value }
                 }
                 summary.warnings += StageComparison.warnings(test: summary.test)

@@ -242,7 +242,13 @@ struct RunOutcomeTests {
               fanouts: [5, 3]
             """.write(toFile: configuration, atomically: true, encoding: .utf8)
         let withAblation = try TrainingJob.coordinate(JobRequest(configurationPath: configuration), world: SingleProcessCommunicator())
-        for name in ["macro_f1", "accuracy", "nograph_macro_f1", "majority_macro_f1"] {
+        for name in ["macro_f1", "accuracy", "nograph_macro_f1", "majority_macro_f1", "xgboost_macro_f1", "macro_f1_minus_xgboost"] {
+            if name.contains("minus") {
+                let low = try #require(withAblation.test["test_\(name)_ci_low"], "\(name)")
+                let high = try #require(withAblation.test["test_\(name)_ci_high"], "\(name)")
+                #expect(low <= high)
+                continue
+            }
             let low = try #require(withAblation.test["test_\(name)_ci_low"], "\(name)")
             let high = try #require(withAblation.test["test_\(name)_ci_high"], "\(name)")
             let point = try #require(withAblation.test["test_" + name], "\(name)")
@@ -254,6 +260,10 @@ struct RunOutcomeTests {
         #expect(withAblation.warnings.contains { $0.contains("its no-graph ablation's") } == (nographLow <= 0), "\(withAblation.warnings)")
         #expect(withAblation.warnings.contains { $0.contains("the majority class's") } == (majorityLow <= 0), "\(withAblation.warnings)")
         #expect(withAblation.lastValidation["val_nograph_macro_f1"] != nil)
+        // XGBoost's stage baseline is warned about exactly when it beats the model on test macro-F1.
+        let boosted = try #require(withAblation.test["test_xgboost_macro_f1"])
+        #expect(withAblation.warnings.contains { $0.contains("XGBoost on the customer's") } == (boosted > withAblation.test["test_macro_f1"]!),
+                "\(withAblation.warnings)")
         let without = try TrainingJob.coordinate(
             JobRequest(configurationPath: configuration, overrides: ["run=without-ablation", "gnn.ablation=false"]),
             world: SingleProcessCommunicator())
