@@ -311,7 +311,7 @@ func baselineSection(_ run: TrainingRun?) -> String {
     let predictors = [("", "LSTM")] + baselines.map { ($0.0 + "_", $0.1) }
     let calibrated = predictors.filter { prefix, _ in test["test_\(prefix)spend_decile_1_predicted"] != nil }
     if !calibrated.isEmpty {
-        html += "<table class=\"metrics\" id=\"spend-deciles\">\n<thead><tr><th>decile of predicted spend</th>"
+        html += "<table class=\"metrics\" id=\"spend-decile-table\">\n<thead><tr><th>decile of predicted spend</th>"
             + calibrated.map { "<th>\(escapeXML($0.1)): mean predicted / actual</th>" }.joined() + "</tr></thead>\n<tbody>\n"
         for decile in 1...10 {
             html += "<tr><td>\(decile)</td>"

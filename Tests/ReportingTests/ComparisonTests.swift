@@ -185,6 +185,30 @@ struct ReportToolTests {
         #expect(directoryAsName.status != 0 && directoryAsName.errors.contains("--run-dir checkpoints/small-lstm"), "\(directoryAsName)")
     }
 
+    @Test("a trained run's report shows XGBoost beside the model and every spend predictor's deciles as logged")
+    func boostingAndSpendDecilesAsLogged() throws {
+        let runs = try TrainedRuns.shared.get()
+        let made = try runReportTool(["--run-dir", "checkpoints/small-lstm", "--out", "deciles.html"], in: runs.directory.url)
+        #expect(made.status == 0, "\(made)")
+        let html = try String(contentsOfFile: runs.directory.path("deciles.html"), encoding: .utf8)
+        let record = try runs.testRecord("small-lstm")
+        let boostedAUC = try #require(record["test_xgboost_auc"])
+        #expect(html.contains("data-baseline=\"xgboost\" data-value=\"\(boostedAUC)\""))
+        let table = try #require(html.range(of: "id=\"spend-decile-table\"").map { String(html[$0.upperBound...]) })
+        let body = String(table[..<table.range(of: "</table>")!.lowerBound])
+        // Every decile row holds the model's and each spend baseline's logged means, in that order.
+        for decile in 1...10 {
+            let cells = ["", "bgnbd_", "xgboost_"].compactMap { prefix -> String? in
+                guard let predicted = record["test_\(prefix)spend_decile_\(decile)_predicted"],
+                      let actual = record["test_\(prefix)spend_decile_\(decile)_actual"] else { return nil }
+                return String(format: "%.1f / %.1f", predicted, actual)
+            }
+            #expect(cells.count >= 2, "decile \(decile): \(cells)")
+            let row = "<tr><td>\(decile)</td>" + cells.map { "<td class=\"number\">\($0)</td>" }.joined() + "</tr>"
+            #expect(body.contains(row), "no row \(row)")
+        }
+    }
+
     @Test("--compare prints the table and writes compare.html, both naming the runs as given")
     func compareFromTheCommandLine() throws {
         let runs = try TrainedRuns.shared.get()
