@@ -288,7 +288,7 @@ extension Importer {
                 let earlier = ImportOptions.snapshotSpec(spec, periodsBack: back)
                 let snapshotAggregates = CustomerAggregates(spec: earlier, partitions: partitions, chunkEvents: options.aggregationChunkEvents,
                                                             countsPairs: false)
-                // The pass reads the rows the first one did; the manifest's event counts are this window's.
+                // The same rows as the first pass, so its read counts stand; the event counts are per window.
                 _ = try file.aggregateOwnedCustomers(into: snapshotAggregates, rejects: nil, exchange: exchange)
                 let windowCounts = try exchange.allreduceSum([
                     snapshotAggregates.eventsInHistory, snapshotAggregates.eventsInHorizon, snapshotAggregates.eventsAfterHorizon,

@@ -150,7 +150,7 @@ func removeFlatDirectory(_ path: String) {
             String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
         }
         if name == "." || name == ".." { continue }
-        // A dataset's one level of subdirectories: the datasets of its earlier cut-offs.
+        // unlink refuses a directory: an earlier cut-off's dataset inside a dataset.
         if unlink(path + "/" + name) != 0 && (errno == EISDIR || errno == EPERM) { removeFlatDirectory(path + "/" + name) }
     }
     closedir(dir)

@@ -202,7 +202,7 @@ public enum Importer {
                 let snapshotAggregates = CustomerAggregates(
                     spec: earlier, partitions: partitions, chunkEvents: options.aggregationChunkEvents, countsPairs: false,
                     aggregatesWhileParsing: options.aggregatesWhileParsing)
-                // The pass reads the rows the first one did; the manifest's event counts are this window's.
+                // The same rows as the first pass, so its read counts stand; the event counts are per window.
                 _ = try source.run(sink: snapshotAggregates, rejects: nil)
                 let name = DatasetManifest.Snapshots.directoryName(j + 1)
                 let directory = try makeSnapshotDirectory(name, in: temporary)
