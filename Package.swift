@@ -229,7 +229,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "clm-training-tests",
-            dependencies: ["Training", "Collectives", "CollectivesMPI", "Models", "Tensors", "RankTesting"],
+            dependencies: ["Training", "CustomerData", "Collectives", "CollectivesMPI", "Models", "Tensors", "RankTesting"],
             path: "Tests/TrainingMultiRank"
         ),
     ]

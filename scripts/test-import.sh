@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end checks of `clm-data import` under real mpirun, through the command line:
 #   - at 2 and 3 ranks the dataset equals the one-process import file for file (cmp) and
-#     `clm-data inspect` verifies it;
+#     `clm-data inspect` verifies it; so does one with earlier cut-offs (--snapshots) at 2 ranks;
 #   - kill -9 of a rank in the middle of an import ends the job with mpirun naming the rank,
 #     leaves the dataset that was there before intact and verifiable, leaves no process
 #     behind, and the next import clears what the killed one left.
@@ -39,6 +39,22 @@ for ranks in 2 3; do
         fail "import at $ranks ranks failed: $(tail -3 "$work/np$ranks.log")"
     fi
 done
+
+# Earlier cut-offs: each rank writes its share of every cut-off's dataset, which must equal the
+# one-process import's, subdirectories included, and verify.
+snapshot_args=("${import_args[@]}" --snapshots 3 --snapshot-every 4)
+clm_run_bounded 300 "$bin/clm-data" import --input "$work/orders.csv" --out "$work/one-k3" "${snapshot_args[@]}" >/dev/null
+if clm_run_bounded 300 clm_mpirun_local 2 "$bin/clm-data" import --input "$work/orders.csv" --out "$work/np2-k3" "${snapshot_args[@]}" \
+    >"$work/np2-k3.log" 2>&1; then
+    if diff -r -q "$work/one-k3" "$work/np2-k3" >"$work/k3.diff" && [ -d "$work/np2-k3/snapshot-2" ] \
+        && "$bin/clm-data" inspect "$work/np2-k3" >"$work/k3.inspect" && [ "$(grep -c "earlier cut-off" "$work/k3.inspect")" = 2 ]; then
+        pass "import with 3 cut-offs at 2 ranks equals the one-process import file for file, earlier cut-offs included, and verifies"
+    else
+        fail "import with 3 cut-offs at 2 ranks: $(head -3 "$work/k3.diff") $(tail -2 "$work/k3.inspect" 2>/dev/null)"
+    fi
+else
+    fail "import with 3 cut-offs at 2 ranks failed: $(tail -3 "$work/np2-k3.log")"
+fi
 
 # A rank killed mid-import. The previous dataset (np2) must survive it untouched.
 before=$("$bin/clm-data" inspect "$work/np2" | head -1 | grep -o "fingerprint [0-9a-f]*")

@@ -230,6 +230,36 @@ public final class CustomerDataset: @unchecked Sendable {
         return CustomerDataset(directory: directory, manifest: manifest, mapped: mapped, graph: graph, featuresFile: featuresFile)
     }
 
+    /// The datasets of the earlier cut-offs (`DatasetManifest.Snapshots`), latest first; empty
+    /// for one cut-off. Each is opened as `open` does (with `verifyContents`) and refused when it
+    /// is not the one this manifest recorded: another fingerprint, window, normalisation or
+    /// feature layout, or a customer outside the training split.
+    public func snapshotDatasets(verifyContents: Bool = true) throws -> [CustomerDataset] {
+        guard let snapshots = manifest.snapshots else { return [] }
+        return try snapshots.datasets.map { entry in
+            let url = directory.appendingPathComponent(entry.directory)
+            let path = url.appendingPathComponent("manifest.json").path
+            let earlier = try CustomerDataset.open(at: url, verifyContents: verifyContents, loadGraph: false)
+            let m = earlier.manifest
+            func refuse(_ reason: String) -> DataError { .damagedDataset(file: path, reason: reason) }
+            guard m.fingerprint == entry.fingerprint else {
+                throw refuse("fingerprint \(m.fingerprint); the dataset's manifest records \(entry.fingerprint) for this earlier cut-off")
+            }
+            var expectedSpec = manifest.spec
+            expectedSpec.cutoffDay = entry.cutoffDay
+            guard m.spec == expectedSpec, m.counts.customers == entry.customers else {
+                throw refuse("window \(m.spec) with \(m.counts.customers) customers; the dataset's manifest records \(expectedSpec) with \(entry.customers)")
+            }
+            guard m.normalisation == manifest.normalisation, m.featureNames == manifest.featureNames else {
+                throw refuse("its features are not normalised as the main cut-off's")
+            }
+            guard m.split.sizes[1] == 0 && m.split.sizes[2] == 0 else {
+                throw refuse("it holds \(m.split.sizes[1]) validation and \(m.split.sizes[2]) test customers; an earlier cut-off holds training customers only")
+            }
+            return earlier
+        }
+    }
+
     /// Verifies the parts of the per-customer files that hold `customers` (their hashes and
     /// values) and the parts of the graph's files that hold `graphNodes` (node ids: customers,
     /// then products), the share of the graph a rank of a job holds. A format-1 dataset has no

@@ -341,17 +341,42 @@ private func writeFully(_ fd: Int32, _ path: String, _ bytes: UnsafeRawBufferPoi
     }
 }
 
+/// What sets the dataset of an earlier cut-off (`DatasetManifest.Snapshots`) apart from a main
+/// one: it holds only the customers of the main training split, and its features are normalised
+/// with the main cut-off's statistics, so that its rows and the main rows are one population to
+/// the model and the main dataset's validation and test rows stay what they are for one cut-off.
+struct SnapshotRows {
+    var normalisation: FeatureNormalisation
+    /// Periods before the main cut-off, for the error when no customer qualifies.
+    var periodsBack: Int
+
+    /// Keeps, of customers in dataset order, those the main split puts in training.
+    func training(_ order: [Int32], split: SplitOptions, id: (Int32) -> UnsafeRawBufferPointer) -> [Int32] {
+        let assigner = SplitAssigner(split)
+        return order.filter { assigner.split(of: id($0)) == 0 }
+    }
+
+    func empty(spec: FeatureSpec, source: DatasetManifest.Source) -> DataError {
+        DataError.noCustomers(path: source.input, reason: "no training customer has a purchase on or before the earlier cut-off \(describeDay(spec.cutoffDay, calendar: source.calendarDays)) (\(periodsBack) periods before the main one); give fewer --snapshots or a smaller --snapshot-every")
+    }
+}
+
 /// Turns aggregates into the files of a dataset inside `directory` (which must exist and be
-/// empty apart from rejects.csv) and returns the manifest it wrote.
+/// empty apart from rejects.csv) and returns the manifest it wrote. With `snapshot`, the
+/// dataset of an earlier cut-off: training customers only, no graph, the given normalisation.
 func writeDataset(
     aggregates: CustomerAggregates, stats: ReadStats, source: DatasetManifest.Source,
-    split splitOptions: SplitOptions, buildGraph: Bool, rowsPerPart: Int, directory: String
+    split splitOptions: SplitOptions, buildGraph: Bool, rowsPerPart: Int, directory: String, snapshot: SnapshotRows? = nil
 ) throws -> DatasetManifest {
     let spec = aggregates.spec
     aggregates.finishAdding()
-    let order = aggregates.datasetOrder()
+    var order = aggregates.datasetOrder()
+    if let snapshot {
+        order = snapshot.training(order, split: splitOptions) { aggregates.customerID(Int($0)) }
+        guard !order.isEmpty else { throw snapshot.empty(spec: spec, source: source) }
+    }
     guard !order.isEmpty else { throw noHistory(spec: spec, source: source) }
-    let withGraph = buildGraph && aggregates.products.count > 0
+    let withGraph = buildGraph && snapshot == nil && aggregates.products.count > 0
     let assembler = try DatasetAssembler(spec: spec, split: splitOptions, directory: directory, rows: 0..<order.count,
                                          idsOffset: nil, rowsPerPart: rowsPerPart, keepGraphTotals: withGraph)
     let record = UnsafeMutableRawPointer.allocate(byteCount: CustomerRecordHeader.recordBytes(spec), alignment: 16)
@@ -370,7 +395,8 @@ func writeDataset(
     aggregates.releaseCustomerRecords()
     let graphTotals = assembler.graphTotals
     let totals = assembler.totals
-    let (normalisation, fitOnAll) = try assembler.normalisation(across: SingleProcessCommunicator(), splitSizes: totals.splitSizes)
+    let (normalisation, fitOnAll) = try snapshot.map { ($0.normalisation, false) }
+        ?? assembler.normalisation(across: SingleProcessCommunicator(), splitSizes: totals.splitSizes)
     // The customer files' last pass (normalising the features in place, fsyncs) and the graph
     // share nothing, so they run at once.
     let (customerFiles, (graphFiles, graphInfo)) = try runAlongside({ try assembler.finish(normalisation: normalisation) }) {
@@ -455,12 +481,18 @@ func finishDataset(
         files: contents.files,
         rowsPerPart: contents.rowsPerPart,
         fingerprint: "")
+    try writeManifest(&manifest, directory: directory)
+    return manifest
+}
+
+/// Sets `manifest`'s fingerprint and writes it as `directory`/manifest.json (replacing one
+/// written before, as an import with earlier cut-offs does once their datasets are known).
+func writeManifest(_ manifest: inout DatasetManifest, directory: String) throws {
     manifest.fingerprint = manifest.computeFingerprint()
     let json = try manifest.encoded()
     let manifestFile = try HashingFileWriter(path: directory + "/manifest.json", name: "manifest.json")
     try json.withUnsafeBytes { try manifestFile.write($0) }
     _ = try manifestFile.close(dtype: "text", shape: [])
-    return manifest
 }
 
 /// Writes `values` as the file `name`, hashed in `parts` (element ranges, in order, covering

@@ -275,8 +275,47 @@ extension Importer {
 
         let datasetSource = sourceInfo(input: input, options: options, stats: stats,
                                        amountMeaning: "spend in the input's currency")
-        let manifest = try writeInParallel(aggregates: aggregates, counts: counts, stats: stats, source: datasetSource,
-                                            options: options, temporary: temporary, exchange: exchange)
+        let written = try writeInParallel(aggregates: aggregates, counts: counts, stats: stats, source: datasetSource,
+                                          options: options, temporary: temporary, exchange: exchange)
+        var manifest = written.manifest
+        let normalisation = written.normalisation
+        let plan = try options.snapshotPlan()
+        if !plan.isEmpty {
+            // As in one process: a pass over the file per earlier cut-off, each rank aggregating
+            // the customers it owns, then every rank writing its share of that cut-off's dataset.
+            var entries: [DatasetManifest.Snapshots.Entry] = []
+            for (j, back) in plan.enumerated() {
+                let earlier = ImportOptions.snapshotSpec(spec, periodsBack: back)
+                let snapshotAggregates = CustomerAggregates(spec: earlier, partitions: partitions, chunkEvents: options.aggregationChunkEvents,
+                                                            countsPairs: false)
+                // The same rows as the first pass, so its read counts stand; the event counts are per window.
+                _ = try file.aggregateOwnedCustomers(into: snapshotAggregates, rejects: nil, exchange: exchange)
+                let windowCounts = try exchange.allreduceSum([
+                    snapshotAggregates.eventsInHistory, snapshotAggregates.eventsInHorizon, snapshotAggregates.eventsAfterHorizon,
+                    snapshotAggregates.customerCount,
+                ].map { Int64($0) }).map { Int($0) }
+                let name = DatasetManifest.Snapshots.directoryName(j + 1)
+                let directory: String? = try exchange.agreeing("creating the directory of an earlier cut-off") {
+                    try temporary.map { try makeSnapshotDirectory(name, in: $0) }
+                }
+                var earlierOptions = options
+                earlierOptions.buildGraph = false
+                let (written, _) = try writeInParallel(
+                    aggregates: snapshotAggregates,
+                    counts: AggregateCounts(eventsInHistory: windowCounts[0], eventsInHorizon: windowCounts[1],
+                                            eventsAfterHorizon: windowCounts[2], customersSeen: windowCounts[3]),
+                    stats: stats, source: datasetSource,
+                    options: earlierOptions, temporary: directory, exchange: exchange,
+                    snapshot: SnapshotRows(normalisation: normalisation, periodsBack: back))
+                try exchange.agreeing("syncing the directory of an earlier cut-off") { try directory.map(fsyncDirectory) }
+                if let written { entries.append(.init(written, directory: name)) }
+            }
+            try exchange.agreeing("rewriting the manifest") {
+                guard let temporary, manifest != nil else { return }
+                manifest!.snapshots = .init(count: options.snapshots, everyPeriods: plan[0], datasets: entries)
+                try writeManifest(&manifest!, directory: temporary)
+            }
+        }
         try exchange.agreeing("moving the dataset into place") {
             if let temporary { try publish(temporary, as: output) }
         }
@@ -285,7 +324,7 @@ extension Importer {
         guard rank == 0, let manifest else { return nil }
         var summary = ImportSummary(
             manifest: manifest, stats: stats, outputPath: output, rejectsPath: output + "/rejects.csv",
-            seconds: monotonicSeconds() - started, parseSeconds: parseSeconds, passes: passes,
+            seconds: monotonicSeconds() - started, parseSeconds: parseSeconds, passes: passes + plan.count,
             peakResidentBytes: peaks.max() ?? 0)
         summary.rankPeakResidentBytes = peaks
         return summary

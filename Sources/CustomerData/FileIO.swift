@@ -141,7 +141,8 @@ func isDirectory(_ path: String) -> Bool {
     return stat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR
 }
 
-/// Removes a directory and the regular files directly inside it (datasets have no subfolders).
+/// Removes a directory with its files and subdirectories (a dataset holds those of its earlier
+/// cut-offs, `DatasetManifest.Snapshots`).
 func removeFlatDirectory(_ path: String) {
     guard let dir = opendir(path) else { return }
     while let entry = readdir(dir) {
@@ -149,7 +150,8 @@ func removeFlatDirectory(_ path: String) {
             String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
         }
         if name == "." || name == ".." { continue }
-        _ = unlink(path + "/" + name)
+        // unlink refuses a directory: an earlier cut-off's dataset inside a dataset.
+        if unlink(path + "/" + name) != 0 && (errno == EISDIR || errno == EPERM) { removeFlatDirectory(path + "/" + name) }
     }
     closedir(dir)
     _ = rmdir(path)

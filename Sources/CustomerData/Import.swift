@@ -52,6 +52,11 @@ public struct ImportOptions: Sendable {
     /// is refused, since customers whose horizon the data does not cover look churned.
     public var allowPartialHorizon = false
     public var buildGraph = true
+    /// K: cut-offs whose training customers give examples, the main one included (1: the main
+    /// cut-off only). See `DatasetManifest.Snapshots`.
+    public var snapshots = 1
+    /// P: periods between consecutive cut-offs; required when `snapshots` > 1.
+    public var snapshotEveryPeriods: Int?
     /// Partitions of the customer aggregation (a power of two); nil picks one from the input's
     /// size (`CustomerAggregates.partitions(forInputBytes:)`). Any value gives the same dataset.
     public var partitions: Int?
@@ -182,16 +187,41 @@ public enum Importer {
         aggregates.finishAdding()
         try checkHorizon(spec, lastEventDay: aggregates.lastEventDay, calendar: stats.timeFormat.isCalendar, options: options)
 
-        let manifest = try writeDataset(aggregates: aggregates, stats: stats,
-                                        source: sourceInfo(input: input, options: options, stats: stats, amountMeaning: amountMeaning),
+        let datasetSource = sourceInfo(input: input, options: options, stats: stats, amountMeaning: amountMeaning)
+        var manifest = try writeDataset(aggregates: aggregates, stats: stats, source: datasetSource,
                                         split: options.split, buildGraph: options.buildGraph, rowsPerPart: options.rowsPerPart,
                                         directory: temporary)
+        let plan = try options.snapshotPlan()
+        if !plan.isEmpty {
+            // Each earlier cut-off reads the events again into aggregates of its own window: the
+            // per-customer aggregates hold one cut-off's periods and horizon, and a pass each
+            // keeps the memory of one.
+            var entries: [DatasetManifest.Snapshots.Entry] = []
+            for (j, back) in plan.enumerated() {
+                let earlier = ImportOptions.snapshotSpec(spec, periodsBack: back)
+                let snapshotAggregates = CustomerAggregates(
+                    spec: earlier, partitions: partitions, chunkEvents: options.aggregationChunkEvents, countsPairs: false,
+                    aggregatesWhileParsing: options.aggregatesWhileParsing)
+                // The same rows as the first pass, so its read counts stand; the event counts are per window.
+                _ = try source.run(sink: snapshotAggregates, rejects: nil)
+                let name = DatasetManifest.Snapshots.directoryName(j + 1)
+                let directory = try makeSnapshotDirectory(name, in: temporary)
+                let written = try writeDataset(
+                    aggregates: snapshotAggregates, stats: stats, source: datasetSource, split: options.split,
+                    buildGraph: false, rowsPerPart: options.rowsPerPart, directory: directory,
+                    snapshot: SnapshotRows(normalisation: manifest.normalisation, periodsBack: back))
+                try fsyncDirectory(directory)
+                entries.append(.init(written, directory: name))
+            }
+            manifest.snapshots = .init(count: options.snapshots, everyPeriods: plan[0], datasets: entries)
+            try writeManifest(&manifest, directory: temporary)
+        }
         try publish(temporary, as: output)
         keepTemporary = true
 
         return ImportSummary(
             manifest: manifest, stats: stats, outputPath: output, rejectsPath: output + "/rejects.csv",
-            seconds: monotonicSeconds() - started, parseSeconds: stats.seconds, passes: passes,
+            seconds: monotonicSeconds() - started, parseSeconds: stats.seconds, passes: passes + plan.count,
             peakResidentBytes: peakResidentBytes())
     }
 
@@ -212,6 +242,7 @@ public enum Importer {
             throw DataError.invalidOption("\(output) exists and is not a dataset directory; refusing to replace it")
         }
         guard fileExists(input) else { throw DataError.io(path: input, operation: "open", message: "No such file or directory") }
+        _ = try options.snapshotPlan()
     }
 
     /// The reader for the preset, and what its amounts mean.
@@ -261,6 +292,15 @@ public enum Importer {
             throw DataError.io(path: temporary, operation: "mkdir", message: systemMessage())
         }
         return temporary
+    }
+
+    /// Creates `temporary`/`name` for the dataset of an earlier cut-off.
+    static func makeSnapshotDirectory(_ name: String, in temporary: String) throws -> String {
+        let directory = temporary + "/" + name
+        guard mkdir(directory, 0o755) == 0 else {
+            throw DataError.io(path: directory, operation: "mkdir", message: systemMessage())
+        }
+        return directory
     }
 
     /// The folders above `output` that do not exist yet, deepest last: what
@@ -313,6 +353,28 @@ public enum Importer {
 }
 
 extension ImportOptions {
+    /// The periods by which each earlier cut-off precedes the main one (P, 2P, …, (K−1)P);
+    /// empty for one cut-off.
+    func snapshotPlan() throws -> [Int] {
+        guard snapshots >= 1 && snapshots <= 1_000 else {
+            throw DataError.invalidOption("--snapshots must be between 1 and 1000 cut-offs, got \(snapshots)")
+        }
+        guard snapshots > 1 else { return [] }
+        guard let every = snapshotEveryPeriods else {
+            throw DataError.invalidOption("--snapshots \(snapshots) needs --snapshot-every P, the periods between consecutive cut-offs")
+        }
+        guard every >= 1 else { throw DataError.invalidOption("--snapshot-every must be at least 1 period, got \(every)") }
+        return (1..<snapshots).map { $0 * every }
+    }
+
+    /// The spec of the cut-off `periodsBack` periods before `spec`'s: the same period grid,
+    /// history and horizon lengths, so its examples are built exactly as the main cut-off's.
+    static func snapshotSpec(_ spec: FeatureSpec, periodsBack: Int) -> FeatureSpec {
+        var earlier = spec
+        earlier.cutoffDay = spec.cutoffDay - periodsBack * spec.periodDays
+        return earlier
+    }
+
     /// The feature spec of an import of `input` and the passes it reads the file: with no
     /// cut-off, `lastDay` (a first pass over the events) finds the last event day so that the
     /// horizon fits before it, and `rejectsWithoutEvents` says why when that pass found none.

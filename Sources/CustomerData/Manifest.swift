@@ -100,6 +100,43 @@ public struct DatasetManifest: Codable, Sendable, Equatable {
         }
     }
 
+    /// The training examples an import added at earlier cut-offs (`--snapshots K --snapshot-every P`).
+    ///
+    /// Each earlier cut-off `c − j·P` periods (j = 1…K−1) is a dataset of its own in the
+    /// subdirectory `directory`: the same window and horizon lengths, the main cut-off's
+    /// normalisation, and only the customers of the main dataset's training split who had bought
+    /// by that cut-off. Validation and test customers exist at the main cut-off only, so the
+    /// held-out comparison is the same for every K; the graph is built at the main cut-off only.
+    public struct Snapshots: Codable, Sendable, Equatable {
+        public struct Entry: Codable, Sendable, Equatable {
+            public var directory: String
+            public var cutoffDay: Int
+            public var cutoffDate: String?
+            public var customers: Int
+            public var fingerprint: String
+
+            init(_ manifest: DatasetManifest, directory: String) {
+                self.directory = directory
+                cutoffDay = manifest.spec.cutoffDay
+                cutoffDate = manifest.cutoffDate
+                customers = manifest.counts.customers
+                fingerprint = manifest.fingerprint
+            }
+        }
+        /// K: cut-offs in all, the main one included.
+        public var count: Int
+        /// P: periods between consecutive cut-offs.
+        public var everyPeriods: Int
+        /// The earlier cut-offs, latest first.
+        public var datasets: [Entry]
+
+        /// The subdirectory of the j-th earlier cut-off (j = 1 is P periods before the main one).
+        public static func directoryName(_ j: Int) -> String { "snapshot-\(j)" }
+
+        /// Training examples added by the earlier cut-offs.
+        public var customers: Int { datasets.reduce(0) { $0 + $1.customers } }
+    }
+
     public var formatVersion: Int
     public var source: Source
     public var counts: Counts
@@ -114,6 +151,8 @@ public struct DatasetManifest: Codable, Sendable, Equatable {
     public var labels: Labels
     public var split: Split
     public var graph: Graph?
+    /// Earlier cut-offs whose training customers add examples (`--snapshots`); nil for one cut-off.
+    public var snapshots: Snapshots?
     public var files: [DatasetFile]
     /// Rows (customers, or graph nodes) per part of every file; nil in format 1.
     public var rowsPerPart: Int?
@@ -136,6 +175,10 @@ public struct DatasetManifest: Codable, Sendable, Equatable {
             for name in graph.nodeFeatureNames { add(name) }
         }
         if let rowsPerPart { add("parts \(rowsPerPart)") }
+        if let snapshots {
+            add("snapshots \(snapshots.count) \(snapshots.everyPeriods)")
+            for entry in snapshots.datasets { add("\(entry.directory) \(entry.cutoffDay) \(entry.customers) \(entry.fingerprint)") }
+        }
         add("files")
         for file in files.sorted(by: { $0.name < $1.name }) {
             add("\(file.name) \(file.bytes) \(file.contentHash) \(file.dtype) \(file.shape)")

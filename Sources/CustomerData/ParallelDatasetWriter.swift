@@ -25,21 +25,23 @@ import Foundation
 extension Importer {
     static func writeInParallel(
         aggregates: CustomerAggregates, counts: AggregateCounts, stats: ReadStats, source: DatasetManifest.Source,
-        options: ImportOptions, temporary: String?, exchange: any Communicator
-    ) throws -> DatasetManifest? {
+        options: ImportOptions, temporary: String?, exchange: any Communicator, snapshot: SnapshotRows? = nil
+    ) throws -> (manifest: DatasetManifest?, normalisation: FeatureNormalisation) {
         let rank = exchange.rank, ranks = exchange.size
         let spec = aggregates.spec
-        let localOrder = aggregates.datasetOrder()
+        var localOrder = aggregates.datasetOrder()
+        if let snapshot { localOrder = snapshot.training(localOrder, split: options.split) { aggregates.customerID(Int($0)) } }
         let n = Int(try exchange.allreduceSum([Int64(localOrder.count)])[0])
         let productCount = aggregates.products.count
         try exchange.onEveryRank("counting the customers") {
+            if let snapshot, n == 0 { throw snapshot.empty(spec: spec, source: source) }
             guard n > 0 else { throw noHistory(spec: spec, source: source) }
             guard n + productCount < Int(Int32.max) else {
                 throw DataError.invalidOption("\(n) customers and \(productCount) products are more graph nodes than a dataset indexes (2,147,483,647)")
             }
         }
         let directory = try exchange.broadcast(string: temporary ?? "", root: 0)
-        let withGraph = options.buildGraph && productCount > 0
+        let withGraph = options.buildGraph && snapshot == nil && productCount > 0
         let layout = DatasetPartLayout(rowsPerPart: options.rowsPerPart, customers: n, products: withGraph ? productCount : 0)
         let rowsPerPart = layout.rowsPerPart
 
@@ -171,7 +173,8 @@ extension Importer {
         aggregates.releaseCustomerRecords()
 
         let totals = try assembler.totals.summed(across: exchange)
-        let (normalisation, fittedOnAll) = try assembler.normalisation(across: exchange, splitSizes: totals.splitSizes)
+        let (normalisation, fittedOnAll) = try snapshot.map { ($0.normalisation, false) }
+            ?? assembler.normalisation(across: exchange, splitSizes: totals.splitSizes)
         let customerFiles = try exchange.agreeing("normalising the features") { try assembler.finish(normalisation: normalisation) }
 
         var graphParts: [[DatasetFile.Part]] = []
@@ -210,7 +213,7 @@ extension Importer {
         // Rank 0 lists every rank's parts in position order and writes the manifest.
         let mine = try JSONEncoder().encode(customerFiles.map { $0.parts ?? [] } + graphParts)
         let gathered = try [UInt8](mine).withUnsafeBytes { try exchange.gatherBytes($0) }
-        return try exchange.agreeing("writing the manifest") {
+        let manifest = try exchange.agreeing("writing the manifest") { () -> DatasetManifest? in
             guard rank == 0 else { return nil }
             var lists: [[[DatasetFile.Part]]] = []
             var offset = 0
@@ -237,6 +240,7 @@ extension Importer {
                                 normalisation: normalisation, fittedOnAll: fittedOnAll, files: files, graph: graphEntry),
                 counts: counts, stats: stats, source: source, directory: directory)
         }
+        return (manifest, normalisation)
     }
 
     /// Each local customer's dataset position (local customers in dataset order, so ascending).

@@ -21,6 +21,11 @@ struct JobSpec: Codable {
     var featureCount: Int
     var classCount: Int
     var trainCount: Int
+    /// LSTM on a dataset with earlier cut-offs: their training examples, which follow the main
+    /// cut-off's training customers in every rank's training shard. Everything summarising
+    /// training customers (class weights, spend prior, baselines, drift) reads the main
+    /// cut-off's only, so a customer counts once there.
+    var earlierCutoffExamples = 0
     var validationCount: Int
     var testCount: Int
     var positiveWeight: Float
@@ -196,11 +201,23 @@ public enum TrainingJob {
         }
         let ranks = world.size
         let plan = try world.agreeing("finding this rank's customers in \(announced.datasetPath)") {
-            if let sizes = dataset.manifest.splitPartSizes {
-                try ShardPlan.own(splits: dataset.split, partSizes: sizes, ranks: ranks, rank: world.rank,
-                                  path: dataset.directory.appendingPathComponent("split.u8").path)
-            } else {
-                ShardPlan.own(splits: dataset.split, ranks: ranks, rank: world.rank)
+            try ownPlan(dataset, ranks: ranks, rank: world.rank)
+        }
+        // The LSTM learns from the examples of the earlier cut-offs too (all training customers);
+        // the graph model's customers are the graph's nodes, at the main cut-off only.
+        let earlier = configuration.model == .lstm
+            ? try world.agreeing("opening the earlier cut-offs of \(announced.datasetPath)") { try dataset.snapshotDatasets(verifyContents: false) }
+            : []
+        let earlierPlans = try world.agreeing("finding this rank's examples of the earlier cut-offs") {
+            try earlier.map { try ownPlan($0, ranks: ranks, rank: world.rank) }
+        }
+        try world.agreeing("verifying this rank's examples of the earlier cut-offs") {
+            for (earlierDataset, earlierPlan) in zip(earlier, earlierPlans) {
+                if earlierDataset.manifest.partLayout != nil {
+                    try earlierDataset.verify(customers: earlierPlan.rowSpans, graphNodes: [])
+                } else if world.rank == 0 {
+                    try earlierDataset.verify(customers: [0..<earlierDataset.customerCount], graphNodes: [])
+                }
             }
         }
         // The graph model's ranks each hold the nodes they own (`GraphPartition`): customers in
@@ -224,11 +241,12 @@ public enum TrainingJob {
         // sequences it used to receive took a worker's peak RSS from 919 to 386 MiB).
         let sequenceFeatures = configuration.model == .gnn ? 0 : announced.featureCount
         let (trainShard, validationShard, testShard) = try world.agreeing("reading this rank's customers") {
-            (try LocalShard.read(plan.train, from: dataset, featureCount: sequenceFeatures),
+            (try LocalShard.read([(plan.train, dataset)] + zip(earlierPlans, earlier).map { ($0.train, $1) }, featureCount: sequenceFeatures),
              try LocalShard.read(plan.validation, from: dataset, featureCount: sequenceFeatures),
              try LocalShard.read(plan.test, from: dataset, featureCount: sequenceFeatures))
         }
-        let spec = try announced.completed(with: plan, trainShard: trainShard, world: world)
+        var spec = try announced.completed(with: plan, trainShard: trainShard, world: world)
+        spec.earlierCutoffExamples = earlierPlans.reduce(0) { $0 + $1.totals[0] }
         let task = try makeTask(spec, graph: graphShare, world: world)
         try checkAgreement(
             JobFingerprint(configuration: try configuration.canonicalJSON(),
@@ -241,7 +259,6 @@ public enum TrainingJob {
             fflush(nil)
         }
 
-        let trainCounts = ShardPlan.balancedCounts(total: spec.trainCount, ranks: ranks)
 
         let store = CheckpointIO(configuration: configuration, spec: spec, dataset: dataset, signingKey: signingKey)
         if spec.resume == nil {
@@ -254,7 +271,9 @@ public enum TrainingJob {
                 .appendingPathComponent("metrics.jsonl"))
         if world.rank == 0 {
             reporter.line("training \(configuration.model.rawValue) on \(ranks) rank\(ranks > 1 ? "s" : ""): "
-                + "\(spec.trainCount) training customers (\(trainCounts[0]) per rank, \(trainCounts[0] * ranks - spec.trainCount) repeated to balance), "
+                + "\(spec.trainCount) training customers"
+                + (earlier.isEmpty ? "" : " and \(spec.earlierCutoffExamples) examples of theirs at \(earlier.count) earlier cut-offs")
+                + " (\(trainShard.count) per rank, \(trainShard.count * ranks - spec.trainCount - spec.earlierCutoffExamples) repeated to balance), "
                 + "\(spec.validationCount) validation, \(spec.testCount) test; \(task.parameters.layout.totalCount) parameters"
                 + (restored.map { ", resuming at epoch \($0.progress.epoch + 1) step \($0.progress.stepInEpoch)" } ?? ""))
         }
@@ -313,6 +332,16 @@ public enum TrainingJob {
         let summary = try trainer.run(resumingFrom: restored)
         if world.rank == 0 { reporter.line(describe(summary, configuration: configuration)) }
         return summary
+    }
+
+    /// This rank's customers of `dataset` (`ShardPlan`), from the manifest's split counts per
+    /// part when it has them.
+    static func ownPlan(_ dataset: CustomerDataset, ranks: Int, rank: Int) throws -> ShardPlan {
+        if let sizes = dataset.manifest.splitPartSizes {
+            return try ShardPlan.own(splits: dataset.split, partSizes: sizes, ranks: ranks, rank: rank,
+                                     path: dataset.directory.appendingPathComponent("split.u8").path)
+        }
+        return ShardPlan.own(splits: dataset.split, ranks: ranks, rank: rank)
     }
 
     /// The model `spec` describes; with `emptyGraph`, the GraphSAGE sees no neighbours (every

@@ -41,14 +41,26 @@ extension LocalShard {
     /// sequences with `pread` (when `featureCount` is not 0), the labels from the mapped arrays,
     /// whose pages are released again so the rank keeps what it holds, not what it read.
     public static func read(_ rows: [Int32], from dataset: CustomerDataset, featureCount: Int) throws -> LocalShard {
-        let shard = LocalShard(steps: dataset.historyLength, featureCount: featureCount, capacity: rows.count)
-        for row in rows {
-            let index = Int(row)
-            if featureCount > 0 { try dataset.readFeatures(of: index, into: shard.nextSequence) }
-            shard.append(length: dataset.lengths[index], churn: dataset.churn[index], spend: dataset.spend[index],
-                         stage: dataset.stage[index], datasetRow: row)
+        try read([(rows, dataset)], featureCount: featureCount)
+    }
+
+    /// The rows of several datasets of one window layout in one shard, in the order given: a
+    /// training shard holds the main cut-off's customers first, then the examples of earlier
+    /// cut-offs (`CustomerDataset.snapshotDatasets`). `datasetRows` are rows of the dataset each
+    /// came from.
+    public static func read(_ sources: [(rows: [Int32], dataset: CustomerDataset)], featureCount: Int) throws -> LocalShard {
+        let steps = sources.first?.dataset.historyLength ?? 0
+        precondition(sources.allSatisfy { $0.dataset.historyLength == steps }, "one shard holds sequences of one length")
+        let shard = LocalShard(steps: steps, featureCount: featureCount, capacity: sources.reduce(0) { $0 + $1.rows.count })
+        for (rows, dataset) in sources {
+            for row in rows {
+                let index = Int(row)
+                if featureCount > 0 { try dataset.readFeatures(of: index, into: shard.nextSequence) }
+                shard.append(length: dataset.lengths[index], churn: dataset.churn[index], spend: dataset.spend[index],
+                             stage: dataset.stage[index], datasetRow: row)
+            }
+            dataset.releaseResidentPages()
         }
-        dataset.releaseResidentPages()
         return shard
     }
 }

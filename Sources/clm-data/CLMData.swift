@@ -43,6 +43,10 @@ struct Import: ParsableCommand {
     @Flag(help: "Skip the customer-product graph.") var noGraph = false
     @Option(help: "Customers (and graph nodes) per hashed part of every file: the unit a rank writes and a training rank verifies.")
     var rowsPerPart: Int = DatasetPartLayout.defaultRowsPerPart
+    @Option(help: "Cut-offs whose training customers give examples, the main one included (1: the main cut-off only). Validation and test customers stay at the main cut-off.")
+    var snapshots: Int = 1
+    @Option(help: "Periods between consecutive cut-offs with --snapshots K: training customers also give examples at the cut-offs P, 2P, ..., (K-1)P periods earlier.")
+    var snapshotEvery: Int?
 
     func run() throws {
         try runReporting {
@@ -62,6 +66,8 @@ struct Import: ParsableCommand {
             options.buildGraph = !noGraph
             guard rowsPerPart >= 1 else { throw ValidationError("--rows-per-part must be at least 1, got \(rowsPerPart)") }
             options.rowsPerPart = rowsPerPart
+            options.snapshots = snapshots
+            options.snapshotEveryPeriods = snapshotEvery
             if launchedAcrossRanks {
                 try importAcrossRanks(options)
                 return
@@ -106,6 +112,10 @@ func describe(_ summary: ImportSummary) -> String {
     let stages = zip(m.stageNames, m.labels.stageCounts).map { "\($0) \(formatCount($1))" }.joined(separator: ", ")
     lines.append("  stages           \(stages)  (thresholds \(m.spec.stageThresholds.map(String.init).joined(separator: "/")))")
     lines.append("  split            train \(formatCount(m.split.sizes[0])), validation \(formatCount(m.split.sizes[1])), test \(formatCount(m.split.sizes[2])) (seed \(m.split.seed))")
+    if let snapshots = m.snapshots {
+        let cutoffs = snapshots.datasets.map { $0.cutoffDate ?? "day \($0.cutoffDay)" }
+        lines.append("  earlier cut-offs \(formatCount(snapshots.customers)) more training examples at \(snapshots.datasets.count) cut-offs every \(snapshots.everyPeriods) periods (\(cutoffs.last!) to \(cutoffs.first!)); validation and test at the main cut-off only")
+    }
     let mb = Double(s.bytes) / 1_048_576
     lines.append("  speed            \(formatCount(Int(summary.eventsPerSecond))) events/s, \(formatFixed(mb / max(summary.parseSeconds, 1e-9), 0)) MiB/s parsing \(formatFixed(mb, 1)) MiB (\(summary.passes) pass\(summary.passes > 1 ? "es" : "")); total \(formatFixed(summary.seconds, 2)) s")
     if summary.rankPeakResidentBytes.count > 1 {
@@ -162,6 +172,7 @@ struct Inspect: ParsableCommand {
     private func inspectDataset() throws {
         let started = Date()
         let data = try CustomerDataset.open(at: URL(fileURLWithPath: path))
+        _ = try data.snapshotDatasets()
         let m = data.manifest, c = m.counts
         print("dataset \(path): format \(m.formatVersion), fingerprint \(m.fingerprint), verified in \(formatFixed(Date().timeIntervalSince(started), 2)) s")
         print("  source          \(m.source.input) (preset \(m.source.preset), time \(m.source.timeFormat); amount = \(m.source.amountMeaning))")
@@ -171,6 +182,11 @@ struct Inspect: ParsableCommand {
         print("  features        \(m.featureNames.joined(separator: ", "))")
         print("  labels          churn \(formatFixed(m.labels.churnRate * 100, 1))%, stages " + zip(m.stageNames, m.labels.stageCounts).map { "\($0) \($1)" }.joined(separator: ", "))
         print("  split           train \(m.split.sizes[0]), validation \(m.split.sizes[1]), test \(m.split.sizes[2])")
+        if let snapshots = m.snapshots {
+            for entry in snapshots.datasets {
+                print("  earlier cut-off \(entry.cutoffDate ?? "day \(entry.cutoffDay)")  \(formatCount(entry.customers)) training examples in \(entry.directory)/, fingerprint \(entry.fingerprint)")
+            }
+        }
         if let g = m.graph {
             print("  graph           \(g.customerNodes) customers + \(g.productNodes) products, \(g.directedEdges) directed edges, \(g.nodeFeatureNames.count) node features")
         }

@@ -57,6 +57,27 @@ public func runImportChecks(_ world: any Communicator, _ checks: RankChecks) {
         try compareWithOneProcess(input: input, name: "orders8", options: options, world: world, checks: checks)
     }
 
+    // Each earlier cut-off is a dataset of the main training customers, written by every rank.
+    checks.check("parallel import equals one process: 4 cut-offs 2 periods apart") {
+        var (input, options) = try ordersWithFlaws("snapshots")
+        options.snapshots = 4
+        options.snapshotEveryPeriods = 2
+        options.customersPerRound = 5
+        options.rowsPerPart = 7
+        try compareWithOneProcess(input: input, name: "snapshots", options: options, world: world, checks: checks)
+    }
+
+    checks.check("an earlier cut-off before every purchase stops every rank, rank 0 saying which") {
+        var (input, options) = try ordersWithFlaws("early")
+        options.snapshots = 2
+        options.snapshotEveryPeriods = 200
+        try expectRefusal("its earlier cut-off precedes every purchase", input: input, output: directory + "/early", options: options,
+                          world: world, checks: checks) { error in
+            guard case let .noCustomers(_, reason) = error else { return false }
+            return reason.contains("earlier cut-off") && reason.contains("200 periods before")
+        }
+    }
+
     checks.check("a horizon past the last event stops every rank, rank 0 naming the dates") {
         var (input, options) = try ordersWithFlaws("late")
         options.horizonDays = 91
@@ -172,11 +193,24 @@ private func compareWithOneProcess(input: String, name: String, options: ImportO
     // CDNOW has no products, so no graph.
     checks.expect(files.contains("rejects.csv") && (name == "cdnow") != files.contains("graph_neighbours.i32"),
                   "rejects and (with products) the graph written: \(files)")
+    let earlier = summary.manifest.snapshots?.datasets.map(\.directory) ?? []
+    checks.expectEqual(earlier.count, options.snapshots - 1, "earlier cut-offs in the manifest")
     for file in files {
-        let a = try Data(contentsOf: URL(fileURLWithPath: single + "/" + file))
-        let b = try Data(contentsOf: URL(fileURLWithPath: parallel + "/" + file))
-        checks.expect(a == b, "\(file) differs (\(a.count) vs \(b.count) bytes)")
+        guard !earlier.contains(file) else {
+            let inside = try FileManager.default.contentsOfDirectory(atPath: single + "/" + file).sorted()
+            checks.expectEqual(try FileManager.default.contentsOfDirectory(atPath: parallel + "/" + file).sorted(), inside, "\(file)/ names")
+            checks.expect(inside.contains("features.f32") && !inside.contains("graph_neighbours.i32"), "\(file)/ holds customer files, no graph")
+            for name in inside { try compareFile(file + "/" + name, single, parallel, checks) }
+            continue
+        }
+        try compareFile(file, single, parallel, checks)
     }
+}
+
+private func compareFile(_ file: String, _ single: String, _ parallel: String, _ checks: RankChecks) throws {
+    let a = try Data(contentsOf: URL(fileURLWithPath: single + "/" + file))
+    let b = try Data(contentsOf: URL(fileURLWithPath: parallel + "/" + file))
+    checks.expect(a == b, "\(file) differs (\(a.count) vs \(b.count) bytes)")
 }
 
 private func makeScratchDirectory() throws -> String {

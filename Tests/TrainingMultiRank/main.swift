@@ -1,5 +1,6 @@
 import Collectives
 import CollectivesMPI
+import CustomerData
 import RankTesting
 import Foundation
 import Models
@@ -7,7 +8,8 @@ import Tensors
 import Training
 
 // Multi-rank checks of the training loop, run by scripts/test.sh under mpirun:
-//   clm-training-tests                        one distributed step equals one big-batch step
+//   clm-training-tests                        one distributed step equals one big-batch step; shards
+//                                             and a whole LSTM job with earlier cut-offs
 //   clm-training-tests --scenario NAME        agreement, divergence (see below)
 
 let world: MPICommunicator
@@ -116,6 +118,50 @@ case nil:
             let lowest = try world.allgather([Int64(rows.first ?? -1)])
             checks.expect(zip(lowest, lowest.dropFirst()).allSatisfy { $0 < $1 || $1 < 0 }, "blocks out of dataset order: \(lowest)")
         }
+    }
+    // Every rank pads its block of each earlier cut-off's examples as it pads the main training
+    // block, so the ranks take the same steps; validation and test stay the main customers.
+    checks.check("an LSTM job on a dataset with earlier cut-offs: equal steps on every rank over all examples, the main test customers") {
+        let directory = try world.broadcast(
+            string: world.rank == 0 ? NSTemporaryDirectory() + "clm-training-snapshots-\(UUID().uuidString)" : "", root: 0)
+        defer {
+            try? world.barrier()
+            if world.rank == 0 { try? FileManager.default.removeItem(atPath: directory) }
+        }
+        let data = directory + "/data", configurationPath = directory + "/lstm.yaml"
+        try world.agreeing("importing the dataset") {
+            guard world.rank == 0 else { return }
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            // An odd number of customers, so that blocks differ by one and padding is needed.
+            _ = try generateSyntheticEvents(options: SyntheticOptions(customers: 301, products: 20, seed: 23), to: directory + "/events.csv")
+            var options = ImportOptions()
+            options.snapshots = 3
+            options.snapshotEveryPeriods = 3
+            _ = try Importer.run(input: directory + "/events.csv", output: data, options: options)
+            try """
+                model: lstm
+                data: \(data)
+                checkpoints: \(directory)/checkpoints
+                run: snapshots
+                epochs: 1
+                min_steps: 0
+                batch_size: 16
+                lstm:
+                  hidden: 8
+                  layers: 1
+                """.write(toFile: configurationPath, atomically: true, encoding: .utf8)
+        }
+        guard world.rank == 0 else {
+            try TrainingJob.work(world: world)
+            return
+        }
+        let summary = try TrainingJob.coordinate(JobRequest(configurationPath: configurationPath), world: world)
+        let dataset = try CustomerDataset.open(at: URL(fileURLWithPath: data))
+        let blocks = [dataset.indices(in: .train).count] + (try dataset.snapshotDatasets().map(\.customerCount))
+        checks.expect(blocks.count == 3 && blocks.allSatisfy { $0 > 0 }, "training examples per cut-off \(blocks)")
+        let perRank = blocks.map { ShardPlan.balancedCounts(total: $0, ranks: world.size)[0] }.reduce(0, +)
+        checks.expectEqual(summary.steps, (perRank + 15) / 16, "steps of one epoch")
+        checks.expectEqual(summary.test["test_customers"].map { Int($0) }, dataset.indices(in: .test).count, "test customers")
     }
 
 case "fingerprint-mismatch":

@@ -19,13 +19,13 @@ struct RunOutcomeTests {
         let dataset: CustomerDataset
         let configurationPath: String
 
-        init(epochs: Int = 3, lstmSection: String = "") throws {
+        init(epochs: Int = 3, lstmSection: String = "", importOptions: ImportOptions = ImportOptions()) throws {
             directory = FileManager.default.temporaryDirectory.appendingPathComponent("clm-run-\(UUID().uuidString)")
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let events = directory.appendingPathComponent("events.csv").path
             _ = try generateSyntheticEvents(options: SyntheticOptions(customers: 500, products: 40, seed: 19), to: events)
             let data = directory.appendingPathComponent("data").path
-            _ = try Importer.run(input: events, output: data, options: ImportOptions())
+            _ = try Importer.run(input: events, output: data, options: importOptions)
             dataset = try CustomerDataset.open(at: URL(fileURLWithPath: data))
             configurationPath = directory.appendingPathComponent("lstm.yaml").path
             let yaml = """
@@ -55,6 +55,29 @@ struct RunOutcomeTests {
 
         var store: CheckpointStore {
             get throws { try CheckpointStore(root: directory.appendingPathComponent("checkpoints"), run: "outcome") }
+        }
+    }
+
+    @Test("with earlier cut-offs the LSTM trains on their examples too, and is judged on the same customers against the same baselines")
+    func earlierCutoffsAddTrainingExamplesOnly() throws {
+        var options = ImportOptions()
+        options.snapshots = 3
+        options.snapshotEveryPeriods = 4
+        let plain = try Job(epochs: 1), withEarlier = try Job(epochs: 1, importOptions: options)
+        defer {
+            try? FileManager.default.removeItem(at: plain.directory)
+            try? FileManager.default.removeItem(at: withEarlier.directory)
+        }
+        let one = try plain.run(), three = try withEarlier.run()
+        let train = plain.dataset.indices(in: .train).count
+        let examples = try withEarlier.dataset.snapshotDatasets().map(\.customerCount)
+        #expect(examples.count == 2 && examples.allSatisfy { $0 > 0 && $0 <= train })
+        // One epoch over batches of 32: the steps count the examples trained on.
+        #expect(one.steps == (train + 31) / 32)
+        #expect(three.steps == (train + examples.reduce(0, +) + 31) / 32)
+        for key in ["val_customers", "test_customers", "val_bgnbd_auc", "test_bgnbd_auc", "test_bgnbd_clv_rmse", "test_logistic_auc"] {
+            let a = one.lastValidation[key] ?? one.test[key], b = three.lastValidation[key] ?? three.test[key]
+            #expect(a != nil && a == b, "\(key): \(a ?? .nan) with one cut-off, \(b ?? .nan) with three")
         }
     }
 
