@@ -4,7 +4,7 @@
 The run stores every customer's boosting features, labels and the project's XGBoost predictions
 (xgboost_features.csv) and how it fitted them (xgboost_baseline.json: parameters, rounds,
 early stopping). This script fits the same two boosters on the same rows (the training rows the
-fit saw, sorted by dataset row, with early stopping on the validation rows it saw) with the
+fit saw, in sample-key order, with early stopping on the validation rows it saw) with the
 xgboost package and requires:
   - the same number of rounds kept by early stopping, for the churn and the spend booster;
   - every customer's churn probability within --tolerance, and every expected spend within
@@ -29,7 +29,7 @@ import xgboost as xgb
 def read_rows(path, feature_names):
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
-        missing = [name for name in ["dataset_row", "split", "in_fit", "churn", "spend", "churn_probability",
+        missing = [name for name in ["sample_key", "split", "in_fit", "churn", "spend", "churn_probability",
                                      "expected_spend"] + feature_names if name not in reader.fieldnames]
         if missing:
             sys.exit(f"{path}: no column {', '.join(missing)}")
@@ -59,18 +59,24 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("run", help="the run directory (holds xgboost_features.csv and xgboost_baseline.json)")
     parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument("--main-cutoff-only", action="store_true",
+                        help="fit on the main cut-off's training rows only and print the test metrics "
+                             "(measures what the earlier cut-offs' examples add; no comparison)")
     arguments = parser.parse_args()
 
     record = json.load(open(f"{arguments.run}/xgboost_baseline.json"))
     columns, features = read_rows(f"{arguments.run}/xgboost_features.csv", record["features"])
-    split, in_fit, rows = columns["split"], columns["in_fit"], columns["dataset_row"]
+    split, in_fit, rows = columns["split"], columns["in_fit"], columns["sample_key"]
 
     def fit_rows(which):
         selected = np.flatnonzero((split == which) & (in_fit == 1))
         return selected[np.argsort(rows[selected], kind="mergesort")]
 
     train, validation = fit_rows(0), fit_rows(1)
-    if len(train) != record["train_rows"] or len(validation) != record["validation_rows"]:
+    if arguments.main_cutoff_only:
+        train = train[columns["cutoff"][train] == 0]
+        print(f"fitting on the {len(train)} training rows of the main cut-off only")
+    elif len(train) != record["train_rows"] or len(validation) != record["validation_rows"]:
         print(f"the file marks {len(train)} training and {len(validation)} validation rows as fitted; "
               f"the run fitted {record['train_rows']} and {record['validation_rows']}")
         return 1
@@ -94,10 +100,18 @@ def main():
         same_rounds = rounds == settings["rounds_kept"]
         if head == "churn":
             labels = columns["churn"][test]
+            if arguments.main_cutoff_only:
+                clipped = np.clip(predictions[test], 1e-15, 1 - 1e-15)
+                log_loss = -float(np.mean(labels * np.log(clipped) + (1 - labels) * np.log(1 - clipped)))
+                print(f"churn: rounds kept {rounds}; test AUC {auc(predictions[test], labels):.4f}, log loss {log_loss:.4f}")
+                continue
             print(f"churn: rounds kept {rounds} (project {settings['rounds_kept']}); test AUC {auc(predictions[test], labels):.6f} "
                   f"(project {auc(project[test], labels):.6f}); largest probability difference {difference:.2e}")
         else:
             truth = columns["spend"][test]
+            if arguments.main_cutoff_only:
+                print(f"spend: rounds kept {rounds}; test RMSE {math.sqrt(float(np.mean((predictions[test] - truth) ** 2))):.2f}")
+                continue
             rmse = math.sqrt(float(np.mean((predictions[test] - truth) ** 2)))
             project_rmse = math.sqrt(float(np.mean((project[test] - truth) ** 2)))
             print(f"spend: rounds kept {rounds} (project {settings['rounds_kept']}); test RMSE {rmse:.4f} "
@@ -105,6 +119,8 @@ def main():
         if not same_rounds or not difference <= arguments.tolerance:
             print(f"{head}: DISAGREES (tolerance {arguments.tolerance})")
             agreed = False
+    if arguments.main_cutoff_only:
+        return 0
     print(f"xgboost {xgb.__version__}: " + ("agrees with the project's fit" if agreed else "DISAGREES with the project's fit"))
     return 0 if agreed else 1
 

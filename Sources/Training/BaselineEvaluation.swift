@@ -84,6 +84,9 @@ enum BaselineEvaluation {
     struct Split {
         let shard: LocalShard
         let distinct: Int
+        /// Where each earlier cut-off's distinct examples sit in `shard`: XGBoost learns from
+        /// them too, as the LSTM does; the likelihood baselines count each customer once.
+        var earlierCutoffs: [Range<Int>] = []
     }
 
     /// Fits on the training split, scores `validation` and `test`; with `summaryFile`, also
@@ -149,20 +152,27 @@ enum BaselineEvaluation {
         }
 
         var boosting: BoostingBaseline.Fitted? = nil
-        func boostingRows(_ history: HistorySummaries, _ summaries: [CustomerSummary], count: Int) -> BoostingBaseline.Rows {
+        /// The customers at `indices` of `history`'s shard; `cutoff` 0 is the main cut-off, j the
+        /// j-th earlier one, whose dataset rows are another dataset's and get j in their top bits
+        /// to stay distinct sample keys.
+        func boostingRows(_ history: HistorySummaries, _ indices: [Range<Int>], summary: (Int) -> CustomerSummary)
+            -> BoostingBaseline.Rows {
             var rows = BoostingBaseline.Rows(width: BoostingBaseline.churnFeatureNames.count, targets: 2)
-            rows.features.reserveCapacity(count * rows.width)
-            for customer in 0..<count {
-                rows.append(features: history.boostingFeatures(customer, summary: summaries[customer], bgnbd: bgnbd,
-                                                               gammaGamma: gammaGamma, horizonPeriods: horizonPeriods),
-                            labels: [history.shard.churn[customer], history.shard.spend[customer]],
-                            datasetRow: Int64(history.shard.datasetRows[customer]))
+            for (cutoff, range) in indices.enumerated() {
+                for customer in range {
+                    rows.append(features: history.boostingFeatures(customer, summary: summary(customer), bgnbd: bgnbd,
+                                                                   gammaGamma: gammaGamma, horizonPeriods: horizonPeriods),
+                                labels: [history.shard.churn[customer], history.shard.spend[customer]],
+                                datasetRow: Int64(cutoff) << 40 | Int64(history.shard.datasetRows[customer]))
+                }
             }
             return rows
         }
-        let boostingSplits = [boostingRows(trainHistory, summaries, count: train.distinct),
-                              boostingRows(validationHistory, splitSummaries[0], count: validationShard.count),
-                              boostingRows(testHistory, splitSummaries[1], count: testShard.count)]
+        let boostingSplits = [boostingRows(trainHistory, [0..<train.distinct] + train.earlierCutoffs) {
+                                  $0 < train.distinct ? summaries[$0] : trainHistory.summary($0)
+                              },
+                              boostingRows(validationHistory, [0..<validationShard.count]) { splitSummaries[0][$0] },
+                              boostingRows(testHistory, [0..<testShard.count]) { splitSummaries[1][$0] }]
         do {
             boosting = try BoostingBaseline.fit(
                 train: boostingSplits[0], validation: boostingSplits[1], heads: BoostingBaseline.churnAndSpendHeads,
@@ -296,7 +306,8 @@ enum BaselineEvaluation {
     }
 
     /// Every customer's gradient boosting features, labels and XGBoost's predictions, one row
-    /// each (split 0 training, 1 validation, 2 test; `in_fit` marks the rows the fit saw), so that
+    /// each (split 0 training, 1 validation, 2 test; `cutoff` 0 the main cut-off, j the j-th
+    /// earlier one; `sample_key` orders the fit's rows; `in_fit` marks the rows the fit saw), so that
     /// `scripts/xgboost_reference.py` can fit Python's XGBoost on exactly the same numbers.
     static func writeBoostingRows(_ splits: [BoostingBaseline.Rows], predictions: [(churn: [Double], spend: [Double])],
                                   fitted: BoostingBaseline.Fitted, to url: URL, world: any Communicator) throws {
@@ -306,12 +317,13 @@ enum BaselineEvaluation {
             let fraction = split == 0 ? fitted.trainFraction : split == 1 ? fitted.validationFraction : 0
             for index in 0..<rows.count {
                 let inFit = split < 2 && BoostingBaseline.sampled(rows.datasetRows[index], fraction: fraction)
-                text += "\(rows.datasetRows[index]),\(split),\(inFit ? 1 : 0),\(rows.label(0, of: index)),\(rows.label(1, of: index))"
+                let key = rows.datasetRows[index]
+                text += "\(key & 0xFF_FFFF_FFFF),\(key >> 40),\(key),\(split),\(inFit ? 1 : 0),\(rows.label(0, of: index)),\(rows.label(1, of: index))"
                 for value in rows.features[index * width..<(index + 1) * width] { text += ",\(value)" }
                 text += ",\(predictions[split].churn[index]),\(predictions[split].spend[index])\n"
             }
         }
-        let header = (["dataset_row", "split", "in_fit", "churn", "spend"] + BoostingBaseline.churnFeatureNames
+        let header = (["dataset_row", "cutoff", "sample_key", "split", "in_fit", "churn", "spend"] + BoostingBaseline.churnFeatureNames
             + ["churn_probability", "expected_spend"]).joined(separator: ",") + "\n"
         try writeSharedRunFile(header: header, rows: Array(text.utf8), to: url, world: world)
     }

@@ -320,9 +320,17 @@ public enum TrainingJob {
         }
         if configuration.model == .lstm && spec.standardFeatures {
             let summaryFile = trainer.runDirectory?.appendingPathComponent("baseline_summary.csv")
+            // The earlier cut-offs' examples follow the main ones in the shard, each block padded.
+            var earlierBlocks: [Range<Int>] = []
+            var blockStart = plan.train.count
+            for earlierPlan in earlierPlans {
+                earlierBlocks.append(blockStart..<blockStart + earlierPlan.trainDistinct)
+                blockStart += earlierPlan.train.count
+            }
             let train = BaselineEvaluation.Split(
                 shard: trainShard,
-                distinct: plan.trainDistinct)
+                distinct: plan.trainDistinct,
+                earlierCutoffs: earlierBlocks)
             trainer.baselines = {
                 try BaselineEvaluation.run(
                     train: train, validationShard: validationShard, validation: $0, testShard: testShard, test: $1,

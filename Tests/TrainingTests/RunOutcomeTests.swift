@@ -79,6 +79,15 @@ struct RunOutcomeTests {
             let a = one.lastValidation[key] ?? one.test[key], b = three.lastValidation[key] ?? three.test[key]
             #expect(a != nil && a == b, "\(key): \(a ?? .nan) with one cut-off, \(b ?? .nan) with three")
         }
+        // XGBoost, the strongest baseline, learns from the same examples as the LSTM.
+        func boostingTrainRows(_ job: Job) throws -> Int? {
+            let files = FileManager.default.enumerator(at: job.directory, includingPropertiesForKeys: nil)?
+                .compactMap { $0 as? URL }.filter { $0.lastPathComponent == "xgboost_baseline.json" } ?? []
+            let record = try JSONSerialization.jsonObject(with: Data(contentsOf: try #require(files.first))) as? [String: Any]
+            return record?["train_rows"] as? Int
+        }
+        #expect(try boostingTrainRows(plain) == train)
+        #expect(try boostingTrainRows(withEarlier) == train + examples.reduce(0, +))
     }
 
     @Test("the test split is scored with the best checkpoint, which scoring loads by default and scores alike")
