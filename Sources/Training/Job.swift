@@ -464,7 +464,8 @@ public enum TrainingJob {
         }
         if summary.baselines != nil {
             let baselineKeys = ["auc", "log_loss", "clv_rmse", "clv_rmse_without_top_0_1pct", "spend_spearman", "spend_gini"]
-            for (name, label) in [("bgnbd", "BG/NBD+GG"), ("logistic", "logistic floor"), ("xgboost", "XGBoost")] {
+            for (name, label) in [("bgnbd", "BG/NBD+GG"), ("logistic", "logistic floor"), ("xgboost", "XGBoost")]
+            where summary.test["test_\(name)_auc"] != nil {
                 text += "\n  \(label) (same customers): validation " + format(summary.lastValidation, "val_\(name)_", baselineKeys, named: false)
                     + " | test " + format(summary.test, "test_\(name)_", baselineKeys, named: false)
                 if let low = summary.test["test_auc_minus_\(name)_ci_low"], let high = summary.test["test_auc_minus_\(name)_ci_high"] {
