@@ -80,6 +80,8 @@ let package = Package(
             name: "Scoring",
             dependencies: ["Collectives", "Models", "CustomerData", "Checkpoints", "Tensors", "CForwardKernels", "Yams"]
         ),
+        // openapi.json is the service's contract, compiled into the binary (served at /openapi.json)
+        // so that a copied executable needs no resource bundle beside it.
         .target(
             name: "ScoringService",
             dependencies: [
@@ -88,7 +90,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
-            ]
+            ],
+            resources: [.embedInCode("openapi.json")]
         ),
         // The client side of the service: a small loopback HTTP client and the load generator.
         .target(name: "ScoringLoad"),

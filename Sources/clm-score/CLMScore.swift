@@ -71,13 +71,31 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "A GraphSAGE run in --checkpoints whose best checkpoint gives stages (followed like --run; needs --graph-events).") var gnnRun: String?
     @Option(help: "Event file of the population request customers join (the graph's other customers and products).") var graphEvents: String?
     @Option(help: "Build the reference graph as of this day. Default: the --graph-events file's last event day.") var graphAsOf: String?
-    /// The layout of --graph-events, with the flags (and meanings) of clm-score batch's --events.
-    @OptionGroup(title: "Layout of --graph-events (as clm-score batch reads --events)") var graphEventFile: EventFileArguments
+    @Option(help: "Answer GET /v1/customers/{id} from this event file: every customer scored once at start (as clm-score batch scores it), again when the file or the checkpoint changes.")
+    var events: String?
+    @Option(help: "With --events: score as of this day (YYYY-MM-DD, YYYYMMDD or a day number). Default: the file's last event day.")
+    var asOf: String?
+    /// The layout of --events or --graph-events (never both: --events refuses --gnn-run), with
+    /// the flags and meanings of clm-score batch's --events.
+    @OptionGroup(title: "Layout of --events or --graph-events (as clm-score batch reads --events)") var graphEventFile: EventFileArguments
+
+    /// The event file GET /v1/customers/{id} answers from, when --events names one.
+    func customerEvents() throws -> CustomerEventsSource? {
+        guard let events else {
+            if asOf != nil { throw ScoringError.invalidInput("--as-of applies to --events FILE; give both") }
+            return nil
+        }
+        if gnnRun != nil || graphEvents != nil {
+            throw ScoringError.invalidInput("--events with --gnn-run/--graph-events: GET /v1/customers/{id} gives stages from the LSTM's stage head or the rule, not a graph model; serve the graph model without --events")
+        }
+        return CustomerEventsSource(path: events, options: try graphEventFile.options(),
+                                    asOf: try asOf.map { try parseDay($0, option: "--as-of") })
+    }
 
     /// Where the graph model comes from, when --gnn-run asks for one.
     func graphSource() throws -> GraphSource? {
-        if graphEvents == nil && graphEventFile.anyGiven {
-            throw ScoringError.invalidInput("the event-file flags (--preset, --customer-col, --delimiter, ...) describe --graph-events; give them with --gnn-run NAME --graph-events FILE")
+        if graphEvents == nil && events == nil && graphEventFile.anyGiven {
+            throw ScoringError.invalidInput("the event-file flags (--preset, --customer-col, --delimiter, ...) describe --events or --graph-events; give them with --events FILE, or with --gnn-run NAME --graph-events FILE")
         }
         guard let gnnRun else {
             if graphEvents != nil { throw ScoringError.invalidInput("--graph-events needs --gnn-run") }
@@ -102,6 +120,7 @@ struct Serve: AsyncParsableCommand {
             } catch {
                 throw ScoringError.invalidInput("--verify-key-file: \(error)")
             }
+            configuration.customerEvents = try customerEvents()
             configuration.graphSource = try graphSource()
             // Loaded here first: a wrong run or file stops the start with its error.
             configuration.initialGraph = try configuration.graphSource?.load(root: configuration.checkpoints, verifyKey: configuration.verifyKey)
