@@ -85,7 +85,7 @@ let package = Package(
         .target(
             name: "ScoringService",
             dependencies: [
-                "Scoring", "Checkpoints", "CustomerData",
+                "Scoring", "Checkpoints", "CustomerData", "CMemoryHints",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),

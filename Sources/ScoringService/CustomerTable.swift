@@ -1,3 +1,4 @@
+import CMemoryHints
 import CustomerData
 import Foundation
 import Logging
@@ -92,6 +93,9 @@ public final class CustomerTable: Sendable {
             return false
         }
         served.withLock { $0 = table }
+        // The build's aggregates and features are freed by now, but glibc keeps their pages:
+        // without this the process would stay at the build's peak for as long as it serves.
+        clm_release_free_memory()
         metrics?.recordTableReload(customers: table.customerCount, seconds: table.buildSeconds)
         logger.info("answering GET /v1/customers/{id} for \(table.customerCount) customers of \(source.path) as of \(ByteParsing.isoDate(table.asOfDay)) with run '\(table.model.run)' step \(table.model.step), built in \(String(format: "%.2f", table.buildSeconds)) s")
         return true

@@ -163,7 +163,7 @@ struct Serve: AsyncParsableCommand {
 
 struct LoadTestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "loadtest", abstract: "Send single-customer score requests to a local server at a fixed rate.")
+        commandName: "loadtest", abstract: "Send single-customer score requests (POST /v1/score, or GET /v1/customers/{id} with --customer-ids) to a local server at a fixed rate.")
 
     @Option(help: "Server URL; loopback only.") var url: String = "http://127.0.0.1:8080"
     @Option(help: "Requests per second.") var rate: Double = 1000
@@ -171,11 +171,30 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Option(help: "Keep-alive connections (one thread each).") var connections: Int = 4
     @Option(help: "Bearer token, when the server wants one.") var token: String?
     @Option(help: "A request body file; default: one synthetic customer with a year of purchases.") var body: String?
+    @Option(help: "GET /v1/customers/{id} for the ids in this file (one per line, a CSV's first column; a header line customer_id is skipped), in turn, instead of POST /v1/score (for serve --events).")
+    var customerIds: String?
 
     func run() async throws {
         try await reporting {
             guard let parsed = URL(string: url), parsed.scheme == "http", let host = parsed.host else {
                 throw ScoringError.invalidInput("--url must look like http://127.0.0.1:PORT, got \(url)")
+            }
+            var headers: [String: String] = [:]
+            if let token { headers["Authorization"] = "Bearer \(token)" }
+            if let customerIds {
+                if body != nil { throw ScoringError.invalidInput("--customer-ids sends GET requests, which have no --body") }
+                guard let data = FileManager.default.contents(atPath: customerIds) else { throw ScoringError.io(path: customerIds, reason: "cannot read") }
+                let paths = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).compactMap { line -> String? in
+                    let id = String(line.prefix { $0 != "," })
+                    guard !id.isEmpty, id != "customer_id" else { return nil }
+                    return "/v1/customers/" + (id.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? id)
+                }
+                guard !paths.isEmpty else { throw ScoringError.invalidInput("--customer-ids \(customerIds): no customer id in the file") }
+                let report = try LoadTest.run(
+                    host: host, port: parsed.port ?? 80, method: "GET", paths: paths, body: nil, rate: rate, seconds: seconds,
+                    connections: connections, headers: headers)
+                print(report.summary)
+                return
             }
             let payload: Data
             if let body {
@@ -184,10 +203,8 @@ struct LoadTestCommand: AsyncParsableCommand {
             } else {
                 payload = Data(LoadTest.sampleBody().utf8)
             }
-            var headers: [String: String] = [:]
-            if let token { headers["Authorization"] = "Bearer \(token)" }
             let report = try LoadTest.run(
-                host: host, port: parsed.port ?? 80, path: "/v1/score", body: payload, rate: rate, seconds: seconds,
+                host: host, port: parsed.port ?? 80, paths: ["/v1/score"], body: payload, rate: rate, seconds: seconds,
                 connections: connections, headers: headers)
             print(report.summary)
         }
