@@ -33,6 +33,8 @@ let package = Package(
         // Hummingbird's own transport: the service adds a channel handler to each connection.
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.25.0"),
+        // Tests only: reads the service's OpenAPI document as a client generator would, and validates it.
+        .package(url: "https://github.com/mattpolzin/OpenAPIKit", from: "6.4.0"),
     ],
     targets: [
         // MARK: System libraries
@@ -184,7 +186,8 @@ let package = Package(
         .testTarget(
             name: "ScoringTests",
             dependencies: ["TestSupport", "ScoringTestSupport", "Collectives", "Scoring", "ScoringService", "ScoringLoad", "Models", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
-                           .product(name: "HummingbirdTesting", package: "hummingbird")]
+                           .product(name: "HummingbirdTesting", package: "hummingbird"),
+                           .product(name: "OpenAPIKit", package: "OpenAPIKit")]
         ),
         .testTarget(
             name: "CustomerDataTests",

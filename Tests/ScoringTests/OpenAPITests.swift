@@ -1,5 +1,6 @@
 import CustomerData
 import Foundation
+import OpenAPIKit
 import ScoringLoad
 import ScoringService
 import ScoringTestSupport
@@ -56,6 +57,13 @@ struct OpenAPITests {
         configuration.limits.maxCustomers = 2
         configuration.customerEvents = CustomerEventsSource(path: fixture.eventsPath, options: EventFileOptions(), asOf: nil)
         return configuration
+    }
+
+    @Test("the document decodes as OpenAPI 3.1 in OpenAPIKit and passes its validation (every reference resolves, every operation answers)")
+    func documentIsValidOpenAPI() throws {
+        let document = try JSONDecoder().decode(OpenAPI.Document.self, from: Data(openAPIDocument))
+        try document.validate()
+        #expect(document.paths.count == 7, "\(document.paths.keys)")
     }
 
     @Test("every route of the router is documented and every documented operation is routed; every status the routes answer is documented")
