@@ -52,8 +52,9 @@ struct OpenAPITests {
         var configuration = ServiceConfiguration(checkpoints: fixture.root, run: "test")
         configuration.pollInterval = .seconds(60)
         configuration.token = Self.token
-        // Short, so that a request left without its body is answered 408 within the test.
-        configuration.requestTimeout = .milliseconds(300)
+        // Short, so that a request left without its body is answered 408 within the test; not
+        // shorter, so that a whole request on a starved machine still arrives in time.
+        configuration.requestTimeout = .seconds(1)
         configuration.limits.maxCustomers = 2
         configuration.customerEvents = CustomerEventsSource(path: fixture.eventsPath, options: EventFileOptions(), asOf: nil)
         return configuration
