@@ -33,6 +33,8 @@ let package = Package(
         // Hummingbird's own transport: the service adds a channel handler to each connection.
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.25.0"),
+        // Tests only: reads the service's OpenAPI document as a client generator would, and validates it.
+        .package(url: "https://github.com/mattpolzin/OpenAPIKit", from: "6.4.0"),
     ],
     targets: [
         // MARK: System libraries
@@ -87,15 +89,18 @@ let package = Package(
             name: "Scoring",
             dependencies: ["Collectives", "Models", "CustomerData", "Checkpoints", "Tensors", "CForwardKernels", "Yams"]
         ),
+        // openapi.json is the service's contract, compiled into the binary (served at /openapi.json)
+        // so that a copied executable needs no resource bundle beside it.
         .target(
             name: "ScoringService",
             dependencies: [
-                "Scoring", "Checkpoints", "CustomerData",
+                "Scoring", "Checkpoints", "CustomerData", "CMemoryHints",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
-            ]
+            ],
+            resources: [.embedInCode("openapi.json")]
         ),
         // The client side of the service: a small loopback HTTP client and the load generator.
         .target(name: "ScoringLoad"),
@@ -188,7 +193,8 @@ let package = Package(
         .testTarget(
             name: "ScoringTests",
             dependencies: ["TestSupport", "ScoringTestSupport", "Collectives", "Scoring", "ScoringService", "ScoringLoad", "Models", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments",
-                           .product(name: "HummingbirdTesting", package: "hummingbird")]
+                           .product(name: "HummingbirdTesting", package: "hummingbird"),
+                           .product(name: "OpenAPIKit", package: "OpenAPIKit")]
         ),
         .testTarget(
             name: "CustomerDataTests",

@@ -134,6 +134,13 @@ else
     total_failed=$((total_failed + 1))
 fi
 
+echo "== the service on CDNOW: by customer id against batch, and schemathesis against its OpenAPI document (scripts/test-serving.sh)"
+if clm_run_bounded 1800 scripts/test-serving.sh; then
+    total_passed=$((total_passed + 1))
+else
+    total_failed=$((total_failed + 1))
+fi
+
 echo "== a newcomer's path from a folder outside the repository (scripts/test-newcomer.sh)"
 if clm_run_bounded 900 scripts/test-newcomer.sh; then
     total_passed=$((total_passed + 1))

@@ -33,13 +33,16 @@ public struct LoadTestReport: Sendable {
 /// An open-loop load generator: requests start on a fixed schedule whether or not earlier ones
 /// have finished, spread over `connections` keep-alive connections (one thread each).
 public enum LoadTest {
-    /// Sends `rate` requests per second for `seconds` to a loopback `host:port`.
+    /// Sends `rate` requests per second for `seconds` to a loopback `host:port`: `method` on
+    /// `paths`, request i to `paths[i % paths.count]` (so a list of ids is walked in turn), with
+    /// `body` when given.
     ///
     /// Refuses any address outside 127.0.0.0/8: this tool is for measuring a local service.
     public static func run(
-        host: String, port: Int, path: String, body: Data, rate: Double, seconds: Double, connections: Int,
+        host: String, port: Int, method: String = "POST", paths: [String], body: Data?, rate: Double, seconds: Double, connections: Int,
         headers: [String: String] = [:]
     ) throws -> LoadTestReport {
+        guard !paths.isEmpty else { throw LoadTestError("no request path to send") }
         guard host == "localhost" || host.hasPrefix("127.") else {
             throw LoadTestError("the load test only targets loopback addresses (127.0.0.0/8), got \(host)")
         }
@@ -63,7 +66,7 @@ public enum LoadTest {
                     let now = DispatchTime.now().uptimeNanoseconds
                     if scheduled > now { usleep(UInt32((scheduled - now) / 1000)) }
                     do {
-                        let reply = try client.send("POST", path, body: body, headers: headers)
+                        let reply = try client.send(method, paths[index % paths.count], body: body, headers: headers)
                         if reply.status == 200 {
                             mine.append(Double(DispatchTime.now().uptimeNanoseconds - scheduled) / 1e9)
                         } else {

@@ -43,6 +43,8 @@ public struct ServiceConfiguration: Sendable {
     /// Start even when the run has no checkpoint yet, answering 503 until its first one appears
     /// (a service started beside the training job); otherwise such a run is refused at start.
     public var waitForRun = false
+    /// The event file `GET /v1/customers/{id}` answers from (`--events`); nil: that route answers 404.
+    public var customerEvents: CustomerEventsSource? = nil
 
     public init(checkpoints: URL, run: String) {
         self.checkpoints = checkpoints
@@ -97,16 +99,37 @@ public struct ServiceConfiguration: Sendable {
             throw ScoringError.invalidInput("--max-connections must be 1...\(limit - Self.reservedDescriptors) (the descriptor limit \(limit) less \(Self.reservedDescriptors) kept for checkpoint files and the runtime), got \(maxConnections)")
         }
         try rules.validate()
+        if customerEvents != nil && graphSource != nil {
+            throw ScoringError.invalidInput("--events with --gnn-run: GET /v1/customers/{id} gives stages from the LSTM's stage head or the rule, not a graph model; serve the graph model without --events")
+        }
     }
 }
 
 /// The routes the service answers, for the metrics' route label.
-let knownRoutes: Set<String> = ["/v1/score", "/v1/model", "/healthz", "/readyz", "/metrics"]
+let knownRoutes: Set<String> = ["/v1/score", "/v1/model", "/healthz", "/readyz", "/metrics", "/openapi.json"]
+
+/// The metrics' route label of a request path: the route pattern, never the raw path, so that
+/// arbitrary URLs cannot grow the series without bound.
+func routeLabel(_ path: String) -> String {
+    if knownRoutes.contains(path) { return path }
+    let customers = "/v1/customers/"
+    if path.hasPrefix(customers), path.count > customers.count, !path.dropFirst(customers.count).contains("/") {
+        return "/v1/customers/{id}"
+    }
+    return "other"
+}
+
+/// Routes answered without the token: probes, and the contract clients generate their code from.
+let openRoutes: Set<String> = ["/healthz", "/readyz", "/openapi.json"]
+
+/// The service's OpenAPI 3.1 document (`Sources/ScoringService/openapi.json`, the one source of
+/// the contract), as served at `GET /openapi.json`.
+public let openAPIDocument: [UInt8] = PackageResources.openapi_json
 
 /// The router with every endpoint; `scorer` may be a test double.
 public func buildRouter<S: Scorer>(
     scorer: S, metrics: ServiceMetrics, limits: RequestLimits, token: String?, logger: Logger,
-    explanations: ExplanationPool? = nil
+    explanations: ExplanationPool? = nil, customers: CustomerTable? = nil
 ) -> Router<BasicRequestContext> {
     let router = Router(context: BasicRequestContext.self)
     router.add(middleware: ServiceMiddleware(metrics: metrics, token: token, logger: logger))
@@ -116,12 +139,16 @@ public func buildRouter<S: Scorer>(
             ? jsonResponse(.serviceUnavailable, "{\"ready\":false,\"error\":\"no model is loaded yet\"}")
             : jsonResponse(.ok, "{\"ready\":true}")
     }
+    router.get("/openapi.json") { _, _ in
+        Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: openAPIDocument)))
+    }
     router.get("/metrics") { _, _ in
         Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"],
                  body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
     }
     ScoreController(scorer: scorer, limits: limits, metrics: metrics,
                     explanations: explanations ?? ExplanationPool(workers: 1, metrics: metrics)).addRoutes(to: router.group("v1"))
+    CustomerController(customers: customers).addRoutes(to: router.group("v1"))
     return router
 }
 
@@ -129,15 +156,16 @@ public func buildRouter<S: Scorer>(
 public func buildApplication(
     configuration: ServiceConfiguration, logger: Logger,
     onServerRunning: @escaping @Sendable (Int) async -> Void = { _ in }
-) throws -> (application: some ApplicationProtocol, scorer: CheckpointScorer, metrics: ServiceMetrics) {
+) throws -> (application: some ApplicationProtocol, scorer: CheckpointScorer, metrics: ServiceMetrics, routes: [ServiceRoute], customers: CustomerTable?) {
     try configuration.validate()
     let metrics = ServiceMetrics()
     let scorer = CheckpointScorer(
         root: configuration.checkpoints, run: configuration.run, rules: configuration.rules,
         graphSource: configuration.graphSource, initialGraph: configuration.initialGraph, verifyKey: configuration.verifyKey,
         metrics: metrics, logger: logger, driftMonitor: DriftMonitor(threshold: configuration.psiThreshold, window: configuration.driftWindow))
+    let customers = configuration.customerEvents.map { CustomerTable(source: $0, metrics: metrics, logger: logger) }
     let router = buildRouter(scorer: scorer, metrics: metrics, limits: configuration.limits, token: configuration.token, logger: logger,
-                             explanations: ExplanationPool(workers: configuration.explanationWorkers, metrics: metrics))
+                             explanations: ExplanationPool(workers: configuration.explanationWorkers, metrics: metrics), customers: customers)
     let limit = descriptorLimit()
     let governor = ConnectionGovernor(cap: configuration.connectionCap(descriptorLimit: limit), descriptorLimit: limit, metrics: metrics, logger: logger)
     let policy = GatePolicy(token: configuration.token, maxBodyBytes: configuration.limits.maxBodyBytes,
@@ -149,7 +177,15 @@ public func buildApplication(
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "clm-score"),
         onServerRunning: { channel in await onServerRunning(channel.localAddress?.port ?? configuration.port) },
         logger: logger)
-    return (application, scorer, metrics)
+    return (application, scorer, metrics, router.routes.map { ServiceRoute(method: $0.method.rawValue, path: $0.path.description) }, customers)
+}
+
+/// One route of the live router, for checking it against the OpenAPI document.
+public struct ServiceRoute: Hashable, Sendable, CustomStringConvertible {
+    public var method: String
+    /// As the router spells it: a parameter is `:name`.
+    public var path: String
+    public var description: String { "\(method) \(path)" }
 }
 
 func timeAmount(_ duration: Duration) -> TimeAmount {
@@ -167,13 +203,19 @@ public func runService(configuration: ServiceConfiguration, logger: Logger,
     if !configuration.waitForRun, let missing = missingRunMessage(root: configuration.checkpoints, run: configuration.run) {
         throw ScoringError.invalidInput("--run: \(missing); to start anyway and answer 503 until its first checkpoint appears, pass --wait-for-run")
     }
-    let (application, scorer, _) = try buildApplication(configuration: configuration, logger: logger, onServerRunning: onServerRunning)
+    let (application, scorer, _, _, customers) = try buildApplication(configuration: configuration, logger: logger, onServerRunning: onServerRunning)
     scorer.reloadIfChanged()
     if scorer.currentModel == nil {
         logger.warning("\(waitingMessage(root: configuration.checkpoints, run: configuration.run))")
     }
+    // Built before listening: a file that cannot be served stops the start with its error.
+    try customers?.reloadIfChanged(scorer: scorer.servedLSTM, rules: scorer.rules)
     let watcher = Task { await scorer.watch(every: configuration.pollInterval) }
-    defer { watcher.cancel() }
+    let tableWatcher = Task { await customers?.watch(every: configuration.pollInterval, scorer: scorer) }
+    defer {
+        watcher.cancel()
+        tableWatcher.cancel()
+    }
     try await application.runService()
 }
 
@@ -200,9 +242,9 @@ struct ServiceMiddleware: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let started = ContinuousClock.now
         let path = request.uri.path
-        let route = knownRoutes.contains(path) ? path : "other"
+        let route = routeLabel(path)
         let response: Response
-        if let token, path != "/healthz" && path != "/readyz", !authorised(request, token: token) {
+        if let token, !openRoutes.contains(path), !authorised(request, token: token) {
             var denied = jsonResponse(.unauthorized, "{\"error\":\"missing or wrong bearer token\"}")
             denied.headers[.wwwAuthenticate] = "Bearer"
             response = denied
@@ -293,6 +335,34 @@ struct ScoreController<S: Scorer> {
         text += ",\"metrics\":{"
         text += info.metrics.sorted(by: { $0.key < $1.key }).map { "\(jsonString($0.key)):\($0.value.isFinite ? String($0.value) : "null")" }.joined(separator: ",")
         text += "}}"
+        return jsonResponse(.ok, text)
+    }
+}
+
+/// `GET /v1/customers/{id}`: the served customer table's score of one customer.
+struct CustomerController {
+    let customers: CustomerTable?
+
+    func addRoutes(to group: RouterGroup<BasicRequestContext>) {
+        group.get("customers/:id", use: customer)
+    }
+
+    @Sendable func customer(_ request: Request, context: BasicRequestContext) async throws -> Response {
+        guard let customers else {
+            throw ClientError(404, "this service answers by customer id only when started with --events FILE")
+        }
+        guard let table = customers.current else {
+            throw ClientError(503, "the customer table of \(customers.source.path) is not built yet (it needs a loaded model)")
+        }
+        // The router hands the path segment over as sent: ids with spaces or slashes come percent-encoded.
+        let raw = context.parameters.get("id") ?? ""
+        let id = raw.removingPercentEncoding ?? raw
+        guard let score = table.score(of: id) else {
+            throw ClientError(404, "customer \(id) has no purchase in \(table.path) on or before \(ByteParsing.isoDate(table.asOfDay))")
+        }
+        var text = "{\"model\":{\"run\":\(jsonString(table.model.run)),\"step\":\(table.model.step)}"
+        text += ",\"as_of\":\(jsonString(ByteParsing.isoDate(table.asOfDay))),\"score\":"
+        text += BatchScoring.jsonLine(score, stageNames: table.stageNames) + "}"
         return jsonResponse(.ok, text)
     }
 }

@@ -174,6 +174,9 @@ public final class CheckpointScorer: Scorer {
 
     public var currentModel: ModelSummary? { served.withLock { $0?.summary } }
 
+    /// The served LSTM, for building the customer table with it.
+    public var servedLSTM: LSTMScorer? { served.withLock { $0?.scorer } }
+
     /// Loads the checkpoints the `best` (else `latest`) pointers of the run (and of the graph run) name when
     /// they differ from the ones last tried.
     ///

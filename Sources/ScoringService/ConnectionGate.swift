@@ -233,8 +233,8 @@ final class RequestGate: ChannelDuplexHandler, RemovableChannelHandler {
             phase = .receiving
             started = .now
             let path = request.path.map { String($0.prefix(while: { $0 != "?" })) } ?? "/"
-            route = knownRoutes.contains(path) ? path : "other"
-            if let token = policy.token, path != "/healthz" && path != "/readyz",
+            route = routeLabel(path)
+            if let token = policy.token, !openRoutes.contains(path),
                !bearerTokenMatches(request.headerFields[.authorization], token: token) {
                 return refuse(.unauthorized, "missing or wrong bearer token", context: context)
             }

@@ -28,6 +28,10 @@ public final class ServiceMetrics: Sendable {
         var refusedConnections = 0
         var requestTimeouts = 0
         var busyExplanations = 0
+        var tableReloads = 0
+        var refusedTableReloads = 0
+        var tableCustomers = 0
+        var tableBuildSeconds = 0.0
     }
 
     private struct RequestKey: Hashable, Comparable {
@@ -88,6 +92,17 @@ public final class ServiceMetrics: Sendable {
         }
     }
 
+    /// A customer table built and now served (the first build included).
+    public func recordTableReload(customers: Int, seconds: Double) {
+        state.withLock {
+            $0.tableReloads += 1
+            $0.tableCustomers = customers
+            $0.tableBuildSeconds = seconds
+        }
+    }
+
+    public func recordRefusedTableReload() { state.withLock { $0.refusedTableReloads += 1 } }
+
     func recordRequestTimeout() { state.withLock { $0.requestTimeouts += 1 } }
 
     func recordBusyExplanation() { state.withLock { $0.busyExplanations += 1 } }
@@ -141,6 +156,14 @@ public final class ServiceMetrics: Sendable {
         out += "clm_http_request_timeouts_total \(snapshot.requestTimeouts)\n"
         out += "# HELP clm_explanations_busy_total Explained requests answered 503 because every explanation worker was busy.\n# TYPE clm_explanations_busy_total counter\n"
         out += "clm_explanations_busy_total \(snapshot.busyExplanations)\n"
+        out += "# HELP clm_customer_table_reloads_total Customer tables (--events) built and served since start (the first build included).\n# TYPE clm_customer_table_reloads_total counter\n"
+        out += "clm_customer_table_reloads_total \(snapshot.tableReloads)\n"
+        out += "# HELP clm_customer_table_reloads_refused_total Customer table rebuilds that failed; the table before keeps serving.\n# TYPE clm_customer_table_reloads_refused_total counter\n"
+        out += "clm_customer_table_reloads_refused_total \(snapshot.refusedTableReloads)\n"
+        out += "# HELP clm_customer_table_customers Customers GET /v1/customers/{id} answers for.\n# TYPE clm_customer_table_customers gauge\n"
+        out += "clm_customer_table_customers \(snapshot.tableCustomers)\n"
+        out += "# HELP clm_customer_table_build_seconds Time the served customer table took to read and score.\n# TYPE clm_customer_table_build_seconds gauge\n"
+        out += "clm_customer_table_build_seconds \(snapshot.tableBuildSeconds)\n"
         if !snapshot.drift.isEmpty {
             out += "# HELP clm_drift_customers Recently scored customers the stability indices cover.\n# TYPE clm_drift_customers gauge\n"
             out += "clm_drift_customers \(snapshot.driftCustomers)\n"

@@ -71,13 +71,31 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "A GraphSAGE run in --checkpoints whose best checkpoint gives stages (followed like --run; needs --graph-events).") var gnnRun: String?
     @Option(help: "Event file of the population request customers join (the graph's other customers and products).") var graphEvents: String?
     @Option(help: "Build the reference graph as of this day. Default: the --graph-events file's last event day.") var graphAsOf: String?
-    /// The layout of --graph-events, with the flags (and meanings) of clm-score batch's --events.
-    @OptionGroup(title: "Layout of --graph-events (as clm-score batch reads --events)") var graphEventFile: EventFileArguments
+    @Option(help: "Answer GET /v1/customers/{id} from this event file: every customer scored once at start (as clm-score batch scores it), again when the file or the checkpoint changes.")
+    var events: String?
+    @Option(help: "With --events: score as of this day (YYYY-MM-DD, YYYYMMDD or a day number). Default: the file's last event day.")
+    var asOf: String?
+    /// The layout of --events or --graph-events (never both: --events refuses --gnn-run), with
+    /// the flags and meanings of clm-score batch's --events.
+    @OptionGroup(title: "Layout of --events or --graph-events (as clm-score batch reads --events)") var graphEventFile: EventFileArguments
+
+    /// The event file GET /v1/customers/{id} answers from, when --events names one.
+    func customerEvents() throws -> CustomerEventsSource? {
+        guard let events else {
+            if asOf != nil { throw ScoringError.invalidInput("--as-of applies to --events FILE; give both") }
+            return nil
+        }
+        if gnnRun != nil || graphEvents != nil {
+            throw ScoringError.invalidInput("--events with --gnn-run/--graph-events: GET /v1/customers/{id} gives stages from the LSTM's stage head or the rule, not a graph model; serve the graph model without --events")
+        }
+        return CustomerEventsSource(path: events, options: try graphEventFile.options(),
+                                    asOf: try asOf.map { try parseDay($0, option: "--as-of") })
+    }
 
     /// Where the graph model comes from, when --gnn-run asks for one.
     func graphSource() throws -> GraphSource? {
-        if graphEvents == nil && graphEventFile.anyGiven {
-            throw ScoringError.invalidInput("the event-file flags (--preset, --customer-col, --delimiter, ...) describe --graph-events; give them with --gnn-run NAME --graph-events FILE")
+        if graphEvents == nil && events == nil && graphEventFile.anyGiven {
+            throw ScoringError.invalidInput("the event-file flags (--preset, --customer-col, --delimiter, ...) describe --events or --graph-events; give them with --events FILE, or with --gnn-run NAME --graph-events FILE")
         }
         guard let gnnRun else {
             if graphEvents != nil { throw ScoringError.invalidInput("--graph-events needs --gnn-run") }
@@ -102,6 +120,7 @@ struct Serve: AsyncParsableCommand {
             } catch {
                 throw ScoringError.invalidInput("--verify-key-file: \(error)")
             }
+            configuration.customerEvents = try customerEvents()
             configuration.graphSource = try graphSource()
             // Loaded here first: a wrong run or file stops the start with its error.
             configuration.initialGraph = try configuration.graphSource?.load(root: configuration.checkpoints, verifyKey: configuration.verifyKey)
@@ -144,7 +163,7 @@ struct Serve: AsyncParsableCommand {
 
 struct LoadTestCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "loadtest", abstract: "Send single-customer score requests to a local server at a fixed rate.")
+        commandName: "loadtest", abstract: "Send single-customer score requests (POST /v1/score, or GET /v1/customers/{id} with --customer-ids) to a local server at a fixed rate.")
 
     @Option(help: "Server URL; loopback only.") var url: String = "http://127.0.0.1:8080"
     @Option(help: "Requests per second.") var rate: Double = 1000
@@ -152,11 +171,30 @@ struct LoadTestCommand: AsyncParsableCommand {
     @Option(help: "Keep-alive connections (one thread each).") var connections: Int = 4
     @Option(help: "Bearer token, when the server wants one.") var token: String?
     @Option(help: "A request body file; default: one synthetic customer with a year of purchases.") var body: String?
+    @Option(help: "GET /v1/customers/{id} for the ids in this file (one per line, a CSV's first column; a header line customer_id is skipped), in turn, instead of POST /v1/score (for serve --events).")
+    var customerIds: String?
 
     func run() async throws {
         try await reporting {
             guard let parsed = URL(string: url), parsed.scheme == "http", let host = parsed.host else {
                 throw ScoringError.invalidInput("--url must look like http://127.0.0.1:PORT, got \(url)")
+            }
+            var headers: [String: String] = [:]
+            if let token { headers["Authorization"] = "Bearer \(token)" }
+            if let customerIds {
+                if body != nil { throw ScoringError.invalidInput("--customer-ids sends GET requests, which have no --body") }
+                guard let data = FileManager.default.contents(atPath: customerIds) else { throw ScoringError.io(path: customerIds, reason: "cannot read") }
+                let paths = String(decoding: data, as: UTF8.self).split(whereSeparator: \.isNewline).compactMap { line -> String? in
+                    let id = String(line.prefix { $0 != "," })
+                    guard !id.isEmpty, id != "customer_id" else { return nil }
+                    return "/v1/customers/" + (id.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? id)
+                }
+                guard !paths.isEmpty else { throw ScoringError.invalidInput("--customer-ids \(customerIds): no customer id in the file") }
+                let report = try LoadTest.run(
+                    host: host, port: parsed.port ?? 80, method: "GET", paths: paths, body: nil, rate: rate, seconds: seconds,
+                    connections: connections, headers: headers)
+                print(report.summary)
+                return
             }
             let payload: Data
             if let body {
@@ -165,10 +203,8 @@ struct LoadTestCommand: AsyncParsableCommand {
             } else {
                 payload = Data(LoadTest.sampleBody().utf8)
             }
-            var headers: [String: String] = [:]
-            if let token { headers["Authorization"] = "Bearer \(token)" }
             let report = try LoadTest.run(
-                host: host, port: parsed.port ?? 80, path: "/v1/score", body: payload, rate: rate, seconds: seconds,
+                host: host, port: parsed.port ?? 80, paths: ["/v1/score"], body: payload, rate: rate, seconds: seconds,
                 connections: connections, headers: headers)
             print(report.summary)
         }

@@ -17,6 +17,10 @@ final class RunningService: @unchecked Sendable {
     let port: Int
     let scorer: CheckpointScorer
     let metrics: ServiceMetrics
+    /// The routes of the router this service runs.
+    let routes: [ServiceRoute]
+    /// The table `GET /v1/customers/{id}` answers from, when the configuration names an event file.
+    let customers: CustomerTable?
     private let server: Task<Void, any Error>
     private let watcher: Task<Void, Never>
 
@@ -26,14 +30,23 @@ final class RunningService: @unchecked Sendable {
         var logger = Logger(label: "scoring-tests")
         logger.logLevel = .critical
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
-        let (application, scorer, metrics) = try buildApplication(configuration: configuration, logger: logger) { port in
+        let (application, scorer, metrics, routes, customers) = try buildApplication(configuration: configuration, logger: logger) { port in
             continuation.yield(port)
         }
         self.scorer = scorer
         self.metrics = metrics
+        self.routes = routes
         scorer.reloadIfChanged()
+        try customers?.reloadIfChanged(scorer: scorer.servedLSTM, rules: scorer.rules)
+        self.customers = customers
         server = Task { try await application.runService(gracefulShutdownSignals: []) }
-        watcher = Task { await scorer.watch(every: configuration.pollInterval) }
+        let interval = configuration.pollInterval
+        watcher = Task {
+            await withDiscardingTaskGroup { group in
+                group.addTask { await scorer.watch(every: interval) }
+                if let customers { group.addTask { await customers.watch(every: interval, scorer: scorer) } }
+            }
+        }
         var iterator = ports.makeAsyncIterator()
         port = await iterator.next()!
     }
