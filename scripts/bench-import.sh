@@ -5,7 +5,10 @@
 # pass, total wall time and peak resident memory per process, and checks that all three wrote
 # the same dataset. Each round also runs N one-core imports at once, each on a core of its
 # own, which share nothing but the machine: their combined throughput against one alone is
-# the most N ranks could gain over one core here, whatever the import does.
+# the most N ranks could gain over one core here, whatever the import does. Then the polars
+# peer (scripts/import_peer.py, a lazy query writing weekly sums, pair counts and labels to
+# parquet, from the tools' virtualenv outside the project) on one core with one thread and on
+# every core, in the same round, with the project's ratio against it.
 #   scripts/bench-import.sh [--np N] [--rounds R] FILE [clm-data import options]
 # Default FILE options: --cutoff 2021-09-30 --horizon 91 (the date-ordered benchmark file:
 #   clm-data synth --date-ordered --rows 10000000 --customers 1000000 --products 20000 --seed 7 --out FILE).
@@ -34,6 +37,32 @@ settle() {
 }
 
 cores=$(nproc)
+# The peer needs the cut-off and horizon; without both in the options it is left out.
+cutoff="" horizon=""
+for ((k = 0; k < ${#options[@]}; k++)); do
+    case "${options[$k]}" in
+        --cutoff) cutoff=${options[$((k + 1))]:-} ;;
+        --horizon) horizon=${options[$((k + 1))]:-} ;;
+    esac
+done
+polars_python=""
+if [ -n "$cutoff" ] && [ -n "$horizon" ]; then
+    polars_python=$(clm_python_tools "polars==2.1.0")
+else
+    echo "(no --cutoff and --horizon among the import options: the polars peer is left out)"
+fi
+# One polars run: prints its row and leaves PEER_TOTAL set.
+timed_peer() {  # timed_peer LABEL THREADS [taskset -c CPU]
+    local label=$1 threads=$2
+    shift 2
+    settle "$work/polars"
+    POLARS_MAX_THREADS=$threads "$@" "$polars_python" scripts/import_peer.py "$input" "$work/polars" \
+        --cutoff "$cutoff" --horizon "$horizon" >"$work/peer.log"
+    PEER_TOTAL=$(grep -oE "[0-9.]+ s," "$work/peer.log" | grep -oE "[0-9.]+")
+    local memory
+    memory=$(grep -oE "peak RSS [0-9]+" "$work/peer.log" | grep -oE "[0-9]+$")
+    printf "%-6s %-22s %14s %9s  %s\n" "$round" "$label" "" "$PEER_TOTAL" "$memory"
+}
 # One timed import: prints its row and leaves SPEED and TOTAL set.
 timed_import() {  # timed_import LABEL OUTPUT COMMAND...
     local label=$1 output=$2
@@ -81,6 +110,14 @@ print(f"       {ranks} ranks against one core: parse {many_speed / core_speed:.2
       f"ceiling here: parse {sum(speeds) / core_speed:.2f}x, whole import {ranks * core_total / max(totals):.2f}x")
 PY
     rm -rf "$work"/alone*
+    if [ -n "$polars_python" ]; then
+        timed_peer "polars, 1 thread" 1 taskset -c 0
+        peer_core_total=$PEER_TOTAL
+        timed_peer "polars, $cores threads" "$cores"
+        peer_all_total=$PEER_TOTAL
+        python3 -c 'import sys; c, m, p1, pn = map(float, sys.argv[1:5]); print(f"       project against polars (time ratio, above 1: the project is faster): one core {p1 / c:.2f}x, {sys.argv[5]} {pn / m:.2f}x")' \
+            "$core_total" "$many_total" "$peer_core_total" "$peer_all_total" "$ranks ranks vs $cores threads"
+    fi
     for other in core many; do
         for file in "$work"/one/*; do
             cmp -s "$file" "$work/$other/$(basename "$file")" || { echo "DIFFERENT OUTPUT: $other/$(basename "$file")"; exit 1; }
