@@ -79,6 +79,20 @@ clm_mpirun_local() {
 pass() { echo "ok: $1"; passed=$((passed + 1)); }
 fail() { echo "FAILED: $1"; failed=$((failed + 1)); }
 
+# clm_service_port PID LOG [SECONDS]: prints the loopback port a `clm-score serve --port 0`
+# started as PID announces in LOG, polling every 0.2 s until it does, the server exits, or
+# SECONDS (default 60) pass; prints nothing and returns 1 if it never listened.
+clm_service_port() {
+    local pid=$1 log=$2 tries=$(( ${3:-60} * 5 )) port=""
+    for _ in $(seq 1 "$tries"); do
+        port=$(grep -oE "^listening on http://127\.0\.0\.1:[0-9]+" "$log" | grep -oE "[0-9]+$" || true)
+        [ -n "$port" ] && { echo "$port"; return 0; }
+        kill -0 "$pid" 2>/dev/null || return 1
+        sleep 0.2
+    done
+    return 1
+}
+
 # Waits until FILE exists, polling every 0.2 s for at most SECONDS (default 60); a deadline,
 # never a guess. Used to wait for a run's first checkpoint, after which the job is mid-run.
 clm_wait_for_file() {

@@ -263,13 +263,8 @@ echo "== the service: graph stages from the export by column mapping, one reques
 "$bin/clm-score" serve --checkpoints runs --run shop-lstm --gnn-run shop-gnn --graph-events export.tsv "${layout[@]}" \
     --port 0 >serve.log 2>&1 &
 server_pid=$!
-port=""
-for _ in $(seq 1 300); do  # at most 60 s: the reference graph is built before it listens
-    port=$(grep -oE "^listening on http://127\.0\.0\.1:[0-9]+" serve.log | grep -oE "[0-9]+$" || true)
-    [ -n "$port" ] && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.2
-done
+# At most 60 s: the reference graph is built before it listens.
+port=$(clm_service_port "$server_pid" serve.log 60) || true
 if [ -n "$port" ]; then
     pass "serve --gnn-run shop-gnn --graph-events export.tsv with the mapping flags listens on port $port"
     # 40 scored customers, with every row of theirs in the export, as of batch's day: the 30

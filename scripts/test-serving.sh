@@ -65,14 +65,7 @@ failed=0
 token=openapi-fuzz
 "$bin/clm-score" serve --checkpoints checkpoints --run api --events "$cdnow" --preset cdnow --port 0 --token "$token" >serve.log 2>&1 &
 server_pid=$!
-port=""
-# Until the service prints its port or exits, at most 60 s.
-for _ in $(seq 1 300); do
-    port=$(grep -oE "^listening on http://127\.0\.0\.1:[0-9]+" serve.log | grep -oE "[0-9]+$" || true)
-    [ -n "$port" ] && break
-    kill -0 "$server_pid" 2>/dev/null || break
-    sleep 0.2
-done
+port=$(clm_service_port "$server_pid" serve.log 60) || true
 if [ -z "$port" ]; then
     echo "FAILED: clm-score serve never listened"
     tail -n 20 serve.log

@@ -222,7 +222,7 @@ enum BaselineEvaluation {
                 if try !anywhere(!churn.allSatisfy(\.isFinite)) {
                     bgnbdChurn = churn
                     keep(try churnAndSpendMetrics(prefix: prefix + "bgnbd_", labels: labels, churnProbability: churn, spend: spend,
-                                                  expectedSpend: expected, ids: ids, world: world),
+                                                  expectedSpend: expected, ids: ids, spendTail: gammaGamma != nil, world: world),
                          gammaGamma == nil ? ["auc", "log_loss", "f1", "brier", "accuracy"] : nil)
                 } else {
                     report.failures.append("BG/NBD gave non-finite churn probabilities on the \(prefix.dropLast()) customers")
@@ -242,7 +242,7 @@ enum BaselineEvaluation {
                 boostingChurn = predicted.churn
                 boostingSpend = predicted.spend
                 keep(try churnAndSpendMetrics(prefix: prefix + "xgboost_", labels: labels, churnProbability: predicted.churn,
-                                              spend: spend, expectedSpend: predicted.spend, ids: ids, world: world))
+                                              spend: spend, expectedSpend: predicted.spend, ids: ids, spendTail: true, world: world))
             }
             if prefix == "test_" {
                 metrics.merge(try intervals(

@@ -12,7 +12,8 @@ import Tensors
 /// Gini) come from a sample sort over the ranks, so no rank holds more than its share.
 func evaluate(
     _ predictions: Predictions, shard: LocalShard, model: ModelKind,
-    classCount: Int, lstm: TrainingConfiguration.LSTMSettings, majorityStage: Int, prefix: String, world: any Communicator
+    classCount: Int, lstm: TrainingConfiguration.LSTMSettings, majorityStage: Int, prefix: String,
+    spendTail: Bool = false, world: any Communicator
 ) throws -> EvaluatedSplit {
     switch model {
     case .lstm:
@@ -21,7 +22,7 @@ func evaluate(
             values: LSTMEvaluationRows.pack(predictions, shard: shard, stageCount: stageCount), stageCount: stageCount,
             hasPurchaseProbability: lstm.clvLoss == .ziln)
         let metrics = try rows.metrics(prefix: prefix, clvWeight: Double(lstm.clvWeight), stageWeight: Double(lstm.stageWeight),
-                                       majorityStage: majorityStage, world: world)
+                                       majorityStage: majorityStage, spendTail: spendTail, world: world)
         return EvaluatedSplit(metrics: metrics, lstmRows: rows)
     case .gnn:
         let metrics = try evaluateStages(predictions, shard: shard, classCount: classCount, majorityStage: majorityStage,
@@ -120,12 +121,12 @@ struct LSTMEvaluationRows {
     }
 
     /// Churn, spend and (with a stage head) stage metrics of every rank's customers.
-    func metrics(prefix: String, clvWeight: Double, stageWeight: Double, majorityStage: Int,
+    func metrics(prefix: String, clvWeight: Double, stageWeight: Double, majorityStage: Int, spendTail: Bool = false,
                  world: any Communicator) throws -> [String: Double] {
         let labels = churnLabels, probabilities = churnProbability, ids = self.ids
         var metrics = try churnAndSpendMetrics(
             prefix: prefix, labels: labels, churnProbability: probabilities, spend: spend, expectedSpend: expectedSpend,
-            ids: ids, world: world
+            ids: ids, spendTail: spendTail, world: world
         ).compactMapValues { $0 }
         if let purchase = purchaseProbability {
             // The ZILN's own churn estimate, 1 − P(purchase), beside the churn head's.
@@ -179,7 +180,7 @@ struct LSTMEvaluationRows {
 /// log1p, Spearman and normalized Gini. `ids` are the customers' dataset rows.
 func churnAndSpendMetrics(
     prefix: String, labels: [Bool], churnProbability: [Double], spend: [Double], expectedSpend: [Double],
-    ids: [Int64], world: any Communicator
+    ids: [Int64], spendTail: Bool = false, world: any Communicator
 ) throws -> [String: Double?] {
     var binary = BinaryClassificationState()
     var currency = RegressionState()
@@ -203,8 +204,12 @@ func churnAndSpendMetrics(
     metrics[prefix + "clv_rmse_log"] = logScale.rmse
     metrics[prefix + "spend_spearman"] = try CrossRankMetrics.spearman(expectedSpend, spend, ids: ids, world: world)
     metrics[prefix + "spend_gini"] = try CrossRankMetrics.normalizedGini(predicted: expectedSpend, actual: spend, ids: ids, world: world)
-    for (key, value) in try spendTail(predicted: expectedSpend, actual: spend, ids: ids, world: world) {
-        metrics[prefix + key] = value
+    // Two more sorts over every rank's customers: only for the evaluations a run reports, not
+    // each epoch's validation.
+    if spendTail {
+        for (key, value) in try spendTailMetrics(predicted: expectedSpend, actual: spend, ids: ids, world: world) {
+            metrics[prefix + key] = value
+        }
     }
     return metrics
 }
@@ -214,7 +219,7 @@ func churnAndSpendMetrics(
 /// (at least one) with the largest actual spend, and `spend_decile_<d>_predicted/_actual` are the
 /// mean predicted and actual spend of each tenth of the customers ranked by predicted spend
 /// (1 lowest). Ranks and thresholds come from a sort over every rank's customers.
-func spendTail(predicted: [Double], actual: [Double], ids: [Int64], world: any Communicator) throws -> [String: Double] {
+func spendTailMetrics(predicted: [Double], actual: [Double], ids: [Int64], world: any Communicator) throws -> [String: Double] {
     var rows: [Double] = []
     rows.reserveCapacity(3 * ids.count)
     for index in ids.indices { rows += [actual[index], predicted[index], Double(ids[index])] }

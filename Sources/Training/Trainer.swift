@@ -284,12 +284,12 @@ public final class DataParallelTrainer {
         summary.evaluatedBest = progress.bestStep != nil
         let validation = try evaluate(
             try task.predict(validationShard), shard: validationShard, model: configuration.model, classCount: classCount,
-            lstm: configuration.lstm, majorityStage: majorityStage, prefix: "val_", world: world)
+            lstm: configuration.lstm, majorityStage: majorityStage, prefix: "val_", spendTail: true, world: world)
         summary.lastValidation = validation.metrics
         let testPredictions = try task.predict(testShard)
         let test = try evaluate(
             testPredictions, shard: testShard, model: configuration.model, classCount: classCount,
-            lstm: configuration.lstm, majorityStage: majorityStage, prefix: "test_", world: world)
+            lstm: configuration.lstm, majorityStage: majorityStage, prefix: "test_", spendTail: true, world: world)
         summary.test = test.metrics
         summary.test["test_evaluated_step"] = Double(summary.evaluatedStep)
         summary.test["test_evaluated_epoch"] = Double(summary.evaluatedEpoch)
