@@ -35,6 +35,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.25.0"),
         // Tests only: reads the service's OpenAPI document as a client generator would, and validates it.
         .package(url: "https://github.com/mattpolzin/OpenAPIKit", from: "6.4.0"),
+        // The ONNX export's protobuf messages (generated code committed; no build plugin).
+        .package(url: "https://github.com/apple/swift-protobuf", from: "1.39.0"),
     ],
     targets: [
         // MARK: System libraries
@@ -102,6 +104,13 @@ let package = Package(
             ],
             resources: [.embedInCode("openapi.json")]
         ),
+        // The LSTM checkpoint as an ONNX model. Schema/ holds the ONNX messages it writes, from which
+        // Generated/ was made (scripts/generate-onnx-proto.sh).
+        .target(
+            name: "ONNXExport",
+            dependencies: ["Scoring", "Models", .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            exclude: ["Schema"]
+        ),
         // The client side of the service: a small loopback HTTP client and the load generator.
         .target(name: "ScoringLoad"),
         // Reads a finished run's files only: no MPI, so a report can be made anywhere.
@@ -158,7 +167,7 @@ let package = Package(
             name: "clm-score",
             dependencies: [
                 "Scoring", "ScoringService", "ScoringLoad", "CustomerData", "Checkpoints", "Tensors", "EventFileArguments", "ToolSupport",
-                "BatchScoringArguments",
+                "BatchScoringArguments", "ONNXExport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -183,6 +192,10 @@ let package = Package(
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "CollectivesMPI"]),
         .testTarget(name: "MetricsTests", dependencies: ["TestSupport", "ModelMetrics"]),
         .testTarget(name: "CheckpointsTests", dependencies: ["TestSupport", "Checkpoints"]),
+        .testTarget(
+            name: "ONNXExportTests",
+            dependencies: ["ONNXExport", "ScoringTestSupport", "Scoring", "Models", .product(name: "SwiftProtobuf", package: "swift-protobuf")]
+        ),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Collectives", "Scoring", "Models", "CustomerData", "Checkpoints"]),
         .testTarget(name: "BaselinesTests", dependencies: ["TestSupport", "Baselines", "GradientBoosting"], resources: [.copy("Fixtures")]),
         // Training too: the comparison is tested on runs trained for real, the files as training writes them.

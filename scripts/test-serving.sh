@@ -6,7 +6,10 @@
 #   2. schemathesis (pinned, in the tools' virtualenv outside the repository) reads the document
 #      from GET /openapi.json and sends what it derives from it, valid and invalid, to every
 #      operation: any 5xx, any status the document does not list for its operation, any response
-#      whose body, headers or content type break the document fails the run.
+#      whose body, headers or content type break the document fails the run;
+#   3. `clm-score export --format onnx` of the same checkpoint passes onnx.checker, and ONNX
+#      Runtime (pinned, same virtualenv) gives `clm-score batch`'s scores on the test customers
+#      within 1e-5 (scripts/onnx_check.py).
 # Bounded in time; the server is stopped on exit and on SIGINT/SIGTERM.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -26,7 +29,9 @@ fi
 scripts/fetch-data.sh cdnow >/dev/null
 cdnow="$root/data/CDNOW_master.txt"
 schemathesis_version=4.32.5
-python=$(clm_python_tools "schemathesis==$schemathesis_version")
+onnx_version=1.23.2
+onnxruntime_version=1.32.0
+python=$(clm_python_tools "schemathesis==$schemathesis_version" "onnx==$onnx_version" "onnxruntime==$onnxruntime_version" "numpy==2.4.6")
 schemathesis="$(dirname "$python")/schemathesis"
 
 work=$(mktemp -d)
@@ -52,9 +57,11 @@ learning_rate: 0.01
 warmup_steps: 1
 checkpoint_every_steps: 100
 watchdog_seconds: 60
+# Two layers and the dense path: every part of the graph the ONNX export writes.
 lstm:
   hidden: 8
-  layers: 1
+  layers: 2
+  customer_units: 4
 YAML
 clm_run_bounded 600 "$bin/clm-coordinator" --config lstm.yaml >train.log 2>&1 || { tail -n 20 train.log; exit 1; }
 clm_run_bounded 300 "$bin/clm-score" batch --checkpoints checkpoints --run api --events "$cdnow" --preset cdnow --out batch.csv >batch.log 2>&1 \
@@ -99,6 +106,20 @@ if [ "$status" -eq 0 ]; then
     pass "schemathesis $schemathesis_version found no 5xx and no response outside the document"
 else
     fail "schemathesis $schemathesis_version against the live service (status $status; 124: it exceeded 15 minutes)"
+fi
+echo "== ONNX export: onnx.checker $onnx_version and onnxruntime $onnxruntime_version against clm-score batch"
+# Batch as of the dataset's cut-off scores each customer from the dataset's stored features.
+cutoff=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["spec"]["cutoffDay"])' data/manifest.json)
+status=0
+clm_run_bounded 300 "$bin/clm-score" batch --checkpoints checkpoints --run api --events "$cdnow" --preset cdnow --as-of "$cutoff" \
+    --out cutoff.csv >cutoff.log 2>&1 || status=$?
+[ "$status" -eq 0 ] && { clm_run_bounded 120 "$bin/clm-score" export --format onnx --checkpoints checkpoints --run api --out api.onnx >export.log 2>&1 || status=$?; }
+[ "$status" -eq 0 ] && { clm_run_bounded 300 "$python" "$root/scripts/onnx_check.py" --model api.onnx --dataset data --scores cutoff.csv || status=$?; }
+if [ "$status" -eq 0 ]; then
+    pass "the ONNX export passes onnx.checker and onnxruntime gives clm-score batch's scores on CDNOW's test customers within 1e-5"
+else
+    fail "ONNX export against clm-score batch (status $status)"
+    tail -n 5 cutoff.log export.log
 fi
 echo "serving: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

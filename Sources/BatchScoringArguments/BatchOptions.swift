@@ -21,23 +21,10 @@ public struct CheckpointOptions: ParsableArguments {
     /// Whether --gnn-run or --gnn-checkpoint was given.
     public var namesGraphModel: Bool { gnnRun != nil || gnnCheckpoint != nil }
 
-    public func verifyKey() throws -> CheckpointSigningKey? {
-        do {
-            return try verifyKeyFile.map(CheckpointSigningKey.load(path:))
-        } catch {
-            throw ScoringError.invalidInput("--verify-key-file: \(error)")
-        }
-    }
+    public func verifyKey() throws -> CheckpointSigningKey? { try loadVerifyKey(verifyKeyFile) }
 
     public func load(verifyKey key: CheckpointSigningKey?) throws -> ScoringModel {
-        switch (checkpoint, run) {
-        case let (path?, nil): return try ScoringModel.load(directory: URL(fileURLWithPath: path), verifyKey: key)
-        case let (nil, run?):
-            guard let checkpoints else { throw ScoringError.invalidInput("--run needs --checkpoints DIR") }
-            return try ScoringModel.load(root: URL(fileURLWithPath: checkpoints), run: run, verifyKey: key)
-        case (.some, .some): throw ScoringError.invalidInput("give --run or --checkpoint, not both")
-        case (nil, nil): throw ScoringError.invalidInput("name the model: --checkpoints DIR --run NAME, or --checkpoint PATH")
-        }
+        try loadScoringModel(checkpoints: checkpoints, run: run, checkpoint: checkpoint, verifyKey: key)
     }
 
     /// The graph model named by --gnn-run or --gnn-checkpoint, checked against the LSTM's stages.
@@ -56,6 +43,27 @@ public struct CheckpointOptions: ParsableArguments {
     }
 
     public func loadRules() throws -> ScoringRules { try rules.map(ScoringRules.load(path:)) ?? ScoringRules() }
+}
+
+/// The key of --verify-key-file, if given.
+public func loadVerifyKey(_ path: String?) throws -> CheckpointSigningKey? {
+    do {
+        return try path.map(CheckpointSigningKey.load(path:))
+    } catch {
+        throw ScoringError.invalidInput("--verify-key-file: \(error)")
+    }
+}
+
+/// The LSTM checkpoint named by --checkpoint PATH, or by --checkpoints DIR --run NAME (its best step).
+public func loadScoringModel(checkpoints: String?, run: String?, checkpoint: String?, verifyKey key: CheckpointSigningKey?) throws -> ScoringModel {
+    switch (checkpoint, run) {
+    case let (path?, nil): return try ScoringModel.load(directory: URL(fileURLWithPath: path), verifyKey: key)
+    case let (nil, run?):
+        guard let checkpoints else { throw ScoringError.invalidInput("--run needs --checkpoints DIR") }
+        return try ScoringModel.load(root: URL(fileURLWithPath: checkpoints), run: run, verifyKey: key)
+    case (.some, .some): throw ScoringError.invalidInput("give --run or --checkpoint, not both")
+    case (nil, nil): throw ScoringError.invalidInput("name the model: --checkpoints DIR --run NAME, or --checkpoint PATH")
+    }
 }
 
 /// The options of a batch scoring run, shared by `clm-score batch` and `clm-score-mpi`.

@@ -5,6 +5,7 @@ import CustomerData
 import EventFileArguments
 import Foundation
 import Logging
+import ONNXExport
 import Scoring
 import ScoringLoad
 import ScoringService
@@ -16,7 +17,7 @@ struct CLMScore: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "clm-score",
         abstract: "Score customers with a trained checkpoint: churn probability, expected spend, lifecycle stage, action.",
-        subcommands: [Batch.self, Serve.self, LoadTestCommand.self])
+        subcommands: [Batch.self, Serve.self, Export.self, LoadTestCommand.self])
 }
 
 extension ScoringError: UserFacingError {}
@@ -115,11 +116,7 @@ struct Serve: AsyncParsableCommand {
         try await reporting {
             var configuration = ServiceConfiguration(checkpoints: URL(fileURLWithPath: checkpoints), run: run)
             configuration.waitForRun = waitForRun
-            do {
-                configuration.verifyKey = try verifyKeyFile.map(CheckpointSigningKey.load(path:))
-            } catch {
-                throw ScoringError.invalidInput("--verify-key-file: \(error)")
-            }
+            configuration.verifyKey = try loadVerifyKey(verifyKeyFile)
             configuration.customerEvents = try customerEvents()
             configuration.graphSource = try graphSource()
             // Loaded here first: a wrong run or file stops the start with its error.
@@ -157,6 +154,33 @@ struct Serve: AsyncParsableCommand {
             try await runService(configuration: configuration, logger: logger) { [host] port in
                 FileHandle.standardOutput.write(Data("listening on http://\(host):\(port)\n".utf8))
             }
+        }
+    }
+}
+
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write an LSTM checkpoint as an ONNX model (churn probability, expected spend, stage probabilities) for ONNX Runtime.")
+
+    enum Format: String, ExpressibleByArgument, CaseIterable { case onnx }
+
+    @Option(help: "Export format.") var format: Format
+    @Option(help: "Root of the checkpoint store (the training config's `checkpoints`).") var checkpoints: String?
+    @Option(name: .customLong("run"), help: "Run name: its best checkpoint is exported (latest when none is marked).") var runName: String?
+    @Option(help: "A checkpoint directory (step-NNNNNN) to export instead of a run's best.") var checkpoint: String?
+    @Option(help: "Refuse checkpoints this key (the training run's --signing-key-file) did not sign.") var verifyKeyFile: String?
+    @Option(help: "The model file to write (replaced atomically).") var out: String
+
+    func run() throws {
+        try reportingUserErrors(tool: "clm-score") {
+            let model = try loadScoringModel(checkpoints: checkpoints, run: runName, checkpoint: checkpoint, verifyKey: try loadVerifyKey(verifyKeyFile))
+            let bytes = try LSTMONNXExport.serializedModel(model)
+            do {
+                try writeFileAtomically(bytes, to: URL(fileURLWithPath: out))
+            } catch {
+                throw ScoringError.io(path: out, reason: "cannot write the model: \(error)")
+            }
+            print("wrote \(out): run \(model.info.run) step \(model.info.step), \(bytes.count) bytes, ONNX opset \(LSTMONNXExport.opsetVersion)")
         }
     }
 }
