@@ -67,7 +67,7 @@ func oneStep(_ configuration: TrainingConfiguration, shard: LocalShard, world: a
     let empty = LocalShard(steps: shard.steps, featureCount: shard.featureCount, capacity: 0)
     let trainer = DataParallelTrainer(
         configuration: configuration, world: world, task: task, trainShard: shard, validationShard: empty,
-        testShard: empty, classCount: 4, reporter: try ProgressReporter(enabled: false, metricsLog: nil),
+        testShard: empty, reporter: try ProgressReporter(enabled: false, metricsLog: nil),
         saveCheckpoint: nil, stopAfterSteps: 1)
     _ = try trainer.run(resumingFrom: nil)
     return model.parameters.values.array
