@@ -150,7 +150,7 @@ public final class DataParallelTrainer {
         let schedule = LearningRateSchedule(
             baseRate: scaledLearningRate, warmupSteps: configuration.warmupSteps,
             totalSteps: epochs * stepsPerEpoch,
-            decay: LearningRateSchedule.Decay(rawValue: configuration.decay) ?? .cosine)
+            decay: configuration.decay)
         let gradients = parameters.gradients.buffer
         var summary = TrainingSummary()
         var totalSamples = 0
