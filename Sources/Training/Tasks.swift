@@ -115,6 +115,7 @@ public final class LSTMTask: TrainingTask {
         }
     }
 
+    /// The outputs of every customer of `shard`, without dropout.
     func predict(_ shard: LocalShard) -> LSTMPredictions {
         var result = LSTMPredictions()
         let heads = model.heads
