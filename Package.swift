@@ -67,7 +67,7 @@ let package = Package(
         .target(name: "Tensors", dependencies: ["CBLAS", "BitMixing"]),
         // The scoring LSTM's fused step for AVX2 and AVX-512, chosen at run time (see its header).
         .target(name: "CForwardKernels"),
-        .target(name: "Models", dependencies: ["Tensors", "BitMixing"]),
+        .target(name: "Models", dependencies: ["Tensors", "BitMixing", "Checkpoints"]),
         // Not "Metrics": swift-metrics (under Hummingbird) owns that module name, and SwiftPM
         // needs target names unique across the package graph.
         .target(name: "ModelMetrics", dependencies: ["BitMixing"], path: "Sources/Metrics"),

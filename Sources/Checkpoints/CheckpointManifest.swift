@@ -12,7 +12,8 @@ public struct FileDigest: Codable, Hashable, Sendable {
     }
 }
 
-/// The model family a checkpoint holds.
+/// The model family: what a checkpoint's manifest says it holds, what its architecture
+/// (`Models.ModelArchitecture`) describes, and what a training configuration trains.
 public enum ModelKind: String, Codable, Sendable, CaseIterable {
     case lstm
     case gnn

@@ -12,6 +12,8 @@ public struct LSTMConfiguration: Sendable, Equatable, Codable {
     public var positiveWeight: Float
     /// λ in loss = BCE(churn) + λ · CLV loss + μ · stage loss.
     public var clvWeight: Float
+    /// The CLV head and its loss. Callers always name it: the training configuration's
+    /// `lstm.clv_loss` holds the one default.
     public var clvLoss: CLVLoss
     /// Lifecycle stages of the stage head; 0 leaves the head out.
     public var stageCount: Int
@@ -27,7 +29,7 @@ public struct LSTMConfiguration: Sendable, Equatable, Codable {
 
     public init(
         inputSize: Int, hiddenSize: Int = 50, layers: Int = 2, dropout: Float = 0.2,
-        positiveWeight: Float = 1, clvWeight: Float = 1, clvLoss: CLVLoss = .logMSE,
+        positiveWeight: Float = 1, clvWeight: Float = 1, clvLoss: CLVLoss,
         stageCount: Int = 0, stageWeight: Float = 0.5, stageClassWeights: [Float]? = nil,
         spendPrior: SpendPrior? = nil, customerHidden: Int = 0
     ) {

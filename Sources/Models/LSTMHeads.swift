@@ -1,3 +1,4 @@
+import Checkpoints
 import Foundation
 import Tensors
 
@@ -146,9 +147,8 @@ public struct SpendPrior: Codable, Sendable, Equatable {
 /// What a checkpoint's weights are, as training writes it into the manifest and scoring reads
 /// it back: one type on both sides, so the two cannot drift apart.
 public struct ModelArchitecture: Codable, Sendable, Equatable {
-    public enum Kind: String, Codable, Sendable { case lstm, gnn }
-
-    public var kind: Kind
+    /// The same kind as the checkpoint manifest's.
+    public var kind: ModelKind
     /// LSTM: features per period; GNN: node features.
     public var inputSize: Int
     public var hiddenSize: Int
@@ -166,7 +166,7 @@ public struct ModelArchitecture: Codable, Sendable, Equatable {
     public var positiveWeight: Float
     public var classWeights: [Float]?
 
-    public init(kind: Kind, inputSize: Int, hiddenSize: Int, layers: Int, historyLength: Int, classCount: Int,
+    public init(kind: ModelKind, inputSize: Int, hiddenSize: Int, layers: Int, historyLength: Int, classCount: Int,
                 clvLoss: CLVLoss?, stageCount: Int, customerHidden: Int = 0, positiveWeight: Float, classWeights: [Float]?) {
         self.kind = kind
         self.inputSize = inputSize
@@ -189,7 +189,7 @@ public struct ModelArchitecture: Codable, Sendable, Equatable {
     // A checkpoint from before the dense path existed has none: decoding it as 0 keeps it usable.
     public init(from decoder: any Decoder) throws {
         let container = try decoder.container(keyedBy: CodingKeys.self)
-        kind = try container.decode(Kind.self, forKey: .kind)
+        kind = try container.decode(ModelKind.self, forKey: .kind)
         inputSize = try container.decode(Int.self, forKey: .inputSize)
         hiddenSize = try container.decode(Int.self, forKey: .hiddenSize)
         layers = try container.decode(Int.self, forKey: .layers)

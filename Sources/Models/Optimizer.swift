@@ -85,7 +85,7 @@ public func clipGlobalNorm(_ gradients: Tensor, maxNorm: Float) -> Float {
 /// Learning rate per step: linear warm-up from 0, then constant, linear or cosine decay to
 /// `finalFraction` of the base rate at `totalSteps`.
 public struct LearningRateSchedule: Sendable, Equatable, Codable {
-    public enum Decay: String, Sendable, Codable { case constant, linear, cosine }
+    public enum Decay: String, Sendable, Codable, CaseIterable { case constant, linear, cosine }
 
     public var baseRate: Float
     public var warmupSteps: Int

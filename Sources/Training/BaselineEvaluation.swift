@@ -431,3 +431,20 @@ struct HistorySummaries {
         return row
     }
 }
+
+/// The LSTM's baselines as a run fits them at its end: the training customers and what reads
+/// their histories back, bound before training so the task only adds the model's own rows.
+struct LSTMBaselines {
+    let train: BaselineEvaluation.Split
+    let validationShard: LocalShard
+    let testShard: LocalShard
+    let normalisation: FeatureNormalisation
+    let horizonPeriods: Double
+    let summaryFile: URL?
+
+    func run(validation: LSTMEvaluationRows, test: LSTMEvaluationRows, world: any Communicator) throws -> BaselineReport {
+        try BaselineEvaluation.run(
+            train: train, validationShard: validationShard, validation: validation, testShard: testShard, test: test,
+            normalisation: normalisation, horizonPeriods: horizonPeriods, summaryFile: summaryFile, world: world)
+    }
+}

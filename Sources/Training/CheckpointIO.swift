@@ -18,15 +18,17 @@ final class CheckpointIO {
     let spec: JobSpec
     let dataset: CustomerDataset?
     let signingKey: CheckpointSigningKey?
+    private let recipe: any ModelRecipe
     private var storeInstance: CheckpointStore?
     private var driftFeatures: (features: [BinnedDistribution], inputs: [BinnedDistribution])?
-    private var driftModel: LSTMModel?
+    private lazy var driftScorer: DriftScorer? = recipe.driftScorer(spec)
 
     init(configuration: TrainingConfiguration, spec: JobSpec, dataset: CustomerDataset?, signingKey: CheckpointSigningKey? = nil) {
         self.configuration = configuration
         self.spec = spec
         self.dataset = dataset
         self.signingKey = signingKey
+        recipe = spec.recipe
     }
 
     private func store() throws -> CheckpointStore {
@@ -61,7 +63,7 @@ final class CheckpointIO {
     func save(_ request: CheckpointRequest) throws {
         let store = try store()
         let parameters = request.parameters
-        var model = SafeTensorsWriter(metadata: ["format": "pt", "model": configuration.model.rawValue])
+        var model = SafeTensorsWriter(metadata: ["format": "pt", "model": recipe.kind.rawValue])
         for slice in parameters.layout.slices {
             try model.add(slice.name, shape: slice.shape,
                           floats: Array(UnsafeBufferPointer(start: parameters.value(slice), count: slice.count)))
@@ -83,7 +85,7 @@ final class CheckpointIO {
         let manifest = CheckpointManifest(
             runName: configuration.run, step: request.progress.globalStep, epoch: request.progress.epoch,
             programVersion: programVersion, worldSize: request.progress.worldSize,
-            modelKind: configuration.model,
+            modelKind: recipe.kind,
             configuration: try jsonValue(CheckpointModelInfo(spec: spec)),
             featureSpec: try jsonValue(dataset?.manifest),
             datasetFingerprint: spec.datasetFingerprint, randomState: configuration.seed,
@@ -92,11 +94,11 @@ final class CheckpointIO {
         if request.isBest { try store.markBest(step: request.progress.globalStep) }
     }
 
-    /// What scoring compares scored customers with (LSTM runs): the training customers' feature
-    /// and history-length bins, computed once, and the scores of this checkpoint's weights on up
-    /// to `scoreSample` training customers, evenly spaced.
+    /// What scoring compares scored customers with (models with a `DriftScorer`): the training
+    /// customers' feature and history-length bins, computed once, and the scores of this
+    /// checkpoint's weights on up to `scoreSample` training customers, evenly spaced.
     private func driftReference(_ parameters: ParameterStore, scoreSample: Int = 2_000) throws -> DriftReference? {
-        guard configuration.model == .lstm, let dataset else { return nil }
+        guard let driftScorer, let dataset else { return nil }
         // The samples, not every training customer's index: the coordinator holds nothing that
         // grows with the dataset.
         let featureSample = dataset.evenlySpacedIndices(in: .train, limit: 20_000)
@@ -104,21 +106,11 @@ final class CheckpointIO {
         if driftFeatures == nil {
             driftFeatures = try DriftReference.features(of: dataset, customers: featureSample, limit: featureSample.count)
         }
-        // An instance of its own: the training model's workspace belongs to the training step.
-        let model = driftModel ?? LSTMModel(configuration: spec.architecture.lstmConfiguration, seed: 0)
-        driftModel = model
-        model.parameters.values.pointer.update(from: parameters.values.pointer, count: parameters.layout.totalCount)
-        var random = SeededRandom(seed: 0, purpose: .dropout)
+        driftScorer.load(parameters)
         let scored = dataset.evenlySpacedIndices(in: .train, limit: scoreSample)
         return try DriftReference.make(dataset: dataset, customers: scored, features: driftFeatures!, scoreSample: scoreSample) {
             features, lengths, count, churn, spend in
-            model.forward(SequenceBatch(features: features, lengths: lengths, batchSize: count, steps: dataset.historyLength),
-                          training: false, random: &random)
-            let heads = model.heads, rows = model.headOutputs.baseAddress!
-            for k in 0..<count {
-                churn[k] = heads.churnProbability(rows + k * heads.width)
-                spend[k] = heads.expectedSpend(rows + k * heads.width)
-            }
+            driftScorer.score(features: features, lengths: lengths, count: count, churn: churn, spend: spend)
         }
     }
 
@@ -161,7 +153,7 @@ final class CheckpointIO {
     func parameters(step: Int) throws -> [Float] {
         let loaded = try store().load(step: step, requiring: ["model.safetensors"])
         let model = try loaded.safeTensors("model.safetensors")
-        let layout = try JobTaskLayout.layout(spec)
+        let layout = recipe.parameterLayout(spec)
         var parameters = [Float](repeating: 0, count: layout.totalCount)
         for slice in layout.slices {
             let values = try model.floats(slice.name)
@@ -188,16 +180,16 @@ final class CheckpointIO {
             loaded = try CheckpointStore.load(directory: URL(fileURLWithPath: resume), requiring: required)
         }
         let manifest = loaded.manifest
-        guard manifest.modelKind == configuration.model else {
+        guard manifest.modelKind == recipe.kind else {
             throw AgreementError(message: "checkpoint \(loaded.directory.path) holds a \(manifest.modelKind.rawValue) model, "
-                + "the configuration trains \(configuration.model.rawValue)")
+                + "the configuration trains \(recipe.kind.rawValue)")
         }
         guard manifest.datasetFingerprint == spec.datasetFingerprint else {
             throw AgreementError(message: "checkpoint \(loaded.directory.path) was trained on dataset \(manifest.datasetFingerprint), "
                 + "the configuration names dataset \(spec.datasetFingerprint)")
         }
         let model = try loaded.safeTensors("model.safetensors")
-        let layoutProbe = try JobTaskLayout.layout(spec)
+        let layoutProbe = recipe.parameterLayout(spec)
         var parameters = [Float](repeating: 0, count: parameterCount)
         for slice in layoutProbe.slices {
             let values = try model.floats(slice.name)
@@ -228,21 +220,6 @@ struct CheckpointModelInfo: Encodable {
     init(spec: JobSpec) {
         architecture = spec.architecture
         training = spec.configuration
-    }
-}
-
-/// The parameter layout a spec's model has, without keeping the model.
-enum JobTaskLayout {
-    static func layout(_ spec: JobSpec) throws -> ParameterLayout {
-        let architecture = spec.architecture
-        switch spec.configuration.model {
-        case .lstm:
-            return LSTMModel(configuration: architecture.lstmConfiguration, seed: 0).parameters.layout
-        case .gnn:
-            return GraphSAGEModel(configuration: GraphSAGEConfiguration(
-                inputSize: architecture.inputSize, hiddenSize: architecture.hiddenSize, classes: architecture.classCount,
-                layers: architecture.layers), seed: 0).parameters.layout
-        }
     }
 }
 

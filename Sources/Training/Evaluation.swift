@@ -5,38 +5,10 @@ import Foundation
 import ModelMetrics
 import Tensors
 
-/// Metrics of one split over every rank's shard, the same on every rank.
-///
-/// Each rank keeps its own customers' rows: counting states (confusion counts, loss sums) are
-/// summed with an all-reduce of their packed form, and the ranking metrics (AUC, Spearman,
-/// Gini) come from a sample sort over the ranks, so no rank holds more than its share.
-func evaluate(
-    _ predictions: Predictions, shard: LocalShard, model: ModelKind,
-    classCount: Int, lstm: TrainingConfiguration.LSTMSettings, majorityStage: Int, prefix: String,
-    spendTail: Bool = false, world: any Communicator
-) throws -> EvaluatedSplit {
-    switch model {
-    case .lstm:
-        let stageCount = lstm.stageHead ? classCount : 0
-        let rows = LSTMEvaluationRows(
-            values: LSTMEvaluationRows.pack(predictions, shard: shard, stageCount: stageCount), stageCount: stageCount,
-            hasPurchaseProbability: lstm.clvLoss == .ziln)
-        let metrics = try rows.metrics(prefix: prefix, clvWeight: Double(lstm.clvWeight), stageWeight: Double(lstm.stageWeight),
-                                       majorityStage: majorityStage, spendTail: spendTail, world: world)
-        return EvaluatedSplit(metrics: metrics, lstmRows: rows)
-    case .gnn:
-        let metrics = try evaluateStages(predictions, shard: shard, classCount: classCount, majorityStage: majorityStage,
-                                         prefix: prefix, world: world)
-        return EvaluatedSplit(metrics: metrics, lstmRows: nil,
-                              stageRows: StageEvaluationRows(values: StageEvaluationRows.pack(predictions, shard: shard, classCount: classCount),
-                                                             classCount: classCount))
-    }
-}
-
 /// This rank's rows of the customers the graph model evaluated: dataset row, true stage,
 /// predicted stage, then one probability per stage. They feed the comparisons that need the
 /// customers themselves (bootstrap intervals, paired differences) and the predictions file.
-struct StageEvaluationRows: Sendable {
+public struct StageEvaluationRows: Sendable {
     let values: [Float]
     let classCount: Int
     var width: Int { 3 + classCount }
@@ -45,33 +17,26 @@ struct StageEvaluationRows: Sendable {
     var truth: [Int] { stride(from: 1, to: values.count, by: width).map { Int(values[$0]) } }
     var predicted: [Int] { stride(from: 2, to: values.count, by: width).map { Int(values[$0]) } }
 
-    static func pack(_ predictions: Predictions, shard: LocalShard, classCount: Int) -> [Float] {
+    static func pack(_ probabilities: [Float], shard: LocalShard, classCount: Int) -> [Float] {
         let width = 3 + classCount
         var rows = [Float](repeating: 0, count: shard.count * width)
         for index in 0..<shard.count {
             let base = index * width
-            let probabilities = predictions.stageProbabilities[index * classCount..<(index + 1) * classCount]
+            let customer = probabilities[index * classCount..<(index + 1) * classCount]
             rows[base] = Float(shard.datasetRows[index])
             rows[base + 1] = Float(shard.stages[index])
-            rows[base + 2] = Float(probabilities.indices.max { probabilities[$0] < probabilities[$1] }! - index * classCount)
-            for (offset, probability) in probabilities.enumerated() { rows[base + 3 + offset] = probability }
+            rows[base + 2] = Float(customer.indices.max { customer[$0] < customer[$1] }! - index * classCount)
+            for (offset, probability) in customer.enumerated() { rows[base + 3 + offset] = probability }
         }
         return rows
     }
-}
-
-/// A split's merged metrics, and this rank's rows of its customers.
-struct EvaluatedSplit {
-    var metrics: [String: Double]
-    var lstmRows: LSTMEvaluationRows?
-    var stageRows: StageEvaluationRows? = nil
 }
 
 /// One row per evaluated customer of the LSTM, as floats (dataset rows and stages are below
 /// 2²⁴, exact in a float): dataset row, churn label, spend, stage, churn probability, expected
 /// spend, CLV loss, ZILN purchase probability (−1 without ZILN), then one probability per
 /// stage when the model has a stage head.
-struct LSTMEvaluationRows {
+public struct LSTMEvaluationRows {
     static let fixedWidth = 8
     let values: [Float]
     let stageCount: Int
@@ -81,7 +46,7 @@ struct LSTMEvaluationRows {
     var width: Int { Self.fixedWidth + stageCount }
     var count: Int { values.count / width }
 
-    static func pack(_ predictions: Predictions, shard: LocalShard, stageCount: Int) -> [Float] {
+    static func pack(_ predictions: LSTMPredictions, shard: LocalShard, stageCount: Int) -> [Float] {
         let width = fixedWidth + stageCount
         var rows = [Float](repeating: 0, count: shard.count * width)
         for index in 0..<shard.count {
@@ -253,14 +218,16 @@ func spendTailMetrics(predicted: [Double], actual: [Double], ids: [Int64], world
     return result
 }
 
-private func evaluateStages(
-    _ predictions: Predictions, shard: LocalShard, classCount: Int, majorityStage: Int, prefix: String, world: any Communicator
+/// The stage metrics of the graph model over every rank's customers, from this rank's class
+/// probabilities (row-major [count, classes]).
+func evaluateStages(
+    _ probabilities: [Float], shard: LocalShard, classCount: Int, majorityStage: Int, prefix: String, world: any Communicator
 ) throws -> [String: Double] {
     var state = MulticlassState(classCount: classCount)
     var majority = MulticlassState(classCount: classCount)
     var lossSum = 0.0
     for index in 0..<shard.count {
-        let row = predictions.stageProbabilities[index * classCount..<(index + 1) * classCount]
+        let row = probabilities[index * classCount..<(index + 1) * classCount]
         let predicted = row.indices.max { row[$0] < row[$1] }! - index * classCount
         let truth = Int(shard.stages[index])
         state.add(trueClass: truth, predictedClass: predicted)

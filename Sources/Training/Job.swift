@@ -57,34 +57,22 @@ struct JobSpec: Codable {
         try world.allreduce(&sums, op: .sum)
         let counts = sums[..<classCount].map { Int($0) }
         spec.majorityStage = counts.indices.max { counts[$0] < counts[$1] } ?? 0
-        let balance = configuration.model == .gnn ? configuration.gnn.balanceClasses : configuration.lstm.stageHead
-        if balance {
+        let recipe = self.recipe
+        if recipe.balancesClasses {
             // Inverse frequency, scaled so the weights average 1 over the training customers.
             spec.classWeights = counts.map { $0 > 0 ? Float(spec.trainCount) / Float(classCount * $0) : 0 }
         }
-        if configuration.model == .lstm && configuration.lstm.clvLoss == .ziln {
+        if recipe.fitsSpendPrior {
             spec.spendPrior = SpendPrior.fit(moments: Array(sums[classCount...]))
         }
         return spec
     }
 
+    /// Everything about the job that depends on the model it trains.
+    var recipe: any ModelRecipe { ModelRecipes.recipe(for: configuration) }
+
     /// The model every rank builds, as the checkpoint manifest records it.
-    var architecture: ModelArchitecture {
-        switch configuration.model {
-        case .lstm:
-            return ModelArchitecture(
-                kind: .lstm, inputSize: featureCount, hiddenSize: configuration.lstm.hidden, layers: configuration.lstm.layers,
-                historyLength: historyLength, classCount: classCount, clvLoss: configuration.lstm.clvLoss,
-                stageCount: configuration.lstm.stageHead ? classCount : 0, customerHidden: configuration.lstm.customerUnits,
-                positiveWeight: positiveWeight,
-                classWeights: classWeights)
-        case .gnn:
-            return ModelArchitecture(
-                kind: .gnn, inputSize: nodeFeatureWidth, hiddenSize: configuration.gnn.hidden, layers: configuration.gnn.layers,
-                historyLength: historyLength, classCount: classCount, clvLoss: nil, stageCount: classCount,
-                positiveWeight: positiveWeight, classWeights: classWeights)
-        }
-    }
+    var architecture: ModelArchitecture { recipe.architecture(self) }
 }
 
 /// The dataset's labels are all the same for what the model predicts (churn for the LSTM, the
@@ -166,14 +154,10 @@ public enum TrainingJob {
     }
 
     static func makeSpec(_ configuration: TrainingConfiguration, dataset: CustomerDataset, request: JobRequest) throws -> JobSpec {
-        if configuration.model == .gnn && dataset.manifest.graph == nil {
-            throw AgreementError(message: "the gnn model needs a customer–product graph, and dataset \(configuration.data) has none (no product ids)")
-        }
         // A constant label trains to a perfect score that means nothing (val_f1 1.0 on a
         // dataset where everybody churned): refuse it before anything trains.
-        let labelProblem = configuration.model == .lstm ? dataset.manifest.constantChurnProblem : dataset.manifest.constantStageProblem
-        if let labelProblem {
-            throw UnlearnableDataset(dataset: configuration.data, model: configuration.model, reason: labelProblem)
+        if let refusal = ModelRecipes.recipe(for: configuration).refusal(of: dataset, path: configuration.data) {
+            throw refusal
         }
         return JobSpec(
             configuration: configuration, resume: request.resume, stopAfterSteps: request.stopAfterSteps,
@@ -191,6 +175,11 @@ public enum TrainingJob {
 
     static func run(_ announced: JobSpec, dataset: CustomerDataset?, world: any Communicator,
                     signingKey: CheckpointSigningKey? = nil) throws -> TrainingSummary {
+        try run(announced, recipe: announced.recipe, dataset: dataset, world: world, signingKey: signingKey)
+    }
+
+    private static func run<Recipe: ModelRecipe>(_ announced: JobSpec, recipe: Recipe, dataset: CustomerDataset?,
+                                                 world: any Communicator, signingKey: CheckpointSigningKey?) throws -> TrainingSummary {
         let configuration = announced.configuration
         BLAS.setThreadCount(1)
         world.watchdogTimeout = .milliseconds(Int64(configuration.watchdogSeconds * 1000))
@@ -203,9 +192,7 @@ public enum TrainingJob {
         let plan = try world.agreeing("finding this rank's customers in \(announced.datasetPath)") {
             try ownPlan(dataset, ranks: ranks, rank: world.rank)
         }
-        // The LSTM learns from the examples of the earlier cut-offs too (all training customers);
-        // the graph model's customers are the graph's nodes, at the main cut-off only.
-        let earlier = configuration.model == .lstm
+        let earlier = recipe.trainsOnEarlierCutoffs
             ? try world.agreeing("opening the earlier cut-offs of \(announced.datasetPath)") { try dataset.snapshotDatasets(verifyContents: false) }
             : []
         let earlierPlans = try world.agreeing("finding this rank's examples of the earlier cut-offs") {
@@ -220,9 +207,9 @@ public enum TrainingJob {
                 }
             }
         }
-        // The graph model's ranks each hold the nodes they own (`GraphPartition`): customers in
+        // A graph model's ranks each hold the nodes they own (`GraphPartition`): customers in
         // contiguous blocks, products in contiguous blocks, no rank the whole graph.
-        let partition = configuration.model == .gnn ? dataset.graphPartition(ranks: ranks) : nil
+        let partition = recipe.readsGraph ? dataset.graphPartition(ranks: ranks) : nil
         // The parts that hold this rank's customers and its share of the graph.
         try world.agreeing("verifying this rank's customers in \(announced.datasetPath)") {
             if dataset.manifest.partLayout != nil {
@@ -236,10 +223,8 @@ public enum TrainingJob {
         let graphShare = try world.agreeing("reading this rank's share of the graph") {
             try partition.map { try dataset.graphShare(of: $0, rank: world.rank) }
         }
-        // The graph model reads node features from its share of the graph, never the sequences: its
-        // shards carry labels and dataset rows only (at 894k customers on 2 ranks, leaving out the
-        // sequences it used to receive took a worker's peak RSS from 919 to 386 MiB).
-        let sequenceFeatures = configuration.model == .gnn ? 0 : announced.featureCount
+        // Without sequences, the shards carry labels and dataset rows only.
+        let sequenceFeatures = recipe.readsSequences ? announced.featureCount : 0
         let (trainShard, validationShard, testShard) = try world.agreeing("reading this rank's customers") {
             (try LocalShard.read([(plan.train, dataset)] + zip(earlierPlans, earlier).map { ($0.train, $1) }, featureCount: sequenceFeatures),
              try LocalShard.read(plan.validation, from: dataset, featureCount: sequenceFeatures),
@@ -247,7 +232,7 @@ public enum TrainingJob {
         }
         var spec = try announced.completed(with: plan, trainShard: trainShard, world: world)
         spec.earlierCutoffExamples = earlierPlans.reduce(0) { $0 + $1.totals[0] }
-        let task = try makeTask(spec, graph: graphShare, world: world)
+        let task = try recipe.makeTask(spec, graph: graphShare, world: world)
         try checkAgreement(
             JobFingerprint(configuration: try configuration.canonicalJSON(),
                            parameterLayout: task.parameters.layout.fingerprint,
@@ -258,8 +243,6 @@ public enum TrainingJob {
             print($0)
             fflush(nil)
         }
-
-
         let store = CheckpointIO(configuration: configuration, spec: spec, dataset: dataset, signingKey: signingKey)
         if spec.resume == nil {
             try onCoordinator(world, what: "prepare the checkpoint directory") { try store.prepare(resumedStep: nil) }
@@ -270,75 +253,27 @@ public enum TrainingJob {
             metricsLog: URL(fileURLWithPath: configuration.checkpoints).appendingPathComponent(configuration.run)
                 .appendingPathComponent("metrics.jsonl"))
         if world.rank == 0 {
-            reporter.line("training \(configuration.model.rawValue) on \(ranks) rank\(ranks > 1 ? "s" : ""): "
+            reporter.line("training \(recipe.kind.rawValue) on \(ranks) rank\(ranks > 1 ? "s" : ""): "
                 + "\(spec.trainCount) training customers"
                 + (earlier.isEmpty ? "" : " and \(spec.earlierCutoffExamples) examples of theirs at \(earlier.count) earlier cut-offs")
                 + " (\(trainShard.count) per rank, \(trainShard.count * ranks - spec.trainCount - spec.earlierCutoffExamples) repeated to balance), "
                 + "\(spec.validationCount) validation, \(spec.testCount) test; \(task.parameters.layout.totalCount) parameters"
                 + (restored.map { ", resuming at epoch \($0.progress.epoch + 1) step \($0.progress.stepInEpoch)" } ?? ""))
         }
-        // The graph model is judged against itself without the graph: the same network, data,
-        // seed and training budget with every neighbour input zero, trained first, so the
-        // model's test record can carry both on the same customers.
-        var ablation: TrainingSummary? = nil
-        if configuration.model == .gnn && configuration.gnn.ablation && spec.stopAfterSteps == nil {
-            if world.rank == 0 { reporter.line("training the no-graph ablation first (the same network and budget, every neighbour input zero)") }
-            let ablationTrainer = DataParallelTrainer(
-                configuration: configuration, world: world, task: try makeTask(spec, graph: graphShare, world: world, emptyGraph: true),
-                trainShard: trainShard, validationShard: validationShard, testShard: testShard, classCount: spec.classCount,
-                reporter: try ProgressReporter(enabled: false, metricsLog: nil), saveCheckpoint: nil)
-            ablationTrainer.majorityStage = spec.majorityStage
-            ablation = try ablationTrainer.run(resumingFrom: nil)
-        }
+        let runDirectory = URL(fileURLWithPath: configuration.checkpoints).appendingPathComponent(configuration.run)
+        try recipe.prepareComparisons(for: task, job: JobContext(
+            configuration: configuration, spec: spec, plan: plan, earlierPlans: earlierPlans, trainShard: trainShard,
+            validationShard: validationShard, testShard: testShard, graphShare: graphShare, world: world, reporter: reporter,
+            runDirectory: runDirectory))
         let trainer = DataParallelTrainer(
             configuration: configuration, world: world, task: task, trainShard: trainShard,
-            validationShard: validationShard, testShard: testShard, classCount: spec.classCount, reporter: reporter,
+            validationShard: validationShard, testShard: testShard, reporter: reporter,
             saveCheckpoint: world.rank == 0 ? { try store.save($0) } : nil, stopAfterSteps: spec.stopAfterSteps)
-        trainer.runDirectory = URL(fileURLWithPath: configuration.checkpoints).appendingPathComponent(configuration.run)
+        trainer.runDirectory = runDirectory
         trainer.majorityStage = spec.majorityStage
         if world.rank == 0 { trainer.loadParameters = { try store.parameters(step: $0) } }
-        if let ablation, let ablationValidation = ablation.validationStageRows, let ablationTest = ablation.testStageRows {
-            let runDirectory = trainer.runDirectory
-            trainer.stageComparison = { validation, test in
-                var failures: [String] = []
-                var boosting: (validation: [Int], test: [Int])? = nil
-                if let graphShare {
-                    do {
-                        boosting = try StageBoostingBaseline.predict(
-                            graph: graphShare, train: trainShard, trainDistinct: plan.trainDistinct, validation: validationShard,
-                            test: testShard, classCount: spec.classCount, seed: configuration.seed, world: world,
-                            runDirectory: runDirectory)
-                    } catch let error as BoostingError {
-                        failures.append("XGBoost could not be fitted as the stage baseline: \(error)")
-                    }
-                }
-                let metrics = try StageComparison.metrics(
-                    validation: validation, test: test, ablationValidation: ablationValidation, ablationTest: ablationTest,
-                    boosting: boosting, majorityStage: spec.majorityStage, classCount: spec.classCount, world: world)
-                return (metrics, failures)
-            }
-        }
-        if configuration.model == .lstm && spec.standardFeatures {
-            let summaryFile = trainer.runDirectory?.appendingPathComponent("baseline_summary.csv")
-            // The earlier cut-offs' examples follow the main ones in the shard, each block padded.
-            var earlierBlocks: [Range<Int>] = []
-            var blockStart = plan.train.count
-            for earlierPlan in earlierPlans {
-                earlierBlocks.append(blockStart..<blockStart + earlierPlan.trainDistinct)
-                blockStart += earlierPlan.train.count
-            }
-            let train = BaselineEvaluation.Split(
-                shard: trainShard,
-                distinct: plan.trainDistinct,
-                earlierCutoffs: earlierBlocks)
-            trainer.baselines = {
-                try BaselineEvaluation.run(
-                    train: train, validationShard: validationShard, validation: $0, testShard: testShard, test: $1,
-                    normalisation: spec.normalisation, horizonPeriods: spec.horizonPeriods, summaryFile: summaryFile, world: world)
-            }
-        }
         let summary = try trainer.run(resumingFrom: restored)
-        if world.rank == 0 { reporter.line(describe(summary, configuration: configuration)) }
+        if world.rank == 0 { reporter.line(describe(summary, recipe: recipe)) }
         return summary
     }
 
@@ -350,35 +285,6 @@ public enum TrainingJob {
                                      path: dataset.directory.appendingPathComponent("split.u8").path)
         }
         return ShardPlan.own(splits: dataset.split, ranks: ranks, rank: rank)
-    }
-
-    /// The model `spec` describes; with `emptyGraph`, the GraphSAGE sees no neighbours (every
-    /// aggregate is zero), which is the no-graph ablation.
-    static func makeTask(_ spec: JobSpec, graph: LocalGraph?, world: any Communicator, emptyGraph: Bool = false) throws -> TrainingTask {
-        let configuration = spec.configuration
-        switch configuration.model {
-        case .lstm:
-            var lstm = spec.architecture.lstmConfiguration
-            lstm.dropout = configuration.lstm.dropout
-            lstm.positiveWeight = spec.positiveWeight
-            lstm.clvWeight = configuration.lstm.clvWeight
-            lstm.stageWeight = configuration.lstm.stageWeight
-            lstm.stageClassWeights = lstm.stageCount > 0 ? spec.classWeights : nil
-            lstm.spendPrior = spec.spendPrior
-            let model = LSTMModel(configuration: lstm, seed: configuration.seed)
-            return LSTMTask(model: model, batchCapacity: configuration.batchSize, steps: spec.historyLength)
-        case .gnn:
-            guard let graph else {
-                throw AgreementError(message: "the gnn model needs the dataset's graph")
-            }
-            let model = GraphSAGEModel(
-                configuration: GraphSAGEConfiguration(
-                    inputSize: spec.nodeFeatureWidth, hiddenSize: configuration.gnn.hidden, classes: spec.classCount,
-                    layers: configuration.gnn.layers, dropout: configuration.gnn.dropout, classWeights: spec.classWeights),
-                seed: configuration.seed)
-            return GNNTask(model: model, graph: graph, fanouts: configuration.gnn.fanouts, withoutEdges: emptyGraph,
-                           world: world, batchCapacity: configuration.batchSize, seed: configuration.seed)
-        }
     }
 
     /// Rank 0 reads the checkpoint; every rank receives its state by broadcast (workers read no files).
@@ -431,17 +337,8 @@ public enum TrainingJob {
         }
     }
 
-    static func describe(_ summary: TrainingSummary, configuration: TrainingConfiguration) -> String {
-        // Full metric names, as scripts grep them; the baselines' lines drop their long prefixes.
-        func format(_ metrics: [String: Double], _ prefix: String, _ keys: [String], named: Bool = true) -> String {
-            keys.compactMap { key in metrics[prefix + key].map { String(format: "%@ %.4f", named ? prefix + key : key, $0) } }
-                .joined(separator: "  ")
-        }
-        let keys = configuration.model == .lstm
-            ? ["auc", "log_loss", "f1", "brier", "clv_rmse", "clv_rmse_without_top_0_1pct", "spend_spearman", "spend_gini", "stage_accuracy", "stage_macro_f1",
-               "stage_majority_accuracy", "stage_majority_macro_f1"]
-            : ["accuracy", "macro_f1", "loss", "nograph_accuracy", "nograph_macro_f1", "xgboost_accuracy", "xgboost_macro_f1",
-               "majority_accuracy", "majority_macro_f1"]
+    static func describe(_ summary: TrainingSummary, recipe: some ModelRecipe) -> String {
+        let keys = recipe.summaryKeys
         let evaluated = summary.evaluatedBest
             ? "best checkpoint, epoch \(summary.evaluatedEpoch) step \(summary.evaluatedStep)"
             : "last model, step \(summary.evaluatedStep) (no validation chose a best)"
@@ -449,42 +346,9 @@ public enum TrainingJob {
             + (summary.stoppedEarly ? " (stopped early)" : "")
             + String(format: ", %.0f samples/s, all-reduce %.1f%% of step time", summary.samplesPerSecond, 100 * summary.allreduceShare)
             + "\n  evaluated:  \(evaluated)"
-            + "\n  validation: " + format(summary.lastValidation, "val_", keys)
-            + "\n  test:       " + format(summary.test, "test_", keys)
-        if let low = summary.test["test_auc_ci_low"], let high = summary.test["test_auc_ci_high"] {
-            text += String(format: "  (AUC 95%% CI %.4f–%.4f)", low, high)
-        }
-        for (name, label) in [("macro_f1", "macro-F1"), ("nograph_macro_f1", "no-graph macro-F1"),
-                              ("xgboost_macro_f1", "XGBoost macro-F1"), ("majority_macro_f1", "majority macro-F1"),
-                              ("macro_f1_minus_nograph", "macro-F1 minus no-graph"), ("macro_f1_minus_xgboost", "macro-F1 minus XGBoost"),
-                              ("macro_f1_minus_majority", "macro-F1 minus majority")] {
-            guard let low = summary.test["test_\(name)_ci_low"], let high = summary.test["test_\(name)_ci_high"] else { continue }
-            let format = name.contains("minus") ? "\n  %@ 95%% CI %+.4f to %+.4f" : "\n  %@ 95%% CI %.4f–%.4f"
-            text += String(format: format, "test " + label, low, high)
-        }
-        if summary.baselines != nil {
-            let baselineKeys = ["auc", "log_loss", "clv_rmse", "clv_rmse_without_top_0_1pct", "spend_spearman", "spend_gini"]
-            for (name, label) in [("bgnbd", "BG/NBD+GG"), ("logistic", "logistic floor"), ("xgboost", "XGBoost")]
-            where summary.test["test_\(name)_auc"] != nil {
-                text += "\n  \(label) (same customers): validation " + format(summary.lastValidation, "val_\(name)_", baselineKeys, named: false)
-                    + " | test " + format(summary.test, "test_\(name)_", baselineKeys, named: false)
-                if let low = summary.test["test_auc_minus_\(name)_ci_low"], let high = summary.test["test_auc_minus_\(name)_ci_high"] {
-                    text += String(format: "  (LSTM AUC minus it, 95%% CI %+.4f to %+.4f", low, high)
-                    if let low = summary.test["test_clv_rmse_minus_\(name)_ci_low"], let high = summary.test["test_clv_rmse_minus_\(name)_ci_high"] {
-                        text += String(format: "; spend RMSE minus it %+.1f to %+.1f", low, high)
-                    }
-                    text += ")"
-                }
-            }
-        }
-        let deciles = (1...10).compactMap { decile in
-            summary.test["test_spend_decile_\(decile)_predicted"].flatMap { predicted in
-                summary.test["test_spend_decile_\(decile)_actual"].map { String(format: "%.0f/%.0f", predicted, $0) }
-            }
-        }
-        if deciles.count == 10 {
-            text += "\n  test spend by decile of predicted spend (mean predicted/actual): " + deciles.joined(separator: " ")
-        }
+            + "\n  validation: " + formatMetrics(summary.lastValidation, "val_", keys)
+            + "\n  test:       " + formatMetrics(summary.test, "test_", keys)
+            + recipe.comparisonLines(summary)
         for warning in summary.warnings { text += "\n  WARNING: " + warning }
         return text
     }

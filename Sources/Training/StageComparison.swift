@@ -1,5 +1,8 @@
 import Collectives
+import CustomerData
 import DistributedMetrics
+import Foundation
+import GradientBoosting
 import ModelMetrics
 
 /// The graph model next to its no-graph ablation and the majority class, on the same customers,
@@ -107,5 +110,40 @@ enum StageComparison {
             warnings.append(text + ": gradient boosting without the graph network does better on these customers")
         }
         return warnings
+    }
+}
+
+/// The graph model's comparisons as a run makes them at its end: the no-graph ablation's rows,
+/// trained first, and what the XGBoost stage baseline is fitted from.
+struct StageComparisonPlan {
+    let ablationValidation: StageEvaluationRows
+    let ablationTest: StageEvaluationRows
+    let graph: LocalGraph
+    let train: LocalShard
+    let trainDistinct: Int
+    let validationShard: LocalShard
+    let testShard: LocalShard
+    let classCount: Int
+    let majorityStage: Int
+    let seed: UInt64
+    let runDirectory: URL?
+
+    /// The comparisons' metrics (`val_`/`test_` prefixed), and the baselines that could not be
+    /// fitted and why.
+    func run(validation: StageEvaluationRows, test: StageEvaluationRows,
+             world: any Communicator) throws -> (metrics: [String: Double], failures: [String]) {
+        var failures: [String] = []
+        var boosting: (validation: [Int], test: [Int])? = nil
+        do {
+            boosting = try StageBoostingBaseline.predict(
+                graph: graph, train: train, trainDistinct: trainDistinct, validation: validationShard,
+                test: testShard, classCount: classCount, seed: seed, world: world, runDirectory: runDirectory)
+        } catch let error as BoostingError {
+            failures.append("XGBoost could not be fitted as the stage baseline: \(error)")
+        }
+        let metrics = try StageComparison.metrics(
+            validation: validation, test: test, ablationValidation: ablationValidation, ablationTest: ablationTest,
+            boosting: boosting, majorityStage: majorityStage, classCount: classCount, world: world)
+        return (metrics, failures)
     }
 }

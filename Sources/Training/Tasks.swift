@@ -5,8 +5,13 @@ import Models
 import Tensors
 
 /// What the training loop needs from a model: a training step on some of the local shard's
-/// customers, and predictions for evaluation.
+/// customers, the evaluation of a split, and what the run does with the evaluated test split.
+/// Everything that depends on the model's outputs lives behind it, so the loop never asks which
+/// model it trains.
 public protocol TrainingTask: AnyObject {
+    /// This rank's rows of an evaluated split: what the predictions file and the comparisons
+    /// with other models read.
+    associatedtype Rows
     var parameters: ParameterStore { get }
     /// Adds the gradients of the mean loss over `customers` (indices into `shard`) and returns it.
     /// Models that can tell which part of the gradient buffer is final before backward ends
@@ -15,23 +20,37 @@ public protocol TrainingTask: AnyObject {
         _ shard: LocalShard, customers: ArraySlice<Int32>, random: inout SeededRandom,
         gradientsReady: ((Range<Int>) -> Void)?
     ) throws -> Float
-    /// Scores every customer of `shard` without dropout. Collective for models whose data is
-    /// spread over the ranks: every rank calls it, with its own shard.
-    func predict(_ shard: LocalShard) throws -> Predictions
+    /// Scores every customer of `shard` without dropout and merges the split's metrics over every
+    /// rank. Collective: every rank calls it, with its own shard. `majorityStage` is the training
+    /// split's most frequent stage, what the stage metrics are compared with; `spendTail` adds the
+    /// metrics that cost two more sorts across ranks.
+    func evaluate(_ shard: LocalShard, majorityStage: Int, prefix: String, spendTail: Bool,
+                  world: any Communicator) throws -> EvaluatedSplit<Rows>
+    /// After the test split is scored with the chosen model: writes this rank's rows of the
+    /// predictions file (nil writes none) and adds what the model is compared with to `summary`.
+    /// Collective.
+    func finish(validation: EvaluatedSplit<Rows>, test: EvaluatedSplit<Rows>, summary: inout TrainingSummary,
+                predictionsFile: URL?, world: any Communicator) throws
 }
 
-/// Model outputs for a shard, in shard order.
-public struct Predictions {
-    /// LSTM: churn probability and expected horizon spend per customer.
-    public var churnProbability: [Float] = []
-    public var expectedSpend: [Float] = []
-    /// LSTM with a ZILN head: its probability of any purchase in the horizon (1 − it is the
-    /// ZILN's own churn estimate, evaluated beside the churn head's).
-    public var purchaseProbability: [Float] = []
-    /// LSTM: each customer's CLV loss term (squared log error or ZILN NLL), for the split's loss.
-    public var clvLoss: [Float] = []
-    /// GNN, or an LSTM with a stage head: class probabilities, row-major [count, classes].
-    public var stageProbabilities: [Float] = []
+/// A split's metrics, merged over every rank, and this rank's rows of its customers.
+public struct EvaluatedSplit<Rows> {
+    public var metrics: [String: Double]
+    var rows: Rows
+}
+
+/// The LSTM's outputs for a shard, in shard order.
+struct LSTMPredictions {
+    /// Churn probability and expected horizon spend per customer.
+    var churnProbability: [Float] = []
+    var expectedSpend: [Float] = []
+    /// With a ZILN head: its probability of any purchase in the horizon (1 − it is the ZILN's
+    /// own churn estimate, evaluated beside the churn head's).
+    var purchaseProbability: [Float] = []
+    /// Each customer's CLV loss term (squared log error or ZILN NLL), for the split's loss.
+    var clvLoss: [Float] = []
+    /// With a stage head: class probabilities, row-major [count, stages].
+    var stageProbabilities: [Float] = []
 }
 
 public final class LSTMTask: TrainingTask {
@@ -43,6 +62,8 @@ public final class LSTMTask: TrainingTask {
     private var spend: [Float]
     private var stages: [Int32]
     private var stageRow: [Float]
+    /// The baselines fitted at the end of the run on the same customers; nil fits none.
+    var baselines: LSTMBaselines?
 
     public var parameters: ParameterStore { model.parameters }
 
@@ -94,8 +115,9 @@ public final class LSTMTask: TrainingTask {
         }
     }
 
-    public func predict(_ shard: LocalShard) -> Predictions {
-        var result = Predictions()
+    /// The outputs of every customer of `shard`, without dropout.
+    func predict(_ shard: LocalShard) -> LSTMPredictions {
+        var result = LSTMPredictions()
         let heads = model.heads
         result.churnProbability.reserveCapacity(shard.count)
         result.expectedSpend.reserveCapacity(shard.count)
@@ -131,6 +153,29 @@ public final class LSTMTask: TrainingTask {
         }
         return result
     }
+
+    public func evaluate(_ shard: LocalShard, majorityStage: Int, prefix: String, spendTail: Bool,
+                         world: any Communicator) throws -> EvaluatedSplit<LSTMEvaluationRows> {
+        let settings = model.configuration
+        let rows = LSTMEvaluationRows(
+            values: LSTMEvaluationRows.pack(predict(shard), shard: shard, stageCount: settings.stageCount),
+            stageCount: settings.stageCount, hasPurchaseProbability: settings.clvLoss == .ziln)
+        let metrics = try rows.metrics(
+            prefix: prefix, clvWeight: Double(settings.clvWeight), stageWeight: Double(settings.stageWeight),
+            majorityStage: majorityStage, spendTail: spendTail, world: world)
+        return EvaluatedSplit(metrics: metrics, rows: rows)
+    }
+
+    public func finish(validation: EvaluatedSplit<LSTMEvaluationRows>, test: EvaluatedSplit<LSTMEvaluationRows>,
+                       summary: inout TrainingSummary, predictionsFile: URL?, world: any Communicator) throws {
+        if let predictionsFile { try writeLSTMPredictions(test.rows, to: predictionsFile, world: world) }
+        guard let baselines else { return }
+        let report = try baselines.run(validation: validation.rows, test: test.rows, world: world)
+        summary.baselines = report
+        summary.test.merge(report.test) { current, _ in current }
+        summary.lastValidation.merge(report.validation) { current, _ in current }
+        summary.warnings += report.warnings(modelValidation: summary.lastValidation, modelTest: summary.test)
+    }
 }
 
 public final class GNNTask: TrainingTask {
@@ -143,6 +188,12 @@ public final class GNNTask: TrainingTask {
     private let input = Tensor(shape: [1])
     private var labels: [Int32]
     private var seeds: [Int32] = []
+    /// The comparisons of the end of the run (the no-graph ablation, XGBoost, the majority
+    /// class); nil makes none.
+    var comparison: StageComparisonPlan?
+    /// This rank's rows of the validation and test splits the run ended with, for a model
+    /// that others are compared with.
+    private(set) var finalRows: (validation: StageEvaluationRows, test: StageEvaluationRows)?
 
     public var parameters: ParameterStore { model.parameters }
 
@@ -187,8 +238,10 @@ public final class GNNTask: TrainingTask {
         }
     }
 
-    public func predict(_ shard: LocalShard) throws -> Predictions {
-        var result = Predictions()
+    /// Class probabilities of every customer of `shard`, row-major [count, classes]. Collective:
+    /// sampling reaches the other ranks' shares of the graph.
+    func predict(_ shard: LocalShard) throws -> [Float] {
+        var result: [Float] = []
         // Evaluation samples neighbours too; a fixed stream makes it repeatable.
         var sampling = SeededRandom(seed: seed, purpose: .neighbourSampling, epoch: -1)
         var unused = SeededRandom(seed: 0, purpose: .dropout)
@@ -201,10 +254,35 @@ public final class GNNTask: TrainingTask {
             let blocks = try prepare(shard, Array(Int32(start)..<Int32(start + count))[...], random: &sampling)
             if count > 0 {
                 model.forward(features: input.pointer, blocks: blocks, training: false, random: &unused)
-                result.stageProbabilities.append(contentsOf: model.probabilities())
+                result.append(contentsOf: model.probabilities())
             }
             start += count
         }
         return result
+    }
+
+    public func evaluate(_ shard: LocalShard, majorityStage: Int, prefix: String, spendTail: Bool,
+                         world: any Communicator) throws -> EvaluatedSplit<StageEvaluationRows> {
+        let classCount = model.configuration.classes
+        let probabilities = try predict(shard)
+        let metrics = try evaluateStages(probabilities, shard: shard, classCount: classCount, majorityStage: majorityStage,
+                                         prefix: prefix, world: world)
+        return EvaluatedSplit(
+            metrics: metrics,
+            rows: StageEvaluationRows(values: StageEvaluationRows.pack(probabilities, shard: shard, classCount: classCount),
+                                      classCount: classCount))
+    }
+
+    public func finish(validation: EvaluatedSplit<StageEvaluationRows>, test: EvaluatedSplit<StageEvaluationRows>,
+                       summary: inout TrainingSummary, predictionsFile: URL?, world: any Communicator) throws {
+        if let predictionsFile { try writeStagePredictions(test.rows, to: predictionsFile, world: world) }
+        finalRows = (validation.rows, test.rows)
+        guard let comparison else { return }
+        let compared = try comparison.run(validation: validation.rows, test: test.rows, world: world)
+        summary.warnings += compared.failures
+        for (key, value) in compared.metrics {
+            if key.hasPrefix("val_") { summary.lastValidation[key] = value } else { summary.test[key] = value }
+        }
+        summary.warnings += StageComparison.warnings(test: summary.test)
     }
 }

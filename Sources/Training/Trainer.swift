@@ -65,12 +65,10 @@ public struct TrainingSummary: Sendable {
     public var samplesPerSecond = 0.0
     public var allreduceShare = 0.0
     public var parameterChecksum: UInt64 = 0
-    /// LSTM: the baselines fitted at the end, and what the summary must warn about.
+    /// The baselines fitted at the end on the same customers, when the model has any.
     public var baselines: BaselineReport? = nil
+    /// What the summary must warn about: comparisons the model lost, baselines that could not be fitted.
     public var warnings: [String] = []
-    /// GNN: this rank's evaluated customers' true and predicted stages.
-    var validationStageRows: StageEvaluationRows? = nil
-    var testStageRows: StageEvaluationRows? = nil
 }
 
 /// The data-parallel loop every rank runs: same steps, fused gradient all-reduce, same update.
@@ -79,11 +77,10 @@ public final class DataParallelTrainer {
     let world: any Communicator
     /// The same ranks without the per-call agreement check, for the gradient all-reduce.
     let gradientWorld: any Communicator
-    let task: TrainingTask
+    let task: any TrainingTask
     let trainShard: LocalShard
     let validationShard: LocalShard
     let testShard: LocalShard
-    let classCount: Int
     let optimizer: AdamOptimizer
     let reporter: ProgressReporter
     let saveCheckpoint: ((CheckpointRequest) throws -> Void)?
@@ -95,16 +92,9 @@ public final class DataParallelTrainer {
     var majorityStage = 0
     /// Rank 0: reads the parameters of a saved step, for a best model saved before a resume.
     var loadParameters: ((Int) throws -> [Float])?
-    /// GNN, every rank with its own rows: metrics comparing this model with others on the same
-    /// customers (the no-graph ablation, intervals), merged into the final validation and test metrics.
-    /// Graph model: its comparisons' metrics, and the baselines that could not be fitted and why.
-    var stageComparison: ((_ validation: StageEvaluationRows, _ test: StageEvaluationRows) throws
-        -> (metrics: [String: Double], failures: [String]))?
-    /// LSTM, every rank with its own rows: the baselines' metrics on the same validation and test customers.
-    var baselines: ((_ validation: LSTMEvaluationRows, _ test: LSTMEvaluationRows) throws -> BaselineReport)?
 
-    public init(configuration: TrainingConfiguration, world: any Communicator, task: TrainingTask,
-         trainShard: LocalShard, validationShard: LocalShard, testShard: LocalShard, classCount: Int,
+    public init(configuration: TrainingConfiguration, world: any Communicator, task: any TrainingTask,
+         trainShard: LocalShard, validationShard: LocalShard, testShard: LocalShard,
          reporter: ProgressReporter, saveCheckpoint: ((CheckpointRequest) throws -> Void)?,
          stopAfterSteps: Int? = nil) {
         self.configuration = configuration
@@ -114,7 +104,6 @@ public final class DataParallelTrainer {
         self.trainShard = trainShard
         self.validationShard = validationShard
         self.testShard = testShard
-        self.classCount = classCount
         self.reporter = reporter
         self.saveCheckpoint = saveCheckpoint
         self.stopAfterSteps = stopAfterSteps
@@ -161,7 +150,7 @@ public final class DataParallelTrainer {
         let schedule = LearningRateSchedule(
             baseRate: scaledLearningRate, warmupSteps: configuration.warmupSteps,
             totalSteps: epochs * stepsPerEpoch,
-            decay: LearningRateSchedule.Decay(rawValue: configuration.decay) ?? .cosine)
+            decay: configuration.decay)
         let gradients = parameters.gradients.buffer
         var summary = TrainingSummary()
         var totalSamples = 0
@@ -245,9 +234,7 @@ public final class DataParallelTrainer {
             var improved = false
             var stopLine: String?
             if (epoch + 1) % configuration.validateEveryEpochs == 0 || progress.epoch == epochs {
-                let validation = try evaluate(
-                    try task.predict(validationShard), shard: validationShard, model: configuration.model,
-                    classCount: classCount, lstm: configuration.lstm, majorityStage: majorityStage, prefix: "val_", world: world).metrics
+                let validation = try validationMetrics(task)
                 metrics.merge(validation) { $1 }
                 summary.lastValidation = validation
                 (improved, stopLine) = updateEarlyStopping(&progress, metrics: validation)
@@ -282,48 +269,30 @@ public final class DataParallelTrainer {
         summary.evaluatedStep = progress.bestStep ?? progress.globalStep
         summary.evaluatedEpoch = progress.bestEpoch ?? progress.epoch
         summary.evaluatedBest = progress.bestStep != nil
-        let validation = try evaluate(
-            try task.predict(validationShard), shard: validationShard, model: configuration.model, classCount: classCount,
-            lstm: configuration.lstm, majorityStage: majorityStage, prefix: "val_", spendTail: true, world: world)
-        summary.lastValidation = validation.metrics
-        let testPredictions = try task.predict(testShard)
-        let test = try evaluate(
-            testPredictions, shard: testShard, model: configuration.model, classCount: classCount,
-            lstm: configuration.lstm, majorityStage: majorityStage, prefix: "test_", spendTail: true, world: world)
-        summary.test = test.metrics
-        summary.test["test_evaluated_step"] = Double(summary.evaluatedStep)
-        summary.test["test_evaluated_epoch"] = Double(summary.evaluatedEpoch)
-        let predictionsFile = runDirectory?.appendingPathComponent("test_predictions.csv")
-        switch configuration.model {
-        case .lstm:
-            if let rows = test.lstmRows, let predictionsFile { try writeLSTMPredictions(rows, to: predictionsFile, world: world) }
-            if let baselines, let validationRows = validation.lstmRows, let testRows = test.lstmRows {
-                let report = try baselines(validationRows, testRows)
-                summary.baselines = report
-                summary.test.merge(report.test) { current, _ in current }
-                summary.lastValidation.merge(report.validation) { current, _ in current }
-                for warning in report.warnings(modelValidation: summary.lastValidation, modelTest: summary.test) {
-                    summary.warnings.append(warning)
-                }
-            }
-        case .gnn:
-            if let rows = test.stageRows, let predictionsFile { try writeStagePredictions(rows, to: predictionsFile, world: world) }
-            summary.validationStageRows = validation.stageRows
-            summary.testStageRows = test.stageRows
-            if let stageComparison, let validationRows = validation.stageRows, let testRows = test.stageRows {
-                let comparison = try stageComparison(validationRows, testRows)
-                summary.warnings += comparison.failures
-                for (key, value) in comparison.metrics {
-                    if key.hasPrefix("val_") { summary.lastValidation[key] = value } else { summary.test[key] = value }
-                }
-                summary.warnings += StageComparison.warnings(test: summary.test)
-            }
-        }
+        try evaluateAndFinish(task, summary: &summary)
         var record = summary.test
         for (key, value) in summary.lastValidation { record[key] = value }
         for (key, value) in summary.baselines?.parameters ?? [:] { record[key] = value }
         reporter.record(record, event: "test", warnings: summary.warnings)
         return summary
+    }
+
+    /// Each epoch's validation metrics (generic so that the task's rows keep their type).
+    private func validationMetrics<Task: TrainingTask>(_ task: Task) throws -> [String: Double] {
+        try task.evaluate(validationShard, majorityStage: majorityStage, prefix: "val_", spendTail: false, world: world).metrics
+    }
+
+    /// The chosen model's validation and test metrics, then what the task does with them: the
+    /// predictions file and the comparisons with other models.
+    private func evaluateAndFinish<Task: TrainingTask>(_ task: Task, summary: inout TrainingSummary) throws {
+        let validation = try task.evaluate(validationShard, majorityStage: majorityStage, prefix: "val_", spendTail: true, world: world)
+        summary.lastValidation = validation.metrics
+        let test = try task.evaluate(testShard, majorityStage: majorityStage, prefix: "test_", spendTail: true, world: world)
+        summary.test = test.metrics
+        summary.test["test_evaluated_step"] = Double(summary.evaluatedStep)
+        summary.test["test_evaluated_epoch"] = Double(summary.evaluatedEpoch)
+        try task.finish(validation: validation, test: test, summary: &summary,
+                        predictionsFile: runDirectory?.appendingPathComponent("test_predictions.csv"), world: world)
     }
 
     /// Puts the best validation's parameters in place, on every rank: from memory when this

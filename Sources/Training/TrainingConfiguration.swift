@@ -138,7 +138,8 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
     public var learningRate: Float = 0.002
     public var learningRateScaling: LearningRateScaling = .sqrt
     public var warmupSteps = 0
-    public var decay: String = "cosine"
+    /// How the rate falls after warm-up; a name the schedule does not know fails the load.
+    public var decay: LearningRateSchedule.Decay = .cosine
     /// Global gradient norm limit; 0 turns clipping off.
     public var clipNorm: Float = 1
     public var weightDecay: Float = 0
@@ -204,7 +205,13 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         learningRate = try value(.learningRate, defaults.learningRate)
         learningRateScaling = try value(.learningRateScaling, defaults.learningRateScaling)
         warmupSteps = try value(.warmupSteps, defaults.warmupSteps)
-        decay = try value(.decay, defaults.decay)
+        let decayName = try value(.decay, defaults.decay.rawValue)
+        guard let decay = LearningRateSchedule.Decay(rawValue: decayName) else {
+            let names = LearningRateSchedule.Decay.allCases.map(\.rawValue)
+            throw ConfigurationError.invalidValue(
+                key: "decay", message: "must be \(names.dropLast().joined(separator: ", ")) or \(names.last!), not '\(decayName)'")
+        }
+        self.decay = decay
         clipNorm = try value(.clipNorm, defaults.clipNorm)
         weightDecay = try value(.weightDecay, defaults.weightDecay)
         seed = try value(.seed, defaults.seed)
@@ -234,7 +241,6 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
         try require(lstm.stageWeight >= 0 && lstm.stageWeight.isFinite, "lstm.stage_weight", "must be a non-negative number")
         try require(batchSize >= 1, "batch_size", "must be at least 1")
         try require(learningRate > 0 && learningRate.isFinite, "learning_rate", "must be a positive number")
-        try require(["constant", "linear", "cosine"].contains(decay), "decay", "must be constant, linear or cosine")
         try require(clipNorm >= 0, "clip_norm", "must be 0 (off) or positive")
         try require(keepCheckpoints >= 1, "keep_checkpoints", "must be at least 1")
         try require(checkpointEveryEpochs >= 1, "checkpoint_every_epochs", "must be at least 1")
@@ -281,6 +287,11 @@ public struct TrainingConfiguration: Codable, Sendable, Equatable {
             let normalised = try Yams.dump(object: tree)
             configuration = try YAMLDecoder().decode(TrainingConfiguration.self, from: normalised)
         } catch let error as DecodingError {
+            // A value its key cannot take is refused while decoding, naming the key; the YAML
+            // decoder hands that error on wrapped.
+            if case .dataCorrupted(let context) = error, let refused = context.underlyingError as? ConfigurationError {
+                throw refused
+            }
             throw ConfigurationError.malformed(source: source, reason: describe(error))
         }
         try configuration.validate()

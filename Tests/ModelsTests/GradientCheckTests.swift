@@ -57,7 +57,7 @@ func compareParameterGradients(_ parameters: ParameterStore, step: Float = 1e-2,
         let (batchSize, steps, inputSize) = (3, 5, 3)
         let model = LSTMModel(
             configuration: LSTMConfiguration(
-                inputSize: inputSize, hiddenSize: 4, layers: 2, dropout: 0.3, positiveWeight: 1.5, clvWeight: 0.7),
+                inputSize: inputSize, hiddenSize: 4, layers: 2, dropout: 0.3, positiveWeight: 1.5, clvWeight: 0.7, clvLoss: .logMSE),
             seed: 11)
         var random = SeededRandom(seed: 5, purpose: .synthesis)
         let lengths: [Int32] = [5, 2, 4]
@@ -174,7 +174,7 @@ func compareParameterGradients(_ parameters: ParameterStore, step: Float = 1e-2,
 
     @Test func paddingDoesNotChangeTheOutputs() {
         // A sequence evaluated alone at its own length must give what it gives padded in a batch.
-        let model = LSTMModel(configuration: LSTMConfiguration(inputSize: 2, hiddenSize: 3, layers: 2, dropout: 0), seed: 3)
+        let model = LSTMModel(configuration: LSTMConfiguration(inputSize: 2, hiddenSize: 3, layers: 2, dropout: 0, clvLoss: .logMSE), seed: 3)
         var random = SeededRandom(seed: 1, purpose: .synthesis)
         let short = (0..<3 * 2).map { _ in random.nextFloat(in: -1, 1) }
         var padded = short + [Float](repeating: 7, count: 2 * 2)

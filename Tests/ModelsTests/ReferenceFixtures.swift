@@ -63,7 +63,7 @@ func expectClose(
         let model = LSTMModel(
             configuration: LSTMConfiguration(
                 inputSize: inputSize, hiddenSize: hidden, layers: 2, dropout: 0,
-                positiveWeight: fixture.floats("pos_weight")[0], clvWeight: fixture.floats("clv_weight")[0]),
+                positiveWeight: fixture.floats("pos_weight")[0], clvWeight: fixture.floats("clv_weight")[0], clvLoss: .logMSE),
             seed: 1)
         try model.parameters.load(fixture.parameters(of: model.parameters.layout))
 

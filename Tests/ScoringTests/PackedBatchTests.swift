@@ -78,7 +78,7 @@ struct PackedBatchTests {
     @Test("a batch of mixed lengths in arbitrary order scores each customer as when scored alone (the same bits with a fused kernel)",
           arguments: kernels)
     func batchEqualsAlone(kernel: ForwardKernel) {
-        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: 50, layers: 2, dropout: 0)
+        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: 50, layers: 2, dropout: 0, clvLoss: .logMSE)
         let (network, _) = Self.network(configuration, seed: 31, kernel: kernel)
         #expect(network.kernel == kernel)
         // 45 customers: not a multiple of the vector width, so partial vectors are stored too;
@@ -100,9 +100,9 @@ struct PackedBatchTests {
     }
 
     @Test("with saturating gates and large cells, scores equal the training model's forward", arguments: [
-        LSTMConfiguration(inputSize: 8, hiddenSize: 50, layers: 2, dropout: 0),
+        LSTMConfiguration(inputSize: 8, hiddenSize: 50, layers: 2, dropout: 0, clvLoss: .logMSE),
         // An odd hidden size: the AVX-512 kernel's tiles of two units get a padded unit.
-        LSTMConfiguration(inputSize: 3, hiddenSize: 5, layers: 3, dropout: 0),
+        LSTMConfiguration(inputSize: 3, hiddenSize: 5, layers: 3, dropout: 0, clvLoss: .logMSE),
     ], kernels)
     func matchesTrainingModel(configuration: LSTMConfiguration, kernel: ForwardKernel) {
         let (network, model) = Self.network(configuration, seed: 17, kernel: kernel)
@@ -122,7 +122,7 @@ struct PackedBatchTests {
     @Test("weights large enough to saturate every gate keep the scores finite and equal to the training model's",
           arguments: kernels)
     func saturatedNetwork(kernel: ForwardKernel) {
-        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: 50, layers: 2, dropout: 0)
+        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: 50, layers: 2, dropout: 0, clvLoss: .logMSE)
         let (network, model) = Self.network(configuration, seed: 23, kernel: kernel, weightScale: 30)
         let steps = 11
         let customers = Customers(count: 40, steps: steps, inputSize: 8, lengths: { Int32(1 + $0.nextIndex(below: steps)) }, seed: 4)
@@ -145,7 +145,7 @@ struct PackedBatchTests {
 
     @Test("all customers full length, all length one, and a length of zero (state stays zero)", arguments: kernels)
     func edgeLengths(kernel: ForwardKernel) {
-        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: 50, layers: 2, dropout: 0)
+        let configuration = LSTMConfiguration(inputSize: 8, hiddenSize: 50, layers: 2, dropout: 0, clvLoss: .logMSE)
         let (network, model) = Self.network(configuration, seed: 3, kernel: kernel)
         let full = Customers(count: 16, steps: 39, inputSize: 8, lengths: { _ in 39 }, seed: 1)
         let short = Customers(count: 16, steps: 39, inputSize: 8, lengths: { _ in 1 }, seed: 2)

@@ -61,13 +61,13 @@ func oneStep(_ configuration: TrainingConfiguration, shard: LocalShard, world: a
         configuration: LSTMConfiguration(inputSize: shard.featureCount, hiddenSize: configuration.lstm.hidden,
                                          layers: configuration.lstm.layers, dropout: 0,
                                          positiveWeight: configuration.lstm.positiveWeight ?? 1,
-                                         clvWeight: configuration.lstm.clvWeight),
+                                         clvWeight: configuration.lstm.clvWeight, clvLoss: .logMSE),
         seed: configuration.seed)
     let task = LSTMTask(model: model, batchCapacity: configuration.batchSize, steps: shard.steps)
     let empty = LocalShard(steps: shard.steps, featureCount: shard.featureCount, capacity: 0)
     let trainer = DataParallelTrainer(
         configuration: configuration, world: world, task: task, trainShard: shard, validationShard: empty,
-        testShard: empty, classCount: 4, reporter: try ProgressReporter(enabled: false, metricsLog: nil),
+        testShard: empty, reporter: try ProgressReporter(enabled: false, metricsLog: nil),
         saveCheckpoint: nil, stopAfterSteps: 1)
     _ = try trainer.run(resumingFrom: nil)
     return model.parameters.values.array
@@ -84,7 +84,7 @@ case nil:
                                  world: SingleProcessCommunicator())
         var worst: Float = 0
         var moved = false
-        let initial = LSTMModel(configuration: LSTMConfiguration(inputSize: features, hiddenSize: 6, layers: 2), seed: 42)
+        let initial = LSTMModel(configuration: LSTMConfiguration(inputSize: features, hiddenSize: 6, layers: 2, clvLoss: .logMSE), seed: 42)
             .parameters.values.array
         for index in distributed.indices {
             worst = max(worst, abs(distributed[index] - single[index]) / max(abs(single[index]), 1e-3))

@@ -1,4 +1,5 @@
 import CustomerData
+import Foundation
 import Models
 import Testing
 @testable import Training
@@ -59,6 +60,21 @@ import Testing
         }
         #expect(typeError?.description.contains("epochs") == true, "\(String(describing: typeError))")
         #expect(throws: ConfigurationError.self) { try TrainingConfiguration.parse(yaml: "data: d", overrides: ["epochs"]) }
+    }
+
+    @Test func decayIsANameTheScheduleKnowsOrTheLoadFails() throws {
+        #expect(try TrainingConfiguration.parse(yaml: "data: d\n").decay == .cosine)
+        #expect(try TrainingConfiguration.parse(yaml: "data: d\ndecay: linear\n").decay == .linear)
+        #expect(try TrainingConfiguration.parse(yaml: "data: d\n", overrides: ["decay=constant"]).decay == .constant)
+        let misspelt = #expect(throws: ConfigurationError.self) {
+            try TrainingConfiguration.parse(yaml: "data: d\n", overrides: ["decay=cosin"])
+        }
+        #expect(misspelt == .invalidValue(key: "decay", message: "must be constant, linear or cosine, not 'cosin'"))
+        // Workers decode the coordinator's JSON with the same rule: the name is what is sent.
+        let json = String(decoding: try TrainingConfiguration.parse(yaml: "data: d\ndecay: constant\n").canonicalJSON(), as: UTF8.self)
+        #expect(json.contains("\"decay\":\"constant\""))
+        let tampered = Data(json.replacingOccurrences(of: "\"decay\":\"constant\"", with: "\"decay\":\"wobbly\"").utf8)
+        #expect(throws: ConfigurationError.self) { try JSONDecoder().decode(TrainingConfiguration.self, from: tampered) }
     }
 
     @Test func canonicalJSONIsStable() throws {
