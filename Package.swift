@@ -67,7 +67,9 @@ let package = Package(
         .target(name: "Tensors", dependencies: ["CBLAS", "BitMixing"]),
         // The scoring LSTM's fused step for AVX2 and AVX-512, chosen at run time (see its header).
         .target(name: "CForwardKernels"),
-        .target(name: "Models", dependencies: ["Tensors", "BitMixing", "Checkpoints"]),
+        // The training LSTM's element-wise step kernels, per instruction set (as CForwardKernels).
+        .target(name: "CTrainingKernels"),
+        .target(name: "Models", dependencies: ["Tensors", "BitMixing", "Checkpoints", "CForwardKernels", "CTrainingKernels"]),
         // Not "Metrics": swift-metrics (under Hummingbird) owns that module name, and SwiftPM
         // needs target names unique across the package graph.
         .target(name: "ModelMetrics", dependencies: ["BitMixing"], path: "Sources/Metrics"),
@@ -141,7 +143,7 @@ let package = Package(
         .executableTarget(
             name: "clm-bench",
             dependencies: [
-                "Benchmarks", "Scoring",
+                "Benchmarks", "Models", "Scoring",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

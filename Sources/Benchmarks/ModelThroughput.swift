@@ -32,6 +32,8 @@ public struct LSTMThroughput {
     public var layers = 2
     public var batchSize = 32
     public var minimumSeconds = 3.0
+    /// The element-wise step kernels to time (the best this CPU runs by default).
+    public var kernel = ElementwiseKernel.best
 
     public init() {}
 
@@ -61,6 +63,7 @@ public struct LSTMThroughput {
             configuration: LSTMConfiguration(
                 inputSize: inputSize, hiddenSize: hiddenSize, layers: layers, dropout: 0.2, clvLoss: .ziln, stageCount: 4),
             seed: 1)
+        model.elementwiseKernel = kernel
         let adam = AdamOptimizer(parameterCount: model.parameters.layout.totalCount)
         var random = SeededRandom(seed: 2, purpose: .synthesis)
         let features = (0..<batchSize * steps * inputSize).map { _ in random.nextFloat(in: -1, 1) }

@@ -1,3 +1,4 @@
+import CTrainingKernels
 import Foundation
 import Tensors
 
@@ -147,6 +148,10 @@ public final class LSTMModel: @unchecked Sendable {
     let customerBias: ParameterSlice?
 
     private let workspace: LSTMWorkspace
+    /// Which element-wise step kernels training runs: the best this CPU has (AVX-512 or AVX2,
+    /// `CTrainingKernels`), or `portable`, the Swift loops, kept as the reference they are
+    /// tested against and used where neither instruction set exists.
+    public var elementwiseKernel: ElementwiseKernel = .best
 
     public init(configuration: LSTMConfiguration, seed: UInt64) {
         self.configuration = configuration
@@ -274,6 +279,14 @@ public final class LSTMModel: @unchecked Sendable {
                         transposeB: true, m: batchSize, n: gatesWidth, k: hidden,
                         a: stepOutputs - batchSize &* hidden, lda: hidden, b: wHH, ldb: hidden,
                         beta: 1, c: stepGates, ldc: gatesWidth)
+                }
+                if elementwiseKernel != .portable {
+                    clm_lstm_train_forward_cells(
+                        elementwiseKernel.rawValue, stepGates, t > 0 ? stepCells - batchSize &* hidden : nil,
+                        t > 0 ? stepOutputs - batchSize &* hidden : nil, stepCells,
+                        workspace.tanhCells[layer].pointer + t &* batchSize &* hidden, stepOutputs,
+                        batch.lengths, Int32(t), Int32(batchSize), Int32(hidden))
+                    continue
                 }
                 for b in 0..<batchSize {
                     let g = stepGates + b &* gatesWidth
@@ -539,35 +552,16 @@ public final class LSTMModel: @unchecked Sendable {
                 let stepGateGradients = gateGradients + t &* batchSize &* gatesWidth
                 let stepCells = cells + t &* batchSize &* hidden
                 let stepOutputGradients = outputGradients + t &* batchSize &* hidden
-                for b in 0..<batchSize {
-                    let dh = hiddenCarry + b &* hidden
-                    let dc = cellCarry + b &* hidden
-                    let fromAbove = stepOutputGradients + b &* hidden
-                    for unit in 0..<hidden { dh[unit] += fromAbove[unit] }
-                    let dGates = stepGateGradients + b &* gatesWidth
-                    guard t < Int(batch.lengths[b]) else {
-                        // A carried step passes dh and dc through untouched.
-                        dGates.update(repeating: 0, count: gatesWidth)
-                        continue
-                    }
-                    let g = stepGates + b &* gatesWidth
-                    let c = stepCells + b &* hidden
-                    let previousCells = t > 0 ? UnsafePointer(c - batchSize &* hidden) : UnsafePointer(workspace.zeros.pointer)
-                    let inputGate = g, forgetGate = g + hidden, candidate = g + 2 &* hidden, outputGate = g + 3 &* hidden
-                    let dInput = dGates, dForget = dGates + hidden, dCandidate = dGates + 2 &* hidden
-                    let dOutput = dGates + 3 &* hidden
-                    for unit in 0..<hidden {
-                        let i = inputGate[unit], f = forgetGate[unit], cand = candidate[unit], o = outputGate[unit]
-                        let tanhCell = Kernels.tanh(c[unit])
-                        let cellGradient = dc[unit] + dh[unit] * o * (1 - tanhCell * tanhCell)
-                        dInput[unit] = cellGradient * cand * i * (1 - i)
-                        dForget[unit] = cellGradient * previousCells[unit] * f * (1 - f)
-                        dCandidate[unit] = cellGradient * i * (1 - cand * cand)
-                        dOutput[unit] = dh[unit] * tanhCell * o * (1 - o)
-                        dc[unit] = cellGradient * f
-                        // Consumed: the recurrent GEMM below adds this step's share back.
-                        dh[unit] = 0
-                    }
+                if elementwiseKernel != .portable {
+                    clm_lstm_train_backward_cells(
+                        elementwiseKernel.rawValue, stepGates, workspace.tanhCells[layer].pointer + t &* batchSize &* hidden,
+                        t > 0 ? stepCells - batchSize &* hidden : nil, stepOutputGradients, hiddenCarry, cellCarry,
+                        stepGateGradients, batch.lengths, Int32(t), Int32(batchSize), Int32(hidden))
+                } else {
+                    portableBackwardCells(
+                        stepGates: stepGates, stepCells: stepCells, stepOutputGradients: stepOutputGradients,
+                        stepGateGradients: stepGateGradients, hiddenCarry: hiddenCarry, cellCarry: cellCarry,
+                        lengths: batch.lengths, t: t, batchSize: batchSize)
                 }
                 if t > 0 {
                     BLAS.gemm(
@@ -642,6 +636,47 @@ public final class LSTMModel: @unchecked Sendable {
         }
     }
 
+    /// The element-wise part of backward at step `t` in Swift: the reference the vector kernels
+    /// (`clm_lstm_train_backward_cells`) are tested against.
+    private func portableBackwardCells(
+        stepGates: UnsafeMutablePointer<Float>, stepCells: UnsafeMutablePointer<Float>,
+        stepOutputGradients: UnsafeMutablePointer<Float>, stepGateGradients: UnsafeMutablePointer<Float>,
+        hiddenCarry: UnsafeMutablePointer<Float>, cellCarry: UnsafeMutablePointer<Float>,
+        lengths: UnsafePointer<Int32>, t: Int, batchSize: Int
+    ) {
+        let hidden = configuration.hiddenSize, gatesWidth = 4 * hidden
+        for b in 0..<batchSize {
+            let dh = hiddenCarry + b &* hidden
+            let dc = cellCarry + b &* hidden
+            let fromAbove = stepOutputGradients + b &* hidden
+            for unit in 0..<hidden { dh[unit] += fromAbove[unit] }
+            let dGates = stepGateGradients + b &* gatesWidth
+            guard t < Int(lengths[b]) else {
+                // A carried step passes dh and dc through untouched.
+                dGates.update(repeating: 0, count: gatesWidth)
+                continue
+            }
+            let g = stepGates + b &* gatesWidth
+            let c = stepCells + b &* hidden
+            let previousCells = t > 0 ? UnsafePointer(c - batchSize &* hidden) : UnsafePointer(workspace.zeros.pointer)
+            let inputGate = g, forgetGate = g + hidden, candidate = g + 2 &* hidden, outputGate = g + 3 &* hidden
+            let dInput = dGates, dForget = dGates + hidden, dCandidate = dGates + 2 &* hidden
+            let dOutput = dGates + 3 &* hidden
+            for unit in 0..<hidden {
+                let i = inputGate[unit], f = forgetGate[unit], cand = candidate[unit], o = outputGate[unit]
+                let tanhCell = Kernels.tanh(c[unit])
+                let cellGradient = dc[unit] + dh[unit] * o * (1 - tanhCell * tanhCell)
+                dInput[unit] = cellGradient * cand * i * (1 - i)
+                dForget[unit] = cellGradient * previousCells[unit] * f * (1 - f)
+                dCandidate[unit] = cellGradient * i * (1 - cand * cand)
+                dOutput[unit] = dh[unit] * tanhCell * o * (1 - o)
+                dc[unit] = cellGradient * f
+                // Consumed: the recurrent GEMM below adds this step's share back.
+                dh[unit] = 0
+            }
+        }
+    }
+
     /// d(target)/d(features) for the batch of the last `forward` (no loss needed): for each
     /// customer b, `outputGradient(b, outputs, gradient)` writes the target's derivative with
     /// respect to each of the row's `heads.width` head outputs; the features' gradients come back
@@ -675,6 +710,7 @@ final class LSTMWorkspace {
     var layerInputs: [Tensor]   // [T, B, in_l]
     var gates: [Tensor]         // [T, B, 4H] activated gates i, f, g, o
     var cells: [Tensor]         // [T, B, H]
+    var tanhCells: [Tensor]     // [T, B, H] tanh(c), kept by the vector kernels for backward
     var hiddens: [Tensor]       // [T, B, H]
     var masks: [Tensor]         // [T, B, H] dropout between layer l and l+1
     let headOutputs = Tensor(shape: [1])
@@ -702,6 +738,7 @@ final class LSTMWorkspace {
         layerInputs = (0..<layers).map { _ in Tensor(shape: [1]) }
         gates = (0..<layers).map { _ in Tensor(shape: [1]) }
         cells = (0..<layers).map { _ in Tensor(shape: [1]) }
+        tanhCells = (0..<layers).map { _ in Tensor(shape: [1]) }
         hiddens = (0..<layers).map { _ in Tensor(shape: [1]) }
         masks = (0..<max(layers - 1, 1)).map { _ in Tensor(shape: [1]) }
     }
@@ -716,6 +753,7 @@ final class LSTMWorkspace {
             layerInputs[layer].reshape(steps, batchSize, inputSize)
             gates[layer].reshape(steps, batchSize, 4 * hidden)
             cells[layer].reshape(steps, batchSize, hidden)
+            tanhCells[layer].reshape(steps, batchSize, hidden)
             hiddens[layer].reshape(steps, batchSize, hidden)
         }
         // By index: iterating the array itself allocated an iterator box per call in debug builds.

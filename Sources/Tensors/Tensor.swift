@@ -10,15 +10,24 @@ public final class Tensor: @unchecked Sendable {
     /// debug builds allocate a closure context each time.
     public private(set) var count: Int
 
+    /// Floats allocated past `capacity`: a 16-lane kernel may load, and store back unchanged,
+    /// a whole vector that starts at the last row's tail (`CTrainingKernels`).
+    public static let vectorSlack = 16
+
     public init(shape: [Int]) {
         self.shape = shape
         count = shape.reduce(1, *)
         capacity = max(1, count)
-        // 64-byte alignment: whole cache lines and aligned vector loads for every row start.
-        pointer = UnsafeMutableRawPointer.allocate(
-            byteCount: capacity * MemoryLayout<Float>.stride, alignment: 64
-        ).bindMemory(to: Float.self, capacity: capacity)
-        pointer.initialize(repeating: 0, count: capacity)
+        pointer = Self.allocate(capacity)
+    }
+
+    /// 64-byte alignment: whole cache lines and aligned vector loads for every row start.
+    private static func allocate(_ capacity: Int) -> UnsafeMutablePointer<Float> {
+        let pointer = UnsafeMutableRawPointer.allocate(
+            byteCount: (capacity + vectorSlack) * MemoryLayout<Float>.stride, alignment: 64
+        ).bindMemory(to: Float.self, capacity: capacity + vectorSlack)
+        pointer.initialize(repeating: 0, count: capacity + vectorSlack)
+        return pointer
     }
 
     public convenience init(shape: [Int], values: [Float]) {
@@ -75,10 +84,7 @@ public final class Tensor: @unchecked Sendable {
         if needed > capacity {
             pointer.deallocate()
             capacity = needed
-            pointer = UnsafeMutableRawPointer.allocate(
-                byteCount: capacity * MemoryLayout<Float>.stride, alignment: 64
-            ).bindMemory(to: Float.self, capacity: capacity)
-            pointer.initialize(repeating: 0, count: capacity)
+            pointer = Self.allocate(capacity)
         }
     }
 

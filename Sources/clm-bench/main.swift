@@ -1,6 +1,7 @@
 import ArgumentParser
 import Benchmarks
 import Foundation
+import Models
 import Scoring
 
 @main
@@ -59,6 +60,10 @@ struct Models: ParsableCommand {
 
     @Option(help: "Seconds to time each model.") var seconds = 3.0
     @Option(help: "Which model to time (all, lstm, graphsage), e.g. to profile one alone.") var model = Model.all
+    @Option(help: "LSTM element-wise step kernels: best (this CPU's widest), portable (the Swift loops), avx2, avx512, or all of this machine's in turn.")
+    var kernel = KernelChoice.best
+
+    enum KernelChoice: String, ExpressibleByArgument, CaseIterable { case best, portable, avx2, avx512, all }
 
     func run() throws {
         let sgemm = measureSgemm()
@@ -68,12 +73,30 @@ struct Models: ParsableCommand {
     }
 
     private func timeLSTM(sgemm: Double) {
+        let kernels: [ElementwiseKernel]
+        switch kernel {
+        case .best: kernels = [.best]
+        case .all: kernels = ElementwiseKernel.available
+        case .portable: kernels = [.portable]
+        case .avx2, .avx512:
+            let wanted: ElementwiseKernel = kernel == .avx2 ? .avx2 : .avx512
+            guard ElementwiseKernel.available.contains(wanted) else {
+                print("LSTM: this CPU cannot run the \(wanted) kernels (best: \(ElementwiseKernel.best))")
+                return
+            }
+            kernels = [wanted]
+        }
+        for kernel in kernels { timeLSTM(sgemm: sgemm, kernel: kernel) }
+    }
+
+    private func timeLSTM(sgemm: Double, kernel: ElementwiseKernel) {
         var lstm = LSTMThroughput()
         lstm.minimumSeconds = seconds
+        lstm.kernel = kernel
         let lstmResult = lstm.run()
         print(String(
-            format: "LSTM training (T=%d, %d features, hidden %d, %d layers, batch %d): %.0f samples/s, %.2f GFLOP/s = %.1f%% of sgemm",
-            lstm.steps, lstm.inputSize, lstm.hiddenSize, lstm.layers, lstm.batchSize,
+            format: "LSTM training (T=%d, %d features, hidden %d, %d layers, batch %d, %@ element-wise): %.0f samples/s, %.2f GFLOP/s = %.1f%% of sgemm",
+            lstm.steps, lstm.inputSize, lstm.hiddenSize, lstm.layers, lstm.batchSize, "\(kernel)",
             lstmResult.samplesPerSecond, lstmResult.gflops, 100 * lstmResult.gflops * 1e9 / sgemm))
         print(String(
             format: "  time: forward %.0f%%, loss and backward %.0f%%, Adam %.0f%%",

@@ -53,12 +53,15 @@ func compareParameterGradients(_ parameters: ParameterStore, step: Float = 1e-2,
 }
 
 @Suite struct GradientCheckTests {
-    @Test func lstmGradientsMatchFiniteDifferencesWithPaddingAndDropout() {
+    @Test("LSTM gradients match finite differences with padding and dropout, for every element-wise kernel this CPU runs",
+          arguments: ElementwiseKernel.available)
+    func lstmGradientsMatchFiniteDifferencesWithPaddingAndDropout(kernel: ElementwiseKernel) {
         let (batchSize, steps, inputSize) = (3, 5, 3)
         let model = LSTMModel(
             configuration: LSTMConfiguration(
                 inputSize: inputSize, hiddenSize: 4, layers: 2, dropout: 0.3, positiveWeight: 1.5, clvWeight: 0.7, clvLoss: .logMSE),
             seed: 11)
+        model.elementwiseKernel = kernel
         var random = SeededRandom(seed: 5, purpose: .synthesis)
         let lengths: [Int32] = [5, 2, 4]
         var x = (0..<batchSize * steps * inputSize).map { _ in random.nextFloat(in: -1, 1) }
@@ -128,14 +131,16 @@ func compareParameterGradients(_ parameters: ParameterStore, step: Float = 1e-2,
         }
     }
 
-    @Test("an LSTM with ZILN and stage heads and the customer-input path: every gradient matches finite differences, with dropout and padding")
-    func lstmHeadsGradients() {
+    @Test("an LSTM with ZILN and stage heads and the customer-input path: every gradient matches finite differences, with dropout and padding",
+          arguments: ElementwiseKernel.available)
+    func lstmHeadsGradients(kernel: ElementwiseKernel) {
         let (batchSize, steps, inputSize) = (4, 4, 3)
         let model = LSTMModel(
             configuration: LSTMConfiguration(
                 inputSize: inputSize, hiddenSize: 4, layers: 2, dropout: 0.3, positiveWeight: 1.5, clvWeight: 0.7,
                 clvLoss: .ziln, stageCount: 3, stageWeight: 0.6, stageClassWeights: [1, 2, 0.5], customerHidden: 3),
             seed: 12)
+        model.elementwiseKernel = kernel
         // Keep every dense pre-activation clear of the ReLU's kink, where a finite difference
         // would straddle it: weights within ±0.02 over 7 inputs of magnitude ≤ 1 move it by at
         // most 0.14 around biases of ±0.8 (units 0 and 2 on, unit 1 off), and a step of 2·h

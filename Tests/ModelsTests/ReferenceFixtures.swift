@@ -55,7 +55,8 @@ func expectClose(
 }
 
 @Suite struct ReferenceFixtureTests {
-    @Test func lstmMatchesTheNumPyReference() throws {
+    @Test("the LSTM matches the NumPy reference, for every element-wise kernel this CPU runs", arguments: ElementwiseKernel.available)
+    func lstmMatchesTheNumPyReference(kernel: ElementwiseKernel) throws {
         let fixture = try ReferenceFixture.load("lstm")
         let shape = fixture.tensors["x"]!.shape
         let (batchSize, steps, inputSize) = (shape[0], shape[1], shape[2])
@@ -65,6 +66,7 @@ func expectClose(
                 inputSize: inputSize, hiddenSize: hidden, layers: 2, dropout: 0,
                 positiveWeight: fixture.floats("pos_weight")[0], clvWeight: fixture.floats("clv_weight")[0], clvLoss: .logMSE),
             seed: 1)
+        model.elementwiseKernel = kernel
         try model.parameters.load(fixture.parameters(of: model.parameters.layout))
 
         let x = fixture.floats("x")
@@ -89,8 +91,9 @@ func expectClose(
         expectClose(featureGradients, fixture.doubles("grad.x"), "grad.x")
     }
 
-    @Test("an LSTM with the customer-input path, ZILN and stage heads matches the NumPy reference: outputs, loss, every gradient")
-    func lstmHeadsMatchTheNumPyReference() throws {
+    @Test("an LSTM with the customer-input path, ZILN and stage heads matches the NumPy reference: outputs, loss, every gradient",
+          arguments: ElementwiseKernel.available)
+    func lstmHeadsMatchTheNumPyReference(kernel: ElementwiseKernel) throws {
         let fixture = try ReferenceFixture.load("lstm_heads")
         let shape = fixture.tensors["x"]!.shape
         let (steps, inputSize) = (shape[1], shape[2])
@@ -103,6 +106,7 @@ func expectClose(
                 clvLoss: .ziln, stageCount: stageWeights.count, stageWeight: fixture.floats("stage_weight")[0],
                 stageClassWeights: stageWeights, customerHidden: fixture.tensors["customer_dense.weight"]!.shape[0]),
             seed: 1)
+        model.elementwiseKernel = kernel
         try model.parameters.load(fixture.parameters(of: model.parameters.layout))
 
         let x = fixture.floats("x")

@@ -1,0 +1,56 @@
+import Models
+import Tensors
+import Testing
+
+/// The vector kernels against the Swift loops they replace, at hidden sizes that exercise whole
+/// 16-lane vectors, a partial last vector and both, with customers of every length.
+@Suite struct ElementwiseKernelTests {
+    static let cases: [(ElementwiseKernel, Int)] = ElementwiseKernel.available.filter { $0 != .portable }
+        .flatMap { kernel in [5, 16, 33, 50].map { (kernel, $0) } }
+
+    /// Head outputs, loss, every parameter gradient and the feature gradients after one step.
+    func step(_ kernel: ElementwiseKernel, hidden: Int) -> (outputs: [Float], loss: Float, gradients: [Float], features: [Float]) {
+        let (batchSize, steps, inputSize) = (7, 9, 8)
+        let model = LSTMModel(
+            configuration: LSTMConfiguration(
+                inputSize: inputSize, hiddenSize: hidden, layers: 2, dropout: 0.2, clvLoss: .ziln, stageCount: 4, customerHidden: 5),
+            seed: 3)
+        model.elementwiseKernel = kernel
+        var random = SeededRandom(seed: 8, purpose: .synthesis)
+        let x = (0..<batchSize * steps * inputSize).map { _ in random.nextFloat(in: -2, 2) }
+        let lengths: [Int32] = [9, 1, 5, 9, 2, 7, 3]
+        let labels: [Float] = [1, 0, 0, 1, 1, 0, 1]
+        let spend: [Float] = [0, 20, 3, 0, 0, 150, 0]
+        let stages: [Int32] = [0, 1, 2, 3, 0, 2, 1]
+        var features = [Float](repeating: 0, count: x.count)
+        var masks = SeededRandom(seed: 4, purpose: .dropout)
+        let loss = SequenceBatch.withLabelled(features: x, lengths: lengths, churnLabels: labels, spend: spend, stages: stages, steps: steps) { batch in
+            model.parameters.zeroGradients()
+            model.forward(batch, training: true, random: &masks)
+            let loss = model.loss(batch).total
+            features.withUnsafeMutableBufferPointer { model.backward(batch, featureGradients: $0.baseAddress!) }
+            return loss
+        }
+        return (Array(model.headOutputs), loss, Array(model.parameters.gradients.buffer), features)
+    }
+
+    @Test("the vector kernels give the Swift loops' outputs, loss and gradients within float rounding", arguments: cases)
+    func agreesWithPortable(kernel: ElementwiseKernel, hidden: Int) {
+        let reference = step(.portable, hidden: hidden), vector = step(kernel, hidden: hidden)
+        func worst(_ a: [Float], _ b: [Float]) -> Float {
+            zip(a, b).map { abs($0 - $1) / max(1, abs($1)) }.max() ?? 0
+        }
+        #expect(vector.outputs.count == reference.outputs.count && vector.gradients.count == reference.gradients.count)
+        #expect(worst(vector.outputs, reference.outputs) < 1e-5, "head outputs")
+        #expect(abs(vector.loss - reference.loss) < 1e-5 * max(1, abs(reference.loss)), "loss \(vector.loss) vs \(reference.loss)")
+        #expect(worst(vector.gradients, reference.gradients) < 1e-4, "parameter gradients: worst \(worst(vector.gradients, reference.gradients))")
+        #expect(worst(vector.features, reference.features) < 1e-4, "feature gradients")
+        #expect(reference.gradients.contains { $0 != 0 }, "the step should produce gradients, or the comparison proves little")
+    }
+
+    @Test("a vector-kernel step is the same bits every time", arguments: ElementwiseKernel.available)
+    func deterministic(kernel: ElementwiseKernel) {
+        let first = step(kernel, hidden: 50), second = step(kernel, hidden: 50)
+        #expect(first.gradients == second.gradients && first.outputs == second.outputs)
+    }
+}
