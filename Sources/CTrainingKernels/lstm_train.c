@@ -5,8 +5,9 @@
 // The 16-float vectors never cross a call: every helper is inlined into a function built for
 // one instruction set, so the ABI note clang gives for them does not apply.
 #pragma clang diagnostic ignored "-Wpsabi"
-// Every product rounded on its own, as in the Swift loops (baseline x86-64 has no FMA): the
-// vector kernels then differ from them only by the exponential's and tanh's own rounding.
+// Every product rounded on its own, as in the Swift loops (baseline x86-64 has no FMA): each
+// lane then does the loops' operations in their order, and training gives the same bits with
+// either path (ElementwiseKernelTests), so runs stay comparable across machines.
 #pragma clang fp contract(off)
 
 typedef float v16f __attribute__((ext_vector_type(16)));
