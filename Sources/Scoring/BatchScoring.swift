@@ -1,6 +1,7 @@
 import Checkpoints
 import CustomerData
 import Foundation
+import RunFiles
 import Synchronization
 
 #if canImport(Glibc)
@@ -267,10 +268,7 @@ public enum BatchScoring {
 
     /// The CSV header line; nil for JSON Lines.
     static func header(format: ScoreFileFormat, stageNames: [String], explain: Bool) -> String? {
-        guard format == .csv else { return nil }
-        let stageColumns = stageNames.map { "p_\($0)" }.joined(separator: ",")
-        let reasonColumns = explain ? ",churn_reason_1,churn_reason_2,churn_reason_3,spend_reason_1,spend_reason_2,spend_reason_3" : ""
-        return "customer_id,churn_probability,expected_spend,history_periods,stage,\(stageColumns),action,stage_source\(reasonColumns)\n"
+        format == .csv ? ScoresFile.csvHeader(stageNames: stageNames, explain: explain) : nil
     }
 
     /// Runs the model (and with `explain`, the explainer) over every customer of `input` on
@@ -397,16 +395,12 @@ public enum BatchScoring {
     }
 
     static func csvRow(_ score: CustomerScore, reasons: Explanation? = nil) -> String {
-        var row = csvField(score.customerID)
-        row += ",\(formatNumber(score.churnProbability)),\(formatNumber(score.expectedSpend)),\(score.historyPeriods),\(score.stage)"
-        for p in score.stageProbabilities { row += ",\(formatNumber(p))" }
-        row += ",\(score.action),\(score.stageSource)"
-        if let reasons {
-            for list in [reasons.churn, reasons.spend] {
-                for k in 0..<3 { row += "," + (k < list.count ? csvField(list[k].code) : "") }
-            }
-        }
-        return row + "\n"
+        ScoresFile.csvRow(
+            ScoresFile.Row(customerID: score.customerID, churnProbability: score.churnProbability, expectedSpend: score.expectedSpend,
+                           historyPeriods: score.historyPeriods, stage: score.stage, stageProbabilities: score.stageProbabilities,
+                           action: score.action, stageSource: score.stageSource,
+                           churnReasons: reasons?.churn.map(\.code) ?? [], spendReasons: reasons?.spend.map(\.code) ?? []),
+            explain: reasons != nil)
     }
 
     /// `"reasons":{"churn":[…],"spend":[…]}`, each reason with its code, group and contribution.
@@ -433,25 +427,9 @@ public enum BatchScoring {
     }
 }
 
-/// Six decimals, trailing zeros trimmed: scores are float32, so more digits would be noise.
-///
-/// Integer arithmetic rather than `String(format:)`, which dominated writing millions of rows.
-func formatNumber(_ value: Double) -> String {
-    guard value.isFinite else { return "0" }
-    guard abs(value) < 1e12 else { return String(value) }
-    let scaled = Int64((abs(value) * 1e6).rounded())
-    var fraction = scaled % 1_000_000
-    var text = (value < 0 && scaled != 0 ? "-" : "") + String(scaled / 1_000_000) + "."
-    guard fraction != 0 else { return text + "0" }
-    var digits = 6
-    while fraction % 10 == 0 {
-        fraction /= 10
-        digits -= 1
-    }
-    let body = String(fraction)
-    text += String(repeating: "0", count: digits - body.count) + body
-    return text
-}
+/// Scores as the scores file writes them (`ScoresFile.formatNumber`), also in JSON.
+@inline(__always)
+func formatNumber(_ value: Double) -> String { ScoresFile.formatNumber(value) }
 
 /// A duration in seconds, for timings and metrics.
 public func seconds(_ duration: Duration) -> Double {

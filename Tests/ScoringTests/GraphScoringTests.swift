@@ -131,7 +131,7 @@ struct GraphScoringTests {
         try fixture.saveGraphCheckpoint(step: 3, seed: 5)
         let lstm = try ScoringModel.load(root: fixture.root, run: "test")
         let graphModel = try GraphScoringModel.load(root: fixture.root, run: "test-gnn")
-        #expect(graphModel.info.step == 3 && graphModel.info.modelKind == "gnn")
+        #expect(graphModel.info.step == 3 && graphModel.info.modelKind == .gnn)
         #expect(graphModel.incompatibility(with: lstm) == nil)
         let out = fixture.directory.path("scores.csv")
         let summary = try BatchScoring.run(
