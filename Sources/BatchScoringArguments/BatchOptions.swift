@@ -117,11 +117,15 @@ public struct BatchOptions: ParsableArguments {
     /// `clm-score batch`: one process, every core.
     public func runInOneProcess() throws {
         let prepared = try prepare()
-        let summary = try BatchScoring.run(
-            scorer: LSTMScorer(model: prepared.model), events: events, options: prepared.options, asOf: prepared.asOfDay,
-            rules: prepared.rules, output: out, batchSize: batchSize, threads: threads,
-            graph: prepared.graph.map(GraphStageScorer.init(model:)), explain: prepared.explanation, highValue: highValueFrom)
+        let summary = try BatchScoring.run(scorer: LSTMScorer(model: prepared.model), job: job(prepared))
         try report(summary, prepared)
+    }
+
+    /// The job these options describe, with what `prepare` loaded.
+    public func job(_ prepared: Prepared) -> BatchScoringJob {
+        BatchScoringJob(events: events, options: prepared.options, asOf: prepared.asOfDay, rules: prepared.rules, output: out,
+                        batchSize: batchSize, threads: threads, graph: prepared.graph.map(GraphStageScorer.init(model:)),
+                        explain: prepared.explanation, highValue: highValueFrom)
     }
 
     /// Prints what the run did and writes `--summary-out`.

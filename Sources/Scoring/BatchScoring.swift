@@ -150,10 +150,43 @@ struct ScoredCustomers {
     }
 }
 
+/// What a batch scoring run reads, how it scores and where it writes.
+public struct BatchScoringJob: Sendable {
+    public var events: String
+    public var options: EventFileOptions
+    /// The as-of day; nil for the file's last event day.
+    public var asOf: Int?
+    public var rules: ScoringRules
+    /// `.csv` or `.jsonl` picks the format.
+    public var output: String
+    public var batchSize: Int
+    public var threads: Int
+    /// Stages from this GraphSAGE model instead of the LSTM's stage head or the stage rule; one
+    /// process only, since the graph model needs the whole customer–product graph.
+    public var graph: GraphStageScorer?
+    public var explain: ExplanationSettings?
+    public var highValue: HighValueSource
+
+    public init(events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules, output: String, batchSize: Int = 256,
+                threads: Int = 1, graph: GraphStageScorer? = nil, explain: ExplanationSettings? = nil,
+                highValue: HighValueSource = .training) {
+        self.events = events
+        self.options = options
+        self.asOf = asOf
+        self.rules = rules
+        self.output = output
+        self.batchSize = batchSize
+        self.threads = threads
+        self.graph = graph
+        self.explain = explain
+        self.highValue = highValue
+    }
+}
+
 /// Scores every customer of an event file and writes one row per customer.
 public enum BatchScoring {
-    /// Reads `events`, scores in batches of `batchSize` and writes `output` atomically; with a
-    /// `graph` scorer, stages come from its GraphSAGE model instead of the stage rule.
+    /// Reads the job's `events`, scores in batches of `batchSize` and writes `output` atomically;
+    /// with a `graph` scorer, stages come from its GraphSAGE model instead of the stage rule.
     ///
     /// Memory is the importer's per-customer aggregates, one [batch, T, F] feature block and
     /// three numbers per customer (churn, spend, length): with `highValue: .scored` the line (top
@@ -163,11 +196,9 @@ public enum BatchScoring {
     /// `threads` score batches in parallel. Batches are the same fixed ranges of customers
     /// whatever the thread count, and each customer's forward pass depends only on its own
     /// batch, so the output is byte for byte the same as with one thread.
-    public static func run(
-        scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
-        output: String, batchSize: Int = 256, threads: Int = 1, graph: GraphStageScorer? = nil,
-        explain: ExplanationSettings? = nil, highValue: HighValueSource = .training
-    ) throws -> BatchSummary {
+    public static func run(scorer: LSTMScorer, job: BatchScoringJob) throws -> BatchSummary {
+        let (events, options, asOf, rules, output) = (job.events, job.options, job.asOf, job.rules, job.output)
+        let (batchSize, threads, graph, explain, highValue) = (job.batchSize, job.threads, job.graph, job.explain, job.highValue)
         try checkSettings(batchSize: batchSize, threads: threads, explain: explain)
         let format = try ScoreFileFormat(path: output)
         let model = scorer.model
