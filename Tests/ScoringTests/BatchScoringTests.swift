@@ -165,7 +165,7 @@ struct BatchScoringTests {
             "architecture": [
                 "kind": "lstm", "inputSize": 8, "hiddenSize": 16, "layers": 2,
                 "historyLength": .number(Double(fixture.dataset.historyLength)), "classCount": 4, "clvLoss": "log_mse",
-                "stageCount": 0, "positiveWeight": 1,
+                "stageCount": 0, "customerHidden": 0, "positiveWeight": 1,
             ],
         ])
         do {
