@@ -82,7 +82,11 @@ let package = Package(
         .target(name: "Baselines"),
         // XGBoost through its C API: the gradient boosting baseline, the one churn teams ship.
         .target(name: "GradientBoosting", dependencies: ["CXGBoost"]),
-        .target(name: "Checkpoints", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        // The strict JSON parser for what must not be read loosely: safetensors headers, manifests
+        // and the service's request bodies. Its own module, so the service takes it without
+        // the checkpoint store.
+        .target(name: "StrictJSON"),
+        .target(name: "Checkpoints", dependencies: ["StrictJSON", .product(name: "Crypto", package: "swift-crypto")]),
         // The files a run leaves for others to read (metrics log, test predictions, scores,
         // scoring summary, the manifest's model configuration): one type each writes and reads
         // it. No MPI and no training code, so the report and the scorer read them anywhere.
@@ -101,7 +105,7 @@ let package = Package(
         .target(
             name: "ScoringService",
             dependencies: [
-                "Scoring", "Checkpoints", "CustomerData", "CMemoryHints",
+                "Scoring", "Checkpoints", "CustomerData", "CMemoryHints", "StrictJSON",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
