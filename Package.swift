@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "Scoring", targets: ["Scoring"]),
         .library(name: "ScoringService", targets: ["ScoringService"]),
         .library(name: "Reporting", targets: ["Reporting"]),
+        .library(name: "RunFiles", targets: ["RunFiles"]),
         .executable(name: "clm-bench", targets: ["clm-bench"]),
         .executable(name: "clm-data", targets: ["clm-data"]),
         .executable(name: "clm-coordinator", targets: ["clm-coordinator"]),
@@ -83,22 +84,30 @@ let package = Package(
         .target(name: "Baselines"),
         // XGBoost through its C API: the gradient boosting baseline, the one churn teams ship.
         .target(name: "GradientBoosting", dependencies: ["CXGBoost"]),
-        .target(name: "Checkpoints", dependencies: [.product(name: "Crypto", package: "swift-crypto")]),
+        // The strict JSON parser for what must not be read loosely: safetensors headers, manifests
+        // and the service's request bodies. Its own module, so the service takes it without
+        // the checkpoint store.
+        .target(name: "StrictJSON"),
+        .target(name: "Checkpoints", dependencies: ["StrictJSON", .product(name: "Crypto", package: "swift-crypto")]),
+        // The files a run leaves for others to read (metrics log, test predictions, scores,
+        // scoring summary, the manifest's model configuration): one type each writes and reads
+        // it. No MPI and no training code, so the report and the scorer read them anywhere.
+        .target(name: "RunFiles", dependencies: ["Checkpoints", "CustomerData", "Models"]),
         .target(
             name: "Training",
-            dependencies: ["BitMixing", "Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Baselines", "GradientBoosting", "DistributedMetrics", "Yams"]
+            dependencies: ["BitMixing", "Collectives", "Models", "ModelMetrics", "CustomerData", "Checkpoints", "Tensors", "Baselines", "GradientBoosting", "DistributedMetrics", "RunFiles", "Yams"]
         ),
         // Scoring must not link MPI: it serves on machines without an MPI runtime.
         .target(
             name: "Scoring",
-            dependencies: ["Collectives", "Models", "CustomerData", "Checkpoints", "Tensors", "CForwardKernels", "Yams"]
+            dependencies: ["Collectives", "Models", "CustomerData", "Checkpoints", "RunFiles", "Tensors", "CForwardKernels", "Yams"]
         ),
         // openapi.json is the service's contract, compiled into the binary (served at /openapi.json)
         // so that a copied executable needs no resource bundle beside it.
         .target(
             name: "ScoringService",
             dependencies: [
-                "Scoring", "Checkpoints", "CustomerData", "CMemoryHints",
+                "Scoring", "Checkpoints", "CustomerData", "CMemoryHints", "StrictJSON",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -116,7 +125,7 @@ let package = Package(
         // The client side of the service: a small loopback HTTP client and the load generator.
         .target(name: "ScoringLoad"),
         // Reads a finished run's files only: no MPI, so a report can be made anywhere.
-        .target(name: "Reporting", dependencies: ["BitMixing", "ModelMetrics", "Checkpoints", "TextFormatting"]),
+        .target(name: "Reporting", dependencies: ["BitMixing", "ModelMetrics", "Checkpoints", "RunFiles", "TextFormatting"]),
         .target(name: "Benchmarks", dependencies: ["Collectives", "CollectivesMPI", "CMPI", "Models", "Tensors", "CustomerData", "Scoring"]),
         // Numbers as the tools and the report print them.
         .target(name: "TextFormatting"),
@@ -129,7 +138,7 @@ let package = Package(
         .target(
             name: "BatchScoringArguments",
             dependencies: [
-                "Scoring", "Checkpoints", "CustomerData", "EventFileArguments", "Tensors",
+                "Scoring", "Checkpoints", "CustomerData", "EventFileArguments", "RunFiles", "Tensors",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -194,6 +203,7 @@ let package = Package(
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "CollectivesMPI"]),
         .testTarget(name: "MetricsTests", dependencies: ["TestSupport", "ModelMetrics"]),
         .testTarget(name: "CheckpointsTests", dependencies: ["TestSupport", "Checkpoints"]),
+        .testTarget(name: "RunFilesTests", dependencies: ["RunFiles", "Checkpoints", "Models"]),
         .testTarget(
             name: "ONNXExportTests",
             dependencies: ["ONNXExport", "ScoringTestSupport", "Scoring", "Models", .product(name: "SwiftProtobuf", package: "swift-protobuf")]

@@ -3,6 +3,7 @@ import Checkpoints
 import CustomerData
 import EventFileArguments
 import Foundation
+import RunFiles
 import Scoring
 import Tensors
 
@@ -116,11 +117,15 @@ public struct BatchOptions: ParsableArguments {
     /// `clm-score batch`: one process, every core.
     public func runInOneProcess() throws {
         let prepared = try prepare()
-        let summary = try BatchScoring.run(
-            scorer: LSTMScorer(model: prepared.model), events: events, options: prepared.options, asOf: prepared.asOfDay,
-            rules: prepared.rules, output: out, batchSize: batchSize, threads: threads,
-            graph: prepared.graph.map(GraphStageScorer.init(model:)), explain: prepared.explanation, highValue: highValueFrom)
+        let summary = try BatchScoring.run(scorer: LSTMScorer(model: prepared.model), job: job(prepared))
         try report(summary, prepared)
+    }
+
+    /// The job these options describe, with what `prepare` loaded.
+    public func job(_ prepared: Prepared) -> BatchScoringJob {
+        BatchScoringJob(events: events, options: prepared.options, asOf: prepared.asOfDay, rules: prepared.rules, output: out,
+                        batchSize: batchSize, threads: threads, graph: prepared.graph.map(GraphStageScorer.init(model:)),
+                        explain: prepared.explanation, highValue: highValueFrom)
     }
 
     /// Prints what the run did and writes `--summary-out`.
@@ -177,27 +182,30 @@ public struct BatchOptions: ParsableArguments {
 extension ExplanationBaseline: ExpressibleByArgument {}
 extension HighValueSource: ExpressibleByArgument {}
 
-/// The batch's summary as JSON, written atomically: what `clm-report --summary` reads.
 /// "2 threads", or "3 ranks × 2 threads" under mpirun.
 func workersDescription(_ summary: BatchSummary) -> String {
     let threads = "\(summary.threads) thread\(summary.threads == 1 ? "" : "s")"
     return summary.ranks > 1 ? "\(summary.ranks) ranks × \(threads)" : threads
 }
 
-public func writeSummary(_ summary: BatchSummary, to path: String) throws {
-    func number(_ value: Double) -> String { value.isFinite ? String(format: "%.6g", value) : "null" }
-    var text = "{\"run\":\(jsonString(summary.checkpoint.run)),\"step\":\(summary.checkpoint.step),\"customers\":\(summary.customers)"
-    text += ",\"drift\":[" + summary.drift.map {
-        "{\"kind\":\(jsonString($0.kind.rawValue)),\"name\":\(jsonString($0.name)),\"psi\":\(number($0.psi))}"
-    }.joined(separator: ",") + "]"
+/// The batch's summary as `clm-report --summary` reads it.
+public func scoringSummary(_ summary: BatchSummary) -> ScoringSummary {
+    var explanation: ScoringSummary.Explanation? = nil
     if let attribution = summary.meanAbsoluteAttribution, let settings = summary.explanation {
-        func groups(_ values: [Double]) -> String {
-            "{" + zip(Explainer.groupNames, values).map { "\(jsonString($0)):\(number($1))" }.joined(separator: ",") + "}"
+        func groups(_ values: [Double]) -> [String: Double] {
+            Dictionary(zip(Explainer.groupNames, values), uniquingKeysWith: { first, _ in first })
         }
-        text += ",\"explanation\":{\"steps\":\(settings.steps),\"baseline\":\(jsonString(settings.baseline.rawValue))"
-        text += ",\"worst_completeness_error\":\(number(summary.worstCompleteness?.error ?? 0))"
-        text += ",\"mean_absolute_attribution\":{\"churn_logit\":\(groups(attribution.churn)),\"expected_spend\":\(groups(attribution.spend))}}"
+        explanation = ScoringSummary.Explanation(
+            steps: settings.steps, baseline: settings.baseline.rawValue,
+            worstCompletenessError: summary.worstCompleteness?.error ?? 0,
+            meanAbsoluteAttribution: ["churn_logit": groups(attribution.churn), "expected_spend": groups(attribution.spend)])
     }
-    text += "}\n"
-    try writeFileAtomically(Data(text.utf8), to: URL(fileURLWithPath: path))
+    return ScoringSummary(run: summary.checkpoint.run, step: summary.checkpoint.step, customers: summary.customers,
+                          drift: summary.drift.map { ScoringSummary.Index(kind: $0.kind.rawValue, name: $0.name, psi: $0.psi) },
+                          explanation: explanation)
+}
+
+/// Writes the batch's summary atomically, attribution groups in `Explainer.groupNames` order.
+public func writeSummary(_ summary: BatchSummary, to path: String) throws {
+    try scoringSummary(summary).write(to: URL(fileURLWithPath: path), groupOrder: Explainer.groupNames)
 }

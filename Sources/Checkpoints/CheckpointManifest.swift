@@ -1,4 +1,5 @@
 import Foundation
+import StrictJSON
 
 /// Size and SHA-256 of one file in a checkpoint directory.
 public struct FileDigest: Codable, Hashable, Sendable {

@@ -1,4 +1,5 @@
 import Foundation
+import StrictJSON
 
 /// Element type of a safetensors tensor, spelled as in the header.
 public enum SafeTensorsDType: String, CaseIterable, Sendable, CustomStringConvertible {

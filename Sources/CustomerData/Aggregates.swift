@@ -504,10 +504,9 @@ final class CustomerShard {
 ///
 /// Each purchase appends its pair to a log, a sequential write of 8 bytes, and the log is
 /// collapsed into counts once, when the pairs are first read: a counting sort by customer
-/// (customer indices are dense), then each customer's few products sorted and counted. The
-/// hash table this replaces took a cache miss per row and 16–32 bytes per pair; on a 10M-row
-/// date-ordered export it was about 40% of the parsing time and 210 MB of the 523 MiB peak.
-/// Collapsed, a pair costs 8 bytes (product and count) and a customer 4 (its offset).
+/// (customer indices are dense), then each customer's few products sorted and counted. A hash
+/// table would take a cache miss per row and 16–32 bytes per pair; collapsed, a pair costs 8
+/// bytes (product and count) and a customer 4 (its offset).
 final class PairCounter {
     /// (customer << 32 | product) per purchase, until collapsed.
     @exclusivity(unchecked) private var log: GrowableBuffer<UInt64>

@@ -67,28 +67,23 @@ final class CustomerAggregates: EventSink {
 
     var partitionCount: Int { shards.count }
 
-    /// Partitions for an input of `bytes`: one per 8 MiB, up to 256. On a 385 MiB date-ordered
-    /// file (one run each, noisy) 16 to 128 partitions with 1M-row rounds gave 5.1–6.1M
-    /// events/s and 256 to 2,048 gave 3.5–5.1M; a small file gains nothing from queueing.
+    /// Partitions for an input of `bytes`: one per 8 MiB, up to 256. More partitions keep each
+    /// one's working set in cache while it aggregates, but past a few hundred the per-partition
+    /// costs of a round outweigh that; a small file gains nothing from queueing.
     static func partitions(forInputBytes bytes: Int) -> Int {
         var partitions = 1
         while partitions < 256 && partitions << 23 < bytes { partitions *= 2 }
         return partitions
     }
 
-    /// Rows per round of aggregation. The queue is about 52 bytes a row, and the import's peak
-    /// comes at the end of the parse, queue included. On the 10M-row date-ordered file
-    /// (alternated, one session, each with a heap trim after every round): 1M-row rounds peaked
-    /// at 312 MiB, 512k at 283 MiB and 256k at 271 MiB; 256k parsed slower in every pair
-    /// (3.9–4.7M events/s against 4.4–5.6M for 1M-row rounds), 512k in one of three.
+    /// Rows per round of aggregation. The queue is about 52 bytes a row and the import's peak
+    /// comes at the end of the parse, queue included, so smaller rounds lower the peak; below
+    /// this size the per-round costs slow the parse more than the memory saved is worth.
     static let defaultChunkEvents = 1 << 19
 
     /// With a second thread aggregating, rounds are this many times smaller: two are in memory
-    /// at once, and the thread pays their per-round costs beside the parse. On the 10M-row
-    /// date-ordered file (one process, large blocks mapped on their own) rounds of 256k rows
-    /// peaked at 284–285 MiB, 128k at 276 and 64k at 266–267, at the same speed (noisy: 5.9–7.3M
-    /// events/s at 64k against 6.2–6.7M at 256k); on the customer-grouped and shuffled 15.1M-row
-    /// files 64k rows peaked at 286 MiB against 299–300 at 256k.
+    /// at once, and the thread pays their per-round costs beside the parse, where they cost no
+    /// wall time.
     static let pipelinedRoundsPerChunk = 8
 
     /// `partitions` must be a power of two; 1 aggregates each event as it arrives (no queue),
@@ -409,12 +404,6 @@ final class CustomerAggregates: EventSink {
         return key
     }
 
-    /// Distinct customer–product pairs.
-    var pairCount: Int {
-        finishAdding()
-        return shards.reduce(0) { $0 + $1.pairs.count }
-    }
-
     /// Every customer–product pair with its purchase count, under global customer indices, in
     /// no particular order. With `releasing`, each partition's pairs are freed once read (the
     /// last read: whatever is built from them then never sits beside all of them).
@@ -438,10 +427,5 @@ final class CustomerAggregates: EventSink {
         customerRecordsReleased = true
         partitionOfCustomer = []
         for shard in shards { shard.releaseCustomerRecords() }
-    }
-
-    /// Frees the pair tables; `forEachPair` sees nothing afterwards.
-    func releasePairs() {
-        for shard in shards { shard.pairs.release() }
     }
 }

@@ -389,9 +389,8 @@ func writeDataset(
         }
     }
     let counts = AggregateCounts(aggregates)
-    // Only the graph reads the aggregates from here on, and only their pairs: freeing the
-    // customer records first lowered the peak (the graph's arrays come on top of them) from 581
-    // to 523 MiB on the 10M-row date-ordered benchmark file.
+    // Only the graph reads the aggregates from here on, and only their pairs: the customer
+    // records are freed first so that the graph's arrays do not come on top of them.
     aggregates.releaseCustomerRecords()
     let graphTotals = assembler.graphTotals
     let totals = assembler.totals

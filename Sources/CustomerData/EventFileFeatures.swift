@@ -85,7 +85,7 @@ public final class EventFileFeatures: @unchecked Sendable {
     /// no importable row is refused.
     ///
     /// `withGraph: false` ignores product ids: no customer–product graph, and much less memory
-    /// on an order export (541 → 304 MiB for 1M customers; the pairs were the largest part).
+    /// on an order export, where the customer–product pairs are the largest part.
     public convenience init(path: String, options: EventFileOptions, asOf: Int?, trainedSpec: FeatureSpec,
                             normalisation: FeatureNormalisation, withGraph: Bool = true) throws {
         guard fileExists(path) else { throw DataError.io(path: path, operation: "open", message: "No such file or directory") }

@@ -225,11 +225,11 @@ public enum Importer {
             peakResidentBytes: peakResidentBytes())
     }
 
-    /// Blocks a one-process import maps on their own (see `clm_map_blocks_from`): with this,
-    /// its peak stays under 300 MB with the aggregation on a second thread. Not under mpirun:
-    /// there the ranks allocate their exchange buffers every round, and the page faults of
-    /// fresh mappings slowed a 2-rank parse to 6.8–8.5M events/s, against 8.2–9.9M with glibc's
-    /// adaptive threshold (alternated 4 times).
+    /// Blocks a one-process import maps on their own (see `clm_map_blocks_from`), so that the
+    /// memory of a finished round goes back to the system at once and the peak stays low with
+    /// the aggregation on a second thread. Not under mpirun: there the ranks allocate their
+    /// exchange buffers every round, and the page faults of fresh mappings would cost more than
+    /// glibc's adaptive threshold does.
     static let importMappedBlockBytes = 256 << 10
 
     /// Checks what can be checked before reading a row.

@@ -186,22 +186,6 @@ public struct ModelArchitecture: Codable, Sendable, Equatable {
         case positiveWeight, classWeights
     }
 
-    // A checkpoint from before the dense path existed has none: decoding it as 0 keeps it usable.
-    public init(from decoder: any Decoder) throws {
-        let container = try decoder.container(keyedBy: CodingKeys.self)
-        kind = try container.decode(ModelKind.self, forKey: .kind)
-        inputSize = try container.decode(Int.self, forKey: .inputSize)
-        hiddenSize = try container.decode(Int.self, forKey: .hiddenSize)
-        layers = try container.decode(Int.self, forKey: .layers)
-        historyLength = try container.decode(Int.self, forKey: .historyLength)
-        classCount = try container.decode(Int.self, forKey: .classCount)
-        clvLoss = try container.decodeIfPresent(CLVLoss.self, forKey: .clvLoss)
-        stageCount = try container.decode(Int.self, forKey: .stageCount)
-        customerHidden = try container.decodeIfPresent(Int.self, forKey: .customerHidden) ?? 0
-        positiveWeight = try container.decode(Float.self, forKey: .positiveWeight)
-        classWeights = try container.decodeIfPresent([Float].self, forKey: .classWeights)
-    }
-
     /// The LSTM these weights belong to (inference settings: no dropout, no prior).
     public var lstmConfiguration: LSTMConfiguration {
         LSTMConfiguration(inputSize: inputSize, hiddenSize: hiddenSize, layers: layers, dropout: 0,

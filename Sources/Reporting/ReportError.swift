@@ -1,19 +1,6 @@
-/// Why a report could not be made: the input file, the line when one is to blame, and the reason.
-public struct ReportError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// Path of the file at fault (or of the output being written).
-    public var file: String
-    /// 1-based line in `file`, nil when the fault is not on one line (a missing file, say).
-    public var line: Int?
-    public var reason: String
+import RunFiles
 
-    public init(file: String, line: Int? = nil, _ reason: String) {
-        self.file = file
-        self.line = line
-        self.reason = reason
-    }
-
-    public var description: String {
-        if let line { return "\(file):\(line): \(reason)" }
-        return "\(file): \(reason)"
-    }
-}
+/// Why a report could not be made: the run file at fault, the line when one is to blame, and
+/// the reason. The report's own failures (writing its output) are told the same way as its
+/// inputs', so one type serves both.
+public typealias ReportError = RunFileError

@@ -1,48 +1,6 @@
 import Checkpoints
 import Foundation
-
-/// One test customer's churn and spend, as the LSTM run wrote them.
-public struct ChurnPrediction: Sendable, Equatable {
-    public var datasetRow: Int
-    public var churned: Bool
-    public var probability: Double
-    public var spend: Double
-    public var expectedSpend: Double
-    /// Actual and predicted lifecycle stage, when the LSTM has a stage head (else nil).
-    public var stage: Int?
-    public var predictedStage: Int?
-
-    public init(datasetRow: Int, churned: Bool, probability: Double, spend: Double, expectedSpend: Double,
-                stage: Int? = nil, predictedStage: Int? = nil) {
-        self.datasetRow = datasetRow
-        self.churned = churned
-        self.probability = probability
-        self.spend = spend
-        self.expectedSpend = expectedSpend
-        self.stage = stage
-        self.predictedStage = predictedStage
-    }
-}
-
-/// One test customer's true and predicted lifecycle stage, as the GNN run wrote them.
-public struct StagePrediction: Sendable, Equatable {
-    public var datasetRow: Int
-    public var stage: Int
-    public var predicted: Int
-}
-
-/// The test split's predictions of one run.
-public enum TestPredictions: Sendable, Equatable {
-    case churn([ChurnPrediction])
-    case stages([StagePrediction], classCount: Int)
-
-    public var count: Int {
-        switch self {
-        case .churn(let rows): return rows.count
-        case .stages(let rows, _): return rows.count
-        }
-    }
-}
+@_exported import RunFiles
 
 /// Everything the report reads from one run directory: the newest checkpoint's manifest, the
 /// metrics log and the test predictions.
@@ -59,8 +17,8 @@ public struct TrainingRun: Sendable {
     /// Stage names from the dataset manifest inside the checkpoint's feature spec, by class index.
     public var stageNames: [String]
 
-    public static let metricsLogName = "metrics.jsonl"
-    public static let predictionsName = "test_predictions.csv"
+    public static let metricsLogName = MetricsLog.fileName
+    public static let predictionsName = TestPredictions.fileName
 
     /// Loads a run directory; every error names the file (and line) at fault.
     public static func load(directory: URL) throws(ReportError) -> TrainingRun {
@@ -78,7 +36,7 @@ public struct TrainingRun: Sendable {
             // the fix (train again) is not obvious from "does not exist" alone.
             throw ReportError(file: predictionsURL.relativePath, "does not exist (training writes it after the test evaluation; a run from an older build has none: train it again)")
         }
-        let predictions = try readPredictions(predictionsURL, model: manifest.modelKind, stageNames: stageNames)
+        let predictions = try TestPredictions.read(predictionsURL, model: manifest.modelKind, stageNames: stageNames)
         return TrainingRun(directory: directory, checkpointName: checkpointName, pointerName: pointerName, manifest: manifest, log: log,
                            predictions: predictions, stageNames: stageNames)
     }
@@ -122,74 +80,6 @@ public struct TrainingRun: Sendable {
         }
         return names
     }
-
-    /// Reads `test_predictions.csv`, checking that its columns fit the manifest's model kind.
-    static func readPredictions(_ url: URL, model: ModelKind, stageNames: [String]) throws(ReportError) -> TestPredictions {
-        let table = try CSVTable.read(url)
-        let source = url.relativePath
-        switch model {
-        case .lstm:
-            if !table.header.contains("churn_probability") && table.header.contains("predicted_stage") {
-                throw ReportError(file: source, line: 1, "has the graph model's columns, but the checkpoint is an LSTM")
-            }
-            let row = try table.column("dataset_row"), label = try table.column("churn_label")
-            let probability = try table.column("churn_probability"), spend = try table.column("spend")
-            let expected = try table.column("expected_spend")
-            // A stage head adds the stage columns; both or neither.
-            let hasStages = table.header.contains("predicted_stage")
-            let stage = hasStages ? try table.column("stage") : nil
-            let predictedStage = hasStages ? try table.column("predicted_stage") : nil
-            let stageCount = table.header.filter { $0.hasPrefix("p_stage_") }.count
-            var predictions: [ChurnPrediction] = []
-            predictions.reserveCapacity(table.rows.count)
-            for fields in table.rows {
-                let churned = try table.integer(fields, label)
-                guard churned == 0 || churned == 1 else {
-                    throw ReportError(file: source, line: fields.line, "churn_label: \(churned) is neither 0 nor 1")
-                }
-                let p = try table.number(fields, probability)
-                guard (0...1).contains(p) else {
-                    throw ReportError(file: source, line: fields.line, "churn_probability: \(p) is outside [0, 1]")
-                }
-                var stages: (Int, Int)? = nil
-                if let stage, let predictedStage {
-                    let truth = try table.integer(fields, stage), guess = try table.integer(fields, predictedStage)
-                    for (name, value) in [("stage", truth), ("predicted_stage", guess)] where !(0..<max(stageCount, 1)).contains(value) {
-                        throw ReportError(file: source, line: fields.line, "\(name): \(value) is not a stage index below \(stageCount)")
-                    }
-                    stages = (truth, guess)
-                }
-                predictions.append(ChurnPrediction(
-                    datasetRow: try table.integer(fields, row), churned: churned == 1, probability: p,
-                    spend: try table.number(fields, spend), expectedSpend: try table.number(fields, expected),
-                    stage: stages?.0, predictedStage: stages?.1))
-            }
-            if predictions.isEmpty { throw ReportError(file: source, "has a header but no predictions") }
-            return .churn(predictions)
-        case .gnn:
-            if table.header.contains("churn_probability") {
-                throw ReportError(file: source, line: 1, "has the LSTM's columns, but the checkpoint is a graph model")
-            }
-            let row = try table.column("dataset_row"), stage = try table.column("stage")
-            let predicted = try table.column("predicted_stage")
-            let classCount = table.header.filter { $0.hasPrefix("p_stage_") }.count
-            guard classCount > 0 else { throw ReportError(file: source, line: 1, "no p_stage_* columns") }
-            if !stageNames.isEmpty && stageNames.count != classCount {
-                throw ReportError(file: source, line: 1,
-                                  "\(classCount) p_stage_* columns, but the manifest names \(stageNames.count) stages")
-            }
-            var predictions: [StagePrediction] = []
-            for fields in table.rows {
-                let truth = try table.integer(fields, stage), guess = try table.integer(fields, predicted)
-                for (name, value) in [("stage", truth), ("predicted_stage", guess)] where !(0..<classCount).contains(value) {
-                    throw ReportError(file: source, line: fields.line, "\(name): \(value) is not a stage index below \(classCount)")
-                }
-                predictions.append(StagePrediction(datasetRow: try table.integer(fields, row), stage: truth, predicted: guess))
-            }
-            if predictions.isEmpty { throw ReportError(file: source, "has a header but no predictions") }
-            return .stages(predictions, classCount: classCount)
-        }
-    }
 }
 
 /// How the customers of a batch-scoring output spread over lifecycle stages and actions.
@@ -210,37 +100,34 @@ public struct ScoreDistribution: Sendable, Equatable {
             && a.firstReasons.allSatisfy { key, value in b.firstReasons[key]!.elementsEqual(value) { $0 == $1 } }
     }
 
-    /// Counts the `stage` and `action` columns of a scores file (found by header name; the other
-    /// columns are not read). `stageOrder` puts known stages in model order.
+    /// Counts the stages and actions of a scores file (`ScoresFile`). `stageOrder` puts known
+    /// stages in model order.
     public static func read(_ url: URL, stageOrder: [String] = []) throws(ReportError) -> ScoreDistribution {
-        let table = try CSVTable.read(url)
-        let stage = try table.column("stage"), action = try table.column("action")
+        let contents = try ScoresFile.read(url)
         var stageCounts: [String: Int] = [:], actionCounts: [String: Int] = [:]
         var firstSeen: [String] = []
-        for row in table.rows {
-            let stageName = row.fields[stage].trimmingCharacters(in: .whitespaces)
-            let actionName = row.fields[action].trimmingCharacters(in: .whitespaces)
-            if stageName.isEmpty { throw ReportError(file: url.relativePath, line: row.line, "stage is empty") }
-            if actionName.isEmpty { throw ReportError(file: url.relativePath, line: row.line, "action is empty") }
-            if stageCounts[stageName] == nil { firstSeen.append(stageName) }
-            stageCounts[stageName, default: 0] += 1
-            actionCounts[actionName, default: 0] += 1
+        for (line, row) in contents.rows {
+            if row.stage.isEmpty { throw ReportError(file: url.relativePath, line: line, "stage is empty") }
+            if row.action.isEmpty { throw ReportError(file: url.relativePath, line: line, "action is empty") }
+            if stageCounts[row.stage] == nil { firstSeen.append(row.stage) }
+            stageCounts[row.stage, default: 0] += 1
+            actionCounts[row.action, default: 0] += 1
         }
-        if table.rows.isEmpty { throw ReportError(file: url.relativePath, "has a header but no customers") }
+        if contents.rows.isEmpty { throw ReportError(file: url.relativePath, "has a header but no customers") }
         let ordered = stageOrder + firstSeen.filter { !stageOrder.contains($0) }
         func mostFrequentFirst(_ counts: [String: Int]) -> [(String, Int)] {
             counts.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }.map { ($0.key, $0.value) }
         }
         var distribution = ScoreDistribution(
-            stages: ordered.map { ($0, stageCounts[$0] ?? 0) }, actions: mostFrequentFirst(actionCounts), customers: table.rows.count)
-        if let reason = try? table.column("churn_reason_1") {
+            stages: ordered.map { ($0, stageCounts[$0] ?? 0) }, actions: mostFrequentFirst(actionCounts), customers: contents.rows.count)
+        if contents.hasReasons {
             var counts: [String: [String: Int]] = [:]
-            for row in table.rows {
-                let code = row.fields[reason]
+            for (_, row) in contents.rows {
+                let code = row.churnReasons.first ?? ""
                 // `recency_weeks=14 (+)` → `recency_weeks (+)`: the reason, not the customer's value.
                 let name = code.split(separator: "=").first.map(String.init) ?? code
                 let sign = code.hasSuffix("(+)") ? " (+)" : code.hasSuffix("(-)") ? " (-)" : ""
-                counts[row.fields[action].trimmingCharacters(in: .whitespaces), default: [:]][name.isEmpty ? "(none)" : name + sign, default: 0] += 1
+                counts[row.action, default: [:]][name.isEmpty ? "(none)" : name + sign, default: 0] += 1
             }
             distribution.firstReasons = counts.mapValues(mostFrequentFirst)
         }
@@ -248,36 +135,3 @@ public struct ScoreDistribution: Sendable, Equatable {
     }
 }
 
-/// What `clm-score batch --summary-out` wrote: stability indices against the training
-/// customers and, with `--explain`, the mean absolute attribution of each reason group.
-public struct ScoringSummary: Sendable, Equatable, Decodable {
-    public struct Index: Sendable, Equatable, Decodable {
-        public var kind: String
-        public var name: String
-        public var psi: Double
-    }
-    public struct Explanation: Sendable, Equatable, Decodable {
-        public var steps: Int
-        public var baseline: String
-        public var worstCompletenessError: Double
-        /// Target (`churn_logit`, `expected_spend`) → group → mean |attribution|.
-        public var meanAbsoluteAttribution: [String: [String: Double]]
-    }
-    public var run: String
-    public var step: Int
-    public var customers: Int
-    public var drift: [Index]
-    public var explanation: Explanation?
-
-    public static func read(_ url: URL) throws(ReportError) -> ScoringSummary {
-        let data: Data
-        do { data = try Data(contentsOf: url) } catch { throw ReportError(file: url.relativePath, "cannot read: \(error.localizedDescription)") }
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        do {
-            return try decoder.decode(ScoringSummary.self, from: data)
-        } catch {
-            throw ReportError(file: url.relativePath, "is not a clm-score batch summary (--summary-out): \(error)")
-        }
-    }
-}

@@ -1,6 +1,7 @@
 import Checkpoints
 import CustomerData
 import Foundation
+import RunFiles
 import Synchronization
 
 #if canImport(Glibc)
@@ -149,10 +150,43 @@ struct ScoredCustomers {
     }
 }
 
+/// What a batch scoring run reads, how it scores and where it writes.
+public struct BatchScoringJob: Sendable {
+    public var events: String
+    public var options: EventFileOptions
+    /// The as-of day; nil for the file's last event day.
+    public var asOf: Int?
+    public var rules: ScoringRules
+    /// `.csv` or `.jsonl` picks the format.
+    public var output: String
+    public var batchSize: Int
+    public var threads: Int
+    /// Stages from this GraphSAGE model instead of the LSTM's stage head or the stage rule; one
+    /// process only, since the graph model needs the whole customer–product graph.
+    public var graph: GraphStageScorer?
+    public var explain: ExplanationSettings?
+    public var highValue: HighValueSource
+
+    public init(events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules, output: String, batchSize: Int = 256,
+                threads: Int = 1, graph: GraphStageScorer? = nil, explain: ExplanationSettings? = nil,
+                highValue: HighValueSource = .training) {
+        self.events = events
+        self.options = options
+        self.asOf = asOf
+        self.rules = rules
+        self.output = output
+        self.batchSize = batchSize
+        self.threads = threads
+        self.graph = graph
+        self.explain = explain
+        self.highValue = highValue
+    }
+}
+
 /// Scores every customer of an event file and writes one row per customer.
 public enum BatchScoring {
-    /// Reads `events`, scores in batches of `batchSize` and writes `output` atomically; with a
-    /// `graph` scorer, stages come from its GraphSAGE model instead of the stage rule.
+    /// Reads the job's `events`, scores in batches of `batchSize` and writes `output` atomically;
+    /// with a `graph` scorer, stages come from its GraphSAGE model instead of the stage rule.
     ///
     /// Memory is the importer's per-customer aggregates, one [batch, T, F] feature block and
     /// three numbers per customer (churn, spend, length): with `highValue: .scored` the line (top
@@ -162,11 +196,9 @@ public enum BatchScoring {
     /// `threads` score batches in parallel. Batches are the same fixed ranges of customers
     /// whatever the thread count, and each customer's forward pass depends only on its own
     /// batch, so the output is byte for byte the same as with one thread.
-    public static func run(
-        scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
-        output: String, batchSize: Int = 256, threads: Int = 1, graph: GraphStageScorer? = nil,
-        explain: ExplanationSettings? = nil, highValue: HighValueSource = .training
-    ) throws -> BatchSummary {
+    public static func run(scorer: LSTMScorer, job: BatchScoringJob) throws -> BatchSummary {
+        let (events, options, asOf, rules, output) = (job.events, job.options, job.asOf, job.rules, job.output)
+        let (batchSize, threads, graph, explain, highValue) = (job.batchSize, job.threads, job.graph, job.explain, job.highValue)
         try checkSettings(batchSize: batchSize, threads: threads, explain: explain)
         let format = try ScoreFileFormat(path: output)
         let model = scorer.model
@@ -267,10 +299,7 @@ public enum BatchScoring {
 
     /// The CSV header line; nil for JSON Lines.
     static func header(format: ScoreFileFormat, stageNames: [String], explain: Bool) -> String? {
-        guard format == .csv else { return nil }
-        let stageColumns = stageNames.map { "p_\($0)" }.joined(separator: ",")
-        let reasonColumns = explain ? ",churn_reason_1,churn_reason_2,churn_reason_3,spend_reason_1,spend_reason_2,spend_reason_3" : ""
-        return "customer_id,churn_probability,expected_spend,history_periods,stage,\(stageColumns),action,stage_source\(reasonColumns)\n"
+        format == .csv ? ScoresFile.csvHeader(stageNames: stageNames, explain: explain) : nil
     }
 
     /// Runs the model (and with `explain`, the explainer) over every customer of `input` on
@@ -397,16 +426,12 @@ public enum BatchScoring {
     }
 
     static func csvRow(_ score: CustomerScore, reasons: Explanation? = nil) -> String {
-        var row = csvField(score.customerID)
-        row += ",\(formatNumber(score.churnProbability)),\(formatNumber(score.expectedSpend)),\(score.historyPeriods),\(score.stage)"
-        for p in score.stageProbabilities { row += ",\(formatNumber(p))" }
-        row += ",\(score.action),\(score.stageSource)"
-        if let reasons {
-            for list in [reasons.churn, reasons.spend] {
-                for k in 0..<3 { row += "," + (k < list.count ? csvField(list[k].code) : "") }
-            }
-        }
-        return row + "\n"
+        ScoresFile.csvRow(
+            ScoresFile.Row(customerID: score.customerID, churnProbability: score.churnProbability, expectedSpend: score.expectedSpend,
+                           historyPeriods: score.historyPeriods, stage: score.stage, stageProbabilities: score.stageProbabilities,
+                           action: score.action, stageSource: score.stageSource,
+                           churnReasons: reasons?.churn.map(\.code) ?? [], spendReasons: reasons?.spend.map(\.code) ?? []),
+            explain: reasons != nil)
     }
 
     /// `"reasons":{"churn":[…],"spend":[…]}`, each reason with its code, group and contribution.
@@ -433,25 +458,9 @@ public enum BatchScoring {
     }
 }
 
-/// Six decimals, trailing zeros trimmed: scores are float32, so more digits would be noise.
-///
-/// Integer arithmetic rather than `String(format:)`, which dominated writing millions of rows.
-func formatNumber(_ value: Double) -> String {
-    guard value.isFinite else { return "0" }
-    guard abs(value) < 1e12 else { return String(value) }
-    let scaled = Int64((abs(value) * 1e6).rounded())
-    var fraction = scaled % 1_000_000
-    var text = (value < 0 && scaled != 0 ? "-" : "") + String(scaled / 1_000_000) + "."
-    guard fraction != 0 else { return text + "0" }
-    var digits = 6
-    while fraction % 10 == 0 {
-        fraction /= 10
-        digits -= 1
-    }
-    let body = String(fraction)
-    text += String(repeating: "0", count: digits - body.count) + body
-    return text
-}
+/// Scores as the scores file writes them (`ScoresFile.formatNumber`), also in JSON.
+@inline(__always)
+func formatNumber(_ value: Double) -> String { ScoresFile.formatNumber(value) }
 
 /// A duration in seconds, for timings and metrics.
 public func seconds(_ duration: Duration) -> Double {

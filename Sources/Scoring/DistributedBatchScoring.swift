@@ -18,15 +18,19 @@ extension BatchScoring {
     /// Stages come from the LSTM's stage head or the rule: the graph model needs the whole
     /// customer–product graph in one process.
     package static func run(
-        scorer: LSTMScorer, events: String, options: EventFileOptions, asOf: Int?, rules: ScoringRules,
-        output: String, batchSize: Int = 256, threads: Int = 1, explain: ExplanationSettings? = nil,
-        highValue: HighValueSource = .training, roundBytesPerRank: Int = 16 << 20, exchangeBytesPerRound: Int = 16 << 20, exchange: any Communicator
+        scorer: LSTMScorer, job: BatchScoringJob, roundBytesPerRank: Int = 16 << 20, exchangeBytesPerRound: Int = 16 << 20,
+        exchange: any Communicator
     ) throws -> BatchSummary? {
+        let (events, options, asOf, rules, output) = (job.events, job.options, job.asOf, job.rules, job.output)
+        let (batchSize, threads, explain, highValue) = (job.batchSize, job.threads, job.explain, job.highValue)
         let rank = exchange.rank
         let model = scorer.model
         let format = try exchange.onEveryRank("checking the options") { () -> ScoreFileFormat in
             try checkSettings(batchSize: batchSize, threads: threads, explain: explain)
             guard exchangeBytesPerRound >= 1 else { throw ScoringError.invalidInput("the bytes exchanged per round must be at least 1") }
+            guard job.graph == nil else {
+                throw ScoringError.invalidInput("graph stages need the whole customer–product graph in one process; score them with one process")
+            }
             if explain?.baseline == .tenureMean {
                 throw ScoringError.invalidInput("--explain-baseline tenure-mean averages every scored customer's features in one process; under mpirun use --explain-baseline zeros")
             }

@@ -2,6 +2,7 @@ import Checkpoints
 import CustomerData
 import Foundation
 import Models
+import RunFiles
 
 /// Why a checkpoint or an input cannot be scored.
 public enum ScoringError: Error, CustomStringConvertible, Equatable, Sendable {
@@ -26,16 +27,11 @@ public struct CheckpointInfo: Codable, Sendable, Equatable {
     public var step: Int
     public var epoch: Int
     public var path: String
-    public var modelKind: String
+    /// Encoded as its raw value (`"lstm"`, `"gnn"`), the string `GET /v1/model` has always shown.
+    public var modelKind: ModelKind
     public var createdAt: String
     public var metrics: [String: Double]
     public var datasetFingerprint: String
-}
-
-/// The manifest's `configuration` as scoring reads it: the architecture training wrote (the
-/// full training configuration beside it is provenance, not needed here).
-struct StoredModelInfo: Decodable {
-    var architecture: ModelArchitecture
 }
 
 /// What every scoring checkpoint shares once verified: its manifest's model description, the
@@ -81,11 +77,11 @@ struct VerifiedCheckpoint {
             throw ScoringError.incompatible(path: path, reason: "it holds a \(manifest.modelKind.rawValue) model; \(need)")
         }
         do {
-            stored = try reencode(manifest.configuration, as: StoredModelInfo.self).architecture
+            stored = try StoredModelConfiguration(manifestValue: manifest.configuration).architecture
         } catch {
-            throw ScoringError.incompatible(path: path, reason: "its manifest configuration does not describe the model (no valid 'architecture'; checkpoints from before it was recorded must be retrained): configuration: \(describeDecodingFailure(decoding: StoredModelInfo.self, error, json: (try? JSONEncoder().encode(manifest.configuration)) ?? Data()))")
+            throw ScoringError.incompatible(path: path, reason: "its manifest configuration does not describe the model (no valid 'architecture'; checkpoints from before it was recorded must be retrained): configuration: \(describeDecodingFailure(decoding: StoredModelConfiguration.self, error, json: (try? JSONEncoder().encode(manifest.configuration)) ?? Data()))")
         }
-        guard stored.kind.rawValue == kind.rawValue else {
+        guard stored.kind == kind else {
             throw ScoringError.incompatible(path: path, reason: "its architecture describes a \(stored.kind.rawValue) model, the manifest a \(kind.rawValue) one")
         }
         // Bounded so that a damaged manifest is refused here instead of sizing buffers from it.
@@ -128,7 +124,7 @@ struct VerifiedCheckpoint {
         self.loaded = loaded
         info = CheckpointInfo(
             run: manifest.runName, step: manifest.step, epoch: manifest.epoch, path: path,
-            modelKind: manifest.modelKind.rawValue, createdAt: manifest.createdAt, metrics: manifest.metrics,
+            modelKind: manifest.modelKind, createdAt: manifest.createdAt, metrics: manifest.metrics,
             datasetFingerprint: manifest.datasetFingerprint)
     }
 

@@ -321,7 +321,7 @@ struct ScoreController<S: Scorer> {
         guard let model = scorer.currentModel else { throw ClientError(503, "no model is loaded yet") }
         let info = model.info
         var text = "{\"run\":\(jsonString(info.run)),\"step\":\(info.step),\"epoch\":\(info.epoch),\"path\":\(jsonString(info.path))"
-        text += ",\"model_kind\":\(jsonString(info.modelKind)),\"created_at\":\(jsonString(info.createdAt))"
+        text += ",\"model_kind\":\(jsonString(info.modelKind.rawValue)),\"created_at\":\(jsonString(info.createdAt))"
         text += ",\"dataset_fingerprint\":\(jsonString(info.datasetFingerprint)),\"history_periods\":\(model.historyLength)"
         let line = model.highValueLine
         text += ",\"feature_count\":\(model.featureCount),\"high_value_line\":\(line.amount.isFinite ? String(line.amount) : "null")"

@@ -1,5 +1,6 @@
 import Checkpoints
 import Foundation
+import StrictJSON
 
 /// Request bodies go through the project's one strict JSON parser (`StrictJSONParser`, which
 /// also reads safetensors headers); this turns its tree into `JSONValue` and its errors into

@@ -2,6 +2,7 @@ import Checkpoints
 import CustomerData
 import Foundation
 import Models
+import RunFiles
 import Tensors
 
 /// Rank 0's link between the training loop and the checkpoint store: what goes into a checkpoint
@@ -86,7 +87,7 @@ final class CheckpointIO {
             runName: configuration.run, step: request.progress.globalStep, epoch: request.progress.epoch,
             programVersion: programVersion, worldSize: request.progress.worldSize,
             modelKind: recipe.kind,
-            configuration: try jsonValue(CheckpointModelInfo(spec: spec)),
+            configuration: try StoredModelConfiguration(architecture: spec.architecture, training: jsonValue(spec.configuration)).jsonValue(),
             featureSpec: try jsonValue(dataset?.manifest),
             datasetFingerprint: spec.datasetFingerprint, randomState: configuration.seed,
             metrics: request.metrics, files: [:])
@@ -208,18 +209,6 @@ final class CheckpointIO {
         try prepare(resumedStep: manifest.step)
         return RestoredState(progress: progress, parameters: parameters, firstMoment: first, secondMoment: second,
                              optimizerStep: Int(try optimizer.int64s("step").first ?? 0))
-    }
-}
-
-/// The manifest's `configuration`: the architecture scoring rebuilds the model from (the type
-/// Scoring decodes), and the full training configuration for provenance.
-struct CheckpointModelInfo: Encodable {
-    var architecture: ModelArchitecture
-    var training: TrainingConfiguration
-
-    init(spec: JobSpec) {
-        architecture = spec.architecture
-        training = spec.configuration
     }
 }
 

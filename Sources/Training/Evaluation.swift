@@ -3,6 +3,7 @@ import Collectives
 import DistributedMetrics
 import Foundation
 import ModelMetrics
+import RunFiles
 import Tensors
 
 /// This rank's rows of the customers the graph model evaluated: dataset row, true stage,
@@ -256,43 +257,31 @@ func evaluateStages(
     return metrics
 }
 
-/// Writes the test rows of every rank as one CSV, each rank its own rows (in shard order, so the
-/// file lists customers in dataset order), for the run report's ROC, calibration, spend and
-/// confusion charts.
-///
-/// Columns, LSTM: dataset_row, churn_label, churn_probability, spend, expected_spend, stage, then
-/// purchase_probability with a ZILN head, predicted_stage and p_stage_k with a stage head.
-/// GNN: dataset_row, stage, predicted_stage, then one probability per stage.
+/// Writes the test rows of every rank as one `TestPredictions` file, each rank its own rows (in
+/// shard order, so the file lists customers in dataset order).
 func writeLSTMPredictions(_ rows: LSTMEvaluationRows, to url: URL, world: any Communicator) throws {
-    var header = "dataset_row,churn_label,churn_probability,spend,expected_spend,stage"
-    if rows.hasPurchaseProbability { header += ",purchase_probability" }
-    if rows.stageCount > 0 { header += ",predicted_stage" + (0..<rows.stageCount).map { ",p_stage_\($0)" }.joined() }
+    let header = TestPredictions.churnHeader(hasPurchaseProbability: rows.hasPurchaseProbability, stageCount: rows.stageCount)
     var text = ""
     let values = rows.values
     for row in 0..<rows.count {
         let base = row * rows.width
-        var fields = [Int(values[base]).description, Int(values[base + 1]).description, formatValue(values[base + 4]),
-                      formatValue(values[base + 2]), formatValue(values[base + 5]), Int(values[base + 3]).description]
-        if rows.hasPurchaseProbability { fields.append(formatValue(values[base + 7])) }
-        if rows.stageCount > 0 {
-            fields.append(rows.predictedStage(row).description)
-            for stage in 0..<rows.stageCount { fields.append(formatValue(values[base + LSTMEvaluationRows.fixedWidth + stage])) }
-        }
-        text += fields.joined(separator: ",") + "\n"
+        let stages = base + LSTMEvaluationRows.fixedWidth
+        TestPredictions.appendChurnRow(
+            to: &text, datasetRow: values[base], churnLabel: values[base + 1], probability: values[base + 4],
+            spend: values[base + 2], expectedSpend: values[base + 5], stage: values[base + 3],
+            purchaseProbability: rows.hasPurchaseProbability ? values[base + 7] : nil,
+            predictedStage: rows.stageCount > 0 ? rows.predictedStage(row) : nil,
+            stageProbabilities: Array(values[stages..<stages + rows.stageCount]))
     }
-    try writeSharedRunFile(header: header + "\n", rows: Array(text.utf8), to: url, world: world)
+    try writeSharedRunFile(header: header, rows: Array(text.utf8), to: url, world: world)
 }
 
-private func formatValue(_ value: Float) -> String {
-    value == value.rounded() && abs(value) < 1e7 ? "\(Int(value))" : "\(value)"
-}
-
-/// Writes the GNN's test rows of every rank as one CSV (see `writeLSTMPredictions`).
+/// Writes the GNN's test rows of every rank as one `TestPredictions` file (see `writeLSTMPredictions`).
 func writeStagePredictions(_ rows: StageEvaluationRows, to url: URL, world: any Communicator) throws {
-    let header = "dataset_row,stage,predicted_stage" + (0..<rows.classCount).map { ",p_stage_\($0)" }.joined() + "\n"
+    let header = TestPredictions.stageHeader(classCount: rows.classCount)
     var text = ""
     for row in stride(from: 0, to: rows.values.count, by: rows.width) {
-        text += (0..<rows.width).map { formatValue(rows.values[row + $0]) }.joined(separator: ",") + "\n"
+        TestPredictions.appendStageRow(to: &text, rows.values[row..<row + rows.width])
     }
     try writeSharedRunFile(header: header, rows: Array(text.utf8), to: url, world: world)
 }

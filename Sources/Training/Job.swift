@@ -4,6 +4,7 @@ import CustomerData
 import Foundation
 import GradientBoosting
 import Models
+import RunFiles
 import Tensors
 
 /// What the coordinator tells every rank before training: the configuration and the facts about
@@ -251,7 +252,7 @@ public enum TrainingJob {
         let reporter = try ProgressReporter(
             enabled: world.rank == 0,
             metricsLog: URL(fileURLWithPath: configuration.checkpoints).appendingPathComponent(configuration.run)
-                .appendingPathComponent("metrics.jsonl"))
+                .appendingPathComponent(MetricsLog.fileName))
         if world.rank == 0 {
             reporter.line("training \(recipe.kind.rawValue) on \(ranks) rank\(ranks > 1 ? "s" : ""): "
                 + "\(spec.trainCount) training customers"

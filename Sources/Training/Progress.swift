@@ -1,4 +1,5 @@
 import Foundation
+import RunFiles
 
 /// Rank 0's view of progress: a bar that redraws itself on a terminal, plain lines elsewhere
 /// (logs, CI), and a JSON-lines metrics log in the run directory.
@@ -59,13 +60,8 @@ public final class ProgressReporter {
     }
 
     func record(_ metrics: [String: Double], event: String, warnings: [String] = []) {
-        guard let log else { return }
-        var entry: [String: Any] = metrics.filter { $0.value.isFinite }
-        entry["event"] = event
-        if !warnings.isEmpty { entry["warnings"] = warnings }
-        entry["time"] = ISO8601DateFormatter().string(from: Date())
-        guard let data = try? JSONSerialization.data(withJSONObject: entry, options: [.sortedKeys]) else { return }
-        log.write(data + Data("\n".utf8))
+        guard let log, let line = MetricsLog.line(metrics, event: event, warnings: warnings) else { return }
+        log.write(line)
     }
 }
 

@@ -1,6 +1,7 @@
 import Collectives
 import Foundation
 import Models
+import RunFiles
 import Tensors
 
 /// Where training stands: everything a checkpoint must hold for a resumed run to continue
@@ -292,7 +293,7 @@ public final class DataParallelTrainer {
         summary.test["test_evaluated_step"] = Double(summary.evaluatedStep)
         summary.test["test_evaluated_epoch"] = Double(summary.evaluatedEpoch)
         try task.finish(validation: validation, test: test, summary: &summary,
-                        predictionsFile: runDirectory?.appendingPathComponent("test_predictions.csv"), world: world)
+                        predictionsFile: runDirectory?.appendingPathComponent(TestPredictions.fileName), world: world)
     }
 
     /// Puts the best validation's parameters in place, on every rank: from memory when this

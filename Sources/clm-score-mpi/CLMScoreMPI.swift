@@ -27,9 +27,7 @@ struct CLMScoreMPI: ParsableCommand {
                 return try batch.prepare()
             }
             let summary = try BatchScoring.run(
-                scorer: LSTMScorer(model: prepared.model), events: batch.events, options: prepared.options,
-                asOf: prepared.asOfDay, rules: prepared.rules, output: batch.out, batchSize: batch.batchSize,
-                threads: batch.threads, explain: prepared.explanation, highValue: batch.highValueFrom, roundBytesPerRank: roundBytesPerRank,
+                scorer: LSTMScorer(model: prepared.model), job: batch.job(prepared), roundBytesPerRank: roundBytesPerRank,
                 exchangeBytesPerRound: exchangeBytesPerRound, exchange: exchange)
             if let summary { try batch.report(summary, prepared) }
         }

@@ -65,13 +65,12 @@ public func runScoringChecks(_ world: any Communicator, _ checks: RankChecks) {
         let scorer = LSTMScorer(model: try ScoringModel.load(root: URL(fileURLWithPath: root), run: "test"))
         let single = directory + "single.csv", ranks = directory + "ranks-\(world.size).csv"
         let reference = rank == 0
-            ? try BatchScoring.run(scorer: scorer, events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
-                                   output: single, batchSize: 7, threads: 2, highValue: .scored)
+            ? try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
+                                   output: single, batchSize: 7, threads: 2, highValue: .scored))
             : nil
         // The line from the scored customers: the one that needs every rank's spends.
-        let summary = try BatchScoring.run(
-            scorer: scorer, events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(), output: ranks,
-            batchSize: 7, threads: 2, highValue: .scored, roundBytesPerRank: 2048, exchangeBytesPerRound: 900, exchange: exchange)
+        let summary = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(), output: ranks,
+            batchSize: 7, threads: 2, highValue: .scored), roundBytesPerRank: 2048, exchangeBytesPerRound: 900, exchange: exchange)
         guard rank == 0 else {
             checks.expect(summary == nil, "only rank 0 returns a summary")
             return
@@ -109,12 +108,11 @@ public func runScoringChecks(_ world: any Communicator, _ checks: RankChecks) {
         let single = directory + "explained.jsonl", ranks = directory + "explained-\(world.size).jsonl"
         let settings = ExplanationSettings(steps: 8, baseline: .zeros)
         let reference = rank == 0
-            ? try BatchScoring.run(scorer: scorer, events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
-                                   output: single, batchSize: 16, threads: 1, explain: settings)
+            ? try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
+                                   output: single, batchSize: 16, threads: 1, explain: settings))
             : nil
-        let summary = try BatchScoring.run(
-            scorer: scorer, events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(), output: ranks,
-            batchSize: 16, threads: 1, explain: settings, roundBytesPerRank: 4096, exchangeBytesPerRound: 20_000, exchange: exchange)
+        let summary = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(), output: ranks,
+            batchSize: 16, threads: 1, explain: settings), roundBytesPerRank: 4096, exchangeBytesPerRound: 20_000, exchange: exchange)
         guard rank == 0 else { return checks.expect(summary == nil, "only rank 0 returns a summary") }
         guard let reference, let summary else { return checks.expect(false, "rank 0 returned no summary") }
         let a = try String(contentsOfFile: ranks, encoding: .utf8).split(separator: "\n")
@@ -151,11 +149,11 @@ public func runScoringChecks(_ world: any Communicator, _ checks: RankChecks) {
         let settings = ExplanationSettings(steps: 4, baseline: .zeros)
         let single = directory + "two-single.csv", ranks = directory + "two-ranks-\(world.size).csv"
         let reference = rank == 0
-            ? try BatchScoring.run(scorer: scorer, events: few, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
-                                   output: single, explain: settings)
+            ? try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: few, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
+                                   output: single, explain: settings))
             : nil
-        let summary = try BatchScoring.run(scorer: scorer, events: few, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
-                                           output: ranks, explain: settings, exchange: exchange)
+        let summary = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: few, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
+                                           output: ranks, explain: settings), exchange: exchange)
         guard rank == 0 else { return checks.expect(summary == nil, "only rank 0 returns a summary") }
         guard let reference, let summary else { return checks.expect(false, "rank 0 returned no summary") }
         checks.expectEqual(summary.customers, 2, "customers")
@@ -168,9 +166,8 @@ public func runScoringChecks(_ world: any Communicator, _ checks: RankChecks) {
         let scorer = LSTMScorer(model: try ScoringModel.load(root: URL(fileURLWithPath: root), run: "test"))
         let output = directory + "refused-\(world.size).csv"
         do {
-            _ = try BatchScoring.run(
-                scorer: scorer, events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(), output: output,
-                explain: ExplanationSettings(steps: 8, baseline: .tenureMean), exchange: exchange)
+            _ = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(), output: output,
+                explain: ExplanationSettings(steps: 8, baseline: .tenureMean)), exchange: exchange)
             checks.expect(false, "tenure-mean explanations were accepted across ranks")
         } catch let error as ScoringError {
             checks.expect(rank == 0 && "\(error)".contains("tenure-mean"), "rank \(rank) threw \(error)")
@@ -184,8 +181,8 @@ public func runScoringChecks(_ world: any Communicator, _ checks: RankChecks) {
         let scorer = LSTMScorer(model: try ScoringModel.load(root: URL(fileURLWithPath: root), run: "test"))
         let output = directory + "missing-directory/scores.csv"
         do {
-            _ = try BatchScoring.run(scorer: scorer, events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
-                                     output: output, exchange: exchange)
+            _ = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: events, options: EventFileOptions(), asOf: nil, rules: ScoringRules(),
+                                     output: output), exchange: exchange)
             checks.expect(false, "scoring into a missing directory succeeded")
         } catch let error as ScoringError {
             checks.expect(rank == 0 && "\(error)".contains("missing-directory"), "rank \(rank) threw \(error)")

@@ -51,7 +51,7 @@ import TestSupport
     @Test func nonNumericPredictionNamesLineAndColumn() throws {
         let root = try TemporaryDirectory()
         var csv = churnCSV(handChurnRows).split(separator: "\n").map(String.init)
-        csv[4] = "13,1,high,0,1"
+        csv[4] = "13,1,high,0,1,0"
         let directory = try run(root, csv: csv.joined(separator: "\n"))
         expectReportError(file: "test_predictions.csv", line: 5, containing: "churn_probability: \"high\" is not a finite number") {
             _ = try TrainingRun.load(directory: directory)
@@ -145,7 +145,8 @@ import TestSupport
         let root = try TemporaryDirectory()
         let directory = try run(root)
         let scores = root.url.appendingPathComponent("scores.csv")
-        try "customer_id,churn_probability,stage\nx,0.5,loyal\n".write(to: scores, atomically: true, encoding: .utf8)
+        try scoresCSV([scoreRow("x", stage: "loyal", action: "upsell")], stageNames: ["loyal"])
+            .replacingOccurrences(of: ",action,", with: ",deed,").write(to: scores, atomically: true, encoding: .utf8)
         expectReportError(file: "scores.csv", line: 1, containing: "no column \"action\"") {
             _ = try ReportInputs.load(run: directory, gnnRun: nil, scores: scores)
         }
@@ -153,7 +154,7 @@ import TestSupport
         expectReportError(file: "scores.csv", line: 3, containing: "quoted field is not closed") {
             _ = try ReportInputs.load(run: directory, gnnRun: nil, scores: scores)
         }
-        try "customer_id,stage,action\nx,,upsell\n".write(to: scores, atomically: true, encoding: .utf8)
+        try scoresCSV([scoreRow("x", stage: "", action: "upsell")], stageNames: ["loyal"]).write(to: scores, atomically: true, encoding: .utf8)
         expectReportError(file: "scores.csv", line: 2, containing: "stage is empty") {
             _ = try ReportInputs.load(run: directory, gnnRun: nil, scores: scores)
         }

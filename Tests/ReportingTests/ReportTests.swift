@@ -38,14 +38,12 @@ func pairCountAUC(_ rows: [ChurnRow]) -> Double {
                               predictionsCSV: stageCSV(handStageRows), stageNames: stageNames, step: 14, epoch: 2)
             scores = root.url.appendingPathComponent("scores.csv")
             // A quoted id holding commas must not shift the stage and action columns.
-            try """
-                customer_id,churn_probability,expected_spend,history_periods,stage,p_churned,action,stage_source
-                "a,1",0.9,1,3,\(stageNames[0]),0.9,winback_email,rule
-                b2,0.2,90,10,\(stageNames[2]),0.1,upsell,gnn
-                c3,0.3,20,10,\(stageNames[1]),0.3,nurture,lstm
-                d4,0.1,95,12,\(stageNames[2]),0.1,upsell,gnn
-
-                """.write(to: scores, atomically: true, encoding: .utf8)
+            try scoresCSV([
+                scoreRow("a,1", stage: stageNames[0], action: "winback_email", churn: 0.9, spend: 1, history: 3, source: "rule"),
+                scoreRow("b2", stage: stageNames[2], action: "upsell", churn: 0.2, spend: 90, source: "gnn"),
+                scoreRow("c3", stage: stageNames[1], action: "nurture", churn: 0.3, spend: 20),
+                scoreRow("d4", stage: stageNames[2], action: "upsell", churn: 0.1, spend: 95, history: 12, source: "gnn"),
+            ], stageNames: ["churned"]).write(to: scores, atomically: true, encoding: .utf8)
             let inputs = try ReportInputs.load(run: lstm, gnnRun: gnn, scores: scores)
             html = renderReport(inputs)
         }
@@ -213,7 +211,8 @@ func pairCountAUC(_ rows: [ChurnRow]) -> Double {
     @Test func aKnownStageWithoutCustomersShowsAsZero() throws {
         let root = try TemporaryDirectory()
         let scores = root.url.appendingPathComponent("scores.csv")
-        try "customer_id,stage,action\nx,gold,upsell\ny,lapsed,winback_email\nz,mystery,nurture\n"
+        try scoresCSV([scoreRow("x", stage: "gold", action: "upsell"), scoreRow("y", stage: "lapsed", action: "winback_email"),
+                       scoreRow("z", stage: "mystery", action: "nurture")], stageNames: ["gold"])
             .write(to: scores, atomically: true, encoding: .utf8)
         let distribution = try ScoreDistribution.read(scores, stageOrder: ["lapsed", "silver", "gold"])
         #expect(distribution.stages.map { $0.0 } == ["lapsed", "silver", "gold", "mystery"])
@@ -235,14 +234,12 @@ func pairCountAUC(_ rows: [ChurnRow]) -> Double {
     @Test func reasonsAndDriftComeFromTheSummaryAndTheReasonColumns() throws {
         let fixture = try Fixture()
         let scores = fixture.root.url.appendingPathComponent("explained.csv")
-        try """
-            customer_id,stage,action,churn_reason_1,churn_reason_2
-            a,churned,winback_email,recency_weeks=14 (+),tenure_weeks=30 (-)
-            b,churned,winback_email,recency_weeks=20 (+),spend_last4=3.00 (-)
-            c,churned,winback_email,"cumulative_transactions=2 (-)",
-            d,loyal,upsell,cumulative_transactions=9 (-),recency_weeks=1 (-)
-
-            """.write(to: scores, atomically: true, encoding: .utf8)
+        try scoresCSV([
+            scoreRow("a", stage: "churned", action: "winback_email", churnReasons: ["recency_weeks=14 (+)", "tenure_weeks=30 (-)"]),
+            scoreRow("b", stage: "churned", action: "winback_email", churnReasons: ["recency_weeks=20 (+)", "spend_last4=3.00 (-)"]),
+            scoreRow("c", stage: "churned", action: "winback_email", churnReasons: ["cumulative_transactions=2 (-)"]),
+            scoreRow("d", stage: "loyal", action: "upsell", churnReasons: ["cumulative_transactions=9 (-)", "recency_weeks=1 (-)"]),
+        ], stageNames: ["churned"], explain: true).write(to: scores, atomically: true, encoding: .utf8)
         let summary = fixture.root.url.appendingPathComponent("summary.json")
         try """
             {"run":"lstm-run","step":12,"customers":4,

@@ -15,8 +15,9 @@ let handChurnRows: [ChurnRow] = [
     (18, 1, 1.0, 0, 0), (19, 0, 0.12, 55, 60),
 ]
 
-/// Writes a run directory the way training does: metrics.jsonl, test_predictions.csv, latest
-/// and the manifest it names. Returns the directory.
+/// Writes a run directory: metrics.jsonl and test_predictions.csv as given (from
+/// `metricsLine`, `churnCSV` and `stageCSV`, which go through training's writers), latest and
+/// the manifest it names. Returns the directory.
 @discardableResult
 func makeRun(
     in root: URL, name: String, model: ModelKind, metricsLines: [String], predictionsCSV: String,
@@ -25,8 +26,8 @@ func makeRun(
 ) throws -> URL {
     let directory = root.appendingPathComponent(name, isDirectory: true)
     try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
-    try (metricsLines.joined(separator: "\n") + "\n").write(to: directory.appendingPathComponent("metrics.jsonl"), atomically: true, encoding: .utf8)
-    try predictionsCSV.write(to: directory.appendingPathComponent("test_predictions.csv"), atomically: true, encoding: .utf8)
+    try (metricsLines.joined(separator: "\n") + "\n").write(to: directory.appendingPathComponent(MetricsLog.fileName), atomically: true, encoding: .utf8)
+    try predictionsCSV.write(to: directory.appendingPathComponent(TestPredictions.fileName), atomically: true, encoding: .utf8)
     let checkpoint = CheckpointStore.directoryName(step: step)
     try FileManager.default.createDirectory(at: directory.appendingPathComponent(checkpoint), withIntermediateDirectories: true)
     let manifest = CheckpointManifest(
@@ -39,18 +40,36 @@ func makeRun(
     return directory
 }
 
+/// One metrics log line as training writes it, without its newline.
+func metricsLine(_ metrics: [String: Double], event: String, warnings: [String] = [], time: String? = nil) -> String {
+    let date = time.flatMap { ISO8601DateFormatter().date(from: $0) } ?? Date(timeIntervalSince1970: 1_795_000_000)
+    let line = MetricsLog.line(metrics, event: event, warnings: warnings, time: date)!
+    return String(decoding: line.dropLast(), as: UTF8.self)
+}
+
 /// Four epochs, validated on epochs 2 and 4 only (as with validate_every_epochs: 2).
 let lstmMetricsLines = [
-    #"{"allreduce_share":0.12,"epoch":1,"event":"epoch","learning_rate":0.003,"samples_per_second":9100.5,"step":10,"time":"2026-11-23T15:13:48Z","train_loss":1.9}"#,
-    #"{"allreduce_share":0.08,"epoch":2,"event":"epoch","learning_rate":0.0028,"samples_per_second":9800,"step":20,"time":"2026-11-23T15:13:50Z","train_loss":1.7,"val_auc":0.71,"val_loss":1.8,"val_f1":0.8}"#,
-    #"{"allreduce_share":0.1,"epoch":3,"event":"epoch","learning_rate":0.002,"samples_per_second":10050,"step":30,"time":"2026-11-23T15:13:52Z","train_loss":1.65}"#,
-    #"{"allreduce_share":0.07,"epoch":4,"event":"epoch","learning_rate":0.001,"samples_per_second":9950,"step":40,"time":"2026-11-23T15:13:54Z","train_loss":1.6,"val_auc":0.74,"val_loss":1.75,"val_f1":0.82}"#,
-    #"{"event":"test","test_accuracy":0.8,"test_auc":0.86,"test_brier":0.1712,"test_clv_rmse":41.25,"test_customers":10,"test_f1":0.8181818,"test_log_loss":0.50123,"time":"2026-11-23T15:14:02Z"}"#,
+    metricsLine(["allreduce_share": 0.12, "epoch": 1, "learning_rate": 0.003, "samples_per_second": 9100.5, "step": 10, "train_loss": 1.9],
+                event: "epoch", time: "2026-11-23T15:13:48Z"),
+    metricsLine(["allreduce_share": 0.08, "epoch": 2, "learning_rate": 0.0028, "samples_per_second": 9800, "step": 20, "train_loss": 1.7,
+                 "val_auc": 0.71, "val_loss": 1.8, "val_f1": 0.8], event: "epoch", time: "2026-11-23T15:13:50Z"),
+    metricsLine(["allreduce_share": 0.1, "epoch": 3, "learning_rate": 0.002, "samples_per_second": 10050, "step": 30, "train_loss": 1.65],
+                event: "epoch", time: "2026-11-23T15:13:52Z"),
+    metricsLine(["allreduce_share": 0.07, "epoch": 4, "learning_rate": 0.001, "samples_per_second": 9950, "step": 40, "train_loss": 1.6,
+                 "val_auc": 0.74, "val_loss": 1.75, "val_f1": 0.82], event: "epoch", time: "2026-11-23T15:13:54Z"),
+    metricsLine(["test_accuracy": 0.8, "test_auc": 0.86, "test_brier": 0.1712, "test_clv_rmse": 41.25, "test_customers": 10,
+                 "test_f1": 0.8181818, "test_log_loss": 0.50123], event: "test", time: "2026-11-23T15:14:02Z"),
 ]
 
+/// Test predictions of an LSTM without a stage head, through training's writer (every stage 0).
 func churnCSV(_ rows: [ChurnRow]) -> String {
-    "dataset_row,churn_label,churn_probability,spend,expected_spend\n"
-        + rows.map { "\($0.row),\($0.label),\($0.probability),\($0.spend),\($0.expected)\n" }.joined()
+    var text = TestPredictions.churnHeader(hasPurchaseProbability: false, stageCount: 0)
+    for row in rows {
+        TestPredictions.appendChurnRow(to: &text, datasetRow: Double(row.row), churnLabel: Double(row.label), probability: row.probability,
+                                       spend: row.spend, expectedSpend: row.expected, stage: 0, purchaseProbability: nil,
+                                       predictedStage: nil, stageProbabilities: [])
+    }
+    return text
 }
 
 /// True and predicted stage of each GNN test customer, three stages.
@@ -58,11 +77,12 @@ let handStageRows: [(row: Int, stage: Int, predicted: Int)] = [
     (1, 0, 0), (2, 0, 0), (3, 0, 2), (4, 1, 1), (5, 1, 0), (6, 2, 2), (7, 2, 2), (8, 2, 1), (9, 2, 2),
 ]
 
+/// Graph-model test predictions through training's writer: 0.6 on the predicted stage.
 func stageCSV(_ rows: [(row: Int, stage: Int, predicted: Int)], classCount: Int = 3) -> String {
-    var text = "dataset_row,stage,predicted_stage" + (0..<classCount).map { ",p_stage_\($0)" }.joined() + "\n"
+    var text = TestPredictions.stageHeader(classCount: classCount)
     for row in rows {
-        let probabilities = (0..<classCount).map { $0 == row.predicted ? "0.6" : String(0.4 / Double(classCount - 1)) }
-        text += "\(row.row),\(row.stage),\(row.predicted),\(probabilities.joined(separator: ","))\n"
+        let probabilities = (0..<classCount).map { $0 == row.predicted ? 0.6 : 0.4 / Double(classCount - 1) }
+        TestPredictions.appendStageRow(to: &text, [Double(row.row), Double(row.stage), Double(row.predicted)] + probabilities)
     }
     return text
 }
@@ -71,13 +91,27 @@ func stageCSV(_ rows: [(row: Int, stage: Int, predicted: Int)], classCount: Int 
 func gnnMetricsLines() -> [String] {
     var matrix = [[Int]](repeating: [0, 0, 0], count: 3)
     for row in handStageRows { matrix[row.stage][row.predicted] += 1 }
-    var test = #"{"event":"test","test_accuracy":0.6666666666666666,"test_macro_f1":0.6,"test_customers":9"#
-    for i in 0..<3 { for j in 0..<3 { test += ",\"test_confusion_\(i)_\(j)\":\(matrix[i][j])" } }
+    var test: [String: Double] = ["test_accuracy": 0.6666666666666666, "test_macro_f1": 0.6, "test_customers": 9]
+    for i in 0..<3 { for j in 0..<3 { test["test_confusion_\(i)_\(j)"] = Double(matrix[i][j]) } }
     return [
-        #"{"allreduce_share":0.03,"epoch":1,"event":"epoch","samples_per_second":280000,"step":7,"train_loss":1.2,"val_accuracy":0.5,"val_loss":1.1,"val_macro_f1":0.4}"#,
-        #"{"allreduce_share":0.02,"epoch":2,"event":"epoch","samples_per_second":290000,"step":14,"train_loss":1.0,"val_accuracy":0.56,"val_loss":1.05,"val_macro_f1":0.46}"#,
-        test + "}",
+        metricsLine(["allreduce_share": 0.03, "epoch": 1, "samples_per_second": 280000, "step": 7, "train_loss": 1.2, "val_accuracy": 0.5,
+                     "val_loss": 1.1, "val_macro_f1": 0.4], event: "epoch"),
+        metricsLine(["allreduce_share": 0.02, "epoch": 2, "samples_per_second": 290000, "step": 14, "train_loss": 1.0, "val_accuracy": 0.56,
+                     "val_loss": 1.05, "val_macro_f1": 0.46], event: "epoch"),
+        metricsLine(test, event: "test"),
     ]
+}
+
+/// A scores file as batch scoring writes it (`ScoresFile`), with reason columns when `explain`.
+func scoresCSV(_ rows: [ScoresFile.Row], stageNames: [String], explain: Bool = false) -> String {
+    ScoresFile.csvHeader(stageNames: stageNames, explain: explain) + rows.map { ScoresFile.csvRow($0, explain: explain) }.joined()
+}
+
+/// A scored customer with the given stage, action and churn reasons; one stage probability.
+func scoreRow(_ id: String, stage: String, action: String, churn: Double = 0.5, spend: Double = 10, history: Int = 10,
+              source: String = "lstm", churnReasons: [String] = []) -> ScoresFile.Row {
+    ScoresFile.Row(customerID: id, churnProbability: churn, expectedSpend: spend, historyPeriods: history, stage: stage,
+                   stageProbabilities: [churn], action: action, stageSource: source, churnReasons: churnReasons)
 }
 
 /// The `<svg id="…">…</svg>` element with that id, or nil.

@@ -51,8 +51,8 @@ struct ActionRuleTests {
         #expect(stored.allSatisfy { Double($0) != expectedLine } || descending[inside - 1] == descending[inside])
 
         let out = fixture.directory.path("batch.csv")
-        let summary = try BatchScoring.run(scorer: LSTMScorer(model: model), events: fixture.eventsPath, options: EventFileOptions(),
-                                           asOf: cutoff, rules: ScoringRules(), output: out, batchSize: 256)
+        let summary = try BatchScoring.run(scorer: LSTMScorer(model: model), job: BatchScoringJob(events: fixture.eventsPath, options: EventFileOptions(),
+                                           asOf: cutoff, rules: ScoringRules(), output: out, batchSize: 256))
         #expect(summary.highValueLine.amount == expectedLine)
         #expect(summary.highValueLine.origin.contains("top 20% of \(stored.count) training customers"), "\(summary.highValueLine.origin)")
         let batch = try readScoreCSV(out)
@@ -106,8 +106,8 @@ struct ActionRuleTests {
         #expect(fallback.origin.contains("mean horizon spend") && fallback.origin.contains("retrain"), "\(fallback.origin)")
 
         let out = fixture.directory.path("scored.csv")
-        let summary = try BatchScoring.run(scorer: LSTMScorer(model: old), events: fixture.eventsPath, options: EventFileOptions(),
-                                           asOf: nil, rules: ScoringRules(), output: out, highValue: .scored)
+        let summary = try BatchScoring.run(scorer: LSTMScorer(model: old), job: BatchScoringJob(events: fixture.eventsPath, options: EventFileOptions(),
+                                           asOf: nil, rules: ScoringRules(), output: out, highValue: .scored))
         let spends = try readScoreCSV(out).map { Double($0["expected_spend"]!)! }.sorted(by: >)
         let kth = spends[Int((Double(spends.count) * 0.2).rounded(.up)) - 1]
         #expect(abs(summary.highValueLine.amount - kth) <= 1e-5 * max(1, kth), "\(summary.highValueLine.amount) vs \(kth)")

@@ -18,9 +18,8 @@ struct BatchScoringTests {
         #expect(model.info.step == 5)
         let out = fixture.directory.path("scores.csv")
         // As of the dataset's cut-off the features equal the stored ones exactly.
-        let summary = try BatchScoring.run(
-            scorer: LSTMScorer(model: model), events: fixture.eventsPath, options: EventFileOptions(),
-            asOf: fixture.dataset.manifest.spec.cutoffDay, rules: ScoringRules(), output: out, batchSize: 64)
+        let summary = try BatchScoring.run(scorer: LSTMScorer(model: model), job: BatchScoringJob(events: fixture.eventsPath, options: EventFileOptions(),
+            asOf: fixture.dataset.manifest.spec.cutoffDay, rules: ScoringRules(), output: out, batchSize: 64))
         #expect(summary.customers == fixture.dataset.customerCount)
         let rows = try readScoreCSV(out)
         let ids = try fixture.dataset.customerIDs()
@@ -64,8 +63,8 @@ struct BatchScoringTests {
         #expect(scorer.stageCount == 4)
         let names = fixture.dataset.manifest.stageNames
         let out = fixture.directory.path("stages.csv")
-        _ = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
-                                 rules: ScoringRules(), output: out)
+        _ = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                 rules: ScoringRules(), output: out))
         let rows = try readScoreCSV(out)
         for row in rows {
             #expect(row["stage_source"] == "lstm")
@@ -80,8 +79,8 @@ struct BatchScoringTests {
 
         var rules = ScoringRules()
         rules.stageRule = true
-        _ = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
-                                 rules: rules, output: out)
+        _ = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                 rules: rules, output: out))
         #expect(try readScoreCSV(out).allSatisfy { $0["stage_source"] == "rule" })
     }
 
@@ -92,10 +91,10 @@ struct BatchScoringTests {
         let scorer = LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test"))
         let one = fixture.directory.path("one.csv"), many = fixture.directory.path("many.csv")
         // Batches of 7: many of them, and a short last one (the forward's small-batch path).
-        let a = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
-                                     rules: ScoringRules(), output: one, batchSize: 7, threads: 1)
-        let b = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
-                                     rules: ScoringRules(), output: many, batchSize: 7, threads: threads)
+        let a = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                     rules: ScoringRules(), output: one, batchSize: 7, threads: 1))
+        let b = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                     rules: ScoringRules(), output: many, batchSize: 7, threads: threads))
         #expect(a.customers > 100 && a.customers % 7 != 0)
         #expect(b.threads == threads)
         #expect(try Data(contentsOf: URL(fileURLWithPath: one)) == Data(contentsOf: URL(fileURLWithPath: many)))
@@ -107,10 +106,10 @@ struct BatchScoringTests {
         try fixture.saveCheckpoint(step: 1, seed: 3)
         let scorer = LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test"))
         let csv = fixture.directory.path("s.csv"), jsonl = fixture.directory.path("s.jsonl")
-        let a = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
-                                     rules: ScoringRules(), output: csv)
-        let b = try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
-                                     rules: ScoringRules(), output: jsonl)
+        let a = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                     rules: ScoringRules(), output: csv))
+        let b = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                     rules: ScoringRules(), output: jsonl))
         // The importer derived its cut-off as the last event day minus the horizon.
         #expect(a.asOfDay == fixture.dataset.manifest.spec.cutoffDay + fixture.dataset.manifest.spec.horizonDays)
         #expect(a.asOfDay == b.asOfDay)
@@ -133,12 +132,12 @@ struct BatchScoringTests {
         try fixture.saveCheckpoint(step: 1, seed: 3)
         let scorer = LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test"))
         #expect(throws: ScoringError.self) {
-            try BatchScoring.run(scorer: scorer, events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
-                                 rules: ScoringRules(), output: fixture.directory.path("scores.txt"))
+            try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: fixture.eventsPath, options: EventFileOptions(), asOf: nil,
+                                 rules: ScoringRules(), output: fixture.directory.path("scores.txt")))
         }
         do {
-            _ = try BatchScoring.run(scorer: scorer, events: fixture.directory.path("missing.csv"), options: EventFileOptions(),
-                                     asOf: nil, rules: ScoringRules(), output: fixture.directory.path("s.csv"))
+            _ = try BatchScoring.run(scorer: scorer, job: BatchScoringJob(events: fixture.directory.path("missing.csv"), options: EventFileOptions(),
+                                     asOf: nil, rules: ScoringRules(), output: fixture.directory.path("s.csv")))
             Issue.record("a missing events file was accepted")
         } catch let error as ScoringError {
             #expect(error.description.contains("missing.csv"))
@@ -166,7 +165,7 @@ struct BatchScoringTests {
             "architecture": [
                 "kind": "lstm", "inputSize": 8, "hiddenSize": 16, "layers": 2,
                 "historyLength": .number(Double(fixture.dataset.historyLength)), "classCount": 4, "clvLoss": "log_mse",
-                "stageCount": 0, "positiveWeight": 1,
+                "stageCount": 0, "customerHidden": 0, "positiveWeight": 1,
             ],
         ])
         do {

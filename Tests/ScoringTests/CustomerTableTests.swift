@@ -18,8 +18,8 @@ struct CustomerTableTests {
     /// The customers of a batch score CSV, each field as written, by id.
     func batchRows(_ fixture: ScoringFixture, events: String, name: String) throws -> [String: [String: String]] {
         let out = fixture.directory.path(name)
-        _ = try BatchScoring.run(scorer: LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test")), events: events,
-                                 options: EventFileOptions(), asOf: nil, rules: ScoringRules(), output: out, threads: 2)
+        _ = try BatchScoring.run(scorer: LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test")), job: BatchScoringJob(events: events,
+                                 options: EventFileOptions(), asOf: nil, rules: ScoringRules(), output: out, threads: 2))
         return Dictionary(uniqueKeysWithValues: try readScoreCSV(out).map { ($0["customer_id"]!, $0) })
     }
 

@@ -131,13 +131,12 @@ struct GraphScoringTests {
         try fixture.saveGraphCheckpoint(step: 3, seed: 5)
         let lstm = try ScoringModel.load(root: fixture.root, run: "test")
         let graphModel = try GraphScoringModel.load(root: fixture.root, run: "test-gnn")
-        #expect(graphModel.info.step == 3 && graphModel.info.modelKind == "gnn")
+        #expect(graphModel.info.step == 3 && graphModel.info.modelKind == .gnn)
         #expect(graphModel.incompatibility(with: lstm) == nil)
         let out = fixture.directory.path("scores.csv")
-        let summary = try BatchScoring.run(
-            scorer: LSTMScorer(model: lstm), events: fixture.eventsPath, options: EventFileOptions(),
+        let summary = try BatchScoring.run(scorer: LSTMScorer(model: lstm), job: BatchScoringJob(events: fixture.eventsPath, options: EventFileOptions(),
             asOf: fixture.dataset.manifest.spec.cutoffDay, rules: ScoringRules(), output: out,
-            graph: GraphStageScorer(model: graphModel))
+            graph: GraphStageScorer(model: graphModel)))
         #expect(summary.customersWithGraphStage == fixture.dataset.customerCount)
 
         let rows = try readScoreCSV(out)
@@ -177,10 +176,9 @@ struct GraphScoringTests {
         try (stripped.joined(separator: "\n") + "\n").write(toFile: noProducts, atomically: true, encoding: .utf8)
         let out = fixture.directory.path("scores.csv")
         do {
-            _ = try BatchScoring.run(
-                scorer: LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test")), events: noProducts,
+            _ = try BatchScoring.run(scorer: LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test")), job: BatchScoringJob(events: noProducts,
                 options: EventFileOptions(), asOf: nil, rules: ScoringRules(), output: out,
-                graph: GraphStageScorer(model: try GraphScoringModel.load(root: fixture.root, run: "test-gnn")))
+                graph: GraphStageScorer(model: try GraphScoringModel.load(root: fixture.root, run: "test-gnn"))))
             Issue.record("scoring events without product ids with a graph model succeeded")
         } catch let error as ScoringError {
             #expect(error.description.contains("no product ids"), "\(error)")
@@ -202,9 +200,8 @@ struct GraphServiceTests {
 
         // What batch scoring says of every customer as of the cut-off.
         let out = fixture.directory.path("batch.csv")
-        _ = try BatchScoring.run(
-            scorer: LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test")), events: fixture.eventsPath,
-            options: EventFileOptions(), asOf: cutoff, rules: ScoringRules(), output: out, graph: stageScorer)
+        _ = try BatchScoring.run(scorer: LSTMScorer(model: try ScoringModel.load(root: fixture.root, run: "test")), job: BatchScoringJob(events: fixture.eventsPath,
+            options: EventFileOptions(), asOf: cutoff, rules: ScoringRules(), output: out, graph: stageScorer))
         let batch = Dictionary(uniqueKeysWithValues: try readScoreCSV(out).map { ($0["customer_id"]!, $0) })
 
         // The reference is the same events: customers sending their own full history replace

@@ -18,7 +18,7 @@ final class StubScorer: Scorer {
 
     init(loaded: Bool = true, failure: ClientError? = nil) {
         model = loaded ? ModelSummary(
-            info: CheckpointInfo(run: "stub", step: 7, epoch: 2, path: "/stub/step-000007", modelKind: "lstm",
+            info: CheckpointInfo(run: "stub", step: 7, epoch: 2, path: "/stub/step-000007", modelKind: .lstm,
                                  createdAt: "2026-12-01T00:00:00Z", metrics: ["val_auc": 0.75], datasetFingerprint: "f00d"),
             historyLength: 4, featureCount: 8, stageNames: ["churned", "occasional", "regular", "loyal"],
             highValueLine: HighValueLine(amount: 50, origin: "test"), stageModel: nil, referenceAsOfDay: nil) : nil

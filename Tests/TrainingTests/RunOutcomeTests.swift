@@ -147,9 +147,8 @@ struct RunOutcomeTests {
 
         let asOf = job.dataset.manifest.spec.cutoffDay
         func drift(_ path: String) throws -> [String: Double] {
-            let summary = try BatchScoring.run(
-                scorer: LSTMScorer(model: model), events: path, options: EventFileOptions(), asOf: asOf, rules: ScoringRules(),
-                output: job.directory.appendingPathComponent("scores-\(UUID().uuidString).csv").path)
+            let summary = try BatchScoring.run(scorer: LSTMScorer(model: model), job: BatchScoringJob(events: path, options: EventFileOptions(), asOf: asOf, rules: ScoringRules(),
+                output: job.directory.appendingPathComponent("scores-\(UUID().uuidString).csv").path))
             return Dictionary(uniqueKeysWithValues: summary.drift.filter { $0.kind == .feature }.map { ($0.name, $0.psi) })
         }
         let original = try drift(events), shifted = try drift(shiftedEvents)

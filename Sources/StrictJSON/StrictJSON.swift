@@ -50,7 +50,7 @@ extension StrictJSON {
 }
 
 /// What a JSON number literal means as an integer.
-enum IntegerLiteral: Equatable {
+public enum IntegerLiteral: Equatable, Sendable {
     case value(Int)
     case negative
     case notInteger
@@ -59,7 +59,7 @@ enum IntegerLiteral: Equatable {
 
 extension IntegerLiteral {
     /// Interprets a number literal already checked against the JSON grammar.
-    init(literal: String) {
+    public init(literal: String) {
         if literal.contains(where: { $0 == "." || $0 == "e" || $0 == "E" }) {
             self = .notInteger
             return

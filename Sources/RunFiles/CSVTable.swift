@@ -2,15 +2,15 @@ import Foundation
 
 /// A CSV file held as header and rows of fields, each row with its line number, so every
 /// complaint about a value can point at it.
-struct CSVTable {
-    let source: String
-    let header: [String]
+public struct CSVTable: Sendable {
+    public let source: String
+    public let header: [String]
     /// Data rows with their 1-based line numbers in the file (the header is line 1).
-    let rows: [(line: Int, fields: [String])]
+    public let rows: [(line: Int, fields: [String])]
 
     /// Parses RFC 4180 text: quoted fields may hold commas and doubled quotes (customer ids in
     /// a scores file can); blank lines are skipped; every row must be as wide as the header.
-    init(text: String, source: String) throws(ReportError) {
+    public init(text: String, source: String) throws(RunFileError) {
         self.source = source
         var parsed: [(line: Int, fields: [String])] = []
         for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
@@ -19,46 +19,46 @@ struct CSVTable {
             if line.trimmingCharacters(in: .whitespaces).isEmpty { continue }
             parsed.append((index + 1, try Self.fields(of: line, source: source, line: index + 1)))
         }
-        guard let first = parsed.first else { throw ReportError(file: source, "is empty (no header line)") }
+        guard let first = parsed.first else { throw RunFileError(file: source, "is empty (no header line)") }
         header = first.fields.map { $0.trimmingCharacters(in: .whitespaces) }
         rows = Array(parsed.dropFirst())
         for row in rows where row.fields.count != header.count {
-            throw ReportError(file: source, line: row.line,
+            throw RunFileError(file: source, line: row.line,
                               "\(row.fields.count) fields, but the header on line \(first.line) has \(header.count)")
         }
     }
 
-    static func read(_ url: URL) throws(ReportError) -> CSVTable {
+    public static func read(_ url: URL) throws(RunFileError) -> CSVTable {
         try CSVTable(text: readText(url), source: url.relativePath)
     }
 
     /// Index of the column named `name`, or an error naming the file, its header line and the columns it has.
-    func column(_ name: String) throws(ReportError) -> Int {
+    public func column(_ name: String) throws(RunFileError) -> Int {
         guard let index = header.firstIndex(of: name) else {
-            throw ReportError(file: source, line: 1, "no column \"\(name)\" (columns: \(header.joined(separator: ", ")))")
+            throw RunFileError(file: source, line: 1, "no column \"\(name)\" (columns: \(header.joined(separator: ", ")))")
         }
         return index
     }
 
     /// The field of `row` in `column` as a finite number.
-    func number(_ row: (line: Int, fields: [String]), _ column: Int) throws(ReportError) -> Double {
+    public func number(_ row: (line: Int, fields: [String]), _ column: Int) throws(RunFileError) -> Double {
         let text = row.fields[column].trimmingCharacters(in: .whitespaces)
         guard let value = Double(text), value.isFinite else {
-            throw ReportError(file: source, line: row.line, "\(header[column]): \"\(text)\" is not a finite number")
+            throw RunFileError(file: source, line: row.line, "\(header[column]): \"\(text)\" is not a finite number")
         }
         return value
     }
 
     /// The field of `row` in `column` as an integer (written as `3` or `3.0`).
-    func integer(_ row: (line: Int, fields: [String]), _ column: Int) throws(ReportError) -> Int {
+    public func integer(_ row: (line: Int, fields: [String]), _ column: Int) throws(RunFileError) -> Int {
         let value = try number(row, column)
         guard value == value.rounded(), abs(value) < 1e15 else {
-            throw ReportError(file: source, line: row.line, "\(header[column]): \"\(row.fields[column])\" is not an integer")
+            throw RunFileError(file: source, line: row.line, "\(header[column]): \"\(row.fields[column])\" is not an integer")
         }
         return Int(value)
     }
 
-    private static func fields(of line: Substring, source: String, line number: Int) throws(ReportError) -> [String] {
+    private static func fields(of line: Substring, source: String, line number: Int) throws(RunFileError) -> [String] {
         var fields: [String] = []
         var current = ""
         var quoted = false
@@ -87,7 +87,7 @@ struct CSVTable {
             }
             index = line.index(after: index)
         }
-        if quoted { throw ReportError(file: source, line: number, "a quoted field is not closed") }
+        if quoted { throw RunFileError(file: source, line: number, "a quoted field is not closed") }
         fields.append(current)
         return fields
     }
