@@ -85,14 +85,6 @@ public enum Kernels {
         for index in vectorCount &* 8..<count where output[index] <= 0 { gradient[index] = 0 }
     }
 
-    /// Derivative of the sigmoid from its output s: s(1 - s).
-    @inlinable @inline(__always)
-    public static func sigmoidDerivative(output s: Float) -> Float { s * (1 - s) }
-
-    /// Derivative of tanh from its output t: 1 - t².
-    @inlinable @inline(__always)
-    public static func tanhDerivative(output t: Float) -> Float { 1 - t * t }
-
     /// Adds `bias` (length `columns`) to each of `rows` rows.
     public static func addRowBias(
         _ matrix: UnsafeMutablePointer<Float>, rows: Int, columns: Int, bias: UnsafePointer<Float>
